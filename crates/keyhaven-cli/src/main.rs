@@ -1,0 +1,2 @@
+//! The `keyhaven` binary.
+fn main() {}

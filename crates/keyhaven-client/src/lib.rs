@@ -1,0 +1,1 @@
+//! keyhaven-client (under construction).

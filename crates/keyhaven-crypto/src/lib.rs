@@ -1,0 +1,1 @@
+//! keyhaven-crypto (under construction).

@@ -1,0 +1,1 @@
+//! keyhaven-engine (under construction).

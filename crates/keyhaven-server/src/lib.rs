@@ -1,0 +1,1 @@
+//! keyhaven-server (under construction).

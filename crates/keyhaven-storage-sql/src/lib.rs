@@ -1,0 +1,1 @@
+//! keyhaven-storage-sql (under construction).

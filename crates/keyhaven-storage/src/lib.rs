@@ -1,0 +1,199 @@
+//! The storage boundary of keyhaven.
+//!
+//! A [`Store`] holds opaque byte values under non-secret, `/`-separated keys. It is
+//! deliberately small and untrusted: everything above it (the barrier in
+//! `keyhaven-engine`) encrypts values before they get here, so a store never sees
+//! plaintext secrets and must never need to.
+//!
+//! Invariants every implementation upholds (checked by [`conformance::exercise`]):
+//! - a completed `put`, `delete` or committed [`Transaction`] is durable and visible to
+//!   every later call;
+//! - a transaction is atomic: either every condition holds and every operation is
+//!   applied, or nothing is;
+//! - listing returns the immediate children of a prefix in byte order, sub-folders
+//!   with a trailing `/`, one page at a time.
+#![forbid(unsafe_code)]
+
+use async_trait::async_trait;
+
+mod error;
+mod mem;
+mod scoped;
+
+#[cfg(feature = "testing")]
+pub mod conformance;
+
+pub use error::StorageError;
+pub use mem::MemStore;
+pub use scoped::ScopedStore;
+
+/// The largest number of names one [`Store::list_page`] call returns.
+pub const MAX_LIST_PAGE: usize = 10_000;
+
+/// One write inside a [`Transaction`].
+#[derive(Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create or replace the value at `key`.
+    Put {
+        /// Storage key.
+        key: String,
+        /// New value (opaque bytes).
+        value: Vec<u8>,
+    },
+    /// Remove `key`; removing an absent key is not an error.
+    Delete {
+        /// Storage key.
+        key: String,
+    },
+}
+
+/// A precondition of a [`Transaction`], checked atomically with its writes.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// `key` holds no value.
+    Absent {
+        /// Storage key.
+        key: String,
+    },
+    /// `key` holds exactly `value`.
+    Equals {
+        /// Storage key.
+        key: String,
+        /// Expected value (opaque bytes).
+        value: Vec<u8>,
+    },
+}
+
+impl Condition {
+    /// The key this condition looks at.
+    pub fn key(&self) -> &str {
+        match self {
+            Condition::Absent { key } | Condition::Equals { key, .. } => key,
+        }
+    }
+}
+
+impl Op {
+    /// The key this operation writes.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+// Values are opaque but may be large; keep Debug short and never print them.
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Put { key, value } => write!(f, "Put({key:?}, {} bytes)", value.len()),
+            Op::Delete { key } => write!(f, "Delete({key:?})"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Condition::Absent { key } => write!(f, "Absent({key:?})"),
+            Condition::Equals { key, value } => {
+                write!(f, "Equals({key:?}, {} bytes)", value.len())
+            }
+        }
+    }
+}
+
+/// An atomic multi-key write: all `conditions` are checked, then all `ops` applied in
+/// order, as one unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transaction {
+    /// Preconditions; if any fails, nothing is written.
+    pub conditions: Vec<Condition>,
+    /// Writes, applied in order.
+    pub ops: Vec<Op>,
+}
+
+/// What happened to a [`Transaction`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum TxOutcome {
+    /// Every condition held and every op was applied durably.
+    Committed,
+    /// The condition at this index did not hold; nothing was written.
+    ConditionFailed {
+        /// Index into [`Transaction::conditions`].
+        index: usize,
+    },
+}
+
+/// A key-value store of opaque bytes. See the crate docs for the invariants.
+///
+/// Keys are non-empty UTF-8 strings without NUL bytes, at most [`MAX_KEY_LEN`] bytes,
+/// that do not start with `/`. Implementations reject other keys with
+/// [`StorageError::InvalidKey`].
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// The value at `key`, if any.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Create or replace the value at `key`; durable when it returns.
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError>;
+
+    /// Remove `key`; removing an absent key succeeds.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// One page of the immediate children of `prefix`, in byte order.
+    ///
+    /// A key `prefix + "a"` is listed as `"a"`; keys `prefix + "d/x"` and
+    /// `prefix + "d/y"` are listed once, as `"d/"`. Only names strictly greater than
+    /// `after` are returned, at most `limit` (capped at [`MAX_LIST_PAGE`]). A page
+    /// shorter than `limit` is the last one.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError>;
+
+    /// Apply `tx` atomically; see [`Transaction`].
+    async fn transact(&self, tx: Transaction) -> Result<TxOutcome, StorageError>;
+
+    /// Set `key` to `new` (or delete it when `None`) only if it currently holds
+    /// `expected` (`None`: absent). Returns whether the swap happened.
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, StorageError> {
+        let condition = match expected {
+            Some(value) => Condition::Equals { key: key.to_owned(), value: value.to_vec() },
+            None => Condition::Absent { key: key.to_owned() },
+        };
+        let op = match new {
+            Some(value) => Op::Put { key: key.to_owned(), value },
+            None => Op::Delete { key: key.to_owned() },
+        };
+        let outcome = self.transact(Transaction { conditions: vec![condition], ops: vec![op] }).await?;
+        Ok(outcome == TxOutcome::Committed)
+    }
+}
+
+/// The longest key a store accepts, in bytes.
+pub const MAX_KEY_LEN: usize = 2048;
+
+/// Check `key` against the rules in [`Store`]'s docs.
+pub fn validate_key(key: &str) -> Result<(), StorageError> {
+    let reason = if key.is_empty() {
+        "empty"
+    } else if key.len() > MAX_KEY_LEN {
+        "longer than 2048 bytes"
+    } else if key.starts_with('/') {
+        "starts with '/'"
+    } else if key.contains('\0') {
+        "contains a NUL byte"
+    } else {
+        return Ok(());
+    };
+    Err(StorageError::InvalidKey { key: key.chars().take(128).collect(), reason })
+}

@@ -1,0 +1,3 @@
+/// An in-memory [`crate::Store`] (placeholder; implemented next).
+#[derive(Debug, Default)]
+pub struct MemStore;

@@ -1,0 +1,1 @@
+//! keyhaven-types (under construction).
