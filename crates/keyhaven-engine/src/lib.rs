@@ -1,1 +1,25 @@
-//! keyhaven-engine (under construction).
+//! keyhaven's core: seal and unseal, the barrier, the keyring, the mount table and router,
+//! and the secret backends.
+//!
+//! The engine knows no HTTP, gRPC or SQL driver. It runs whole on a
+//! [`keyhaven_storage::MemStore`] with a [`clock::ManualClock`], which is how its tests
+//! run. The server crate translates HTTP to [`Request`] and back.
+//!
+//! Invariants:
+//! - every value a backend stores passes through the barrier, which encrypts it with the
+//!   active keyring term and binds it to its storage path;
+//! - key material lives in zeroizing types and is dropped on seal;
+//! - a backend sees only its own scoped storage and cannot reach outside it.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod clock;
+mod error;
+pub mod kv;
+pub mod params;
+mod request;
+
+pub use backend::{Backend, BackendContext, BackendRequest};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::EngineError;
+pub use request::{ClientToken, Operation, Request, Response};

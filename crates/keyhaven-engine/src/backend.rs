@@ -1,0 +1,42 @@
+//! The interface every secret engine and auth method implements.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use keyhaven_storage::Store;
+use serde_json::{Map, Value};
+
+use crate::clock::Clock;
+use crate::error::EngineError;
+use crate::request::{Operation, Response};
+
+/// A mounted backend (KV v2, transit, …). One instance exists per mount while the server
+/// is unsealed; it is dropped on seal.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Handle one request routed to this mount.
+    async fn handle(&self, req: BackendRequest<'_>) -> Result<Response, EngineError>;
+}
+
+/// A request as a backend sees it.
+pub struct BackendRequest<'a> {
+    /// The operation.
+    pub operation: Operation,
+    /// The path relative to the mount point, without a leading slash (`""` for the mount
+    /// itself).
+    pub path: &'a str,
+    /// Body and query parameters.
+    pub data: &'a Map<String, Value>,
+}
+
+/// What a backend is built from when its mount is loaded.
+#[derive(Clone)]
+pub struct BackendContext {
+    /// The backend's own storage: a view through the barrier, scoped to the mount, that
+    /// cannot reach outside it. Values written here are encrypted at rest.
+    pub storage: Arc<dyn Store>,
+    /// The engine's clock.
+    pub clock: Arc<dyn Clock>,
+    /// The mount's options (`options` in `sys/mounts`), e.g. `{"version": "2"}`.
+    pub options: Map<String, Value>,
+}

@@ -1,0 +1,283 @@
+//! Reading request parameters the way Vault does.
+//!
+//! Clients such as `bao write k=v` send every value as a JSON string, so numbers,
+//! booleans, durations and lists are accepted both in their JSON type and as strings.
+//! Every error names the parameter and never echoes its value.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::error::EngineError;
+
+fn wrong_type(key: &str, want: &str) -> EngineError {
+    EngineError::invalid(format!("invalid value for parameter {key:?}: expected {want}"))
+}
+
+/// A string parameter.
+pub fn string<'a>(data: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, EngineError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(wrong_type(key, "a string")),
+    }
+}
+
+/// A non-negative integer parameter (JSON number or decimal string).
+pub fn uint(data: &Map<String, Value>, key: &str) -> Result<Option<u64>, EngineError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            n.as_u64().map(Some).ok_or_else(|| wrong_type(key, "a non-negative integer"))
+        }
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => {
+            s.trim().parse::<u64>().map(Some).map_err(|_| wrong_type(key, "a non-negative integer"))
+        }
+        Some(_) => Err(wrong_type(key, "a non-negative integer")),
+    }
+}
+
+/// A signed integer parameter (JSON number or decimal string).
+pub fn int(data: &Map<String, Value>, key: &str) -> Result<Option<i64>, EngineError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| wrong_type(key, "an integer")),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => {
+            s.trim().parse::<i64>().map(Some).map_err(|_| wrong_type(key, "an integer"))
+        }
+        Some(_) => Err(wrong_type(key, "an integer")),
+    }
+}
+
+/// A boolean parameter (JSON bool, or "true"/"false"/"1"/"0"/"t"/"f").
+pub fn boolean(data: &Map<String, Value>, key: &str) -> Result<Option<bool>, EngineError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "" => Ok(None),
+            "true" | "t" | "1" => Ok(Some(true)),
+            "false" | "f" | "0" => Ok(Some(false)),
+            _ => Err(wrong_type(key, "a boolean")),
+        },
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(1) => Ok(Some(true)),
+            Some(0) => Ok(Some(false)),
+            _ => Err(wrong_type(key, "a boolean")),
+        },
+        Some(_) => Err(wrong_type(key, "a boolean")),
+    }
+}
+
+/// A duration parameter in whole seconds: an integer (seconds) or a Go-style duration
+/// string such as `"90s"`, `"1h30m"`, `"768h0m0s"` or `"7d"`.
+pub fn duration_secs(data: &Map<String, Value>, key: &str) -> Result<Option<u64>, EngineError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            n.as_u64().map(Some).ok_or_else(|| wrong_type(key, "a duration"))
+        }
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => {
+            parse_duration(s).map(Some).ok_or_else(|| wrong_type(key, "a duration such as \"30m\""))
+        }
+        Some(_) => Err(wrong_type(key, "a duration")),
+    }
+}
+
+/// Parse a Go-style duration (`1h30m`, `45s`, `0`, `7d`, `1.5h`) into whole seconds.
+/// Sub-second parts are truncated. Plain integers are seconds.
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<u64>() {
+        return Some(n);
+    }
+    let mut total_nanos: u128 = 0;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let (num, tail) = rest.split_at(num_len);
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60 * 1_000_000_000,
+            "h" => 3_600 * 1_000_000_000,
+            "d" => 86_400 * 1_000_000_000,
+            _ => return None,
+        };
+        let value: f64 = num.parse().ok()?;
+        if !value.is_finite() || value < 0.0 {
+            return None;
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "checked finite and non-negative")]
+        let nanos = (value * scale as f64) as u128;
+        total_nanos = total_nanos.checked_add(nanos)?;
+        rest = tail;
+    }
+    u64::try_from(total_nanos / 1_000_000_000).ok()
+}
+
+/// Format seconds as Go does (`0s`, `45s`, `1h30m0s`, `768h0m0s`).
+pub fn format_duration(secs: u64) -> String {
+    if secs == 0 {
+        return "0s".to_owned();
+    }
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// A list of strings: a JSON array of strings, or one comma-separated string.
+pub fn string_list(data: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>, EngineError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(
+            s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect(),
+        )),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                _ => Err(wrong_type(key, "a list of strings")),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(wrong_type(key, "a list of strings")),
+    }
+}
+
+/// A list of non-negative integers (KV `versions`): array of numbers or numeric strings,
+/// or one comma-separated string.
+pub fn uint_list(data: &Map<String, Value>, key: &str) -> Result<Option<Vec<u64>>, EngineError> {
+    let parse_one = |v: &Value| -> Result<u64, EngineError> {
+        match v {
+            Value::Number(n) => n.as_u64().ok_or_else(|| wrong_type(key, "a list of integers")),
+            Value::String(s) => {
+                s.trim().parse::<u64>().map_err(|_| wrong_type(key, "a list of integers"))
+            }
+            _ => Err(wrong_type(key, "a list of integers")),
+        }
+    };
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items.iter().map(parse_one).collect::<Result<_, _>>().map(Some),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse::<u64>().map_err(|_| wrong_type(key, "a list of integers")))
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(v @ Value::Number(_)) => parse_one(v).map(|n| Some(vec![n])),
+        Some(_) => Err(wrong_type(key, "a list of integers")),
+    }
+}
+
+/// A map of strings to strings (e.g. KV `custom_metadata`). Accepts an object whose values
+/// are strings (numbers and booleans are converted), or a string `k1=v1,k2=v2`.
+pub fn string_map(
+    data: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<BTreeMap<String, String>>, EngineError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(obj)) => obj
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                Value::Number(n) => Ok((k.clone(), n.to_string())),
+                Value::Bool(b) => Ok((k.clone(), b.to_string())),
+                _ => Err(wrong_type(key, "a map of strings")),
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                pair.split_once('=')
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .ok_or_else(|| wrong_type(key, "a map of strings"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(_) => Err(wrong_type(key, "a map of strings")),
+    }
+}
+
+/// Refuse parameters this endpoint does not know, naming them.
+pub fn reject_unknown(data: &Map<String, Value>, allowed: &[&str]) -> Result<(), EngineError> {
+    let unknown: Vec<&str> =
+        data.keys().map(String::as_str).filter(|k| !allowed.contains(k)).collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::invalid(format!("unknown parameters: {}", unknown.join(", "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn strings_are_coerced_as_vault_does() {
+        let d = obj(json!({"n": "5", "b": "true", "d": "1h30m", "l": "a, b", "m": 7, "x": "nope"}));
+        assert_eq!(uint(&d, "n").unwrap(), Some(5));
+        assert_eq!(uint(&d, "m").unwrap(), Some(7));
+        assert_eq!(boolean(&d, "b").unwrap(), Some(true));
+        assert_eq!(duration_secs(&d, "d").unwrap(), Some(5400));
+        assert_eq!(string_list(&d, "l").unwrap(), Some(vec!["a".into(), "b".into()]));
+        let err = uint(&d, "x").unwrap_err().to_string();
+        assert!(err.contains("\"x\"") && !err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_and_format_like_go() {
+        assert_eq!(parse_duration("0s"), Some(0));
+        assert_eq!(parse_duration("768h0m0s"), Some(2_764_800));
+        assert_eq!(parse_duration("10m0s"), Some(600));
+        assert_eq!(parse_duration("7d"), Some(604_800));
+        assert_eq!(parse_duration("1.5h"), Some(5400));
+        assert_eq!(parse_duration("42"), Some(42));
+        assert_eq!(parse_duration("5x"), None);
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("-5s"), None);
+        assert_eq!(format_duration(0), "0s");
+        assert_eq!(format_duration(5400), "1h30m0s");
+        assert_eq!(format_duration(90), "1m30s");
+    }
+
+    #[test]
+    fn version_lists_accept_all_client_shapes() {
+        let d = obj(json!({"a": ["3", 4], "b": "1,2", "c": 9, "e": [true]}));
+        assert_eq!(uint_list(&d, "a").unwrap(), Some(vec![3, 4]));
+        assert_eq!(uint_list(&d, "b").unwrap(), Some(vec![1, 2]));
+        assert_eq!(uint_list(&d, "c").unwrap(), Some(vec![9]));
+        assert!(uint_list(&d, "e").is_err());
+    }
+}

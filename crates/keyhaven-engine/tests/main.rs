@@ -1,0 +1,2 @@
+//! Integration tests of the engine, on MemStore with a manual clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]

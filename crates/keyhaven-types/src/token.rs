@@ -1,0 +1,199 @@
+//! The token format: an identifiable prefix, random body and checksum.
+//!
+//! `khs.` (service token) or `khb.` (batch token), then [`RANDOM_LEN`] base62 characters
+//! drawn uniformly, then [`CHECKSUM_LEN`] base62 characters encoding the CRC-32 (IEEE) of
+//! everything before them. The prefix lets secret scanners match keyhaven tokens
+//! exactly; the checksum lets them (and the server) reject typos and random strings
+//! without a lookup. Parsing is a plain split, never a regex.
+//!
+//! Operators may still choose arbitrary token ids for the dev-mode root token (as Vault's
+//! `-dev-root-token-id` allows); those do not parse as [`TokenKind`] and are looked up as
+//! they are.
+
+use std::fmt;
+
+/// Number of random base62 characters in a token (≈178 bits).
+pub const RANDOM_LEN: usize = 30;
+/// Number of base62 checksum characters.
+pub const CHECKSUM_LEN: usize = 6;
+
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// What a well-formed token is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// A service token, stored server-side (`khs.`).
+    Service,
+    /// A batch token (`khb.`).
+    Batch,
+}
+
+impl TokenKind {
+    /// The token's prefix, dot included.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            TokenKind::Service => "khs.",
+            TokenKind::Batch => "khb.",
+        }
+    }
+}
+
+/// Why a string is not a well-formed keyhaven token. Carries no part of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenFormatError {
+    /// The prefix is not `khs.` or `khb.`.
+    #[error("token does not have a keyhaven prefix")]
+    UnknownPrefix,
+    /// Wrong length or characters outside base62.
+    #[error("token is malformed")]
+    Malformed,
+    /// The checksum does not match.
+    #[error("token checksum does not match")]
+    BadChecksum,
+}
+
+/// Build a new token of `kind`, drawing randomness from `fill` (the caller's CSPRNG).
+pub fn generate(kind: TokenKind, mut fill: impl FnMut(&mut [u8])) -> String {
+    let mut out = String::with_capacity(4 + RANDOM_LEN + CHECKSUM_LEN);
+    out.push_str(kind.prefix());
+    let mut pool = [0u8; 64];
+    let mut produced = 0;
+    while produced < RANDOM_LEN {
+        fill(&mut pool);
+        for &b in &pool {
+            // Rejection sampling keeps the distribution uniform: 248 = 4 * 62.
+            if b < 248 && produced < RANDOM_LEN {
+                if let Some(&c) = ALPHABET.get(usize::from(b % 62)) {
+                    out.push(char::from(c));
+                    produced += 1;
+                }
+            }
+        }
+    }
+    pool.fill(0);
+    let sum = crc32(out.as_bytes());
+    out.push_str(&encode_checksum(sum));
+    out
+}
+
+/// Check that `token` is a well-formed keyhaven token and say which kind.
+pub fn parse(token: &str) -> Result<TokenKind, TokenFormatError> {
+    let kind = if token.starts_with(TokenKind::Service.prefix()) {
+        TokenKind::Service
+    } else if token.starts_with(TokenKind::Batch.prefix()) {
+        TokenKind::Batch
+    } else {
+        return Err(TokenFormatError::UnknownPrefix);
+    };
+    let expected_len = kind.prefix().len() + RANDOM_LEN + CHECKSUM_LEN;
+    if token.len() != expected_len || !token.is_ascii() {
+        return Err(TokenFormatError::Malformed);
+    }
+    let (body, checksum) = token.split_at(expected_len - CHECKSUM_LEN);
+    let random = body.get(kind.prefix().len()..).ok_or(TokenFormatError::Malformed)?;
+    if !random.bytes().chain(checksum.bytes()).all(|b| b.is_ascii_alphanumeric()) {
+        return Err(TokenFormatError::Malformed);
+    }
+    if encode_checksum(crc32(body.as_bytes())) != checksum {
+        return Err(TokenFormatError::BadChecksum);
+    }
+    Ok(kind)
+}
+
+fn encode_checksum(mut value: u32) -> String {
+    let mut digits = [b'0'; CHECKSUM_LEN];
+    for slot in digits.iter_mut().rev() {
+        if let Some(&c) = ALPHABET.get((value % 62) as usize) {
+            *slot = c;
+        }
+        value /= 62;
+    }
+    digits.iter().map(|&b| char::from(b)).collect()
+}
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib computes it).
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+/// Redacts a token for display: keeps the prefix only.
+pub struct Redacted<'a>(pub &'a str);
+
+impl fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.split_once('.') {
+            Some((prefix, _)) if prefix.len() <= 4 => write!(f, "{prefix}.<redacted>"),
+            _ => f.write_str("<redacted>"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter_rng() -> impl FnMut(&mut [u8]) {
+        let mut state = 0x1234_5678u32;
+        move |buf| {
+            for b in buf {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                *b = (state >> 24) as u8;
+            }
+        }
+    }
+
+    #[test]
+    fn generated_tokens_parse_and_carry_their_prefix() {
+        let mut rng = counter_rng();
+        for kind in [TokenKind::Service, TokenKind::Batch] {
+            let t = generate(kind, &mut rng);
+            assert!(t.starts_with(kind.prefix()));
+            assert_eq!(t.len(), 4 + RANDOM_LEN + CHECKSUM_LEN);
+            assert_eq!(parse(&t), Ok(kind));
+        }
+    }
+
+    #[test]
+    fn any_single_character_change_is_caught() {
+        let t = generate(TokenKind::Service, counter_rng());
+        for i in 4..t.len() {
+            let mut bytes = t.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
+            let changed = String::from_utf8(bytes).unwrap();
+            assert_eq!(parse(&changed), Err(TokenFormatError::BadChecksum), "position {i}");
+        }
+    }
+
+    #[test]
+    fn foreign_and_malformed_strings_are_refused() {
+        assert_eq!(parse("root"), Err(TokenFormatError::UnknownPrefix));
+        assert_eq!(parse("hvs.abc"), Err(TokenFormatError::UnknownPrefix));
+        assert_eq!(parse("khs.short"), Err(TokenFormatError::Malformed));
+        let t = generate(TokenKind::Service, counter_rng());
+        let bad = format!("{}-{}", &t[..10], &t[11..]);
+        assert_eq!(parse(&bad), Err(TokenFormatError::Malformed));
+        assert_eq!(parse(&format!("{t}x")), Err(TokenFormatError::Malformed));
+    }
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn redacted_display_keeps_only_the_prefix() {
+        let t = generate(TokenKind::Service, counter_rng());
+        let shown = Redacted(&t).to_string();
+        assert_eq!(shown, "khs.<redacted>");
+        assert_eq!(Redacted("my-secret-root").to_string(), "<redacted>");
+    }
+}
