@@ -23,3 +23,12 @@ pub use backend::{Backend, BackendContext, BackendRequest};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::EngineError;
 pub use request::{ClientToken, Operation, Request, Response};
+
+mod barrier;
+mod core;
+mod mounts;
+mod token;
+
+pub use crate::barrier::KeyStatus;
+pub use crate::core::{Core, InitParams, InitResult, SealStatus, UnsealInput};
+pub use crate::token::TokenEntry;

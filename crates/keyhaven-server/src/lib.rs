@@ -1,1 +1,150 @@
-//! keyhaven-server (under construction).
+//! keyhaven's HTTP server and composition root.
+//!
+//! Builds storage, the engine and the `/v1/` router from a [`Config`], then serves it
+//! over TLS (rustls) or, only in dev mode or with `tls_disable = true`, plain HTTP with a
+//! loud warning. Protocol handling stays here; every decision about secrets is the
+//! engine's.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod http;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use keyhaven_engine::{Clock, Core, SystemClock};
+use keyhaven_storage::{MemStore, Store};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+
+pub use config::{Config, ConfigError, LogFormat, StorageConfig, TlsConfig};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Storage could not be opened.
+    #[error("cannot open storage: {0}")]
+    Storage(#[source] keyhaven_storage::StorageError),
+    /// The engine failed to start.
+    #[error("cannot start the engine: {0}")]
+    Engine(#[source] keyhaven_engine::EngineError),
+    /// Binding or serving failed.
+    #[error("listener error on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS material could not be loaded.
+    #[error("TLS configuration error: {0}")]
+    Tls(String),
+    /// Dev mode was asked to listen on a non-loopback address.
+    #[error("dev mode listens on loopback only; {0} is not a loopback address")]
+    DevNotLoopback(SocketAddr),
+}
+
+/// Options of `keyhaven server --dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Root token id to use instead of a generated one.
+    pub root_token_id: Option<SecretString>,
+}
+
+/// What dev mode created, to print for the operator.
+pub struct DevCredentials {
+    /// The single unseal key share, hex.
+    pub unseal_key: SecretString,
+    /// The root token.
+    pub root_token: SecretString,
+}
+
+/// A server bound to its address and ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Whether the listener speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serve until `shutdown` resolves, then finish in-flight requests.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let address = self.local_addr;
+        match self.tls {
+            None => axum::serve(self.listener, self.router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(|source| ServerError::Listen { address, source }),
+            Some(acceptor) => tls::serve(self.listener, acceptor, self.router, shutdown).await,
+        }
+    }
+}
+
+fn open_storage(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+    match &config.storage {
+        StorageConfig::Memory => Ok(Arc::new(MemStore::new())),
+        StorageConfig::Sqlite { path } => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    ServerError::Storage(keyhaven_storage::StorageError::Unavailable { source: Box::new(e) })
+                })?;
+            }
+            let store = keyhaven_storage_sql::SqliteStore::open(path, keyhaven_storage_sql::SqliteOptions::default())
+                .map_err(ServerError::Storage)?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Build storage, engine and listener. With `dev`, initialize and unseal in memory and
+/// mount KV v2 at `secret/`.
+pub async fn build(config: &Config, dev: Option<DevOptions>) -> Result<(Server, Option<DevCredentials>), ServerError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    if dev.is_some() && !config.address.ip().is_loopback() {
+        return Err(ServerError::DevNotLoopback(config.address));
+    }
+    let storage = open_storage(config)?;
+    let core = Core::new(storage, clock).await.map_err(ServerError::Engine)?;
+    let creds = match &dev {
+        Some(opts) => {
+            use secrecy::ExposeSecret;
+            let id = opts.root_token_id.as_ref().map(|s| s.expose_secret().to_owned());
+            let init = core.dev_setup(id.as_deref()).await.map_err(ServerError::Engine)?;
+            let share = init.shares.first().map(|s| hex::encode(s.as_bytes())).unwrap_or_default();
+            Some(DevCredentials { unseal_key: SecretString::from(share), root_token: init.root_token })
+        }
+        None => None,
+    };
+    let tls = match &config.tls {
+        TlsConfig::Disabled => None,
+        TlsConfig::Files { cert, key } => Some(tls::acceptor(cert, key)?),
+    };
+    let state = http::AppState {
+        core,
+        storage_type: config.storage.type_name(),
+        max_request_size: config.max_request_size,
+    };
+    let router = http::router(state);
+    let listener = TcpListener::bind(config.address)
+        .await
+        .map_err(|source| ServerError::Listen { address: config.address, source })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Listen { address: config.address, source })?;
+    Ok((Server { listener, router, tls, local_addr }, creds))
+}

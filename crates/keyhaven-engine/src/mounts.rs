@@ -1,0 +1,237 @@
+//! The mount table and the router.
+//!
+//! The table is stored behind the barrier at `core/mounts`. Each mount gets a random
+//! UUID; its backend's storage is the barrier view scoped to `logical/<uuid>/`, so
+//! disabling and re-enabling a path never exposes old data, and a backend cannot reach
+//! another's.
+
+use std::sync::Arc;
+
+use keyhaven_storage::{ScopedStore, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::backend::{Backend, BackendContext};
+use crate::clock::Clock;
+use crate::error::EngineError;
+
+pub(crate) const MOUNTS_PATH: &str = "core/mounts";
+const LOGICAL_PREFIX: &str = "logical/";
+
+/// Paths that cannot be mounted over, and what owns them.
+const RESERVED: &[&str] = &["sys/", "auth/", "identity/", "cubbyhole/", "core/", "logical/"];
+
+/// Mount tuning (`config` in `sys/mounts`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountConfig {
+    /// Default lease TTL in seconds (0 = system default).
+    #[serde(default)]
+    pub default_lease_ttl: u64,
+    /// Maximum lease TTL in seconds (0 = system default).
+    #[serde(default)]
+    pub max_lease_ttl: u64,
+}
+
+/// One entry of the mount table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Mount point with a trailing slash, e.g. `secret/`.
+    pub path: String,
+    /// Backend type, e.g. `kv`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Public identifier, e.g. `kv_1a2b3c4d`.
+    pub accessor: String,
+    /// Storage identity of the mount.
+    pub uuid: String,
+    /// Backend options, e.g. `{"version": "2"}`.
+    #[serde(default)]
+    pub options: Map<String, Value>,
+    /// Tuning.
+    #[serde(default)]
+    pub config: MountConfig,
+    /// Unix seconds when enabled.
+    #[serde(default)]
+    pub created: i64,
+}
+
+impl MountEntry {
+    /// The JSON shape Vault gives for one mount in `sys/mounts`.
+    pub fn to_api(&self) -> Value {
+        json!({
+            "type": self.kind,
+            "description": self.description,
+            "accessor": self.accessor,
+            "uuid": self.uuid,
+            "options": if self.options.is_empty() { Value::Null } else { Value::Object(self.options.clone()) },
+            "config": {
+                "default_lease_ttl": self.config.default_lease_ttl,
+                "max_lease_ttl": self.config.max_lease_ttl,
+                "force_no_cache": false,
+            },
+            "local": false,
+            "seal_wrap": false,
+            "external_entropy_access": false,
+            "plugin_version": "",
+            "running_plugin_version": "",
+            "running_sha256": "",
+            "deprecation_status": "supported",
+        })
+    }
+}
+
+/// The `sys/` pseudo-mount as listed by `sys/mounts`.
+pub(crate) fn sys_entry() -> MountEntry {
+    MountEntry {
+        path: "sys/".to_owned(),
+        kind: "system".to_owned(),
+        description: "system endpoints used for control, policy and debugging".to_owned(),
+        accessor: "system_00000000".to_owned(),
+        uuid: "00000000-0000-0000-0000-000000000000".to_owned(),
+        options: Map::new(),
+        config: MountConfig::default(),
+        created: 0,
+    }
+}
+
+/// Normalise a user-given mount path: strip slashes at both ends, add one trailing slash,
+/// refuse empty, `..` and reserved paths.
+pub fn normalize_path(path: &str) -> Result<String, EngineError> {
+    let trimmed = path.trim_matches('/');
+    if trimmed.is_empty() {
+        return Err(EngineError::invalid("mount path must not be empty"));
+    }
+    if trimmed.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return Err(EngineError::invalid(format!("invalid mount path {path:?}: empty, '.' or '..' segment")));
+    }
+    if trimmed.len() > 512 || trimmed.chars().any(|c| c.is_control() || c == '*' || c == '+') {
+        return Err(EngineError::invalid(format!("invalid mount path {path:?}")));
+    }
+    let normalized = format!("{trimmed}/");
+    if let Some(r) = RESERVED.iter().find(|r| normalized.starts_with(**r)) {
+        return Err(EngineError::invalid(format!("cannot mount under reserved path {r:?}")));
+    }
+    Ok(normalized)
+}
+
+/// Normalise a type and options as `sys/mounts` accepts them (`kv-v2` → `kv` + version 2).
+pub fn normalize_type(kind: &str, mut options: Map<String, Value>) -> Result<(String, Map<String, Value>), EngineError> {
+    match kind {
+        "kv-v2" => {
+            options.insert("version".to_owned(), Value::String("2".to_owned()));
+            Ok(("kv".to_owned(), options))
+        }
+        "kv" => {
+            let version = match options.get("version") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => "1".to_owned(),
+            };
+            if version != "2" {
+                return Err(EngineError::invalid(
+                    "KV version 1 is not supported; enable \"kv-v2\" or set options version=2",
+                ));
+            }
+            options.insert("version".to_owned(), Value::String("2".to_owned()));
+            Ok(("kv".to_owned(), options))
+        }
+        other => Err(EngineError::invalid(format!("unknown backend type {other:?}"))),
+    }
+}
+
+/// Build the backend for an entry.
+pub(crate) fn instantiate(
+    entry: &MountEntry,
+    barrier: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn Backend>, EngineError> {
+    let storage: Arc<dyn Store> = Arc::new(ScopedStore::new(barrier, storage_prefix(&entry.uuid))?);
+    let ctx = BackendContext { storage, clock, options: entry.options.clone() };
+    match entry.kind.as_str() {
+        "kv" => crate::kv::factory(ctx),
+        other => Err(EngineError::Corrupt(format!("mount table names unknown backend type {other:?}"))),
+    }
+}
+
+/// The storage prefix of a mount's data.
+pub(crate) fn storage_prefix(uuid: &str) -> String {
+    format!("{LOGICAL_PREFIX}{uuid}/")
+}
+
+/// A mounted backend in the router.
+#[derive(Clone)]
+pub(crate) struct Mounted {
+    pub entry: MountEntry,
+    pub backend: Arc<dyn Backend>,
+}
+
+/// Mounts by path, longest first, for prefix routing.
+#[derive(Clone, Default)]
+pub(crate) struct Router {
+    mounts: Vec<Mounted>,
+}
+
+impl Router {
+    pub(crate) fn new(mut mounts: Vec<Mounted>) -> Self {
+        mounts.sort_by(|a, b| b.entry.path.len().cmp(&a.entry.path.len()).then(a.entry.path.cmp(&b.entry.path)));
+        Router { mounts }
+    }
+
+    /// The mount that owns `path` and the path relative to it. `secret` and `secret/x`
+    /// both route to `secret/`.
+    pub(crate) fn route<'p>(&self, path: &'p str) -> Option<(&Mounted, &'p str)> {
+        self.mounts.iter().find_map(|m| {
+            let mp = m.entry.path.as_str();
+            if let Some(rest) = path.strip_prefix(mp) {
+                Some((m, rest))
+            } else if mp.strip_suffix('/') == Some(path) {
+                Some((m, ""))
+            } else {
+                None
+            }
+        })
+    }
+
+    pub(crate) fn mounted(&self) -> &[Mounted] {
+        &self.mounts
+    }
+
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &MountEntry> {
+        self.mounts.iter().map(|m| &m.entry)
+    }
+
+    /// Whether `path` would overlap an existing mount (one inside the other).
+    pub(crate) fn conflict(&self, path: &str) -> Option<&str> {
+        self.mounts
+            .iter()
+            .map(|m| m.entry.path.as_str())
+            .find(|mp| path.starts_with(mp) || mp.starts_with(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalized_and_checked() {
+        assert_eq!(normalize_path("/kv2/").unwrap(), "kv2/");
+        assert_eq!(normalize_path("team/a").unwrap(), "team/a/");
+        assert!(normalize_path("").is_err());
+        assert!(normalize_path("a//b").is_err());
+        assert!(normalize_path("a/../b").is_err());
+        assert!(normalize_path("sys").is_err());
+        assert!(normalize_path("auth/x").is_err());
+    }
+
+    #[test]
+    fn kv_types_normalize_to_version_2_or_are_refused() {
+        let (k, o) = normalize_type("kv-v2", Map::new()).unwrap();
+        assert_eq!((k.as_str(), o.get("version")), ("kv", Some(&Value::String("2".into()))));
+        assert!(normalize_type("kv", Map::new()).is_err());
+        assert!(normalize_type("nope", Map::new()).is_err());
+    }
+}

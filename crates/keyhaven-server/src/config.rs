@@ -1,0 +1,271 @@
+//! Server configuration: a raw TOML layer that rejects unknown fields, validated into
+//! [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default maximum request body: 32 MiB, as Vault.
+pub const DEFAULT_MAX_REQUEST_SIZE: usize = 32 * 1024 * 1024;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has unknown or mistyped fields.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the field).
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    version: Option<u32>,
+    storage: RawStorage,
+    listener: RawListener,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    backend: String,
+    #[serde(default)]
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    address: String,
+    #[serde(default)]
+    tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_key_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_disable: bool,
+    #[serde(default)]
+    max_request_size: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    level: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// Where data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// Embedded SQLite database file.
+    Sqlite {
+        /// Database file.
+        path: PathBuf,
+    },
+    /// In memory; only dev mode uses it.
+    Memory,
+}
+
+impl StorageConfig {
+    /// The name `sys/seal-status` reports.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            StorageConfig::Sqlite { .. } => "sqlite",
+            StorageConfig::Memory => "inmem",
+        }
+    }
+}
+
+/// How the listener serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsConfig {
+    /// TLS with this certificate chain and key (PEM files).
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key; must not be readable by group or others.
+        key: PathBuf,
+    },
+    /// Plain HTTP. Only for dev mode or an explicit `tls_disable = true`.
+    Disabled,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Storage.
+    pub storage: StorageConfig,
+    /// Listen address.
+    pub address: SocketAddr,
+    /// TLS.
+    pub tls: TlsConfig,
+    /// Maximum request body in bytes.
+    pub max_request_size: usize,
+    /// Log filter (tracing `EnvFilter` syntax).
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            other => other,
+        })
+    }
+
+    /// Parse and validate TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        if let Some(v) = raw.version {
+            if v != 1 {
+                return Err(ConfigError::Invalid(format!("unsupported config version {v}; this server reads version 1")));
+            }
+        }
+        let storage = match raw.storage.backend.as_str() {
+            "sqlite" => StorageConfig::Sqlite {
+                path: raw
+                    .storage
+                    .path
+                    .ok_or_else(|| ConfigError::Invalid("storage.path is required for the sqlite backend".into()))?,
+            },
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown storage.backend {other:?}; supported: \"sqlite\""
+                )));
+            }
+        };
+        let address: SocketAddr = raw
+            .listener
+            .address
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("listener.address {:?} is not host:port", raw.listener.address)))?;
+        let tls = match (raw.listener.tls_disable, raw.listener.tls_cert_file, raw.listener.tls_key_file) {
+            (true, None, None) => TlsConfig::Disabled,
+            (true, _, _) => {
+                return Err(ConfigError::Invalid(
+                    "listener.tls_disable = true cannot be combined with tls_cert_file/tls_key_file".into(),
+                ));
+            }
+            (false, Some(cert), Some(key)) => TlsConfig::Files { cert, key },
+            (false, _, _) => {
+                return Err(ConfigError::Invalid(
+                    "listener needs tls_cert_file and tls_key_file, or tls_disable = true".into(),
+                ));
+            }
+        };
+        let max_request_size = raw.listener.max_request_size.unwrap_or(DEFAULT_MAX_REQUEST_SIZE);
+        if max_request_size < 1024 {
+            return Err(ConfigError::Invalid("listener.max_request_size must be at least 1024 bytes".into()));
+        }
+        let log_format = match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(ConfigError::Invalid(format!("log.format {other:?}: use \"text\" or \"json\""))),
+        };
+        Ok(Config {
+            storage,
+            address,
+            tls,
+            max_request_size,
+            log_level: raw.log.level.unwrap_or_else(|| "info".to_owned()),
+            log_format,
+        })
+    }
+
+    /// The configuration of `keyhaven server --dev`.
+    pub fn dev(address: SocketAddr) -> Config {
+        Config {
+            storage: StorageConfig::Memory,
+            address,
+            tls: TlsConfig::Disabled,
+            max_request_size: DEFAULT_MAX_REQUEST_SIZE,
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[storage]
+backend = "sqlite"
+path = "/var/lib/keyhaven/keyhaven.db"
+[listener]
+address = "127.0.0.1:8200"
+tls_cert_file = "/etc/keyhaven/tls.crt"
+tls_key_file = "/etc/keyhaven/tls.key"
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.storage, StorageConfig::Sqlite { path: "/var/lib/keyhaven/keyhaven.db".into() });
+        assert!(matches!(c.tls, TlsConfig::Files { .. }));
+        assert_eq!(c.max_request_size, DEFAULT_MAX_REQUEST_SIZE);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_by_name() {
+        let err = Config::from_toml(&GOOD.replace("[listener]", "[listener]\ntls_disabel = true")).unwrap_err();
+        assert!(err.to_string().contains("tls_disabel"), "{err}");
+        let err = Config::from_toml(&format!("colour = 1\n{GOOD}")).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn tls_must_be_configured_or_explicitly_disabled() {
+        let no_tls = GOOD.replace("tls_cert_file = \"/etc/keyhaven/tls.crt\"\n", "");
+        assert!(Config::from_toml(&no_tls).is_err());
+        let plain = "[storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n[listener]\naddress = \"127.0.0.1:1\"\ntls_disable = true\n";
+        assert_eq!(Config::from_toml(plain).unwrap().tls, TlsConfig::Disabled);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let err = Config::from_toml(&GOOD.replace("sqlite", "etcd")).unwrap_err();
+        assert!(err.to_string().contains("storage.backend"), "{err}");
+        let err = Config::from_toml(&GOOD.replace("127.0.0.1:8200", "localhost")).unwrap_err();
+        assert!(err.to_string().contains("listener.address"), "{err}");
+    }
+}

@@ -1,0 +1,390 @@
+//! The `/v1/` HTTP API: Vault-compatible JSON in and out.
+//!
+//! Handlers are thin: they turn HTTP into an engine [`Request`] (operation from the
+//! method, token from `X-Vault-Token` or `Authorization: Bearer`, body and query into
+//! `data`) and the engine's answer into Vault's envelope or `{"errors": [...]}`.
+//! Neither headers nor bodies are ever logged.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{any, get};
+use keyhaven_engine::{
+    ClientToken, Core, EngineError, InitParams, Operation, Request, Response, SealStatus, UnsealInput,
+};
+use keyhaven_types::ErrorCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value, json};
+
+/// Version reported by `sys/seal-status` and `sys/health`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Shared state of the HTTP layer.
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine.
+    pub core: Arc<Core>,
+    /// Storage type reported by `sys/seal-status`.
+    pub storage_type: &'static str,
+    /// Maximum request body in bytes.
+    pub max_request_size: usize,
+}
+
+/// Build the router of the `/v1/` API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/sys/init", get(init_status).put(init).post(init))
+        .route("/v1/sys/unseal", any(unseal))
+        .route("/v1/sys/seal-status", get(seal_status))
+        .route("/v1/sys/health", get(health).head(health))
+        .route("/v1/sys/leader", get(leader))
+        .route("/v1/{*path}", any(logical))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn json_response(status: StatusCode, body: &Value, request_id: &str) -> HttpResponse {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = (status, bytes).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Turn an engine error into `{"errors": [...]}` with the status its code maps to.
+fn error_response(err: &EngineError, request_id: &str) -> HttpResponse {
+    let code = err.code();
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let message = if status.is_server_error() && code != ErrorCode::Sealed {
+        tracing::error!(target: "keyhaven::http", request_id, error = %err, source = ?std::error::Error::source(err), "request failed");
+        match code {
+            ErrorCode::Unavailable => format!("service unavailable; request id {request_id}"),
+            _ => format!("internal error; request id {request_id}"),
+        }
+    } else {
+        err.to_string()
+    };
+    json_response(status, &json!({ "errors": [message] }), request_id)
+}
+
+fn plain_error(status: StatusCode, message: &str, request_id: &str) -> HttpResponse {
+    json_response(status, &json!({ "errors": [message] }), request_id)
+}
+
+async fn not_found() -> HttpResponse {
+    plain_error(StatusCode::NOT_FOUND, "unsupported path", &new_request_id())
+}
+
+/// Read the body up to the limit and parse it as a JSON object (or nothing).
+async fn read_json_body(body: Body, limit: usize, request_id: &str) -> Result<Map<String, Value>, HttpResponse> {
+    let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Err(plain_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body is larger than the limit of {limit} bytes"),
+                request_id,
+            ));
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(_) => Err(plain_error(StatusCode::BAD_REQUEST, "request body must be a JSON object", request_id)),
+        // serde_json's message names line and column and the kind of error, never the input.
+        Err(e) => Err(plain_error(
+            StatusCode::BAD_REQUEST,
+            &format!("failed to parse JSON input: {}", e.classify_message()),
+            request_id,
+        )),
+    }
+}
+
+trait ClassifyMessage {
+    fn classify_message(&self) -> String;
+}
+
+impl ClassifyMessage for serde_json::Error {
+    fn classify_message(&self) -> String {
+        let kind = match self.classify() {
+            serde_json::error::Category::Io => "I/O error",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "unexpected data",
+            serde_json::error::Category::Eof => "unexpected end of input",
+        };
+        format!("{kind} at line {} column {}", self.line(), self.column())
+    }
+}
+
+fn token_from(headers: &HeaderMap) -> Option<ClientToken> {
+    if let Some(v) = headers.get("x-vault-token").and_then(|v| v.to_str().ok()) {
+        if !v.is_empty() {
+            return Some(ClientToken::new(v.to_owned()));
+        }
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+        .then(|| ClientToken::new(token.trim().to_owned()))
+}
+
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+}
+
+/// `/v1/<anything>` that the engine routes (including authenticated `sys/` paths).
+async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
+    let started = Instant::now();
+    let request_id = new_request_id();
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().strip_prefix("/v1/").unwrap_or_default().to_owned();
+    let query = query_pairs(parts.uri.query());
+    let list_flag = query.iter().any(|(k, v)| k == "list" && (v == "true" || v == "1"));
+    let operation = match parts.method.as_str() {
+        "GET" if list_flag => Operation::List,
+        "GET" => Operation::Read,
+        "LIST" => Operation::List,
+        "POST" | "PUT" => Operation::Update,
+        "PATCH" => Operation::Patch,
+        "DELETE" => Operation::Delete,
+        _ => return plain_error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method", &request_id),
+    };
+    let mut data = match read_json_body(body, state.max_request_size, &request_id).await {
+        Ok(d) => d,
+        Err(resp) => return resp,
+    };
+    if matches!(operation, Operation::Read | Operation::List | Operation::Delete) {
+        for (k, v) in query {
+            if k != "list" {
+                data.entry(k).or_insert(Value::String(v));
+            }
+        }
+    }
+    let request = Request { id: request_id.clone(), operation, path, data, token: token_from(&parts.headers) };
+    let result = state.core.handle(request).await;
+    let resp = match result {
+        Ok(resp) => envelope(resp, &request_id),
+        Err(err) => error_response(&err, &request_id),
+    };
+    tracing::debug!(
+        target: "keyhaven::http",
+        request_id,
+        method = %parts.method,
+        path = parts.uri.path(),
+        status = resp.status().as_u16(),
+        micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    resp
+}
+
+/// Wrap an engine response in Vault's envelope.
+fn envelope(resp: Response, request_id: &str) -> HttpResponse {
+    if resp.is_empty() && resp.status.is_none() {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            r.headers_mut().insert("x-request-id", v);
+        }
+        return r;
+    }
+    let status = resp.status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::OK);
+    let mut body = Map::new();
+    if resp.top_level {
+        if let Some(data) = &resp.data {
+            for (k, v) in data {
+                body.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    body.insert("request_id".into(), Value::String(request_id.to_owned()));
+    body.insert("lease_id".into(), Value::String(String::new()));
+    body.insert("renewable".into(), Value::Bool(false));
+    body.insert("lease_duration".into(), json!(0));
+    body.insert("data".into(), resp.data.map(Value::Object).unwrap_or(Value::Null));
+    body.insert("wrap_info".into(), Value::Null);
+    body.insert(
+        "warnings".into(),
+        if resp.warnings.is_empty() { Value::Null } else { json!(resp.warnings) },
+    );
+    body.insert("auth".into(), resp.auth.map(Value::Object).unwrap_or(Value::Null));
+    json_response(status, &Value::Object(body), request_id)
+}
+
+fn seal_status_json(s: &SealStatus, storage_type: &str) -> Value {
+    json!({
+        "type": s.kind,
+        "initialized": s.initialized,
+        "sealed": s.sealed,
+        "t": s.t,
+        "n": s.n,
+        "progress": s.progress,
+        "nonce": s.nonce,
+        "version": VERSION,
+        "build_date": "",
+        "migration": false,
+        "cluster_name": s.cluster_name,
+        "cluster_id": s.cluster_id,
+        "recovery_seal": false,
+        "storage_type": storage_type,
+    })
+}
+
+async fn seal_status(State(state): State<AppState>) -> HttpResponse {
+    let s = state.core.seal_status();
+    json_response(StatusCode::OK, &seal_status_json(&s, state.storage_type), &new_request_id())
+}
+
+async fn init_status(State(state): State<AppState>) -> HttpResponse {
+    json_response(StatusCode::OK, &json!({ "initialized": state.core.is_initialized() }), &new_request_id())
+}
+
+fn u8_param(data: &Map<String, Value>, key: &str) -> Result<Option<u8>, EngineError> {
+    match keyhaven_engine::params::uint(data, key)? {
+        None => Ok(None),
+        Some(n) => u8::try_from(n)
+            .map(Some)
+            .map_err(|_| EngineError::invalid(format!("{key} must be between 1 and 255"))),
+    }
+}
+
+async fn init(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
+    let request_id = new_request_id();
+    let data = match read_json_body(req.into_body(), state.max_request_size, &request_id).await {
+        Ok(d) => d,
+        Err(resp) => return resp,
+    };
+    for unsupported in ["pgp_keys", "root_token_pgp_key", "recovery_pgp_keys"] {
+        if data.get(unsupported).is_some_and(|v| !v.is_null() && v != &json!([]) && v != &json!("")) {
+            return plain_error(StatusCode::BAD_REQUEST, &format!("{unsupported} is not supported"), &request_id);
+        }
+    }
+    let params = (|| -> Result<InitParams, EngineError> {
+        Ok(InitParams {
+            secret_shares: u8_param(&data, "secret_shares")?
+                .ok_or_else(|| EngineError::invalid("missing parameter \"secret_shares\""))?,
+            secret_threshold: u8_param(&data, "secret_threshold")?
+                .ok_or_else(|| EngineError::invalid("missing parameter \"secret_threshold\""))?,
+        })
+    })();
+    let params = match params {
+        Ok(p) => p,
+        Err(e) => return error_response(&e, &request_id),
+    };
+    match state.core.init(params).await {
+        Ok(result) => {
+            use base64::Engine as _;
+            let hex_keys: Vec<String> = result.shares.iter().map(|s| hex::encode(s.as_bytes())).collect();
+            let b64_keys: Vec<String> = result
+                .shares
+                .iter()
+                .map(|s| base64::engine::general_purpose::STANDARD.encode(s.as_bytes()))
+                .collect();
+            let body = json!({
+                "keys": hex_keys,
+                "keys_base64": b64_keys,
+                "root_token": result.root_token.expose_secret(),
+            });
+            json_response(StatusCode::OK, &body, &request_id)
+        }
+        Err(e) => error_response(&e, &request_id),
+    }
+}
+
+async fn unseal(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
+    let request_id = new_request_id();
+    if !matches!(*req.method(), Method::PUT | Method::POST) {
+        return plain_error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method", &request_id);
+    }
+    let data = match read_json_body(req.into_body(), state.max_request_size, &request_id).await {
+        Ok(d) => d,
+        Err(resp) => return resp,
+    };
+    let input = match (keyhaven_engine::params::boolean(&data, "reset"), keyhaven_engine::params::string(&data, "key")) {
+        (Err(e), _) | (_, Err(e)) => return error_response(&e, &request_id),
+        (Ok(Some(true)), _) => UnsealInput::Reset,
+        (_, Ok(Some(k))) if !k.is_empty() => UnsealInput::Key(SecretString::from(k.to_owned())),
+        _ => {
+            return plain_error(StatusCode::BAD_REQUEST, "missing parameter \"key\" (or \"reset\": true)", &request_id);
+        }
+    };
+    if data.get("migrate").is_some_and(|v| v == &json!(true)) {
+        return plain_error(StatusCode::BAD_REQUEST, "seal migration is not supported", &request_id);
+    }
+    match state.core.unseal(input).await {
+        Ok(s) => json_response(StatusCode::OK, &seal_status_json(&s, state.storage_type), &request_id),
+        Err(e) => error_response(&e, &request_id),
+    }
+}
+
+async fn leader() -> HttpResponse {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "ha_enabled": false,
+            "is_self": false,
+            "active_time": "0001-01-01T00:00:00Z",
+            "leader_address": "",
+            "leader_cluster_address": "",
+            "performance_standby": false,
+            "performance_standby_last_remote_wal": 0,
+        }),
+        &new_request_id(),
+    )
+}
+
+/// `sys/health`: Vault's status codes (200 active, 501 uninitialized, 503 sealed) and
+/// query flags to override them.
+async fn health(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
+    let request_id = new_request_id();
+    let query = query_pairs(req.uri().query());
+    let code = |name: &str, default: u16| -> u16 {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.parse::<u16>().ok())
+            .filter(|c| (100..=999).contains(c))
+            .unwrap_or(default)
+    };
+    let s = state.core.seal_status();
+    let status = if !s.initialized {
+        code("uninitcode", 501)
+    } else if s.sealed {
+        code("sealedcode", 503)
+    } else {
+        code("activecode", 200)
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    if req.method() == Method::HEAD {
+        return status.into_response();
+    }
+    let now = state.core.clock().unix_seconds();
+    let body = json!({
+        "initialized": s.initialized,
+        "sealed": s.sealed,
+        "standby": false,
+        "performance_standby": false,
+        "replication_performance_mode": "disabled",
+        "replication_dr_mode": "disabled",
+        "server_time_utc": now,
+        "version": VERSION,
+        "cluster_name": s.cluster_name,
+        "cluster_id": s.cluster_id,
+    });
+    json_response(status, &body, &request_id)
+}

@@ -1,0 +1,101 @@
+//! TLS through rustls (aws-lc-rs provider) and the accept loop.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::ServerError;
+
+/// Load a certificate chain and key and build an acceptor. Refuses a key file that
+/// group or others can read.
+pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError> {
+    check_private(key)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| ServerError::Tls(format!("cannot read certificate file {}: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ServerError::Tls(format!("invalid certificate in {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServerError::Tls(format!("no certificate found in {}", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ServerError::Tls(format!("cannot read private key file {}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServerError::Tls(format!("certificate and key do not form a usable pair: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(unix)]
+fn check_private(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ServerError::Tls(format!("cannot read private key file {}: {e}", path.display())))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(ServerError::Tls(format!(
+            "private key file {} is readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_path: &Path) -> Result<(), ServerError> {
+    Ok(())
+}
+
+/// Accept TLS connections until `shutdown`, serving HTTP/1.1 and HTTP/2.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(target: "keyhaven::http", error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
+            let tls = match handshake {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(target: "keyhaven::http", %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(target: "keyhaven::http", %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            if let Err(e) = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await {
+                tracing::debug!(target: "keyhaven::http", %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
