@@ -1,6 +1,10 @@
 use std::error::Error as StdError;
+use std::path::PathBuf;
 
 /// Why a storage call failed.
+///
+/// No variant ever carries a stored value: values are opaque (barrier ciphertext) and
+/// must not reach logs or error text. Keys are non-secret and may appear.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
@@ -28,4 +32,37 @@ pub enum StorageError {
     /// The backend is shutting down or has shut down.
     #[error("storage backend is closed")]
     Closed,
+    /// The backend's schema was written by a newer version of keyhaven; opening it
+    /// with this version could misread or damage it.
+    #[error(
+        "storage schema version {found} is newer than the newest this build knows \
+         ({supported}); run a keyhaven release that supports it"
+    )]
+    SchemaTooNew {
+        /// Schema version found in the backend.
+        found: u64,
+        /// Newest schema version this build can migrate to.
+        supported: u64,
+    },
+    /// A storage file can be modified by users other than its owner, so its
+    /// integrity cannot be relied on; the backend refuses to use it.
+    #[error(
+        "storage file {path:?} has mode {mode:o}, which lets group or others write it; \
+         restrict it (e.g. chmod 600)"
+    )]
+    InsecurePermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+impl StorageError {
+    /// Wrap a backend error as [`StorageError::Unavailable`].
+    pub fn unavailable(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        StorageError::Unavailable {
+            source: source.into(),
+        }
+    }
 }

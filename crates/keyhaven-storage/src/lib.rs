@@ -5,22 +5,42 @@
 //! `keyhaven-engine`) encrypts values before they get here, so a store never sees
 //! plaintext secrets and must never need to.
 //!
-//! Invariants every implementation upholds (checked by [`conformance::exercise`]):
+//! Invariants every implementation upholds (checked by `conformance::exercise`, behind
+//! the `testing` feature):
 //! - a completed `put`, `delete` or committed [`Transaction`] is durable and visible to
 //!   every later call;
 //! - a transaction is atomic: either every condition holds and every operation is
 //!   applied, or nothing is;
 //! - listing returns the immediate children of a prefix in byte order, sub-folders
-//!   with a trailing `/`, one page at a time.
+//!   with a trailing `/`, one page at a time;
+//! - keys are compared as bytes; no store interprets `.`, `..` or repeated `/`, so a
+//!   [`ScopedStore`] (which only prepends its prefix) cannot be escaped;
+//! - values never appear in errors, logs or `Debug` output.
+//!
+//! Non-goals: encryption (the barrier's job), secondary indexes, TTLs, watches, or
+//! cross-store transactions. Extra capabilities belong in separate traits.
+//!
+//! This crate provides the trait, [`MemStore`] (tests, dev mode), [`ScopedStore`] (the
+//! view each engine component gets), [`listing`] (the shared paging logic backends use)
+//! and, with the `testing` feature, the conformance suite.
 #![forbid(unsafe_code)]
 
 use async_trait::async_trait;
 
 mod error;
+pub mod listing;
 mod mem;
 mod scoped;
 
+// The conformance suite reports a contract violation by panicking, exactly like the
+// assertions of the tests that call it; it is only compiled with the `testing` feature.
 #[cfg(feature = "testing")]
+#[allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 pub mod conformance;
 
 pub use error::StorageError;
@@ -129,8 +149,9 @@ pub enum TxOutcome {
 /// A key-value store of opaque bytes. See the crate docs for the invariants.
 ///
 /// Keys are non-empty UTF-8 strings without NUL bytes, at most [`MAX_KEY_LEN`] bytes,
-/// that do not start with `/`. Implementations reject other keys with
-/// [`StorageError::InvalidKey`].
+/// that do not start with `/` ([`validate_key`]). Implementations reject other keys with
+/// [`StorageError::InvalidKey`], before touching any data. Keys are compared and
+/// ordered as bytes; `.`, `..` and `//` have no meaning to a store.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The value at `key`, if any.
@@ -167,20 +188,44 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         new: Option<Vec<u8>>,
     ) -> Result<bool, StorageError> {
         let condition = match expected {
-            Some(value) => Condition::Equals { key: key.to_owned(), value: value.to_vec() },
-            None => Condition::Absent { key: key.to_owned() },
+            Some(value) => Condition::Equals {
+                key: key.to_owned(),
+                value: value.to_vec(),
+            },
+            None => Condition::Absent {
+                key: key.to_owned(),
+            },
         };
         let op = match new {
-            Some(value) => Op::Put { key: key.to_owned(), value },
-            None => Op::Delete { key: key.to_owned() },
+            Some(value) => Op::Put {
+                key: key.to_owned(),
+                value,
+            },
+            None => Op::Delete {
+                key: key.to_owned(),
+            },
         };
-        let outcome = self.transact(Transaction { conditions: vec![condition], ops: vec![op] }).await?;
+        let outcome = self
+            .transact(Transaction {
+                conditions: vec![condition],
+                ops: vec![op],
+            })
+            .await?;
         Ok(outcome == TxOutcome::Committed)
     }
 }
 
 /// The longest key a store accepts, in bytes.
 pub const MAX_KEY_LEN: usize = 2048;
+
+/// Check a [`Store::list_page`] prefix: empty (the root) or a valid key.
+pub fn validate_prefix(prefix: &str) -> Result<(), StorageError> {
+    if prefix.is_empty() {
+        Ok(())
+    } else {
+        validate_key(prefix)
+    }
+}
 
 /// Check `key` against the rules in [`Store`]'s docs.
 pub fn validate_key(key: &str) -> Result<(), StorageError> {
@@ -195,5 +240,8 @@ pub fn validate_key(key: &str) -> Result<(), StorageError> {
     } else {
         return Ok(());
     };
-    Err(StorageError::InvalidKey { key: key.chars().take(128).collect(), reason })
+    Err(StorageError::InvalidKey {
+        key: key.chars().take(128).collect(),
+        reason,
+    })
 }
