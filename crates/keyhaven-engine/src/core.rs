@@ -272,6 +272,9 @@ impl Core {
             }
             UnsealInput::Key(k) => k,
         };
+        if !self.is_initialized() {
+            return Err(EngineError::NotInitialized);
+        }
         let share = decode_share(secrecy::ExposeSecret::expose_secret(&key_text))?;
         let (combined, threshold) = {
             let mut state = self.state.write();
