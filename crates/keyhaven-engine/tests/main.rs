@@ -1,2 +1,4 @@
 //! Integration tests of the engine, on MemStore with a manual clock.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+mod core;
+mod kv;
