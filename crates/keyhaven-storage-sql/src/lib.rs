@@ -1,1 +1,24 @@
-//! keyhaven-storage-sql (under construction).
+//! SQL implementations of keyhaven's [`Store`](keyhaven_storage::Store) trait.
+//!
+//! [`SqliteStore`] is the embedded default: one database file in WAL mode with
+//! `synchronous=FULL`, one writer thread that group-commits concurrent writes, and a
+//! small pool of read-only connections.
+//!
+//! Invariants:
+//! - an acknowledged write (put, delete, committed transaction) has been fsynced;
+//! - a read that starts after a write was acknowledged sees that write;
+//! - the schema is versioned; a database written by a newer keyhaven is refused, never
+//!   opened and possibly damaged;
+//! - the database files are created owner-only (0600), and a file that others can
+//!   write is refused;
+//! - values are opaque: they never reach error messages, logs or `Debug` output.
+//!
+//! Non-goals: sharing one SQLite file between several keyhaven processes (it works,
+//! serialised by SQLite's locks, but is neither tuned nor tested), replication (use the
+//! PostgreSQL backend for HA), and encryption at rest (values arrive encrypted by the
+//! barrier).
+#![forbid(unsafe_code)]
+
+mod sqlite;
+
+pub use sqlite::{ConnectionRole, ConnectionSettings, SqliteOptions, SqliteStore};
