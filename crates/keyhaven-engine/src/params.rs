@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 use crate::error::EngineError;
 
 fn wrong_type(key: &str, want: &str) -> EngineError {
-    EngineError::invalid(format!("invalid value for parameter {key:?}: expected {want}"))
+    EngineError::invalid(format!(
+        "invalid value for parameter {key:?}: expected {want}"
+    ))
 }
 
 /// A string parameter.
@@ -27,13 +29,16 @@ pub fn string<'a>(data: &'a Map<String, Value>, key: &str) -> Result<Option<&'a 
 pub fn uint(data: &Map<String, Value>, key: &str) -> Result<Option<u64>, EngineError> {
     match data.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            n.as_u64().map(Some).ok_or_else(|| wrong_type(key, "a non-negative integer"))
-        }
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| wrong_type(key, "a non-negative integer")),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => {
-            s.trim().parse::<u64>().map(Some).map_err(|_| wrong_type(key, "a non-negative integer"))
-        }
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| wrong_type(key, "a non-negative integer")),
         Some(_) => Err(wrong_type(key, "a non-negative integer")),
     }
 }
@@ -42,11 +47,16 @@ pub fn uint(data: &Map<String, Value>, key: &str) -> Result<Option<u64>, EngineE
 pub fn int(data: &Map<String, Value>, key: &str) -> Result<Option<i64>, EngineError> {
     match data.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| wrong_type(key, "an integer")),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| wrong_type(key, "an integer")),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => {
-            s.trim().parse::<i64>().map(Some).map_err(|_| wrong_type(key, "an integer"))
-        }
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| wrong_type(key, "an integer")),
         Some(_) => Err(wrong_type(key, "an integer")),
     }
 }
@@ -76,13 +86,14 @@ pub fn boolean(data: &Map<String, Value>, key: &str) -> Result<Option<bool>, Eng
 pub fn duration_secs(data: &Map<String, Value>, key: &str) -> Result<Option<u64>, EngineError> {
     match data.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            n.as_u64().map(Some).ok_or_else(|| wrong_type(key, "a duration"))
-        }
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| wrong_type(key, "a duration")),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => {
-            parse_duration(s).map(Some).ok_or_else(|| wrong_type(key, "a duration such as \"30m\""))
-        }
+        Some(Value::String(s)) => parse_duration(s)
+            .map(Some)
+            .ok_or_else(|| wrong_type(key, "a duration such as \"30m\"")),
         Some(_) => Err(wrong_type(key, "a duration")),
     }
 }
@@ -100,12 +111,16 @@ pub fn parse_duration(s: &str) -> Option<u64> {
         return None;
     }
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
             return None;
         }
         let (num, tail) = rest.split_at(num_len);
-        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_len);
         let scale: u128 = match unit {
             "ns" => 1,
@@ -121,7 +136,11 @@ pub fn parse_duration(s: &str) -> Option<u64> {
         if !value.is_finite() || value < 0.0 {
             return None;
         }
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "checked finite and non-negative")]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "checked finite and non-negative"
+        )]
         let nanos = (value * scale as f64) as u128;
         total_nanos = total_nanos.checked_add(nanos)?;
         rest = tail;
@@ -145,11 +164,18 @@ pub fn format_duration(secs: u64) -> String {
 }
 
 /// A list of strings: a JSON array of strings, or one comma-separated string.
-pub fn string_list(data: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>, EngineError> {
+pub fn string_list(
+    data: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<Vec<String>>, EngineError> {
     match data.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(
-            s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect(),
+            s.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect(),
         )),
         Some(Value::Array(items)) => items
             .iter()
@@ -169,21 +195,31 @@ pub fn string_list(data: &Map<String, Value>, key: &str) -> Result<Option<Vec<St
 pub fn uint_list(data: &Map<String, Value>, key: &str) -> Result<Option<Vec<u64>>, EngineError> {
     let parse_one = |v: &Value| -> Result<u64, EngineError> {
         match v {
-            Value::Number(n) => n.as_u64().ok_or_else(|| wrong_type(key, "a list of integers")),
-            Value::String(s) => {
-                s.trim().parse::<u64>().map_err(|_| wrong_type(key, "a list of integers"))
-            }
+            Value::Number(n) => n
+                .as_u64()
+                .ok_or_else(|| wrong_type(key, "a list of integers")),
+            Value::String(s) => s
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| wrong_type(key, "a list of integers")),
             _ => Err(wrong_type(key, "a list of integers")),
         }
     };
     match data.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(items)) => items.iter().map(parse_one).collect::<Result<_, _>>().map(Some),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(parse_one)
+            .collect::<Result<_, _>>()
+            .map(Some),
         Some(Value::String(s)) => s
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(|p| p.parse::<u64>().map_err(|_| wrong_type(key, "a list of integers")))
+            .map(|p| {
+                p.parse::<u64>()
+                    .map_err(|_| wrong_type(key, "a list of integers"))
+            })
             .collect::<Result<_, _>>()
             .map(Some),
         Some(v @ Value::Number(_)) => parse_one(v).map(|n| Some(vec![n])),
@@ -224,14 +260,93 @@ pub fn string_map(
     }
 }
 
+/// An object parameter (a JSON object; `null` counts as absent).
+pub fn object<'a>(
+    data: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a Map<String, Value>>, EngineError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(obj)) => Ok(Some(obj)),
+        Some(_) => Err(wrong_type(key, "an object")),
+    }
+}
+
+/// A duration parameter in whole seconds that may be negative (Vault's
+/// `TypeSignedDurationSecond`): an integer, or a duration string with an optional
+/// leading `-` such as `"-1s"`.
+pub fn signed_duration_secs(
+    data: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<i64>, EngineError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| wrong_type(key, "a duration")),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            let (negative, body) = match s.strip_prefix('-') {
+                Some(rest) => (true, rest),
+                None => (false, s),
+            };
+            let secs = parse_duration(body)
+                .and_then(|n| i64::try_from(n).ok())
+                .ok_or_else(|| wrong_type(key, "a duration such as \"30m\""))?;
+            Ok(Some(if negative { -secs } else { secs }))
+        }
+        Some(_) => Err(wrong_type(key, "a duration")),
+    }
+}
+
+/// Format signed seconds as Go does (`-1s`, `0s`, `1h0m0s`).
+pub fn format_signed_duration(secs: i64) -> String {
+    if secs < 0 {
+        format!("-{}", format_duration(secs.unsigned_abs()))
+    } else {
+        format_duration(secs.unsigned_abs())
+    }
+}
+
+/// A map of strings to strings in which `null` values are kept as `None` (for merge
+/// patches, where `null` removes an entry). Numbers and booleans are converted.
+pub fn nullable_string_map(
+    data: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<BTreeMap<String, Option<String>>>, EngineError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(obj)) => obj
+            .iter()
+            .map(|(k, v)| match v {
+                Value::Null => Ok((k.clone(), None)),
+                Value::String(s) => Ok((k.clone(), Some(s.clone()))),
+                Value::Number(n) => Ok((k.clone(), Some(n.to_string()))),
+                Value::Bool(b) => Ok((k.clone(), Some(b.to_string()))),
+                _ => Err(wrong_type(key, "a map of strings")),
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(_) => Err(wrong_type(key, "a map of strings")),
+    }
+}
+
 /// Refuse parameters this endpoint does not know, naming them.
 pub fn reject_unknown(data: &Map<String, Value>, allowed: &[&str]) -> Result<(), EngineError> {
-    let unknown: Vec<&str> =
-        data.keys().map(String::as_str).filter(|k| !allowed.contains(k)).collect();
+    let unknown: Vec<&str> = data
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !allowed.contains(k))
+        .collect();
     if unknown.is_empty() {
         Ok(())
     } else {
-        Err(EngineError::invalid(format!("unknown parameters: {}", unknown.join(", "))))
+        Err(EngineError::invalid(format!(
+            "unknown parameters: {}",
+            unknown.join(", ")
+        )))
     }
 }
 
@@ -251,7 +366,10 @@ mod tests {
         assert_eq!(uint(&d, "m").unwrap(), Some(7));
         assert_eq!(boolean(&d, "b").unwrap(), Some(true));
         assert_eq!(duration_secs(&d, "d").unwrap(), Some(5400));
-        assert_eq!(string_list(&d, "l").unwrap(), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            string_list(&d, "l").unwrap(),
+            Some(vec!["a".into(), "b".into()])
+        );
         let err = uint(&d, "x").unwrap_err().to_string();
         assert!(err.contains("\"x\"") && !err.contains("nope"), "{err}");
     }
@@ -270,6 +388,26 @@ mod tests {
         assert_eq!(format_duration(0), "0s");
         assert_eq!(format_duration(5400), "1h30m0s");
         assert_eq!(format_duration(90), "1m30s");
+    }
+
+    #[test]
+    fn signed_durations_and_nullable_maps() {
+        let d = obj(
+            json!({"neg": "-1s", "pos": "1h", "n": -5, "bad": "-x", "m": {"a": null, "b": 1}, "s": "x"}),
+        );
+        assert_eq!(signed_duration_secs(&d, "neg").unwrap(), Some(-1));
+        assert_eq!(signed_duration_secs(&d, "pos").unwrap(), Some(3600));
+        assert_eq!(signed_duration_secs(&d, "n").unwrap(), Some(-5));
+        assert!(signed_duration_secs(&d, "bad").is_err());
+        assert_eq!(format_signed_duration(-1), "-1s");
+        assert_eq!(format_signed_duration(3600), "1h0m0s");
+        let m = nullable_string_map(&d, "m").unwrap().unwrap();
+        assert_eq!(m.get("a"), Some(&None));
+        assert_eq!(m.get("b"), Some(&Some("1".to_owned())));
+        assert!(nullable_string_map(&d, "s").is_err());
+        assert!(object(&d, "m").unwrap().is_some());
+        assert!(object(&d, "s").is_err());
+        assert!(object(&d, "absent").unwrap().is_none());
     }
 
     #[test]
