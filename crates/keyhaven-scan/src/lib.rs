@@ -1,17 +1,60 @@
-//! keyhaven-scan: finds hardcoded secrets and risky Kubernetes manifests (under construction).
+//! keyhaven-scan: finds hardcoded secrets and risky Kubernetes manifests, as a CI gate.
+//!
+//! Purpose: detect credentials in files, stdin and git history with data-driven rules
+//! (keyword prefilter, regex, entropy, offline validators), understand Kubernetes
+//! manifests (Secrets, kubeconfigs, env values) and check RBAC and pod posture. Non-goals:
+//! no live validation of credentials, no network access of any kind.
+//!
+//! Invariants:
+//! - found secret values are held only in [`Secret`] (redacting `Debug`, no `Serialize`)
+//!   and leave the process only through an explicit `--show-secrets`;
+//! - memory per scanned input is bounded by the chunk size plus overlap, and decoding of
+//!   nested base64 is bounded in depth and size;
+//! - a finding's fingerprint depends on rule, path and value, never on line numbers, so
+//!   baselines survive moved lines.
 
-pub mod cli {
-    //! The `keyhaven scan` command line.
+mod error;
 
-    /// Arguments of `keyhaven scan`.
-    #[derive(Debug, clap::Args)]
-    pub struct ScanArgs {
-        /// Files or directories to scan.
-        pub paths: Vec<std::path::PathBuf>,
+pub mod baseline;
+pub mod cli;
+pub mod engine;
+pub mod files;
+pub mod finding;
+pub mod git;
+pub mod gitleaks;
+pub mod k8s;
+pub mod posture;
+pub mod report;
+pub mod rules;
+pub mod validate;
+
+pub use error::Error;
+pub use finding::{Category, Finding, Secret};
+pub use rules::Severity;
+
+/// Entry points for fuzz targets and benchmarks; not a stable API.
+#[doc(hidden)]
+pub mod internal {
+    /// Compile a keyhaven rules file; errors are expected, panics are bugs.
+    pub fn compile_rules(text: &str) -> bool {
+        crate::rules::parse_rules("fuzz", text)
+            .and_then(|specs| crate::rules::RuleSet::compile(specs, Vec::new(), Vec::new()))
+            .is_ok()
     }
 
-    /// Run a scan and return the process exit code.
-    pub fn run(_args: ScanArgs) -> std::process::ExitCode {
-        std::process::ExitCode::FAILURE
+    /// Parse a gitleaks config.
+    pub fn parse_gitleaks(text: &str) -> bool {
+        crate::gitleaks::parse_str(text, None).is_ok()
+    }
+
+    /// Scan arbitrary bytes as a manifest (secrets and posture).
+    pub fn scan_manifest_bytes(data: &[u8]) -> usize {
+        let Ok(rules) = crate::rules::RuleSet::builtin() else {
+            return 0;
+        };
+        let engine = crate::engine::Engine::new(rules, crate::engine::EngineOptions::default());
+        let scanned = crate::k8s::scan_manifest(&engine, "fuzz.yaml", data, None, 2);
+        let posture = crate::posture::check(&scanned.objects);
+        scanned.findings.len() + posture.len() + engine.scan_bytes(data, "fuzz.yaml", None).len()
     }
 }

@@ -1,0 +1,485 @@
+//! Rules as data: the TOML rule format, offline validators and the compiled rule set.
+//!
+//! Invariant: a rule only ever runs its regex inside windows around a keyword hit (rules
+//! without keywords run over the whole chunk), so the cost of a scan is one Aho-Corasick
+//! pass plus work proportional to the number of keyword hits.
+
+use std::collections::HashSet;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::bytes::Regex;
+use serde::Deserialize;
+
+use crate::Error;
+use crate::validate::Validator;
+
+/// The built-in rules, embedded at compile time.
+pub const DEFAULT_RULES: &str = include_str!("../rules/default.toml");
+
+/// Largest window a rule may ask for on either side of a keyword hit, in bytes. The
+/// streaming reader keeps at least twice this much overlap between chunks.
+pub const MAX_SPAN: usize = 16 * 1024;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Informational hygiene.
+    Low,
+    /// Worth fixing.
+    Medium,
+    /// A credential or a serious misconfiguration.
+    #[default]
+    High,
+    /// A live-looking credential with broad reach.
+    Critical,
+}
+
+impl Severity {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// Parse a lower-case name.
+    pub fn parse(s: &str) -> Option<Severity> {
+        match s.to_ascii_lowercase().as_str() {
+            "low" | "any" | "info" => Some(Severity::Low),
+            "medium" => Some(Severity::Medium),
+            "high" => Some(Severity::High),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One rule as written in a rules file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Stable identifier, e.g. `github-token`.
+    pub id: String,
+    /// One-line description.
+    #[serde(default)]
+    pub description: String,
+    /// Severity of a match.
+    #[serde(default)]
+    pub severity: Severity,
+    /// Prefilter keywords; at least one must occur near a match.
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// Match keywords case-sensitively (default: ASCII case-insensitive).
+    #[serde(default)]
+    pub case_sensitive_keywords: bool,
+    /// The confirming regex (Rust `regex` syntax). Absent for path-only rules.
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Capture group that holds the secret.
+    #[serde(default)]
+    pub secret_group: Option<usize>,
+    /// Minimum Shannon entropy (bits per byte) of the secret.
+    #[serde(default)]
+    pub entropy: Option<f64>,
+    /// Offline validators, all of which must accept the secret.
+    #[serde(default)]
+    pub validators: Vec<Validator>,
+    /// A regex that must also match in the same window (pairing).
+    #[serde(default)]
+    pub requires: Option<String>,
+    /// Lines of context on each side of the keyword's line.
+    #[serde(default)]
+    pub context_lines: usize,
+    /// Window size in bytes on each side of a keyword hit (capped at [`MAX_SPAN`]).
+    #[serde(default)]
+    pub max_span: Option<usize>,
+    /// Only files whose path matches this regex.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Secrets equal to, or containing as a token, one of these words are ignored.
+    #[serde(default)]
+    pub stopwords: Vec<String>,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Texts the rule must match (checked by a test).
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// Texts the rule must not match (checked by a test).
+    #[serde(default)]
+    pub negative_examples: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    #[serde(default)]
+    rules: Vec<RuleSpec>,
+}
+
+/// Parse a keyhaven rules file (TOML).
+pub fn parse_rules(origin: &str, text: &str) -> Result<Vec<RuleSpec>, Error> {
+    let file: RuleFile = toml::from_str(text).map_err(|source| Error::RulesToml {
+        origin: origin.to_owned(),
+        source: Box::new(source),
+    })?;
+    Ok(file.rules)
+}
+
+/// What an allowlist regex is matched against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegexTarget {
+    /// The secret itself.
+    #[default]
+    Secret,
+    /// The whole regex match.
+    Match,
+    /// The line holding the match.
+    Line,
+}
+
+/// A gitleaks-style allowlist.
+#[derive(Debug, Clone, Default)]
+pub struct Allowlist {
+    /// All conditions must hold (AND) rather than any (OR).
+    pub require_all: bool,
+    /// Path regexes.
+    pub paths: Vec<Regex>,
+    /// Content regexes.
+    pub regexes: Vec<Regex>,
+    /// What the content regexes are matched against.
+    pub regex_target: RegexTarget,
+    /// Stopwords (substrings of the secret, as gitleaks does).
+    pub stopwords: Vec<String>,
+    /// Commit ids.
+    pub commits: Vec<String>,
+    /// Rule ids this global allowlist is limited to (empty: all).
+    pub target_rules: Vec<String>,
+}
+
+/// Inputs an allowlist is checked against.
+pub struct AllowInput<'a> {
+    /// Path of the file.
+    pub path: &'a str,
+    /// The secret.
+    pub secret: &'a [u8],
+    /// The whole match.
+    pub matched: &'a [u8],
+    /// The line around the match.
+    pub line: &'a [u8],
+    /// The commit, in history scans.
+    pub commit: Option<&'a str>,
+}
+
+impl Allowlist {
+    /// Whether this allowlist suppresses the input.
+    pub fn allows(&self, input: &AllowInput<'_>) -> bool {
+        let mut conds: Vec<bool> = Vec::with_capacity(4);
+        if !self.paths.is_empty() {
+            conds.push(self.paths.iter().any(|r| r.is_match(input.path.as_bytes())));
+        }
+        if !self.regexes.is_empty() {
+            let target = match self.regex_target {
+                RegexTarget::Secret => input.secret,
+                RegexTarget::Match => input.matched,
+                RegexTarget::Line => input.line,
+            };
+            conds.push(self.regexes.iter().any(|r| r.is_match(target)));
+        }
+        if !self.stopwords.is_empty() {
+            let lower = input.secret.to_ascii_lowercase();
+            conds.push(self.stopwords.iter().any(|w| {
+                memchr::memmem::find(&lower, w.to_ascii_lowercase().as_bytes()).is_some()
+            }));
+        }
+        if !self.commits.is_empty() {
+            conds.push(
+                input
+                    .commit
+                    .is_some_and(|c| self.commits.iter().any(|x| c.starts_with(x.as_str()))),
+            );
+        }
+        if conds.is_empty() {
+            return false;
+        }
+        if self.require_all {
+            conds.iter().all(|c| *c)
+        } else {
+            conds.iter().any(|c| *c)
+        }
+    }
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// The rule as written.
+    pub spec: RuleSpec,
+    /// Compiled confirming regex (None for path-only rules).
+    pub regex: Option<Regex>,
+    /// Compiled pairing regex.
+    pub requires: Option<Regex>,
+    /// Compiled path filter.
+    pub path: Option<Regex>,
+    /// Rule-local allowlists.
+    pub allowlists: Vec<Allowlist>,
+    /// Effective secret group.
+    pub secret_group: usize,
+    /// Effective window span in bytes.
+    pub span: usize,
+    lower_stopwords: Vec<String>,
+}
+
+impl Rule {
+    /// Compile a spec.
+    pub fn compile(spec: RuleSpec, allowlists: Vec<Allowlist>) -> Result<Rule, Error> {
+        let regex = match &spec.regex {
+            Some(r) => Some(build_regex(&spec.id, r)?),
+            None => None,
+        };
+        if regex.is_none() && spec.path.is_none() {
+            return Err(Error::RuleInvalid {
+                rule: spec.id.clone(),
+                reason: "a rule needs a regex or a path",
+            });
+        }
+        let requires = match &spec.requires {
+            Some(r) => Some(build_regex(&spec.id, r)?),
+            None => None,
+        };
+        let path = match &spec.path {
+            Some(r) => Some(build_regex(&spec.id, r)?),
+            None => None,
+        };
+        let groups = regex
+            .as_ref()
+            .map_or(0, |r| r.captures_len().saturating_sub(1));
+        let secret_group = match spec.secret_group {
+            Some(g) if g > groups => {
+                return Err(Error::RuleInvalid {
+                    rule: spec.id.clone(),
+                    reason: "secret_group is larger than the number of capture groups",
+                });
+            }
+            Some(g) => g,
+            None => usize::from(groups >= 1),
+        };
+        let span = spec.max_span.unwrap_or(4096).clamp(64, MAX_SPAN);
+        let lower_stopwords = spec
+            .stopwords
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        Ok(Rule {
+            spec,
+            regex,
+            requires,
+            path,
+            allowlists,
+            secret_group,
+            span,
+            lower_stopwords,
+        })
+    }
+
+    /// Whether `secret` is one of this rule's stopwords, or contains one as a whole token
+    /// (split on non-alphanumerics). Never a substring test inside a random-looking run.
+    pub fn is_stopword(&self, secret: &[u8]) -> bool {
+        if self.lower_stopwords.is_empty() {
+            return false;
+        }
+        let lower = secret.to_ascii_lowercase();
+        self.lower_stopwords.iter().any(|w| {
+            lower == w.as_bytes()
+                || lower
+                    .split(|b| !b.is_ascii_alphanumeric())
+                    .any(|tok| tok == w.as_bytes())
+        })
+    }
+}
+
+fn build_regex(rule: &str, pattern: &str) -> Result<Regex, Error> {
+    regex::bytes::RegexBuilder::new(pattern)
+        .size_limit(16 * 1024 * 1024)
+        .dfa_size_limit(16 * 1024 * 1024)
+        .build()
+        .map_err(|source| Error::RuleRegex {
+            rule: rule.to_owned(),
+            source: Box::new(source),
+        })
+}
+
+/// A compiled set of rules with its keyword prefilter.
+#[derive(Debug)]
+pub struct RuleSet {
+    /// The rules, in priority order.
+    pub rules: Vec<Rule>,
+    /// Global allowlists.
+    pub allowlists: Vec<Allowlist>,
+    pub(crate) ac_ci: Option<AhoCorasick>,
+    pub(crate) ac_cs: Option<AhoCorasick>,
+    /// Keyword pattern index → rules (case-insensitive automaton).
+    pub(crate) kw_ci: Vec<Vec<usize>>,
+    /// Keyword pattern index → rules (case-sensitive automaton).
+    pub(crate) kw_cs: Vec<Vec<usize>>,
+    /// Rules without keywords (run on every chunk).
+    pub(crate) always: Vec<usize>,
+    /// Path-only rules.
+    pub(crate) path_only: Vec<usize>,
+}
+
+impl RuleSet {
+    /// The built-in rules.
+    pub fn builtin() -> Result<RuleSet, Error> {
+        let specs = parse_rules("built-in rules", DEFAULT_RULES)?;
+        RuleSet::compile(specs, Vec::new(), Vec::new())
+    }
+
+    /// Compile specs (with per-rule allowlists given by rule id) and global allowlists.
+    pub fn compile(
+        specs: Vec<RuleSpec>,
+        rule_allowlists: Vec<(String, Allowlist)>,
+        allowlists: Vec<Allowlist>,
+    ) -> Result<RuleSet, Error> {
+        let mut seen = HashSet::new();
+        let mut rules = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if !seen.insert(spec.id.clone()) {
+                return Err(Error::RuleInvalid {
+                    rule: spec.id,
+                    reason: "duplicate rule id",
+                });
+            }
+            let own: Vec<Allowlist> = rule_allowlists
+                .iter()
+                .filter(|(id, _)| *id == spec.id)
+                .map(|(_, a)| a.clone())
+                .collect();
+            rules.push(Rule::compile(spec, own)?);
+        }
+        let mut pats_ci: Vec<String> = Vec::new();
+        let mut kw_ci: Vec<Vec<usize>> = Vec::new();
+        let mut pats_cs: Vec<String> = Vec::new();
+        let mut kw_cs: Vec<Vec<usize>> = Vec::new();
+        let mut always = Vec::new();
+        let mut path_only = Vec::new();
+        for (idx, rule) in rules.iter().enumerate() {
+            if rule.regex.is_none() {
+                path_only.push(idx);
+                continue;
+            }
+            let kws: Vec<&String> = rule
+                .spec
+                .keywords
+                .iter()
+                .filter(|k| !k.is_empty())
+                .collect();
+            if kws.is_empty() {
+                always.push(idx);
+                continue;
+            }
+            for kw in kws {
+                let (pats, map, key) = if rule.spec.case_sensitive_keywords {
+                    (&mut pats_cs, &mut kw_cs, kw.clone())
+                } else {
+                    (&mut pats_ci, &mut kw_ci, kw.to_ascii_lowercase())
+                };
+                match pats.iter().position(|p| *p == key) {
+                    Some(pos) => {
+                        if let Some(list) = map.get_mut(pos).filter(|l| !l.contains(&idx)) {
+                            list.push(idx);
+                        }
+                    }
+                    None => {
+                        pats.push(key);
+                        map.push(vec![idx]);
+                    }
+                }
+            }
+        }
+        let ac_ci = build_ac(&pats_ci, true)?;
+        let ac_cs = build_ac(&pats_cs, false)?;
+        Ok(RuleSet {
+            rules,
+            allowlists,
+            ac_ci,
+            ac_cs,
+            kw_ci,
+            kw_cs,
+            always,
+            path_only,
+        })
+    }
+
+    /// Keep only the rules for which `keep` holds (used by `disabledRules` and `--rule`).
+    pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.spec.id.as_str())
+    }
+}
+
+fn build_ac(pats: &[String], ci: bool) -> Result<Option<AhoCorasick>, Error> {
+    if pats.is_empty() {
+        return Ok(None);
+    }
+    AhoCorasickBuilder::new()
+        .ascii_case_insensitive(ci)
+        .match_kind(MatchKind::Standard)
+        .build(pats)
+        .map(Some)
+        .map_err(|e| Error::Keywords(Box::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_rules_compile() {
+        let set = RuleSet::builtin().unwrap();
+        assert!(set.rules.len() >= 30);
+        assert!(set.always.is_empty(), "every built-in rule has keywords");
+        for r in &set.rules {
+            assert!(!r.spec.examples.is_empty(), "{} has no examples", r.spec.id);
+            assert!(
+                !r.spec.negative_examples.is_empty(),
+                "{} has no negative examples",
+                r.spec.id
+            );
+            assert!(!r.spec.description.is_empty());
+        }
+    }
+
+    #[test]
+    fn bad_secret_group_is_refused() {
+        let specs = parse_rules(
+            "t",
+            "[[rules]]\nid='x'\nkeywords=['a']\nregex='a(b)'\nsecret_group=3\n",
+        )
+        .unwrap();
+        assert!(RuleSet::compile(specs, vec![], vec![]).is_err());
+    }
+
+    #[test]
+    fn stopwords_are_tokens() {
+        let specs = parse_rules(
+            "t",
+            "[[rules]]\nid='x'\nkeywords=['a']\nregex='a(.+)'\nstopwords=['pass']\n",
+        )
+        .unwrap();
+        let set = RuleSet::compile(specs, vec![], vec![]).unwrap();
+        let r = set.rules.first().unwrap();
+        assert!(r.is_stopword(b"pass"));
+        assert!(r.is_stopword(b"my-pass"));
+        assert!(!r.is_stopword(b"Xpassq7Z"));
+    }
+}
