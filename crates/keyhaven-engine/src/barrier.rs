@@ -58,24 +58,48 @@ impl Keyring {
     /// A keyring with one fresh term.
     pub(crate) fn generate(now_unix: i64) -> Result<Self, EngineError> {
         let key = SecretKey::generate().map_err(|_| EngineError::Crypto)?;
-        let mut kr = Keyring { terms: BTreeMap::new(), active: 1 };
+        let mut kr = Keyring {
+            terms: BTreeMap::new(),
+            active: 1,
+        };
         kr.insert(1, key, now_unix)?;
         Ok(kr)
     }
 
-    fn insert(&mut self, term: u32, key: SecretKey, installed_unix: i64) -> Result<(), EngineError> {
+    fn insert(
+        &mut self,
+        term: u32,
+        key: SecretKey,
+        installed_unix: i64,
+    ) -> Result<(), EngineError> {
         let aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, &key).map_err(|_| EngineError::Crypto)?;
-        self.terms.insert(term, Term { key, aead, installed_unix });
+        self.terms.insert(
+            term,
+            Term {
+                key,
+                aead,
+                installed_unix,
+            },
+        );
         Ok(())
     }
 
     /// A copy of this keyring with one more term, made active.
     fn rotated(&self, now_unix: i64) -> Result<Self, EngineError> {
-        let mut next = Keyring { terms: BTreeMap::new(), active: self.active };
+        let mut next = Keyring {
+            terms: BTreeMap::new(),
+            active: self.active,
+        };
         for (&t, term) in &self.terms {
             next.insert(t, term.key.try_clone(), term.installed_unix)?;
         }
-        let new_term = self.terms.keys().next_back().copied().unwrap_or(0).saturating_add(1);
+        let new_term = self
+            .terms
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .saturating_add(1);
         let key = SecretKey::generate().map_err(|_| EngineError::Crypto)?;
         next.insert(new_term, key, now_unix)?;
         next.active = new_term;
@@ -87,7 +111,11 @@ impl Keyring {
         let mut out = Zeroizing::new(Vec::with_capacity(9 + self.terms.len() * 44));
         out.push(KEYRING_FORMAT);
         out.extend_from_slice(&self.active.to_be_bytes());
-        out.extend_from_slice(&u32::try_from(self.terms.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(
+            &u32::try_from(self.terms.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
         for (t, term) in &self.terms {
             out.extend_from_slice(&t.to_be_bytes());
             out.extend_from_slice(&term.installed_unix.to_be_bytes());
@@ -100,11 +128,16 @@ impl Keyring {
         let bad = || EngineError::Corrupt("keyring record is malformed".to_owned());
         let mut r = Reader(bytes);
         if r.take::<1>().ok_or_else(bad)? != [KEYRING_FORMAT] {
-            return Err(EngineError::Corrupt("keyring record has an unknown format".to_owned()));
+            return Err(EngineError::Corrupt(
+                "keyring record has an unknown format".to_owned(),
+            ));
         }
         let active = u32::from_be_bytes(r.take::<4>().ok_or_else(bad)?);
         let count = u32::from_be_bytes(r.take::<4>().ok_or_else(bad)?);
-        let mut kr = Keyring { terms: BTreeMap::new(), active };
+        let mut kr = Keyring {
+            terms: BTreeMap::new(),
+            active,
+        };
         for _ in 0..count {
             let term = u32::from_be_bytes(r.take::<4>().ok_or_else(bad)?);
             let installed = i64::from_be_bytes(r.take::<8>().ok_or_else(bad)?);
@@ -131,15 +164,20 @@ impl Reader<'_> {
 /// Seal `root` under the unseal key for storage at [`ROOT_KEY_PATH`].
 pub(crate) fn seal_root_key(unseal: &SecretKey, root: &SecretKey) -> Result<Vec<u8>, EngineError> {
     let aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, unseal).map_err(|_| EngineError::Crypto)?;
-    barrier::seal(SEAL_TERM, &aead, ROOT_KEY_PATH, root.expose_secret()).map_err(|_| EngineError::Crypto)
+    barrier::seal(SEAL_TERM, &aead, ROOT_KEY_PATH, root.expose_secret())
+        .map_err(|_| EngineError::Crypto)
 }
 
 /// Open the root key with a candidate unseal key; `None` if the candidate is wrong.
-pub(crate) fn open_root_key(unseal: &SecretBytes, sealed: &[u8]) -> Result<Option<SecretKey>, EngineError> {
+pub(crate) fn open_root_key(
+    unseal: &SecretBytes,
+    sealed: &[u8],
+) -> Result<Option<SecretKey>, EngineError> {
     let Ok(candidate) = SecretKey::from_slice(unseal.expose_secret()) else {
         return Ok(None);
     };
-    let aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, &candidate).map_err(|_| EngineError::Crypto)?;
+    let aead =
+        AeadKey::new(AeadAlgorithm::Aes256Gcm, &candidate).map_err(|_| EngineError::Crypto)?;
     match barrier::open(&aead, ROOT_KEY_PATH, sealed) {
         Ok(bytes) => {
             let bytes = Zeroizing::new(bytes);
@@ -172,21 +210,24 @@ pub struct Barrier {
 
 impl std::fmt::Debug for Barrier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Barrier").field("sealed", &self.keyring.read().is_none()).finish()
+        f.debug_struct("Barrier")
+            .field("sealed", &self.keyring.read().is_none())
+            .finish()
     }
 }
 
 impl Barrier {
     /// Open the barrier with the root key, reading the keyring from storage.
     pub(crate) async fn unseal(raw: Arc<dyn Store>, root: &SecretKey) -> Result<Self, EngineError> {
-        let root_aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, root).map_err(|_| EngineError::Crypto)?;
+        let root_aead =
+            AeadKey::new(AeadAlgorithm::Aes256Gcm, root).map_err(|_| EngineError::Crypto)?;
         let sealed = raw
             .get(KEYRING_PATH)
             .await?
             .ok_or_else(|| EngineError::Corrupt("the keyring is missing".to_owned()))?;
-        let plain = Zeroizing::new(barrier::open(&root_aead, KEYRING_PATH, &sealed).map_err(|_| {
-            EngineError::Corrupt("the keyring does not open with the root key".to_owned())
-        })?);
+        let plain = Zeroizing::new(barrier::open(&root_aead, KEYRING_PATH, &sealed).map_err(
+            |_| EngineError::Corrupt("the keyring does not open with the root key".to_owned()),
+        )?);
         let keyring = Keyring::decode(&plain)?;
         Ok(Barrier {
             raw,
@@ -197,8 +238,13 @@ impl Barrier {
     }
 
     /// A barrier over `raw` with `keyring`, for init (nothing is written).
-    pub(crate) fn new_for_init(raw: Arc<dyn Store>, root: &SecretKey, keyring: Keyring) -> Result<Self, EngineError> {
-        let root_aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, root).map_err(|_| EngineError::Crypto)?;
+    pub(crate) fn new_for_init(
+        raw: Arc<dyn Store>,
+        root: &SecretKey,
+        keyring: Keyring,
+    ) -> Result<Self, EngineError> {
+        let root_aead =
+            AeadKey::new(AeadAlgorithm::Aes256Gcm, root).map_err(|_| EngineError::Crypto)?;
         Ok(Barrier {
             raw,
             root: RwLock::new(Some(root_aead)),
@@ -212,7 +258,8 @@ impl Barrier {
         let keyring = self.keyring()?;
         let root = self.root.read();
         let root = root.as_ref().ok_or(EngineError::Sealed)?;
-        barrier::seal(SEAL_TERM, root, KEYRING_PATH, &keyring.encode()).map_err(|_| EngineError::Crypto)
+        barrier::seal(SEAL_TERM, root, KEYRING_PATH, &keyring.encode())
+            .map_err(|_| EngineError::Crypto)
     }
 
     /// Drop every key this barrier holds. Later calls fail with [`StorageError::Closed`].
@@ -236,12 +283,17 @@ impl Barrier {
         let sealed = {
             let root = self.root.read();
             let root = root.as_ref().ok_or(EngineError::Sealed)?;
-            barrier::seal(SEAL_TERM, root, KEYRING_PATH, &next.encode()).map_err(|_| EngineError::Crypto)?
+            barrier::seal(SEAL_TERM, root, KEYRING_PATH, &next.encode())
+                .map_err(|_| EngineError::Crypto)?
         };
         self.raw.put(KEYRING_PATH, sealed).await?;
         let status = KeyStatus {
             term: next.active,
-            installed_unix: next.terms.get(&next.active).map(|t| t.installed_unix).unwrap_or(now_unix),
+            installed_unix: next
+                .terms
+                .get(&next.active)
+                .map(|t| t.installed_unix)
+                .unwrap_or(now_unix),
             encryptions: 0,
         };
         *self.keyring.write() = Some(next);
@@ -254,14 +306,22 @@ impl Barrier {
         let kr = self.keyring()?;
         Ok(KeyStatus {
             term: kr.active,
-            installed_unix: kr.terms.get(&kr.active).map(|t| t.installed_unix).unwrap_or(0),
+            installed_unix: kr
+                .terms
+                .get(&kr.active)
+                .map(|t| t.installed_unix)
+                .unwrap_or(0),
             encryptions: self.encryptions.load(Ordering::Relaxed),
         })
     }
 
     /// Encrypt `plaintext` for storage at `key` without writing it (for init's single
     /// transaction).
-    pub(crate) fn encrypt_entry(&self, key: &str, plaintext: &[u8]) -> Result<Vec<u8>, EngineError> {
+    pub(crate) fn encrypt_entry(
+        &self,
+        key: &str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, EngineError> {
         Self::check(key)?;
         Ok(self.encrypt(key, plaintext)?)
     }
@@ -270,25 +330,35 @@ impl Barrier {
         let kr = self.keyring_for_store()?;
         let term = kr.terms.get(&kr.active).ok_or(StorageError::Closed)?;
         self.encryptions.fetch_add(1, Ordering::Relaxed);
-        barrier::seal(kr.active, &term.aead, key, plaintext).map_err(|e| StorageError::Unavailable {
-            source: Box::new(e),
+        barrier::seal(kr.active, &term.aead, key, plaintext).map_err(|e| {
+            StorageError::Unavailable {
+                source: Box::new(e),
+            }
         })
     }
 
     fn decrypt(&self, key: &str, entry: &[u8]) -> Result<Vec<u8>, StorageError> {
         let kr = self.keyring_for_store()?;
-        let corrupt = || StorageError::Corrupt { detail: format!("entry {key:?} does not decrypt") };
+        let corrupt = || StorageError::Corrupt {
+            detail: format!("entry {key:?} does not decrypt"),
+        };
         let term_no = barrier::peek_term(entry).map_err(|_| corrupt())?;
-        let term = kr.terms.get(&term_no).ok_or_else(|| StorageError::Corrupt {
-            detail: format!("entry {key:?} uses unknown keyring term {term_no}"),
-        })?;
+        let term = kr
+            .terms
+            .get(&term_no)
+            .ok_or_else(|| StorageError::Corrupt {
+                detail: format!("entry {key:?} uses unknown keyring term {term_no}"),
+            })?;
         barrier::open(&term.aead, key, entry).map_err(|_| corrupt())
     }
 
     fn check(key: &str) -> Result<(), StorageError> {
         keyhaven_storage::validate_key(key)?;
         if is_reserved(key) {
-            return Err(StorageError::InvalidKey { key: key.to_owned(), reason: "reserved for the seal" });
+            return Err(StorageError::InvalidKey {
+                key: key.to_owned(),
+                reason: "reserved for the seal",
+            });
         }
         Ok(())
     }
@@ -315,7 +385,12 @@ impl Store for Barrier {
         self.raw.delete(key).await
     }
 
-    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, StorageError> {
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
         self.keyring_for_store()?;
         self.raw.list_page(prefix, after, limit).await
     }

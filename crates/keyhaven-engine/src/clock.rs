@@ -23,7 +23,10 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    #[allow(clippy::disallowed_methods, reason = "the one place that reads the system clock")]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the one place that reads the system clock"
+    )]
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
@@ -42,7 +45,9 @@ impl ManualClock {
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        ManualClock { nanos: Arc::new(AtomicI64::new(nanos)) }
+        ManualClock {
+            nanos: Arc::new(AtomicI64::new(nanos)),
+        }
     }
 
     /// Move the clock forward by `by`.
@@ -61,15 +66,20 @@ impl Clock for ManualClock {
 
 /// Format a time as RFC 3339 with nanoseconds, as Vault does (`2026-01-02T03:04:05.123456789Z`).
 pub fn rfc3339(t: SystemTime) -> String {
-    let nanos = t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let odt = time::OffsetDateTime::from_unix_timestamp_nanos(i128::try_from(nanos).unwrap_or(0))
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    odt.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    odt.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Parse an RFC 3339 time.
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let odt = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let odt =
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     let nanos = u64::try_from(odt.unix_timestamp_nanos()).ok()?;
     Some(UNIX_EPOCH + Duration::from_nanos(nanos))
 }

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use keyhaven_crypto::shamir::{self, Share};
 use keyhaven_crypto::SecretKey;
+use keyhaven_crypto::shamir::{self, Share};
 use keyhaven_storage::{Condition, Op, Store, Transaction, TxOutcome};
 use parking_lot::RwLock;
 use secrecy::SecretString;
@@ -68,7 +68,9 @@ pub struct InitResult {
 
 impl std::fmt::Debug for InitResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InitResult").field("shares", &self.shares.len()).finish_non_exhaustive()
+        f.debug_struct("InitResult")
+            .field("shares", &self.shares.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,8 +100,15 @@ struct Unsealed {
 
 enum State {
     Uninitialized,
-    Sealed { config: SealConfig, progress: Vec<Share>, nonce: String },
-    Unsealed { config: SealConfig, inner: Arc<Unsealed> },
+    Sealed {
+        config: SealConfig,
+        progress: Vec<Share>,
+        nonce: String,
+    },
+    Unsealed {
+        config: SealConfig,
+        inner: Arc<Unsealed>,
+    },
 }
 
 /// The engine.
@@ -113,7 +122,9 @@ pub struct Core {
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core").field("sealed", &self.is_sealed()).finish_non_exhaustive()
+        f.debug_struct("Core")
+            .field("sealed", &self.is_sealed())
+            .finish_non_exhaustive()
     }
 }
 
@@ -130,9 +141,12 @@ fn decode_share(text: &str) -> Result<Share, EngineError> {
     let bytes = Zeroizing::new(
         hex::decode(text)
             .or_else(|_| base64::engine::general_purpose::STANDARD.decode(text))
-            .map_err(|_| EngineError::invalid("invalid unseal key share: expected hex or base64"))?,
+            .map_err(|_| {
+                EngineError::invalid("invalid unseal key share: expected hex or base64")
+            })?,
     );
-    Share::from_bytes(bytes.to_vec()).map_err(|e| EngineError::invalid(format!("invalid unseal key share: {e}")))
+    Share::from_bytes(bytes.to_vec())
+        .map_err(|e| EngineError::invalid(format!("invalid unseal key share: {e}")))
 }
 
 impl Core {
@@ -142,12 +156,22 @@ impl Core {
         let state = match raw.get(barrier::SEAL_CONFIG_PATH).await? {
             None => State::Uninitialized,
             Some(bytes) => {
-                let config: SealConfig = serde_json::from_slice(&bytes)
-                    .map_err(|_| EngineError::Corrupt("seal configuration is malformed".to_owned()))?;
-                State::Sealed { config, progress: Vec::new(), nonce: String::new() }
+                let config: SealConfig = serde_json::from_slice(&bytes).map_err(|_| {
+                    EngineError::Corrupt("seal configuration is malformed".to_owned())
+                })?;
+                State::Sealed {
+                    config,
+                    progress: Vec::new(),
+                    nonce: String::new(),
+                }
             }
         };
-        Ok(Arc::new(Core { raw, clock, state: RwLock::new(state), op_lock: tokio::sync::Mutex::new(()) }))
+        Ok(Arc::new(Core {
+            raw,
+            clock,
+            state: RwLock::new(state),
+            op_lock: tokio::sync::Mutex::new(()),
+        }))
     }
 
     /// The engine's clock.
@@ -170,9 +194,16 @@ impl Core {
         let state = self.state.read();
         let (config, sealed, progress, nonce) = match &*state {
             State::Uninitialized => (None, true, 0, String::new()),
-            State::Sealed { config, progress, nonce } => {
-                (Some(config), true, u8::try_from(progress.len()).unwrap_or(u8::MAX), nonce.clone())
-            }
+            State::Sealed {
+                config,
+                progress,
+                nonce,
+            } => (
+                Some(config),
+                true,
+                u8::try_from(progress.len()).unwrap_or(u8::MAX),
+                nonce.clone(),
+            ),
             State::Unsealed { config, .. } => (Some(config), false, 0, String::new()),
         };
         SealStatus {
@@ -195,16 +226,26 @@ impl Core {
         self.init_with_root_id(params, None).await
     }
 
-    async fn init_with_root_id(&self, params: InitParams, root_id: Option<&str>) -> Result<InitResult, EngineError> {
+    async fn init_with_root_id(
+        &self,
+        params: InitParams,
+        root_id: Option<&str>,
+    ) -> Result<InitResult, EngineError> {
         let (n, t) = (params.secret_shares, params.secret_threshold);
         if n == 0 || t == 0 {
-            return Err(EngineError::invalid("secret_shares and secret_threshold must be at least 1"));
+            return Err(EngineError::invalid(
+                "secret_shares and secret_threshold must be at least 1",
+            ));
         }
         if t > n {
-            return Err(EngineError::invalid("secret_threshold cannot be larger than secret_shares"));
+            return Err(EngineError::invalid(
+                "secret_threshold cannot be larger than secret_shares",
+            ));
         }
         if n > 1 && t == 1 {
-            return Err(EngineError::invalid("secret_threshold must be greater than one for multiple shares"));
+            return Err(EngineError::invalid(
+                "secret_threshold must be greater than one for multiple shares",
+            ));
         }
         let _op = self.op_lock.lock().await;
         if self.is_initialized() {
@@ -232,31 +273,54 @@ impl Core {
         };
         let (token_key, token_value) = tokens.root_entry(&root_token, now)?;
         let (salt_key, salt_value) = token::salt_entry(&salt);
-        let mounts_value = serde_json::to_vec(&Vec::<MountEntry>::new()).map_err(|_| EngineError::Crypto)?;
+        let mounts_value =
+            serde_json::to_vec(&Vec::<MountEntry>::new()).map_err(|_| EngineError::Crypto)?;
 
         // Everything init writes is one raw transaction whose condition is "not initialized
         // yet", so a crash or a concurrent init leaves either nothing or a whole install.
-        let staged = [(salt_key, salt_value), (token_key, token_value), (mounts::MOUNTS_PATH.to_owned(), mounts_value)];
+        let staged = [
+            (salt_key, salt_value),
+            (token_key, token_value),
+            (mounts::MOUNTS_PATH.to_owned(), mounts_value),
+        ];
         let mut ops = Vec::new();
         for (key, value) in staged {
             let value = barrier.encrypt_entry(&key, &value)?;
             ops.push(Op::Put { key, value });
         }
-        ops.push(Op::Put { key: barrier::ROOT_KEY_PATH.to_owned(), value: barrier::seal_root_key(&unseal_key, &root_key)? });
-        ops.push(Op::Put { key: barrier::KEYRING_PATH.to_owned(), value: barrier.sealed_keyring()? });
+        ops.push(Op::Put {
+            key: barrier::ROOT_KEY_PATH.to_owned(),
+            value: barrier::seal_root_key(&unseal_key, &root_key)?,
+        });
+        ops.push(Op::Put {
+            key: barrier::KEYRING_PATH.to_owned(),
+            value: barrier.sealed_keyring()?,
+        });
         ops.push(Op::Put {
             key: barrier::SEAL_CONFIG_PATH.to_owned(),
             value: serde_json::to_vec(&config).map_err(|_| EngineError::Crypto)?,
         });
         barrier.seal();
-        let tx = Transaction { conditions: vec![Condition::Absent { key: barrier::SEAL_CONFIG_PATH.to_owned() }], ops };
+        let tx = Transaction {
+            conditions: vec![Condition::Absent {
+                key: barrier::SEAL_CONFIG_PATH.to_owned(),
+            }],
+            ops,
+        };
         match self.raw.transact(tx).await? {
             TxOutcome::Committed => {}
             TxOutcome::ConditionFailed { .. } => return Err(EngineError::AlreadyInitialized),
         }
-        *self.state.write() = State::Sealed { config, progress: Vec::new(), nonce: String::new() };
+        *self.state.write() = State::Sealed {
+            config,
+            progress: Vec::new(),
+            nonce: String::new(),
+        };
         tracing::info!(target: "keyhaven::seal", shares = n, threshold = t, "initialized");
-        Ok(InitResult { shares, root_token: SecretString::from(root_token) })
+        Ok(InitResult {
+            shares,
+            root_token: SecretString::from(root_token),
+        })
     }
 
     /// `sys/unseal`: take one share (or reset). Returns the status afterwards.
@@ -264,7 +328,10 @@ impl Core {
         let _op = self.op_lock.lock().await;
         let key_text = match input {
             UnsealInput::Reset => {
-                if let State::Sealed { progress, nonce, .. } = &mut *self.state.write() {
+                if let State::Sealed {
+                    progress, nonce, ..
+                } = &mut *self.state.write()
+                {
                     progress.clear();
                     nonce.clear();
                 }
@@ -284,15 +351,23 @@ impl Core {
                     drop(state);
                     return Ok(self.seal_status());
                 }
-                State::Sealed { config, progress, nonce } => (config, progress, nonce),
+                State::Sealed {
+                    config,
+                    progress,
+                    nonce,
+                } => (config, progress, nonce),
             };
-            if let Some(first) = progress.first() {
-                if first.as_bytes().len() != share.as_bytes().len() {
-                    return Err(EngineError::invalid("unseal key share has a different length than the shares already provided"));
-                }
+            if let Some(first) = progress.first()
+                && first.as_bytes().len() != share.as_bytes().len()
+            {
+                return Err(EngineError::invalid(
+                    "unseal key share has a different length than the shares already provided",
+                ));
             }
             if progress.iter().any(|s| s.x() == share.x()) {
-                return Err(EngineError::invalid("this unseal key share was already provided"));
+                return Err(EngineError::invalid(
+                    "this unseal key share was already provided",
+                ));
             }
             if nonce.is_empty() {
                 *nonce = uuid::Uuid::new_v4().to_string();
@@ -364,7 +439,11 @@ impl Core {
         if let State::Unsealed { config, inner } = &*state {
             inner.barrier.seal();
             let config = config.clone();
-            *state = State::Sealed { config, progress: Vec::new(), nonce: String::new() };
+            *state = State::Sealed {
+                config,
+                progress: Vec::new(),
+                nonce: String::new(),
+            };
             tracing::info!(target: "keyhaven::seal", "sealed");
         }
     }
@@ -373,7 +452,13 @@ impl Core {
     /// unseal key share and the root token (`root_token_id` if given).
     pub async fn dev_setup(&self, root_token_id: Option<&str>) -> Result<InitResult, EngineError> {
         let init = self
-            .init_with_root_id(InitParams { secret_shares: 1, secret_threshold: 1 }, root_token_id)
+            .init_with_root_id(
+                InitParams {
+                    secret_shares: 1,
+                    secret_threshold: 1,
+                },
+                root_token_id,
+            )
             .await?;
         let share = init.shares.first().ok_or(EngineError::Crypto)?;
         let text = SecretString::from(hex::encode(share.as_bytes()));
@@ -381,8 +466,15 @@ impl Core {
         let inner = self.unsealed()?;
         let mut options = Map::new();
         options.insert("version".to_owned(), Value::String("2".to_owned()));
-        self.enable_mount(&inner, "secret/", "kv", "key/value secret storage", options, MountConfig::default())
-            .await?;
+        self.enable_mount(
+            &inner,
+            "secret/",
+            "kv",
+            "key/value secret storage",
+            options,
+            MountConfig::default(),
+        )
+        .await?;
         Ok(init)
     }
 
@@ -403,22 +495,42 @@ impl Core {
         }
         let router = inner.router.read().clone();
         let Some((mounted, rel)) = router.route(&req.path) else {
-            return Err(EngineError::NotFound(format!("no handler for route {:?}: no mount at this path", req.path)));
+            return Err(EngineError::NotFound(format!(
+                "no handler for route {:?}: no mount at this path",
+                req.path
+            )));
         };
         mounted
             .backend
-            .handle(crate::backend::BackendRequest { operation: req.operation, path: rel, data: &req.data })
+            .handle(crate::backend::BackendRequest {
+                operation: req.operation,
+                path: rel,
+                data: &req.data,
+            })
             .await
     }
 
-    async fn authenticate(&self, inner: &Unsealed, req: &Request) -> Result<Arc<TokenEntry>, EngineError> {
+    async fn authenticate(
+        &self,
+        inner: &Unsealed,
+        req: &Request,
+    ) -> Result<Arc<TokenEntry>, EngineError> {
         let Some(token) = &req.token else {
             return Err(EngineError::PermissionDenied);
         };
-        inner.tokens.lookup(token.expose()).await?.ok_or(EngineError::PermissionDenied)
+        inner
+            .tokens
+            .lookup(token.expose())
+            .await?
+            .ok_or(EngineError::PermissionDenied)
     }
 
-    async fn handle_sys(&self, inner: &Arc<Unsealed>, rest: &str, req: &Request) -> Result<Response, EngineError> {
+    async fn handle_sys(
+        &self,
+        inner: &Arc<Unsealed>,
+        rest: &str,
+        req: &Request,
+    ) -> Result<Response, EngineError> {
         let op = req.operation;
         let is_write = matches!(op, Operation::Create | Operation::Update);
         match rest {
@@ -437,9 +549,16 @@ impl Core {
                 let s = inner.barrier.key_status()?;
                 let mut data = Map::new();
                 data.insert("term".to_owned(), json!(s.term));
-                data.insert("install_time".to_owned(), json!(rfc3339(unix_to_time(s.installed_unix))));
+                data.insert(
+                    "install_time".to_owned(),
+                    json!(rfc3339(unix_to_time(s.installed_unix))),
+                );
                 data.insert("encryptions".to_owned(), json!(s.encryptions));
-                Ok(Response { data: Some(data), top_level: true, ..Default::default() })
+                Ok(Response {
+                    data: Some(data),
+                    top_level: true,
+                    ..Default::default()
+                })
             }
             "internal/ui/mounts" if op == Operation::Read => Ok(self.list_mounts(inner)),
             _ => {
@@ -454,13 +573,17 @@ impl Core {
                         return self.tune_mount(inner, mount, req).await;
                     }
                     return match op {
-                        Operation::Create | Operation::Update => self.enable_from_request(inner, path, req).await,
+                        Operation::Create | Operation::Update => {
+                            self.enable_from_request(inner, path, req).await
+                        }
                         Operation::Delete => self.disable_mount(inner, path).await,
                         Operation::Read => self.read_mount(inner, path),
                         _ => Err(EngineError::UnsupportedOperation),
                     };
                 }
-                Err(EngineError::NotFound(format!("no handler for route \"sys/{rest}\"")))
+                Err(EngineError::NotFound(format!(
+                    "no handler for route \"sys/{rest}\""
+                )))
             }
         }
     }
@@ -473,7 +596,11 @@ impl Core {
         for e in router.entries() {
             data.insert(e.path.clone(), e.to_api());
         }
-        Response { data: Some(data), top_level: true, ..Default::default() }
+        Response {
+            data: Some(data),
+            top_level: true,
+            ..Default::default()
+        }
     }
 
     fn read_mount(&self, inner: &Unsealed, path: &str) -> Result<Response, EngineError> {
@@ -502,7 +629,12 @@ impl Core {
         Ok(Response::data(api))
     }
 
-    async fn enable_from_request(&self, inner: &Arc<Unsealed>, path: &str, req: &Request) -> Result<Response, EngineError> {
+    async fn enable_from_request(
+        &self,
+        inner: &Arc<Unsealed>,
+        path: &str,
+        req: &Request,
+    ) -> Result<Response, EngineError> {
         let d = &req.data;
         let kind = params::string(d, "type")?
             .filter(|s| !s.is_empty())
@@ -511,13 +643,18 @@ impl Core {
         let mut options = match d.get("options") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(o)) => o.clone(),
-            Some(_) => return Err(EngineError::invalid("invalid value for parameter \"options\": expected an object")),
+            Some(_) => {
+                return Err(EngineError::invalid(
+                    "invalid value for parameter \"options\": expected an object",
+                ));
+            }
         };
         let mut config = MountConfig::default();
         match d.get("config") {
             None | Some(Value::Null) => {}
             Some(Value::Object(c)) => {
-                config.default_lease_ttl = params::duration_secs(c, "default_lease_ttl")?.unwrap_or(0);
+                config.default_lease_ttl =
+                    params::duration_secs(c, "default_lease_ttl")?.unwrap_or(0);
                 config.max_lease_ttl = params::duration_secs(c, "max_lease_ttl")?.unwrap_or(0);
                 if let Some(Value::Object(o)) = c.get("options") {
                     for (k, v) in o {
@@ -525,10 +662,15 @@ impl Core {
                     }
                 }
             }
-            Some(_) => return Err(EngineError::invalid("invalid value for parameter \"config\": expected an object")),
+            Some(_) => {
+                return Err(EngineError::invalid(
+                    "invalid value for parameter \"config\": expected an object",
+                ));
+            }
         }
         let (kind, options) = mounts::normalize_type(kind, options)?;
-        self.enable_mount(inner, path, &kind, description, options, config).await?;
+        self.enable_mount(inner, path, &kind, description, options, config)
+            .await?;
         Ok(Response::no_content())
     }
 
@@ -545,7 +687,9 @@ impl Core {
         let _guard = inner.mount_lock.lock().await;
         let current = inner.router.read().clone();
         if let Some(existing) = current.conflict(&path) {
-            return Err(EngineError::invalid(format!("path is already in use at {existing}")));
+            return Err(EngineError::invalid(format!(
+                "path is already in use at {existing}"
+            )));
         }
         let uuid = uuid::Uuid::new_v4().to_string();
         let entry = MountEntry {
@@ -561,21 +705,32 @@ impl Core {
         let view: Arc<dyn Store> = inner.barrier.clone();
         let backend = mounts::instantiate(&entry, view, self.clock.clone())?;
         let mut all: Vec<Mounted> = current.mounted().to_vec();
-        all.push(Mounted { entry: entry.clone(), backend });
+        all.push(Mounted {
+            entry: entry.clone(),
+            backend,
+        });
         self.persist_table(inner, &all).await?;
         *inner.router.write() = Arc::new(Router::new(all));
         tracing::info!(target: "keyhaven::mounts", path = %entry.path, kind = %entry.kind, "mount enabled");
         Ok(())
     }
 
-    async fn persist_table(&self, inner: &Unsealed, mounted: &[Mounted]) -> Result<(), EngineError> {
+    async fn persist_table(
+        &self,
+        inner: &Unsealed,
+        mounted: &[Mounted],
+    ) -> Result<(), EngineError> {
         let table: Vec<&MountEntry> = mounted.iter().map(|m| &m.entry).collect();
         let bytes = serde_json::to_vec(&table).map_err(|_| EngineError::Crypto)?;
         inner.barrier.put(mounts::MOUNTS_PATH, bytes).await?;
         Ok(())
     }
 
-    async fn disable_mount(&self, inner: &Arc<Unsealed>, path: &str) -> Result<Response, EngineError> {
+    async fn disable_mount(
+        &self,
+        inner: &Arc<Unsealed>,
+        path: &str,
+    ) -> Result<Response, EngineError> {
         let path = mounts::normalize_path(path)?;
         let _guard = inner.mount_lock.lock().await;
         let current = inner.router.read().clone();
@@ -583,8 +738,12 @@ impl Core {
             // Vault answers success when disabling a path that is not mounted.
             return Ok(Response::no_content());
         };
-        let remaining: Vec<Mounted> =
-            current.mounted().iter().filter(|m| m.entry.path != path).cloned().collect();
+        let remaining: Vec<Mounted> = current
+            .mounted()
+            .iter()
+            .filter(|m| m.entry.path != path)
+            .cloned()
+            .collect();
         self.persist_table(inner, &remaining).await?;
         *inner.router.write() = Arc::new(Router::new(remaining));
         let view: Arc<dyn Store> = inner.barrier.clone();
@@ -593,7 +752,12 @@ impl Core {
         Ok(Response::no_content())
     }
 
-    async fn tune_mount(&self, inner: &Arc<Unsealed>, path: &str, req: &Request) -> Result<Response, EngineError> {
+    async fn tune_mount(
+        &self,
+        inner: &Arc<Unsealed>,
+        path: &str,
+        req: &Request,
+    ) -> Result<Response, EngineError> {
         let path = mounts::normalize_path(path)?;
         match req.operation {
             Operation::Read => {
@@ -603,7 +767,10 @@ impl Core {
                     .find(|e| e.path == path)
                     .ok_or_else(|| EngineError::NotFound(format!("no mount at {path:?}")))?;
                 let mut data = Map::new();
-                data.insert("default_lease_ttl".to_owned(), json!(e.config.default_lease_ttl));
+                data.insert(
+                    "default_lease_ttl".to_owned(),
+                    json!(e.config.default_lease_ttl),
+                );
                 data.insert("max_lease_ttl".to_owned(), json!(e.config.max_lease_ttl));
                 data.insert("force_no_cache".to_owned(), json!(false));
                 data.insert("description".to_owned(), json!(e.description));
@@ -628,15 +795,17 @@ impl Core {
                 if let Some(v) = params::string(d, "description")? {
                     m.entry.description = v.to_owned();
                 }
-                if let Some(Value::Object(o)) = d.get("options") {
-                    if let Some(v) = o.get("version") {
-                        let v = match v {
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        if m.entry.kind == "kv" && v != "2" {
-                            return Err(EngineError::invalid("cannot change the KV version of this mount"));
-                        }
+                if let Some(Value::Object(o)) = d.get("options")
+                    && let Some(v) = o.get("version")
+                {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    if m.entry.kind == "kv" && v != "2" {
+                        return Err(EngineError::invalid(
+                            "cannot change the KV version of this mount",
+                        ));
                     }
                 }
                 self.persist_table(inner, &all).await?;
@@ -680,5 +849,9 @@ async fn delete_prefix(store: &dyn Store, prefix: &str) -> Result<(), EngineErro
 /// Decide whether the identity may do this. Only root tokens exist for now; the policy
 /// engine replaces this function.
 fn authorize(identity: &TokenEntry, _req: &Request) -> Result<(), EngineError> {
-    if identity.is_root() { Ok(()) } else { Err(EngineError::PermissionDenied) }
+    if identity.is_root() {
+        Ok(())
+    } else {
+        Err(EngineError::PermissionDenied)
+    }
 }

@@ -19,7 +19,14 @@ pub(crate) const MOUNTS_PATH: &str = "core/mounts";
 const LOGICAL_PREFIX: &str = "logical/";
 
 /// Paths that cannot be mounted over, and what owns them.
-const RESERVED: &[&str] = &["sys/", "auth/", "identity/", "cubbyhole/", "core/", "logical/"];
+const RESERVED: &[&str] = &[
+    "sys/",
+    "auth/",
+    "identity/",
+    "cubbyhole/",
+    "core/",
+    "logical/",
+];
 
 /// Mount tuning (`config` in `sys/mounts`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -104,21 +111,35 @@ pub fn normalize_path(path: &str) -> Result<String, EngineError> {
     if trimmed.is_empty() {
         return Err(EngineError::invalid("mount path must not be empty"));
     }
-    if trimmed.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
-        return Err(EngineError::invalid(format!("invalid mount path {path:?}: empty, '.' or '..' segment")));
+    if trimmed
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(EngineError::invalid(format!(
+            "invalid mount path {path:?}: empty, '.' or '..' segment"
+        )));
     }
-    if trimmed.len() > 512 || trimmed.chars().any(|c| c.is_control() || c == '*' || c == '+') {
+    if trimmed.len() > 512
+        || trimmed
+            .chars()
+            .any(|c| c.is_control() || c == '*' || c == '+')
+    {
         return Err(EngineError::invalid(format!("invalid mount path {path:?}")));
     }
     let normalized = format!("{trimmed}/");
     if let Some(r) = RESERVED.iter().find(|r| normalized.starts_with(**r)) {
-        return Err(EngineError::invalid(format!("cannot mount under reserved path {r:?}")));
+        return Err(EngineError::invalid(format!(
+            "cannot mount under reserved path {r:?}"
+        )));
     }
     Ok(normalized)
 }
 
 /// Normalise a type and options as `sys/mounts` accepts them (`kv-v2` → `kv` + version 2).
-pub fn normalize_type(kind: &str, mut options: Map<String, Value>) -> Result<(String, Map<String, Value>), EngineError> {
+pub fn normalize_type(
+    kind: &str,
+    mut options: Map<String, Value>,
+) -> Result<(String, Map<String, Value>), EngineError> {
     match kind {
         "kv-v2" => {
             options.insert("version".to_owned(), Value::String("2".to_owned()));
@@ -138,7 +159,9 @@ pub fn normalize_type(kind: &str, mut options: Map<String, Value>) -> Result<(St
             options.insert("version".to_owned(), Value::String("2".to_owned()));
             Ok(("kv".to_owned(), options))
         }
-        other => Err(EngineError::invalid(format!("unknown backend type {other:?}"))),
+        other => Err(EngineError::invalid(format!(
+            "unknown backend type {other:?}"
+        ))),
     }
 }
 
@@ -149,10 +172,16 @@ pub(crate) fn instantiate(
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn Backend>, EngineError> {
     let storage: Arc<dyn Store> = Arc::new(ScopedStore::new(barrier, storage_prefix(&entry.uuid))?);
-    let ctx = BackendContext { storage, clock, options: entry.options.clone() };
+    let ctx = BackendContext {
+        storage,
+        clock,
+        options: entry.options.clone(),
+    };
     match entry.kind.as_str() {
         "kv" => crate::kv::factory(ctx),
-        other => Err(EngineError::Corrupt(format!("mount table names unknown backend type {other:?}"))),
+        other => Err(EngineError::Corrupt(format!(
+            "mount table names unknown backend type {other:?}"
+        ))),
     }
 }
 
@@ -176,7 +205,13 @@ pub(crate) struct Router {
 
 impl Router {
     pub(crate) fn new(mut mounts: Vec<Mounted>) -> Self {
-        mounts.sort_by(|a, b| b.entry.path.len().cmp(&a.entry.path.len()).then(a.entry.path.cmp(&b.entry.path)));
+        mounts.sort_by(|a, b| {
+            b.entry
+                .path
+                .len()
+                .cmp(&a.entry.path.len())
+                .then(a.entry.path.cmp(&b.entry.path))
+        });
         Router { mounts }
     }
 
@@ -230,7 +265,10 @@ mod tests {
     #[test]
     fn kv_types_normalize_to_version_2_or_are_refused() {
         let (k, o) = normalize_type("kv-v2", Map::new()).unwrap();
-        assert_eq!((k.as_str(), o.get("version")), ("kv", Some(&Value::String("2".into()))));
+        assert_eq!(
+            (k.as_str(), o.get("version")),
+            ("kv", Some(&Value::String("2".into())))
+        );
         assert!(normalize_type("kv", Map::new()).is_err());
         assert!(normalize_type("nope", Map::new()).is_err());
     }

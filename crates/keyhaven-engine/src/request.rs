@@ -57,7 +57,11 @@ impl ClientToken {
 
 impl fmt::Debug for ClientToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClientToken({})", keyhaven_types::token::Redacted(self.expose()))
+        write!(
+            f,
+            "ClientToken({})",
+            keyhaven_types::token::Redacted(self.expose())
+        )
     }
 }
 
@@ -110,7 +114,10 @@ pub struct Response {
 impl Response {
     /// A response carrying `data`.
     pub fn data(data: Map<String, Value>) -> Self {
-        Response { data: Some(data), ..Default::default() }
+        Response {
+            data: Some(data),
+            ..Default::default()
+        }
     }
 
     /// A response with nothing in it (`204`).
@@ -128,7 +135,10 @@ impl Response {
 impl fmt::Debug for Response {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Response")
-            .field("data_keys", &self.data.as_ref().map(|d| d.keys().collect::<Vec<_>>()))
+            .field(
+                "data_keys",
+                &self.data.as_ref().map(|d| d.keys().collect::<Vec<_>>()),
+            )
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
             .field("warnings", &self.warnings)
             .finish()

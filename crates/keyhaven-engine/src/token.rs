@@ -78,7 +78,11 @@ pub(crate) fn generate_token() -> Result<String, EngineError> {
             failed = true;
         }
     });
-    if failed { Err(EngineError::Crypto) } else { Ok(token) }
+    if failed {
+        Err(EngineError::Crypto)
+    } else {
+        Ok(token)
+    }
 }
 
 fn generate_accessor() -> Result<String, EngineError> {
@@ -100,7 +104,11 @@ impl TokenStore {
     }
 
     pub(crate) fn with_salt(storage: Arc<dyn Store>, salt: &[u8]) -> Self {
-        TokenStore { storage, hasher: HmacKey::new(salt), cache: RwLock::new(HashMap::new()) }
+        TokenStore {
+            storage,
+            hasher: HmacKey::new(salt),
+            cache: RwLock::new(HashMap::new()),
+        }
     }
 
     fn key_for(&self, hash: &[u8; 32]) -> String {
@@ -108,7 +116,11 @@ impl TokenStore {
     }
 
     /// The storage entry (key, value) for a new root token `id`, for init; nothing is written.
-    pub(crate) fn root_entry(&self, id: &str, now_unix: i64) -> Result<(String, Vec<u8>), EngineError> {
+    pub(crate) fn root_entry(
+        &self,
+        id: &str,
+        now_unix: i64,
+    ) -> Result<(String, Vec<u8>), EngineError> {
         let entry = TokenEntry {
             policies: vec!["root".to_owned()],
             accessor: generate_accessor()?,
@@ -123,7 +135,10 @@ impl TokenStore {
     /// Look up a presented token; `None` if it is unknown.
     pub async fn lookup(&self, token: &str) -> Result<Option<Arc<TokenEntry>>, EngineError> {
         // Keyhaven-format tokens with a bad checksum are refused without a lookup.
-        if matches!(token::parse(token), Err(token::TokenFormatError::BadChecksum | token::TokenFormatError::Malformed)) {
+        if matches!(
+            token::parse(token),
+            Err(token::TokenFormatError::BadChecksum | token::TokenFormatError::Malformed)
+        ) {
             return Ok(None);
         }
         let hash = self.hasher.sign(token.as_bytes());

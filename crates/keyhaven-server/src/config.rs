@@ -142,29 +142,37 @@ pub struct Config {
 impl Config {
     /// Read and validate a config file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
             other => other,
         })
     }
 
     /// Parse and validate TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
-        if let Some(v) = raw.version {
-            if v != 1 {
-                return Err(ConfigError::Invalid(format!("unsupported config version {v}; this server reads version 1")));
-            }
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        if let Some(v) = raw.version
+            && v != 1
+        {
+            return Err(ConfigError::Invalid(format!(
+                "unsupported config version {v}; this server reads version 1"
+            )));
         }
         let storage = match raw.storage.backend.as_str() {
             "sqlite" => StorageConfig::Sqlite {
-                path: raw
-                    .storage
-                    .path
-                    .ok_or_else(|| ConfigError::Invalid("storage.path is required for the sqlite backend".into()))?,
+                path: raw.storage.path.ok_or_else(|| {
+                    ConfigError::Invalid("storage.path is required for the sqlite backend".into())
+                })?,
             },
             other => {
                 return Err(ConfigError::Invalid(format!(
@@ -172,12 +180,17 @@ impl Config {
                 )));
             }
         };
-        let address: SocketAddr = raw
-            .listener
-            .address
-            .parse()
-            .map_err(|_| ConfigError::Invalid(format!("listener.address {:?} is not host:port", raw.listener.address)))?;
-        let tls = match (raw.listener.tls_disable, raw.listener.tls_cert_file, raw.listener.tls_key_file) {
+        let address: SocketAddr = raw.listener.address.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "listener.address {:?} is not host:port",
+                raw.listener.address
+            ))
+        })?;
+        let tls = match (
+            raw.listener.tls_disable,
+            raw.listener.tls_cert_file,
+            raw.listener.tls_key_file,
+        ) {
             (true, None, None) => TlsConfig::Disabled,
             (true, _, _) => {
                 return Err(ConfigError::Invalid(
@@ -191,14 +204,23 @@ impl Config {
                 ));
             }
         };
-        let max_request_size = raw.listener.max_request_size.unwrap_or(DEFAULT_MAX_REQUEST_SIZE);
+        let max_request_size = raw
+            .listener
+            .max_request_size
+            .unwrap_or(DEFAULT_MAX_REQUEST_SIZE);
         if max_request_size < 1024 {
-            return Err(ConfigError::Invalid("listener.max_request_size must be at least 1024 bytes".into()));
+            return Err(ConfigError::Invalid(
+                "listener.max_request_size must be at least 1024 bytes".into(),
+            ));
         }
         let log_format = match raw.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
-            Some(other) => return Err(ConfigError::Invalid(format!("log.format {other:?}: use \"text\" or \"json\""))),
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "log.format {other:?}: use \"text\" or \"json\""
+                )));
+            }
         };
         Ok(Config {
             storage,
@@ -240,14 +262,20 @@ tls_key_file = "/etc/keyhaven/tls.key"
     #[test]
     fn the_documented_example_parses() {
         let c = Config::from_toml(GOOD).unwrap();
-        assert_eq!(c.storage, StorageConfig::Sqlite { path: "/var/lib/keyhaven/keyhaven.db".into() });
+        assert_eq!(
+            c.storage,
+            StorageConfig::Sqlite {
+                path: "/var/lib/keyhaven/keyhaven.db".into()
+            }
+        );
         assert!(matches!(c.tls, TlsConfig::Files { .. }));
         assert_eq!(c.max_request_size, DEFAULT_MAX_REQUEST_SIZE);
     }
 
     #[test]
     fn unknown_fields_are_rejected_by_name() {
-        let err = Config::from_toml(&GOOD.replace("[listener]", "[listener]\ntls_disabel = true")).unwrap_err();
+        let err = Config::from_toml(&GOOD.replace("[listener]", "[listener]\ntls_disabel = true"))
+            .unwrap_err();
         assert!(err.to_string().contains("tls_disabel"), "{err}");
         let err = Config::from_toml(&format!("colour = 1\n{GOOD}")).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");

@@ -15,7 +15,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{any, get};
 use keyhaven_engine::{
-    ClientToken, Core, EngineError, InitParams, Operation, Request, Response, SealStatus, UnsealInput,
+    ClientToken, Core, EngineError, InitParams, Operation, Request, Response, SealStatus,
+    UnsealInput,
 };
 use keyhaven_types::ErrorCode;
 use secrecy::{ExposeSecret, SecretString};
@@ -56,7 +57,10 @@ fn json_response(status: StatusCode, body: &Value, request_id: &str) -> HttpResp
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = (status, bytes).into_response();
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert("x-request-id", v);
@@ -67,7 +71,8 @@ fn json_response(status: StatusCode, body: &Value, request_id: &str) -> HttpResp
 /// Turn an engine error into `{"errors": [...]}` with the status its code maps to.
 fn error_response(err: &EngineError, request_id: &str) -> HttpResponse {
     let code = err.code();
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let message = if status.is_server_error() && code != ErrorCode::Sealed {
         tracing::error!(target: "keyhaven::http", request_id, error = %err, source = ?std::error::Error::source(err), "request failed");
         match code {
@@ -77,7 +82,13 @@ fn error_response(err: &EngineError, request_id: &str) -> HttpResponse {
     } else {
         err.to_string()
     };
-    json_response(status, &json!({ "errors": [message] }), request_id)
+    // Vault answers "nothing here" with an empty list rather than an empty string.
+    let errors: Vec<String> = if message.is_empty() {
+        Vec::new()
+    } else {
+        vec![message]
+    };
+    json_response(status, &json!({ "errors": errors }), request_id)
 }
 
 fn plain_error(status: StatusCode, message: &str, request_id: &str) -> HttpResponse {
@@ -89,7 +100,11 @@ async fn not_found() -> HttpResponse {
 }
 
 /// Read the body up to the limit and parse it as a JSON object (or nothing).
-async fn read_json_body(body: Body, limit: usize, request_id: &str) -> Result<Map<String, Value>, HttpResponse> {
+async fn read_json_body(
+    body: Body,
+    limit: usize,
+    request_id: &str,
+) -> Result<Map<String, Value>, HttpResponse> {
     let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => {
@@ -106,7 +121,11 @@ async fn read_json_body(body: Body, limit: usize, request_id: &str) -> Result<Ma
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(Value::Null) => Ok(Map::new()),
-        Ok(_) => Err(plain_error(StatusCode::BAD_REQUEST, "request body must be a JSON object", request_id)),
+        Ok(_) => Err(plain_error(
+            StatusCode::BAD_REQUEST,
+            "request body must be a JSON object",
+            request_id,
+        )),
         // serde_json's message names line and column and the kind of error, never the input.
         Err(e) => Err(plain_error(
             StatusCode::BAD_REQUEST,
@@ -133,10 +152,10 @@ impl ClassifyMessage for serde_json::Error {
 }
 
 fn token_from(headers: &HeaderMap) -> Option<ClientToken> {
-    if let Some(v) = headers.get("x-vault-token").and_then(|v| v.to_str().ok()) {
-        if !v.is_empty() {
-            return Some(ClientToken::new(v.to_owned()));
-        }
+    if let Some(v) = headers.get("x-vault-token").and_then(|v| v.to_str().ok())
+        && !v.is_empty()
+    {
+        return Some(ClientToken::new(v.to_owned()));
     }
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = auth.split_once(' ')?;
@@ -145,7 +164,9 @@ fn token_from(headers: &HeaderMap) -> Option<ClientToken> {
 }
 
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+    query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
 }
 
 /// `/v1/<anything>` that the engine routes (including authenticated `sys/` paths).
@@ -153,9 +174,16 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
     let started = Instant::now();
     let request_id = new_request_id();
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path().strip_prefix("/v1/").unwrap_or_default().to_owned();
+    let path = parts
+        .uri
+        .path()
+        .strip_prefix("/v1/")
+        .unwrap_or_default()
+        .to_owned();
     let query = query_pairs(parts.uri.query());
-    let list_flag = query.iter().any(|(k, v)| k == "list" && (v == "true" || v == "1"));
+    let list_flag = query
+        .iter()
+        .any(|(k, v)| k == "list" && (v == "true" || v == "1"));
     let operation = match parts.method.as_str() {
         "GET" if list_flag => Operation::List,
         "GET" => Operation::Read,
@@ -163,20 +191,35 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
         "POST" | "PUT" => Operation::Update,
         "PATCH" => Operation::Patch,
         "DELETE" => Operation::Delete,
-        _ => return plain_error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method", &request_id),
+        _ => {
+            return plain_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "unsupported method",
+                &request_id,
+            );
+        }
     };
     let mut data = match read_json_body(body, state.max_request_size, &request_id).await {
         Ok(d) => d,
         Err(resp) => return resp,
     };
-    if matches!(operation, Operation::Read | Operation::List | Operation::Delete) {
+    if matches!(
+        operation,
+        Operation::Read | Operation::List | Operation::Delete
+    ) {
         for (k, v) in query {
             if k != "list" {
                 data.entry(k).or_insert(Value::String(v));
             }
         }
     }
-    let request = Request { id: request_id.clone(), operation, path, data, token: token_from(&parts.headers) };
+    let request = Request {
+        id: request_id.clone(),
+        operation,
+        path,
+        data,
+        token: token_from(&parts.headers),
+    };
     let result = state.core.handle(request).await;
     let resp = match result {
         Ok(resp) => envelope(resp, &request_id),
@@ -203,26 +246,39 @@ fn envelope(resp: Response, request_id: &str) -> HttpResponse {
         }
         return r;
     }
-    let status = resp.status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::OK);
+    let status = resp
+        .status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
     let mut body = Map::new();
-    if resp.top_level {
-        if let Some(data) = &resp.data {
-            for (k, v) in data {
-                body.insert(k.clone(), v.clone());
-            }
+    if resp.top_level
+        && let Some(data) = &resp.data
+    {
+        for (k, v) in data {
+            body.insert(k.clone(), v.clone());
         }
     }
     body.insert("request_id".into(), Value::String(request_id.to_owned()));
     body.insert("lease_id".into(), Value::String(String::new()));
     body.insert("renewable".into(), Value::Bool(false));
     body.insert("lease_duration".into(), json!(0));
-    body.insert("data".into(), resp.data.map(Value::Object).unwrap_or(Value::Null));
+    body.insert(
+        "data".into(),
+        resp.data.map(Value::Object).unwrap_or(Value::Null),
+    );
     body.insert("wrap_info".into(), Value::Null);
     body.insert(
         "warnings".into(),
-        if resp.warnings.is_empty() { Value::Null } else { json!(resp.warnings) },
+        if resp.warnings.is_empty() {
+            Value::Null
+        } else {
+            json!(resp.warnings)
+        },
     );
-    body.insert("auth".into(), resp.auth.map(Value::Object).unwrap_or(Value::Null));
+    body.insert(
+        "auth".into(),
+        resp.auth.map(Value::Object).unwrap_or(Value::Null),
+    );
     json_response(status, &Value::Object(body), request_id)
 }
 
@@ -247,11 +303,19 @@ fn seal_status_json(s: &SealStatus, storage_type: &str) -> Value {
 
 async fn seal_status(State(state): State<AppState>) -> HttpResponse {
     let s = state.core.seal_status();
-    json_response(StatusCode::OK, &seal_status_json(&s, state.storage_type), &new_request_id())
+    json_response(
+        StatusCode::OK,
+        &seal_status_json(&s, state.storage_type),
+        &new_request_id(),
+    )
 }
 
 async fn init_status(State(state): State<AppState>) -> HttpResponse {
-    json_response(StatusCode::OK, &json!({ "initialized": state.core.is_initialized() }), &new_request_id())
+    json_response(
+        StatusCode::OK,
+        &json!({ "initialized": state.core.is_initialized() }),
+        &new_request_id(),
+    )
 }
 
 fn u8_param(data: &Map<String, Value>, key: &str) -> Result<Option<u8>, EngineError> {
@@ -270,8 +334,15 @@ async fn init(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
         Err(resp) => return resp,
     };
     for unsupported in ["pgp_keys", "root_token_pgp_key", "recovery_pgp_keys"] {
-        if data.get(unsupported).is_some_and(|v| !v.is_null() && v != &json!([]) && v != &json!("")) {
-            return plain_error(StatusCode::BAD_REQUEST, &format!("{unsupported} is not supported"), &request_id);
+        if data
+            .get(unsupported)
+            .is_some_and(|v| !v.is_null() && v != &json!([]) && v != &json!(""))
+        {
+            return plain_error(
+                StatusCode::BAD_REQUEST,
+                &format!("{unsupported} is not supported"),
+                &request_id,
+            );
         }
     }
     let params = (|| -> Result<InitParams, EngineError> {
@@ -289,7 +360,11 @@ async fn init(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
     match state.core.init(params).await {
         Ok(result) => {
             use base64::Engine as _;
-            let hex_keys: Vec<String> = result.shares.iter().map(|s| hex::encode(s.as_bytes())).collect();
+            let hex_keys: Vec<String> = result
+                .shares
+                .iter()
+                .map(|s| hex::encode(s.as_bytes()))
+                .collect();
             let b64_keys: Vec<String> = result
                 .shares
                 .iter()
@@ -309,25 +384,44 @@ async fn init(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
 async fn unseal(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
     let request_id = new_request_id();
     if !matches!(*req.method(), Method::PUT | Method::POST) {
-        return plain_error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method", &request_id);
+        return plain_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "unsupported method",
+            &request_id,
+        );
     }
     let data = match read_json_body(req.into_body(), state.max_request_size, &request_id).await {
         Ok(d) => d,
         Err(resp) => return resp,
     };
-    let input = match (keyhaven_engine::params::boolean(&data, "reset"), keyhaven_engine::params::string(&data, "key")) {
+    let input = match (
+        keyhaven_engine::params::boolean(&data, "reset"),
+        keyhaven_engine::params::string(&data, "key"),
+    ) {
         (Err(e), _) | (_, Err(e)) => return error_response(&e, &request_id),
         (Ok(Some(true)), _) => UnsealInput::Reset,
         (_, Ok(Some(k))) if !k.is_empty() => UnsealInput::Key(SecretString::from(k.to_owned())),
         _ => {
-            return plain_error(StatusCode::BAD_REQUEST, "missing parameter \"key\" (or \"reset\": true)", &request_id);
+            return plain_error(
+                StatusCode::BAD_REQUEST,
+                "missing parameter \"key\" (or \"reset\": true)",
+                &request_id,
+            );
         }
     };
     if data.get("migrate").is_some_and(|v| v == &json!(true)) {
-        return plain_error(StatusCode::BAD_REQUEST, "seal migration is not supported", &request_id);
+        return plain_error(
+            StatusCode::BAD_REQUEST,
+            "seal migration is not supported",
+            &request_id,
+        );
     }
     match state.core.unseal(input).await {
-        Ok(s) => json_response(StatusCode::OK, &seal_status_json(&s, state.storage_type), &request_id),
+        Ok(s) => json_response(
+            StatusCode::OK,
+            &seal_status_json(&s, state.storage_type),
+            &request_id,
+        ),
         Err(e) => error_response(&e, &request_id),
     }
 }

@@ -85,7 +85,10 @@ impl Server {
     }
 
     /// Serve until `shutdown` resolves, then finish in-flight requests.
-    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         let address = self.local_addr;
         match self.tls {
             None => axum::serve(self.listener, self.router)
@@ -103,11 +106,16 @@ fn open_storage(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
         StorageConfig::Sqlite { path } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
-                    ServerError::Storage(keyhaven_storage::StorageError::Unavailable { source: Box::new(e) })
+                    ServerError::Storage(keyhaven_storage::StorageError::Unavailable {
+                        source: Box::new(e),
+                    })
                 })?;
             }
-            let store = keyhaven_storage_sql::SqliteStore::open(path, keyhaven_storage_sql::SqliteOptions::default())
-                .map_err(ServerError::Storage)?;
+            let store = keyhaven_storage_sql::SqliteStore::open(
+                path,
+                keyhaven_storage_sql::SqliteOptions::default(),
+            )
+            .map_err(ServerError::Storage)?;
             Ok(Arc::new(store))
         }
     }
@@ -115,20 +123,38 @@ fn open_storage(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
 
 /// Build storage, engine and listener. With `dev`, initialize and unseal in memory and
 /// mount KV v2 at `secret/`.
-pub async fn build(config: &Config, dev: Option<DevOptions>) -> Result<(Server, Option<DevCredentials>), ServerError> {
+pub async fn build(
+    config: &Config,
+    dev: Option<DevOptions>,
+) -> Result<(Server, Option<DevCredentials>), ServerError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if dev.is_some() && !config.address.ip().is_loopback() {
         return Err(ServerError::DevNotLoopback(config.address));
     }
     let storage = open_storage(config)?;
-    let core = Core::new(storage, clock).await.map_err(ServerError::Engine)?;
+    let core = Core::new(storage, clock)
+        .await
+        .map_err(ServerError::Engine)?;
     let creds = match &dev {
         Some(opts) => {
             use secrecy::ExposeSecret;
-            let id = opts.root_token_id.as_ref().map(|s| s.expose_secret().to_owned());
-            let init = core.dev_setup(id.as_deref()).await.map_err(ServerError::Engine)?;
-            let share = init.shares.first().map(|s| hex::encode(s.as_bytes())).unwrap_or_default();
-            Some(DevCredentials { unseal_key: SecretString::from(share), root_token: init.root_token })
+            let id = opts
+                .root_token_id
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned());
+            let init = core
+                .dev_setup(id.as_deref())
+                .await
+                .map_err(ServerError::Engine)?;
+            let share = init
+                .shares
+                .first()
+                .map(|s| hex::encode(s.as_bytes()))
+                .unwrap_or_default();
+            Some(DevCredentials {
+                unseal_key: SecretString::from(share),
+                root_token: init.root_token,
+            })
         }
         None => None,
     };
@@ -142,9 +168,26 @@ pub async fn build(config: &Config, dev: Option<DevOptions>) -> Result<(Server, 
         max_request_size: config.max_request_size,
     };
     let router = http::router(state);
-    let listener = TcpListener::bind(config.address)
-        .await
-        .map_err(|source| ServerError::Listen { address: config.address, source })?;
-    let local_addr = listener.local_addr().map_err(|source| ServerError::Listen { address: config.address, source })?;
-    Ok((Server { listener, router, tls, local_addr }, creds))
+    let listener =
+        TcpListener::bind(config.address)
+            .await
+            .map_err(|source| ServerError::Listen {
+                address: config.address,
+                source,
+            })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            address: config.address,
+            source,
+        })?;
+    Ok((
+        Server {
+            listener,
+            router,
+            tls,
+            local_addr,
+        },
+        creds,
+    ))
 }

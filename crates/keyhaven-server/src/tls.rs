@@ -19,21 +19,37 @@ use crate::ServerError;
 pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError> {
     check_private(key)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| ServerError::Tls(format!("cannot read certificate file {}: {e}", cert.display())))?
+        .map_err(|e| {
+            ServerError::Tls(format!(
+                "cannot read certificate file {}: {e}",
+                cert.display()
+            ))
+        })?
         .collect::<Result<_, _>>()
         .map_err(|e| ServerError::Tls(format!("invalid certificate in {}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(ServerError::Tls(format!("no certificate found in {}", cert.display())));
+        return Err(ServerError::Tls(format!(
+            "no certificate found in {}",
+            cert.display()
+        )));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| ServerError::Tls(format!("cannot read private key file {}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        ServerError::Tls(format!(
+            "cannot read private key file {}: {e}",
+            key.display()
+        ))
+    })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ServerError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| ServerError::Tls(format!("certificate and key do not form a usable pair: {e}")))?;
+        .map_err(|e| {
+            ServerError::Tls(format!(
+                "certificate and key do not form a usable pair: {e}"
+            ))
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -41,8 +57,12 @@ pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerErr
 #[cfg(unix)]
 fn check_private(path: &Path) -> Result<(), ServerError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ServerError::Tls(format!("cannot read private key file {}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        ServerError::Tls(format!(
+            "cannot read private key file {}: {e}",
+            path.display()
+        ))
+    })?;
     let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(ServerError::Tls(format!(
@@ -81,7 +101,9 @@ pub(crate) async fn serve(
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
+                    .await;
             let tls = match handshake {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -93,7 +115,10 @@ pub(crate) async fn serve(
                     return;
                 }
             };
-            if let Err(e) = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await {
+            if let Err(e) = Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
                 tracing::debug!(target: "keyhaven::http", %peer, error = %e, "connection ended with an error");
             }
         });

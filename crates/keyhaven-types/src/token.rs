@@ -63,11 +63,12 @@ pub fn generate(kind: TokenKind, mut fill: impl FnMut(&mut [u8])) -> String {
         fill(&mut pool);
         for &b in &pool {
             // Rejection sampling keeps the distribution uniform: 248 = 4 * 62.
-            if b < 248 && produced < RANDOM_LEN {
-                if let Some(&c) = ALPHABET.get(usize::from(b % 62)) {
-                    out.push(char::from(c));
-                    produced += 1;
-                }
+            if b < 248
+                && produced < RANDOM_LEN
+                && let Some(&c) = ALPHABET.get(usize::from(b % 62))
+            {
+                out.push(char::from(c));
+                produced += 1;
             }
         }
     }
@@ -91,8 +92,14 @@ pub fn parse(token: &str) -> Result<TokenKind, TokenFormatError> {
         return Err(TokenFormatError::Malformed);
     }
     let (body, checksum) = token.split_at(expected_len - CHECKSUM_LEN);
-    let random = body.get(kind.prefix().len()..).ok_or(TokenFormatError::Malformed)?;
-    if !random.bytes().chain(checksum.bytes()).all(|b| b.is_ascii_alphanumeric()) {
+    let random = body
+        .get(kind.prefix().len()..)
+        .ok_or(TokenFormatError::Malformed)?;
+    if !random
+        .bytes()
+        .chain(checksum.bytes())
+        .all(|b| b.is_ascii_alphanumeric())
+    {
         return Err(TokenFormatError::Malformed);
     }
     if encode_checksum(crc32(body.as_bytes())) != checksum {
@@ -169,7 +176,11 @@ mod tests {
             let mut bytes = t.clone().into_bytes();
             bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
             let changed = String::from_utf8(bytes).unwrap();
-            assert_eq!(parse(&changed), Err(TokenFormatError::BadChecksum), "position {i}");
+            assert_eq!(
+                parse(&changed),
+                Err(TokenFormatError::BadChecksum),
+                "position {i}"
+            );
         }
     }
 
