@@ -9,4 +9,7 @@
 
 mod cli;
 mod common;
+mod git_history;
+mod pathological;
+mod posture;
 mod rules;
