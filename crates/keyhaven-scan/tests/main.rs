@@ -9,6 +9,7 @@
 
 mod cli;
 mod common;
+mod corpus;
 mod git_history;
 mod pathological;
 mod posture;
