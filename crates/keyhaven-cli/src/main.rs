@@ -1,10 +1,21 @@
 //! The `keyhaven` binary.
+//!
+//! Exit codes of the commands that talk to a server (`operator`, `status`, `kv`) follow
+//! Vault's CLI: 0 on success, 1 on a local or usage error, 2 when the server answered
+//! with an error, could not be reached, or had nothing at the path (`status`: 0
+//! unsealed, 2 sealed, 1 error). `scan` keeps its own convention, in which 1 means
+//! "findings", so its usage errors keep clap's exit code 2.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod kv_cmd;
+mod operator_cmd;
+mod output;
+mod remote;
 mod server_cmd;
+mod status_cmd;
 
 /// keyhaven: keys and secrets for Kubernetes.
 #[derive(Debug, Parser)]
@@ -20,14 +31,29 @@ enum Command {
     Server(server_cmd::ServerArgs),
     /// Find hardcoded secrets and risky Kubernetes manifests.
     Scan(keyhaven_scan::cli::ScanArgs),
+    /// Initialize, unseal, seal and rotate the server's keys.
+    Operator(operator_cmd::OperatorArgs),
+    /// Show the seal status of the server (exit 0 unsealed, 2 sealed, 1 error).
+    Status(status_cmd::StatusArgs),
+    /// Read and write secrets of a KV version 2 mount.
+    Kv(kv_cmd::KvArgs),
 }
 
-#[allow(clippy::print_stderr, reason = "the binary reports fatal errors on stderr")]
+#[allow(
+    clippy::print_stderr,
+    reason = "the binary reports fatal errors on stderr"
+)]
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let result = match cli.command {
         Command::Server(args) => server_cmd::run(args),
         Command::Scan(args) => Ok(keyhaven_scan::cli::run(args)),
+        Command::Operator(args) => return operator_cmd::run(args),
+        Command::Status(args) => return status_cmd::run(args),
+        Command::Kv(args) => return kv_cmd::run(args),
     };
     match result {
         Ok(code) => code,
@@ -35,5 +61,29 @@ fn main() -> ExitCode {
             eprintln!("Error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Print a parse error (or the help/version clap was asked for) and pick the exit code:
+/// 1 for usage errors, as Vault's CLI, except under `scan`, whose 1 means "findings".
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    // Printing can only fail when the output is closed; nothing is left to report to.
+    let _ = e.print();
+    let clap_code = u8::try_from(e.exit_code()).unwrap_or(1);
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::from(clap_code),
+        _ if std::env::args_os().nth(1).is_some_and(|a| a == "scan") => ExitCode::from(clap_code),
+        _ => ExitCode::from(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }
