@@ -1,1 +1,8 @@
 //! End-to-end tests of the keyhaven binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod support;
+
+mod architecture;
+mod bao;
+mod server;
