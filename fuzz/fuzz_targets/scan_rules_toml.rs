@@ -1,0 +1,10 @@
+//! Rule compilation from arbitrary TOML: errors are fine, panics are bugs.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = keyhaven_scan::internal::compile_rules(text);
+    }
+});
