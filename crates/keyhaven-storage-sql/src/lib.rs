@@ -4,6 +4,9 @@
 //! `synchronous=FULL`, one writer thread that group-commits concurrent writes, and a
 //! small pool of read-only connections.
 //!
+//! `PgStore` (cargo feature `postgres`) is the HA backend: several keyhaven replicas
+//! over one PostgreSQL database, with serializable transactions.
+//!
 //! Invariants:
 //! - an acknowledged write (put, delete, committed transaction) has been fsynced;
 //! - a read that starts after a write was acknowledged sees that write;
@@ -19,6 +22,10 @@
 //! barrier).
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{ConnectionRole, ConnectionSettings, SqliteOptions, SqliteStore};

@@ -1,0 +1,512 @@
+//! [`PgStore`]: the PostgreSQL backend, for several keyhaven replicas over one database.
+//!
+//! - Keys are `BYTEA`, so the primary key orders them by bytes (no collation), the
+//!   order `list_page` promises.
+//! - Every write is a `SERIALIZABLE` transaction, retried on serialization failures
+//!   and deadlocks. Conditions are read in the same transaction as the writes, so a
+//!   create-only condition (`Absent`) cannot race with a concurrent create: one of the
+//!   two transactions is aborted by PostgreSQL and retried, and then sees the other's
+//!   key. A transaction whose condition fails is committed (it wrote nothing) rather
+//!   than rolled back, so that PostgreSQL vouches for the consistency of what it read.
+//! - A listing is one recursive query that probes the index once per child: a
+//!   sub-folder with a million keys costs one probe.
+//! - Migrations run at connect time in one transaction under an advisory lock, so
+//!   replicas starting together apply them once.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{IsolationLevel, NoTls};
+
+use keyhaven_storage::listing::{PageBuilder, Step, prefix_upper_bound};
+use keyhaven_storage::{
+    Condition, Op, StorageError, Store, Transaction, TxOutcome, validate_key, validate_prefix,
+};
+
+/// Migration `i` takes the schema from version `i` to `i + 1`; `{schema}` is replaced
+/// by the quoted schema name. Append only: never edit a released migration.
+const MIGRATIONS: &[&str] = &[
+    // 1: the key-value table.
+    "CREATE TABLE {schema}.kv (
+        key   BYTEA PRIMARY KEY,
+        value BYTEA NOT NULL
+    )",
+];
+
+/// Tuning and placement of a [`PgStore`]. Change single fields on a default value.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PgOptions {
+    /// The PostgreSQL schema that holds keyhaven's tables (default `keyhaven`); created
+    /// if missing. Lower-case ASCII letters, digits and `_`, not starting with a digit,
+    /// at most 63 bytes.
+    pub schema: String,
+    /// Most connections in the pool (default 16).
+    pub pool_size: usize,
+    /// How often a write is retried after a serialization failure or deadlock
+    /// (default 64) before [`StorageError::Unavailable`] is returned.
+    pub max_retries: u32,
+    /// How long to wait for a pooled connection (default 10 s).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            schema: "keyhaven".to_owned(),
+            pool_size: 16,
+            max_retries: 64,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The SQL of one schema, built once.
+struct Statements {
+    get: String,
+    select_many: String,
+    upsert_many: String,
+    delete_many: String,
+    list: String,
+}
+
+impl Statements {
+    fn new(schema: &str) -> Self {
+        let kv = format!("{schema}.kv");
+        Statements {
+            get: format!("SELECT value FROM {kv} WHERE key = $1"),
+            select_many: format!("SELECT key, value FROM {kv} WHERE key = ANY($1::bytea[])"),
+            upsert_many: format!(
+                "INSERT INTO {kv} (key, value) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+            ),
+            delete_many: format!("DELETE FROM {kv} WHERE key = ANY($1::bytea[])"),
+            // One index probe per child: from the first key of a child, the next probe
+            // starts past it (`key || 0x00`) or, for a folder, past the whole folder
+            // (`prefix || head || '0'`, '0' being '/' + 1). $1 lower bound, $2 upper
+            // bound (exclusive), $3 length of the prefix + 1, $4 row limit.
+            list: format!(
+                "WITH RECURSIVE walk(k) AS (
+                    (SELECT key FROM {kv} WHERE key >= $1::bytea AND key < $2::bytea
+                     ORDER BY key LIMIT 1)
+                  UNION ALL
+                    SELECT (SELECT key FROM {kv}
+                            WHERE key >= CASE
+                                WHEN position('\\x2f'::bytea IN substring(walk.k FROM $3::int4)) > 0
+                                THEN substring(walk.k FROM 1 FOR $3::int4 - 2
+                                     + position('\\x2f'::bytea IN substring(walk.k FROM $3::int4)))
+                                     || '\\x30'::bytea
+                                ELSE walk.k || '\\x00'::bytea END
+                              AND key < $2::bytea
+                            ORDER BY key LIMIT 1)
+                    FROM walk WHERE walk.k IS NOT NULL
+                )
+                SELECT k FROM walk WHERE k IS NOT NULL LIMIT $4::int8"
+            ),
+        }
+    }
+}
+
+/// A [`Store`] in a PostgreSQL database.
+///
+/// Connect once per process with [`PgStore::connect`] and share it through an `Arc`.
+/// Connections are plain TCP or unix sockets (no TLS yet): run keyhaven next to its
+/// database or over a protected network.
+pub struct PgStore {
+    pool: Pool,
+    sql: Statements,
+    schema: String,
+    max_retries: u32,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.schema)
+            .field("closed", &self.pool.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one attempt failed, before mapping to [`StorageError`].
+enum Failure {
+    Pool(PoolError),
+    Db(tokio_postgres::Error),
+}
+
+impl From<PoolError> for Failure {
+    fn from(err: PoolError) -> Self {
+        Failure::Pool(err)
+    }
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(err: tokio_postgres::Error) -> Self {
+        Failure::Db(err)
+    }
+}
+
+impl Failure {
+    fn code(&self) -> Option<&SqlState> {
+        match self {
+            Failure::Db(err) | Failure::Pool(PoolError::Backend(err)) => err.code(),
+            Failure::Pool(_) => None,
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        matches!(
+            self.code(),
+            Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+        )
+    }
+
+    fn into_storage(self) -> StorageError {
+        if let Some(code) = self.code()
+            && (*code == SqlState::DATA_CORRUPTED || *code == SqlState::INDEX_CORRUPTED)
+        {
+            let detail = format!("postgresql reports corruption (SQLSTATE {})", code.code());
+            return StorageError::Corrupt { detail };
+        }
+        match self {
+            Failure::Pool(PoolError::Closed) => StorageError::Closed,
+            Failure::Pool(err) => StorageError::unavailable(err),
+            Failure::Db(err) => StorageError::unavailable(err),
+        }
+    }
+}
+
+fn fail(err: impl Into<Failure>) -> StorageError {
+    err.into().into_storage()
+}
+
+/// Check and quote a schema name.
+fn quote_schema(schema: &str) -> Result<String, StorageError> {
+    let valid = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if !valid {
+        return Err(StorageError::unavailable(format!(
+            "invalid postgresql schema name {schema:?}: use lower-case letters, digits and _"
+        )));
+    }
+    Ok(format!("\"{schema}\""))
+}
+
+/// A stable advisory-lock id for migrating `schema` (FNV-1a of the name).
+fn migration_lock_id(schema: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in b"keyhaven-migrate:".iter().chain(schema.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+impl PgStore {
+    /// The schema version this build creates, migrates to and accepts at most.
+    pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
+
+    /// Connect to PostgreSQL with a libpq-style connection string
+    /// (`host=… user=… dbname=…` or `postgresql://…`), create the schema if needed and
+    /// apply pending migrations. Fails if the server cannot be reached, or with
+    /// [`StorageError::SchemaTooNew`] if a newer keyhaven migrated the schema.
+    pub async fn connect(config: &str, options: PgOptions) -> Result<PgStore, StorageError> {
+        let schema = quote_schema(&options.schema)?;
+        let pg_config: tokio_postgres::Config = config.parse().map_err(fail)?;
+        let manager = Manager::from_config(
+            pg_config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .wait_timeout(Some(options.acquire_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(StorageError::unavailable)?;
+        let store = PgStore {
+            pool,
+            sql: Statements::new(&schema),
+            schema: options.schema.clone(),
+            max_retries: options.max_retries,
+        };
+        store.migrate(&schema).await?;
+        Ok(store)
+    }
+
+    /// The PostgreSQL schema this store uses.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Close the pool: connections close once returned, and later calls return
+    /// [`StorageError::Closed`]. Calls in flight finish.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    async fn migrate(&self, schema: &str) -> Result<(), StorageError> {
+        let mut client = self.pool.get().await.map_err(fail)?;
+        let tx = client.transaction().await.map_err(fail)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&migration_lock_id(&self.schema)],
+        )
+        .await
+        .map_err(fail)?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+                 version    BIGINT PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             );"
+        ))
+        .await
+        .map_err(fail)?;
+        let row = tx
+            .query_one(
+                &format!("SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations"),
+                &[],
+            )
+            .await
+            .map_err(fail)?;
+        let version: i64 = row.try_get(0).map_err(fail)?;
+        let version = u64::try_from(version).map_err(|_| StorageError::Corrupt {
+            detail: format!("negative schema version {version}"),
+        })?;
+        if version > Self::SCHEMA_VERSION {
+            return Err(StorageError::SchemaTooNew {
+                found: version,
+                supported: Self::SCHEMA_VERSION,
+            });
+        }
+        let pending = usize::try_from(version).unwrap_or(usize::MAX);
+        for (from, migration) in MIGRATIONS.iter().enumerate().skip(pending) {
+            tx.batch_execute(&migration.replace("{schema}", schema))
+                .await
+                .map_err(fail)?;
+            let to = i64::try_from(from + 1).unwrap_or(i64::MAX);
+            tx.execute(
+                &format!("INSERT INTO {schema}.schema_migrations (version) VALUES ($1)"),
+                &[&to],
+            )
+            .await
+            .map_err(fail)?;
+            tracing::info!(from, to, "applied postgresql schema migration");
+        }
+        tx.commit().await.map_err(fail)
+    }
+
+    /// One attempt at `tx` in a SERIALIZABLE transaction.
+    async fn transact_once(&self, tx: &Transaction) -> Result<TxOutcome, Failure> {
+        let mut client = self.pool.get().await?;
+        let db = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::Serializable)
+            .start()
+            .await?;
+        if !tx.conditions.is_empty() {
+            let keys: Vec<&[u8]> = tx.conditions.iter().map(|c| c.key().as_bytes()).collect();
+            let stmt = db.prepare_cached(&self.sql.select_many).await?;
+            let mut current: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(keys.len());
+            for row in db.query(&stmt, &[&keys]).await? {
+                current.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+            let failed = tx.conditions.iter().position(|condition| match condition {
+                Condition::Absent { key } => current.contains_key(key.as_bytes()),
+                Condition::Equals { key, value } => current.get(key.as_bytes()) != Some(value),
+            });
+            if let Some(index) = failed {
+                // Commit the read-only transaction so that a serialization failure
+                // (the read was not consistent) surfaces and the attempt is retried.
+                db.commit().await?;
+                return Ok(TxOutcome::ConditionFailed { index });
+            }
+        }
+        // Ops apply in order, so each key ends with its last op.
+        let mut last: BTreeMap<&str, Option<&Vec<u8>>> = BTreeMap::new();
+        for op in &tx.ops {
+            match op {
+                Op::Put { key, value } => last.insert(key, Some(value)),
+                Op::Delete { key } => last.insert(key, None),
+            };
+        }
+        let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, value) in last {
+            match value {
+                Some(value) => {
+                    put_keys.push(key.as_bytes());
+                    put_values.push(value.as_slice());
+                }
+                None => deletes.push(key.as_bytes()),
+            }
+        }
+        if !deletes.is_empty() {
+            let stmt = db.prepare_cached(&self.sql.delete_many).await?;
+            db.execute(&stmt, &[&deletes]).await?;
+        }
+        if !put_keys.is_empty() {
+            let stmt = db.prepare_cached(&self.sql.upsert_many).await?;
+            db.execute(&stmt, &[&put_keys, &put_values]).await?;
+        }
+        db.commit().await?;
+        Ok(TxOutcome::Committed)
+    }
+
+    async fn write(&self, tx: Transaction) -> Result<TxOutcome, StorageError> {
+        let mut attempt = 0u32;
+        loop {
+            match self.transact_once(&tx).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(failure) if failure.is_retryable() && attempt < self.max_retries => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(failure) => return Err(failure.into_storage()),
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: up to 1 ms × 2^attempt, capped at 50 ms.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling_us = (1000u64 << attempt.min(6)).min(50_000);
+    let jitter = RandomState::new().build_hasher().finish();
+    Duration::from_micros(ceiling_us / 2 + jitter % (ceiling_us / 2 + 1))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        validate_key(key)?;
+        let client = self.pool.get().await.map_err(fail)?;
+        let stmt = client.prepare_cached(&self.sql.get).await.map_err(fail)?;
+        let row = client
+            .query_opt(&stmt, &[&key.as_bytes()])
+            .await
+            .map_err(fail)?;
+        row.map(|row| row.try_get(0)).transpose().map_err(fail)
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
+        validate_key(key)?;
+        let op = Op::Put {
+            key: key.to_owned(),
+            value,
+        };
+        self.write(Transaction {
+            conditions: vec![],
+            ops: vec![op],
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        validate_key(key)?;
+        let op = Op::Delete {
+            key: key.to_owned(),
+        };
+        self.write(Transaction {
+            conditions: vec![],
+            ops: vec![op],
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        validate_prefix(prefix)?;
+        let (mut page, lower) = PageBuilder::new(prefix, after, limit);
+        if page.is_full() {
+            return Ok(page.into_names());
+        }
+        // UTF-8 never contains 0xff, so [0xff] is above every key of the root.
+        let upper = prefix_upper_bound(prefix).unwrap_or_else(|| vec![0xff]);
+        let start = i32::try_from(prefix.len() + 1).map_err(StorageError::unavailable)?;
+        // One more row than names: the key equal to the prefix yields no name.
+        let rows = i64::try_from(limit.min(keyhaven_storage::MAX_LIST_PAGE) + 1)
+            .map_err(StorageError::unavailable)?;
+        let client = self.pool.get().await.map_err(fail)?;
+        let stmt = client.prepare_cached(&self.sql.list).await.map_err(fail)?;
+        let found = client
+            .query(&stmt, &[&lower.as_bytes(), &upper, &start, &rows])
+            .await
+            .map_err(fail)?;
+        for row in found {
+            let key: &[u8] = row.try_get(0).map_err(fail)?;
+            let key = std::str::from_utf8(key).map_err(|_| StorageError::Corrupt {
+                detail: "a stored key is not UTF-8".to_owned(),
+            })?;
+            // The query already skipped past each folder; the builder names the rows.
+            if page.push(key) == Step::Done {
+                break;
+            }
+        }
+        Ok(page.into_names())
+    }
+
+    async fn transact(&self, tx: Transaction) -> Result<TxOutcome, StorageError> {
+        for condition in &tx.conditions {
+            validate_key(condition.key())?;
+        }
+        for op in &tx.ops {
+            validate_key(op.key())?;
+        }
+        self.write(tx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_checked() {
+        assert_eq!(quote_schema("keyhaven").unwrap(), "\"keyhaven\"");
+        assert_eq!(quote_schema("kh_test_12").unwrap(), "\"kh_test_12\"");
+        for bad in [
+            "",
+            "Keyhaven",
+            "a-b",
+            "1abc",
+            "a\"b",
+            "a;drop",
+            &"x".repeat(64),
+        ] {
+            assert!(quote_schema(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        for attempt in 0..100 {
+            let delay = backoff(attempt);
+            assert!(delay <= Duration::from_millis(50), "{delay:?}");
+            assert!(delay >= Duration::from_micros(500), "{delay:?}");
+        }
+    }
+
+    #[test]
+    fn lock_ids_differ_by_schema() {
+        assert_ne!(migration_lock_id("a"), migration_lock_id("b"));
+        assert_eq!(migration_lock_id("a"), migration_lock_id("a"));
+    }
+}
