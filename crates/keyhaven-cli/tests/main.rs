@@ -5,4 +5,5 @@ mod support;
 
 mod architecture;
 mod bao;
+mod cli;
 mod server;
