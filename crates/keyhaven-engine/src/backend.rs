@@ -16,6 +16,12 @@ use crate::request::{Operation, Response};
 pub trait Backend: Send + Sync + 'static {
     /// Handle one request routed to this mount.
     async fn handle(&self, req: BackendRequest<'_>) -> Result<Response, EngineError>;
+
+    /// Whether `path` (relative to the mount) may be called without a token, such as an
+    /// auth method's `login`.
+    fn is_unauthenticated(&self, _path: &str) -> bool {
+        false
+    }
 }
 
 /// A request as a backend sees it.
@@ -39,4 +45,7 @@ pub struct BackendContext {
     pub clock: Arc<dyn Clock>,
     /// The mount's options (`options` in `sys/mounts`), e.g. `{"version": "2"}`.
     pub options: Map<String, Value>,
+    /// Outbound HTTPS for auth methods that call other services (TokenReview, OIDC
+    /// discovery); `None` when the server provides none.
+    pub outbound: Option<Arc<dyn crate::auth::Outbound>>,
 }

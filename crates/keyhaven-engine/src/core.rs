@@ -15,11 +15,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
+use crate::audit::AuditBroker;
+use crate::auth::Outbound;
+use crate::backend::BackendRequest;
 use crate::barrier::{self, Barrier, Keyring};
 use crate::clock::{Clock, rfc3339};
 use crate::error::EngineError;
-use crate::mounts::{self, MountConfig, MountEntry, Mounted, Router};
+use crate::mounts::{self, MountConfig, MountEntry, Mounted, Router, Table};
 use crate::params;
+use crate::policy::PolicyStore;
 use crate::request::{Operation, Request, Response};
 use crate::token::{self, TokenEntry, TokenStore};
 
@@ -91,11 +95,34 @@ pub enum UnsealInput {
     Reset,
 }
 
-struct Unsealed {
-    barrier: Arc<Barrier>,
-    tokens: TokenStore,
-    router: RwLock<Arc<Router>>,
-    mount_lock: tokio::sync::Mutex<()>,
+pub(crate) struct Unsealed {
+    pub(crate) barrier: Arc<Barrier>,
+    pub(crate) tokens: TokenStore,
+    pub(crate) policies: PolicyStore,
+    /// Secret engines, routed from the path's root.
+    pub(crate) secrets: RwLock<Arc<Router>>,
+    /// Auth methods, routed under `auth/`.
+    pub(crate) auth: RwLock<Arc<Router>>,
+    /// Serialises changes to either mount table.
+    pub(crate) mount_lock: tokio::sync::Mutex<()>,
+}
+
+impl Unsealed {
+    pub(crate) fn router(&self, table: Table) -> &RwLock<Arc<Router>> {
+        match table {
+            Table::Secrets => &self.secrets,
+            Table::Auth => &self.auth,
+        }
+    }
+}
+
+/// What the server plugs into the engine.
+#[derive(Default, Clone)]
+pub struct CoreOptions {
+    /// Audit devices; with none, nothing is recorded.
+    pub audit: Arc<AuditBroker>,
+    /// Outbound HTTPS for auth methods (TokenReview, OIDC discovery).
+    pub outbound: Option<Arc<dyn Outbound>>,
 }
 
 enum State {
@@ -114,7 +141,8 @@ enum State {
 /// The engine.
 pub struct Core {
     raw: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) options: CoreOptions,
     state: RwLock<State>,
     /// Serialises init, unseal and seal.
     op_lock: tokio::sync::Mutex<()>,
@@ -153,6 +181,15 @@ impl Core {
     /// A core over raw storage; reads the seal configuration to learn whether the
     /// storage was initialized. Starts sealed.
     pub async fn new(raw: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Arc<Core>, EngineError> {
+        Self::with_options(raw, clock, CoreOptions::default()).await
+    }
+
+    /// Like [`Core::new`], with audit devices and outbound HTTPS.
+    pub async fn with_options(
+        raw: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        options: CoreOptions,
+    ) -> Result<Arc<Core>, EngineError> {
         let state = match raw.get(barrier::SEAL_CONFIG_PATH).await? {
             None => State::Uninitialized,
             Some(bytes) => {
@@ -169,6 +206,7 @@ impl Core {
         Ok(Arc::new(Core {
             raw,
             clock,
+            options,
             state: RwLock::new(state),
             op_lock: tokio::sync::Mutex::new(()),
         }))
@@ -266,23 +304,25 @@ impl Core {
             cluster_id: uuid::Uuid::new_v4().to_string(),
         };
         let salt = token::new_salt()?;
-        let tokens = TokenStore::with_salt(Arc::new(keyhaven_storage::MemStore::new()), &salt);
+        let tokens = TokenStore::with_salt(
+            Arc::new(keyhaven_storage::MemStore::new()),
+            self.clock.clone(),
+            &salt,
+        );
         let root_token = match root_id {
             Some(id) => id.to_owned(),
             None => token::generate_token()?,
         };
-        let (token_key, token_value) = tokens.root_entry(&root_token, now)?;
+        let token_entries = tokens.root_entry(&root_token, now)?;
         let (salt_key, salt_value) = token::salt_entry(&salt);
         let mounts_value =
             serde_json::to_vec(&Vec::<MountEntry>::new()).map_err(|_| EngineError::Crypto)?;
 
         // Everything init writes is one raw transaction whose condition is "not initialized
         // yet", so a crash or a concurrent init leaves either nothing or a whole install.
-        let staged = [
-            (salt_key, salt_value),
-            (token_key, token_value),
-            (mounts::MOUNTS_PATH.to_owned(), mounts_value),
-        ];
+        let mut staged = token_entries;
+        staged.push((salt_key, salt_value));
+        staged.push((mounts::MOUNTS_PATH.to_owned(), mounts_value));
         let mut ops = Vec::new();
         for (key, value) in staged {
             let value = barrier.encrypt_entry(&key, &value)?;
@@ -405,27 +445,43 @@ impl Core {
         Ok(self.seal_status())
     }
 
-    /// Build the unsealed state from the root key: keyring, token store, mounts.
+    /// Build the unsealed state from the root key: keyring, token store, policies, mounts.
     async fn open(&self, root_key: &SecretKey) -> Result<Arc<Unsealed>, EngineError> {
         let barrier = Arc::new(Barrier::unseal(self.raw.clone(), root_key).await?);
         let view: Arc<dyn Store> = barrier.clone();
-        let tokens = TokenStore::load(view.clone()).await?;
-        let table: Vec<MountEntry> = match view.get(mounts::MOUNTS_PATH).await? {
+        let tokens = TokenStore::load(view.clone(), self.clock.clone()).await?;
+        let policies = PolicyStore::load(view.clone()).await?;
+        self.options.audit.unseal(view.clone()).await?;
+        let secrets = self.load_table(Table::Secrets, &view).await?;
+        let auth = self.load_table(Table::Auth, &view).await?;
+        Ok(Arc::new(Unsealed {
+            barrier,
+            tokens,
+            policies,
+            secrets: RwLock::new(Arc::new(secrets)),
+            auth: RwLock::new(Arc::new(auth)),
+            mount_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    async fn load_table(&self, table: Table, view: &Arc<dyn Store>) -> Result<Router, EngineError> {
+        let entries: Vec<MountEntry> = match view.get(table.storage_key()).await? {
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|_| EngineError::Corrupt("mount table is malformed".to_owned()))?,
             None => Vec::new(),
         };
-        let mut mounted = Vec::with_capacity(table.len());
-        for entry in table {
-            let backend = mounts::instantiate(&entry, view.clone(), self.clock.clone())?;
+        let mut mounted = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let backend = mounts::instantiate(
+                table,
+                &entry,
+                view.clone(),
+                self.clock.clone(),
+                self.options.outbound.clone(),
+            )?;
             mounted.push(Mounted { entry, backend });
         }
-        Ok(Arc::new(Unsealed {
-            barrier,
-            tokens,
-            router: RwLock::new(Arc::new(Router::new(mounted))),
-            mount_lock: tokio::sync::Mutex::new(()),
-        }))
+        Ok(Router::new(mounted))
     }
 
     /// `sys/seal`: drop every key. In-flight requests finish; new ones get `Sealed`.
@@ -438,6 +494,7 @@ impl Core {
         let mut state = self.state.write();
         if let State::Unsealed { config, inner } = &*state {
             inner.barrier.seal();
+            self.options.audit.seal();
             let config = config.clone();
             *state = State::Sealed {
                 config,
@@ -468,6 +525,7 @@ impl Core {
         options.insert("version".to_owned(), Value::String("2".to_owned()));
         self.enable_mount(
             &inner,
+            Table::Secrets,
             "secret/",
             "kv",
             "key/value secret storage",
@@ -478,36 +536,102 @@ impl Core {
         Ok(init)
     }
 
-    fn unsealed(&self) -> Result<Arc<Unsealed>, EngineError> {
+    pub(crate) fn unsealed(&self) -> Result<Arc<Unsealed>, EngineError> {
         match &*self.state.read() {
             State::Unsealed { inner, .. } => Ok(inner.clone()),
             _ => Err(EngineError::Sealed),
         }
     }
 
-    /// Handle one authenticated API request.
+    /// Handle one API request: authenticate, authorize, audit, route.
     pub async fn handle(&self, req: Request) -> Result<Response, EngineError> {
         let inner = self.unsealed()?;
-        let identity = self.authenticate(&inner, &req).await?;
-        authorize(&identity, &req)?;
-        if let Some(rest) = req.path.strip_prefix("sys/") {
-            return self.handle_sys(&inner, rest, &req).await;
+        let target = Target::resolve(&inner, &req.path);
+        let unauthenticated = match &target {
+            Target::Mount { mounted, rel, .. } => mounted.backend.is_unauthenticated(rel),
+            _ => false,
+        };
+        let audit = &self.options.audit;
+        let entry = if unauthenticated {
+            None
+        } else {
+            match self.authenticate(&inner, &req).await {
+                Ok(entry) => Some(entry),
+                Err(err) => {
+                    audit.log_request(None, &req, Some(&err)).await?;
+                    return Err(err);
+                }
+            }
+        };
+        if let Some(entry) = &entry {
+            let acl = inner.policies.acl_for(&entry.policies).await?;
+            let decision = acl.authorize(req.operation, &req.path, &req.data);
+            if !decision.allowed {
+                let err = EngineError::PermissionDenied;
+                audit.log_request(Some(entry), &req, Some(&err)).await?;
+                return Err(err);
+            }
         }
-        let router = inner.router.read().clone();
-        let Some((mounted, rel)) = router.route(&req.path) else {
-            return Err(EngineError::NotFound(format!(
+        audit.log_request(entry.as_deref(), &req, None).await?;
+        let sudo = match &entry {
+            Some(e) if e.is_root() => true,
+            Some(e) => inner
+                .policies
+                .acl_for(&e.policies)
+                .await?
+                .capabilities(&req.path)
+                .iter()
+                .any(|c| c == "sudo"),
+            None => false,
+        };
+        let mut result = self
+            .dispatch(&inner, target, entry.as_ref(), sudo, &req)
+            .await;
+        if let Ok(resp) = &mut result
+            && let Some(grant) = resp.login.take()
+        {
+            match inner.tokens.login(&grant, &req.path).await {
+                Ok(auth) => resp.auth = Some(auth),
+                Err(e) => result = Err(e),
+            }
+        }
+        audit.log_response(entry.as_deref(), &req, &result).await?;
+        result
+    }
+
+    async fn dispatch(
+        &self,
+        inner: &Arc<Unsealed>,
+        target: Target,
+        entry: Option<&Arc<TokenEntry>>,
+        sudo: bool,
+        req: &Request,
+    ) -> Result<Response, EngineError> {
+        match target {
+            Target::Sys(rest) => self.handle_sys(inner, &rest, entry, req).await,
+            Target::Token(rest) => {
+                let entry = entry.ok_or(EngineError::PermissionDenied)?;
+                let presented = req.token.as_ref().map(|t| t.expose()).unwrap_or_default();
+                inner
+                    .tokens
+                    .handle(req.operation, &rest, &req.data, entry, presented, sudo)
+                    .await
+            }
+            Target::Mount { mounted, rel, .. } => {
+                mounted
+                    .backend
+                    .handle(BackendRequest {
+                        operation: req.operation,
+                        path: &rel,
+                        data: &req.data,
+                    })
+                    .await
+            }
+            Target::Nothing => Err(EngineError::NotFound(format!(
                 "no handler for route {:?}: no mount at this path",
                 req.path
-            )));
-        };
-        mounted
-            .backend
-            .handle(crate::backend::BackendRequest {
-                operation: req.operation,
-                path: rel,
-                data: &req.data,
-            })
-            .await
+            ))),
+        }
     }
 
     async fn authenticate(
@@ -529,21 +653,21 @@ impl Core {
         &self,
         inner: &Arc<Unsealed>,
         rest: &str,
+        entry: Option<&Arc<TokenEntry>>,
         req: &Request,
     ) -> Result<Response, EngineError> {
         let op = req.operation;
         let is_write = matches!(op, Operation::Create | Operation::Update);
         match rest {
-            "mounts" if op == Operation::Read => Ok(self.list_mounts(inner)),
             "seal" if is_write => {
                 let _op = self.op_lock.lock().await;
                 self.seal_locked();
-                Ok(Response::no_content())
+                return Ok(Response::no_content());
             }
             "rotate" if is_write => {
                 let status = inner.barrier.rotate(self.clock.unix_seconds()).await?;
                 tracing::info!(target: "keyhaven::seal", term = status.term, "keyring rotated");
-                Ok(Response::no_content())
+                return Ok(Response::no_content());
             }
             "key-status" if op == Operation::Read => {
                 let s = inner.barrier.key_status()?;
@@ -554,265 +678,142 @@ impl Core {
                     json!(rfc3339(unix_to_time(s.installed_unix))),
                 );
                 data.insert("encryptions".to_owned(), json!(s.encryptions));
-                Ok(Response {
+                return Ok(Response {
                     data: Some(data),
                     top_level: true,
                     ..Default::default()
-                })
+                });
             }
-            "internal/ui/mounts" if op == Operation::Read => Ok(self.list_mounts(inner)),
-            _ => {
-                if let Some(path) = rest.strip_prefix("internal/ui/mounts/") {
-                    if op != Operation::Read {
-                        return Err(EngineError::UnsupportedOperation);
-                    }
-                    return self.ui_mount(inner, path);
-                }
-                if let Some(path) = rest.strip_prefix("mounts/") {
-                    if let Some(mount) = path.strip_suffix("/tune") {
-                        return self.tune_mount(inner, mount, req).await;
-                    }
-                    return match op {
-                        Operation::Create | Operation::Update => {
-                            self.enable_from_request(inner, path, req).await
-                        }
-                        Operation::Delete => self.disable_mount(inner, path).await,
-                        Operation::Read => self.read_mount(inner, path),
-                        _ => Err(EngineError::UnsupportedOperation),
-                    };
-                }
-                Err(EngineError::NotFound(format!(
-                    "no handler for route \"sys/{rest}\""
-                )))
+            "audit" if op == Operation::Read => {
+                return Ok(Response {
+                    data: Some(self.options.audit.list()),
+                    top_level: true,
+                    ..Default::default()
+                });
             }
+            "capabilities-self" | "capabilities" | "capabilities-accessor" if is_write => {
+                return self.capabilities(inner, rest, entry, req).await;
+            }
+            _ => {}
         }
+        if let Some(device) = rest.strip_prefix("audit-hash/") {
+            if !is_write {
+                return Err(EngineError::UnsupportedOperation);
+            }
+            let input = params::string(&req.data, "input")?
+                .ok_or_else(|| EngineError::invalid("missing parameter \"input\""))?;
+            let hash = self.options.audit.hash(device, input)?;
+            let mut data = Map::new();
+            data.insert("hash".to_owned(), Value::String(hash));
+            return Ok(Response {
+                data: Some(data),
+                top_level: true,
+                ..Default::default()
+            });
+        }
+        if let Some(r) = self.handle_sys_mounts(inner, rest, req).await {
+            return r;
+        }
+        if rest == "policy" || rest.starts_with("policy/") || rest.starts_with("policies/") {
+            return inner.policies.handle_sys(op, rest, &req.data).await;
+        }
+        Err(EngineError::NotFound(format!(
+            "no handler for route \"sys/{rest}\""
+        )))
     }
 
-    fn list_mounts(&self, inner: &Unsealed) -> Response {
-        let router = inner.router.read().clone();
+    /// `sys/capabilities-self`, `sys/capabilities` (another token) and
+    /// `sys/capabilities-accessor`.
+    async fn capabilities(
+        &self,
+        inner: &Arc<Unsealed>,
+        which: &str,
+        entry: Option<&Arc<TokenEntry>>,
+        req: &Request,
+    ) -> Result<Response, EngineError> {
+        let subject = match which {
+            "capabilities-self" => entry.cloned().ok_or(EngineError::PermissionDenied)?,
+            "capabilities" => {
+                let token = params::string(&req.data, "token")?
+                    .ok_or_else(|| EngineError::invalid("missing parameter \"token\""))?;
+                inner
+                    .tokens
+                    .lookup(token)
+                    .await?
+                    .ok_or_else(|| EngineError::invalid("invalid token"))?
+            }
+            _ => {
+                let accessor = params::string(&req.data, "accessor")?
+                    .ok_or_else(|| EngineError::invalid("missing parameter \"accessor\""))?;
+                inner
+                    .tokens
+                    .lookup_accessor(accessor)
+                    .await?
+                    .ok_or_else(|| EngineError::invalid("invalid accessor"))?
+            }
+        };
+        let paths = match params::string_list(&req.data, "paths")? {
+            Some(p) if !p.is_empty() => p,
+            _ => match params::string(&req.data, "path")? {
+                Some(p) => vec![p.to_owned()],
+                None => return Err(EngineError::invalid("missing parameter \"paths\"")),
+            },
+        };
+        let acl = inner.policies.acl_for(&subject.policies).await?;
         let mut data = Map::new();
-        let sys = mounts::sys_entry();
-        data.insert(sys.path.clone(), sys.to_api());
-        for e in router.entries() {
-            data.insert(e.path.clone(), e.to_api());
+        let mut all = Vec::new();
+        for p in &paths {
+            let caps = acl.capabilities(p.trim_start_matches('/'));
+            all.extend(caps.iter().cloned());
+            data.insert(p.clone(), json!(caps));
         }
-        Response {
+        if paths.len() == 1 {
+            data.insert("capabilities".to_owned(), json!(all));
+        }
+        Ok(Response {
             data: Some(data),
             top_level: true,
             ..Default::default()
+        })
+    }
+}
+
+/// Where a request path goes.
+enum Target {
+    Sys(String),
+    Token(String),
+    Mount { mounted: Mounted, rel: String },
+    Nothing,
+}
+
+impl Target {
+    fn resolve(inner: &Unsealed, path: &str) -> Target {
+        if let Some(rest) = path.strip_prefix("sys/") {
+            return Target::Sys(rest.to_owned());
         }
-    }
-
-    fn read_mount(&self, inner: &Unsealed, path: &str) -> Result<Response, EngineError> {
-        let path = mounts::normalize_path(path)?;
-        let router = inner.router.read().clone();
-        let entry = router
-            .entries()
-            .find(|e| e.path == path)
-            .ok_or_else(|| EngineError::NotFound(format!("no mount at {path:?}")))?;
-        match entry.to_api() {
-            Value::Object(map) => Ok(Response::data(map)),
-            _ => Err(EngineError::Crypto),
+        if let Some(rest) = path.strip_prefix("auth/") {
+            if let Some(tok) = rest.strip_prefix("token/") {
+                return Target::Token(tok.to_owned());
+            }
+            if rest == "token" {
+                return Target::Token(String::new());
+            }
+            let router = inner.auth.read().clone();
+            return match router.route(rest) {
+                Some((m, rel)) => Target::Mount {
+                    mounted: m.clone(),
+                    rel: rel.to_owned(),
+                },
+                None => Target::Nothing,
+            };
         }
-    }
-
-    fn ui_mount(&self, inner: &Unsealed, path: &str) -> Result<Response, EngineError> {
-        let router = inner.router.read().clone();
-        let (mounted, _) = router
-            .route(path.trim_start_matches('/'))
-            .ok_or_else(|| EngineError::NotFound(format!("no mount at path {path:?}")))?;
-        let mut api = match mounted.entry.to_api() {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        };
-        api.insert("path".to_owned(), Value::String(mounted.entry.path.clone()));
-        Ok(Response::data(api))
-    }
-
-    async fn enable_from_request(
-        &self,
-        inner: &Arc<Unsealed>,
-        path: &str,
-        req: &Request,
-    ) -> Result<Response, EngineError> {
-        let d = &req.data;
-        let kind = params::string(d, "type")?
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| EngineError::invalid("missing parameter \"type\""))?;
-        let description = params::string(d, "description")?.unwrap_or_default();
-        let mut options = match d.get("options") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(o)) => o.clone(),
-            Some(_) => {
-                return Err(EngineError::invalid(
-                    "invalid value for parameter \"options\": expected an object",
-                ));
-            }
-        };
-        let mut config = MountConfig::default();
-        match d.get("config") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(c)) => {
-                config.default_lease_ttl =
-                    params::duration_secs(c, "default_lease_ttl")?.unwrap_or(0);
-                config.max_lease_ttl = params::duration_secs(c, "max_lease_ttl")?.unwrap_or(0);
-                if let Some(Value::Object(o)) = c.get("options") {
-                    for (k, v) in o {
-                        options.entry(k.clone()).or_insert_with(|| v.clone());
-                    }
-                }
-            }
-            Some(_) => {
-                return Err(EngineError::invalid(
-                    "invalid value for parameter \"config\": expected an object",
-                ));
-            }
-        }
-        let (kind, options) = mounts::normalize_type(kind, options)?;
-        self.enable_mount(inner, path, &kind, description, options, config)
-            .await?;
-        Ok(Response::no_content())
-    }
-
-    async fn enable_mount(
-        &self,
-        inner: &Arc<Unsealed>,
-        path: &str,
-        kind: &str,
-        description: &str,
-        options: Map<String, Value>,
-        config: MountConfig,
-    ) -> Result<(), EngineError> {
-        let path = mounts::normalize_path(path)?;
-        let _guard = inner.mount_lock.lock().await;
-        let current = inner.router.read().clone();
-        if let Some(existing) = current.conflict(&path) {
-            return Err(EngineError::invalid(format!(
-                "path is already in use at {existing}"
-            )));
-        }
-        let uuid = uuid::Uuid::new_v4().to_string();
-        let entry = MountEntry {
-            path,
-            kind: kind.to_owned(),
-            description: description.to_owned(),
-            accessor: format!("{kind}_{}", random_hex(4)?),
-            uuid,
-            options,
-            config,
-            created: self.clock.unix_seconds(),
-        };
-        let view: Arc<dyn Store> = inner.barrier.clone();
-        let backend = mounts::instantiate(&entry, view, self.clock.clone())?;
-        let mut all: Vec<Mounted> = current.mounted().to_vec();
-        all.push(Mounted {
-            entry: entry.clone(),
-            backend,
-        });
-        self.persist_table(inner, &all).await?;
-        *inner.router.write() = Arc::new(Router::new(all));
-        tracing::info!(target: "keyhaven::mounts", path = %entry.path, kind = %entry.kind, "mount enabled");
-        Ok(())
-    }
-
-    async fn persist_table(
-        &self,
-        inner: &Unsealed,
-        mounted: &[Mounted],
-    ) -> Result<(), EngineError> {
-        let table: Vec<&MountEntry> = mounted.iter().map(|m| &m.entry).collect();
-        let bytes = serde_json::to_vec(&table).map_err(|_| EngineError::Crypto)?;
-        inner.barrier.put(mounts::MOUNTS_PATH, bytes).await?;
-        Ok(())
-    }
-
-    async fn disable_mount(
-        &self,
-        inner: &Arc<Unsealed>,
-        path: &str,
-    ) -> Result<Response, EngineError> {
-        let path = mounts::normalize_path(path)?;
-        let _guard = inner.mount_lock.lock().await;
-        let current = inner.router.read().clone();
-        let Some(entry) = current.entries().find(|e| e.path == path).cloned() else {
-            // Vault answers success when disabling a path that is not mounted.
-            return Ok(Response::no_content());
-        };
-        let remaining: Vec<Mounted> = current
-            .mounted()
-            .iter()
-            .filter(|m| m.entry.path != path)
-            .cloned()
-            .collect();
-        self.persist_table(inner, &remaining).await?;
-        *inner.router.write() = Arc::new(Router::new(remaining));
-        let view: Arc<dyn Store> = inner.barrier.clone();
-        delete_prefix(view.as_ref(), &mounts::storage_prefix(&entry.uuid)).await?;
-        tracing::info!(target: "keyhaven::mounts", path = %entry.path, "mount disabled and its data deleted");
-        Ok(Response::no_content())
-    }
-
-    async fn tune_mount(
-        &self,
-        inner: &Arc<Unsealed>,
-        path: &str,
-        req: &Request,
-    ) -> Result<Response, EngineError> {
-        let path = mounts::normalize_path(path)?;
-        match req.operation {
-            Operation::Read => {
-                let router = inner.router.read().clone();
-                let e = router
-                    .entries()
-                    .find(|e| e.path == path)
-                    .ok_or_else(|| EngineError::NotFound(format!("no mount at {path:?}")))?;
-                let mut data = Map::new();
-                data.insert(
-                    "default_lease_ttl".to_owned(),
-                    json!(e.config.default_lease_ttl),
-                );
-                data.insert("max_lease_ttl".to_owned(), json!(e.config.max_lease_ttl));
-                data.insert("force_no_cache".to_owned(), json!(false));
-                data.insert("description".to_owned(), json!(e.description));
-                data.insert("options".to_owned(), Value::Object(e.options.clone()));
-                Ok(Response::data(data))
-            }
-            Operation::Create | Operation::Update => {
-                let d = &req.data;
-                let _guard = inner.mount_lock.lock().await;
-                let current = inner.router.read().clone();
-                let mut all: Vec<Mounted> = current.mounted().to_vec();
-                let m = all
-                    .iter_mut()
-                    .find(|m| m.entry.path == path)
-                    .ok_or_else(|| EngineError::NotFound(format!("no mount at {path:?}")))?;
-                if let Some(v) = params::duration_secs(d, "default_lease_ttl")? {
-                    m.entry.config.default_lease_ttl = v;
-                }
-                if let Some(v) = params::duration_secs(d, "max_lease_ttl")? {
-                    m.entry.config.max_lease_ttl = v;
-                }
-                if let Some(v) = params::string(d, "description")? {
-                    m.entry.description = v.to_owned();
-                }
-                if let Some(Value::Object(o)) = d.get("options")
-                    && let Some(v) = o.get("version")
-                {
-                    let v = match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    if m.entry.kind == "kv" && v != "2" {
-                        return Err(EngineError::invalid(
-                            "cannot change the KV version of this mount",
-                        ));
-                    }
-                }
-                self.persist_table(inner, &all).await?;
-                *inner.router.write() = Arc::new(Router::new(all));
-                Ok(Response::no_content())
-            }
-            _ => Err(EngineError::UnsupportedOperation),
+        let router = inner.secrets.read().clone();
+        match router.route(path) {
+            Some((m, rel)) => Target::Mount {
+                mounted: m.clone(),
+                rel: rel.to_owned(),
+            },
+            None => Target::Nothing,
         }
     }
 }
@@ -822,7 +823,7 @@ fn unix_to_time(secs: i64) -> std::time::SystemTime {
 }
 
 /// Delete every key under `prefix`, folder by folder.
-async fn delete_prefix(store: &dyn Store, prefix: &str) -> Result<(), EngineError> {
+pub(crate) async fn delete_prefix(store: &dyn Store, prefix: &str) -> Result<(), EngineError> {
     const PAGE: usize = 1000;
     let mut stack = vec![prefix.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -844,14 +845,4 @@ async fn delete_prefix(store: &dyn Store, prefix: &str) -> Result<(), EngineErro
         }
     }
     Ok(())
-}
-
-/// Decide whether the identity may do this. Only root tokens exist for now; the policy
-/// engine replaces this function.
-fn authorize(identity: &TokenEntry, _req: &Request) -> Result<(), EngineError> {
-    if identity.is_root() {
-        Ok(())
-    } else {
-        Err(EngineError::PermissionDenied)
-    }
 }

@@ -12,11 +12,14 @@
 //! - a backend sees only its own scoped storage and cannot reach outside it.
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod auth;
 pub mod backend;
 pub mod clock;
 mod error;
 pub mod kv;
 pub mod params;
+pub mod policy;
 mod request;
 
 pub use backend::{Backend, BackendContext, BackendRequest};
@@ -27,8 +30,9 @@ pub use request::{ClientToken, Operation, Request, Response};
 mod barrier;
 mod core;
 mod mounts;
+mod sys_mounts;
 mod token;
 
 pub use crate::barrier::KeyStatus;
-pub use crate::core::{Core, InitParams, InitResult, SealStatus, UnsealInput};
+pub use crate::core::{Core, CoreOptions, InitParams, InitResult, SealStatus, UnsealInput};
 pub use crate::token::TokenEntry;

@@ -107,6 +107,15 @@ pub(crate) fn sys_entry() -> MountEntry {
 /// Normalise a user-given mount path: strip slashes at both ends, add one trailing slash,
 /// refuse empty, `..` and reserved paths.
 pub fn normalize_path(path: &str) -> Result<String, EngineError> {
+    normalize_with(path, RESERVED)
+}
+
+/// Normalise an auth mount path (relative to `auth/`); `token/` is built in.
+pub fn normalize_auth_path(path: &str) -> Result<String, EngineError> {
+    normalize_with(path, &["token/"])
+}
+
+fn normalize_with(path: &str, reserved: &[&str]) -> Result<String, EngineError> {
     let trimmed = path.trim_matches('/');
     if trimmed.is_empty() {
         return Err(EngineError::invalid("mount path must not be empty"));
@@ -127,7 +136,7 @@ pub fn normalize_path(path: &str) -> Result<String, EngineError> {
         return Err(EngineError::invalid(format!("invalid mount path {path:?}")));
     }
     let normalized = format!("{trimmed}/");
-    if let Some(r) = RESERVED.iter().find(|r| normalized.starts_with(**r)) {
+    if let Some(r) = reserved.iter().find(|r| normalized.starts_with(**r)) {
         return Err(EngineError::invalid(format!(
             "cannot mount under reserved path {r:?}"
         )));
@@ -165,29 +174,72 @@ pub fn normalize_type(
     }
 }
 
+/// Which mount table an entry belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Table {
+    /// Secret engines (`sys/mounts`), routed from the API path's root.
+    Secrets,
+    /// Auth methods (`sys/auth`), routed under `auth/`.
+    Auth,
+}
+
+pub(crate) const AUTH_PATH: &str = "core/auth";
+
+impl Table {
+    /// Storage key of the table.
+    pub(crate) fn storage_key(self) -> &'static str {
+        match self {
+            Table::Secrets => MOUNTS_PATH,
+            Table::Auth => AUTH_PATH,
+        }
+    }
+
+    /// The storage prefix of a mount's data.
+    pub(crate) fn storage_prefix(self, uuid: &str) -> String {
+        match self {
+            Table::Secrets => format!("{LOGICAL_PREFIX}{uuid}/"),
+            Table::Auth => format!("auth/{uuid}/"),
+        }
+    }
+}
+
 /// Build the backend for an entry.
 pub(crate) fn instantiate(
+    table: Table,
     entry: &MountEntry,
     barrier: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    outbound: Option<Arc<dyn crate::auth::Outbound>>,
 ) -> Result<Arc<dyn Backend>, EngineError> {
-    let storage: Arc<dyn Store> = Arc::new(ScopedStore::new(barrier, storage_prefix(&entry.uuid))?);
+    let storage: Arc<dyn Store> = Arc::new(ScopedStore::new(
+        barrier,
+        table.storage_prefix(&entry.uuid),
+    )?);
     let ctx = BackendContext {
         storage,
         clock,
         options: entry.options.clone(),
+        outbound,
     };
-    match entry.kind.as_str() {
-        "kv" => crate::kv::factory(ctx),
-        other => Err(EngineError::Corrupt(format!(
-            "mount table names unknown backend type {other:?}"
+    match (table, entry.kind.as_str()) {
+        (Table::Secrets, "kv") => crate::kv::factory(ctx),
+        (_, other) => Err(EngineError::invalid(format!(
+            "unknown backend type {other:?}"
         ))),
     }
 }
 
-/// The storage prefix of a mount's data.
-pub(crate) fn storage_prefix(uuid: &str) -> String {
-    format!("{LOGICAL_PREFIX}{uuid}/")
+/// Normalise an auth method type as `sys/auth` accepts it.
+pub fn normalize_auth_type(kind: &str) -> Result<String, EngineError> {
+    match kind {
+        "kubernetes" | "jwt" | "oidc" => Ok(kind.to_owned()),
+        "token" => Err(EngineError::invalid(
+            "the token auth method is built in and always mounted at auth/token/",
+        )),
+        other => Err(EngineError::invalid(format!(
+            "unknown auth method type {other:?}"
+        ))),
+    }
 }
 
 /// A mounted backend in the router.

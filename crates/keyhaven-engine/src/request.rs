@@ -109,6 +109,9 @@ pub struct Response {
     /// An HTTP status other than the default (200, or 204 when empty). KV v2 uses it to
     /// answer a read of a deleted version with 404 *and* its metadata, as Vault does.
     pub status: Option<u16>,
+    /// Set by auth methods on a successful login; the core mints a token from it and
+    /// fills `auth`.
+    pub login: Option<crate::auth::LoginGrant>,
 }
 
 impl Response {

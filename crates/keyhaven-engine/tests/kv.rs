@@ -85,6 +85,7 @@ fn mount_on(probe: Probe) -> Kv {
         storage: store.clone(),
         clock: Arc::new(clock.clone()),
         options: options(),
+        outbound: None,
     };
     let backend = kv::factory(ctx).unwrap();
     Kv {
@@ -224,6 +225,7 @@ async fn factory_accepts_only_version_2() {
             storage: store.clone(),
             clock: clock.clone(),
             options: obj(options.clone()),
+            outbound: None,
         };
         match kv::factory(ctx) {
             Ok(_) => assert!(ok, "{options}"),

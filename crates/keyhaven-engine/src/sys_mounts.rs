@@ -1,0 +1,352 @@
+//! `sys/mounts`, `sys/auth` and `sys/internal/ui/mounts`: enabling, listing, tuning and
+//! disabling secret engines and auth methods.
+
+use std::sync::Arc;
+
+use keyhaven_storage::Store;
+use serde_json::{Map, Value, json};
+
+use crate::core::{Core, Unsealed};
+use crate::error::EngineError;
+use crate::mounts::{self, MountConfig, MountEntry, Mounted, Router, Table};
+use crate::params;
+use crate::request::{Operation, Request, Response};
+
+fn table_entry(e: &MountEntry) -> Value {
+    e.to_api()
+}
+
+/// The built-in `auth/token/` entry, as `sys/auth` lists it.
+fn token_auth_entry() -> Value {
+    json!({
+        "type": "token",
+        "description": "token based credentials",
+        "accessor": "auth_token_00000000",
+        "uuid": "00000000-0000-0000-0000-000000000001",
+        "options": null,
+        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false, "token_type": "default-service"},
+        "local": false,
+        "seal_wrap": false,
+        "external_entropy_access": false,
+        "plugin_version": "",
+        "running_plugin_version": "",
+        "running_sha256": "",
+        "deprecation_status": "supported",
+    })
+}
+
+impl Core {
+    /// Handle the mount-table paths under `sys/`; `None` if `rest` is not one of them.
+    pub(crate) async fn handle_sys_mounts(
+        &self,
+        inner: &Arc<Unsealed>,
+        rest: &str,
+        req: &Request,
+    ) -> Option<Result<Response, EngineError>> {
+        let op = req.operation;
+        let result = match rest {
+            "mounts" if op == Operation::Read => Ok(self.list_table(inner, Table::Secrets)),
+            "auth" if op == Operation::Read => Ok(self.list_table(inner, Table::Auth)),
+            "internal/ui/mounts" if op == Operation::Read => {
+                Ok(self.list_table(inner, Table::Secrets))
+            }
+            _ => {
+                if let Some(path) = rest.strip_prefix("internal/ui/mounts/") {
+                    if op != Operation::Read {
+                        return Some(Err(EngineError::UnsupportedOperation));
+                    }
+                    return Some(self.ui_mount(inner, path));
+                }
+                let (table, path) = if let Some(p) = rest.strip_prefix("mounts/") {
+                    (Table::Secrets, p)
+                } else if let Some(p) = rest.strip_prefix("auth/") {
+                    (Table::Auth, p)
+                } else {
+                    return None;
+                };
+                if let Some(mount) = path.strip_suffix("/tune") {
+                    return Some(self.tune_mount(inner, table, mount, req).await);
+                }
+                match op {
+                    Operation::Create | Operation::Update => {
+                        self.enable_from_request(inner, table, path, req).await
+                    }
+                    Operation::Delete => self.disable_mount(inner, table, path).await,
+                    Operation::Read => self.read_mount(inner, table, path),
+                    _ => Err(EngineError::UnsupportedOperation),
+                }
+            }
+        };
+        Some(result)
+    }
+
+    fn normalize(table: Table, path: &str) -> Result<String, EngineError> {
+        match table {
+            Table::Secrets => mounts::normalize_path(path),
+            Table::Auth => mounts::normalize_auth_path(path),
+        }
+    }
+
+    fn list_table(&self, inner: &Unsealed, table: Table) -> Response {
+        let router = inner.router(table).read().clone();
+        let mut data = Map::new();
+        match table {
+            Table::Secrets => {
+                let sys = mounts::sys_entry();
+                data.insert(sys.path.clone(), table_entry(&sys));
+            }
+            Table::Auth => {
+                data.insert("token/".to_owned(), token_auth_entry());
+            }
+        }
+        for e in router.entries() {
+            data.insert(e.path.clone(), table_entry(e));
+        }
+        Response {
+            data: Some(data),
+            top_level: true,
+            ..Default::default()
+        }
+    }
+
+    fn read_mount(
+        &self,
+        inner: &Unsealed,
+        table: Table,
+        path: &str,
+    ) -> Result<Response, EngineError> {
+        let path = Self::normalize(table, path)?;
+        let router = inner.router(table).read().clone();
+        let entry = router
+            .entries()
+            .find(|e| e.path == path)
+            .ok_or_else(|| EngineError::NotFound(format!("no mount at {path:?}")))?;
+        match entry.to_api() {
+            Value::Object(map) => Ok(Response::data(map)),
+            _ => Err(EngineError::Corrupt(
+                "mount entry is not an object".to_owned(),
+            )),
+        }
+    }
+
+    fn ui_mount(&self, inner: &Unsealed, path: &str) -> Result<Response, EngineError> {
+        let router = inner.secrets.read().clone();
+        let (mounted, _) = router
+            .route(path.trim_start_matches('/'))
+            .ok_or_else(|| EngineError::NotFound(format!("no mount at path {path:?}")))?;
+        let mut api = match mounted.entry.to_api() {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        api.insert("path".to_owned(), Value::String(mounted.entry.path.clone()));
+        Ok(Response::data(api))
+    }
+
+    async fn enable_from_request(
+        &self,
+        inner: &Arc<Unsealed>,
+        table: Table,
+        path: &str,
+        req: &Request,
+    ) -> Result<Response, EngineError> {
+        let d = &req.data;
+        let kind = params::string(d, "type")?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| EngineError::invalid("missing parameter \"type\""))?;
+        let description = params::string(d, "description")?.unwrap_or_default();
+        let mut options = match d.get("options") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(o)) => o.clone(),
+            Some(_) => {
+                return Err(EngineError::invalid(
+                    "invalid value for parameter \"options\": expected an object",
+                ));
+            }
+        };
+        let mut config = MountConfig::default();
+        match d.get("config") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(c)) => {
+                config.default_lease_ttl =
+                    params::duration_secs(c, "default_lease_ttl")?.unwrap_or(0);
+                config.max_lease_ttl = params::duration_secs(c, "max_lease_ttl")?.unwrap_or(0);
+                if let Some(Value::Object(o)) = c.get("options") {
+                    for (k, v) in o {
+                        options.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+            }
+            Some(_) => {
+                return Err(EngineError::invalid(
+                    "invalid value for parameter \"config\": expected an object",
+                ));
+            }
+        }
+        let (kind, options) = match table {
+            Table::Secrets => mounts::normalize_type(kind, options)?,
+            Table::Auth => (mounts::normalize_auth_type(kind)?, options),
+        };
+        self.enable_mount(inner, table, path, &kind, description, options, config)
+            .await?;
+        Ok(Response::no_content())
+    }
+
+    /// Add a mount and persist the table.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "mirrors the fields of a mount entry"
+    )]
+    pub(crate) async fn enable_mount(
+        &self,
+        inner: &Arc<Unsealed>,
+        table: Table,
+        path: &str,
+        kind: &str,
+        description: &str,
+        options: Map<String, Value>,
+        config: MountConfig,
+    ) -> Result<(), EngineError> {
+        let path = Self::normalize(table, path)?;
+        let _guard = inner.mount_lock.lock().await;
+        let current = inner.router(table).read().clone();
+        if let Some(existing) = current.conflict(&path) {
+            return Err(EngineError::invalid(format!(
+                "path is already in use at {existing}"
+            )));
+        }
+        let mut accessor_bytes = [0u8; 4];
+        keyhaven_crypto::fill_random(&mut accessor_bytes).map_err(|_| EngineError::Crypto)?;
+        let prefix = if table == Table::Auth { "auth_" } else { "" };
+        let entry = MountEntry {
+            path,
+            kind: kind.to_owned(),
+            description: description.to_owned(),
+            accessor: format!("{prefix}{kind}_{}", hex::encode(accessor_bytes)),
+            uuid: uuid::Uuid::new_v4().to_string(),
+            options,
+            config,
+            created: self.clock.unix_seconds(),
+        };
+        let view: Arc<dyn Store> = inner.barrier.clone();
+        let backend = mounts::instantiate(
+            table,
+            &entry,
+            view,
+            self.clock.clone(),
+            self.options.outbound.clone(),
+        )?;
+        let mut all = current.mounted().to_vec();
+        all.push(Mounted {
+            entry: entry.clone(),
+            backend,
+        });
+        self.persist_table(inner, table, &all).await?;
+        *inner.router(table).write() = Arc::new(Router::new(all));
+        tracing::info!(target: "keyhaven::mounts", path = %entry.path, kind = %entry.kind, auth = (table == Table::Auth), "mount enabled");
+        Ok(())
+    }
+
+    async fn persist_table(
+        &self,
+        inner: &Unsealed,
+        table: Table,
+        mounted: &[Mounted],
+    ) -> Result<(), EngineError> {
+        let entries: Vec<&MountEntry> = mounted.iter().map(|m| &m.entry).collect();
+        let bytes = serde_json::to_vec(&entries).map_err(|_| EngineError::Crypto)?;
+        inner.barrier.put(table.storage_key(), bytes).await?;
+        Ok(())
+    }
+
+    async fn disable_mount(
+        &self,
+        inner: &Arc<Unsealed>,
+        table: Table,
+        path: &str,
+    ) -> Result<Response, EngineError> {
+        let path = Self::normalize(table, path)?;
+        let _guard = inner.mount_lock.lock().await;
+        let current = inner.router(table).read().clone();
+        let Some(entry) = current.entries().find(|e| e.path == path).cloned() else {
+            // Vault answers success when disabling a path that is not mounted.
+            return Ok(Response::no_content());
+        };
+        let remaining: Vec<Mounted> = current
+            .mounted()
+            .iter()
+            .filter(|m| m.entry.path != path)
+            .cloned()
+            .collect();
+        self.persist_table(inner, table, &remaining).await?;
+        *inner.router(table).write() = Arc::new(Router::new(remaining));
+        let view: Arc<dyn Store> = inner.barrier.clone();
+        crate::core::delete_prefix(view.as_ref(), &table.storage_prefix(&entry.uuid)).await?;
+        tracing::info!(target: "keyhaven::mounts", path = %entry.path, "mount disabled and its data deleted");
+        Ok(Response::no_content())
+    }
+
+    async fn tune_mount(
+        &self,
+        inner: &Arc<Unsealed>,
+        table: Table,
+        path: &str,
+        req: &Request,
+    ) -> Result<Response, EngineError> {
+        let path = Self::normalize(table, path)?;
+        match req.operation {
+            Operation::Read => {
+                let router = inner.router(table).read().clone();
+                let e = router
+                    .entries()
+                    .find(|e| e.path == path)
+                    .ok_or_else(|| EngineError::NotFound(format!("no mount at {path:?}")))?;
+                let mut data = Map::new();
+                data.insert(
+                    "default_lease_ttl".to_owned(),
+                    json!(e.config.default_lease_ttl),
+                );
+                data.insert("max_lease_ttl".to_owned(), json!(e.config.max_lease_ttl));
+                data.insert("force_no_cache".to_owned(), json!(false));
+                data.insert("description".to_owned(), json!(e.description));
+                data.insert("options".to_owned(), Value::Object(e.options.clone()));
+                Ok(Response::data(data))
+            }
+            Operation::Create | Operation::Update => {
+                let d = &req.data;
+                let _guard = inner.mount_lock.lock().await;
+                let current = inner.router(table).read().clone();
+                let mut all = current.mounted().to_vec();
+                let m = all
+                    .iter_mut()
+                    .find(|m| m.entry.path == path)
+                    .ok_or_else(|| EngineError::NotFound(format!("no mount at {path:?}")))?;
+                if let Some(v) = params::duration_secs(d, "default_lease_ttl")? {
+                    m.entry.config.default_lease_ttl = v;
+                }
+                if let Some(v) = params::duration_secs(d, "max_lease_ttl")? {
+                    m.entry.config.max_lease_ttl = v;
+                }
+                if let Some(v) = params::string(d, "description")? {
+                    m.entry.description = v.to_owned();
+                }
+                if let Some(Value::Object(o)) = d.get("options")
+                    && let Some(v) = o.get("version")
+                {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    if m.entry.kind == "kv" && v != "2" {
+                        return Err(EngineError::invalid(
+                            "cannot change the KV version of this mount",
+                        ));
+                    }
+                }
+                self.persist_table(inner, table, &all).await?;
+                *inner.router(table).write() = Arc::new(Router::new(all));
+                Ok(Response::no_content())
+            }
+            _ => Err(EngineError::UnsupportedOperation),
+        }
+    }
+}
