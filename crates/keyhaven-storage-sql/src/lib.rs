@@ -4,7 +4,7 @@
 //! `synchronous=FULL`, one writer thread that group-commits concurrent writes, and a
 //! small pool of read-only connections.
 //!
-//! `PgStore` (cargo feature `postgres`) is the HA backend: several keyhaven replicas
+//! `PgStore` (cargo feature `postgres`, on by default) is the HA backend: several keyhaven replicas
 //! over one PostgreSQL database, with serializable transactions.
 //!
 //! Invariants:

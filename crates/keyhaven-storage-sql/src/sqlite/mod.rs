@@ -276,6 +276,10 @@ fn configure(
     if read_only {
         conn.pragma_update(None, "query_only", "ON")
             .map_err(sql_error)?;
+    } else {
+        // After a checkpoint, shrink a WAL that a large transaction grew beyond 64 MiB.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(sql_error)?;
     }
     conn.set_prepared_statement_cache_capacity(32);
     Ok(())

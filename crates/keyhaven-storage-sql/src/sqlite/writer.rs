@@ -59,6 +59,10 @@ pub(crate) fn run(conn: Connection, commands: Receiver<Command>, max_batch: usiz
         }
         commit_batch(&conn, &mut batch);
     }
+    // Let SQLite refresh its planner statistics if they are stale (cheap when not).
+    if let Err(err) = conn.execute_batch("PRAGMA optimize") {
+        tracing::warn!(error = %err, "sqlite PRAGMA optimize failed at close");
+    }
     tracing::debug!("sqlite writer thread stopped");
 }
 
