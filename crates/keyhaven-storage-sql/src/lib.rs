@@ -28,4 +28,4 @@ mod sqlite;
 
 #[cfg(feature = "postgres")]
 pub use postgres::{PgOptions, PgStore};
-pub use sqlite::{ConnectionRole, ConnectionSettings, SqliteOptions, SqliteStore};
+pub use sqlite::{ConnectionRole, ConnectionSettings, SqliteOptions, SqliteStore, WriteStats};

@@ -207,6 +207,13 @@ async fn acknowledged_concurrent_writes_survive_reopen() {
     while let Some(joined) = tasks.join_next().await {
         joined.unwrap();
     }
+    // 64 writers waiting on fsyncs share commits.
+    let stats = store.write_stats();
+    assert_eq!(stats.requests, 64 * 11, "{stats:?}");
+    assert!(
+        stats.batches < stats.requests,
+        "no group commit happened: {stats:?}"
+    );
     // Drop without an explicit close: Drop must finish and stop cleanly too.
     drop(Arc::try_unwrap(store).expect("sole owner"));
     let store = open(&path);

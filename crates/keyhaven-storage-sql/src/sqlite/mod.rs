@@ -125,6 +125,18 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<ReaderPool>,
     inline_point_reads: bool,
+    counters: Arc<writer::Counters>,
+}
+
+/// Counters of a [`SqliteStore`]'s group commit, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteStats {
+    /// Transactions committed by the writer thread (one fsync each).
+    pub batches: u64,
+    /// Write requests (put, delete, transact) those transactions carried; divided by
+    /// `batches`, the mean group-commit size.
+    pub requests: u64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -186,9 +198,11 @@ impl SqliteStore {
 
         let (sender, receiver) = mpsc::channel();
         let max_batch = options.max_batch;
+        let counters = Arc::new(writer::Counters::default());
+        let thread_counters = Arc::clone(&counters);
         let handle = std::thread::Builder::new()
             .name("keyhaven-sqlite-writer".to_owned())
-            .spawn(move || writer::run(writer, receiver, max_batch))
+            .spawn(move || writer::run(writer, receiver, max_batch, thread_counters))
             .map_err(StorageError::unavailable)?;
         tracing::info!(path = %path.display(), "opened sqlite store");
         Ok(SqliteStore {
@@ -197,12 +211,27 @@ impl SqliteStore {
             writer: Mutex::new(Some(handle)),
             readers: ReaderPool::new(readers),
             inline_point_reads: options.inline_point_reads,
+            counters,
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many batches and write requests the writer thread has committed.
+    pub fn write_stats(&self) -> WriteStats {
+        WriteStats {
+            batches: self
+                .counters
+                .batches
+                .load(std::sync::atomic::Ordering::Relaxed),
+            requests: self
+                .counters
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// Finish the queued writes, stop the writer thread and close every connection.

@@ -13,6 +13,7 @@
 //! grow by themselves under load and stay at one request when idle (no added latency).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 
 use rusqlite::{Connection, params};
@@ -36,8 +37,22 @@ pub(crate) enum Command {
     Settings { reply: Reply<ConnectionSettings> },
 }
 
+/// Counters of the group commit, shared with the store.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Batches committed.
+    pub(crate) batches: AtomicU64,
+    /// Write requests in those batches.
+    pub(crate) requests: AtomicU64,
+}
+
 /// Run the writer loop until every sender is gone and the queue is drained.
-pub(crate) fn run(conn: Connection, commands: Receiver<Command>, max_batch: usize) {
+pub(crate) fn run(
+    conn: Connection,
+    commands: Receiver<Command>,
+    max_batch: usize,
+    counters: Arc<Counters>,
+) {
     let max_batch = max_batch.max(1);
     let mut batch: Vec<(Transaction, Reply<TxOutcome>)> = Vec::with_capacity(max_batch);
     // `recv` keeps returning queued commands after the last sender is dropped, so a
@@ -57,7 +72,7 @@ pub(crate) fn run(conn: Connection, commands: Receiver<Command>, max_batch: usiz
             }
             next = commands.try_recv().ok();
         }
-        commit_batch(&conn, &mut batch);
+        commit_batch(&conn, &mut batch, &counters);
     }
     // Let SQLite refresh its planner statistics if they are stale (cheap when not).
     if let Err(err) = conn.execute_batch("PRAGMA optimize") {
@@ -67,12 +82,19 @@ pub(crate) fn run(conn: Connection, commands: Receiver<Command>, max_batch: usiz
 }
 
 /// Apply and commit `batch`, answer every request, and leave `batch` empty.
-fn commit_batch(conn: &Connection, batch: &mut Vec<(Transaction, Reply<TxOutcome>)>) {
+fn commit_batch(
+    conn: &Connection,
+    batch: &mut Vec<(Transaction, Reply<TxOutcome>)>,
+    counters: &Counters,
+) {
     if batch.is_empty() {
         return;
     }
     match apply_batch(conn, batch) {
         Ok(outcomes) => {
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+            let requests = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+            counters.requests.fetch_add(requests, Ordering::Relaxed);
             for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
                 let _ = reply.send(outcome);
             }
@@ -157,4 +179,106 @@ fn apply(conn: &Connection, tx: &Transaction) -> rusqlite::Result<TxOutcome> {
         }
     }
     Ok(TxOutcome::Committed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &[u8]) -> Op {
+        Op::Put {
+            key: key.to_owned(),
+            value: value.to_vec(),
+        }
+    }
+
+    fn pending(tx: Transaction) -> (Transaction, Reply<TxOutcome>) {
+        let (reply, _answer) = oneshot::channel();
+        (tx, reply)
+    }
+
+    #[test]
+    fn a_failed_request_is_undone_alone_and_the_batch_commits_once() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let batch = vec![
+            pending(Transaction {
+                conditions: vec![],
+                ops: vec![put("a", b"1")],
+            }),
+            pending(Transaction {
+                // Holds: sees the first request's write, made earlier in the batch.
+                conditions: vec![Condition::Equals {
+                    key: "a".into(),
+                    value: b"1".to_vec(),
+                }],
+                ops: vec![put("b", b"2")],
+            }),
+            pending(Transaction {
+                conditions: vec![
+                    Condition::Equals {
+                        key: "b".into(),
+                        value: b"2".to_vec(),
+                    },
+                    Condition::Absent { key: "a".into() },
+                ],
+                ops: vec![put("c", b"never"), Op::Delete { key: "a".into() }],
+            }),
+            pending(Transaction {
+                conditions: vec![],
+                ops: vec![put("d", b"4")],
+            }),
+        ];
+        let outcomes: Vec<TxOutcome> = apply_batch(&conn, &batch)
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                TxOutcome::Committed,
+                TxOutcome::Committed,
+                TxOutcome::ConditionFailed { index: 1 },
+                TxOutcome::Committed
+            ]
+        );
+        assert!(conn.is_autocommit(), "the batch transaction is closed");
+        let keys: Vec<Vec<u8>> = conn
+            .prepare("SELECT key FROM kv ORDER BY key")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec(), b"d".to_vec()]);
+    }
+
+    #[test]
+    fn commit_batch_answers_every_request_and_counts() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let counters = Counters::default();
+        let mut answers = Vec::new();
+        let mut batch = Vec::new();
+        for i in 0..3 {
+            let (reply, answer) = oneshot::channel();
+            let ops = vec![put(&format!("k{i}"), b"v")];
+            batch.push((
+                Transaction {
+                    conditions: vec![],
+                    ops,
+                },
+                reply,
+            ));
+            answers.push(answer);
+        }
+        commit_batch(&conn, &mut batch, &counters);
+        assert!(batch.is_empty());
+        for mut answer in answers {
+            assert_eq!(answer.try_recv().unwrap().unwrap(), TxOutcome::Committed);
+        }
+        assert_eq!(counters.batches.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.requests.load(Ordering::Relaxed), 3);
+    }
 }
