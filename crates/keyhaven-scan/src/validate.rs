@@ -175,6 +175,10 @@ fn looks_like_code(s: &[u8]) -> bool {
     {
         return true;
     }
+    // Paths and generics in code (`::std::option::Option<`, `Foo::Bar`).
+    if s.windows(2).any(|w| w == b"::") || s.ends_with(b"<") {
+        return true;
+    }
     if s.contains(&b'(') && s.contains(&b')') {
         return true;
     }
@@ -339,6 +343,7 @@ mod tests {
         assert!(!password(b"get_password()"));
         assert!(!password(b"args.password"));
         assert!(!password(b"$DB_PASSWORD"));
+        assert!(!password(b"::std::option::Option<"));
         assert!(!password(b"abcdefgh"));
     }
 
