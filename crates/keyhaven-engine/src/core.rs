@@ -714,12 +714,58 @@ impl Core {
         if let Some(r) = self.handle_sys_mounts(inner, rest, req).await {
             return r;
         }
+        if rest == "policies/explain" {
+            if !is_write {
+                return Err(EngineError::UnsupportedOperation);
+            }
+            return self.explain(inner, req).await;
+        }
         if rest == "policy" || rest.starts_with("policy/") || rest.starts_with("policies/") {
             return inner.policies.handle_sys(op, rest, &req.data).await;
         }
         Err(EngineError::NotFound(format!(
             "no handler for route \"sys/{rest}\""
         )))
+    }
+
+    /// `sys/policies/explain` (keyhaven extension): which policy and rule allow or deny
+    /// `operation` on `path` for a token (given by value or accessor).
+    async fn explain(&self, inner: &Arc<Unsealed>, req: &Request) -> Result<Response, EngineError> {
+        let d = &req.data;
+        let subject = if let Some(token) = params::string(d, "token")?.filter(|s| !s.is_empty()) {
+            inner.tokens.lookup_accessor_or_token(None, Some(token)).await?
+        } else if let Some(accessor) = params::string(d, "accessor")?.filter(|s| !s.is_empty()) {
+            inner.tokens.lookup_accessor_or_token(Some(accessor), None).await?
+        } else {
+            return Err(EngineError::invalid("missing parameter \"token\" or \"accessor\""));
+        };
+        let subject = subject.ok_or_else(|| EngineError::invalid("unknown, expired or revoked token"))?;
+        let path = params::string(d, "path")?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| EngineError::invalid("missing parameter \"path\""))?
+            .trim_start_matches('/');
+        let op = match params::string(d, "operation")?.unwrap_or("read") {
+            "read" => Operation::Read,
+            "create" => Operation::Create,
+            "update" | "write" => Operation::Update,
+            "patch" => Operation::Patch,
+            "delete" => Operation::Delete,
+            "list" => Operation::List,
+            other => return Err(EngineError::invalid(format!("unknown operation {other:?}"))),
+        };
+        let params = match d.get("parameters") {
+            Some(Value::Object(m)) => m.clone(),
+            _ => Map::new(),
+        };
+        let acl = inner.policies.acl_for(&subject.policies).await?;
+        let decision = acl.authorize(op, path, &params);
+        let mut data = Map::new();
+        data.insert("allowed".to_owned(), json!(decision.allowed));
+        data.insert("reason".to_owned(), json!(decision.reason));
+        data.insert("policies".to_owned(), json!(subject.policies));
+        data.insert("path".to_owned(), json!(path));
+        data.insert("operation".to_owned(), json!(op.as_str()));
+        Ok(Response::data(data))
     }
 
     /// `sys/capabilities-self`, `sys/capabilities` (another token) and

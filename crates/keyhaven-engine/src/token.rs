@@ -409,6 +409,19 @@ impl TokenStore {
         Ok(Some(entry))
     }
 
+    /// Look up a token by accessor or by value without consuming a use.
+    pub(crate) async fn lookup_accessor_or_token(
+        &self,
+        accessor: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Option<Arc<TokenEntry>>, EngineError> {
+        match (accessor, token) {
+            (Some(a), _) => self.lookup_accessor(a).await,
+            (None, Some(t)) => self.peek(t).await,
+            (None, None) => Ok(None),
+        }
+    }
+
     async fn by_accessor(
         &self,
         accessor: &str,
@@ -482,7 +495,12 @@ impl TokenStore {
         p: CreateParams,
     ) -> Result<(String, TokenEntry), EngineError> {
         let now = self.clock.unix_seconds();
-        let policies = normalize_policies(p.policies, p.no_default_policy);
+        // As in Vault, a child created without policies inherits its parent's.
+        let requested = match (p.policies.is_empty(), parent) {
+            (true, Some(parent)) => parent.policies.clone(),
+            _ => p.policies,
+        };
+        let policies = normalize_policies(requested, p.no_default_policy);
         if policies.is_empty() {
             return Err(EngineError::invalid("token must have at least one policy"));
         }

@@ -7,3 +7,4 @@
 )]
 mod core;
 mod kv;
+mod token;
