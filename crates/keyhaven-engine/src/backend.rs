@@ -22,6 +22,12 @@ pub trait Backend: Send + Sync + 'static {
     fn is_unauthenticated(&self, _path: &str) -> bool {
         false
     }
+
+    /// Scheduled work (automatic rotation, scheduled deletion), run periodically by the
+    /// core; decisions use the engine's clock. The default does nothing.
+    async fn tick(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// A request as a backend sees it.

@@ -543,6 +543,25 @@ impl Core {
         }
     }
 
+    /// Periodic maintenance, driven by the server's timer and the engine's clock: delete
+    /// expired tokens, then let every mounted backend run its scheduled work (key
+    /// rotation, scheduled deletion). Does nothing while sealed.
+    pub async fn maintenance(&self) -> Result<(), EngineError> {
+        let Ok(inner) = self.unsealed() else { return Ok(()) };
+        let removed = inner.tokens.sweep_expired().await?;
+        if removed > 0 {
+            tracing::info!(target: "keyhaven::tokens", removed, "expired tokens removed");
+        }
+        let secrets = inner.secrets.read().clone();
+        let auth = inner.auth.read().clone();
+        for m in secrets.mounted().iter().chain(auth.mounted()) {
+            if let Err(e) = m.backend.tick().await {
+                tracing::warn!(target: "keyhaven::maintenance", mount = %m.entry.path, error = %e, "scheduled work failed");
+            }
+        }
+        Ok(())
+    }
+
     /// Handle one API request: authenticate, authorize, audit, route.
     pub async fn handle(&self, req: Request) -> Result<Response, EngineError> {
         let inner = self.unsealed()?;
