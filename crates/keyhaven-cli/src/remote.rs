@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use keyhaven_client::{Client, ClientConfig, ClientError, DEFAULT_TIMEOUT};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::output;
 
@@ -96,9 +96,11 @@ impl ClientArgs {
             .clone()
             .or_else(|| env_first(&["KEYHAVEN_ADDR", "VAULT_ADDR"]))
             .unwrap_or_else(|| DEFAULT_ADDRESS.to_owned());
+        // An empty --token means "no token", as an unset variable does.
         let token = self
             .token
             .clone()
+            .filter(|t| !t.expose_secret().is_empty())
             .or_else(|| env_first(&["KEYHAVEN_TOKEN", "VAULT_TOKEN"]).map(SecretString::from));
         let ca_cert = self
             .ca_cert

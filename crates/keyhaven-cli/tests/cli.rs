@@ -865,3 +865,114 @@ fn transport_errors_and_bad_addresses() {
     .expect(1);
     assert!(out.stderr.contains("cannot read CA certificate"), "{out:?}");
 }
+
+/// The client library's typed `sys/` and KV calls against a real server.
+#[test]
+fn client_library_against_a_dev_server() {
+    use keyhaven_client::{Client, ClientConfig, EnableMount};
+    use secrecy::SecretString;
+    use serde_json::Map;
+
+    let server = TestServer::dev();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut config = ClientConfig::new(server.addr());
+        config.token = Some(SecretString::from(server.root_token()));
+        let c = Client::new(config).unwrap();
+
+        let (code, health) = c.health().await.unwrap();
+        assert_eq!(code, 200);
+        assert!(health.initialized && !health.sealed);
+        assert!(c.init_status().await.unwrap());
+
+        // Mounts: enable, list, preflight, tune, disable.
+        c.enable_mount("kv2", &EnableMount::new("kv-v2"))
+            .await
+            .unwrap();
+        let mounts = c.list_mounts().await.unwrap();
+        assert_eq!(mounts["kv2/"].kind, "kv");
+        let pre = c.mount_preflight("kv2/team/app").await.unwrap().unwrap();
+        assert_eq!(
+            (pre.path.as_str(), pre.kind.as_str(), pre.kv_version),
+            ("kv2/", "kv", 2)
+        );
+        assert!(c.mount_preflight("nothing/here").await.unwrap().is_none());
+        let mut tune = Map::new();
+        tune.insert("description".into(), json!("tuned"));
+        c.tune_mount("kv2", &tune).await.unwrap();
+        assert_eq!(
+            c.read_mount_tune("kv2").await.unwrap().data["description"],
+            "tuned"
+        );
+
+        // KV v2.
+        let kv = c.kv2("kv2");
+        let mut data = Map::new();
+        data.insert("k".into(), json!("v1"));
+        assert_eq!(
+            kv.write("team/app", &data, Some(0))
+                .await
+                .unwrap()
+                .data
+                .version,
+            1
+        );
+        data.insert("k".into(), json!("v2"));
+        assert_eq!(
+            kv.write("team/app", &data, None)
+                .await
+                .unwrap()
+                .data
+                .version,
+            2
+        );
+        let read = kv.read("team/app", Some(1)).await.unwrap().unwrap();
+        assert_eq!(read.data.data.unwrap()["k"], "v1");
+        assert!(kv.read("team/none", None).await.unwrap().is_none());
+        let err = kv.write("team/app", &data, Some(1)).await.unwrap_err();
+        assert!(err.is_api() && !err.is_transport());
+        assert_eq!(err.status(), Some(400));
+        assert_eq!(
+            err.api_errors(),
+            ["check-and-set parameter did not match the current version"]
+        );
+        kv.write("team/db", &data, None).await.unwrap();
+        let page = kv.list("team", None, Some(1)).await.unwrap().unwrap();
+        assert_eq!(page.data.keys, ["app"]);
+        let page = kv.list("team", Some("app"), None).await.unwrap().unwrap();
+        assert_eq!(page.data.keys, ["db"]);
+        assert!(kv.list("empty", None, None).await.unwrap().is_none());
+        kv.delete_versions("team/app", &[1]).await.unwrap();
+        kv.undelete("team/app", &[1]).await.unwrap();
+        kv.destroy("team/app", &[1]).await.unwrap();
+        let meta = kv.read_metadata("team/app").await.unwrap().unwrap();
+        assert!(meta.data.versions["1"].destroyed);
+        kv.delete_metadata("team/app").await.unwrap();
+        assert!(kv.read_metadata("team/app").await.unwrap().is_none());
+
+        c.disable_mount("kv2").await.unwrap();
+        assert!(c.mount_preflight("kv2/team/app").await.unwrap().is_none());
+
+        // Seal: health answers 503 and is not an error; unseal with the dev key.
+        let term = c.key_status().await.unwrap().term;
+        c.rotate().await.unwrap();
+        assert_eq!(c.key_status().await.unwrap().term, term + 1);
+        c.seal().await.unwrap();
+        let (code, health) = c.health().await.unwrap();
+        assert_eq!((code, health.sealed), (503, true));
+        assert!(c.seal_status().await.unwrap().sealed);
+        let status = c
+            .unseal(&SecretString::from(server.unseal_key()))
+            .await
+            .unwrap();
+        assert!(!status.sealed);
+
+        // Transport errors are not API errors.
+        let dead = Client::new(ClientConfig::new(dead_address())).unwrap();
+        let err = dead.seal_status().await.unwrap_err();
+        assert!(err.is_transport() && err.status().is_none(), "{err:?}");
+    });
+}
