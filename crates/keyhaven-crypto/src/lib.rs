@@ -49,6 +49,7 @@ mod hash;
 mod random;
 mod secret;
 pub mod shamir;
+pub mod transit;
 
 pub use aead::{AeadAlgorithm, AeadKey, NONCE_LEN, TAG_LEN};
 pub use error::{CryptoError, DecryptError};

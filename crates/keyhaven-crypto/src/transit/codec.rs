@@ -1,0 +1,306 @@
+//! The `vault:v<N>:<base64>` text envelope and the base64 variants transit uses.
+//!
+//! The envelope carries only the key version; the key is named by the request path, and the
+//! algorithm, associated data and derivation context are not in it. This is byte for byte the
+//! layout OpenBao writes (`DefaultVersionTemplate = "vault:v{{version}}:"`), so ciphertexts,
+//! signatures and HMACs move between the two unchanged.
+//!
+//! The base64 here is written out rather than taken from a crate: the crypto core keeps its
+//! dependency list to the provider, and the codec is small, strict and fuzzed
+//! (`fuzz/fuzz_targets/transit_ciphertext.rs`).
+
+use crate::CryptoError;
+
+/// The prefix every transit envelope starts with.
+pub const PREFIX: &str = "vault:v";
+
+/// The largest key version an envelope may name (Vault's versions are Go `int`s; ours are
+/// `u32`).
+pub const MAX_VERSION: u32 = u32::MAX;
+
+/// Which base64 alphabet and padding a value uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Base64 {
+    /// RFC 4648 §4, with `=` padding (Go's `base64.StdEncoding`). Ciphertexts, HMACs, ASN.1
+    /// signatures and every plaintext field use it.
+    Standard,
+    /// RFC 4648 §5, no padding (Go's `base64.RawURLEncoding`). JWS-marshalled signatures use it.
+    UrlNoPad,
+}
+
+const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+impl Base64 {
+    fn alphabet(self) -> &'static [u8; 64] {
+        match self {
+            Base64::Standard => STD,
+            Base64::UrlNoPad => URL,
+        }
+    }
+
+    fn value(self, c: u8) -> Option<u32> {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' if self == Base64::Standard => 62,
+            b'/' if self == Base64::Standard => 63,
+            b'-' if self == Base64::UrlNoPad => 62,
+            b'_' if self == Base64::UrlNoPad => 63,
+            _ => return None,
+        };
+        Some(u32::from(v))
+    }
+
+    /// The encoded length of `n` bytes.
+    pub fn encoded_len(self, n: usize) -> usize {
+        match self {
+            Base64::Standard => n.div_ceil(3).saturating_mul(4),
+            Base64::UrlNoPad => (n / 3) * 4 + [0, 2, 3].get(n % 3).copied().unwrap_or(0),
+        }
+    }
+
+    /// Appends the encoding of `bytes` to `out`.
+    pub fn encode_into(self, bytes: &[u8], out: &mut String) {
+        let alphabet = self.alphabet();
+        let sym = |i: u32| char::from(alphabet.get((i & 63) as usize).copied().unwrap_or(b'A'));
+        out.reserve(self.encoded_len(bytes.len()));
+        let mut chunks = bytes.chunks_exact(3);
+        for c in &mut chunks {
+            let n = c.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b));
+            out.push(sym(n >> 18));
+            out.push(sym(n >> 12));
+            out.push(sym(n >> 6));
+            out.push(sym(n));
+        }
+        let rest = chunks.remainder();
+        if rest.is_empty() {
+            return;
+        }
+        let n =
+            rest.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - rest.len()));
+        out.push(sym(n >> 18));
+        out.push(sym(n >> 12));
+        if rest.len() == 2 {
+            out.push(sym(n >> 6));
+        }
+        if self == Base64::Standard {
+            out.push_str(if rest.len() == 1 { "==" } else { "=" });
+        }
+    }
+
+    /// The encoding of `bytes`.
+    pub fn encode(self, bytes: &[u8]) -> String {
+        let mut s = String::new();
+        self.encode_into(bytes, &mut s);
+        s
+    }
+
+    /// Decodes `text` strictly: no whitespace, correct padding (required for
+    /// [`Base64::Standard`], refused for [`Base64::UrlNoPad`]) and zero trailing bits, so each
+    /// byte string has exactly one accepted encoding.
+    ///
+    /// The caller zeroizes the result if it is secret.
+    ///
+    /// # Errors
+    ///
+    /// [`CryptoError::Format`] naming what is wrong (never the input).
+    pub fn decode(self, text: &str) -> Result<Vec<u8>, CryptoError> {
+        const BAD: CryptoError = CryptoError::Format {
+            what: "invalid base64",
+        };
+        let bytes = text.as_bytes();
+        let body = match self {
+            Base64::Standard => {
+                if !bytes.len().is_multiple_of(4) {
+                    return Err(BAD);
+                }
+                let pad = bytes.iter().rev().take_while(|&&c| c == b'=').count();
+                if pad > 2 {
+                    return Err(BAD);
+                }
+                bytes.get(..bytes.len() - pad).ok_or(BAD)?
+            }
+            Base64::UrlNoPad => {
+                if bytes.len() % 4 == 1 {
+                    return Err(BAD);
+                }
+                bytes
+            }
+        };
+        let mut out = Vec::with_capacity(body.len() / 4 * 3 + 2);
+        let mut chunks = body.chunks_exact(4);
+        for c in &mut chunks {
+            let mut n = 0u32;
+            for &ch in c {
+                n = (n << 6) | self.value(ch).ok_or(BAD)?;
+            }
+            out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+        }
+        let rest = chunks.remainder();
+        match rest.len() {
+            0 => {}
+            2 | 3 => {
+                let mut n = 0u32;
+                for &ch in rest {
+                    n = (n << 6) | self.value(ch).ok_or(BAD)?;
+                }
+                if rest.len() == 2 {
+                    if n & 0xf != 0 {
+                        return Err(BAD);
+                    }
+                    out.push((n >> 4) as u8);
+                } else {
+                    if n & 0x3 != 0 {
+                        return Err(BAD);
+                    }
+                    out.extend_from_slice(&[(n >> 10) as u8, (n >> 2) as u8]);
+                }
+            }
+            _ => return Err(BAD),
+        }
+        Ok(out)
+    }
+}
+
+/// Builds `vault:v<version>:<encoding of body>`.
+pub fn encode(version: u32, body: &[u8], b64: Base64) -> String {
+    let mut s = String::with_capacity(PREFIX.len() + 11 + b64.encoded_len(body.len()));
+    s.push_str(PREFIX);
+    push_u32(&mut s, version);
+    s.push(':');
+    b64.encode_into(body, &mut s);
+    s
+}
+
+fn push_u32(s: &mut String, mut v: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        if let Some(d) = digits.get_mut(i) {
+            *d = b'0' + (v % 10) as u8;
+        }
+        v /= 10;
+        if v == 0 || i == 0 {
+            break;
+        }
+    }
+    for &d in digits.get(i..).unwrap_or(&[]) {
+        s.push(char::from(d));
+    }
+}
+
+/// Splits `vault:v<N>:<rest>` into the version and the still-encoded rest.
+///
+/// Version `0` is read as `1`, as OpenBao does for envelopes from its first releases.
+///
+/// # Errors
+///
+/// [`CryptoError::Format`] for a missing prefix, a missing separator or a version that is not
+/// a decimal number in range.
+pub fn split(text: &str) -> Result<(u32, &str), CryptoError> {
+    let rest = text.strip_prefix(PREFIX).ok_or(CryptoError::Format {
+        what: "invalid ciphertext: no prefix",
+    })?;
+    let (ver, body) = rest.split_once(':').ok_or(CryptoError::Format {
+        what: "invalid ciphertext: wrong number of fields",
+    })?;
+    if ver.is_empty() || ver.len() > 10 || !ver.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(CryptoError::Format {
+            what: "invalid ciphertext: version number could not be decoded",
+        });
+    }
+    let ver: u32 = ver.parse().map_err(|_| CryptoError::Format {
+        what: "invalid ciphertext: version number could not be decoded",
+    })?;
+    Ok((ver.max(1), body))
+}
+
+/// Parses `vault:v<N>:<base64>` into the version and the decoded body.
+///
+/// # Errors
+///
+/// As [`split`], plus [`CryptoError::Format`] for a body that is not valid base64.
+pub fn decode(text: &str, b64: Base64) -> Result<(u32, Vec<u8>), CryptoError> {
+    let (ver, body) = split(text)?;
+    let body = b64.decode(body).map_err(|_| CryptoError::Format {
+        what: "invalid ciphertext: could not decode base64",
+    })?;
+    Ok((ver, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc4648_vectors() {
+        for (raw, std, url) in [
+            ("", "", ""),
+            ("f", "Zg==", "Zg"),
+            ("fo", "Zm8=", "Zm8"),
+            ("foo", "Zm9v", "Zm9v"),
+            ("foob", "Zm9vYg==", "Zm9vYg"),
+            ("fooba", "Zm9vYmE=", "Zm9vYmE"),
+            ("foobar", "Zm9vYmFy", "Zm9vYmFy"),
+        ] {
+            assert_eq!(Base64::Standard.encode(raw.as_bytes()), std);
+            assert_eq!(Base64::UrlNoPad.encode(raw.as_bytes()), url);
+            assert_eq!(Base64::Standard.decode(std).unwrap(), raw.as_bytes());
+            assert_eq!(Base64::UrlNoPad.decode(url).unwrap(), raw.as_bytes());
+            assert_eq!(Base64::Standard.encoded_len(raw.len()), std.len());
+            assert_eq!(Base64::UrlNoPad.encoded_len(raw.len()), url.len());
+        }
+        assert_eq!(Base64::Standard.encode(&[0xfb, 0xff]), "+/8=");
+        assert_eq!(Base64::UrlNoPad.encode(&[0xfb, 0xff]), "-_8");
+    }
+
+    #[test]
+    fn strict_decoding() {
+        for bad in [
+            "Zg", "Zg=", "Zh==", "Z===", "Zm9v\n", " Zm9v", "Zm9v=", "-_8=", "Zm8=Zm8=",
+        ] {
+            assert!(Base64::Standard.decode(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["Zg==", "Z", "Zh", "+/8"] {
+            assert!(Base64::UrlNoPad.decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn envelope_round_trip() {
+        let s = encode(42, b"\x00\x01\x02", Base64::Standard);
+        assert_eq!(s, "vault:v42:AAEC");
+        assert_eq!(decode(&s, Base64::Standard).unwrap(), (42, vec![0, 1, 2]));
+        assert_eq!(
+            encode(u32::MAX, b"", Base64::Standard),
+            "vault:v4294967295:"
+        );
+        assert_eq!(split("vault:v0:abc").unwrap(), (1, "abc"));
+    }
+
+    #[test]
+    fn envelope_errors() {
+        for bad in [
+            "",
+            "vault:",
+            "vault:v",
+            "vault:v1",
+            "vault:vx:AAAA",
+            "vault:v-1:AAAA",
+            "vault:v+1:AAAA",
+            "vault:v4294967296:AAAA",
+            "Vault:v1:AAAA",
+        ] {
+            assert!(decode(bad, Base64::Standard).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            decode("vault:v1:!!!!", Base64::Standard).unwrap_err(),
+            CryptoError::Format {
+                what: "invalid ciphertext: could not decode base64"
+            }
+        );
+    }
+}
