@@ -19,10 +19,21 @@ pub struct ServerArgs {
     #[arg(long)]
     pub dev: bool,
     /// Dev mode listen address (loopback only).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8200", requires = "dev")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8200",
+        requires = "dev"
+    )]
     pub dev_listen_address: SocketAddr,
     /// Dev mode root token id instead of a generated one.
-    #[arg(long, value_name = "TOKEN", requires = "dev", env = "KEYHAVEN_DEV_ROOT_TOKEN_ID", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        requires = "dev",
+        env = "KEYHAVEN_DEV_ROOT_TOKEN_ID",
+        hide_env_values = true
+    )]
     pub dev_root_token_id: Option<String>,
     /// Log filter, e.g. `info` or `keyhaven=debug` (overrides the config file).
     #[arg(long, value_name = "FILTER", env = "KEYHAVEN_LOG")]
@@ -31,7 +42,10 @@ pub struct ServerArgs {
 
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid log filter")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -63,11 +77,16 @@ async fn shutdown_signal() {
 fn harden_process() {
     #[cfg(target_os = "linux")]
     {
-        let no_core = rustix::process::Rlimit { current: Some(0), maximum: Some(0) };
+        let no_core = rustix::process::Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        };
         if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Core, no_core) {
             tracing::warn!(target: "keyhaven::server", error = %e, "cannot disable core dumps");
         }
-        if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        if let Err(e) =
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        {
             tracing::warn!(target: "keyhaven::server", error = %e, "cannot mark the process non-dumpable");
         }
     }
@@ -78,17 +97,24 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let (mut config, dev) = match (&args.config, args.dev) {
         (_, true) => (
             Config::dev(args.dev_listen_address),
-            Some(DevOptions { root_token_id: args.dev_root_token_id.clone().map(SecretString::from) }),
+            Some(DevOptions {
+                root_token_id: args.dev_root_token_id.clone().map(SecretString::from),
+            }),
         ),
         (Some(path), false) => (Config::from_file(path)?, None),
-        (None, false) => bail!("keyhaven server needs --config FILE, or --dev for a development server"),
+        (None, false) => {
+            bail!("keyhaven server needs --config FILE, or --dev for a development server")
+        }
     };
     if let Some(level) = &args.log_level {
         config.log_level = level.clone();
     }
     init_logging(&config.log_level, config.log_format)?;
     harden_process();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let (server, creds) = keyhaven_server::build(&config, dev).await?;
         let addr = server.local_addr();
@@ -109,8 +135,15 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[allow(clippy::print_stdout, reason = "dev mode prints its credentials for the operator, as Vault does")]
-fn print_dev_banner(scheme: &str, addr: SocketAddr, creds: &keyhaven_server::DevCredentials) -> anyhow::Result<()> {
+#[allow(
+    clippy::print_stdout,
+    reason = "dev mode prints its credentials for the operator, as Vault does"
+)]
+fn print_dev_banner(
+    scheme: &str,
+    addr: SocketAddr,
+    creds: &keyhaven_server::DevCredentials,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

@@ -11,10 +11,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("keyhaven-types", &[]),
     ("keyhaven-storage", &[]),
     ("keyhaven-storage-sql", &["keyhaven-storage"]),
-    ("keyhaven-engine", &["keyhaven-crypto", "keyhaven-storage", "keyhaven-types"]),
+    (
+        "keyhaven-engine",
+        &["keyhaven-crypto", "keyhaven-storage", "keyhaven-types"],
+    ),
     (
         "keyhaven-server",
-        &["keyhaven-engine", "keyhaven-storage", "keyhaven-storage-sql", "keyhaven-crypto", "keyhaven-types"],
+        &[
+            "keyhaven-engine",
+            "keyhaven-storage",
+            "keyhaven-storage-sql",
+            "keyhaven-crypto",
+            "keyhaven-types",
+        ],
     ),
     ("keyhaven-client", &["keyhaven-types", "keyhaven-crypto"]),
     ("keyhaven-k8s", &["keyhaven-client", "keyhaven-types"]),
@@ -46,11 +55,21 @@ const LAYER_CRATES: &[(&str, &[&str])] = &[
 
 fn metadata() -> Value {
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo metadata");
-    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -67,7 +86,11 @@ fn graph() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
                 continue;
             }
             let dname = dep["name"].as_str().unwrap().to_owned();
-            if dname.starts_with("keyhaven-") { ours.insert(dname) } else { external.insert(dname) };
+            if dname.starts_with("keyhaven-") {
+                ours.insert(dname)
+            } else {
+                external.insert(dname)
+            };
         }
         g.insert(name, (ours, external));
     }
@@ -78,9 +101,14 @@ fn graph() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
 fn every_crate_depends_only_on_what_the_architecture_allows() {
     let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
     for (name, (ours, _)) in graph() {
-        let permitted = allowed.get(name.as_str()).unwrap_or_else(|| panic!("{name} is not in ARCHITECTURE.md's table"));
+        let permitted = allowed
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("{name} is not in ARCHITECTURE.md's table"));
         for dep in &ours {
-            assert!(permitted.contains(&dep.as_str()), "{name} must not depend on {dep}");
+            assert!(
+                permitted.contains(&dep.as_str()),
+                "{name} must not depend on {dep}"
+            );
         }
     }
 }
@@ -88,9 +116,15 @@ fn every_crate_depends_only_on_what_the_architecture_allows() {
 #[test]
 fn nothing_depends_on_the_binary_and_only_it_uses_server_or_k8s() {
     for (name, (ours, _)) in graph() {
-        assert!(!ours.contains("keyhaven-cli"), "{name} depends on keyhaven-cli");
+        assert!(
+            !ours.contains("keyhaven-cli"),
+            "{name} depends on keyhaven-cli"
+        );
         if name != "keyhaven-cli" {
-            assert!(!ours.contains("keyhaven-server") && !ours.contains("keyhaven-k8s"), "{name} depends on server or k8s");
+            assert!(
+                !ours.contains("keyhaven-server") && !ours.contains("keyhaven-k8s"),
+                "{name} depends on server or k8s"
+            );
         }
     }
 }
@@ -100,7 +134,10 @@ fn protocol_and_driver_crates_stay_in_their_layer() {
     for (name, (_, external)) in graph() {
         for (layer_crate, owners) in LAYER_CRATES {
             if external.contains(*layer_crate) {
-                assert!(owners.contains(&name.as_str()), "{name} uses {layer_crate}, reserved for {owners:?}");
+                assert!(
+                    owners.contains(&name.as_str()),
+                    "{name} uses {layer_crate}, reserved for {owners:?}"
+                );
             }
         }
     }

@@ -61,12 +61,21 @@ struct Outcome {
 
 impl Bao {
     fn new(addr: &str, token: Option<&str>) -> Bao {
-        Bao { bin: bao_bin(), addr: addr.to_owned(), token: token.map(str::to_owned), home: tempfile::tempdir().unwrap() }
+        Bao {
+            bin: bao_bin(),
+            addr: addr.to_owned(),
+            token: token.map(str::to_owned),
+            home: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn run(&self, args: &[&str]) -> Outcome {
         let mut cmd = Command::new(&self.bin);
-        cmd.args(args).env_clear().env("HOME", self.home.path()).env("PATH", "/usr/bin:/bin").env("BAO_ADDR", &self.addr);
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", self.home.path())
+            .env("PATH", "/usr/bin:/bin")
+            .env("BAO_ADDR", &self.addr);
         if let Some(t) = &self.token {
             cmd.env("BAO_TOKEN", t);
         }
@@ -85,7 +94,9 @@ fn normalize_json(v: &mut Value) {
         Value::Object(map) => {
             for (k, val) in map.iter_mut() {
                 match k.as_str() {
-                    "request_id" | "created_time" | "updated_time" => *val = Value::String("<volatile>".into()),
+                    "request_id" | "created_time" | "updated_time" => {
+                        *val = Value::String("<volatile>".into())
+                    }
                     "deletion_time" if val.as_str().is_some_and(|s| !s.is_empty()) => {
                         *val = Value::String("<time>".into());
                     }
@@ -119,7 +130,12 @@ fn normalize(o: &Outcome, addr: &str) -> String {
         Err(_) => normalize_text(&o.stdout),
     };
     let stderr = o.stderr.replace(addr, "<addr>");
-    format!("exit {}\n--- stdout\n{}\n--- stderr\n{}", o.code, stdout.trim_end(), stderr.trim_end())
+    format!(
+        "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.code,
+        stdout.trim_end(),
+        stderr.trim_end()
+    )
 }
 
 /// The KV v2 session compared between the two servers.
@@ -130,8 +146,22 @@ const SESSION: &[&[&str]] = &[
     &["kv", "patch", "-format=json", "kv2/app", "user=u"],
     &["kv", "get", "-format=json", "kv2/app"],
     &["kv", "put", "-cas=1", "kv2/app", "password=stale"],
-    &["kv", "put", "-format=json", "-cas=2", "kv2/app", "password=M3"],
-    &["kv", "metadata", "put", "-max-versions=5", "-custom-metadata=owner=team-a", "kv2/app"],
+    &[
+        "kv",
+        "put",
+        "-format=json",
+        "-cas=2",
+        "kv2/app",
+        "password=M3",
+    ],
+    &[
+        "kv",
+        "metadata",
+        "put",
+        "-max-versions=5",
+        "-custom-metadata=owner=team-a",
+        "kv2/app",
+    ],
     &["kv", "metadata", "get", "-format=json", "kv2/app"],
     &["kv", "delete", "kv2/app"],
     &["kv", "get", "-format=json", "kv2/app"],
@@ -152,7 +182,13 @@ fn transcript(addr: &str, token: &str) -> Vec<String> {
     let bao = Bao::new(addr, Some(token));
     SESSION
         .iter()
-        .map(|args| format!("$ bao {}\n{}", args.join(" "), normalize(&bao.run(args), addr)))
+        .map(|args| {
+            format!(
+                "$ bao {}\n{}",
+                args.join(" "),
+                normalize(&bao.run(args), addr)
+            )
+        })
         .collect()
 }
 
@@ -164,11 +200,20 @@ struct OpenBaoDev {
 
 impl OpenBaoDev {
     fn start() -> OpenBaoDev {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let listen = format!("127.0.0.1:{port}");
         let home = std::env::temp_dir();
         let child = Command::new(bao_bin())
-            .args(["server", "-dev", "-dev-root-token-id=root", &format!("-dev-listen-address={listen}")])
+            .args([
+                "server",
+                "-dev",
+                "-dev-root-token-id=root",
+                &format!("-dev-listen-address={listen}"),
+            ])
             .env_clear()
             .env("HOME", home)
             .env("PATH", "/usr/bin:/bin")
@@ -179,7 +224,10 @@ impl OpenBaoDev {
         let addr = format!("http://{listen}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while crate::support::call_status(&format!("{addr}/v1/sys/health")) != Some(200) {
-            assert!(Instant::now() < deadline, "OpenBao dev server did not start");
+            assert!(
+                Instant::now() < deadline,
+                "OpenBao dev server did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         OpenBaoDev { child, addr }
@@ -213,13 +261,32 @@ fn status_init_unseal_and_kv_through_bao_against_a_sqlite_server() {
     let anon = Bao::new(&addr, None);
 
     let st = anon.run(&["status"]);
-    assert_eq!(st.code, 2, "uninitialized status exits 2: {}{}", st.stdout, st.stderr);
-    assert!(st.stdout.contains("Initialized") && st.stdout.contains("false"), "{}", st.stdout);
+    assert_eq!(
+        st.code, 2,
+        "uninitialized status exits 2: {}{}",
+        st.stdout, st.stderr
+    );
+    assert!(
+        st.stdout.contains("Initialized") && st.stdout.contains("false"),
+        "{}",
+        st.stdout
+    );
 
-    let init = anon.run(&["operator", "init", "-key-shares=5", "-key-threshold=3", "-format=json"]);
+    let init = anon.run(&[
+        "operator",
+        "init",
+        "-key-shares=5",
+        "-key-threshold=3",
+        "-format=json",
+    ]);
     assert_eq!(init.code, 0, "{}", init.stderr);
     let init: Value = serde_json::from_str(&init.stdout).unwrap();
-    let keys: Vec<String> = init["unseal_keys_b64"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_owned()).collect();
+    let keys: Vec<String> = init["unseal_keys_b64"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(keys.len(), 5);
     assert_eq!(init["unseal_threshold"], 3);
     let root = init["root_token"].as_str().unwrap().to_owned();
@@ -237,13 +304,22 @@ fn status_init_unseal_and_kv_through_bao_against_a_sqlite_server() {
     assert_eq!(st.code, 0, "{}{}", st.stdout, st.stderr);
 
     let bao = Bao::new(&addr, Some(&root));
-    assert_eq!(bao.run(&["secrets", "enable", "-path=kv2", "kv-v2"]).code, 0);
+    assert_eq!(
+        bao.run(&["secrets", "enable", "-path=kv2", "kv-v2"]).code,
+        0
+    );
     assert_eq!(bao.run(&["kv", "put", "kv2/app", "password=M1"]).code, 0);
     let got = bao.run(&["kv", "get", "-field=password", "kv2/app"]);
     assert_eq!((got.code, got.stdout.trim()), (0, "M1"), "{}", got.stderr);
     let stale = bao.run(&["kv", "put", "-cas=0", "kv2/app", "password=M2"]);
     assert_eq!(stale.code, 2);
-    assert!(stale.stderr.contains("check-and-set parameter did not match"), "{}", stale.stderr);
+    assert!(
+        stale
+            .stderr
+            .contains("check-and-set parameter did not match"),
+        "{}",
+        stale.stderr
+    );
     let list = bao.run(&["secrets", "list", "-format=json"]);
     assert_eq!(list.code, 0, "{}", list.stderr);
     let mounts: Value = serde_json::from_str(&list.stdout).unwrap();

@@ -8,7 +8,8 @@ use crate::support::TestServer;
 
 fn write_tls_config(dir: &std::path::Path, key_mode: u32) -> (std::path::PathBuf, String) {
     let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
     let cert_path = dir.join("tls.crt");
     let key_path = dir.join("tls.key");
     std::fs::write(&cert_path, cert.pem()).unwrap();
@@ -42,13 +43,24 @@ fn the_listener_speaks_tls_with_the_configured_certificate() {
         .build()
         .unwrap();
     let url = addr.replace("127.0.0.1", "localhost");
-    let resp = client.get(format!("{url}/v1/sys/seal-status")).send().unwrap();
+    let resp = client
+        .get(format!("{url}/v1/sys/seal-status"))
+        .send()
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let body: serde_json::Value = resp.json().unwrap();
     assert_eq!(body["initialized"], false);
     // Plain HTTP to the TLS port gets no API answer.
-    let plain = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    let r = plain.get(format!("{}/v1/sys/seal-status", url.replace("https://", "http://"))).send();
+    let plain = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let r = plain
+        .get(format!(
+            "{}/v1/sys/seal-status",
+            url.replace("https://", "http://")
+        ))
+        .send();
     assert!(r.map(|r| !r.status().is_success()).unwrap_or(true));
 }
 

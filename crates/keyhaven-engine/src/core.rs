@@ -547,7 +547,9 @@ impl Core {
     /// expired tokens, then let every mounted backend run its scheduled work (key
     /// rotation, scheduled deletion). Does nothing while sealed.
     pub async fn maintenance(&self) -> Result<(), EngineError> {
-        let Ok(inner) = self.unsealed() else { return Ok(()) };
+        let Ok(inner) = self.unsealed() else {
+            return Ok(());
+        };
         let removed = inner.tokens.sweep_expired().await?;
         if removed > 0 {
             tracing::info!(target: "keyhaven::tokens", removed, "expired tokens removed");
@@ -752,13 +754,22 @@ impl Core {
     async fn explain(&self, inner: &Arc<Unsealed>, req: &Request) -> Result<Response, EngineError> {
         let d = &req.data;
         let subject = if let Some(token) = params::string(d, "token")?.filter(|s| !s.is_empty()) {
-            inner.tokens.lookup_accessor_or_token(None, Some(token)).await?
+            inner
+                .tokens
+                .lookup_accessor_or_token(None, Some(token))
+                .await?
         } else if let Some(accessor) = params::string(d, "accessor")?.filter(|s| !s.is_empty()) {
-            inner.tokens.lookup_accessor_or_token(Some(accessor), None).await?
+            inner
+                .tokens
+                .lookup_accessor_or_token(Some(accessor), None)
+                .await?
         } else {
-            return Err(EngineError::invalid("missing parameter \"token\" or \"accessor\""));
+            return Err(EngineError::invalid(
+                "missing parameter \"token\" or \"accessor\"",
+            ));
         };
-        let subject = subject.ok_or_else(|| EngineError::invalid("unknown, expired or revoked token"))?;
+        let subject =
+            subject.ok_or_else(|| EngineError::invalid("unknown, expired or revoked token"))?;
         let path = params::string(d, "path")?
             .filter(|s| !s.is_empty())
             .ok_or_else(|| EngineError::invalid("missing parameter \"path\""))?

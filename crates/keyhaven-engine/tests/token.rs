@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use keyhaven_engine::{ClientToken, Core, EngineError, InitParams, ManualClock, Operation, Request, UnsealInput};
+use keyhaven_engine::{
+    ClientToken, Core, EngineError, InitParams, ManualClock, Operation, Request, UnsealInput,
+};
 use keyhaven_storage::MemStore;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
@@ -17,9 +19,21 @@ struct Env {
 
 async fn env() -> Env {
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-    let core = Core::new(Arc::new(MemStore::new()), Arc::new(clock.clone())).await.unwrap();
-    let init = core.init(InitParams { secret_shares: 1, secret_threshold: 1 }).await.unwrap();
-    core.unseal(UnsealInput::Key(SecretString::from(hex::encode(init.shares[0].as_bytes())))).await.unwrap();
+    let core = Core::new(Arc::new(MemStore::new()), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let init = core
+        .init(InitParams {
+            secret_shares: 1,
+            secret_threshold: 1,
+        })
+        .await
+        .unwrap();
+    core.unseal(UnsealInput::Key(SecretString::from(hex::encode(
+        init.shares[0].as_bytes(),
+    ))))
+    .await
+    .unwrap();
     let root = init.root_token.expose_secret().to_owned();
     let env = Env { core, clock, root };
     // A policy that lets ordinary tokens manage their own children.
@@ -30,19 +44,43 @@ async fn env() -> Env {
         &env.root.clone(),
     )
     .await;
-    env.ok(Operation::Update, "sys/mounts/kv", json!({"type": "kv-v2"}), &env.root.clone()).await;
+    env.ok(
+        Operation::Update,
+        "sys/mounts/kv",
+        json!({"type": "kv-v2"}),
+        &env.root.clone(),
+    )
+    .await;
     env
 }
 
 impl Env {
-    async fn call(&self, op: Operation, path: &str, body: Value, token: &str) -> Result<keyhaven_engine::Response, EngineError> {
+    async fn call(
+        &self,
+        op: Operation,
+        path: &str,
+        body: Value,
+        token: &str,
+    ) -> Result<keyhaven_engine::Response, EngineError> {
         let data: Map<String, Value> = body.as_object().cloned().unwrap_or_default();
         self.core
-            .handle(Request { id: "t".into(), operation: op, path: path.into(), data, token: Some(ClientToken::new(token.to_owned())) })
+            .handle(Request {
+                id: "t".into(),
+                operation: op,
+                path: path.into(),
+                data,
+                token: Some(ClientToken::new(token.to_owned())),
+            })
             .await
     }
 
-    async fn ok(&self, op: Operation, path: &str, body: Value, token: &str) -> keyhaven_engine::Response {
+    async fn ok(
+        &self,
+        op: Operation,
+        path: &str,
+        body: Value,
+        token: &str,
+    ) -> keyhaven_engine::Response {
         match self.call(op, path, body, token).await {
             Ok(r) => r,
             Err(e) => panic!("{op} {path}: {e}"),
@@ -50,13 +88,20 @@ impl Env {
     }
 
     async fn create(&self, body: Value, parent: &str) -> (String, String) {
-        let r = self.ok(Operation::Update, "auth/token/create", body, parent).await;
+        let r = self
+            .ok(Operation::Update, "auth/token/create", body, parent)
+            .await;
         let auth = r.auth.expect("auth object");
-        (auth["client_token"].as_str().unwrap().to_owned(), auth["accessor"].as_str().unwrap().to_owned())
+        (
+            auth["client_token"].as_str().unwrap().to_owned(),
+            auth["accessor"].as_str().unwrap().to_owned(),
+        )
     }
 
     async fn works(&self, token: &str) -> bool {
-        self.call(Operation::Read, "auth/token/lookup-self", json!({}), token).await.is_ok()
+        self.call(Operation::Read, "auth/token/lookup-self", json!({}), token)
+            .await
+            .is_ok()
     }
 }
 
@@ -70,7 +115,11 @@ async fn tokens_carry_prefix_policies_and_ttl() {
     assert_eq!(auth["policies"], json!(["default", "tokens"]));
     assert_eq!(auth["lease_duration"], 600);
     assert_eq!(auth["renewable"], true);
-    let look = e.ok(Operation::Read, "auth/token/lookup-self", json!({}), token).await.data.unwrap();
+    let look = e
+        .ok(Operation::Read, "auth/token/lookup-self", json!({}), token)
+        .await
+        .data
+        .unwrap();
     assert_eq!(look["ttl"], 600);
     assert_eq!(look["display_name"], "token-ci");
     assert_eq!(look["meta"]["team"], "a");
@@ -81,42 +130,99 @@ async fn tokens_carry_prefix_policies_and_ttl() {
 #[tokio::test]
 async fn an_expired_token_stops_working_at_once_and_the_sweeper_removes_it() {
     let e = env().await;
-    let (t, accessor) = e.create(json!({"policies": ["tokens"], "ttl": "60s"}), &e.root).await;
+    let (t, accessor) = e
+        .create(json!({"policies": ["tokens"], "ttl": "60s"}), &e.root)
+        .await;
     assert!(e.works(&t).await);
     e.clock.advance(Duration::from_secs(59));
     assert!(e.works(&t).await);
     e.clock.advance(Duration::from_secs(1));
-    assert!(!e.works(&t).await, "token must stop working when its TTL ends");
-    let r = e.ok(Operation::Update, "auth/token/tidy", json!({}), &e.root).await;
+    assert!(
+        !e.works(&t).await,
+        "token must stop working when its TTL ends"
+    );
+    let r = e
+        .ok(Operation::Update, "auth/token/tidy", json!({}), &e.root)
+        .await;
     assert!(r.warnings[0].contains("removed 1"), "{:?}", r.warnings);
-    let gone = e.call(Operation::Update, "auth/token/lookup-accessor", json!({"accessor": accessor}), &e.root).await;
+    let gone = e
+        .call(
+            Operation::Update,
+            "auth/token/lookup-accessor",
+            json!({"accessor": accessor}),
+            &e.root,
+        )
+        .await;
     assert!(gone.is_err());
 }
 
 #[tokio::test]
 async fn renewal_extends_within_explicit_max_ttl() {
     let e = env().await;
-    let (t, _) = e.create(json!({"policies": ["tokens"], "ttl": "1h", "explicit_max_ttl": "90m"}), &e.root).await;
+    let (t, _) = e
+        .create(
+            json!({"policies": ["tokens"], "ttl": "1h", "explicit_max_ttl": "90m"}),
+            &e.root,
+        )
+        .await;
     e.clock.advance(Duration::from_secs(3000));
-    let r = e.ok(Operation::Update, "auth/token/renew-self", json!({"increment": "1h"}), &t).await;
-    assert_eq!(r.auth.unwrap()["lease_duration"], 2400, "capped at creation + 90m");
+    let r = e
+        .ok(
+            Operation::Update,
+            "auth/token/renew-self",
+            json!({"increment": "1h"}),
+            &t,
+        )
+        .await;
+    assert_eq!(
+        r.auth.unwrap()["lease_duration"],
+        2400,
+        "capped at creation + 90m"
+    );
     e.clock.advance(Duration::from_secs(2400));
     assert!(!e.works(&t).await);
-    let (nr, _) = e.create(json!({"policies": ["tokens"], "renewable": false}), &e.root).await;
-    let err = e.call(Operation::Update, "auth/token/renew-self", json!({}), &nr).await.unwrap_err();
+    let (nr, _) = e
+        .create(json!({"policies": ["tokens"], "renewable": false}), &e.root)
+        .await;
+    let err = e
+        .call(Operation::Update, "auth/token/renew-self", json!({}), &nr)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not renewable"), "{err}");
 }
 
 #[tokio::test]
 async fn children_die_with_their_parent_and_never_outlive_it() {
     let e = env().await;
-    let (parent, _) = e.create(json!({"policies": ["tokens"], "ttl": "1h"}), &e.root).await;
-    let r = e.ok(Operation::Update, "auth/token/create", json!({"ttl": "5h"}), &parent).await;
+    let (parent, _) = e
+        .create(json!({"policies": ["tokens"], "ttl": "1h"}), &e.root)
+        .await;
+    let r = e
+        .ok(
+            Operation::Update,
+            "auth/token/create",
+            json!({"ttl": "5h"}),
+            &parent,
+        )
+        .await;
     let child = r.auth.unwrap()["client_token"].as_str().unwrap().to_owned();
-    let look = e.ok(Operation::Read, "auth/token/lookup-self", json!({}), &child).await.data.unwrap();
-    assert_eq!(look["ttl"], 3600, "a child's expiry is capped by its parent's");
+    let look = e
+        .ok(Operation::Read, "auth/token/lookup-self", json!({}), &child)
+        .await
+        .data
+        .unwrap();
+    assert_eq!(
+        look["ttl"], 3600,
+        "a child's expiry is capped by its parent's"
+    );
     let grandchild = e.create(json!({}), &child).await.0;
-    e.ok(Operation::Update, "auth/token/revoke", json!({"token": parent}), &e.root).await;
+    e.ok(
+        Operation::Update,
+        "auth/token/revoke",
+        json!({"token": parent}),
+        &e.root,
+    )
+    .await;
     for t in [&parent, &child, &grandchild] {
         assert!(!e.works(t).await);
     }
@@ -126,12 +232,42 @@ async fn children_die_with_their_parent_and_never_outlive_it() {
 async fn children_cannot_gain_policies_their_parent_lacks() {
     let e = env().await;
     let (parent, _) = e.create(json!({"policies": ["tokens"]}), &e.root).await;
-    let err = e.call(Operation::Update, "auth/token/create", json!({"policies": ["admin"]}), &parent).await.unwrap_err();
+    let err = e
+        .call(
+            Operation::Update,
+            "auth/token/create",
+            json!({"policies": ["admin"]}),
+            &parent,
+        )
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("subset"), "{err}");
-    let err = e.call(Operation::Update, "auth/token/create", json!({"policies": ["root"]}), &parent).await.unwrap_err();
+    let err = e
+        .call(
+            Operation::Update,
+            "auth/token/create",
+            json!({"policies": ["root"]}),
+            &parent,
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, EngineError::InvalidRequest(_)), "{err}");
-    let err = e.call(Operation::Update, "auth/token/create-orphan", json!({}), &parent).await.unwrap_err();
-    assert!(matches!(err, EngineError::InvalidRequest(_) | EngineError::PermissionDenied), "{err}");
+    let err = e
+        .call(
+            Operation::Update,
+            "auth/token/create-orphan",
+            json!({}),
+            &parent,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::InvalidRequest(_) | EngineError::PermissionDenied
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -139,13 +275,34 @@ async fn revoke_orphan_keeps_children_and_accessors_work() {
     let e = env().await;
     let (parent, _) = e.create(json!({"policies": ["tokens"]}), &e.root).await;
     let (child, child_accessor) = e.create(json!({}), &parent).await;
-    e.ok(Operation::Update, "auth/token/revoke-orphan", json!({"token": parent}), &e.root).await;
+    e.ok(
+        Operation::Update,
+        "auth/token/revoke-orphan",
+        json!({"token": parent}),
+        &e.root,
+    )
+    .await;
     assert!(!e.works(&parent).await);
     assert!(e.works(&child).await);
-    let look = e.ok(Operation::Update, "auth/token/lookup-accessor", json!({"accessor": child_accessor}), &e.root).await.data.unwrap();
+    let look = e
+        .ok(
+            Operation::Update,
+            "auth/token/lookup-accessor",
+            json!({"accessor": child_accessor}),
+            &e.root,
+        )
+        .await
+        .data
+        .unwrap();
     assert_eq!(look["orphan"], true);
     assert_eq!(look["id"], "", "lookups by accessor never reveal the token");
-    e.ok(Operation::Update, "auth/token/revoke-accessor", json!({"accessor": child_accessor}), &e.root).await;
+    e.ok(
+        Operation::Update,
+        "auth/token/revoke-accessor",
+        json!({"accessor": child_accessor}),
+        &e.root,
+    )
+    .await;
     assert!(!e.works(&child).await);
 }
 
@@ -153,9 +310,12 @@ async fn revoke_orphan_keeps_children_and_accessors_work() {
 async fn revoke_self_and_limited_use_tokens() {
     let e = env().await;
     let (t, _) = e.create(json!({"policies": ["tokens"]}), &e.root).await;
-    e.ok(Operation::Update, "auth/token/revoke-self", json!({}), &t).await;
+    e.ok(Operation::Update, "auth/token/revoke-self", json!({}), &t)
+        .await;
     assert!(!e.works(&t).await);
-    let (limited, _) = e.create(json!({"policies": ["tokens"], "num_uses": 2}), &e.root).await;
+    let (limited, _) = e
+        .create(json!({"policies": ["tokens"], "num_uses": 2}), &e.root)
+        .await;
     assert!(e.works(&limited).await);
     assert!(e.works(&limited).await);
     assert!(!e.works(&limited).await, "a two-use token works twice");
@@ -164,10 +324,27 @@ async fn revoke_self_and_limited_use_tokens() {
 #[tokio::test]
 async fn roles_grant_their_policies_and_period() {
     let e = env().await;
-    e.ok(Operation::Update, "auth/token/roles/ci", json!({"allowed_policies": "tokens", "token_period": "1h", "orphan": true}), &e.root).await;
-    let role = e.ok(Operation::Read, "auth/token/roles/ci", json!({}), &e.root).await.data.unwrap();
+    e.ok(
+        Operation::Update,
+        "auth/token/roles/ci",
+        json!({"allowed_policies": "tokens", "token_period": "1h", "orphan": true}),
+        &e.root,
+    )
+    .await;
+    let role = e
+        .ok(Operation::Read, "auth/token/roles/ci", json!({}), &e.root)
+        .await
+        .data
+        .unwrap();
     assert_eq!(role["token_period"], 3600);
-    let r = e.ok(Operation::Update, "auth/token/create/ci", json!({}), &e.root).await;
+    let r = e
+        .ok(
+            Operation::Update,
+            "auth/token/create/ci",
+            json!({}),
+            &e.root,
+        )
+        .await;
     let auth = r.auth.unwrap();
     assert_eq!(auth["policies"], json!(["default", "tokens"]));
     assert_eq!(auth["orphan"], true);
@@ -175,12 +352,26 @@ async fn roles_grant_their_policies_and_period() {
     // Periodic tokens renew to their period indefinitely.
     for _ in 0..3 {
         e.clock.advance(Duration::from_secs(3000));
-        let r = e.ok(Operation::Update, "auth/token/renew-self", json!({}), &t).await;
+        let r = e
+            .ok(Operation::Update, "auth/token/renew-self", json!({}), &t)
+            .await;
         assert_eq!(r.auth.unwrap()["lease_duration"], 3600);
     }
-    let err = e.call(Operation::Update, "auth/token/create/ci", json!({"policies": ["other"]}), &e.root).await.unwrap_err();
+    let err = e
+        .call(
+            Operation::Update,
+            "auth/token/create/ci",
+            json!({"policies": ["other"]}),
+            &e.root,
+        )
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not allowed"), "{err}");
-    let list = e.ok(Operation::List, "auth/token/roles", json!({}), &e.root).await.data.unwrap();
+    let list = e
+        .ok(Operation::List, "auth/token/roles", json!({}), &e.root)
+        .await
+        .data
+        .unwrap();
     assert_eq!(list["keys"], json!(["ci"]));
 }
 
@@ -189,8 +380,18 @@ async fn token_store_never_holds_tokens_in_clear() {
     let store = Arc::new(MemStore::new());
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let core = Core::new(store.clone(), Arc::new(clock)).await.unwrap();
-    let init = core.init(InitParams { secret_shares: 1, secret_threshold: 1 }).await.unwrap();
-    core.unseal(UnsealInput::Key(SecretString::from(hex::encode(init.shares[0].as_bytes())))).await.unwrap();
+    let init = core
+        .init(InitParams {
+            secret_shares: 1,
+            secret_threshold: 1,
+        })
+        .await
+        .unwrap();
+    core.unseal(UnsealInput::Key(SecretString::from(hex::encode(
+        init.shares[0].as_bytes(),
+    ))))
+    .await
+    .unwrap();
     let root = init.root_token.expose_secret();
     let r = core
         .handle(Request {
@@ -207,16 +408,25 @@ async fn token_store_never_holds_tokens_in_clear() {
     drop(dump);
     let mut stack = vec![String::new()];
     while let Some(dir) = stack.pop() {
-        for name in keyhaven_storage::Store::list_page(store.as_ref(), &dir, None, 1000).await.unwrap() {
+        for name in keyhaven_storage::Store::list_page(store.as_ref(), &dir, None, 1000)
+            .await
+            .unwrap()
+        {
             let full = format!("{dir}{name}");
             if name.ends_with('/') {
                 stack.push(full);
                 continue;
             }
             assert!(!full.contains(&token) && !full.contains(root));
-            let raw = keyhaven_storage::Store::get(store.as_ref(), &full).await.unwrap().unwrap();
+            let raw = keyhaven_storage::Store::get(store.as_ref(), &full)
+                .await
+                .unwrap()
+                .unwrap();
             for needle in [token.as_bytes(), root.as_bytes()] {
-                assert!(!raw.windows(needle.len()).any(|w| w == needle), "token in clear at {full}");
+                assert!(
+                    !raw.windows(needle.len()).any(|w| w == needle),
+                    "token in clear at {full}"
+                );
             }
         }
     }

@@ -49,8 +49,15 @@ impl TestServer {
         loop {
             {
                 let out = server.stdout.lock().unwrap();
-                let find = |p: &str| out.iter().find_map(|l| l.strip_prefix(p).map(|s| s.trim().to_owned()));
-                if let (Some(a), Some(t), Some(k)) = (find("Api Address:"), find("Root Token:"), find("Unseal Key:")) {
+                let find = |p: &str| {
+                    out.iter()
+                        .find_map(|l| l.strip_prefix(p).map(|s| s.trim().to_owned()))
+                };
+                if let (Some(a), Some(t), Some(k)) = (
+                    find("Api Address:"),
+                    find("Root Token:"),
+                    find("Unseal Key:"),
+                ) {
                     server.addr = a;
                     server.root_token = Some(t);
                     server.unseal_key = Some(k);
@@ -58,7 +65,11 @@ impl TestServer {
                 }
             }
             server.assert_alive();
-            assert!(Instant::now() < deadline, "dev server did not start: {}", server.logs());
+            assert!(
+                Instant::now() < deadline,
+                "dev server did not start: {}",
+                server.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         server
@@ -75,14 +86,22 @@ impl TestServer {
                 if v["message"] != "listening" {
                     return None;
                 }
-                Some(format!("{}://{}", v["scheme"].as_str()?, v["address"].as_str()?))
+                Some(format!(
+                    "{}://{}",
+                    v["scheme"].as_str()?,
+                    v["address"].as_str()?
+                ))
             });
             if let Some(addr) = found {
                 server.addr = addr;
                 break;
             }
             server.assert_alive();
-            assert!(Instant::now() < deadline, "server did not start: {}", server.logs());
+            assert!(
+                Instant::now() < deadline,
+                "server did not start: {}",
+                server.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         server
@@ -101,7 +120,14 @@ impl TestServer {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         pump(child.stdout.take().unwrap(), stdout.clone());
         pump(child.stderr.take().unwrap(), stderr.clone());
-        TestServer { child, addr: String::new(), root_token: None, unseal_key: None, stdout, stderr }
+        TestServer {
+            child,
+            addr: String::new(),
+            root_token: None,
+            unseal_key: None,
+            stdout,
+            stderr,
+        }
     }
 
     fn assert_alive(&mut self) {
@@ -117,12 +143,16 @@ impl TestServer {
 
     /// Root token printed by dev mode.
     pub fn root_token(&self) -> String {
-        self.root_token.clone().expect("dev servers print a root token")
+        self.root_token
+            .clone()
+            .expect("dev servers print a root token")
     }
 
     /// Unseal key printed by dev mode.
     pub fn unseal_key(&self) -> String {
-        self.unseal_key.clone().expect("dev servers print an unseal key")
+        self.unseal_key
+            .clone()
+            .expect("dev servers print an unseal key")
     }
 
     /// Everything the process wrote to stderr (its log) so far.
@@ -176,12 +206,25 @@ pub fn sqlite_config(dir: &Path) -> PathBuf {
 
 /// One HTTP call; returns the status and the JSON body (Null when empty).
 pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
-    call_raw(method, url, token, body.map(|b| serde_json::to_vec(b).unwrap()))
+    call_raw(
+        method,
+        url,
+        token,
+        body.map(|b| serde_json::to_vec(b).unwrap()),
+    )
 }
 
 /// One HTTP call with a raw body.
-pub fn call_raw(method: &str, url: &str, token: Option<&str>, body: Option<Vec<u8>>) -> (u16, Value) {
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+pub fn call_raw(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> (u16, Value) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
     let mut rb = client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
     if let Some(t) = token {
         rb = rb.header("X-Vault-Token", t);
@@ -192,7 +235,11 @@ pub fn call_raw(method: &str, url: &str, token: Option<&str>, body: Option<Vec<u
     let resp = rb.send().unwrap();
     let status = resp.status().as_u16();
     let text = resp.text().unwrap();
-    let json = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    let json = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
     (status, json)
 }
 
@@ -205,7 +252,12 @@ pub fn init_unseal(addr: &str, n: u8, t: u8) -> (Vec<String>, String) {
         Some(&serde_json::json!({"secret_shares": n, "secret_threshold": t})),
     );
     assert_eq!(status, 200, "{init}");
-    let keys: Vec<String> = init["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_owned()).collect();
+    let keys: Vec<String> = init["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
     let root = init["root_token"].as_str().unwrap().to_owned();
     unseal(addr, &keys[..usize::from(t)]);
     (keys, root)
@@ -215,7 +267,12 @@ pub fn init_unseal(addr: &str, n: u8, t: u8) -> (Vec<String>, String) {
 pub fn unseal(addr: &str, keys: &[String]) {
     let mut last = Value::Null;
     for k in keys {
-        let (status, body) = call("PUT", &format!("{addr}/v1/sys/unseal"), None, Some(&serde_json::json!({ "key": k })));
+        let (status, body) = call(
+            "PUT",
+            &format!("{addr}/v1/sys/unseal"),
+            None,
+            Some(&serde_json::json!({ "key": k })),
+        );
         assert_eq!(status, 200, "{body}");
         last = body;
     }
@@ -229,7 +286,11 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).unwrap() {
             let p = entry.unwrap().path();
-            if p.is_dir() { stack.push(p) } else { out.push(p) }
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                out.push(p)
+            }
         }
     }
     out
@@ -242,6 +303,9 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// The status of a GET, or `None` if nothing answers.
 pub fn call_status(url: &str) -> Option<u16> {
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
     client.get(url).send().ok().map(|r| r.status().as_u16())
 }
