@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit_cmd;
 mod kv_cmd;
 mod operator_cmd;
 mod output;
@@ -37,6 +38,8 @@ enum Command {
     Status(status_cmd::StatusArgs),
     /// Read and write secrets of a KV version 2 mount.
     Kv(kv_cmd::KvArgs),
+    /// List audit devices and verify audit files.
+    Audit(audit_cmd::AuditArgs),
 }
 
 #[allow(
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Operator(args) => return operator_cmd::run(args),
         Command::Status(args) => return status_cmd::run(args),
         Command::Kv(args) => return kv_cmd::run(args),
+        Command::Audit(args) => return audit_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@
 mod support;
 
 mod architecture;
+mod audit;
 mod bao;
 mod cli;
 mod server;

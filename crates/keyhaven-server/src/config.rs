@@ -44,6 +44,91 @@ struct RawConfig {
     listener: RawListener,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    audit: Vec<RawAudit>,
+}
+
+/// One `[[audit]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    /// A duration such as `"5s"` or `"500ms"`.
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    fsync: Option<bool>,
+}
+
+/// Longest audit timeout accepted: a request never waits longer for its record.
+const MAX_AUDIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn audit_devices(
+    raw: Vec<RawAudit>,
+) -> Result<Vec<crate::audit_file::FileDeviceConfig>, ConfigError> {
+    let mut out: Vec<crate::audit_file::FileDeviceConfig> = Vec::with_capacity(raw.len());
+    for (i, a) in raw.into_iter().enumerate() {
+        let at = format!("audit[{i}]");
+        if a.kind != "file" {
+            return Err(ConfigError::Invalid(format!(
+                "{at}.type {:?}: supported: \"file\"",
+                a.kind
+            )));
+        }
+        let name = a.name.unwrap_or_else(|| "file".to_owned());
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(ConfigError::Invalid(format!(
+                "{at}.name {name:?}: use 1 to 64 letters, digits, '-' or '_'"
+            )));
+        }
+        if out.iter().any(|d| d.name == name) {
+            return Err(ConfigError::Invalid(format!(
+                "{at}.name {name:?}: another audit device has this name"
+            )));
+        }
+        let path = a
+            .path
+            .filter(|p| !p.as_os_str().is_empty())
+            .ok_or_else(|| ConfigError::Invalid(format!("{at}.path is required")))?;
+        if path.as_os_str().to_string_lossy().ends_with('/') {
+            return Err(ConfigError::Invalid(format!(
+                "{at}.path {} names a directory",
+                path.display()
+            )));
+        }
+        let timeout = match a.timeout {
+            None => keyhaven_engine::audit::DEFAULT_TIMEOUT,
+            Some(t) => humantime::parse_duration(&t).map_err(|e| {
+                ConfigError::Invalid(format!("{at}.timeout {t:?}: {e} (e.g. \"5s\")"))
+            })?,
+        };
+        if timeout.is_zero() || timeout > MAX_AUDIT_TIMEOUT {
+            return Err(ConfigError::Invalid(format!(
+                "{at}.timeout must be more than 0 and at most {}s",
+                MAX_AUDIT_TIMEOUT.as_secs()
+            )));
+        }
+        out.push(crate::audit_file::FileDeviceConfig {
+            name,
+            description: a.description.unwrap_or_default(),
+            path,
+            timeout,
+            fsync: a.fsync.unwrap_or(false),
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +222,8 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Audit devices (`[[audit]]` tables); none by default.
+    pub audit: Vec<crate::audit_file::FileDeviceConfig>,
 }
 
 impl Config {
@@ -222,6 +309,7 @@ impl Config {
                 )));
             }
         };
+        let audit = audit_devices(raw.audit)?;
         Ok(Config {
             storage,
             address,
@@ -229,6 +317,7 @@ impl Config {
             max_request_size,
             log_level: raw.log.level.unwrap_or_else(|| "info".to_owned()),
             log_format,
+            audit,
         })
     }
 
@@ -241,6 +330,7 @@ impl Config {
             max_request_size: DEFAULT_MAX_REQUEST_SIZE,
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
+            audit: Vec::new(),
         }
     }
 }
@@ -287,6 +377,51 @@ tls_key_file = "/etc/keyhaven/tls.key"
         assert!(Config::from_toml(&no_tls).is_err());
         let plain = "[storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n[listener]\naddress = \"127.0.0.1:1\"\ntls_disable = true\n";
         assert_eq!(Config::from_toml(plain).unwrap().tls, TlsConfig::Disabled);
+    }
+
+    #[test]
+    fn audit_tables_are_validated() {
+        let with = |t: &str| Config::from_toml(&format!("{GOOD}\n[[audit]]\n{t}\n"));
+        let c = with("type = \"file\"\npath = \"/var/log/keyhaven/audit.log\"").unwrap();
+        assert_eq!(c.audit.len(), 1);
+        assert_eq!(c.audit[0].name, "file");
+        assert_eq!(c.audit[0].timeout, std::time::Duration::from_secs(5));
+        assert!(!c.audit[0].fsync);
+        let c = with("type = \"file\"\nname = \"a\"\npath = \"x.log\"\ntimeout = \"250ms\"\nfsync = true\ndescription = \"d\"").unwrap();
+        assert_eq!(c.audit[0].timeout, std::time::Duration::from_millis(250));
+        assert!(c.audit[0].fsync);
+        for (bad, field) in [
+            ("type = \"syslog\"\npath = \"x\"", "audit[0].type"),
+            ("type = \"file\"", "audit[0].path"),
+            (
+                "type = \"file\"\npath = \"x\"\nname = \"a/b\"",
+                "audit[0].name",
+            ),
+            (
+                "type = \"file\"\npath = \"x\"\ntimeout = \"soon\"",
+                "audit[0].timeout",
+            ),
+            (
+                "type = \"file\"\npath = \"x\"\ntimeout = \"0s\"",
+                "audit[0].timeout",
+            ),
+            (
+                "type = \"file\"\npath = \"x\"\nfile_path = \"y\"",
+                "file_path",
+            ),
+        ] {
+            let err = with(bad).unwrap_err();
+            assert!(err.to_string().contains(field), "{bad}: {err}");
+        }
+        let two = format!(
+            "{GOOD}\n[[audit]]\ntype = \"file\"\npath = \"a\"\n[[audit]]\ntype = \"file\"\npath = \"b\"\n"
+        );
+        assert!(
+            Config::from_toml(&two)
+                .unwrap_err()
+                .to_string()
+                .contains("another audit device")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! engine's.
 #![forbid(unsafe_code)]
 
+pub mod audit_file;
 pub mod config;
 pub mod http;
 mod tls;
@@ -13,7 +14,8 @@ mod tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use keyhaven_engine::{Clock, Core, SystemClock};
+use keyhaven_engine::audit::{AuditBroker, AuditDevice};
+use keyhaven_engine::{Clock, Core, CoreOptions, SystemClock};
 use keyhaven_storage::{MemStore, Store};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
@@ -48,6 +50,9 @@ pub enum ServerError {
     /// Dev mode was asked to listen on a non-loopback address.
     #[error("dev mode listens on loopback only; {0} is not a loopback address")]
     DevNotLoopback(SocketAddr),
+    /// An audit device could not start.
+    #[error(transparent)]
+    Audit(#[from] audit_file::AuditFileError),
 }
 
 /// Options of `keyhaven server --dev`.
@@ -71,6 +76,8 @@ pub struct Server {
     router: axum::Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     local_addr: SocketAddr,
+    /// Closed (close record written) after the last request.
+    audit_files: Vec<Arc<audit_file::FileDevice>>,
 }
 
 impl Server {
@@ -90,13 +97,17 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let address = self.local_addr;
-        match self.tls {
+        let served = match self.tls {
             None => axum::serve(self.listener, self.router)
                 .with_graceful_shutdown(shutdown)
                 .await
                 .map_err(|source| ServerError::Listen { address, source }),
             Some(acceptor) => tls::serve(self.listener, acceptor, self.router, shutdown).await,
+        };
+        for device in &self.audit_files {
+            device.close().await;
         }
+        served
     }
 }
 
@@ -132,9 +143,25 @@ pub async fn build(
         return Err(ServerError::DevNotLoopback(config.address));
     }
     let storage = open_storage(config)?;
-    let core = Core::new(storage, clock)
-        .await
-        .map_err(ServerError::Engine)?;
+    let mut audit_files = Vec::with_capacity(config.audit.len());
+    for device in &config.audit {
+        audit_files.push(audit_file::FileDevice::start(device.clone())?);
+    }
+    let devices: Vec<Arc<dyn AuditDevice>> = audit_files
+        .iter()
+        .map(|d| Arc::clone(d) as Arc<dyn AuditDevice>)
+        .collect();
+    let audit = Arc::new(AuditBroker::new(devices).with_clock(clock.clone()));
+    let core = Core::with_options(
+        storage,
+        clock,
+        CoreOptions {
+            audit,
+            outbound: None,
+        },
+    )
+    .await
+    .map_err(ServerError::Engine)?;
     let creds = match &dev {
         Some(opts) => {
             use secrecy::ExposeSecret;
@@ -187,6 +214,7 @@ pub async fn build(
             router,
             tls,
             local_addr,
+            audit_files,
         },
         creds,
     ))

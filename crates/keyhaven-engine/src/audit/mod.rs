@@ -1,22 +1,62 @@
 //! The audit broker: every request and response through [`crate::Core::handle`], allowed or
 //! denied, is recorded by the enabled audit devices before it takes effect.
 //!
-//! (Being implemented: no devices exist yet, so nothing is recorded.)
+//! Invariants:
+//! - **Fail closed.** A request record must be accepted by at least one device, within that
+//!   device's [`AuditDevice::timeout`], before the request runs; otherwise the request fails
+//!   with [`EngineError::Unavailable`] and has no effect. The response record is gated the
+//!   same way (the effect has then happened, but the caller is told the request failed and
+//!   the request record is already in the log). With no devices configured nothing is
+//!   recorded and nothing fails.
+//! - **Strings are hashed.** Every string in request data, response data and nested values,
+//!   and the credentials of `auth` objects (client tokens and accessors), becomes
+//!   `hmac-sha256:<hex>` under a per-device key. Object keys, numbers, booleans and nulls
+//!   pass in clear, as Vault does. Unlike Vault, strings that look like RFC 3339 times are
+//!   hashed too: a secret value may look like a time.
+//! - **Keys live behind the barrier.** Each device's HMAC key is created at the first unseal
+//!   (`core/audit/<device>/salt`), loaded at unseal and dropped at seal.
+//!
+//! The records use Vault's JSON layout (`time`, `type`, `auth`, `request`, `response`,
+//! `error`), so tools that read Vault audit logs read these. Devices may add fields of
+//! their own (the file device adds its hash chain).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use keyhaven_crypto::HmacKey;
 use keyhaven_storage::Store;
-use serde_json::{Map, Value};
+use parking_lot::RwLock;
+use serde_json::{Map, Value, json};
+use zeroize::Zeroizing;
 
+use crate::clock::{Clock, SystemClock, rfc3339};
 use crate::error::EngineError;
 use crate::request::{Request, Response};
 use crate::token::TokenEntry;
 
+#[cfg(test)]
+mod tests;
+
+/// How long a device may take to accept a record unless it says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prefix of every hashed value.
+pub const HASH_PREFIX: &str = "hmac-sha256:";
+
+/// Length of a device's HMAC key.
+const SALT_LEN: usize = 32;
+
+/// Log target of audit-device events (failures, recoveries); never carries record contents.
+const TARGET: &str = "keyhaven::audit";
+
 /// A sink for audit records (the server provides a file device).
 #[async_trait]
 pub trait AuditDevice: Send + Sync + 'static {
-    /// Device name, e.g. `file`.
+    /// Device name, e.g. `file`; unique among the devices of a server.
     fn name(&self) -> &str;
     /// Device type, e.g. `file`.
     fn kind(&self) -> &str;
@@ -28,62 +68,443 @@ pub trait AuditDevice: Send + Sync + 'static {
     fn options(&self) -> Map<String, Value> {
         Map::new()
     }
-    /// Record one JSON line (without the newline). Returns once the device accepted it.
+    /// Whether the device is local to this node (Vault's `local`).
+    fn local(&self) -> bool {
+        false
+    }
+    /// How long the broker waits for [`AuditDevice::write`] before counting the record as
+    /// not accepted by this device.
+    fn timeout(&self) -> Duration {
+        DEFAULT_TIMEOUT
+    }
+    /// Record one JSON object (without a newline). Returns once the device accepted it
+    /// (for a file: written and flushed). Must fail rather than wait without bound when it
+    /// cannot accept records; the broker also bounds the wait by [`AuditDevice::timeout`].
     async fn write(&self, record: Vec<u8>) -> Result<(), EngineError>;
 }
 
+/// One device and its unsealed key.
+struct Slot {
+    device: Arc<dyn AuditDevice>,
+    /// Whether the last write failed (to log transitions, not every failure).
+    failing: AtomicBool,
+}
+
 /// Fans records out to the devices and fails closed.
-#[derive(Default)]
 pub struct AuditBroker {
-    devices: Vec<Arc<dyn AuditDevice>>,
+    slots: Vec<Slot>,
+    /// Per-device HMAC keys, index-aligned with `slots`; empty while sealed.
+    keys: RwLock<Vec<Arc<HmacKey>>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for AuditBroker {
+    fn default() -> Self {
+        AuditBroker::new(Vec::new())
+    }
+}
+
+impl std::fmt::Debug for AuditBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditBroker")
+            .field(
+                "devices",
+                &self
+                    .slots
+                    .iter()
+                    .map(|s| s.device.name())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a record is about: the token that made the request (if it authenticated) and the
+/// request itself.
+struct Subject<'a> {
+    auth: Option<&'a TokenEntry>,
+    req: &'a Request,
 }
 
 impl AuditBroker {
-    /// A broker over these devices.
+    /// A broker over these devices (names must be unique), with the system clock.
     pub fn new(devices: Vec<Arc<dyn AuditDevice>>) -> Self {
-        AuditBroker { devices }
+        AuditBroker {
+            slots: devices
+                .into_iter()
+                .map(|device| Slot {
+                    device,
+                    failing: AtomicBool::new(false),
+                })
+                .collect(),
+            keys: RwLock::new(Vec::new()),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The same broker, stamping records with `clock`.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Whether any device is enabled.
     pub fn is_enabled(&self) -> bool {
-        !self.devices.is_empty()
+        !self.slots.is_empty()
     }
 
-    /// Prepare per-device keys from the unsealed barrier.
-    pub(crate) async fn unseal(&self, _storage: Arc<dyn Store>) -> Result<(), EngineError> {
+    /// Storage key of a device's HMAC key (behind the barrier).
+    fn salt_path(name: &str) -> String {
+        format!("core/audit/{name}/salt")
+    }
+
+    /// Prepare per-device keys from the unsealed barrier: load each device's key, creating
+    /// it at the first unseal.
+    pub(crate) async fn unseal(&self, storage: Arc<dyn Store>) -> Result<(), EngineError> {
+        let mut keys = Vec::with_capacity(self.slots.len());
+        for slot in &self.slots {
+            let path = Self::salt_path(slot.device.name());
+            let salt = match storage.get(&path).await? {
+                Some(bytes) => Zeroizing::new(bytes),
+                None => {
+                    let mut fresh = Zeroizing::new(vec![0u8; SALT_LEN]);
+                    keyhaven_crypto::fill_random(&mut fresh).map_err(|_| EngineError::Crypto)?;
+                    // Another replica may have created it first: then use theirs.
+                    if storage
+                        .compare_and_swap(&path, None, Some(fresh.to_vec()))
+                        .await?
+                    {
+                        fresh
+                    } else {
+                        Zeroizing::new(storage.get(&path).await?.ok_or_else(|| {
+                            EngineError::Corrupt("audit device key vanished".to_owned())
+                        })?)
+                    }
+                }
+            };
+            if salt.len() != SALT_LEN {
+                return Err(EngineError::Corrupt(format!(
+                    "the key of audit device {:?} is malformed",
+                    slot.device.name()
+                )));
+            }
+            keys.push(Arc::new(HmacKey::new(&salt)));
+        }
+        *self.keys.write() = keys;
         Ok(())
     }
 
     /// Drop per-device keys.
-    pub(crate) fn seal(&self) {}
+    pub(crate) fn seal(&self) {
+        self.keys.write().clear();
+    }
 
-    /// Record a request (after authentication and authorization, before it runs).
+    fn keys(&self) -> Result<Vec<Arc<HmacKey>>, EngineError> {
+        let keys = self.keys.read().clone();
+        if keys.len() != self.slots.len() {
+            return Err(EngineError::Unavailable(
+                "audit: device keys are not loaded (sealed)".to_owned(),
+            ));
+        }
+        Ok(keys)
+    }
+
+    /// Record a request (after authentication and authorization, before it runs). `error`
+    /// is why it was refused, if it was.
     pub async fn log_request(
         &self,
-        _auth: Option<&TokenEntry>,
-        _req: &Request,
-        _error: Option<&EngineError>,
+        auth: Option<&TokenEntry>,
+        req: &Request,
+        error: Option<&EngineError>,
     ) -> Result<(), EngineError> {
-        Ok(())
+        if self.slots.is_empty() {
+            return Ok(());
+        }
+        let keys = self.keys()?;
+        let subject = Subject { auth, req };
+        let time = rfc3339(self.clock.now());
+        let error = error.map(ToString::to_string);
+        self.fan_out(&keys, "request", |key| {
+            request_record(key, &time, &subject, error.as_deref())
+        })
+        .await
     }
 
     /// Record a response.
     pub async fn log_response(
         &self,
-        _auth: Option<&TokenEntry>,
-        _req: &Request,
-        _result: &Result<Response, EngineError>,
+        auth: Option<&TokenEntry>,
+        req: &Request,
+        result: &Result<Response, EngineError>,
     ) -> Result<(), EngineError> {
-        Ok(())
+        if self.slots.is_empty() {
+            return Ok(());
+        }
+        // The keys are gone only if the server was sealed after the request was recorded:
+        // by this very request (`sys/seal`) or while it ran. Vault records only the request
+        // of `sys/seal` too; the request record is in the log.
+        let Ok(keys) = self.keys() else {
+            tracing::debug!(target: TARGET, "sealed while the request ran; its response is not recorded");
+            return Ok(());
+        };
+        let subject = Subject { auth, req };
+        let time = rfc3339(self.clock.now());
+        self.fan_out(&keys, "response", |key| {
+            response_record(key, &time, &subject, result)
+        })
+        .await
+    }
+
+    /// Format one record per device and succeed as soon as one device accepted its record.
+    async fn fan_out(
+        &self,
+        keys: &[Arc<HmacKey>],
+        what: &str,
+        format: impl Fn(&HmacKey) -> Result<Vec<u8>, EngineError>,
+    ) -> Result<(), EngineError> {
+        let mut pending = FuturesUnordered::new();
+        for (index, (slot, key)) in self.slots.iter().zip(keys).enumerate() {
+            let record = format(key)?;
+            let timeout = slot.device.timeout();
+            let write = slot.device.write(record);
+            pending.push(async move {
+                let outcome = match tokio::time::timeout(timeout, write).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("timed out after {timeout:?}")),
+                };
+                (index, outcome)
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some((index, outcome)) = pending.next().await {
+            let Some(slot) = self.slots.get(index) else {
+                continue;
+            };
+            match outcome {
+                Ok(()) => {
+                    if slot.failing.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(target: TARGET, device = slot.device.name(), "audit device accepts records again");
+                    }
+                    // At least one device has the record. The others' writes are dropped
+                    // here; records they already queued are still written.
+                    return Ok(());
+                }
+                Err(reason) => {
+                    if !slot.failing.swap(true, Ordering::Relaxed) {
+                        tracing::error!(target: TARGET, device = slot.device.name(), %reason, "audit device failed to record");
+                    } else {
+                        tracing::debug!(target: TARGET, device = slot.device.name(), %reason, "audit device failed to record");
+                    }
+                    failures.push(format!("{}: {reason}", slot.device.name()));
+                }
+            }
+        }
+        Err(EngineError::Unavailable(format!(
+            "audit: no audit device recorded the {what} ({})",
+            failures.join("; ")
+        )))
     }
 
     /// `sys/audit`: the devices, keyed `<name>/`.
     pub fn list(&self) -> Map<String, Value> {
-        Map::new()
+        let mut out = Map::new();
+        for slot in &self.slots {
+            let d = &slot.device;
+            let path = format!("{}/", d.name());
+            out.insert(
+                path.clone(),
+                json!({
+                    "type": d.kind(),
+                    "description": d.description(),
+                    "options": d.options(),
+                    "path": path,
+                    "local": d.local(),
+                }),
+            );
+        }
+        out
     }
 
     /// `sys/audit-hash/<device>`: the HMAC a device would log for `input`.
-    pub fn hash(&self, _device: &str, _input: &str) -> Result<String, EngineError> {
-        Err(EngineError::NotFound("no such audit device".to_owned()))
+    pub fn hash(&self, device: &str, input: &str) -> Result<String, EngineError> {
+        let name = device.trim_end_matches('/');
+        let index = self
+            .slots
+            .iter()
+            .position(|s| s.device.name() == name)
+            .ok_or_else(|| EngineError::invalid(format!("unknown audit device {name:?}")))?;
+        let keys = self.keys()?;
+        let key = keys
+            .get(index)
+            .ok_or_else(|| EngineError::Unavailable("audit: device key missing".to_owned()))?;
+        Ok(hash_str(key, input))
     }
+}
+
+/// `hmac-sha256:<hex>` of `s`.
+fn hash_str(key: &HmacKey, s: &str) -> String {
+    let mut out = String::with_capacity(HASH_PREFIX.len() + 64);
+    out.push_str(HASH_PREFIX);
+    out.push_str(&hex::encode(key.sign(s.as_bytes())));
+    out
+}
+
+/// A copy of `v` in which every string, at any depth, is hashed. Keys are kept.
+fn hash_value(key: &HmacKey, v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(hash_str(key, s)),
+        Value::Array(items) => Value::Array(items.iter().map(|i| hash_value(key, i)).collect()),
+        Value::Object(map) => Value::Object(hash_map(key, map)),
+        other => other.clone(),
+    }
+}
+
+fn hash_map(key: &HmacKey, map: &Map<String, Value>) -> Map<String, Value> {
+    map.iter()
+        .map(|(k, v)| (k.clone(), hash_value(key, v)))
+        .collect()
+}
+
+/// Insert `value` unless it is an empty string (Vault's `omitempty`).
+fn put_str(map: &mut Map<String, Value>, field: &str, value: String) {
+    if !value.is_empty() {
+        map.insert(field.to_owned(), Value::String(value));
+    }
+}
+
+/// Vault's `auth` block of a record: who made the request.
+fn auth_block(key: &HmacKey, s: &Subject<'_>) -> Map<String, Value> {
+    let mut a = Map::new();
+    let Some(entry) = s.auth else {
+        return a;
+    };
+    if let Some(token) = &s.req.token {
+        put_str(&mut a, "client_token", hash_str(key, token.expose()));
+    }
+    if !entry.accessor.is_empty() {
+        put_str(&mut a, "accessor", hash_str(key, &entry.accessor));
+    }
+    put_str(&mut a, "display_name", entry.display_name.clone());
+    if !entry.policies.is_empty() {
+        a.insert("policies".to_owned(), json!(entry.policies));
+        a.insert("token_policies".to_owned(), json!(entry.policies));
+    }
+    if !entry.meta.is_empty() {
+        a.insert("metadata".to_owned(), json!(entry.meta));
+    }
+    if entry.num_uses > 0 {
+        a.insert("remaining_uses".to_owned(), json!(entry.num_uses));
+    }
+    a.insert("token_type".to_owned(), json!("service"));
+    if entry.creation_ttl > 0 {
+        a.insert("token_ttl".to_owned(), json!(entry.creation_ttl));
+    }
+    if let Some(t) = unix_time(entry.issue_time) {
+        a.insert("token_issue_time".to_owned(), Value::String(t));
+    }
+    a
+}
+
+fn unix_time(secs: i64) -> Option<String> {
+    if secs <= 0 {
+        return None;
+    }
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// Vault's `request` block of a record.
+fn request_block(key: &HmacKey, s: &Subject<'_>) -> Map<String, Value> {
+    let mut r = Map::new();
+    put_str(&mut r, "id", s.req.id.clone());
+    r.insert(
+        "operation".to_owned(),
+        Value::String(s.req.operation.as_str().to_owned()),
+    );
+    if let Some(token) = &s.req.token {
+        put_str(&mut r, "client_token", hash_str(key, token.expose()));
+    }
+    if let Some(entry) = s.auth
+        && !entry.accessor.is_empty()
+    {
+        put_str(
+            &mut r,
+            "client_token_accessor",
+            hash_str(key, &entry.accessor),
+        );
+    }
+    r.insert("path".to_owned(), Value::String(s.req.path.clone()));
+    if !s.req.data.is_empty() {
+        r.insert("data".to_owned(), Value::Object(hash_map(key, &s.req.data)));
+    }
+    r
+}
+
+/// The credentials in an `auth` object of a response (logins, token creation) are hashed;
+/// policies, metadata and the other descriptive fields are kept, as Vault does.
+fn response_auth(key: &HmacKey, auth: &Map<String, Value>) -> Map<String, Value> {
+    auth.iter()
+        .map(|(k, v)| {
+            let v = match (k.as_str(), v) {
+                ("client_token" | "accessor", Value::String(s)) => Value::String(hash_str(key, s)),
+                (_, other) => other.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+fn encode(record: Map<String, Value>) -> Result<Vec<u8>, EngineError> {
+    serde_json::to_vec(&Value::Object(record))
+        .map_err(|_| EngineError::Unavailable("audit: cannot encode a record".to_owned()))
+}
+
+fn request_record(
+    key: &HmacKey,
+    time: &str,
+    s: &Subject<'_>,
+    error: Option<&str>,
+) -> Result<Vec<u8>, EngineError> {
+    let mut rec = Map::new();
+    rec.insert("time".to_owned(), Value::String(time.to_owned()));
+    rec.insert("type".to_owned(), Value::String("request".to_owned()));
+    rec.insert("auth".to_owned(), Value::Object(auth_block(key, s)));
+    rec.insert("request".to_owned(), Value::Object(request_block(key, s)));
+    if let Some(e) = error {
+        put_str(&mut rec, "error", e.to_owned());
+    }
+    encode(rec)
+}
+
+fn response_record(
+    key: &HmacKey,
+    time: &str,
+    s: &Subject<'_>,
+    result: &Result<Response, EngineError>,
+) -> Result<Vec<u8>, EngineError> {
+    let mut rec = Map::new();
+    rec.insert("time".to_owned(), Value::String(time.to_owned()));
+    rec.insert("type".to_owned(), Value::String("response".to_owned()));
+    rec.insert("auth".to_owned(), Value::Object(auth_block(key, s)));
+    rec.insert("request".to_owned(), Value::Object(request_block(key, s)));
+    let mut resp = Map::new();
+    match result {
+        Ok(r) => {
+            if let Some(data) = &r.data {
+                resp.insert("data".to_owned(), Value::Object(hash_map(key, data)));
+            }
+            if let Some(auth) = &r.auth {
+                resp.insert("auth".to_owned(), Value::Object(response_auth(key, auth)));
+            }
+            if !r.warnings.is_empty() {
+                resp.insert("warnings".to_owned(), json!(r.warnings));
+            }
+        }
+        Err(e) => put_str(&mut rec, "error", e.to_string()),
+    }
+    rec.insert("response".to_owned(), Value::Object(resp));
+    encode(rec)
 }

@@ -1,0 +1,408 @@
+//! The broker through the real request path: hashing, fail-closed behaviour, keys behind
+//! the barrier.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use keyhaven_storage::{MemStore, Store};
+
+use parking_lot::Mutex;
+use serde_json::{Map, Value, json};
+
+use super::{AuditBroker, AuditDevice};
+use crate::{ClientToken, Core, CoreOptions, EngineError, ManualClock, Operation, Request};
+
+/// Keeps records in memory; can be told to fail or to hang.
+#[derive(Default)]
+struct MemDevice {
+    name: String,
+    records: Mutex<Vec<Vec<u8>>>,
+    fail: Mutex<bool>,
+    hang: Mutex<bool>,
+}
+
+impl MemDevice {
+    fn named(name: &str) -> Arc<MemDevice> {
+        Arc::new(MemDevice {
+            name: name.to_owned(),
+            ..Default::default()
+        })
+    }
+
+    fn records(&self) -> Vec<Value> {
+        self.records
+            .lock()
+            .iter()
+            .map(|r| serde_json::from_slice(r).unwrap())
+            .collect()
+    }
+
+    fn raw(&self) -> Vec<u8> {
+        self.records.lock().concat()
+    }
+}
+
+#[async_trait]
+impl AuditDevice for MemDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &str {
+        "mem"
+    }
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(200)
+    }
+    async fn write(&self, record: Vec<u8>) -> Result<(), EngineError> {
+        if *self.hang.lock() {
+            std::future::pending::<()>().await;
+        }
+        if *self.fail.lock() {
+            return Err(EngineError::Unavailable("mem device: broken".to_owned()));
+        }
+        self.records.lock().push(record);
+        Ok(())
+    }
+}
+
+const SECRET: &str = "planted-S3cret-value-9f8e7d";
+
+async fn core_with(devices: Vec<Arc<dyn AuditDevice>>) -> (Arc<Core>, String) {
+    let store = Arc::new(MemStore::new());
+    let clock = Arc::new(ManualClock::new(
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    ));
+    let audit = Arc::new(AuditBroker::new(devices).with_clock(clock.clone()));
+    let core = Core::with_options(
+        store.clone(),
+        clock,
+        CoreOptions {
+            audit,
+            outbound: None,
+        },
+    )
+    .await
+    .unwrap();
+    let init = core.dev_setup(Some("root-token-for-tests")).await.unwrap();
+    let root = secrecy::ExposeSecret::expose_secret(&init.root_token).to_owned();
+    (core, root)
+}
+
+fn req(op: Operation, path: &str, data: Value, token: Option<&str>) -> Request {
+    let data: Map<String, Value> = match data {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    Request {
+        id: format!("req-{path}"),
+        operation: op,
+        path: path.into(),
+        data,
+        token: token.map(|t| ClientToken::new(t.to_owned())),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn secrets_and_tokens_never_appear_and_hashes_match_audit_hash() {
+    let dev = MemDevice::named("mem");
+    let (core, root) = core_with(vec![dev.clone()]).await;
+    core.handle(req(
+        Operation::Update,
+        "secret/data/app",
+        json!({"data": {"password": SECRET, "port": 5432, "enabled": true}}),
+        Some(&root),
+    ))
+    .await
+    .unwrap();
+    let read = core
+        .handle(req(
+            Operation::Read,
+            "secret/data/app",
+            json!({}),
+            Some(&root),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(read.data.unwrap()["data"]["password"], SECRET);
+
+    let raw = dev.raw();
+    assert!(!contains(&raw, SECRET), "secret value in the audit records");
+    assert!(!contains(&raw, &root), "root token in the audit records");
+
+    let hash = core.options.audit.hash("mem", SECRET).unwrap();
+    assert!(hash.starts_with("hmac-sha256:") && hash.len() == 12 + 64);
+    let records = dev.records();
+    // Write: request + response; read: request + response.
+    assert_eq!(records.len(), 4, "{records:?}");
+    let write_req = &records[0];
+    assert_eq!(write_req["type"], "request");
+    assert_eq!(write_req["request"]["operation"], "update");
+    assert_eq!(write_req["request"]["path"], "secret/data/app");
+    assert_eq!(write_req["request"]["data"]["data"]["password"], hash);
+    // Numbers and booleans pass in clear; keys are not hashed.
+    assert_eq!(write_req["request"]["data"]["data"]["port"], 5432);
+    assert_eq!(write_req["request"]["data"]["data"]["enabled"], true);
+    let token_hash = core.options.audit.hash("mem/", &root).unwrap();
+    assert_eq!(write_req["request"]["client_token"], token_hash);
+    assert_eq!(write_req["auth"]["client_token"], token_hash);
+    assert_eq!(write_req["auth"]["policies"], json!(["root"]));
+    assert!(
+        write_req["auth"]["accessor"]
+            .as_str()
+            .unwrap()
+            .starts_with("hmac-sha256:")
+    );
+    let read_resp = &records[3];
+    assert_eq!(read_resp["type"], "response");
+    assert_eq!(read_resp["response"]["data"]["data"]["password"], hash);
+    // Every string in response data is hashed, times included.
+    let created = read_resp["response"]["data"]["metadata"]["created_time"]
+        .as_str()
+        .unwrap();
+    assert!(created.starts_with("hmac-sha256:"), "{created}");
+    assert!(read_resp["time"].as_str().unwrap().starts_with("2027-"));
+}
+
+#[tokio::test]
+async fn created_tokens_are_hashed_in_response_auth() {
+    let dev = MemDevice::named("mem");
+    let (core, root) = core_with(vec![dev.clone()]).await;
+    let created = core
+        .handle(req(
+            Operation::Update,
+            "auth/token/create",
+            json!({"policies": ["default"], "meta": {"team": "blue"}}),
+            Some(&root),
+        ))
+        .await
+        .unwrap();
+    let auth = created.auth.unwrap();
+    let child = auth["client_token"].as_str().unwrap().to_owned();
+    let accessor = auth["accessor"].as_str().unwrap().to_owned();
+    let raw = dev.raw();
+    assert!(!contains(&raw, &child));
+    assert!(!contains(&raw, &accessor));
+    let records = dev.records();
+    let resp = records.last().unwrap();
+    let audit = &core.options.audit;
+    assert_eq!(
+        resp["response"]["auth"]["client_token"],
+        audit.hash("mem", &child).unwrap()
+    );
+    assert_eq!(
+        resp["response"]["auth"]["accessor"],
+        audit.hash("mem", &accessor).unwrap()
+    );
+    assert_eq!(resp["response"]["auth"]["metadata"]["team"], "blue");
+}
+
+#[tokio::test]
+async fn denied_and_unauthenticated_requests_are_recorded_with_their_error() {
+    let dev = MemDevice::named("mem");
+    let (core, _root) = core_with(vec![dev.clone()]).await;
+    let err = core
+        .handle(req(
+            Operation::Read,
+            "secret/data/app",
+            json!({}),
+            Some("hvs.not-a-real-token"),
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::PermissionDenied));
+    let err = core
+        .handle(req(Operation::Read, "secret/data/app", json!({}), None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::PermissionDenied));
+    let records = dev.records();
+    assert_eq!(records.len(), 2, "{records:?}");
+    for r in &records {
+        assert_eq!(r["type"], "request");
+        assert_eq!(r["error"], "permission denied");
+        assert_eq!(r["request"]["path"], "secret/data/app");
+    }
+    // The unknown token is logged hashed, so an operator can search for it.
+    assert_eq!(
+        records[0]["request"]["client_token"],
+        core.options
+            .audit
+            .hash("mem", "hvs.not-a-real-token")
+            .unwrap()
+    );
+    assert!(!contains(&dev.raw(), "hvs.not-a-real-token"));
+    assert!(records[1]["request"].get("client_token").is_none());
+}
+
+#[tokio::test]
+async fn a_failing_device_fails_the_request_before_it_runs() {
+    let dev = MemDevice::named("mem");
+    let (core, root) = core_with(vec![dev.clone()]).await;
+    *dev.fail.lock() = true;
+    let err = core
+        .handle(req(
+            Operation::Update,
+            "secret/data/lost",
+            json!({"data": {"k": "v"}}),
+            Some(&root),
+        ))
+        .await
+        .unwrap_err();
+    match &err {
+        EngineError::Unavailable(m) => assert!(m.starts_with("audit: "), "{m}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    *dev.fail.lock() = false;
+    let err = core
+        .handle(req(
+            Operation::Read,
+            "secret/data/lost",
+            json!({}),
+            Some(&root),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::NotFound(_)),
+        "the write ran: {err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_hung_device_fails_within_its_timeout() {
+    let dev = MemDevice::named("mem");
+    let (core, root) = core_with(vec![dev.clone()]).await;
+    *dev.hang.lock() = true;
+    let started = std::time::Instant::now();
+    let err = core
+        .handle(req(
+            Operation::Update,
+            "secret/data/lost",
+            json!({"data": {"k": "v"}}),
+            Some(&root),
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn one_working_device_is_enough() {
+    let good = MemDevice::named("good");
+    let bad = MemDevice::named("bad");
+    *bad.hang.lock() = true;
+    let (core, root) = core_with(vec![bad.clone(), good.clone()]).await;
+    let started = std::time::Instant::now();
+    core.handle(req(
+        Operation::Update,
+        "secret/data/app",
+        json!({"data": {"k": "v"}}),
+        Some(&root),
+    ))
+    .await
+    .unwrap();
+    // The working device answers at once; the hung one is not waited for.
+    assert!(started.elapsed() < Duration::from_millis(150));
+    assert_eq!(good.records().len(), 2);
+    // Keys differ per device.
+    let audit = &core.options.audit;
+    assert_ne!(
+        audit.hash("good", "x").unwrap(),
+        audit.hash("bad", "x").unwrap()
+    );
+}
+
+#[tokio::test]
+async fn keys_live_behind_the_barrier_and_drop_at_seal() {
+    let dev = MemDevice::named("mem");
+    let store = Arc::new(MemStore::new());
+    let clock = Arc::new(ManualClock::new(
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    ));
+    let core = Core::with_options(
+        store.clone(),
+        clock,
+        CoreOptions {
+            audit: Arc::new(AuditBroker::new(vec![dev.clone()])),
+            outbound: None,
+        },
+    )
+    .await
+    .unwrap();
+    let init = core.dev_setup(None).await.unwrap();
+    let before = core.options.audit.hash("mem", "x").unwrap();
+    // Stored at the documented path, encrypted by the barrier.
+    let raw = store.get("core/audit/mem/salt").await.unwrap().unwrap();
+    assert_ne!(raw.len(), 32, "the key is stored in clear");
+    let list = core.options.audit.list();
+    assert_eq!(list["mem/"]["type"], "mem");
+    assert_eq!(list["mem/"]["path"], "mem/");
+
+    core.seal().await;
+    assert!(core.options.audit.hash("mem", "x").is_err());
+    let share = hex::encode(init.shares[0].as_bytes());
+    core.unseal(crate::UnsealInput::Key(secrecy::SecretString::from(share)))
+        .await
+        .unwrap();
+    assert_eq!(core.options.audit.hash("mem", "x").unwrap(), before);
+}
+
+#[tokio::test]
+async fn no_devices_records_nothing_and_fails_nothing() {
+    let (core, root) = core_with(Vec::new()).await;
+    assert!(!core.options.audit.is_enabled());
+    core.handle(req(
+        Operation::Update,
+        "secret/data/app",
+        json!({"data": {"k": "v"}}),
+        Some(&root),
+    ))
+    .await
+    .unwrap();
+    assert!(core.options.audit.list().is_empty());
+    assert!(core.options.audit.hash("file", "x").is_err());
+}
+
+#[tokio::test]
+async fn sys_audit_and_audit_hash_through_the_api() {
+    let dev = MemDevice::named("mem");
+    let (core, root) = core_with(vec![dev.clone()]).await;
+    let listed = core
+        .handle(req(Operation::Read, "sys/audit", json!({}), Some(&root)))
+        .await
+        .unwrap();
+    assert_eq!(listed.data.unwrap()["mem/"]["type"], "mem");
+    let hashed = core
+        .handle(req(
+            Operation::Update,
+            "sys/audit-hash/mem",
+            json!({"input": SECRET}),
+            Some(&root),
+        ))
+        .await
+        .unwrap();
+    let h = hashed.data.unwrap()["hash"].as_str().unwrap().to_owned();
+    assert_eq!(h, core.options.audit.hash("mem", SECRET).unwrap());
+    // The input of audit-hash is itself hashed in the record.
+    assert!(!contains(&dev.raw(), SECRET));
+}
+
+#[tokio::test]
+async fn sealing_through_the_api_succeeds_with_audit_enabled() {
+    let dev = MemDevice::named("mem");
+    let (core, root) = core_with(vec![dev.clone()]).await;
+    core.handle(req(Operation::Update, "sys/seal", json!({}), Some(&root)))
+        .await
+        .unwrap();
+    assert!(core.is_sealed());
+    let records = dev.records();
+    assert_eq!(records.last().unwrap()["request"]["path"], "sys/seal");
+}

@@ -1,0 +1,1166 @@
+//! The `file` audit device: JSON lines in a hash chain, written by one writer thread, and
+//! the verifier behind `keyhaven audit verify`.
+//!
+//! # Writing
+//!
+//! Requests hand records to a bounded queue ([`QUEUE_CAPACITY`]). One writer thread takes
+//! every record waiting (up to [`MAX_BATCH`]), appends them as lines with one `write`,
+//! flushes (and, with `fsync = true`, calls `fdatasync`) and only then acknowledges each
+//! sender. A full queue fails at once; a sender waits for its acknowledgement at most the
+//! device's timeout. A sink that blocks (a full pipe, a hung network file system) therefore
+//! blocks only the writer thread: requests fail within the timeout and the server keeps
+//! answering. A failed write is undone (`ftruncate` back to the last complete line) so the
+//! file never keeps a partial record the writer knows about.
+//!
+//! # The chain
+//!
+//! Every line is the engine's record with two fields put in front:
+//!
+//! ```text
+//! {"prev_hash":"sha256:<hex of SHA-256 over the previous line's exact bytes, without its newline>","seq":<n>, …record…}
+//! ```
+//!
+//! `seq` counts records across files and restarts, without gaps. The writer adds records of
+//! its own, `"type":"audit_file"` with `"event":"open"` (the first line it writes after
+//! opening a file) or `"event":"close"` (at shutdown and before a SIGHUP reopen). The first
+//! line of a new chain has the genesis `prev_hash` ([`GENESIS`]). When the server starts on
+//! an existing file it continues that file's chain from its last line (a partial last line
+//! left by a crash is cut off first, and the open record says how many bytes).
+//!
+//! # Rotation
+//!
+//! Rename the file, then send SIGHUP: the writer appends a close record to the renamed
+//! file, opens the configured path again, and starts it with an open record whose
+//! `prev_hash` is the hash of that close record and whose `seq` follows it. So each file is
+//! a chain segment, and consecutive segments link. ([`verify_files`] checks the links;
+//! [`verify`] of a single file reports the hash its first record links to, in
+//! [`VerifyReport::continues_from`].) Copy-and-truncate rotation breaks the chain: don't.
+//!
+//! # What verification proves
+//!
+//! [`verify`] names the first line that was edited, removed, inserted or moved, and a file
+//! cut in the middle of a line. A file whose last record is not a close record may have
+//! lost records at its end (or is still being written): [`VerifyReport::closed`] says so
+//! and the CLI fails on it unless told the file is live. The chain uses no secret, so
+//! someone able to rewrite the whole file from some line on can rebuild it; the writer logs
+//! the chain head (`seq` and hash) on the operational log at every close, which anchors
+//! the file outside it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyhaven_engine::audit::AuditDevice;
+use keyhaven_engine::{Clock as _, EngineError, SystemClock};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+/// Records waiting for the writer, at most.
+pub const QUEUE_CAPACITY: usize = 8192;
+/// Records written together, at most.
+pub const MAX_BATCH: usize = 1024;
+/// `prev_hash` of the first record of a chain.
+pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+/// The `type` of the writer's own records.
+pub const DEVICE_RECORD_TYPE: &str = "audit_file";
+
+const TARGET: &str = "keyhaven::audit";
+
+/// The settings of one file device (the validated `[[audit]]` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDeviceConfig {
+    /// Device name (`sys/audit` lists it as `<name>/`).
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// The file.
+    pub path: PathBuf,
+    /// How long a request waits for its record to be written.
+    pub timeout: Duration,
+    /// `fdatasync` after each batch.
+    pub fsync: bool,
+}
+
+/// Why a file device could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditFileError {
+    /// The path names a directory.
+    #[error("audit device {name}: {path} is a directory")]
+    IsDirectory {
+        /// Device.
+        name: String,
+        /// Path.
+        path: PathBuf,
+    },
+    /// The existing file may be written by anyone.
+    #[error("audit device {name}: {path} is world-writable; refusing to log to it (chmod o-w)")]
+    WorldWritable {
+        /// Device.
+        name: String,
+        /// Path.
+        path: PathBuf,
+    },
+    /// The file cannot be opened or read.
+    #[error("audit device {name}: cannot open {path}: {source}")]
+    Open {
+        /// Device.
+        name: String,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file exists but does not end with a record of this device.
+    #[error("audit device {name}: {path} does not end with a keyhaven audit record; move it away")]
+    Foreign {
+        /// Device.
+        name: String,
+        /// Path.
+        path: PathBuf,
+    },
+    /// The writer thread or the SIGHUP handler could not start.
+    #[error("audit device {name}: cannot start the writer: {source}")]
+    Start {
+        /// Device.
+        name: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Tells a sender whether its record was written (or why not).
+type Ack = oneshot::Sender<Result<(), String>>;
+
+enum Msg {
+    Record(Vec<u8>, Ack),
+    /// Look at the reopen flag.
+    Wake,
+    /// Write the close record and stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// A running file device.
+pub struct FileDevice {
+    config: FileDeviceConfig,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl std::fmt::Debug for FileDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileDevice")
+            .field("name", &self.config.name)
+            .field("path", &self.config.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileDevice {
+    /// Check the path, start the writer thread and the SIGHUP handler. Must run inside a
+    /// tokio runtime.
+    ///
+    /// A regular file is opened here, so a bad path fails start-up; other files (a FIFO, a
+    /// character device) are opened by the writer, and until that succeeds requests fail.
+    pub fn start(config: FileDeviceConfig) -> Result<Arc<FileDevice>, AuditFileError> {
+        let name = config.name.clone();
+        let regular = check_path(&config)?;
+        let mut writer = Writer {
+            name: name.clone(),
+            path: config.path.clone(),
+            fsync: config.fsync,
+            file: None,
+            regular: false,
+            len: 0,
+            head: Head::genesis(),
+            reopen: Arc::new(AtomicBool::new(false)),
+        };
+        if regular {
+            writer.open("start").map_err(|e| match e {
+                OpenError::Io(source) => AuditFileError::Open {
+                    name: name.clone(),
+                    path: config.path.clone(),
+                    source,
+                },
+                OpenError::Foreign => AuditFileError::Foreign {
+                    name: name.clone(),
+                    path: config.path.clone(),
+                },
+            })?;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let reopen = writer.reopen.clone();
+        std::thread::Builder::new()
+            .name(format!("audit-{name}"))
+            .spawn(move || writer.run(rx))
+            .map_err(|source| AuditFileError::Start {
+                name: name.clone(),
+                source,
+            })?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|source| AuditFileError::Start {
+                name: name.clone(),
+                source,
+            })?;
+        let wake = tx.downgrade();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                reopen.store(true, Ordering::SeqCst);
+                let Some(tx) = wake.upgrade() else { break };
+                // A full queue means the writer is busy; it looks at the flag anyway.
+                let _ = tx.try_send(Msg::Wake);
+            }
+        });
+        Ok(Arc::new(FileDevice { config, tx }))
+    }
+
+    /// Write the close record and stop the writer; waits at most the device's timeout.
+    pub async fn close(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.try_send(Msg::Close(ack)).is_ok() {
+            let _ = tokio::time::timeout(self.config.timeout, done).await;
+        } else {
+            tracing::warn!(target: TARGET, device = %self.config.name, "audit file not closed: the writer is busy or gone");
+        }
+    }
+}
+
+#[async_trait]
+impl AuditDevice for FileDevice {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn kind(&self) -> &str {
+        "file"
+    }
+
+    fn description(&self) -> &str {
+        &self.config.description
+    }
+
+    fn options(&self) -> Map<String, Value> {
+        let mut o = Map::new();
+        o.insert(
+            "file_path".to_owned(),
+            json!(self.config.path.display().to_string()),
+        );
+        o.insert(
+            "timeout".to_owned(),
+            json!(humantime::format_duration(self.config.timeout).to_string()),
+        );
+        o.insert("fsync".to_owned(), json!(self.config.fsync.to_string()));
+        o
+    }
+
+    fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    async fn write(&self, record: Vec<u8>) -> Result<(), EngineError> {
+        let fail = |why: &str| {
+            EngineError::Unavailable(format!("audit: file device {}: {why}", self.config.name))
+        };
+        let (ack, done) = oneshot::channel();
+        match self.tx.try_send(Msg::Record(record, ack)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(fail("queue full")),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(fail("writer stopped")),
+        }
+        match tokio::time::timeout(self.config.timeout, done).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(why))) => Err(fail(&why)),
+            Ok(Err(_)) => Err(fail("writer stopped")),
+            Err(_) => Err(fail(&format!(
+                "not written within {}",
+                humantime::format_duration(self.config.timeout)
+            ))),
+        }
+    }
+}
+
+/// Refuse directories and world-writable regular files; tell whether the path is a regular
+/// file (or does not exist yet, and will be one).
+fn check_path(config: &FileDeviceConfig) -> Result<bool, AuditFileError> {
+    match std::fs::metadata(&config.path) {
+        Ok(meta) => {
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                return Err(AuditFileError::IsDirectory {
+                    name: config.name.clone(),
+                    path: config.path.clone(),
+                });
+            }
+            // Character devices (/dev/null, /dev/full) and FIFOs are writable by design;
+            // the check protects a log file others could edit.
+            if ft.is_file() && meta.permissions().mode() & 0o002 != 0 {
+                return Err(AuditFileError::WorldWritable {
+                    name: config.name.clone(),
+                    path: config.path.clone(),
+                });
+            }
+            Ok(ft.is_file())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(source) => Err(AuditFileError::Open {
+            name: config.name.clone(),
+            path: config.path.clone(),
+            source,
+        }),
+    }
+}
+
+/// The end of the chain: the hash of the last line and its `seq`.
+#[derive(Clone, Copy)]
+struct Head {
+    hash: [u8; 32],
+    seq: u64,
+    genesis: bool,
+}
+
+impl Head {
+    fn genesis() -> Head {
+        Head {
+            hash: [0; 32],
+            seq: 0,
+            genesis: true,
+        }
+    }
+
+    fn prev_hash(&self) -> String {
+        if self.genesis {
+            GENESIS.to_owned()
+        } else {
+            format!("sha256:{}", hex::encode(self.hash))
+        }
+    }
+
+    /// Append `record` (a JSON object) as the next line to `out`; advance.
+    fn append(&mut self, record: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        let seq = self.seq.saturating_add(1);
+        out.extend_from_slice(b"{\"prev_hash\":\"");
+        out.extend_from_slice(self.prev_hash().as_bytes());
+        out.extend_from_slice(b"\",\"seq\":");
+        out.extend_from_slice(seq.to_string().as_bytes());
+        let body = record.strip_prefix(b"{").unwrap_or(record);
+        let body = body.trim_ascii_start();
+        if body.first() != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(body);
+        let line = out.get(start..).unwrap_or_default();
+        self.hash = keyhaven_crypto::sha256(line);
+        self.seq = seq;
+        self.genesis = false;
+        out.push(b'\n');
+    }
+}
+
+enum OpenError {
+    Io(std::io::Error),
+    Foreign,
+}
+
+impl From<std::io::Error> for OpenError {
+    fn from(e: std::io::Error) -> Self {
+        OpenError::Io(e)
+    }
+}
+
+struct Writer {
+    name: String,
+    path: PathBuf,
+    fsync: bool,
+    file: Option<File>,
+    /// Whether `file` is a regular file (then `len` is its length and failed writes are
+    /// undone).
+    regular: bool,
+    len: u64,
+    head: Head,
+    reopen: Arc<AtomicBool>,
+}
+
+fn now() -> String {
+    keyhaven_engine::clock::rfc3339(SystemClock.now())
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut batch: Vec<(Vec<u8>, Ack)> = Vec::new();
+        loop {
+            let Some(first) = rx.blocking_recv() else {
+                self.close("stopped");
+                return;
+            };
+            let mut closing = None;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Record(r, ack) => batch.push((r, ack)),
+                    Msg::Wake => {}
+                    Msg::Close(ack) => {
+                        closing = Some(ack);
+                        break;
+                    }
+                }
+                if batch.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if self.reopen.swap(false, Ordering::SeqCst) {
+                self.close("reopen");
+                if let Err(e) = self.open("reopen") {
+                    self.report_open_error(&e);
+                }
+            }
+            if !batch.is_empty() {
+                let result = self.append(batch.iter().map(|(r, _)| r.as_slice()));
+                for (_, ack) in batch.drain(..) {
+                    // The sender may have given up (timeout); nothing to tell then.
+                    let _ = ack.send(result.clone());
+                }
+            }
+            if let Some(ack) = closing {
+                self.close("shutdown");
+                let _ = ack.send(());
+                return;
+            }
+        }
+    }
+
+    fn report_open_error(&self, e: &OpenError) {
+        match e {
+            OpenError::Io(err) => {
+                tracing::error!(target: TARGET, device = %self.name, path = %self.path.display(), error = %err, "cannot open the audit file");
+            }
+            OpenError::Foreign => {
+                tracing::error!(target: TARGET, device = %self.name, path = %self.path.display(), "the audit file does not end with a keyhaven audit record");
+            }
+        }
+    }
+
+    /// Open the configured path and write the open record.
+    fn open(&mut self, reason: &str) -> Result<(), OpenError> {
+        self.file = None;
+        let meta = std::fs::metadata(&self.path).ok();
+        let regular = meta.as_ref().is_none_or(|m| m.file_type().is_file());
+        let mut repaired = 0u64;
+        let (mut file, len) = if regular {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&self.path)?;
+            let len = file.metadata()?.len();
+            let (len, tail) = last_line(&mut file, len)?;
+            if let Some((cut, line)) = tail {
+                if cut > 0 {
+                    file.set_len(len)?;
+                    repaired = cut;
+                }
+                if let Some(line) = line {
+                    let seq = line_seq(&line).ok_or(OpenError::Foreign)?;
+                    self.head = Head {
+                        hash: keyhaven_crypto::sha256(&line),
+                        seq,
+                        genesis: false,
+                    };
+                }
+            }
+            (file, len)
+        } else {
+            let file = OpenOptions::new().append(true).open(&self.path)?;
+            let is_fifo = meta.is_some_and(|m| m.file_type().is_fifo());
+            tracing::debug!(target: TARGET, device = %self.name, fifo = is_fifo, "audit path is not a regular file");
+            (file, 0)
+        };
+        let mut rec = Map::new();
+        rec.insert("time".to_owned(), json!(now()));
+        rec.insert("type".to_owned(), json!(DEVICE_RECORD_TYPE));
+        rec.insert("event".to_owned(), json!("open"));
+        rec.insert("reason".to_owned(), json!(reason));
+        rec.insert("device".to_owned(), json!(self.name));
+        if repaired > 0 {
+            rec.insert("repaired_tail_bytes".to_owned(), json!(repaired));
+            tracing::warn!(target: TARGET, device = %self.name, bytes = repaired, "cut a partial record off the end of the audit file");
+        }
+        let record = serde_json::to_vec(&Value::Object(rec)).unwrap_or_default();
+        let mut head = self.head;
+        let mut buf = Vec::new();
+        head.append(&record, &mut buf);
+        file.write_all(&buf)?;
+        file.flush()?;
+        if self.fsync {
+            file.sync_data()?;
+        }
+        self.head = head;
+        self.regular = regular;
+        self.len = len.saturating_add(u64::try_from(buf.len()).unwrap_or(u64::MAX));
+        self.file = Some(file);
+        tracing::info!(target: TARGET, device = %self.name, path = %self.path.display(), seq = self.head.seq, "audit file opened");
+        Ok(())
+    }
+
+    /// Write the close record (best effort) and drop the file. Logs the chain head.
+    fn close(&mut self, reason: &str) {
+        if self.file.is_none() {
+            return;
+        }
+        let mut rec = Map::new();
+        rec.insert("time".to_owned(), json!(now()));
+        rec.insert("type".to_owned(), json!(DEVICE_RECORD_TYPE));
+        rec.insert("event".to_owned(), json!("close"));
+        rec.insert("reason".to_owned(), json!(reason));
+        rec.insert("device".to_owned(), json!(self.name));
+        let record = serde_json::to_vec(&Value::Object(rec)).unwrap_or_default();
+        if let Err(e) = self.append(std::iter::once(record.as_slice())) {
+            tracing::error!(target: TARGET, device = %self.name, error = %e, "cannot write the close record");
+        }
+        tracing::info!(
+            target: TARGET,
+            device = %self.name,
+            path = %self.path.display(),
+            seq = self.head.seq,
+            head = %format!("sha256:{}", hex::encode(self.head.hash)),
+            "audit file closed; chain head"
+        );
+        self.file = None;
+    }
+
+    /// Append records as one write; on failure undo it and report why.
+    fn append<'a>(&mut self, records: impl Iterator<Item = &'a [u8]>) -> Result<(), String> {
+        if self.file.is_none() {
+            // Opened lazily (a FIFO), or lost after an error: try again.
+            if let Err(e) = self.open("retry") {
+                self.report_open_error(&e);
+                return Err(match e {
+                    OpenError::Io(err) => format!("cannot open the file: {err}"),
+                    OpenError::Foreign => "the file does not end with an audit record".to_owned(),
+                });
+            }
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err("no file".to_owned());
+        };
+        let mut head = self.head;
+        let mut buf = Vec::new();
+        for r in records {
+            head.append(r, &mut buf);
+        }
+        let written = file
+            .write_all(&buf)
+            .and_then(|()| file.flush())
+            .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
+        match written {
+            Ok(()) => {
+                self.head = head;
+                self.len = self
+                    .len
+                    .saturating_add(u64::try_from(buf.len()).unwrap_or(u64::MAX));
+                Ok(())
+            }
+            Err(e) => {
+                // Undo a partial write so the chain stays whole; if that fails too, reopen
+                // (which cuts the partial line) before the next batch.
+                if !(self.regular && file.set_len(self.len).is_ok()) {
+                    self.file = None;
+                }
+                Err(format!("write failed: {e}"))
+            }
+        }
+    }
+}
+
+/// Find the last line of a regular file. Returns the length to keep (without a partial
+/// last line) and, when the file is not empty, how many bytes of a partial line follow
+/// that length and the last complete line (without its newline).
+#[allow(clippy::type_complexity, reason = "private helper")]
+fn last_line(file: &mut File, len: u64) -> std::io::Result<(u64, Option<(u64, Option<Vec<u8>>)>)> {
+    if len == 0 {
+        return Ok((0, None));
+    }
+    const CHUNK: u64 = 64 * 1024;
+    // Walk backwards collecting bytes until two newlines (or the start) bound the last
+    // complete line.
+    let mut tail: Vec<u8> = Vec::new();
+    let mut pos = len;
+    let mut newlines: Vec<u64> = Vec::new(); // absolute offsets of '\n', descending
+    while pos > 0 && newlines.len() < 2 {
+        let start = pos.saturating_sub(CHUNK);
+        let mut chunk = vec![0u8; usize::try_from(pos - start).unwrap_or(0)];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk)?;
+        for (i, b) in chunk.iter().enumerate().rev() {
+            if *b == b'\n' {
+                newlines.push(start + u64::try_from(i).unwrap_or(0));
+                if newlines.len() == 2 {
+                    break;
+                }
+            }
+        }
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+        pos = start;
+    }
+    let base = pos; // offset of tail[0]
+    let Some(&last_nl) = newlines.first() else {
+        // No newline at all: the whole file is one partial line.
+        return Ok((0, Some((len, None))));
+    };
+    let keep = last_nl + 1;
+    let cut = len - keep;
+    let line_start = newlines.get(1).map_or(0, |p| p + 1);
+    let from = usize::try_from(line_start.saturating_sub(base)).unwrap_or(0);
+    let to = usize::try_from(last_nl.saturating_sub(base)).unwrap_or(0);
+    let line = tail.get(from..to).map(<[u8]>::to_vec);
+    Ok((keep, Some((cut, line))))
+}
+
+/// The `seq` of one of our lines.
+fn line_seq(line: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<LineHead>(line).ok().map(|h| h.seq)
+}
+
+#[derive(Deserialize)]
+struct LineHead {
+    prev_hash: String,
+    seq: u64,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    event: Option<String>,
+}
+
+impl LineHead {
+    fn is_device_event(&self, event: &str) -> bool {
+        self.kind.as_deref() == Some(DEVICE_RECORD_TYPE) && self.event.as_deref() == Some(event)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Verification
+
+/// What a verified file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// The file.
+    pub path: PathBuf,
+    /// Lines (records) in the file.
+    pub lines: u64,
+    /// `seq` of the first record.
+    pub first_seq: u64,
+    /// `seq` of the last record.
+    pub last_seq: u64,
+    /// `prev_hash` of the first record when it is not [`GENESIS`]: the hash of the last
+    /// record of the previous file of the chain.
+    pub continues_from: Option<String>,
+    /// Hash of the last line: compare it with the head the server logged.
+    pub last_hash: String,
+    /// Whether the last record is a close record. If not, records may be missing at the
+    /// end (or the file is still being written, or the server stopped uncleanly).
+    pub closed: bool,
+    /// Lines where the writer reopened the file after an unclean stop (no close record
+    /// before): records written just before may have been lost.
+    pub unclean_restarts: Vec<u64>,
+}
+
+/// What is wrong at a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// Not a JSON record of this device.
+    Malformed,
+    /// The last line is incomplete: the file was cut inside a record.
+    Truncated,
+    /// The line was changed after it was written.
+    Edited,
+    /// Records are missing before this line.
+    Missing,
+    /// A record that does not belong there.
+    Inserted,
+    /// Records are out of order.
+    Reordered,
+    /// Two files do not link.
+    BrokenLink,
+}
+
+impl std::fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProblemKind::Malformed => "malformed record",
+            ProblemKind::Truncated => "truncated record",
+            ProblemKind::Edited => "edited record",
+            ProblemKind::Missing => "missing records",
+            ProblemKind::Inserted => "inserted record",
+            ProblemKind::Reordered => "reordered records",
+            ProblemKind::BrokenLink => "broken link between files",
+        })
+    }
+}
+
+/// Why verification failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The chain is broken.
+    #[error("{path}: line {line}: {kind}: {detail}")]
+    Broken {
+        /// File.
+        path: PathBuf,
+        /// First bad line (1-based).
+        line: u64,
+        /// What is wrong.
+        kind: ProblemKind,
+        /// Explanation.
+        detail: String,
+    },
+}
+
+impl VerifyError {
+    /// The line and kind, for a broken chain.
+    pub fn problem(&self) -> Option<(u64, ProblemKind)> {
+        match self {
+            VerifyError::Broken { line, kind, .. } => Some((*line, *kind)),
+            VerifyError::Io { .. } => None,
+        }
+    }
+}
+
+fn hash_text(line: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(keyhaven_crypto::sha256(line)))
+}
+
+/// Read lines with their 1-based number; the bool says whether the line ended with `\n`.
+fn lines(
+    path: &Path,
+) -> Result<impl Iterator<Item = std::io::Result<(u64, Vec<u8>, bool)>>, VerifyError> {
+    let file = File::open(path).map_err(|source| VerifyError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut n = 0u64;
+    Ok(std::iter::from_fn(move || {
+        let mut buf = Vec::new();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => None,
+            Ok(_) => {
+                n += 1;
+                let complete = buf.last() == Some(&b'\n');
+                if complete {
+                    buf.pop();
+                }
+                Some(Ok((n, buf, complete)))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }))
+}
+
+/// Where `seq` occurs after line `after`, if anywhere (used only to explain a failure).
+fn find_seq(path: &Path, seq: u64, after: u64) -> Option<u64> {
+    let iter = lines(path).ok()?;
+    for item in iter {
+        let (n, line, _) = item.ok()?;
+        if n > after && line_seq(&line) == Some(seq) {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// Verify one file: the first line that breaks the chain, or what the file holds.
+pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
+    let broken = |line: u64, kind: ProblemKind, detail: String| VerifyError::Broken {
+        path: path.to_owned(),
+        line,
+        kind,
+        detail,
+    };
+    let mut report = VerifyReport {
+        path: path.to_owned(),
+        lines: 0,
+        first_seq: 0,
+        last_seq: 0,
+        continues_from: None,
+        last_hash: GENESIS.to_owned(),
+        closed: false,
+        unclean_restarts: Vec::new(),
+    };
+    let mut prev: Option<(String, u64, bool)> = None; // hash, seq, was a close record
+    for item in lines(path)? {
+        let (n, line, complete) = item.map_err(|source| VerifyError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !complete {
+            return Err(broken(
+                n,
+                ProblemKind::Truncated,
+                "the last line is incomplete: the file was cut inside this record".to_owned(),
+            ));
+        }
+        let Ok(head) = serde_json::from_slice::<LineHead>(&line) else {
+            return Err(broken(
+                n,
+                ProblemKind::Malformed,
+                "not a JSON audit record with prev_hash and seq: the line was edited or does not belong".to_owned(),
+            ));
+        };
+        let hash = hash_text(&line);
+        match &prev {
+            None => {
+                if !head.is_device_event("open") {
+                    return Err(broken(
+                        n,
+                        ProblemKind::Missing,
+                        "the file does not start with the writer's open record: lines before this one were removed".to_owned(),
+                    ));
+                }
+                if head.prev_hash != GENESIS {
+                    report.continues_from = Some(head.prev_hash.clone());
+                }
+                report.first_seq = head.seq;
+            }
+            Some((prev_hash, prev_seq, prev_closed)) => {
+                let expected = prev_seq.saturating_add(1);
+                if head.seq > expected {
+                    return Err(match find_seq(path, expected, n) {
+                        Some(at) => broken(
+                            n,
+                            ProblemKind::Reordered,
+                            format!(
+                                "this line holds record {} but record {expected} comes later, at line {at}",
+                                head.seq
+                            ),
+                        ),
+                        None => broken(
+                            n,
+                            ProblemKind::Missing,
+                            format!(
+                                "records {expected}..{} are missing before this line (deleted)",
+                                head.seq - 1
+                            ),
+                        ),
+                    });
+                }
+                if head.seq < expected {
+                    return Err(broken(
+                        n,
+                        ProblemKind::Inserted,
+                        format!(
+                            "this line holds record {} where record {expected} belongs: it was inserted, copied or moved here",
+                            head.seq
+                        ),
+                    ));
+                }
+                if head.prev_hash != *prev_hash {
+                    return Err(broken(
+                        n - 1,
+                        ProblemKind::Edited,
+                        format!(
+                            "its hash no longer matches the prev_hash recorded in line {n}: line {} (or the link in line {n}) was changed",
+                            n - 1
+                        ),
+                    ));
+                }
+                if *prev_closed && !head.is_device_event("open") {
+                    return Err(broken(
+                        n,
+                        ProblemKind::Inserted,
+                        "a record after a close record that is not an open record".to_owned(),
+                    ));
+                }
+                if head.is_device_event("open") && !*prev_closed {
+                    report.unclean_restarts.push(n);
+                }
+            }
+        }
+        report.lines = n;
+        report.last_seq = head.seq;
+        report.last_hash.clone_from(&hash);
+        prev = Some((hash, head.seq, head.is_device_event("close")));
+    }
+    let Some((_, _, closed)) = prev else {
+        return Err(broken(
+            1,
+            ProblemKind::Missing,
+            "the file is empty: every record was removed".to_owned(),
+        ));
+    };
+    report.closed = closed;
+    Ok(report)
+}
+
+/// Verify files that form one chain, oldest first: each file, and that each file starts
+/// where the previous one ended.
+pub fn verify_files(paths: &[PathBuf]) -> Result<Vec<VerifyReport>, VerifyError> {
+    let mut reports: Vec<VerifyReport> = Vec::with_capacity(paths.len());
+    for path in paths {
+        let report = verify(path)?;
+        if let Some(before) = reports.last() {
+            let links = report.continues_from.as_deref() == Some(before.last_hash.as_str())
+                && report.first_seq == before.last_seq.saturating_add(1);
+            if !links {
+                return Err(VerifyError::Broken {
+                    path: path.clone(),
+                    line: 1,
+                    kind: ProblemKind::BrokenLink,
+                    detail: format!(
+                        "this file does not continue {} (which ends with record {}, {}): records between the files are missing, or a file was edited, truncated or is out of order",
+                        before.path.display(),
+                        before.last_seq,
+                        before.last_hash
+                    ),
+                });
+            }
+        }
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_chain(path: &Path, records: &[&str], close: bool) {
+        let mut head = Head::genesis();
+        let mut out = Vec::new();
+        head.append(
+            br#"{"type":"audit_file","event":"open","reason":"start"}"#,
+            &mut out,
+        );
+        for r in records {
+            head.append(r.as_bytes(), &mut out);
+        }
+        if close {
+            head.append(
+                br#"{"type":"audit_file","event":"close","reason":"shutdown"}"#,
+                &mut out,
+            );
+        }
+        std::fs::write(path, out).unwrap();
+    }
+
+    fn rewrite(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        f(&mut lines);
+        let mut out = lines.join("\n");
+        out.push('\n');
+        std::fs::write(path, out).unwrap();
+    }
+
+    const RECS: [&str; 4] = [
+        r#"{"type":"request","request":{"path":"a"}}"#,
+        r#"{"type":"response","request":{"path":"a"}}"#,
+        r#"{"type":"request","request":{"path":"b"}}"#,
+        r#"{"type":"response","request":{"path":"b"}}"#,
+    ];
+
+    #[test]
+    fn a_clean_chain_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        write_chain(&p, &RECS, true);
+        let r = verify(&p).unwrap();
+        assert_eq!(
+            (r.lines, r.first_seq, r.last_seq, r.closed),
+            (6, 1, 6, true)
+        );
+        assert_eq!(r.continues_from, None);
+        let first = std::fs::read_to_string(&p).unwrap();
+        assert!(first.starts_with(&format!("{{\"prev_hash\":\"{GENESIS}\",\"seq\":1,")));
+    }
+
+    #[test]
+    fn tampering_is_named_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        // lines: 1 open, 2..5 records, 6 close
+        write_chain(&p, &RECS, true);
+        rewrite(&p, |l| l[2] = l[2].replace("\"a\"", "\"x\""));
+        assert_eq!(
+            verify(&p).unwrap_err().problem(),
+            Some((3, ProblemKind::Edited))
+        );
+
+        write_chain(&p, &RECS, true);
+        rewrite(&p, |l| {
+            l.remove(2);
+        });
+        assert_eq!(
+            verify(&p).unwrap_err().problem(),
+            Some((3, ProblemKind::Missing))
+        );
+
+        write_chain(&p, &RECS, true);
+        rewrite(&p, |l| l.swap(2, 3));
+        assert_eq!(
+            verify(&p).unwrap_err().problem(),
+            Some((3, ProblemKind::Reordered))
+        );
+
+        write_chain(&p, &RECS, true);
+        rewrite(&p, |l| {
+            let copy = l[1].clone();
+            l.insert(3, copy);
+        });
+        assert_eq!(
+            verify(&p).unwrap_err().problem(),
+            Some((4, ProblemKind::Inserted))
+        );
+
+        write_chain(&p, &RECS, true);
+        rewrite(&p, |l| {
+            l.remove(0);
+        });
+        assert_eq!(
+            verify(&p).unwrap_err().problem(),
+            Some((1, ProblemKind::Missing))
+        );
+
+        write_chain(&p, &RECS, true);
+        let len = std::fs::metadata(&p).unwrap().len();
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+        assert_eq!(
+            verify(&p).unwrap_err().problem(),
+            Some((6, ProblemKind::Truncated))
+        );
+
+        write_chain(&p, &RECS, true);
+        rewrite(&p, |l| {
+            l.truncate(4);
+        });
+        assert!(!verify(&p).unwrap().closed);
+    }
+
+    #[test]
+    fn the_writer_continues_an_existing_file_and_repairs_a_partial_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        write_chain(&p, &RECS, false);
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"prev_hash\":\"sha256:ab").unwrap();
+        drop(f);
+        let mut w = Writer {
+            name: "file".into(),
+            path: p.clone(),
+            fsync: false,
+            file: None,
+            regular: false,
+            len: 0,
+            head: Head::genesis(),
+            reopen: Arc::new(AtomicBool::new(false)),
+        };
+        assert!(w.open("start").is_ok());
+        w.append([RECS[0].as_bytes()].into_iter()).unwrap();
+        w.close("shutdown");
+        let r = verify(&p).unwrap();
+        assert!(r.closed);
+        assert_eq!(r.last_seq, 8);
+        assert_eq!(r.unclean_restarts, vec![6]);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("\"repaired_tail_bytes\":23"), "{text}");
+    }
+
+    #[test]
+    fn a_new_file_is_created_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("new.log");
+        let mut w = Writer {
+            name: "file".into(),
+            path: p.clone(),
+            fsync: false,
+            file: None,
+            regular: false,
+            len: 0,
+            head: Head::genesis(),
+            reopen: Arc::new(AtomicBool::new(false)),
+        };
+        assert!(w.open("start").is_ok());
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn rotation_links_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        let mut w = Writer {
+            name: "file".into(),
+            path: p.clone(),
+            fsync: true,
+            file: None,
+            regular: false,
+            len: 0,
+            head: Head::genesis(),
+            reopen: Arc::new(AtomicBool::new(false)),
+        };
+        assert!(w.open("start").is_ok());
+        w.append(RECS.iter().map(|r| r.as_bytes())).unwrap();
+        let old = dir.path().join("a.log.1");
+        std::fs::rename(&p, &old).unwrap();
+        w.close("reopen");
+        assert!(w.open("reopen").is_ok());
+        w.append([RECS[0].as_bytes()].into_iter()).unwrap();
+        w.close("shutdown");
+        let reports = verify_files(&[old.clone(), p.clone()]).unwrap();
+        assert_eq!(reports[1].first_seq, reports[0].last_seq + 1);
+        assert!(verify_files(&[p.clone(), old.clone()]).is_err());
+        // Removing the close record of the old file breaks the link.
+        rewrite(&old, |l| {
+            l.pop();
+        });
+        let err = verify_files(&[old, p]).unwrap_err();
+        assert_eq!(err.problem(), Some((1, ProblemKind::BrokenLink)));
+    }
+
+    #[test]
+    fn directories_and_world_writable_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |path: PathBuf| FileDeviceConfig {
+            name: "file".into(),
+            description: String::new(),
+            path,
+            timeout: Duration::from_secs(1),
+            fsync: false,
+        };
+        assert!(matches!(
+            check_path(&config(dir.path().to_owned())),
+            Err(AuditFileError::IsDirectory { .. })
+        ));
+        let p = dir.path().join("ww.log");
+        std::fs::write(&p, b"").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(matches!(
+            check_path(&config(p)),
+            Err(AuditFileError::WorldWritable { .. })
+        ));
+        assert!(check_path(&config("/dev/full".into())).is_ok());
+    }
+}
