@@ -229,9 +229,27 @@ def scenario(name, port):
     if name == "kv_write":
         return ["-m", "POST", "-T", "application/json", "-D", body, f"{base}/secret/data/bench-write"]
     if name == "kv_write_keys":  # one of 10,000 keys per request
-        return ["-m", "POST", "-T", "application/json", "-D", body, "--rand-regex-url",
-                f"http://127\\.0\\.0\\.1:{port}/v1/secret/data/bench-k[0-9]{{4}}"]
+        # oha's --rand-regex-url treats '.' literally ("dot is disabled"): do not escape it,
+        # '\\.' would turn the host into a random one
+        pattern = f"http://{HOST}:{port}/v1/secret/data/bench-k[0-9]{{4}}"
+        check_urls(pattern, port)
+        return ["-m", "POST", "-T", "application/json", "-D", body, "--rand-regex-url", pattern]
     raise SystemExit(f"unknown scenario {name}")
+
+
+CHECKED = set()
+
+
+def check_urls(pattern, port):
+    """Refuse to load unless every URL the pattern generates is on this loopback port."""
+    if pattern in CHECKED:
+        return
+    out = subprocess.run(["oha", "--dump-urls", "200", "--rand-regex-url", pattern],
+                         capture_output=True, text=True, check=True).stdout.split()
+    prefix = f"http://{HOST}:{port}/v1/secret/data/bench-k"
+    if len(out) != 200 or not all(u.startswith(prefix) for u in out):
+        raise SystemExit(f"generated URLs leave {HOST}:{port}: {out[:3]}")
+    CHECKED.add(pattern)
 
 
 def run_load(srv, name, c, seconds):
@@ -244,7 +262,10 @@ def run_load(srv, name, c, seconds):
     errs = sum(codes.values()) - ok + sum(
         v for k, v in j.get("errorDistribution", {}).items() if "deadline" not in k)
     m = j["metrics"]
-    return cmd, m["requests_per_sec"], m["latency_ms"]["p50"], m["latency_ms"]["p99"], errs, codes
+    total = sum(codes.values())
+    # count only successful requests: an error answer is cheap and must not inflate the figure
+    ok_rps = m["requests_per_sec"] * ok / total if total else 0.0
+    return cmd, ok_rps, m["latency_ms"]["p50"], m["latency_ms"]["p99"], errs, codes
 
 
 def measure(srv, name, c, rep, raw, rows):
@@ -363,6 +384,16 @@ def main():
 
 def report(rows, startup, extra, rss, notes):
     names = SERVER_NAMES
+    def errors(r):
+        n = sum(x["errors"] for x in r)
+        if not n:
+            return "0"
+        tot = {}
+        for x in r:
+            for k, v in x["codes"].items():
+                tot[k] = tot.get(k, 0) + v
+        return f"{n} of {sum(tot.values())} ({', '.join(f'{k}: {v}' for k, v in sorted(tot.items()))})"
+
     head = (f"keyhaven {E['KEYHAVEN_VERSION']} (tree {E['KEYHAVEN_COMMIT']}) vs OpenBao {E['BAO_VERSION']}; "
             f"{E['LOADGEN_VERSION']}; {DUR}s per run after {WARM}s warm-up, {REPS} runs each, "
             f"concurrency {' '.join(map(str, CONCS))}; {notes['cpus']} CPUs; "
@@ -371,7 +402,7 @@ def report(rows, startup, extra, rss, notes):
             f"{notes['end_load'][2]:.2f}; fsync (4 KiB) on the database disk: median "
             f"{notes['fsync_ms'][0]:.2f} ms, p90 {notes['fsync_ms'][1]:.2f} ms; wall {notes['wall_s']:.0f}s")
     L = [head, "", "Detail (medians of the runs; min-max in brackets):", "",
-         "| server | scenario | conc | req/s | req per server CPU-s | server cores | p50 ms | p99 ms | errors | loadgen cores | machine busy cores | load1 |",
+         "| server | scenario | conc | ok req/s | ok req per server CPU-s | server cores | p50 ms | p99 ms | errors (codes) | loadgen cores | machine busy cores | load1 |",
          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in names:
         for s in SCEN_NAMES:
@@ -381,7 +412,7 @@ def report(rows, startup, extra, rss, notes):
                 L.append(f"| {n} | {s} | {c} | {med(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
                          f"{med(pc):,.0f} ({min(pc):,.0f}-{max(pc):,.0f}) | "
                          f"{med([x['server_cores'] for x in r]):.2f} | {med([x['p50_ms'] for x in r]):.2f} | "
-                         f"{med([x['p99_ms'] for x in r]):.2f} | {sum(x['errors'] for x in r)} | "
+                         f"{med([x['p99_ms'] for x in r]):.2f} | {errors(r)} | "
                          f"{med([x['loadgen_cores'] for x in r]):.2f} | {med([x['machine_busy_cores'] for x in r]):.2f} | "
                          f"{med([x['load1'] for x in r]):.1f} |")
 
@@ -395,17 +426,23 @@ def report(rows, startup, extra, rss, notes):
                     best = (v, c)
         return best
 
-    def fmt(b):
-        return "-" if b is None else f"{b[0]:,.0f} (c={b[1]})"
+    def fmt(b, n=None, s=None):
+        if b is None:
+            return "-"
+        r = rows.get((n, s, b[1]), [])
+        bad = sum(x["errors"] for x in r)
+        tot = sum(sum(x["codes"].values()) for x in r)
+        note = f", {100 * bad / tot:.0f}% errors" if bad and tot else ""
+        return f"{b[0]:,.0f} (c={b[1]}{note})"
 
-    L += ["", "Summary (best concurrency's median):", "",
+    L += ["", "Summary (best concurrency's median; successful requests only):", "",
           "| figure | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for s, title in [("kv_read", "KV v2 read"), ("kv_write", "KV v2 write, one key"),
                      ("kv_write_keys", "KV v2 write, random of 10k keys")]:
         if s not in SCEN_NAMES:
             continue
-        L.append(f"| {title}: req per server CPU-s | " + " | ".join(fmt(cell(n, s, "per_cpu_s")) for n in names) + " |")
-        L.append(f"| {title}: req/s (wall) | " + " | ".join(fmt(cell(n, s, "rps")) for n in names) + " |")
+        L.append(f"| {title}: req per server CPU-s | " + " | ".join(fmt(cell(n, s, "per_cpu_s"), n, s) for n in names) + " |")
+        L.append(f"| {title}: req/s (wall) | " + " | ".join(fmt(cell(n, s, "rps"), n, s) for n in names) + " |")
     L.append("| durable writes | " + " | ".join("yes (SQLite WAL, synchronous=FULL)" if n == "keyhaven-sqlite"
                                               else "no (in memory)" for n in names) + " |")
     L.append("| start-up to healthy, median (min-max) | " + " | ".join(
