@@ -86,11 +86,12 @@ impl AeadKey {
     /// [`CryptoError::Random`] if no nonce could be drawn; [`CryptoError::Seal`] if the input
     /// exceeds the algorithm's limits.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        fill_random(&mut nonce)?;
-        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
-        out.extend_from_slice(&nonce);
-        self.seal_append(&nonce, aad, plaintext, &mut out)?;
+        let mut out = vec![0u8; NONCE_LEN + plaintext.len() + TAG_LEN];
+        let (nonce, body) = out
+            .split_first_chunk_mut::<NONCE_LEN>()
+            .ok_or(CryptoError::Seal)?;
+        fill_random(nonce)?;
+        self.seal_into(nonce, aad, plaintext, body)?;
         Ok(out)
     }
 
@@ -108,8 +109,8 @@ impl AeadKey {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
-        self.seal_append(nonce, aad, plaintext, &mut out)?;
+        let mut out = vec![0u8; plaintext.len() + TAG_LEN];
+        self.seal_into(nonce, aad, plaintext, &mut out)?;
         Ok(out)
     }
 
@@ -161,43 +162,37 @@ impl AeadKey {
         }
     }
 
-    /// Appends `ciphertext ‖ tag` of `plaintext` to `out`.
+    /// Writes `ciphertext ‖ tag` of `plaintext` into `out`, which must be exactly
+    /// `plaintext.len() + TAG_LEN` bytes.
     ///
-    /// On error, whatever this call appended is zeroized and removed.
-    pub(crate) fn seal_append(
+    /// Out of place: the plaintext is read once and never copied into the output buffer, so
+    /// a failure leaves no plaintext behind. Callers allocate `out` zeroed (`vec![0; n]`),
+    /// which for large sizes maps fresh pages instead of writing them twice.
+    pub(crate) fn seal_into(
         &self,
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],
         plaintext: &[u8],
-        out: &mut Vec<u8>,
+        out: &mut [u8],
     ) -> Result<(), CryptoError> {
-        let start = out.len();
-        out.extend_from_slice(plaintext);
-        let sealed = match out.get_mut(start..) {
-            Some(region) => self
-                .key
-                .seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(*nonce),
-                    Aad::from(aad),
-                    region,
-                )
-                .map_err(|_| CryptoError::Seal),
-            None => Err(CryptoError::Seal),
-        };
-        match sealed {
-            Ok(tag) => {
-                out.extend_from_slice(tag.as_ref());
-                self.seals.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                if let Some(region) = out.get_mut(start..) {
-                    region.zeroize();
-                }
-                out.truncate(start);
-                Err(e)
-            }
+        if out.len() != plaintext.len().saturating_add(TAG_LEN) {
+            return Err(CryptoError::Seal);
         }
+        let (ciphertext, tag) = out
+            .split_at_mut_checked(plaintext.len())
+            .ok_or(CryptoError::Seal)?;
+        self.key
+            .seal_out_of_place_scatter(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                plaintext,
+                ciphertext,
+                &[],
+                tag,
+            )
+            .map_err(|_| CryptoError::Seal)?;
+        self.seals.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 

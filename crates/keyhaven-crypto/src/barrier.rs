@@ -72,10 +72,16 @@ pub fn seal_with_nonce(
 ) -> Result<Vec<u8>, CryptoError> {
     let header = header(term);
     let aad = aad(&header, path);
-    let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(nonce);
-    key.seal_append(nonce, &aad, plaintext, &mut out)?;
+    let mut out = vec![0u8; OVERHEAD + plaintext.len()];
+    let (head, body) = out
+        .split_first_chunk_mut::<HEADER_LEN>()
+        .ok_or(CryptoError::Seal)?;
+    *head = header;
+    let (nonce_out, body) = body
+        .split_first_chunk_mut::<NONCE_LEN>()
+        .ok_or(CryptoError::Seal)?;
+    *nonce_out = *nonce;
+    key.seal_into(nonce, &aad, plaintext, body)?;
     Ok(out)
 }
 

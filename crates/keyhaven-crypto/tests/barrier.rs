@@ -169,7 +169,6 @@ fn golden(alg: AeadAlgorithm, expected_hex: &str) {
         GOLDEN_PLAINTEXT,
     )
     .unwrap();
-    eprintln!("{alg:?} golden: {}", hex::encode(&ours));
     assert_eq!(hex::encode(&ours), expected_hex);
     let checked_in = hex::decode(expected_hex).unwrap();
     assert_eq!(barrier::peek_term(&checked_in).unwrap(), GOLDEN_TERM);

@@ -114,7 +114,7 @@ fn secret_types_are_not_clone_and_zeroize_on_drop() {
     impl<T: ?Sized> AmbiguousIfClone<()> for T {}
     #[allow(dead_code)]
     struct Invalid;
-    impl<T: ?Sized + Clone> AmbiguousIfClone<Invalid> for T {}
+    impl<T: Clone> AmbiguousIfClone<Invalid> for T {}
 
     <SecretKey as AmbiguousIfClone<_>>::check();
     <SecretBytes as AmbiguousIfClone<_>>::check();
