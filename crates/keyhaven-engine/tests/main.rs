@@ -7,4 +7,5 @@
 )]
 mod core;
 mod kv;
+mod policy;
 mod token;

@@ -229,8 +229,7 @@ impl Acl {
             let name: Arc<str> = Arc::from(name);
             for rule in policy.rules() {
                 let glob = rule.path.as_str();
-                let has_segment =
-                    glob == "+" || glob.contains("/+") || glob.starts_with("+/");
+                let has_segment = glob == "+" || glob.contains("/+") || glob.starts_with("+/");
                 let (kind, key) = if has_segment {
                     (Kind::Segment, glob.to_owned())
                 } else if let Some(p) = glob.strip_suffix('*') {
@@ -568,7 +567,7 @@ fn lowercase(s: &str) -> Cow<'_, str> {
 }
 
 /// Vault's `GlobbedStringsMatch`: `*x`, `x*` and `*x*` match suffix, prefix, substring.
-fn glob_match(pattern: &str, value: &str) -> bool {
+pub(super) fn glob_match(pattern: &str, value: &str) -> bool {
     if pattern.len() < 2 {
         return pattern == value;
     }

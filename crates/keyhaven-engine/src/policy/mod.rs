@@ -119,6 +119,9 @@ struct StoredPolicy {
     policy: String,
 }
 
+/// Policies read for one compilation, by name (`None`: not stored).
+type Loaded = Vec<(String, Option<Arc<Policy>>)>;
+
 #[derive(Default)]
 struct Cache {
     /// Bumped by every policy write or delete.
@@ -180,7 +183,7 @@ impl PolicyStore {
         let acl = if names.iter().any(|n| n == "root") {
             Arc::new(Acl::root())
         } else {
-            let mut loaded: Vec<(String, Option<Arc<Policy>>)> = Vec::with_capacity(names.len());
+            let mut loaded: Loaded = Vec::with_capacity(names.len());
             for name in &names {
                 let cached = self.cache.read().policies.get(name).cloned();
                 let policy = match cached {
@@ -195,7 +198,12 @@ impl PolicyStore {
                     .filter_map(|(n, p)| p.as_deref().map(|p| (n.as_str(), p))),
             );
             let acl = Arc::new(acl);
-            self.remember(policies, Some(names), acl.clone(), Some((generation, loaded)));
+            self.remember(
+                policies,
+                Some(names),
+                acl.clone(),
+                Some((generation, loaded)),
+            );
             return Ok(acl);
         };
         self.remember(policies, Some(names), acl.clone(), None);
@@ -209,7 +217,7 @@ impl PolicyStore {
         given: &[String],
         sorted: Option<Vec<String>>,
         acl: Arc<Acl>,
-        loaded: Option<(u64, Vec<(String, Option<Arc<Policy>>)>)>,
+        loaded: Option<(u64, Loaded)>,
     ) {
         let mut cache = self.cache.write();
         if let Some((generation, loaded)) = loaded {

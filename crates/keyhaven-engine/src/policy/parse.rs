@@ -264,7 +264,7 @@ fn hcl_rules(text: &str) -> Result<Vec<RawRule>, PolicyParseError> {
                     match inner {
                         Structure::Attribute(a) => {
                             let l = line_of(text, a.key.span());
-                            let v = expr_value(&a.value, text, l)?;
+                            let v = expr_value(&a.value, l)?;
                             entries.push((a.key.as_str().to_owned(), l, v));
                         }
                         Structure::Block(b) => {
@@ -292,11 +292,7 @@ fn hcl_rules(text: &str) -> Result<Vec<RawRule>, PolicyParseError> {
 }
 
 /// An HCL literal as JSON; anything computed (variables, templates, calls) is refused.
-fn expr_value(
-    expr: &Expression,
-    text: &str,
-    line: Option<usize>,
-) -> Result<Value, PolicyParseError> {
+fn expr_value(expr: &Expression, line: Option<usize>) -> Result<Value, PolicyParseError> {
     Ok(match expr {
         Expression::Null(_) => Value::Null,
         Expression::Bool(b) => Value::Bool(*b.value()),
@@ -317,7 +313,7 @@ fn expr_value(
         Expression::Array(items) => Value::Array(
             items
                 .iter()
-                .map(|e| expr_value(e, text, line))
+                .map(|e| expr_value(e, line))
                 .collect::<Result<_, _>>()?,
         ),
         Expression::Object(obj) => {
@@ -333,7 +329,7 @@ fn expr_value(
                         ));
                     }
                 };
-                map.insert(key, expr_value(v.expr(), text, line)?);
+                map.insert(key, expr_value(v.expr(), line)?);
             }
             Value::Object(map)
         }
@@ -356,10 +352,7 @@ fn json_rules(text: &str) -> Result<Vec<RawRule>, PolicyParseError> {
     let root: Value = serde_json::from_str(text)
         .map_err(|e| PolicyParseError::new(format!("invalid JSON: {e}"), None))?;
     let Value::Object(root) = root else {
-        return Err(PolicyParseError::new(
-            "a JSON policy is an object",
-            None,
-        ));
+        return Err(PolicyParseError::new("a JSON policy is an object", None));
     };
     let mut out = Vec::new();
     for (key, value) in root {
@@ -525,8 +518,12 @@ fn build_rule(raw: RawRule) -> Result<Rule, PolicyParseError> {
             ));
         }
         match key.as_str() {
-            "capabilities" | "policy" | "allowed_parameters" | "denied_parameters"
-            | "required_parameters" | "comment" => {}
+            "capabilities"
+            | "policy"
+            | "allowed_parameters"
+            | "denied_parameters"
+            | "required_parameters"
+            | "comment" => {}
             k if UNSUPPORTED_KEYS.contains(&k) => {
                 return Err(PolicyParseError::new(
                     format!(
@@ -592,11 +589,7 @@ fn build_rule(raw: RawRule) -> Result<Rule, PolicyParseError> {
                         .union(Caps::SUDO),
                     other => {
                         return Err(PolicyParseError::new(
-                            format!(
-                                "path {}: invalid policy {}",
-                                echo(&raw.path),
-                                echo(other)
-                            ),
+                            format!("path {}: invalid policy {}", echo(&raw.path), echo(other)),
                             line,
                         ));
                     }
