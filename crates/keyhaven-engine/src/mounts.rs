@@ -223,6 +223,8 @@ pub(crate) fn instantiate(
     };
     match (table, entry.kind.as_str()) {
         (Table::Secrets, "kv") => crate::kv::factory(ctx),
+        (Table::Auth, "kubernetes") => crate::auth::kubernetes::factory(ctx),
+        (Table::Auth, "jwt" | "oidc") => crate::auth::jwt::factory(ctx),
         (_, other) => Err(EngineError::invalid(format!(
             "unknown backend type {other:?}"
         ))),

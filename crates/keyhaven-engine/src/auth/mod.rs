@@ -2,6 +2,11 @@
 //! need (Kubernetes TokenReview, OIDC discovery), which the server provides so that the
 //! engine itself knows no HTTP.
 
+mod common;
+pub mod jwt;
+pub mod kubernetes;
+pub mod validator;
+
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;

@@ -1,0 +1,375 @@
+//! What the `kubernetes` and `jwt` auth methods share: the token fields of a role,
+//! role names, JSON records in the mount's storage, and refusing a login.
+
+use std::sync::Arc;
+
+use keyhaven_storage::{MAX_LIST_PAGE, Store};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::LoginGrant;
+use super::validator::Rejection;
+use crate::error::EngineError;
+use crate::params;
+use crate::request::Response;
+
+/// The token parameters every role accepts (Vault's `tokenutil` fields we support),
+/// including the deprecated aliases `policies`, `ttl`, `max_ttl` and `period`.
+pub(crate) const TOKEN_PARAMS: &[&str] = &[
+    "token_policies",
+    "policies",
+    "token_ttl",
+    "ttl",
+    "token_max_ttl",
+    "max_ttl",
+    "token_period",
+    "period",
+    "token_num_uses",
+    "token_no_default_policy",
+    "token_type",
+];
+
+/// The token a role's logins get.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct TokenFields {
+    #[serde(default)]
+    pub policies: Vec<String>,
+    #[serde(default)]
+    pub ttl: u64,
+    #[serde(default)]
+    pub max_ttl: u64,
+    #[serde(default)]
+    pub period: u64,
+    #[serde(default)]
+    pub num_uses: u64,
+    #[serde(default)]
+    pub no_default_policy: bool,
+}
+
+impl TokenFields {
+    /// Apply the token parameters present in `data`.
+    pub(crate) fn update(&mut self, data: &Map<String, Value>) -> Result<(), EngineError> {
+        let policies = match params::string_list(data, "token_policies")? {
+            Some(p) => Some(p),
+            None => params::string_list(data, "policies")?,
+        };
+        if let Some(policies) = policies {
+            let mut out: Vec<String> = Vec::with_capacity(policies.len());
+            for p in policies {
+                let p = p.trim().to_ascii_lowercase();
+                if p.is_empty() || out.contains(&p) {
+                    continue;
+                }
+                if p == "root" {
+                    return Err(EngineError::invalid(
+                        "auth methods cannot grant the root policy",
+                    ));
+                }
+                out.push(p);
+            }
+            self.policies = out;
+        }
+        let pick = |a: &str, b: &str| -> Result<Option<u64>, EngineError> {
+            match params::duration_secs(data, a)? {
+                Some(v) => Ok(Some(v)),
+                None => params::duration_secs(data, b),
+            }
+        };
+        if let Some(v) = pick("token_ttl", "ttl")? {
+            self.ttl = v;
+        }
+        if let Some(v) = pick("token_max_ttl", "max_ttl")? {
+            self.max_ttl = v;
+        }
+        if let Some(v) = pick("token_period", "period")? {
+            self.period = v;
+        }
+        if let Some(v) = params::uint(data, "token_num_uses")? {
+            self.num_uses = v;
+        }
+        if let Some(v) = params::boolean(data, "token_no_default_policy")? {
+            self.no_default_policy = v;
+        }
+        match params::string(data, "token_type")? {
+            None | Some("" | "default" | "service") => {}
+            Some(_) => {
+                return Err(EngineError::invalid(
+                    "token_type must be \"service\" or \"default\"",
+                ));
+            }
+        }
+        if self.max_ttl > 0 && self.ttl > self.max_ttl {
+            return Err(EngineError::invalid(
+                "token_ttl cannot be greater than token_max_ttl",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Add the token fields to a role's read response, as Vault shows them.
+    pub(crate) fn to_api(&self, out: &mut Map<String, Value>) {
+        out.insert("token_policies".into(), json!(self.policies));
+        out.insert("policies".into(), json!(self.policies));
+        out.insert("token_ttl".into(), json!(self.ttl));
+        out.insert("ttl".into(), json!(self.ttl));
+        out.insert("token_max_ttl".into(), json!(self.max_ttl));
+        out.insert("max_ttl".into(), json!(self.max_ttl));
+        out.insert("token_period".into(), json!(self.period));
+        out.insert("period".into(), json!(self.period));
+        out.insert("token_num_uses".into(), json!(self.num_uses));
+        out.insert(
+            "token_no_default_policy".into(),
+            json!(self.no_default_policy),
+        );
+        out.insert("token_type".into(), json!("default"));
+        out.insert("token_explicit_max_ttl".into(), json!(0));
+        out.insert("token_bound_cidrs".into(), json!([]));
+    }
+
+    /// The grant of a successful login, before metadata and display name.
+    pub(crate) fn grant(&self) -> LoginGrant {
+        LoginGrant {
+            policies: self.policies.clone(),
+            no_default_policy: self.no_default_policy,
+            ttl: self.ttl,
+            max_ttl: self.max_ttl,
+            period: self.period,
+            renewable: true,
+            num_uses: self.num_uses,
+            ..LoginGrant::default()
+        }
+    }
+}
+
+/// Refuse role names that are empty, too long, or have characters other than
+/// letters, digits, `_`, `-`, `.` and `@`.
+pub(crate) fn validate_role_name(name: &str) -> Result<(), EngineError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::invalid(
+            "invalid role name: use 1 to 128 letters, digits, '_', '-', '.' or '@'",
+        ))
+    }
+}
+
+/// Storage key of a role.
+pub(crate) fn role_key(name: &str) -> String {
+    format!("role/{name}")
+}
+
+/// Read a JSON record.
+pub(crate) async fn load<T: DeserializeOwned>(
+    store: &Arc<dyn Store>,
+    key: &str,
+) -> Result<Option<T>, EngineError> {
+    match store.get(key).await? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|_| EngineError::Corrupt(format!("auth record {key:?} cannot be decoded"))),
+    }
+}
+
+/// Write a JSON record.
+pub(crate) async fn save<T: Serialize>(
+    store: &Arc<dyn Store>,
+    key: &str,
+    value: &T,
+) -> Result<(), EngineError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|_| EngineError::Corrupt(format!("auth record {key:?} cannot be encoded")))?;
+    store.put(key, bytes).await?;
+    Ok(())
+}
+
+/// `LIST role`: the role names, or a 404 when there are none.
+pub(crate) async fn list_roles(store: &Arc<dyn Store>) -> Result<Response, EngineError> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_page("role/", after.as_deref(), MAX_LIST_PAGE)
+            .await?;
+        let last = page.len() < MAX_LIST_PAGE;
+        after = page.last().cloned();
+        keys.extend(page);
+        if last || after.is_none() {
+            break;
+        }
+    }
+    if keys.is_empty() {
+        return Err(EngineError::NotFound(String::new()));
+    }
+    let mut out = Map::new();
+    out.insert(
+        "keys".into(),
+        Value::Array(keys.into_iter().map(Value::String).collect()),
+    );
+    Ok(Response::data(out))
+}
+
+/// Vault's warning for request fields an endpoint does not use.
+pub(crate) fn ignored_fields(data: &Map<String, Value>, known: &[&str]) -> Vec<String> {
+    let ignored: Vec<&str> = data
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known.contains(k))
+        .collect();
+    if ignored.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "Endpoint ignored these unrecognized parameters: [{}]",
+            ignored.join(" ")
+        )]
+    }
+}
+
+/// Why a login did not produce a grant: a refusal (shown as `permission denied`) or an
+/// error the caller may see (bad request, unavailable issuer, storage).
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Denied(Rejection),
+    Error(EngineError),
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        Failure::Error(e)
+    }
+}
+
+impl From<Rejection> for Failure {
+    fn from(r: Rejection) -> Self {
+        Failure::Denied(r)
+    }
+}
+
+/// Turn a login failure into the caller's error, logging the reason of a refusal. The
+/// role name is the caller's input: only a bounded, printable prefix is logged.
+pub(crate) fn finish_login(
+    method: &'static str,
+    role: &str,
+    result: Result<LoginGrant, Failure>,
+) -> Result<Response, EngineError> {
+    match result {
+        Ok(grant) => {
+            tracing::info!(target: "keyhaven::auth", method, role = %printable(role), "login accepted");
+            Ok(Response {
+                login: Some(grant),
+                ..Response::default()
+            })
+        }
+        Err(Failure::Denied(reason)) => {
+            tracing::warn!(target: "keyhaven::auth", method, role = %printable(role), %reason, "login refused");
+            Err(EngineError::PermissionDenied)
+        }
+        Err(Failure::Error(e)) => {
+            tracing::warn!(target: "keyhaven::auth", method, role = %printable(role), error = %e, "login failed");
+            Err(e)
+        }
+    }
+}
+
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(128)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// The `role` and `jwt` parameters of a login.
+pub(crate) fn login_params(
+    data: &Map<String, Value>,
+    default_role: Option<&str>,
+) -> Result<(String, String), EngineError> {
+    let role = params::string(data, "role")?
+        .filter(|r| !r.is_empty())
+        .or(default_role.filter(|r| !r.is_empty()))
+        .ok_or_else(|| EngineError::invalid("missing role"))?
+        .to_owned();
+    let jwt = params::string(data, "jwt")?
+        .filter(|j| !j.is_empty())
+        .ok_or_else(|| EngineError::invalid("missing jwt"))?
+        .to_owned();
+    Ok((role, jwt))
+}
+
+/// A list of PEM texts from a parameter given as a JSON list or as one string (as
+/// `pem_keys=@file` sends it); each entry may hold several PEM blocks.
+pub(crate) fn pem_list(
+    data: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<Vec<String>>, EngineError> {
+    let entries = match data.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    EngineError::invalid(format!("{key} must be a list of PEM strings"))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(EngineError::invalid(format!(
+                "{key} must be a list of PEM strings"
+            )));
+        }
+    };
+    let mut out = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let blocks = super::validator::pem_blocks(entry)
+            .ok_or_else(|| EngineError::invalid(format!("{key}[{i}] is not PEM-encoded")))?;
+        out.extend(blocks.into_iter().map(|(_, b)| b.to_owned()));
+    }
+    Ok(Some(out))
+}
+
+/// An optional `https://` URL parameter.
+pub(crate) fn https_url(data: &Map<String, Value>, key: &str) -> Result<String, EngineError> {
+    let url = params::string(data, key)?.unwrap_or("").trim().to_owned();
+    if !url.is_empty() && !super::validator::is_https_url(&url) {
+        return Err(EngineError::invalid(format!(
+            "{key} must be an https:// URL"
+        )));
+    }
+    Ok(url)
+}
+
+/// An optional PEM CA bundle parameter.
+pub(crate) fn ca_pem(data: &Map<String, Value>, key: &str) -> Result<String, EngineError> {
+    let pem = params::string(data, key)?.unwrap_or("").trim().to_owned();
+    if pem.is_empty() {
+        return Ok(pem);
+    }
+    match super::validator::pem_blocks(&pem) {
+        Some(blocks) if !blocks.is_empty() && blocks.iter().all(|(l, _)| *l == "CERTIFICATE") => {
+            Ok(pem)
+        }
+        _ => Err(EngineError::invalid(format!(
+            "{key} must hold PEM-encoded certificates"
+        ))),
+    }
+}
+
+/// The `clock_skew_leeway` parameter (seconds, at most
+/// [`super::validator::MAX_LEEWAY_SECS`]).
+pub(crate) fn leeway(data: &Map<String, Value>) -> Result<Option<u64>, EngineError> {
+    match params::duration_secs(data, "clock_skew_leeway")? {
+        Some(v) if v > super::validator::MAX_LEEWAY_SECS => Err(EngineError::invalid(format!(
+            "clock_skew_leeway may be at most {}s",
+            super::validator::MAX_LEEWAY_SECS
+        ))),
+        other => Ok(other),
+    }
+}
