@@ -11,12 +11,17 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod audit_cmd;
+mod generic_cmd;
 mod kv_cmd;
+mod login_cmd;
+mod mounts_cmd;
 mod operator_cmd;
 mod output;
 mod remote;
 mod server_cmd;
 mod status_cmd;
+mod token_cmd;
+mod token_file;
 
 /// keyhaven: keys and secrets for Kubernetes.
 #[derive(Debug, Parser)]
@@ -40,6 +45,22 @@ enum Command {
     Kv(kv_cmd::KvArgs),
     /// List audit devices and verify audit files.
     Audit(audit_cmd::AuditArgs),
+    /// Authenticate and store the token for the other commands.
+    Login(login_cmd::LoginArgs),
+    /// Create, look up, renew and revoke tokens.
+    Token(token_cmd::TokenArgs),
+    /// Enable, list and disable auth methods.
+    Auth(mounts_cmd::AuthArgs),
+    /// Enable, list and disable secrets engines.
+    Secrets(mounts_cmd::SecretsArgs),
+    /// Read any API path.
+    Read(generic_cmd::ReadArgs),
+    /// Write `key=value` data to any API path.
+    Write(generic_cmd::WriteArgs),
+    /// List the keys under any API path.
+    List(generic_cmd::ListArgs),
+    /// Delete any API path.
+    Delete(generic_cmd::DeleteArgs),
 }
 
 #[allow(
@@ -58,6 +79,14 @@ fn main() -> ExitCode {
         Command::Status(args) => return status_cmd::run(args),
         Command::Kv(args) => return kv_cmd::run(args),
         Command::Audit(args) => return audit_cmd::run(args),
+        Command::Login(args) => return login_cmd::run(args),
+        Command::Token(args) => return token_cmd::run(args),
+        Command::Auth(args) => return mounts_cmd::run_auth(args),
+        Command::Secrets(args) => return mounts_cmd::run_secrets(args),
+        Command::Read(args) => return generic_cmd::run_read(args),
+        Command::Write(args) => return generic_cmd::run_write(args),
+        Command::List(args) => return generic_cmd::run_list(args),
+        Command::Delete(args) => return generic_cmd::run_delete(args),
     };
     match result {
         Ok(code) => code,

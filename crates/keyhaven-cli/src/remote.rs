@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use keyhaven_client::{Client, ClientConfig, ClientError, DEFAULT_TIMEOUT};
 use secrecy::{ExposeSecret as _, SecretString};
 
-use crate::output;
+use crate::{output, token_file};
 
 /// Default server address, as Vault's.
 pub const DEFAULT_ADDRESS: &str = "https://127.0.0.1:8200";
@@ -29,7 +29,8 @@ pub struct ClientArgs {
     /// Server address [env: KEYHAVEN_ADDR, then VAULT_ADDR] [default: https://127.0.0.1:8200].
     #[arg(long, global = true, value_name = "URL")]
     pub address: Option<String>,
-    /// Token [env: KEYHAVEN_TOKEN, then VAULT_TOKEN].
+    /// Token [env: KEYHAVEN_TOKEN, then VAULT_TOKEN, then the file `keyhaven login`
+    /// stores].
     #[arg(long, global = true, value_name = "TOKEN", value_parser = parse_secret)]
     pub token: Option<SecretString>,
     /// PEM file of the CA certificates to trust instead of the system's
@@ -89,19 +90,40 @@ impl ClientArgs {
     }
 
     /// The client these options describe. Flags win over `KEYHAVEN_*` variables, which
-    /// win over `VAULT_*` ones.
+    /// win over `VAULT_*` ones; the token falls back to the token file `keyhaven login`
+    /// stores.
     pub fn client(&self) -> Result<Client, Failure> {
+        self.client_with_token(self.token()?)
+    }
+
+    /// The token these options name: `--token`, else `KEYHAVEN_TOKEN`, else
+    /// `VAULT_TOKEN`, else the token file. An empty `--token` means "no token", as an
+    /// unset variable does.
+    pub fn token(&self) -> Result<Option<SecretString>, Failure> {
+        match self.token.clone().filter(|t| !t.expose_secret().is_empty()) {
+            Some(t) => Ok(Some(t)),
+            None => match env_first(&["KEYHAVEN_TOKEN", "VAULT_TOKEN"]) {
+                Some(t) => Ok(Some(SecretString::from(t))),
+                None => token_file::read(),
+            },
+        }
+    }
+
+    /// Whether a token is set by flag or environment (and so wins over the token file).
+    pub fn token_overrides_file(&self) -> bool {
+        self.token
+            .as_ref()
+            .is_some_and(|t| !t.expose_secret().is_empty())
+            || env_first(&["KEYHAVEN_TOKEN", "VAULT_TOKEN"]).is_some()
+    }
+
+    /// The client these options describe, with `token` instead of the one they name.
+    pub fn client_with_token(&self, token: Option<SecretString>) -> Result<Client, Failure> {
         let address = self
             .address
             .clone()
             .or_else(|| env_first(&["KEYHAVEN_ADDR", "VAULT_ADDR"]))
             .unwrap_or_else(|| DEFAULT_ADDRESS.to_owned());
-        // An empty --token means "no token", as an unset variable does.
-        let token = self
-            .token
-            .clone()
-            .filter(|t| !t.expose_secret().is_empty())
-            .or_else(|| env_first(&["KEYHAVEN_TOKEN", "VAULT_TOKEN"]).map(SecretString::from));
         let ca_cert = self
             .ca_cert
             .clone()

@@ -262,6 +262,17 @@ impl Client {
             })
     }
 
+    /// A call whose answer may be empty (204); 404 is an error.
+    pub(crate) async fn call_opt(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<Option<Value>, ClientError> {
+        self.call(method, path, &[], Some(body), NotFound::IsError)
+            .await
+    }
+
     /// Send a request and accept any of `ok_statuses` besides 2xx as a success (e.g.
     /// `sys/health` answers 503 when sealed). Returns the status and the body.
     pub(crate) async fn call_with_statuses(

@@ -7,7 +7,9 @@
 //!   [`Client::delete`], [`Client::list`]) that take an API path relative to `/v1/` and
 //!   return Vault's response envelope as JSON;
 //! - typed calls for `sys/` (seal status, init, unseal, seal, keyring rotation, health,
-//!   mounts, the mount preflight) and for the KV version 2 engine ([`Kv2`]).
+//!   mounts, auth methods, the mount preflight), for the KV version 2 engine ([`Kv2`]),
+//!   and for the token store, logins and capabilities ([`Client::create_token`],
+//!   [`Client::login`], [`Client::capabilities`]).
 //!
 //! # Invariants
 //!
@@ -24,11 +26,13 @@
 //! Non-goals: caching, retries, token renewal.
 #![forbid(unsafe_code)]
 
+mod auth_mounts;
 mod client;
 mod error;
 mod kv;
 mod secret;
 mod sys;
+mod token;
 
 pub use client::{Client, ClientConfig, DEFAULT_TIMEOUT, TOKEN_HEADER};
 pub use error::ClientError;
@@ -39,3 +43,4 @@ pub use sys::{
     EnableMount, Health, InitRequest, InitResponse, KeyStatus, MountInfo, MountPreflight,
     SealStatus,
 };
+pub use token::{AuthResponse, CreateToken, TokenAuth, TokenParent, TokenRef};

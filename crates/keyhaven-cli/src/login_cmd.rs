@@ -1,0 +1,264 @@
+//! `keyhaven login`: authenticate with a token or a Kubernetes ServiceAccount token and
+//! store the resulting token in the token file the other commands read.
+//!
+//! The token is printed only with `--no-store`, whose purpose is to hand it out.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use secrecy::{ExposeSecret as _, SecretString};
+use serde_json::{Map, Value, json};
+use zeroize::Zeroize as _;
+
+use crate::remote::{self, ClientArgs, Failure, Format};
+use crate::token_cmd::{self, parse_secret};
+use crate::{output, token_file};
+
+/// Where pods find their ServiceAccount token.
+const DEFAULT_JWT_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// How to authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Method {
+    /// An existing token, checked with `auth/token/lookup-self`.
+    Token,
+    /// A Kubernetes ServiceAccount token, exchanged at `auth/<mount>/login`.
+    Kubernetes,
+}
+
+/// Arguments of `keyhaven login`.
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The auth method.
+    #[arg(long, value_enum, default_value = "token")]
+    method: Method,
+    /// The token (`--method token`); `-` reads it from stdin. Without it, a terminal is
+    /// prompted (without echo) and anything else is read from stdin.
+    #[arg(id = "target", value_name = "TOKEN", value_parser = parse_secret)]
+    token: Option<SecretString>,
+    /// The role to log in as (`--method kubernetes`).
+    #[arg(long, value_name = "ROLE")]
+    role: Option<String>,
+    /// The ServiceAccount token file (`--method kubernetes`).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_JWT_FILE)]
+    jwt_file: PathBuf,
+    /// The path of the auth method (`--method kubernetes`).
+    #[arg(long, value_name = "PATH", default_value = "kubernetes")]
+    mount: String,
+    /// Print the token instead of storing it in the token file.
+    #[arg(long)]
+    no_store: bool,
+}
+
+/// Run `keyhaven login`.
+pub fn run(args: LoginArgs) -> ExitCode {
+    remote::block_on(login(args))
+}
+
+async fn login(args: LoginArgs) -> Result<ExitCode, Failure> {
+    let format = args.client.format()?;
+    let (token, auth, request_id, warnings) = match args.method {
+        Method::Token => {
+            if args.role.is_some() {
+                return Err(Failure::local("--role applies to --method kubernetes only"));
+            }
+            let token = match args.token {
+                Some(t) => token_cmd::token_arg(t, "token")?,
+                None => prompt_token()?,
+            };
+            let client = args.client.client_with_token(Some(token.clone()))?;
+            let secret = client
+                .lookup_token(keyhaven_client::TokenRef::Caller)
+                .await
+                .map_err(|e| Failure::remote("verifying the token", e))?;
+            let auth = auth_from_lookup(&secret.data);
+            (
+                token,
+                auth,
+                secret.request_id.clone(),
+                secret.warnings().to_vec(),
+            )
+        }
+        Method::Kubernetes => {
+            if args.token.is_some() {
+                return Err(Failure::local(
+                    "a TOKEN argument applies to --method token only; use --jwt-file",
+                ));
+            }
+            let role = args
+                .role
+                .as_deref()
+                .filter(|r| !r.is_empty())
+                .ok_or_else(|| Failure::local("--method kubernetes needs --role"))?;
+            let jwt = read_jwt(&args.jwt_file)?;
+            let mount = args.mount.trim_matches('/');
+            if mount.is_empty() {
+                return Err(Failure::local("--mount must not be empty"));
+            }
+            let client = args.client.client_with_token(None)?;
+            let resp = client
+                .login_kubernetes(mount, role, &jwt)
+                .await
+                .map_err(|e| Failure::remote(format!("logging in at auth/{mount}/login"), e))?;
+            if resp.auth.client_token.expose_secret().is_empty() {
+                return Err(Failure::local(format!(
+                    "auth/{mount}/login answered without a token"
+                )));
+            }
+            let auth = resp.auth.to_api(false);
+            (
+                resp.auth.client_token.clone(),
+                auth,
+                resp.request_id,
+                resp.warnings,
+            )
+        }
+    };
+    output::warnings(&warnings);
+    let stored = if args.no_store {
+        None
+    } else {
+        Some(token_file::store(&token)?)
+    };
+    // The token is shown only when it was not stored: then showing it is the point.
+    let mut shown = auth;
+    if args.no_store
+        && let Value::Object(map) = &mut shown
+    {
+        map.insert("client_token".into(), json!(token.expose_secret()));
+    }
+    match format {
+        Format::Json => output::json(&json!({
+            "request_id": request_id,
+            "lease_id": "",
+            "lease_duration": 0,
+            "renewable": false,
+            "data": null,
+            "warnings": if warnings.is_empty() { Value::Null } else { json!(warnings) },
+            "auth": shown,
+        }))?,
+        Format::Table => {
+            let intro = match &stored {
+                Some(path) => format!(
+                    "Success! You are now authenticated. The token information displayed below\n\
+                     is already stored in {}. You do NOT need to run \"keyhaven login\"\n\
+                     again. Future keyhaven requests will automatically use this token.\n",
+                    path.display()
+                ),
+                None => "Success! You are now authenticated. The token was NOT stored: pass it\n\
+                         with --token or KEYHAVEN_TOKEN to use it.\n"
+                    .to_owned(),
+            };
+            output::line(&intro);
+            output::line(&output::table(&token_cmd::auth_rows(&shown)));
+        }
+    }
+    if stored.is_some() && args.client.token_overrides_file() {
+        output::warn(
+            "a token is set by --token or KEYHAVEN_TOKEN/VAULT_TOKEN; it takes precedence over the stored token.",
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `auth` object of a token login, built from the token's lookup (which has no
+/// `client_token`: the caller knows it).
+fn auth_from_lookup(data: &Map<String, Value>) -> Value {
+    let policies = data.get("policies").cloned().unwrap_or(json!([]));
+    json!({
+        "accessor": data.get("accessor").cloned().unwrap_or(json!("")),
+        "policies": policies,
+        "token_policies": policies,
+        "identity_policies": data.get("identity_policies").cloned().unwrap_or(json!([])),
+        "metadata": data.get("meta").cloned().unwrap_or(Value::Null),
+        "lease_duration": data.get("ttl").cloned().unwrap_or(json!(0)),
+        "renewable": data.get("renewable").cloned().unwrap_or(json!(false)),
+        "orphan": data.get("orphan").cloned().unwrap_or(json!(false)),
+        "num_uses": data.get("num_uses").cloned().unwrap_or(json!(0)),
+        "token_type": data.get("type").cloned().unwrap_or(json!("service")),
+    })
+}
+
+/// Ask for the token: without echo on a terminal, else one line of stdin.
+fn prompt_token() -> Result<SecretString, Failure> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        output::prompt("Token (will be hidden): ");
+        let _echo = EchoOff::new(&stdin);
+        let t = token_cmd::read_line(&stdin, "token");
+        output::prompt("\n");
+        return t;
+    }
+    token_cmd::read_line(&stdin, "token")
+}
+
+/// The ServiceAccount token from its file, trimmed.
+fn read_jwt(path: &std::path::Path) -> Result<SecretString, Failure> {
+    let mut text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::Local(anyhow::Error::new(e).context(format!(
+            "cannot read the ServiceAccount token {}",
+            path.display()
+        )))
+    })?;
+    let jwt = SecretString::from(text.trim());
+    text.zeroize();
+    if jwt.expose_secret().is_empty() {
+        return Err(Failure::local(format!(
+            "the ServiceAccount token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(jwt)
+}
+
+/// Terminal echo turned off until drop (no-op when the terminal cannot be configured).
+pub struct EchoOff<'a> {
+    stdin: &'a std::io::Stdin,
+    saved: Option<rustix::termios::Termios>,
+}
+
+impl<'a> EchoOff<'a> {
+    /// Turn echo off on `stdin`'s terminal.
+    pub fn new(stdin: &'a std::io::Stdin) -> Self {
+        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+        let saved = tcgetattr(stdin).ok();
+        if let Some(orig) = &saved {
+            let mut quiet = orig.clone();
+            quiet.local_modes.remove(LocalModes::ECHO);
+            if tcsetattr(stdin, OptionalActions::Now, &quiet).is_err() {
+                return EchoOff { stdin, saved: None };
+            }
+        }
+        EchoOff { stdin, saved }
+    }
+}
+
+impl Drop for EchoOff<'_> {
+    fn drop(&mut self) {
+        if let Some(orig) = &self.saved {
+            let _ =
+                rustix::termios::tcsetattr(self.stdin, rustix::termios::OptionalActions::Now, orig);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_login_reports_the_lookup_without_the_token() {
+        let mut data = Map::new();
+        data.insert("accessor".into(), json!("acc"));
+        data.insert("policies".into(), json!(["root"]));
+        data.insert("ttl".into(), json!(0));
+        let auth = auth_from_lookup(&data);
+        let rows = token_cmd::auth_rows(&auth);
+        assert!(rows.contains(&("token_accessor".into(), "acc".into())));
+        assert!(rows.contains(&("token_duration".into(), "∞".into())));
+        assert!(rows.iter().all(|(k, _)| k != "token"));
+    }
+}
