@@ -20,6 +20,7 @@ mod error;
 pub mod kv;
 pub mod params;
 pub mod policy;
+pub mod transit;
 mod request;
 
 pub use backend::{Backend, BackendContext, BackendRequest};

@@ -168,6 +168,7 @@ pub fn normalize_type(
             options.insert("version".to_owned(), Value::String("2".to_owned()));
             Ok(("kv".to_owned(), options))
         }
+        "transit" => Ok(("transit".to_owned(), options)),
         other => Err(EngineError::invalid(format!(
             "unknown backend type {other:?}"
         ))),
@@ -223,6 +224,7 @@ pub(crate) fn instantiate(
     };
     match (table, entry.kind.as_str()) {
         (Table::Secrets, "kv") => crate::kv::factory(ctx),
+        (Table::Secrets, "transit") => crate::transit::factory(ctx),
         (Table::Auth, "kubernetes") => crate::auth::kubernetes::factory(ctx),
         (Table::Auth, "jwt" | "oidc") => crate::auth::jwt::factory(ctx),
         (_, other) => Err(EngineError::invalid(format!(

@@ -9,3 +9,4 @@ mod core;
 mod kv;
 mod policy;
 mod token;
+mod transit;

@@ -1,0 +1,425 @@
+//! The transit secrets engine: encryption as a service, compatible with Vault/OpenBao's
+//! `transit`, plus a key lifecycle in the manner of the cloud KMS services.
+//!
+//! Endpoints, relative to the mount (OpenBao's shapes unless noted):
+//!
+//! | path | operations |
+//! |---|---|
+//! | `keys` | LIST |
+//! | `keys/<name>` | write (create), read, delete (only with `deletion_allowed`) |
+//! | `keys/<name>/config`, `/rotate`, `/trim` | write |
+//! | `keys/<name>/disable`, `/enable` | write — keyhaven: a disabled key refuses every cryptographic operation |
+//! | `keys/<name>/schedule-deletion` `{pending_window_days: 7..=30}`, `/cancel-deletion` | write — keyhaven: see below |
+//! | `aliases` (LIST), `aliases/<alias>` `{key}` | keyhaven: another name for a key, usable wherever a key name is |
+//! | `encrypt/<name>`, `decrypt/<name>`, `rewrap/<name>` | write, with `batch_input` |
+//! | `datakey/plaintext/<name>`, `datakey/wrapped/<name>` | write |
+//! | `hmac/<name>[/<alg>]`, `sign/<name>[/<hash>]`, `verify/<name>[/<hash>]` | write, with `batch_input` |
+//! | `random[/<source>][/<bytes>]`, `hash[/<alg>]` | write |
+//! | `config/keys` `{disable_upsert}` | read, write |
+//!
+//! # Semantics worth knowing
+//!
+//! - **Upsert.** Encrypting with a key that does not exist creates it (type from `type`,
+//!   default `aes256-gcm96`; derived when the request carries a `context`), as Vault does.
+//!   Vault asks for the `create` capability; keyhaven's router presents writes as `update`,
+//!   so the `update` capability on `encrypt/<name>` is enough. `config/keys
+//!   disable_upsert=true` turns upsert off for the mount.
+//! - **Errors.** Every failure to decrypt a well-formed envelope — wrong key, wrong context
+//!   or associated data, tampering, truncation — gives the same message, `decryption
+//!   failed`. Malformed envelopes (no `vault:v` prefix, bad version, invalid base64), unknown
+//!   versions and versions below `min_decryption_version` get their own clear messages.
+//! - **Key states.** A disabled key or one pending deletion refuses encrypt, decrypt,
+//!   rewrap, datakey, hmac, sign and verify with HTTP 400 (`PreconditionFailed`, the status
+//!   Vault gives a failed check-and-set; AWS answers 409-like `KMSInvalidStateException`,
+//!   which has no counterpart in Vault's API). Management (read, config, enable, cancel)
+//!   still works.
+//! - **Scheduled deletion.** `schedule-deletion` needs `deletion_allowed`, like `DELETE`.
+//!   The key is destroyed by [`Backend::tick`] once the window has passed;
+//!   `cancel-deletion` leaves the key *disabled*, as AWS KMS does.
+//! - **Automatic rotation.** [`Backend::tick`] rotates every enabled key whose
+//!   `auto_rotate_period` has passed since its latest version was created.
+//! - **Signatures.** ECDSA P-256 signs with SHA2-256 and P-384 with SHA2-384 (the
+//!   provider's pairs; P-384's default hash is therefore sha2-384, not Vault's sha2-256).
+//!   RSA signs with PSS (salt as long as the hash) or PKCS#1 v1.5 over sha2-256/384/512.
+//!   Ed25519 keys cannot be `derived` yet.
+//!
+//! # Storage and cache
+//!
+//! One barrier-encrypted record per key at `keys/<name>` (settings and every version's
+//! material), `aliases/<alias>` for aliases and `config` for the mount settings. Keys are
+//! prepared once and cached in memory per backend instance, which the core drops on seal;
+//! prepared keys zeroize on drop. A cryptographic request reads only the cache. Every change
+//! is serialized by a per-instance lock, written with compare-and-swap against the record as
+//! read, and then replaces the cache entry. Another server sharing the store sees a change
+//! when its cache entry is next loaded; cross-server invalidation is the HA layer's job.
+
+mod key;
+mod manage;
+mod ops;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use keyhaven_storage::{Condition, Op, Store, Transaction, TxOutcome};
+use parking_lot::RwLock;
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use crate::backend::{Backend, BackendContext, BackendRequest};
+use crate::clock::Clock;
+use crate::error::EngineError;
+use crate::request::{Operation, Response};
+
+use key::{Key, KeyState, unix_nanos};
+
+/// The longest key or alias name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// How many times a change is recomputed after losing a race with another server.
+const MAX_ATTEMPTS: usize = 8;
+
+const CONFIG_KEY: &str = "config";
+
+/// Build a transit backend for a mount.
+pub fn factory(ctx: BackendContext) -> Result<Arc<dyn Backend>, EngineError> {
+    Ok(Arc::new(TransitBackend {
+        storage: ctx.storage,
+        clock: ctx.clock,
+        cache: RwLock::new(HashMap::new()),
+        aliases: RwLock::new(HashMap::new()),
+        disable_upsert: RwLock::new(None),
+        write_lock: tokio::sync::Mutex::new(()),
+    }))
+}
+
+/// One mounted transit engine.
+pub(crate) struct TransitBackend {
+    storage: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    /// Prepared keys by name.
+    cache: RwLock<HashMap<String, Arc<Key>>>,
+    /// Alias → key name, for aliases seen so far.
+    aliases: RwLock<HashMap<String, String>>,
+    /// The mount's `disable_upsert`, once read.
+    disable_upsert: RwLock<Option<bool>>,
+    /// Serializes changes made through this instance.
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for TransitBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransitBackend").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Backend for TransitBackend {
+    async fn handle(&self, req: BackendRequest<'_>) -> Result<Response, EngineError> {
+        use Operation::{Create, Delete, List, Read, Update};
+        let op = req.operation;
+        let data = req.data;
+        let write = matches!(op, Create | Update);
+        let mut parts = req.path.splitn(4, '/');
+        let first = parts.next().unwrap_or("");
+        let second = parts.next();
+        let third = parts.next();
+        let fourth = parts.next();
+        match (first, second, third, fourth) {
+            ("keys", None, None, None) | ("keys", Some(""), None, None) if op == List => {
+                self.list_keys().await
+            }
+            ("keys", Some(name), None, None) => match op {
+                Read => self.read_key(name).await,
+                Create | Update => self.create_key(name, data).await,
+                Delete => self.delete_key(name).await,
+                List => Err(EngineError::UnsupportedOperation),
+                _ => Err(EngineError::UnsupportedOperation),
+            },
+            ("keys", Some(name), Some(action), None) if write => {
+                self.key_action(name, action, data).await
+            }
+            ("aliases", None, None, None) | ("aliases", Some(""), None, None) if op == List => {
+                self.list_aliases().await
+            }
+            ("aliases", Some(alias), None, None) => match op {
+                Read => self.read_alias(alias).await,
+                Create | Update => self.write_alias(alias, data).await,
+                Delete => self.delete_alias(alias).await,
+                _ => Err(EngineError::UnsupportedOperation),
+            },
+            ("config", Some("keys"), None, None) => match op {
+                Read => self.read_mount_config().await,
+                Create | Update => self.write_mount_config(data).await,
+                _ => Err(EngineError::UnsupportedOperation),
+            },
+            ("encrypt", Some(name), None, None) if write => self.encrypt(name, data).await,
+            ("decrypt", Some(name), None, None) if write => self.decrypt(name, data).await,
+            ("rewrap", Some(name), None, None) if write => self.rewrap(name, data).await,
+            ("datakey", Some(kind), Some(name), None) if write => {
+                self.datakey(kind, name, data).await
+            }
+            ("hmac", Some(name), alg, None) if write => self.hmac(name, alg, data).await,
+            ("sign", Some(name), alg, None) if write => self.sign(name, alg, data).await,
+            ("verify", Some(name), alg, None) if write => self.verify(name, alg, data).await,
+            ("random", a, b, None) if write => ops::random(a, b, data),
+            ("hash", alg, None, None) if write => ops::hash(alg, data),
+            _ => Err(EngineError::NotFound("unsupported path".to_owned())),
+        }
+    }
+
+    async fn tick(&self) -> Result<(), EngineError> {
+        self.run_schedule().await
+    }
+}
+
+/// Vault's rule for key names: word characters, `-` and `.`, starting and ending with a
+/// word character.
+fn validate_name(name: &str) -> Result<(), EngineError> {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.chars().all(|c| word(c) || c == '-' || c == '.')
+        && name.starts_with(word)
+        && name.ends_with(word);
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::invalid(format!(
+            "invalid key name: use letters, digits, '_', '-' and '.', at most {MAX_NAME_LEN} bytes"
+        )))
+    }
+}
+
+fn key_path(name: &str) -> String {
+    format!("keys/{name}")
+}
+
+fn alias_path(alias: &str) -> String {
+    format!("aliases/{alias}")
+}
+
+fn contention() -> EngineError {
+    EngineError::Unavailable("too much contention on this key; retry later".to_owned())
+}
+
+impl TransitBackend {
+    fn now_nanos(&self) -> u64 {
+        unix_nanos(self.clock.now())
+    }
+
+    /// The key `name` from storage, bypassing the cache, and refresh the cache with it.
+    async fn load_fresh(&self, name: &str) -> Result<Option<Arc<Key>>, EngineError> {
+        match self.storage.get(&key_path(name)).await? {
+            None => {
+                self.cache.write().remove(name);
+                Ok(None)
+            }
+            Some(bytes) => {
+                let key = Arc::new(Key::decode(name, bytes)?);
+                self.cache.write().insert(name.to_owned(), key.clone());
+                Ok(Some(key))
+            }
+        }
+    }
+
+    /// The key `name` (no alias resolution), from the cache or storage.
+    async fn load(&self, name: &str) -> Result<Option<Arc<Key>>, EngineError> {
+        if let Some(k) = self.cache.read().get(name) {
+            return Ok(Some(k.clone()));
+        }
+        self.load_fresh(name).await
+    }
+
+    /// The target of alias `alias`, if it is one.
+    async fn alias_target(&self, alias: &str) -> Result<Option<String>, EngineError> {
+        if let Some(t) = self.aliases.read().get(alias) {
+            return Ok(Some(t.clone()));
+        }
+        let Some(raw) = self.storage.get(&alias_path(alias)).await? else {
+            return Ok(None);
+        };
+        let target = manage::decode_alias(&raw)?;
+        self.aliases
+            .write()
+            .insert(alias.to_owned(), target.clone());
+        Ok(Some(target))
+    }
+
+    /// Resolve a key name or alias to the key's real name and the key, if it exists.
+    async fn resolve(&self, name: &str) -> Result<(String, Option<Arc<Key>>), EngineError> {
+        validate_name(name)?;
+        if let Some(k) = self.cache.read().get(name) {
+            return Ok((name.to_owned(), Some(k.clone())));
+        }
+        if let Some(k) = self.load(name).await? {
+            return Ok((name.to_owned(), Some(k)));
+        }
+        if let Some(target) = self.alias_target(name).await? {
+            let k = self.load(&target).await?;
+            return Ok((target, k));
+        }
+        Ok((name.to_owned(), None))
+    }
+
+    /// Apply `change` to the key `name` (already resolved) and store the result with
+    /// compare-and-swap, retrying if another server changed it meanwhile. `change` gets the
+    /// current key (`None` if absent) and returns the new settings and versions, or `None`
+    /// to delete the key. Returns the key as stored (`None` when deleted).
+    async fn modify<F>(&self, name: &str, mut change: F) -> Result<Option<Arc<Key>>, EngineError>
+    where
+        F: FnMut(Option<&Key>) -> Result<Change, EngineError>,
+    {
+        let _guard = self.write_lock.lock().await;
+        let path = key_path(name);
+        for _ in 0..MAX_ATTEMPTS {
+            let current = match self.storage.get(&path).await? {
+                Some(bytes) => Some(Key::decode(name, bytes)?),
+                None => None,
+            };
+            let condition = match &current {
+                Some(k) => Condition::Equals {
+                    key: path.clone(),
+                    value: k.stored.to_vec(),
+                },
+                None => Condition::Absent { key: path.clone() },
+            };
+            let (op, next) = match change(current.as_ref())? {
+                Change::Keep => return Ok(current.map(Arc::new)),
+                Change::Delete => (Op::Delete { key: path.clone() }, None),
+                Change::Put(config, versions) => {
+                    let bytes = Key::encode(&config, &versions)?;
+                    let kind = keyhaven_crypto::transit::KeyType::parse(&config.kind)
+                        .ok_or_else(|| EngineError::invalid("unknown key type"))?;
+                    let next = Key {
+                        name: name.to_owned(),
+                        kind,
+                        config,
+                        versions,
+                        stored: Zeroizing::new(bytes.to_vec()),
+                    };
+                    (
+                        Op::Put {
+                            key: path.clone(),
+                            value: bytes.to_vec(),
+                        },
+                        Some(Arc::new(next)),
+                    )
+                }
+            };
+            let tx = Transaction {
+                conditions: vec![condition],
+                ops: vec![op],
+            };
+            match self.storage.transact(tx).await? {
+                TxOutcome::Committed => {
+                    let mut cache = self.cache.write();
+                    match &next {
+                        Some(k) => cache.insert(name.to_owned(), k.clone()),
+                        None => cache.remove(name),
+                    };
+                    return Ok(next);
+                }
+                TxOutcome::ConditionFailed { .. } => continue,
+            }
+        }
+        Err(contention())
+    }
+
+    /// The mount's `disable_upsert`.
+    async fn upsert_disabled(&self) -> Result<bool, EngineError> {
+        if let Some(v) = *self.disable_upsert.read() {
+            return Ok(v);
+        }
+        let v = match self.storage.get(CONFIG_KEY).await? {
+            Some(raw) => manage::decode_mount_config(&raw)?,
+            None => false,
+        };
+        *self.disable_upsert.write() = Some(v);
+        Ok(v)
+    }
+
+    /// Scheduled work: finish pending deletions whose window has passed and rotate keys
+    /// whose `auto_rotate_period` has elapsed.
+    async fn run_schedule(&self) -> Result<(), EngineError> {
+        let now = self.now_nanos();
+        let names = self.list_names("keys/").await?;
+        for name in names {
+            if name.ends_with('/') {
+                continue;
+            }
+            let Some(key) = self.load(&name).await? else {
+                continue;
+            };
+            let c = &key.config;
+            let due_deletion =
+                c.state == KeyState::PendingDeletion && c.deletion_time.is_some_and(|t| now >= t);
+            let due_rotation = c.state == KeyState::Enabled
+                && c.auto_rotate_period > 0
+                && now
+                    >= key
+                        .last_rotation()
+                        .saturating_add(c.auto_rotate_period.saturating_mul(1_000_000_000));
+            if due_deletion {
+                self.destroy(&name, now).await?;
+                tracing::info!(target: "keyhaven::transit", key = %name, "key destroyed after its pending deletion window");
+            } else if due_rotation {
+                self.rotate_if_due(&name, now).await?;
+                tracing::info!(target: "keyhaven::transit", key = %name, "key rotated automatically");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`TransitBackend::modify`] should do.
+enum Change {
+    /// Nothing to write.
+    Keep,
+    /// Write these settings and versions.
+    Put(
+        key::KeyConfig,
+        std::collections::BTreeMap<u32, key::Version>,
+    ),
+    /// Remove the key.
+    Delete,
+}
+
+/// Read a batch or single request: `batch_input` as a list of objects (or that list as a
+/// JSON string, which is what `bao write … batch_input=…` sends), or the request itself as
+/// one item. The flag says whether it was a batch.
+type Items<'a> = (Vec<Cow<'a, Map<String, Value>>>, bool);
+
+fn items(data: &Map<String, Value>) -> Result<Items<'_>, EngineError> {
+    const WRONG: &str = "invalid value for parameter \"batch_input\": expected a list of objects";
+    fn check(i: usize, v: &Value) -> Result<&Map<String, Value>, EngineError> {
+        match v {
+            Value::Object(m) => Ok(m),
+            _ => Err(EngineError::invalid(format!(
+                "batch_input[{i}]: expected an object"
+            ))),
+        }
+    }
+    let out: Vec<Cow<'_, Map<String, Value>>> = match data.get("batch_input") {
+        None | Some(Value::Null) => return Ok((vec![Cow::Borrowed(data)], false)),
+        Some(Value::Array(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, v)| check(i, v).map(Cow::Borrowed))
+            .collect::<Result<_, _>>()?,
+        Some(Value::String(s)) => {
+            let list =
+                serde_json::from_str::<Vec<Value>>(s).map_err(|_| EngineError::invalid(WRONG))?;
+            list.iter()
+                .enumerate()
+                .map(|(i, v)| check(i, v).map(|m| Cow::Owned(m.clone())))
+                .collect::<Result<_, _>>()?
+        }
+        Some(_) => return Err(EngineError::invalid(WRONG)),
+    };
+    if out.is_empty() {
+        return Err(EngineError::invalid("missing batch input to process"));
+    }
+    Ok((out, true))
+}
