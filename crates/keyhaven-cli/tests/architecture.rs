@@ -50,7 +50,7 @@ const LAYER_CRATES: &[(&str, &[&str])] = &[
     ("tonic", &["keyhaven-k8s"]),
     ("rusqlite", &["keyhaven-storage-sql"]),
     ("tokio-postgres", &["keyhaven-storage-sql"]),
-    ("reqwest", &["keyhaven-client", "keyhaven-k8s"]),
+    ("reqwest", &["keyhaven-client", "keyhaven-k8s", "keyhaven-server"]),
 ];
 
 fn metadata() -> Value {

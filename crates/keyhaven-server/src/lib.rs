@@ -9,6 +9,7 @@
 pub mod audit_file;
 pub mod config;
 pub mod http;
+pub mod outbound;
 mod tls;
 
 use std::net::SocketAddr;
@@ -157,7 +158,7 @@ pub async fn build(
         clock,
         CoreOptions {
             audit,
-            outbound: None,
+            outbound: outbound::shared_or_none(),
         },
     )
     .await
