@@ -6,6 +6,7 @@
     clippy::indexing_slicing
 )]
 mod core;
+mod kubernetes;
 mod kv;
 mod policy;
 mod token;
