@@ -7,4 +7,5 @@ mod architecture;
 mod audit;
 mod bao;
 mod cli;
+mod identity_cli;
 mod server;
