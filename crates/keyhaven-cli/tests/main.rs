@@ -5,7 +5,9 @@ mod support;
 
 mod architecture;
 mod audit;
+mod authz;
 mod bao;
 mod cli;
 mod identity_cli;
 mod server;
+mod tls;
