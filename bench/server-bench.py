@@ -363,8 +363,10 @@ def main():
             call(srv.port, "POST", "/v1/secret/data/bench-write", {"data": SECRET}, srv.token)
         time.sleep(1.0)
         pid = srv.proc.pid
-        rss[n] = dict(idle=proc_status(pid, "VmRSS"), threads=proc_threads(pid))
-        print(f"idle RSS {n:15s} {rss[n]['idle']:.1f} MiB, {rss[n]['threads']} threads", flush=True)
+        rss[n] = dict(idle=proc_status(pid, "VmRSS"), anon=proc_status(pid, "RssAnon"),
+                      file=proc_status(pid, "RssFile"), threads=proc_threads(pid))
+        print(f"idle RSS {n:15s} {rss[n]['idle']:.1f} MiB (anonymous {rss[n]['anon']:.1f}, "
+              f"file-backed {rss[n]['file']:.1f}), {rss[n]['threads']} threads", flush=True)
         for rep in range(1, REPS + 1):
             for s in SCEN_NAMES:
                 for c in CONCS:
@@ -394,7 +396,7 @@ def report(rows, startup, extra, rss, notes):
                 tot[k] = tot.get(k, 0) + v
         return f"{n} of {sum(tot.values())} ({', '.join(f'{k}: {v}' for k, v in sorted(tot.items()))})"
 
-    head = (f"keyhaven {E['KEYHAVEN_VERSION']} (tree {E['KEYHAVEN_COMMIT']}) vs OpenBao {E['BAO_VERSION']}; "
+    head = (f"keyhaven {E['KEYHAVEN_VERSION']} (built from {E['KEYHAVEN_COMMIT']}) vs OpenBao {E['BAO_VERSION']}; "
             f"{E['LOADGEN_VERSION']}; {DUR}s per run after {WARM}s warm-up, {REPS} runs each, "
             f"concurrency {' '.join(map(str, CONCS))}; {notes['cpus']} CPUs; "
             f"load average at start {notes['start_load'][0]:.2f}/{notes['start_load'][1]:.2f}/"
@@ -453,6 +455,8 @@ def report(rows, startup, extra, rss, notes):
         L.append("| start-up to unsealed, median | " + " | ".join(
             f"{med(u)*1e3:.1f} ms" if n == "keyhaven-sqlite" else "-" for n in names) + " |")
     L.append("| idle RSS | " + " | ".join(f"{rss[n]['idle']:.1f} MiB" for n in names) + " |")
+    L.append("| idle RSS: anonymous / file-backed (mostly the executable's code) | " + " | ".join(
+        f"{rss[n]['anon']:.1f} / {rss[n]['file']:.1f} MiB" for n in names) + " |")
     L.append("| RSS after the load (peak) | " + " | ".join(
         f"{rss[n]['after']:.1f} MiB ({rss[n]['hwm']:.1f})" for n in names) + " |")
     L.append("| threads when idle | " + " | ".join(str(rss[n]["threads"]) for n in names) + " |")

