@@ -1,0 +1,9 @@
+//! Integration tests of the server crate (one binary; add modules here).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod kubernetes_auth;
