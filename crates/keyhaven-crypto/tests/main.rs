@@ -10,5 +10,6 @@ mod barrier;
 mod cross_check;
 mod no_leak;
 mod shamir;
+mod transit;
 mod wycheproof_aead;
 mod wycheproof_hkdf;
