@@ -135,6 +135,8 @@ impl Perms {
 struct SegmentRule {
     /// Without the trailing `*`.
     body: Box<str>,
+    /// `body` split at `/`.
+    segments: Box<[Box<str>]>,
     is_prefix: bool,
     first_wildcard: usize,
     wildcards: usize,
@@ -142,19 +144,50 @@ struct SegmentRule {
 }
 
 impl SegmentRule {
+    fn new(glob: &str, perms: usize) -> SegmentRule {
+        let (body, is_prefix) = match glob.strip_suffix('*') {
+            Some(b) => (b, true),
+            None => (glob, false),
+        };
+        let segments: Box<[Box<str>]> = body.split('/').map(Box::from).collect();
+        SegmentRule {
+            body: body.into(),
+            wildcards: segments.iter().filter(|s| s.as_ref() == "+").count(),
+            segments,
+            is_prefix,
+            first_wildcard: glob.find('+').unwrap_or(glob.len()),
+            perms,
+        }
+    }
+
+    /// The literal start every matching path has: the segments before the first `+`
+    /// (and before the last segment, which may match as a prefix), each with its `/`.
+    fn literal_prefix(&self) -> String {
+        let mut out = String::new();
+        let last = self.segments.len().saturating_sub(1);
+        for s in self.segments.iter().take(last) {
+            if s.as_ref() == "+" {
+                break;
+            }
+            out.push_str(s);
+            out.push('/');
+        }
+        out
+    }
+
     /// Vault's segment match: `+` takes one whole segment; the last segment of a prefix
-    /// glob matches as a prefix.
-    fn matches(&self, path: &str) -> bool {
-        let want = self.body.split('/').count();
-        let have = path.split('/').count();
+    /// glob matches as a prefix. `have` is the number of segments of `path`.
+    fn matches(&self, path: &str, have: usize) -> bool {
+        let want = self.segments.len();
         if have < want || (!self.is_prefix && have != want) {
             return false;
         }
         let mut parts = path.split('/');
-        for (i, glob) in self.body.split('/').enumerate() {
+        for (i, glob) in self.segments.iter().enumerate() {
             let Some(part) = parts.next() else {
                 return false;
             };
+            let glob = glob.as_ref();
             let ok = glob == "+"
                 || glob == part
                 || (self.is_prefix && i + 1 == want && part.starts_with(glob));
@@ -186,6 +219,10 @@ pub struct Acl {
     /// Distinct lengths of the keys of `prefix`, longest first.
     prefix_lens: Vec<usize>,
     segment: Vec<SegmentRule>,
+    /// Indexes into `segment` by each rule's literal prefix.
+    segment_index: HashMap<Box<str>, Vec<usize>>,
+    /// Distinct lengths of the keys of `segment_index`, longest first.
+    segment_lens: Vec<usize>,
     policies: Vec<String>,
 }
 
@@ -260,17 +297,7 @@ impl Acl {
                                 acl.prefix.insert(key.into_boxed_str(), i);
                             }
                             Kind::Segment => {
-                                let (body, is_prefix) = match glob.strip_suffix('*') {
-                                    Some(b) => (b, true),
-                                    None => (glob, false),
-                                };
-                                acl.segment.push(SegmentRule {
-                                    body: body.into(),
-                                    is_prefix,
-                                    first_wildcard: glob.find('+').unwrap_or(glob.len()),
-                                    wildcards: body.split('/').filter(|s| *s == "+").count(),
-                                    perms: i,
-                                });
+                                acl.segment.push(SegmentRule::new(glob, i));
                             }
                         }
                         i
@@ -285,6 +312,16 @@ impl Acl {
         lens.sort_unstable_by(|a, b| b.cmp(a));
         lens.dedup();
         acl.prefix_lens = lens;
+        for (si, seg) in acl.segment.iter().enumerate() {
+            acl.segment_index
+                .entry(seg.literal_prefix().into_boxed_str())
+                .or_default()
+                .push(si);
+        }
+        let mut lens: Vec<usize> = acl.segment_index.keys().map(|k| k.len()).collect();
+        lens.sort_unstable_by(|a, b| b.cmp(a));
+        lens.dedup();
+        acl.segment_lens = lens;
         acl
     }
 
@@ -311,19 +348,25 @@ impl Acl {
                 break;
             }
         }
-        for seg in &self.segment {
-            if !seg.matches(path) {
+        let have = path.split('/').count();
+        for &len in &self.segment_lens {
+            let Some(list) = path.get(..len).and_then(|p| self.segment_index.get(p)) else {
                 continue;
-            }
-            let spec = Specificity {
-                first_wildcard: seg.first_wildcard,
-                not_prefix: !seg.is_prefix,
-                fewer_wildcards: std::cmp::Reverse(seg.wildcards),
-                len: seg.body.len(),
-                glob: &seg.body,
             };
-            if best.as_ref().is_none_or(|(b, _)| spec > *b) {
-                best = Some((spec, seg.perms));
+            for seg in list.iter().filter_map(|&si| self.segment.get(si)) {
+                if !seg.matches(path, have) {
+                    continue;
+                }
+                let spec = Specificity {
+                    first_wildcard: seg.first_wildcard,
+                    not_prefix: !seg.is_prefix,
+                    fewer_wildcards: std::cmp::Reverse(seg.wildcards),
+                    len: seg.body.len(),
+                    glob: &seg.body,
+                };
+                if best.as_ref().is_none_or(|(b, _)| spec > *b) {
+                    best = Some((spec, seg.perms));
+                }
             }
         }
         best.and_then(|(_, i)| self.perms.get(i))

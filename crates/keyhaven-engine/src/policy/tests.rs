@@ -735,3 +735,27 @@ async fn sys_endpoints_have_vaults_shapes() {
         .unwrap();
     assert_eq!(ps.list().await.unwrap(), ["b64", "default"]);
 }
+
+/// Rough cost of a check on a policy set of realistic size; run with
+/// `cargo test --release -p keyhaven-engine --lib policy::tests::authorize_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn authorize_cost() {
+    let mut text = String::new();
+    for i in 0..200 {
+        text.push_str(&format!(
+            "path \"kv/data/team-{i}/*\" {{\n capabilities = [\"read\"]\n}}\n\
+             path \"kv/data/team-{i}/+/config\" {{\n capabilities = [\"update\"]\n}}\n\
+             path \"kv/metadata/team-{i}\" {{\n capabilities = [\"list\"]\n}}\n"
+        ));
+    }
+    let a = acl(&[("big", &text), ("default", DEFAULT_POLICY)]);
+    let empty = Map::new();
+    let n = 200_000u32;
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        assert!(a.authorize(Read, "kv/data/team-150/app/db", &empty).allowed);
+    }
+    let per = start.elapsed() / n;
+    println!("authorize: {per:?} per check over 600 + default rules");
+}
