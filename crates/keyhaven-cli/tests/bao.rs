@@ -331,3 +331,163 @@ fn status_init_unseal_and_kv_through_bao_against_a_sqlite_server() {
     let sealed = bao.run(&["kv", "get", "kv2/app"]);
     assert_eq!(sealed.code, 2);
 }
+
+#[path = "../../keyhaven-engine/tests/kubernetes/issuer.rs"]
+mod k8s_issuer;
+
+/// `bao auth enable kubernetes`, `bao write auth/kubernetes/config pem_keys=@…`, a role,
+/// and `bao write auth/kubernetes/login role=… jwt=…` with tokens from a test issuer.
+#[test]
+fn kubernetes_auth_through_bao() {
+    use k8s_issuer::{Alg, Issuer, sa_claims};
+    const ISS: &str = "https://kubernetes.default.svc.cluster.local";
+    let server = TestServer::dev();
+    let addr = server.addr();
+    let bao = Bao::new(&addr, Some(&server.root_token()));
+    let issuer = Issuer::new(ISS);
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("keys.pem");
+    std::fs::write(
+        &key_file,
+        format!("{}{}", issuer.rsa_public_pem(), issuer.ec_public_pem()),
+    )
+    .unwrap();
+
+    let ok = |o: Outcome| {
+        assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+        o.stdout
+    };
+    ok(bao.run(&["auth", "enable", "kubernetes"]));
+    ok(bao.run(&[
+        "write",
+        "auth/kubernetes/config",
+        &format!("pem_keys=@{}", key_file.display()),
+        &format!("issuer={ISS}"),
+    ]));
+    ok(bao.run(&[
+        "write",
+        "auth/kubernetes/role/app",
+        "bound_service_account_names=app",
+        "bound_service_account_namespaces=team-a",
+        "audience=keyhaven",
+        "token_policies=default",
+        "token_ttl=5m",
+    ]));
+    let list: Value =
+        serde_json::from_str(&ok(bao.run(&["auth", "list", "-format=json"]))).unwrap();
+    assert_eq!(list["kubernetes/"]["type"], "kubernetes", "{list}");
+    let role: Value = serde_json::from_str(&ok(bao.run(&[
+        "read",
+        "-format=json",
+        "auth/kubernetes/role/app",
+    ])))
+    .unwrap();
+    assert_eq!(
+        role["data"]["bound_service_account_namespaces"],
+        serde_json::json!(["team-a"])
+    );
+    assert_eq!(role["data"]["token_ttl"], 300);
+
+    // The server runs on the real clock, so the tokens do too.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the dev server under test uses the system clock"
+    )]
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    let anon = Bao::new(&addr, None);
+    for alg in [Alg::Rs256, Alg::Es256] {
+        let jwt = issuer.sign(alg, &sa_claims(ISS, "team-a", "app", &["keyhaven"], now));
+        let login: Value = serde_json::from_str(&ok(anon.run(&[
+            "write",
+            "-format=json",
+            "auth/kubernetes/login",
+            "role=app",
+            &format!("jwt={jwt}"),
+        ])))
+        .unwrap();
+        let auth = &login["auth"];
+        assert_eq!(
+            auth["metadata"]["service_account_namespace"], "team-a",
+            "{login}"
+        );
+        assert_eq!(auth["metadata"]["role"], "app");
+        assert_eq!(auth["lease_duration"], 300);
+        let token = auth["client_token"].as_str().unwrap();
+        let me = Bao::new(&addr, Some(token));
+        let lookup: Value =
+            serde_json::from_str(&ok(me.run(&["token", "lookup", "-format=json"]))).unwrap();
+        assert_eq!(
+            lookup["data"]["display_name"], "kubernetes-team-a-app",
+            "{lookup}"
+        );
+        let denied = me.run(&["auth", "list"]);
+        assert_eq!(
+            denied.code, 2,
+            "the default policy does not read sys/auth: {}",
+            denied.stdout
+        );
+    }
+
+    for (jwt, case) in [
+        (
+            issuer.sign(
+                Alg::Rs256,
+                &sa_claims(ISS, "team-b", "app", &["keyhaven"], now),
+            ),
+            "wrong namespace",
+        ),
+        (
+            issuer.sign(
+                Alg::Rs256,
+                &sa_claims(ISS, "team-a", "app", &["sts.amazonaws.com"], now),
+            ),
+            "wrong audience",
+        ),
+        (
+            Issuer::hs256(
+                &issuer.rsa_public_pem_bytes(),
+                Some(k8s_issuer::RSA_KID),
+                &sa_claims(ISS, "team-a", "app", &["keyhaven"], now),
+            ),
+            "HS256 confusion",
+        ),
+        (
+            Issuer::unsigned(&sa_claims(ISS, "team-a", "app", &["keyhaven"], now), ""),
+            "alg none",
+        ),
+        (
+            issuer.sign(
+                Alg::Es256,
+                &sa_claims(ISS, "team-a", "app", &["keyhaven"], now - 7200),
+            ),
+            "expired",
+        ),
+    ] {
+        let out = anon.run(&[
+            "write",
+            "auth/kubernetes/login",
+            "role=app",
+            &format!("jwt={jwt}"),
+        ]);
+        assert_eq!(out.code, 2, "{case}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("permission denied"),
+            "{case}: {}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains(&jwt),
+            "{case}: the error echoes the token"
+        );
+    }
+    assert!(
+        !server.logs().contains("eyJ"),
+        "a JWT reached the server log"
+    );
+}
