@@ -75,13 +75,35 @@ pub fn factory(ctx: BackendContext) -> Result<Arc<dyn Backend>, EngineError> {
     Ok(Arc::new(KvBackend {
         storage: ctx.storage,
         clock: ctx.clock,
+        write_locks: (0..WRITE_STRIPES)
+            .map(|_| tokio::sync::Mutex::new(()))
+            .collect(),
     }))
 }
+
+/// Number of in-process write lanes. Writes to one secret queue on one lane instead of
+/// racing each other to the storage condition (which, with a durable commit of a few
+/// milliseconds, would make most of them lose and retry); writes to different secrets
+/// rarely share a lane. The storage condition still guards against other replicas.
+const WRITE_STRIPES: usize = 256;
 
 /// One mounted KV v2 engine.
 struct KvBackend {
     storage: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    write_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl KvBackend {
+    /// The write lane of a secret path (`rest` of `data/…`, `metadata/…`, `delete/…`, …).
+    fn lane(&self, secret: &str) -> Option<&tokio::sync::Mutex<()>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        secret.hash(&mut h);
+        let n = self.write_locks.len();
+        self.write_locks
+            .get(usize::try_from(h.finish()).unwrap_or(0) % n.max(1))
+    }
 }
 
 #[async_trait]
@@ -95,6 +117,16 @@ impl Backend for KvBackend {
         };
         let op = req.operation;
         let data = req.data;
+        // Serialise writes to one secret inside this process (see WRITE_STRIPES).
+        let _lane = match (op, rest) {
+            (Create | Update | Patch | Delete, Some(secret)) if endpoint != "config" => {
+                match self.lane(secret) {
+                    Some(lock) => Some(lock.lock().await),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
         match (endpoint, rest) {
             ("config", None) => match op {
                 Read => self.config_read().await,
