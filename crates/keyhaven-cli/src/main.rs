@@ -17,6 +17,7 @@ mod login_cmd;
 mod mounts_cmd;
 mod operator_cmd;
 mod output;
+mod policy_cmd;
 mod remote;
 mod server_cmd;
 mod status_cmd;
@@ -61,6 +62,8 @@ enum Command {
     List(generic_cmd::ListArgs),
     /// Delete any API path.
     Delete(generic_cmd::DeleteArgs),
+    /// Write, read, list and delete ACL policies, and explain decisions.
+    Policy(policy_cmd::PolicyArgs),
 }
 
 #[allow(
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Write(args) => return generic_cmd::run_write(args),
         Command::List(args) => return generic_cmd::run_list(args),
         Command::Delete(args) => return generic_cmd::run_delete(args),
+        Command::Policy(args) => return policy_cmd::run(args),
     };
     match result {
         Ok(code) => code,
