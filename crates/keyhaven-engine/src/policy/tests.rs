@@ -759,3 +759,24 @@ fn authorize_cost() {
     let per = start.elapsed() / n;
     println!("authorize: {per:?} per check over 600 + default rules");
 }
+
+#[test]
+fn segment_rules_are_found_through_their_literal_prefix() {
+    let a = acl(&[(
+        "p",
+        "path \"+\" {\n capabilities = [\"read\"]\n}\n\
+         path \"+/x/*\" {\n capabilities = [\"list\"]\n}\n\
+         path \"a/+b/c\" {\n capabilities = [\"update\"]\n}\n\
+         path \"a/b/+/d*\" {\n capabilities = [\"delete\"]\n}\n",
+    )]);
+    assert!(allowed(&a, Read, "anything"));
+    assert!(!allowed(&a, Read, "two/segments"));
+    assert!(allowed(&a, List, "m/x/y/"));
+    // `+b` is a literal segment, not a wildcard.
+    assert!(allowed(&a, Update, "a/+b/c"));
+    assert!(!allowed(&a, Update, "a/zb/c"));
+    assert!(allowed(&a, Delete, "a/b/z/d"));
+    assert!(allowed(&a, Delete, "a/b/z/dd/e"));
+    assert!(!allowed(&a, Delete, "a/b/z"));
+    assert!(!allowed(&a, Delete, "a/c/z/d"));
+}
