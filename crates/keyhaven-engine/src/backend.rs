@@ -23,6 +23,12 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
 
+    /// Whether something exists at `path`, for telling a `create` from an `update` as
+    /// Vault does. `None`: the backend does not distinguish (writes stay updates).
+    async fn exists(&self, _path: &str) -> Result<Option<bool>, EngineError> {
+        Ok(None)
+    }
+
     /// Scheduled work (automatic rotation, scheduled deletion), run periodically by the
     /// core; decisions use the engine's clock. The default does nothing.
     async fn tick(&self) -> Result<(), EngineError> {

@@ -584,7 +584,17 @@ impl Core {
                 }
             }
         };
+        let mut req = req;
         if let Some(entry) = &entry {
+            // As in Vault, a write to a path that holds nothing yet is a `create`: ask the
+            // backend, so policies can grant create without update (and the reverse).
+            if req.operation == Operation::Update
+                && !entry.is_root()
+                && let Target::Mount { mounted, rel } = &target
+                && let Ok(Some(false)) = mounted.backend.exists(rel).await
+            {
+                req.operation = Operation::Create;
+            }
             let acl = inner.policies.acl_for(&entry.policies).await?;
             let decision = acl.authorize(req.operation, &req.path, &req.data);
             if !decision.allowed {
@@ -792,6 +802,8 @@ impl Core {
         let mut data = Map::new();
         data.insert("allowed".to_owned(), json!(decision.allowed));
         data.insert("reason".to_owned(), json!(decision.reason));
+        data.insert("policy".to_owned(), json!(decision.policy));
+        data.insert("rule".to_owned(), json!(decision.rule));
         data.insert("policies".to_owned(), json!(subject.policies));
         data.insert("path".to_owned(), json!(path));
         data.insert("operation".to_owned(), json!(op.as_str()));

@@ -305,7 +305,7 @@ async fn parameter_constraints_apply_to_writes() {
         "writer",
         r#"
 path "kv2/data/app/*" {
-  capabilities = ["update", "read"]
+  capabilities = ["create", "update", "read"]
   allowed_parameters = {
     "data" = []
     "options" = []
@@ -313,7 +313,7 @@ path "kv2/data/app/*" {
   required_parameters = ["options"]
 }
 path "kv2/data/app/frozen" {
-  capabilities = ["update"]
+  capabilities = ["create", "update"]
   denied_parameters = { "data" = [] }
 }
 "#,
@@ -506,4 +506,38 @@ async fn policies_survive_seal_and_unseal() {
     assert_eq!(r.data.unwrap()["policy"], json!(TEAM_A_RO));
     let caps = env.caps(&t, &["kv2/data/team-a/x"]).await;
     assert_eq!(caps["kv2/data/team-a/x"], json!(["read"]));
+}
+
+#[tokio::test]
+async fn writes_to_new_paths_need_create_and_to_existing_ones_update() {
+    let env = env().await;
+    env.write_policy(
+        "create-only",
+        r#"path "kv2/data/c/*" { capabilities = ["create"] }"#,
+    )
+    .await;
+    env.write_policy(
+        "update-only",
+        r#"path "kv2/data/u/*" { capabilities = ["update"] }"#,
+    )
+    .await;
+    let c = env.token(&["create-only"]).await;
+    let u = env.token(&["update-only"]).await;
+    let body = || json!({"data": {"k": "v"}});
+    assert!(env.allowed(Update, "kv2/data/c/new", body(), &c).await);
+    assert!(
+        !env.allowed(Update, "kv2/data/c/new", body(), &c).await,
+        "create-only may not overwrite"
+    );
+    assert!(
+        !env.allowed(Update, "kv2/data/u/new", body(), &u).await,
+        "update-only may not create"
+    );
+    assert!(env.allowed(Update, "kv2/data/c/u-seed", body(), &c).await);
+    env.write_policy(
+        "update-only",
+        r#"path "kv2/data/c/*" { capabilities = ["update"] }"#,
+    )
+    .await;
+    assert!(env.allowed(Update, "kv2/data/c/u-seed", body(), &u).await);
 }

@@ -108,6 +108,17 @@ impl KvBackend {
 
 #[async_trait]
 impl Backend for KvBackend {
+    async fn exists(&self, path: &str) -> Result<Option<bool>, EngineError> {
+        let secret = ["data/", "metadata/"]
+            .iter()
+            .find_map(|p| path.strip_prefix(p));
+        match secret.map(SecretPath::parse) {
+            Some(Ok(p)) => Ok(Some(self.storage.get(p.meta_key()).await?.is_some())),
+            // Malformed paths are refused by the handler with a clear error.
+            Some(Err(_)) | None => Ok(None),
+        }
+    }
+
     async fn handle(&self, req: BackendRequest<'_>) -> Result<Response, EngineError> {
         use Operation::{Create, Delete, List, Patch, Read, Update};
 
