@@ -50,7 +50,10 @@ const LAYER_CRATES: &[(&str, &[&str])] = &[
     ("tonic", &["keyhaven-k8s"]),
     ("rusqlite", &["keyhaven-storage-sql"]),
     ("tokio-postgres", &["keyhaven-storage-sql"]),
-    ("reqwest", &["keyhaven-client", "keyhaven-k8s", "keyhaven-server"]),
+    (
+        "reqwest",
+        &["keyhaven-client", "keyhaven-k8s", "keyhaven-server"],
+    ),
 ];
 
 fn metadata() -> Value {

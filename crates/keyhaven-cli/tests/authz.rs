@@ -104,7 +104,10 @@ fn keypair() -> Jwk {
     }
 }
 
-#[allow(clippy::disallowed_methods, reason = "the test issuer signs with real time, which the server checks against")]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test issuer signs with real time, which the server checks against"
+)]
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -20,8 +20,8 @@ mod error;
 pub mod kv;
 pub mod params;
 pub mod policy;
-pub mod transit;
 mod request;
+pub mod transit;
 
 pub use backend::{Backend, BackendContext, BackendRequest};
 pub use clock::{Clock, ManualClock, SystemClock};
