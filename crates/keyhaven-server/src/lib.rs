@@ -71,12 +71,16 @@ pub struct DevCredentials {
     pub root_token: SecretString,
 }
 
+/// How often the server runs the engine's scheduled work.
+const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A server bound to its address and ready to serve.
 pub struct Server {
     listener: TcpListener,
     router: axum::Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     local_addr: SocketAddr,
+    core: Arc<Core>,
     /// Closed (close record written) after the last request.
     audit_files: Vec<Arc<audit_file::FileDevice>>,
 }
@@ -98,6 +102,19 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let address = self.local_addr;
+        // Scheduled work (token expiry, key rotation, scheduled deletion) on a timer; the
+        // engine decides with its own clock what is due.
+        let core = self.core.clone();
+        let maintenance = tokio::spawn(async move {
+            let mut every = tokio::time::interval(MAINTENANCE_INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if let Err(e) = core.maintenance().await {
+                    tracing::warn!(target: "keyhaven::server", error = %e, "maintenance failed");
+                }
+            }
+        });
         let served = match self.tls {
             None => axum::serve(self.listener, self.router)
                 .with_graceful_shutdown(shutdown)
@@ -105,6 +122,7 @@ impl Server {
                 .map_err(|source| ServerError::Listen { address, source }),
             Some(acceptor) => tls::serve(self.listener, acceptor, self.router, shutdown).await,
         };
+        maintenance.abort();
         for device in &self.audit_files {
             device.close().await;
         }
@@ -191,7 +209,7 @@ pub async fn build(
         TlsConfig::Files { cert, key } => Some(tls::acceptor(cert, key)?),
     };
     let state = http::AppState {
-        core,
+        core: core.clone(),
         storage_type: config.storage.type_name(),
         max_request_size: config.max_request_size,
     };
@@ -215,6 +233,7 @@ pub async fn build(
             router,
             tls,
             local_addr,
+            core,
             audit_files,
         },
         creds,
