@@ -3,14 +3,31 @@
 //!
 //! # Writing
 //!
-//! Requests hand records to a bounded queue ([`QUEUE_CAPACITY`]). One writer thread takes
-//! every record waiting (up to [`MAX_BATCH`]), appends them as lines with one `write`,
-//! flushes (and, with `fsync = true`, calls `fdatasync`) and only then acknowledges each
-//! sender. A full queue fails at once; a sender waits for its acknowledgement at most the
-//! device's timeout. A sink that blocks (a full pipe, a hung network file system) therefore
-//! blocks only the writer thread: requests fail within the timeout and the server keeps
-//! answering. A failed write is undone (`ftruncate` back to the last complete line) so the
-//! file never keeps a partial record the writer knows about.
+//! A regular file is written by the requests themselves, in **group commit**: a request
+//! appends its record to a shared pending batch (under a short lock). If no write is in
+//! progress it becomes the *leader*: it takes the whole batch, chains it, appends it with
+//! one `write` (and, with `fsync = true`, `fdatasync`), publishes the outcome to every
+//! record of the batch, and leads again while records are pending (at most
+//! [`MAX_ROUNDS`] batches, then it hands over to a waiting request). The others wait for
+//! their batch, at most the device's timeout, and get the batch's error if it failed. At
+//! most [`QUEUE_CAPACITY`] records wait; beyond that a request fails at once. The leader
+//! writes inside one poll, without `.await`, so a request that is cancelled or times out
+//! never leaves a batch half-written or the device without a leader.
+//!
+//! The write is a plain `write` on the runtime thread: on a local file system it copies
+//! into the page cache and returns in microseconds, and handing it to another thread
+//! costs far more (two context switches per batch). `fdatasync`, which waits for the
+//! disk, runs inside `tokio::task::block_in_place`. A regular file on a hung network file
+//! system blocks the leader's worker thread only: the other workers keep serving, new
+//! records queue behind the leader and their requests fail within the timeout.
+//!
+//! A FIFO or a character device may block without bound (a pipe nobody reads), so those
+//! are written by a dedicated writer thread instead: requests hand records to a bounded
+//! queue, and the thread writes everything waiting (up to [`MAX_BATCH`]) the same way and
+//! acknowledges each sender.
+//!
+//! Either way a failed write is undone (`ftruncate` back to the last complete line) so
+//! the file never keeps a partial record the writer knows about.
 //!
 //! # The chain
 //!
@@ -50,8 +67,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -59,12 +76,14 @@ use keyhaven_engine::audit::AuditDevice;
 use keyhaven_engine::{Clock as _, EngineError, SystemClock};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Records waiting for the writer, at most.
 pub const QUEUE_CAPACITY: usize = 8192;
-/// Records written together, at most.
+/// Records written together by the writer thread, at most.
 pub const MAX_BATCH: usize = 1024;
+/// Batches one leader writes before it hands over to a waiting request.
+pub const MAX_ROUNDS: u32 = 4;
 /// `prev_hash` of the first record of a chain.
 pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 /// The `type` of the writer's own records.
@@ -148,10 +167,18 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
+/// How records reach the file.
+enum Sink {
+    /// A FIFO or device: the writer thread.
+    Thread(mpsc::Sender<Msg>),
+    /// A regular file: group commit by the requests.
+    Group(Arc<Group>),
+}
+
 /// A running file device.
 pub struct FileDevice {
     config: FileDeviceConfig,
-    tx: mpsc::Sender<Msg>,
+    sink: Sink,
 }
 
 impl std::fmt::Debug for FileDevice {
@@ -172,16 +199,12 @@ impl FileDevice {
     pub fn start(config: FileDeviceConfig) -> Result<Arc<FileDevice>, AuditFileError> {
         let name = config.name.clone();
         let regular = check_path(&config)?;
-        let mut writer = Writer {
-            name: name.clone(),
-            path: config.path.clone(),
-            fsync: config.fsync,
-            file: None,
-            regular: false,
-            len: 0,
-            head: Head::genesis(),
-            reopen: Arc::new(AtomicBool::new(false)),
-        };
+        let mut writer = Writer::new(name.clone(), config.path.clone(), config.fsync);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|source| AuditFileError::Start {
+                name: name.clone(),
+                source,
+            })?;
         if regular {
             writer.open("start").map_err(|e| match e {
                 OpenError::Io(source) => AuditFileError::Open {
@@ -194,17 +217,24 @@ impl FileDevice {
                     path: config.path.clone(),
                 },
             })?;
+            let group = Arc::new(Group::new(writer));
+            let weak = Arc::downgrade(&group);
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let Some(group) = weak.upgrade() else { break };
+                    group.request_reopen();
+                }
+            });
+            return Ok(Arc::new(FileDevice {
+                config,
+                sink: Sink::Group(group),
+            }));
         }
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let reopen = writer.reopen.clone();
         std::thread::Builder::new()
             .name(format!("audit-{name}"))
             .spawn(move || writer.run(rx))
-            .map_err(|source| AuditFileError::Start {
-                name: name.clone(),
-                source,
-            })?;
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|source| AuditFileError::Start {
                 name: name.clone(),
                 source,
@@ -218,13 +248,25 @@ impl FileDevice {
                 let _ = tx.try_send(Msg::Wake);
             }
         });
-        Ok(Arc::new(FileDevice { config, tx }))
+        Ok(Arc::new(FileDevice {
+            config,
+            sink: Sink::Thread(tx),
+        }))
     }
 
     /// Write the close record and stop the writer; waits at most the device's timeout.
     pub async fn close(&self) {
+        let tx = match &self.sink {
+            Sink::Thread(tx) => tx,
+            Sink::Group(group) => {
+                if !group.close(self.config.timeout).await {
+                    tracing::warn!(target: TARGET, device = %self.config.name, "audit file not closed: a write did not finish in time");
+                }
+                return;
+            }
+        };
         let (ack, done) = oneshot::channel();
-        if self.tx.try_send(Msg::Close(ack)).is_ok() {
+        if tx.try_send(Msg::Close(ack)).is_ok() {
             let _ = tokio::time::timeout(self.config.timeout, done).await;
         } else {
             tracing::warn!(target: TARGET, device = %self.config.name, "audit file not closed: the writer is busy or gone");
@@ -268,8 +310,17 @@ impl AuditDevice for FileDevice {
         let fail = |why: &str| {
             EngineError::Unavailable(format!("audit: file device {}: {why}", self.config.name))
         };
+        let tx = match &self.sink {
+            Sink::Thread(tx) => tx,
+            Sink::Group(group) => {
+                return group
+                    .write(record, self.config.timeout)
+                    .await
+                    .map_err(|why| fail(&why));
+            }
+        };
         let (ack, done) = oneshot::channel();
-        match self.tx.try_send(Msg::Record(record, ack)) {
+        match tx.try_send(Msg::Record(record, ack)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(fail("queue full")),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(fail("writer stopped")),
@@ -284,6 +335,220 @@ impl AuditDevice for FileDevice {
             ))),
         }
     }
+}
+
+/// The outcome of one batch, shared by the requests whose records it holds.
+struct Batch {
+    result: OnceLock<Result<(), String>>,
+    done: Notify,
+}
+
+impl Batch {
+    fn new() -> Arc<Batch> {
+        Arc::new(Batch {
+            result: OnceLock::new(),
+            done: Notify::new(),
+        })
+    }
+}
+
+/// What the requests share, under a short lock.
+struct GroupState {
+    /// Records waiting for the next batch.
+    pending: Vec<Vec<u8>>,
+    /// The batch `pending` will be written as.
+    batch: Arc<Batch>,
+    /// Whether a leader is writing (or the device is closed).
+    writing: bool,
+    /// SIGHUP: reopen before the next batch.
+    reopen: bool,
+    /// Close after the pending records; refuse new ones.
+    closed: bool,
+}
+
+/// Group commit on a regular file (see the module documentation).
+struct Group {
+    state: Mutex<GroupState>,
+    /// Touched only by the leader, so never contended.
+    writer: Mutex<Writer>,
+    /// Notified once the close record is written.
+    shut: Notify,
+    /// Whether `fdatasync` (a wait for the disk) follows every batch.
+    fsync: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code holding these locks panics; should one ever, the state is still consistent
+    // (every change under the lock is a single assignment or push).
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Group {
+    fn new(writer: Writer) -> Group {
+        Group {
+            fsync: writer.fsync,
+            state: Mutex::new(GroupState {
+                pending: Vec::new(),
+                batch: Batch::new(),
+                writing: false,
+                reopen: false,
+                closed: false,
+            }),
+            writer: Mutex::new(writer),
+            shut: Notify::new(),
+        }
+    }
+
+    /// Append `record`; return once its batch is written, or why not.
+    async fn write(&self, record: Vec<u8>, timeout: Duration) -> Result<(), String> {
+        let (batch, lead) = {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return Err("closed".to_owned());
+            }
+            if st.pending.len() >= QUEUE_CAPACITY {
+                return Err("queue full".to_owned());
+            }
+            st.pending.push(record);
+            let lead = !st.writing;
+            st.writing = true;
+            (st.batch.clone(), lead)
+        };
+        if lead {
+            // The leader's own record is in the first batch it writes: the outcome is
+            // known when `lead` returns, without a wake-up or a timer.
+            self.lead();
+            if let Some(result) = batch.result.get() {
+                return result.clone();
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = batch.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(result) = batch.result.get() {
+                return result.clone();
+            }
+            if self.claim() {
+                self.lead();
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(format!(
+                    "not written within {}",
+                    humantime::format_duration(timeout)
+                ));
+            }
+        }
+    }
+
+    /// Become the leader if there is work and no leader.
+    fn claim(&self) -> bool {
+        let mut st = lock(&self.state);
+        if !st.writing && (!st.pending.is_empty() || st.reopen) {
+            st.writing = true;
+            return true;
+        }
+        false
+    }
+
+    /// SIGHUP: reopen now if no write is in progress, else the leader does before it stops.
+    fn request_reopen(&self) {
+        let lead = {
+            let mut st = lock(&self.state);
+            st.reopen = true;
+            let lead = !st.writing;
+            st.writing = true;
+            lead
+        };
+        if lead {
+            self.lead();
+        }
+    }
+
+    /// Write the pending records and the close record; false if that did not happen within
+    /// `timeout` (a write in progress hangs).
+    async fn close(&self, timeout: Duration) -> bool {
+        let shut = self.shut.notified();
+        tokio::pin!(shut);
+        shut.as_mut().enable();
+        let lead = {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return true;
+            }
+            st.closed = true;
+            let lead = !st.writing;
+            st.writing = true;
+            lead
+        };
+        if lead {
+            self.lead();
+            return true;
+        }
+        tokio::time::timeout(timeout, shut).await.is_ok()
+    }
+
+    /// Lead: write batches until none is pending (or [`MAX_ROUNDS`] were written), handle a
+    /// reopen and a close. The caller has set `writing`. Runs without `.await`.
+    fn lead(&self) {
+        let mut writer = lock(&self.writer);
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        let mut rounds = 0u32;
+        loop {
+            let (batch, reopen) = {
+                let mut st = lock(&self.state);
+                let more = !st.pending.is_empty() && (rounds < MAX_ROUNDS || st.closed);
+                if !more && !st.reopen {
+                    if st.closed {
+                        // `writing` stays set: nobody leads after the close record.
+                        drop(st);
+                        writer.close("shutdown");
+                        self.shut.notify_waiters();
+                        return;
+                    }
+                    st.writing = false;
+                    let next = (!st.pending.is_empty()).then(|| st.batch.clone());
+                    drop(st);
+                    // Records are waiting and their senders may be the only ones left to
+                    // lead: wake one of them (a new request may lead first; either will).
+                    if let Some(next) = next {
+                        next.done.notify_one();
+                    }
+                    return;
+                }
+                std::mem::swap(&mut records, &mut st.pending);
+                let batch = std::mem::replace(&mut st.batch, Batch::new());
+                (batch, std::mem::take(&mut st.reopen))
+            };
+            rounds = rounds.saturating_add(1);
+            if reopen {
+                writer.close("reopen");
+                if let Err(e) = writer.open("reopen") {
+                    writer.report_open_error(&e);
+                }
+            }
+            if !records.is_empty() {
+                let result = if self.fsync && multi_thread() {
+                    tokio::task::block_in_place(|| writer.append(records.iter().map(Vec::as_slice)))
+                } else {
+                    writer.append(records.iter().map(Vec::as_slice))
+                };
+                records.clear();
+                let _ = batch.result.set(result);
+            }
+            // A batch emptied only by a reopen has no waiters; notifying is harmless.
+            batch.done.notify_waiters();
+        }
+    }
+}
+
+/// Whether blocking calls may be moved off this worker (`block_in_place` needs the
+/// multi-threaded runtime).
+fn multi_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Refuse directories and world-writable regular files; tell whether the path is a regular
@@ -334,11 +599,16 @@ impl Head {
         }
     }
 
-    fn prev_hash(&self) -> String {
+    /// Append the `prev_hash` text (`sha256:<hex>`) to `out`.
+    fn put_prev_hash(&self, out: &mut Vec<u8>) {
         if self.genesis {
-            GENESIS.to_owned()
+            out.extend_from_slice(GENESIS.as_bytes());
         } else {
-            format!("sha256:{}", hex::encode(self.hash))
+            let mut hex = [0u8; 64];
+            out.extend_from_slice(b"sha256:");
+            if hex::encode_to_slice(self.hash, &mut hex).is_ok() {
+                out.extend_from_slice(&hex);
+            }
         }
     }
 
@@ -347,9 +617,9 @@ impl Head {
         let start = out.len();
         let seq = self.seq.saturating_add(1);
         out.extend_from_slice(b"{\"prev_hash\":\"");
-        out.extend_from_slice(self.prev_hash().as_bytes());
+        self.put_prev_hash(out);
         out.extend_from_slice(b"\",\"seq\":");
-        out.extend_from_slice(seq.to_string().as_bytes());
+        let _ = write!(out, "{seq}");
         let body = record.strip_prefix(b"{").unwrap_or(record);
         let body = body.trim_ascii_start();
         if body.first() != Some(&b'}') {
@@ -386,6 +656,8 @@ struct Writer {
     len: u64,
     head: Head,
     reopen: Arc<AtomicBool>,
+    /// The lines of a batch (kept to reuse its allocation).
+    buf: Vec<u8>,
 }
 
 fn now() -> String {
@@ -393,6 +665,20 @@ fn now() -> String {
 }
 
 impl Writer {
+    fn new(name: String, path: PathBuf, fsync: bool) -> Writer {
+        Writer {
+            name,
+            path,
+            fsync,
+            file: None,
+            regular: false,
+            len: 0,
+            head: Head::genesis(),
+            reopen: Arc::new(AtomicBool::new(false)),
+            buf: Vec::new(),
+        }
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut batch: Vec<(Vec<u8>, Ack)> = Vec::new();
         loop {
@@ -552,7 +838,8 @@ impl Writer {
             return Err("no file".to_owned());
         };
         let mut head = self.head;
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
         for r in records {
             head.append(r, &mut buf);
         }
@@ -560,12 +847,14 @@ impl Writer {
             .write_all(&buf)
             .and_then(|()| file.flush())
             .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
+        let len = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+        if buf.capacity() <= 1 << 20 {
+            self.buf = buf;
+        }
         match written {
             Ok(()) => {
                 self.head = head;
-                self.len = self
-                    .len
-                    .saturating_add(u64::try_from(buf.len()).unwrap_or(u64::MAX));
+                self.len = self.len.saturating_add(len);
                 Ok(())
             }
             Err(e) => {
@@ -1067,16 +1356,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(b"{\"prev_hash\":\"sha256:ab").unwrap();
         drop(f);
-        let mut w = Writer {
-            name: "file".into(),
-            path: p.clone(),
-            fsync: false,
-            file: None,
-            regular: false,
-            len: 0,
-            head: Head::genesis(),
-            reopen: Arc::new(AtomicBool::new(false)),
-        };
+        let mut w = Writer::new("file".into(), p.clone(), false);
         assert!(w.open("start").is_ok());
         w.append([RECS[0].as_bytes()].into_iter()).unwrap();
         w.close("shutdown");
@@ -1092,16 +1372,7 @@ mod tests {
     fn a_new_file_is_created_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("new.log");
-        let mut w = Writer {
-            name: "file".into(),
-            path: p.clone(),
-            fsync: false,
-            file: None,
-            regular: false,
-            len: 0,
-            head: Head::genesis(),
-            reopen: Arc::new(AtomicBool::new(false)),
-        };
+        let mut w = Writer::new("file".into(), p.clone(), false);
         assert!(w.open("start").is_ok());
         let mode = std::fs::metadata(&p).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -1111,16 +1382,7 @@ mod tests {
     fn rotation_links_segments() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.log");
-        let mut w = Writer {
-            name: "file".into(),
-            path: p.clone(),
-            fsync: true,
-            file: None,
-            regular: false,
-            len: 0,
-            head: Head::genesis(),
-            reopen: Arc::new(AtomicBool::new(false)),
-        };
+        let mut w = Writer::new("file".into(), p.clone(), true);
         assert!(w.open("start").is_ok());
         w.append(RECS.iter().map(|r| r.as_bytes())).unwrap();
         let old = dir.path().join("a.log.1");
@@ -1138,6 +1400,86 @@ mod tests {
         });
         let err = verify_files(&[old, p]).unwrap_err();
         assert_eq!(err.problem(), Some((1, ProblemKind::BrokenLink)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_share_batches_and_the_chain_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        let device = FileDevice::start(FileDeviceConfig {
+            name: "file".into(),
+            description: String::new(),
+            path: p.clone(),
+            timeout: Duration::from_secs(5),
+            fsync: false,
+        })
+        .unwrap();
+        let Sink::Group(group) = &device.sink else {
+            panic!("a regular file is written in group commit");
+        };
+        let group = group.clone();
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let device = device.clone();
+            let group = group.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..200 {
+                    let rec = format!(r#"{{"type":"request","task":{t},"i":{i}}}"#);
+                    device.write(rec.into_bytes()).await.unwrap();
+                    if t == 0 && i == 100 {
+                        group.request_reopen();
+                    }
+                    if i % 16 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        device.close().await;
+        let r = verify(&p).unwrap();
+        assert!(r.closed);
+        // open, 3200 records, close, open (reopen), close
+        assert_eq!(r.lines, 3204);
+        assert!(matches!(
+            device.write(b"{}".to_vec()).await,
+            Err(EngineError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_its_writers_and_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        let device = FileDevice::start(FileDeviceConfig {
+            name: "file".into(),
+            description: String::new(),
+            path: p.clone(),
+            timeout: Duration::from_secs(1),
+            fsync: false,
+        })
+        .unwrap();
+        device.write(RECS[0].as_bytes().to_vec()).await.unwrap();
+        let before = std::fs::read(&p).unwrap();
+        // Swap the open file for one that refuses writes.
+        let Sink::Group(group) = &device.sink else {
+            panic!("a regular file is written in group commit");
+        };
+        lock(&group.writer).file = Some(File::open(&p).unwrap());
+        assert!(device.write(RECS[1].as_bytes().to_vec()).await.is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+        // The next batch reopens the file and continues the chain.
+        device.write(RECS[2].as_bytes().to_vec()).await.unwrap();
+        device.close().await;
+        let r = verify(&p).unwrap();
+        assert!(r.closed);
+        assert!(
+            !std::fs::read_to_string(&p)
+                .unwrap()
+                .contains("\"response\"")
+        );
     }
 
     #[test]
