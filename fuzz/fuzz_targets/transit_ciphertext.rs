@@ -28,7 +28,11 @@ fuzz_target!(|data: &[u8]| {
         let again = codec::encode(version, &body, b64);
         let (v2, b2) = codec::decode(&again, b64).unwrap();
         assert_eq!((v2, &b2), (version, &body));
-        for kind in [KeyType::Aes256Gcm96, KeyType::ChaCha20Poly1305, KeyType::Aes128Gcm96] {
+        for kind in [
+            KeyType::Aes256Gcm96,
+            KeyType::ChaCha20Poly1305,
+            KeyType::Aes128Gcm96,
+        ] {
             let len = if kind == KeyType::Aes128Gcm96 { 16 } else { 32 };
             let key = VersionKey::from_parts(
                 kind,

@@ -1173,3 +1173,46 @@ async fn nothing_secret_in_debug_output() {
         .contains(&dek)
     );
 }
+
+/// The backend's own cost per request, without HTTP, token lookup or audit. Run with
+/// `cargo test --release -p keyhaven-engine --test engine transit::throughput -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn throughput() {
+    let t = setup();
+    t.ok("keys/k", Value::Null).await;
+    let body = obj(json!({ "plaintext": b64([7u8; 32]) }));
+    let n = 200_000u32;
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        t.backend
+            .handle(BackendRequest {
+                operation: Update,
+                path: "encrypt/k",
+                data: &body,
+            })
+            .await
+            .unwrap();
+    }
+    let single = f64::from(n) / start.elapsed().as_secs_f64();
+    let items: Vec<Value> = (0..100)
+        .map(|_| json!({ "plaintext": b64([7u8; 32]) }))
+        .collect();
+    let batch = obj(json!({ "batch_input": items }));
+    let rounds = 5_000u32;
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        t.backend
+            .handle(BackendRequest {
+                operation: Update,
+                path: "encrypt/k",
+                data: &batch,
+            })
+            .await
+            .unwrap();
+    }
+    let items_per_s = f64::from(rounds * 100) / start.elapsed().as_secs_f64();
+    println!(
+        "encrypt 32 B: {single:.0} req/s; batch of 100: {items_per_s:.0} items/s (one core, backend only)"
+    );
+}
