@@ -30,6 +30,7 @@ use futures::stream::FuturesUnordered;
 use keyhaven_crypto::HmacKey;
 use keyhaven_storage::Store;
 use parking_lot::RwLock;
+use serde::ser::{Serialize, SerializeMap as _, SerializeSeq as _, Serializer};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
@@ -345,66 +346,110 @@ impl AuditBroker {
 
 /// `hmac-sha256:<hex>` of `s`.
 fn hash_str(key: &HmacKey, s: &str) -> String {
-    let mut out = String::with_capacity(HASH_PREFIX.len() + 64);
-    out.push_str(HASH_PREFIX);
-    out.push_str(&hex::encode(key.sign(s.as_bytes())));
-    out
+    HashText::new(key, s).as_str().to_owned()
 }
 
-/// A copy of `v` in which every string, at any depth, is hashed. Keys are kept.
-fn hash_value(key: &HmacKey, v: &Value) -> Value {
-    match v {
-        Value::String(s) => Value::String(hash_str(key, s)),
-        Value::Array(items) => Value::Array(items.iter().map(|i| hash_value(key, i)).collect()),
-        Value::Object(map) => Value::Object(hash_map(key, map)),
-        other => other.clone(),
+/// `hmac-sha256:<hex>` on the stack.
+struct HashText([u8; HASH_PREFIX.len() + 64]);
+
+impl HashText {
+    fn new(key: &HmacKey, s: &str) -> HashText {
+        let mut out = [0u8; HASH_PREFIX.len() + 64];
+        let (prefix, hex) = out.split_at_mut(HASH_PREFIX.len());
+        prefix.copy_from_slice(HASH_PREFIX.as_bytes());
+        // Both lengths are fixed: 32 bytes make 64 hex digits.
+        let _ = hex::encode_to_slice(key.sign(s.as_bytes()), hex);
+        HashText(out)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or(HASH_PREFIX)
     }
 }
 
-fn hash_map(key: &HmacKey, map: &Map<String, Value>) -> Map<String, Value> {
-    map.iter()
-        .map(|(k, v)| (k.clone(), hash_value(key, v)))
-        .collect()
+impl Serialize for HashText {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(self.as_str())
+    }
 }
 
-/// Insert `value` unless it is an empty string (Vault's `omitempty`).
-fn put_str(map: &mut Map<String, Value>, field: &str, value: String) {
-    if !value.is_empty() {
-        map.insert(field.to_owned(), Value::String(value));
+// Records are serialized straight from the request, the token and the response, hashing
+// strings on the way: no intermediate `Value` tree. Fields are written in the order a
+// `serde_json::Map` would hold them (sorted), so the bytes are those of the map.
+
+/// `v` with every string, at any depth, hashed. Keys are kept.
+struct HashedValue<'a>(&'a HmacKey, &'a Value);
+
+impl Serialize for HashedValue<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        match self.1 {
+            Value::String(s) => HashText::new(self.0, s).serialize(ser),
+            Value::Array(items) => {
+                let mut seq = ser.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&HashedValue(self.0, item))?;
+                }
+                seq.end()
+            }
+            Value::Object(map) => HashedMap(self.0, map).serialize(ser),
+            other => other.serialize(ser),
+        }
+    }
+}
+
+/// A map with every string value, at any depth, hashed.
+struct HashedMap<'a>(&'a HmacKey, &'a Map<String, Value>);
+
+impl Serialize for HashedMap<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut m = ser.serialize_map(Some(self.1.len()))?;
+        for (k, v) in self.1 {
+            m.serialize_entry(k, &HashedValue(self.0, v))?;
+        }
+        m.end()
     }
 }
 
 /// Vault's `auth` block of a record: who made the request.
-fn auth_block(key: &HmacKey, s: &Subject<'_>) -> Map<String, Value> {
-    let mut a = Map::new();
-    let Some(entry) = s.auth else {
-        return a;
-    };
-    if let Some(token) = &s.req.token {
-        put_str(&mut a, "client_token", hash_str(key, token.expose()));
+struct AuthBlock<'a>(&'a HmacKey, &'a Subject<'a>);
+
+impl Serialize for AuthBlock<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let (key, s) = (self.0, self.1);
+        let mut a = ser.serialize_map(None)?;
+        let Some(entry) = s.auth else {
+            return a.end();
+        };
+        if !entry.accessor.is_empty() {
+            a.serialize_entry("accessor", &HashText::new(key, &entry.accessor))?;
+        }
+        if let Some(token) = &s.req.token {
+            a.serialize_entry("client_token", &HashText::new(key, token.expose()))?;
+        }
+        if !entry.display_name.is_empty() {
+            a.serialize_entry("display_name", &entry.display_name)?;
+        }
+        if !entry.meta.is_empty() {
+            a.serialize_entry("metadata", &entry.meta)?;
+        }
+        if !entry.policies.is_empty() {
+            a.serialize_entry("policies", &entry.policies)?;
+        }
+        if entry.num_uses > 0 {
+            a.serialize_entry("remaining_uses", &entry.num_uses)?;
+        }
+        if let Some(t) = unix_time(entry.issue_time) {
+            a.serialize_entry("token_issue_time", &t)?;
+        }
+        if !entry.policies.is_empty() {
+            a.serialize_entry("token_policies", &entry.policies)?;
+        }
+        if entry.creation_ttl > 0 {
+            a.serialize_entry("token_ttl", &entry.creation_ttl)?;
+        }
+        a.serialize_entry("token_type", "service")?;
+        a.end()
     }
-    if !entry.accessor.is_empty() {
-        put_str(&mut a, "accessor", hash_str(key, &entry.accessor));
-    }
-    put_str(&mut a, "display_name", entry.display_name.clone());
-    if !entry.policies.is_empty() {
-        a.insert("policies".to_owned(), json!(entry.policies));
-        a.insert("token_policies".to_owned(), json!(entry.policies));
-    }
-    if !entry.meta.is_empty() {
-        a.insert("metadata".to_owned(), json!(entry.meta));
-    }
-    if entry.num_uses > 0 {
-        a.insert("remaining_uses".to_owned(), json!(entry.num_uses));
-    }
-    a.insert("token_type".to_owned(), json!("service"));
-    if entry.creation_ttl > 0 {
-        a.insert("token_ttl".to_owned(), json!(entry.creation_ttl));
-    }
-    if let Some(t) = unix_time(entry.issue_time) {
-        a.insert("token_issue_time".to_owned(), Value::String(t));
-    }
-    a
 }
 
 fn unix_time(secs: i64) -> Option<String> {
@@ -417,49 +462,108 @@ fn unix_time(secs: i64) -> Option<String> {
 }
 
 /// Vault's `request` block of a record.
-fn request_block(key: &HmacKey, s: &Subject<'_>) -> Map<String, Value> {
-    let mut r = Map::new();
-    put_str(&mut r, "id", s.req.id.clone());
-    r.insert(
-        "operation".to_owned(),
-        Value::String(s.req.operation.as_str().to_owned()),
-    );
-    if let Some(token) = &s.req.token {
-        put_str(&mut r, "client_token", hash_str(key, token.expose()));
+struct RequestBlock<'a>(&'a HmacKey, &'a Subject<'a>);
+
+impl Serialize for RequestBlock<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let (key, s) = (self.0, self.1);
+        let mut r = ser.serialize_map(None)?;
+        if let Some(token) = &s.req.token {
+            r.serialize_entry("client_token", &HashText::new(key, token.expose()))?;
+        }
+        if let Some(entry) = s.auth
+            && !entry.accessor.is_empty()
+        {
+            r.serialize_entry(
+                "client_token_accessor",
+                &HashText::new(key, &entry.accessor),
+            )?;
+        }
+        if !s.req.data.is_empty() {
+            r.serialize_entry("data", &HashedMap(key, &s.req.data))?;
+        }
+        if !s.req.id.is_empty() {
+            r.serialize_entry("id", &s.req.id)?;
+        }
+        r.serialize_entry("operation", s.req.operation.as_str())?;
+        r.serialize_entry("path", &s.req.path)?;
+        r.end()
     }
-    if let Some(entry) = s.auth
-        && !entry.accessor.is_empty()
-    {
-        put_str(
-            &mut r,
-            "client_token_accessor",
-            hash_str(key, &entry.accessor),
-        );
-    }
-    r.insert("path".to_owned(), Value::String(s.req.path.clone()));
-    if !s.req.data.is_empty() {
-        r.insert("data".to_owned(), Value::Object(hash_map(key, &s.req.data)));
-    }
-    r
 }
 
 /// The credentials in an `auth` object of a response (logins, token creation) are hashed;
 /// policies, metadata and the other descriptive fields are kept, as Vault does.
-fn response_auth(key: &HmacKey, auth: &Map<String, Value>) -> Map<String, Value> {
-    auth.iter()
-        .map(|(k, v)| {
-            let v = match (k.as_str(), v) {
-                ("client_token" | "accessor", Value::String(s)) => Value::String(hash_str(key, s)),
-                (_, other) => other.clone(),
-            };
-            (k.clone(), v)
-        })
-        .collect()
+struct ResponseAuth<'a>(&'a HmacKey, &'a Map<String, Value>);
+
+impl Serialize for ResponseAuth<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut m = ser.serialize_map(Some(self.1.len()))?;
+        for (k, v) in self.1 {
+            match (k.as_str(), v) {
+                ("client_token" | "accessor", Value::String(s)) => {
+                    m.serialize_entry(k, &HashText::new(self.0, s))?;
+                }
+                (_, other) => m.serialize_entry(k, other)?,
+            }
+        }
+        m.end()
+    }
 }
 
-fn encode(record: Map<String, Value>) -> Result<Vec<u8>, EngineError> {
-    serde_json::to_vec(&Value::Object(record))
-        .map_err(|_| EngineError::Unavailable("audit: cannot encode a record".to_owned()))
+/// Vault's `response` block of a record (empty for an error).
+struct ResponseBlock<'a>(&'a HmacKey, &'a Result<Response, EngineError>);
+
+impl Serialize for ResponseBlock<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut m = ser.serialize_map(None)?;
+        if let Ok(r) = self.1 {
+            if let Some(auth) = &r.auth {
+                m.serialize_entry("auth", &ResponseAuth(self.0, auth))?;
+            }
+            if let Some(data) = &r.data {
+                m.serialize_entry("data", &HashedMap(self.0, data))?;
+            }
+            if !r.warnings.is_empty() {
+                m.serialize_entry("warnings", &r.warnings)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// A whole record.
+struct Record<'a> {
+    key: &'a HmacKey,
+    time: &'a str,
+    kind: &'static str,
+    subject: &'a Subject<'a>,
+    error: Option<&'a str>,
+    /// Set for a response record.
+    response: Option<&'a Result<Response, EngineError>>,
+}
+
+impl Serialize for Record<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("auth", &AuthBlock(self.key, self.subject))?;
+        if let Some(e) = self.error.filter(|e| !e.is_empty()) {
+            m.serialize_entry("error", e)?;
+        }
+        m.serialize_entry("request", &RequestBlock(self.key, self.subject))?;
+        if let Some(result) = self.response {
+            m.serialize_entry("response", &ResponseBlock(self.key, result))?;
+        }
+        m.serialize_entry("time", self.time)?;
+        m.serialize_entry("type", self.kind)?;
+        m.end()
+    }
+}
+
+fn encode(record: &Record<'_>) -> Result<Vec<u8>, EngineError> {
+    let mut out = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut out, record)
+        .map_err(|_| EngineError::Unavailable("audit: cannot encode a record".to_owned()))?;
+    Ok(out)
 }
 
 fn request_record(
@@ -468,15 +572,14 @@ fn request_record(
     s: &Subject<'_>,
     error: Option<&str>,
 ) -> Result<Vec<u8>, EngineError> {
-    let mut rec = Map::new();
-    rec.insert("time".to_owned(), Value::String(time.to_owned()));
-    rec.insert("type".to_owned(), Value::String("request".to_owned()));
-    rec.insert("auth".to_owned(), Value::Object(auth_block(key, s)));
-    rec.insert("request".to_owned(), Value::Object(request_block(key, s)));
-    if let Some(e) = error {
-        put_str(&mut rec, "error", e.to_owned());
-    }
-    encode(rec)
+    encode(&Record {
+        key,
+        time,
+        kind: "request",
+        subject: s,
+        error,
+        response: None,
+    })
 }
 
 fn response_record(
@@ -485,26 +588,13 @@ fn response_record(
     s: &Subject<'_>,
     result: &Result<Response, EngineError>,
 ) -> Result<Vec<u8>, EngineError> {
-    let mut rec = Map::new();
-    rec.insert("time".to_owned(), Value::String(time.to_owned()));
-    rec.insert("type".to_owned(), Value::String("response".to_owned()));
-    rec.insert("auth".to_owned(), Value::Object(auth_block(key, s)));
-    rec.insert("request".to_owned(), Value::Object(request_block(key, s)));
-    let mut resp = Map::new();
-    match result {
-        Ok(r) => {
-            if let Some(data) = &r.data {
-                resp.insert("data".to_owned(), Value::Object(hash_map(key, data)));
-            }
-            if let Some(auth) = &r.auth {
-                resp.insert("auth".to_owned(), Value::Object(response_auth(key, auth)));
-            }
-            if !r.warnings.is_empty() {
-                resp.insert("warnings".to_owned(), json!(r.warnings));
-            }
-        }
-        Err(e) => put_str(&mut rec, "error", e.to_string()),
-    }
-    rec.insert("response".to_owned(), Value::Object(resp));
-    encode(rec)
+    let error = result.as_ref().err().map(ToString::to_string);
+    encode(&Record {
+        key,
+        time,
+        kind: "response",
+        subject: s,
+        error: error.as_deref(),
+        response: Some(result),
+    })
 }

@@ -201,6 +201,12 @@ async fn created_tokens_are_hashed_in_response_auth() {
         audit.hash("mem", &accessor).unwrap()
     );
     assert_eq!(resp["response"]["auth"]["metadata"]["team"], "blue");
+    // Records are serialized field by field, in the order (and so to the bytes) a
+    // `serde_json::Map` of the same record would give.
+    for raw in dev.records.lock().iter() {
+        let value: Value = serde_json::from_slice(raw).unwrap();
+        assert_eq!(serde_json::to_vec(&value).unwrap(), *raw);
+    }
 }
 
 #[tokio::test]
