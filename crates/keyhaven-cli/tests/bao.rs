@@ -88,6 +88,54 @@ impl Bao {
     }
 }
 
+impl Bao {
+    /// Run with `input` on standard input (for `bao write PATH -`).
+    fn run_stdin(&self, args: &[&str], input: &str) -> Outcome {
+        use std::io::Write as _;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", self.home.path())
+            .env("PATH", "/usr/bin:/bin")
+            .env("BAO_ADDR", &self.addr)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(t) = &self.token {
+            cmd.env("BAO_TOKEN", t);
+        }
+        let mut child = cmd.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Run, require success, and parse `-format=json` output's `data`.
+    fn data(&self, args: &[&str]) -> Value {
+        let o = self.run(args);
+        assert_eq!(
+            o.code,
+            0,
+            "bao {}: {}{}",
+            args.join(" "),
+            o.stdout,
+            o.stderr
+        );
+        let v: Value =
+            serde_json::from_str(&o.stdout).unwrap_or_else(|_| panic!("not JSON: {}", o.stdout));
+        v["data"].clone()
+    }
+}
+
 /// Replace values that legitimately differ between servers and runs.
 fn normalize_json(v: &mut Value) {
     match v {
@@ -490,4 +538,157 @@ fn kubernetes_auth_through_bao() {
         !server.logs().contains("eyJ"),
         "a JWT reached the server log"
     );
+}
+
+#[test]
+fn transit_round_trips_through_bao() {
+    use base64::Engine as _;
+    let server = TestServer::dev();
+    let bao = Bao::new(&server.addr(), Some(&server.root_token()));
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let hello = b64(b"hello");
+
+    assert_eq!(bao.run(&["secrets", "enable", "transit"]).code, 0);
+    assert_eq!(bao.run(&["write", "-f", "transit/keys/k"]).code, 0);
+    let key = bao.data(&["read", "-format=json", "transit/keys/k"]);
+    assert_eq!(key["type"], "aes256-gcm96");
+    assert_eq!(key["latest_version"], 1);
+
+    let pt = format!("plaintext={hello}");
+    let v1 = bao.data(&["write", "-format=json", "transit/encrypt/k", &pt])["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(v1.starts_with("vault:v1:"), "{v1}");
+    let ct = format!("ciphertext={v1}");
+    let back = bao.data(&["write", "-format=json", "transit/decrypt/k", &ct]);
+    assert_eq!(back["plaintext"], hello);
+
+    assert_eq!(bao.run(&["write", "-f", "transit/keys/k/rotate"]).code, 0);
+    let v2 = bao.data(&["write", "-format=json", "transit/encrypt/k", &pt])["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(v2.starts_with("vault:v2:"), "{v2}");
+    assert_eq!(
+        bao.data(&["write", "-format=json", "transit/decrypt/k", &ct])["plaintext"],
+        hello
+    );
+    let rewrapped = bao.data(&["write", "-format=json", "transit/rewrap/k", &ct])["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(rewrapped.starts_with("vault:v2:"), "{rewrapped}");
+    let rw = format!("ciphertext={rewrapped}");
+    assert_eq!(
+        bao.data(&["write", "-format=json", "transit/decrypt/k", &rw])["plaintext"],
+        hello
+    );
+    assert_eq!(
+        bao.run(&["write", "transit/keys/k/config", "min_decryption_version=2"])
+            .code,
+        0
+    );
+    let old = bao.run(&["write", "transit/decrypt/k", &ct]);
+    assert_eq!(
+        old.code, 2,
+        "v1 is below min_decryption_version: {}",
+        old.stdout
+    );
+
+    let dk = bao.data(&["write", "-format=json", "-f", "transit/datakey/plaintext/k"]);
+    let dk_pt = dk["plaintext"].as_str().unwrap().to_owned();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(&dk_pt)
+            .unwrap()
+            .len(),
+        32
+    );
+    let dk_ct = format!("ciphertext={}", dk["ciphertext"].as_str().unwrap());
+    assert_eq!(
+        bao.data(&["write", "-format=json", "transit/decrypt/k", &dk_ct])["plaintext"],
+        dk_pt
+    );
+    let wrapped = bao.data(&["write", "-format=json", "-f", "transit/datakey/wrapped/k"]);
+    assert!(
+        wrapped.get("plaintext").is_none_or(Value::is_null),
+        "wrapped datakey leaked its plaintext"
+    );
+
+    let input = format!("input={hello}");
+    for ty in ["ed25519", "ecdsa-p256", "rsa-2048"] {
+        let name = format!("transit/keys/s-{ty}");
+        assert_eq!(
+            bao.run(&["write", &name, &format!("type={ty}")]).code,
+            0,
+            "{ty}"
+        );
+        let sig = bao.data(&[
+            "write",
+            "-format=json",
+            &format!("transit/sign/s-{ty}"),
+            &input,
+        ])["signature"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let verify = format!("transit/verify/s-{ty}");
+        let ok = bao.data(&[
+            "write",
+            "-format=json",
+            &verify,
+            &input,
+            &format!("signature={sig}"),
+        ]);
+        assert_eq!(ok["valid"], true, "{ty}");
+        let other = format!("input={}", b64(b"hellO"));
+        let bad = bao.data(&[
+            "write",
+            "-format=json",
+            &verify,
+            &other,
+            &format!("signature={sig}"),
+        ]);
+        assert_eq!(
+            bad["valid"], false,
+            "{ty}: a signature over other input verified"
+        );
+    }
+
+    let mac = bao.data(&["write", "-format=json", "transit/hmac/k", &input])["hmac"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(mac.starts_with("vault:v2:"), "{mac}");
+    let ok = bao.data(&[
+        "write",
+        "-format=json",
+        "transit/verify/k",
+        &input,
+        &format!("hmac={mac}"),
+    ]);
+    assert_eq!(ok["valid"], true);
+
+    let items: Vec<Value> = (0..5).map(|i| serde_json::json!({"plaintext": b64(format!("item-{i}").as_bytes()), "reference": format!("r{i}")})).collect();
+    let body = serde_json::json!({ "batch_input": items }).to_string();
+    let out = bao.run_stdin(&["write", "-format=json", "transit/encrypt/k", "-"], &body);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let results =
+        serde_json::from_str::<Value>(&out.stdout).unwrap()["data"]["batch_results"].clone();
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    let decrypt_items: Vec<Value> = results
+        .iter()
+        .map(|r| serde_json::json!({"ciphertext": r["ciphertext"], "reference": r["reference"]}))
+        .collect();
+    let body = serde_json::json!({ "batch_input": decrypt_items }).to_string();
+    let out = bao.run_stdin(&["write", "-format=json", "transit/decrypt/k", "-"], &body);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let plain =
+        serde_json::from_str::<Value>(&out.stdout).unwrap()["data"]["batch_results"].clone();
+    for (i, r) in plain.as_array().unwrap().iter().enumerate() {
+        assert_eq!(r["reference"], format!("r{i}"));
+        assert_eq!(r["plaintext"], b64(format!("item-{i}").as_bytes()));
+    }
 }
