@@ -23,6 +23,7 @@ mod server_cmd;
 mod status_cmd;
 mod token_cmd;
 mod token_file;
+mod transit_cmd;
 
 /// keyhaven: keys and secrets for Kubernetes.
 #[derive(Debug, Parser)]
@@ -64,6 +65,8 @@ enum Command {
     Delete(generic_cmd::DeleteArgs),
     /// Write, read, list and delete ACL policies, and explain decisions.
     Policy(policy_cmd::PolicyArgs),
+    /// Manage transit keys; encrypt, decrypt, sign, verify and HMAC with them.
+    Transit(transit_cmd::TransitArgs),
 }
 
 #[allow(
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::List(args) => return generic_cmd::run_list(args),
         Command::Delete(args) => return generic_cmd::run_delete(args),
         Command::Policy(args) => return policy_cmd::run(args),
+        Command::Transit(args) => return transit_cmd::run(args),
     };
     match result {
         Ok(code) => code,

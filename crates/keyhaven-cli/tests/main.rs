@@ -16,3 +16,4 @@ mod cli;
 mod identity_cli;
 mod server;
 mod tls;
+mod transit_cli;
