@@ -209,13 +209,12 @@ def main():
     raw.close()
     for s in servers:
         s.reset_audit()
-    if os.path.exists(f"{WORK}/keyhaven/audit.log"):
-        call_verify = subprocess.run([KEYHAVEN, "audit", "verify", f"{WORK}/keyhaven/audit.log"],
-                                     capture_output=True, text=True)
-        print(f"keyhaven audit verify of the last file: exit {call_verify.returncode}: "
-              f"{call_verify.stdout.strip()} {call_verify.stderr.strip()}")
     for s in servers:
-        sb.stop(s.proc)
+        sb.stop(s.proc)  # keyhaven closes its audit file with a close record
+    if os.path.exists(f"{WORK}/keyhaven/audit.log"):
+        v = subprocess.run([KEYHAVEN, "audit", "verify", f"{WORK}/keyhaven/audit.log"],
+                           capture_output=True, text=True)
+        print(f"keyhaven audit verify of the last file: exit {v.returncode}: {v.stdout.strip()} {v.stderr.strip()}")
     report(rows, start_load, os.getloadavg(), time.time() - t_all)
 
 
@@ -286,8 +285,36 @@ def report(rows, start_load, end_load, wall):
     print(f"\nraw results: {WORK}/raw.jsonl, tables: {WORK}/summary.md, server logs: {WORK}/*/server.log")
 
 
+def profile():
+    """TRANSIT_MODE=profile (bench/transit-profile.sh): keyhaven alone, encrypt at the first
+    concurrency, `perf record` attached to the server for DURATION seconds of the load."""
+    srv = Server("keyhaven", PORT)
+    srv.start()
+    c = CONCS[0]
+    print(f"keyhaven up on :{srv.port}, pid {srv.proc.pid}; warm-up {WARM}s, encrypt c={c}", flush=True)
+    if WARM > 0:
+        run_load(srv, "encrypt", c, WARM)
+    srv.reset_audit()
+    perf = subprocess.Popen(E["PERF_CMD"].split() + ["-o", f"{WORK}/perf.data", "-p", str(srv.proc.pid)],
+                            stdout=subprocess.DEVNULL, stderr=open(f"{WORK}/perf.log", "w"))
+    sb.LIVE[perf.pid] = perf
+    time.sleep(0.5)
+    load1 = os.getloadavg()[0]
+    k0, t0 = sb.proc_ticks(srv.proc.pid), time.time()
+    _, rps, p50, p99, errs, _ = run_load(srv, "encrypt", c, DUR)
+    el, k1 = time.time() - t0, sb.proc_ticks(srv.proc.pid)
+    perf.send_signal(signal.SIGINT)
+    perf.wait(120)
+    sb.LIVE.pop(perf.pid, None)
+    cores = (k1 - k0) / HZ / el
+    print(f"under perf: {rps:.0f} req/s, {rps / max(cores, 1e-9):.0f} req per server CPU-s, "
+          f"server {cores:.2f} cores, p50 {p50:.2f} ms, p99 {p99:.2f} ms, errors {errs}, load1 {load1:.1f}",
+          flush=True)
+    sb.stop(srv.proc)
+
+
 if __name__ == "__main__":
     try:
-        main()
+        profile() if E.get("TRANSIT_MODE") == "profile" else main()
     finally:
         sb.stop_all()
