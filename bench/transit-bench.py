@@ -13,6 +13,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 E = os.environ
@@ -22,6 +23,7 @@ for k, v in (("SCENARIOS", ""), ("SERVERS", ""), ("STARTS", "1")):
 _spec = importlib.util.spec_from_file_location(
     "server_bench", os.path.join(os.path.dirname(os.path.abspath(__file__)), "server-bench.py"))
 sb = importlib.util.module_from_spec(_spec)
+sys.dont_write_bytecode = True  # no __pycache__ in the checkout
 _spec.loader.exec_module(sb)  # also installs its SIGTERM/SIGINT/SIGHUP handlers (stop_all)
 
 WORK, KEYHAVEN, BAO = E["WORK"], E["KEYHAVEN"], E["BAO"]
