@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::bytes::Regex;
 use serde::Deserialize;
 
@@ -427,13 +427,30 @@ impl RuleSet {
     }
 }
 
+/// Keyword sets up to this many patterns get a full DFA. With ASCII case-insensitive
+/// keywords the automaton has no SIMD prefilter and walks every byte, and a DFA walks
+/// about 2.5 times faster than the contiguous NFA chosen by default above 100 patterns
+/// (0.40 vs 1.04 CPU-s for the built-in keywords over the 192 MB benchmark corpus). Larger
+/// sets (big `.gitleaks.toml` files) keep the default choice to bound build time and memory.
+const DFA_MAX_PATTERNS: usize = 500;
+/// And up to this many keyword bytes in total (an upper bound on the DFA's states).
+const DFA_MAX_BYTES: usize = 8 * 1024;
+
 fn build_ac(pats: &[String], ci: bool) -> Result<Option<AhoCorasick>, Error> {
     if pats.is_empty() {
         return Ok(None);
     }
-    AhoCorasickBuilder::new()
+    let small = pats.len() <= DFA_MAX_PATTERNS
+        && pats.iter().map(String::len).sum::<usize>() <= DFA_MAX_BYTES;
+    let mut builder = AhoCorasickBuilder::new();
+    builder
         .ascii_case_insensitive(ci)
-        .match_kind(MatchKind::Standard)
+        .match_kind(MatchKind::Standard);
+    if small && let Ok(ac) = builder.kind(Some(AhoCorasickKind::DFA)).build(pats) {
+        return Ok(Some(ac));
+    }
+    builder
+        .kind(None)
         .build(pats)
         .map(Some)
         .map_err(|e| Error::Keywords(Box::new(e)))
