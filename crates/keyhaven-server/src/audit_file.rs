@@ -457,6 +457,9 @@ impl Group {
     fn request_reopen(&self) {
         let lead = {
             let mut st = lock(&self.state);
+            if st.closed {
+                return;
+            }
             st.reopen = true;
             let lead = !st.writing;
             st.writing = true;
@@ -541,6 +544,27 @@ impl Group {
             // A batch emptied only by a reopen has no waiters; notifying is harmless.
             batch.done.notify_waiters();
         }
+    }
+}
+
+impl Drop for Group {
+    /// Dropped without [`Group::close`] (no request can be waiting then): write what is
+    /// pending and the close record, as the writer thread does when its queue closes.
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        let pending = std::mem::take(&mut st.pending);
+        let writer = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !pending.is_empty() {
+            let _ = writer.append(pending.iter().map(Vec::as_slice));
+        }
+        writer.close("stopped");
     }
 }
 
@@ -1447,6 +1471,25 @@ mod tests {
             device.write(b"{}".to_vec()).await,
             Err(EngineError::Unavailable(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_device_dropped_without_close_still_closes_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        let device = FileDevice::start(FileDeviceConfig {
+            name: "file".into(),
+            description: String::new(),
+            path: p.clone(),
+            timeout: Duration::from_secs(1),
+            fsync: true,
+        })
+        .unwrap();
+        device.write(RECS[0].as_bytes().to_vec()).await.unwrap();
+        drop(device);
+        let r = verify(&p).unwrap();
+        assert!(r.closed);
+        assert_eq!(r.lines, 3);
     }
 
     #[tokio::test]
