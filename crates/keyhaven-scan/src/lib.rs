@@ -49,11 +49,17 @@ pub mod internal {
 
     /// Scan arbitrary bytes as a manifest (secrets and posture).
     pub fn scan_manifest_bytes(data: &[u8]) -> usize {
-        let Ok(rules) = crate::rules::RuleSet::builtin() else {
+        // Compiled once: building the built-in rules per input would dominate the run.
+        static ENGINE: std::sync::OnceLock<Option<crate::engine::Engine>> =
+            std::sync::OnceLock::new();
+        let Some(engine) = ENGINE.get_or_init(|| {
+            crate::rules::RuleSet::builtin().ok().map(|rules| {
+                crate::engine::Engine::new(rules, crate::engine::EngineOptions::default())
+            })
+        }) else {
             return 0;
         };
-        let engine = crate::engine::Engine::new(rules, crate::engine::EngineOptions::default());
-        let scanned = crate::k8s::scan_manifest(&engine, "fuzz.yaml", data, None, 2);
+        let scanned = crate::k8s::scan_manifest(engine, "fuzz.yaml", data, None, 2);
         let posture = crate::posture::check(&scanned.objects);
         scanned.findings.len() + posture.len() + engine.scan_bytes(data, "fuzz.yaml", None).len()
     }
