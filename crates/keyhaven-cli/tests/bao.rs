@@ -692,3 +692,121 @@ fn transit_round_trips_through_bao() {
         assert_eq!(r["plaintext"], b64(format!("item-{i}").as_bytes()));
     }
 }
+
+#[test]
+fn tokens_policies_login_and_audit_through_bao() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyhaven.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nbackend = \"sqlite\"\npath = \"{}\"\n[listener]\naddress = \"127.0.0.1:0\"\ntls_disable = true\n[log]\nformat = \"json\"\n[[audit]]\ntype = \"file\"\npath = \"{}\"\n",
+            dir.path().join("kh.db").display(),
+            dir.path().join("audit.log").display()
+        ),
+    )
+    .unwrap();
+    let server = TestServer::with_config(&config);
+    let addr = server.addr();
+    let (_, root) = crate::support::init_unseal(&addr, 1, 1);
+    let bao = Bao::new(&addr, Some(&root));
+    assert_eq!(
+        bao.run(&["secrets", "enable", "-path=secret", "kv-v2"])
+            .code,
+        0
+    );
+    assert_eq!(
+        bao.run(&[
+            "kv",
+            "put",
+            "secret/team-a/app",
+            "password=Pa55-team-a-7731"
+        ])
+        .code,
+        0
+    );
+    assert_eq!(
+        bao.run(&[
+            "kv",
+            "put",
+            "secret/team-b/app",
+            "password=Pa55-team-b-7732"
+        ])
+        .code,
+        0
+    );
+
+    // bao policy write / read
+    let hcl = dir.path().join("ro.hcl");
+    std::fs::write(
+        &hcl,
+        "path \"secret/data/team-a/*\" {\n  capabilities = [\"read\"]\n}\n",
+    )
+    .unwrap();
+    let w = bao.run(&["policy", "write", "team-a-ro", hcl.to_str().unwrap()]);
+    assert_eq!(w.code, 0, "{}{}", w.stdout, w.stderr);
+    let r = bao.run(&["policy", "read", "team-a-ro"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("secret/data/team-a/*"), "{}", r.stdout);
+
+    // bao token create -policy=… -ttl=…
+    let c = bao.run(&[
+        "token",
+        "create",
+        "-policy=team-a-ro",
+        "-ttl=10m",
+        "-format=json",
+    ]);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let created: Value = serde_json::from_str(&c.stdout).unwrap();
+    let token = created["auth"]["client_token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("khs."));
+    assert_eq!(created["auth"]["lease_duration"], 600);
+    assert_eq!(
+        created["auth"]["policies"],
+        serde_json::json!(["default", "team-a-ro"])
+    );
+
+    // bao login with that token, then use it through the stored token helper file
+    let user = Bao::new(&addr, None);
+    let l = user.run(&["login", "-no-print", &token]);
+    assert_eq!(l.code, 0, "{}{}", l.stdout, l.stderr);
+    let own = user.run(&["kv", "get", "-field=password", "secret/team-a/app"]);
+    assert_eq!(
+        (own.code, own.stdout.trim()),
+        (0, "Pa55-team-a-7731"),
+        "{}",
+        own.stderr
+    );
+    let other = user.run(&["kv", "get", "secret/team-b/app"]);
+    assert_eq!(other.code, 2);
+    assert!(
+        other.stderr.contains("permission denied"),
+        "{}",
+        other.stderr
+    );
+    let look = user.run(&["token", "lookup", "-format=json"]);
+    assert_eq!(look.code, 0, "{}", look.stderr);
+
+    // bao token revoke: the token stops working at once
+    assert_eq!(bao.run(&["token", "revoke", &token]).code, 0);
+    let after = user.run(&["kv", "get", "secret/team-a/app"]);
+    assert_eq!(after.code, 2);
+    assert!(
+        after.stderr.contains("permission denied"),
+        "{}",
+        after.stderr
+    );
+
+    // bao audit list shows the device declared in the config
+    let a = bao.run(&["audit", "list", "-format=json"]);
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    let devices: Value = serde_json::from_str(&a.stdout).unwrap();
+    assert_eq!(devices["file/"]["type"], "file", "{devices}");
+    // and the log holds neither the token nor the secret value
+    let log = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(
+        !log.contains(&token) && !log.contains("Pa55-team-a-7731"),
+        "audit log holds a secret"
+    );
+}

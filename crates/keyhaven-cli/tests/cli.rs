@@ -813,7 +813,7 @@ fn tokens_never_appear_in_error_output() {
         &["kv", "get", "secret/none"][..],
         &["kv", "put", "--cas", "7", "secret/a", "k=v"][..],
         &["kv", "undelete", "--versions", "1", "nomount/a"][..],
-        &["operator", "unseal", "00"][..],
+        &["operator", "unseal", "zz-not-hex-or-base64"][..],
     ] {
         let out = kh(args).on(&server).run();
         assert_ne!(out.code, 0, "{out:?}");

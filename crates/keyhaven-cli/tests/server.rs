@@ -381,7 +381,21 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
         None,
         Some(&json!({"key": "zz-not-a-key"})),
     );
-    assert_eq!(s, 200, "unsealed servers ignore unseal calls: {b}");
+    assert_eq!(
+        s, 400,
+        "a key that is neither hex nor base64 is refused: {b}"
+    );
+    let (s, b) = call(
+        "PUT",
+        &format!("{addr}/v1/sys/unseal"),
+        None,
+        Some(&json!({"key": "00"})),
+    );
+    assert_eq!(
+        (s, &b["sealed"]),
+        (200, &json!(false)),
+        "unsealed servers answer with their status: {b}"
+    );
 
     assert_eq!(current(), 1, "a refused request wrote something");
     let (s, b) = call("GET", &url, Some(&root), None);

@@ -163,16 +163,19 @@ fn random_hex(n: usize) -> Result<String, EngineError> {
 }
 
 /// Decode an unseal share given as hex or base64.
-fn decode_share(text: &str) -> Result<Share, EngineError> {
+fn decode_share_bytes(text: &str) -> Result<Zeroizing<Vec<u8>>, EngineError> {
     use base64::Engine as _;
     let text = text.trim();
-    let bytes = Zeroizing::new(
+    Ok(Zeroizing::new(
         hex::decode(text)
             .or_else(|_| base64::engine::general_purpose::STANDARD.decode(text))
             .map_err(|_| {
                 EngineError::invalid("invalid unseal key share: expected hex or base64")
             })?,
-    );
+    ))
+}
+
+fn parse_share(bytes: &[u8]) -> Result<Share, EngineError> {
     Share::from_bytes(bytes.to_vec())
         .map_err(|e| EngineError::invalid(format!("invalid unseal key share: {e}")))
 }
@@ -382,11 +385,13 @@ impl Core {
         if !self.is_initialized() {
             return Err(EngineError::NotInitialized);
         }
-        // Like Vault, an unsealed server answers unseal calls with its status.
+        // Like Vault: the key must be hex or base64; an unsealed server then answers with
+        // its status without looking further.
+        let bytes = decode_share_bytes(secrecy::ExposeSecret::expose_secret(&key_text))?;
         if !self.is_sealed() {
             return Ok(self.seal_status());
         }
-        let share = decode_share(secrecy::ExposeSecret::expose_secret(&key_text))?;
+        let share = parse_share(&bytes)?;
         let (combined, threshold) = {
             let mut state = self.state.write();
             let (config, progress, nonce) = match &mut *state {
