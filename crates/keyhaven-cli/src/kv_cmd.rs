@@ -5,7 +5,6 @@
 //! names the mount instead of taking it from the path.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::process::ExitCode;
 
 use keyhaven_client::{Client, ClientError, KvData, MetadataUpdate, Secret, VersionMetadata};
@@ -587,76 +586,24 @@ async fn metadata_delete(client: &Client, args: PathArgs) -> Result<ExitCode, Fa
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parse `k=v` arguments as Vault's CLI does: values are strings; `k=@file` reads a file,
-/// `k=-` reads stdin; a lone `-` is a JSON object on stdin and `@file` a JSON file.
+/// Parse `k=v` arguments (see [`crate::args::parse_data_with`]); KV writes need data.
 fn parse_data(args: &[String]) -> Result<Map<String, Value>, Failure> {
-    parse_data_with(args, &mut || {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| Failure::Local(anyhow::Error::new(e).context("cannot read stdin")))?;
-        Ok(s)
-    })
+    require_data(crate::args::parse_data(args)?)
 }
 
+fn require_data(data: Map<String, Value>) -> Result<Map<String, Value>, Failure> {
+    if data.is_empty() {
+        return Err(Failure::local("Must supply data"));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
 fn parse_data_with(
     args: &[String],
     stdin: &mut dyn FnMut() -> Result<String, Failure>,
 ) -> Result<Map<String, Value>, Failure> {
-    let mut stdin_used = false;
-    let mut read_stdin = |what: &str| -> Result<String, Failure> {
-        if stdin_used {
-            return Err(Failure::local(format!(
-                "stdin can be read only once ({what})"
-            )));
-        }
-        stdin_used = true;
-        stdin()
-    };
-    let read_file = |path: &str| -> Result<String, Failure> {
-        std::fs::read_to_string(path).map_err(|e| {
-            Failure::Local(anyhow::Error::new(e).context(format!("cannot read {path}")))
-        })
-    };
-    let mut out = Map::new();
-    for arg in args {
-        if arg == "-" || (arg.starts_with('@') && !arg.contains('=')) {
-            let text = if arg == "-" {
-                read_stdin("-")?
-            } else {
-                read_file(arg.get(1..).unwrap_or_default())?
-            };
-            let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&text) else {
-                return Err(Failure::local(format!("{arg}: expected a JSON object")));
-            };
-            out.extend(map);
-            continue;
-        }
-        let Some((key, value)) = arg.split_once('=').filter(|(k, _)| !k.is_empty()) else {
-            return Err(Failure::local(format!(
-                "invalid key/value pair {:?}: expected key=value",
-                redact_pair(arg)
-            )));
-        };
-        let value = if value == "-" {
-            read_stdin(key)?
-        } else if let Some(path) = value.strip_prefix('@') {
-            read_file(path)?
-        } else {
-            value.to_owned()
-        };
-        out.insert(key.to_owned(), Value::String(value));
-    }
-    if out.is_empty() {
-        return Err(Failure::local("Must supply data"));
-    }
-    Ok(out)
-}
-
-/// An argument that is not `k=v` may be a secret typed in the wrong place: show only its
-/// length.
-fn redact_pair(arg: &str) -> String {
-    format!("<{} characters>", arg.chars().count())
+    require_data(crate::args::parse_data_with(args, stdin)?)
 }
 
 #[cfg(test)]

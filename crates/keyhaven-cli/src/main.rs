@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod args;
 mod audit_cmd;
 mod generic_cmd;
 mod kv_cmd;
