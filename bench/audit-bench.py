@@ -2,7 +2,7 @@
 each without and with a file audit device), KV v2 read with a non-root token, interleaved
 runs, and the audit cost as a fraction of each server's own no-audit throughput.
 """
-import http.client
+import importlib.util
 import json
 import os
 import re
@@ -22,59 +22,21 @@ CONCS = [int(c) for c in E["CONCURRENCY"].split()]
 PORT = int(E["PORT"])
 LOADGEN, FSYNC = E["LOADGEN"], E["FSYNC"]
 NICE = ["nice", "-n", E["NICE"]] if E["NICE"] != "0" else []
-HZ = os.sysconf("SC_CLK_TCK")
-HOST = "127.0.0.1"  # loopback only, on purpose
+# The process, HTTP and /proc helpers are those of bench/server-bench.py (which reads
+# these at import; they do not matter here).
+for k, v in (("SCENARIOS", ""), ("SERVERS", ""), ("STARTS", "1")):
+    E.setdefault(k, v)
+_spec = importlib.util.spec_from_file_location(
+    "server_bench", os.path.join(os.path.dirname(os.path.abspath(__file__)), "server-bench.py"))
+sb = importlib.util.module_from_spec(_spec)
+sys.dont_write_bytecode = True  # no __pycache__ in the checkout
+_spec.loader.exec_module(sb)  # also installs its SIGTERM/SIGINT/SIGHUP handlers (stop_all)
+HZ, HOST, LIVE = sb.HZ, sb.HOST, sb.LIVE  # HOST: loopback only, on purpose
+stop, stop_all, request, call, proc_ticks = sb.stop, sb.stop_all, sb.request, sb.call, sb.proc_ticks
+
+NAMES = ["keyhaven", "keyhaven+audit", "openbao", "openbao+audit"]
 SECRET = {"user": "bench", "password": "0123456789abcdef0123456789abcdef"}
 POLICY = 'path "secret/data/*" { capabilities = ["read"] }'
-NAMES = ["keyhaven", "keyhaven+audit", "openbao", "openbao+audit"]
-
-LIVE = {}
-
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    LIVE.pop(p.pid, None)
-
-
-def stop_all(*_):
-    for p in list(LIVE.values()):
-        stop(p)
-
-
-def on_signal(signum, _frame):
-    stop_all()
-    sys.exit(128 + signum)
-
-
-for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(s, on_signal)
-
-
-def request(port, method, path, body=None, token=None, timeout=10):
-    c = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["X-Vault-Token"] = token
-        c.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-        r = c.getresponse()
-        data = r.read()
-        return r.status, (json.loads(data) if data.strip() else {})
-    finally:
-        c.close()
-
-
-def call(port, method, path, body=None, token=None, ok=(200, 204)):
-    status, j = request(port, method, path, body, token)
-    if status not in ok:
-        raise RuntimeError(f"{method} {path} on :{port} -> {status} {j}")
-    return j
 
 
 def wait_up(p, port, path, timeout=60.0):
@@ -89,12 +51,6 @@ def wait_up(p, port, path, timeout=60.0):
             pass
         time.sleep(0.05)
     raise RuntimeError(f"server on :{port} did not come up")
-
-
-def proc_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 class Server:
