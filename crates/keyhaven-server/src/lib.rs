@@ -176,7 +176,7 @@ pub async fn build(
         clock,
         CoreOptions {
             audit,
-            outbound: outbound::shared_or_none(),
+            outbound: Some(outbound::shared()),
         },
     )
     .await

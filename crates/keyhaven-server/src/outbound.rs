@@ -10,7 +10,7 @@
 //!   failure class only.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,8 +27,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CACHED_CLIENTS: usize = 16;
 
 /// [`Outbound`] over reqwest.
+///
+/// Clients are built at first use: most servers never make an outbound call, and building
+/// one loads the system's root certificates and the TLS stack (about a megabyte of code
+/// and data resident for the life of the process).
 pub struct HttpOutbound {
-    system: reqwest::Client,
+    system: OnceLock<reqwest::Client>,
     by_ca: Mutex<HashMap<String, reqwest::Client>>,
 }
 
@@ -53,20 +57,31 @@ fn builder() -> reqwest::ClientBuilder {
 }
 
 impl HttpOutbound {
-    /// A client trusting the system roots (and a per-call CA when one is given).
-    pub fn new() -> Result<HttpOutbound, EngineError> {
-        let system = builder()
-            .build()
-            .map_err(|e| EngineError::Unavailable(format!("cannot build the HTTPS client: {e}")))?;
-        Ok(HttpOutbound {
-            system,
+    /// A client trusting the system roots (and a per-call CA when one is given). Nothing
+    /// is built until the first call.
+    pub fn new() -> HttpOutbound {
+        HttpOutbound {
+            system: OnceLock::new(),
             by_ca: Mutex::new(HashMap::new()),
-        })
+        }
+    }
+
+    /// The client trusting the system roots, built at first use. A build failure is
+    /// reported to the caller and retried on the next call.
+    fn system(&self, url: &str) -> Result<reqwest::Client, EngineError> {
+        if let Some(c) = self.system.get() {
+            return Ok(c.clone());
+        }
+        let built = builder().build().map_err(|e| {
+            tracing::warn!(target: "keyhaven::outbound", error = %e, "cannot build the HTTPS client");
+            unavailable(url, "cannot build the HTTPS client")
+        })?;
+        Ok(self.system.get_or_init(|| built).clone())
     }
 
     fn client(&self, url: &str, ca_pem: Option<&str>) -> Result<reqwest::Client, EngineError> {
         let Some(pem) = ca_pem.filter(|p| !p.trim().is_empty()) else {
-            return Ok(self.system.clone());
+            return self.system(url);
         };
         if let Some(c) = self
             .by_ca
@@ -182,19 +197,15 @@ impl Outbound for HttpOutbound {
     }
 }
 
-/// Shared handle for [`keyhaven_engine::CoreOptions::outbound`].
-pub fn shared() -> Result<Arc<dyn Outbound>, EngineError> {
-    Ok(Arc::new(HttpOutbound::new()?))
+impl Default for HttpOutbound {
+    fn default() -> Self {
+        HttpOutbound::new()
+    }
 }
 
-/// Like [`shared`], but a server still starts without outbound HTTPS (logins that need
-/// TokenReview or OIDC discovery then fail as unavailable, and say so).
-pub fn shared_or_none() -> Option<Arc<dyn Outbound>> {
-    match shared() {
-        Ok(o) => Some(o),
-        Err(e) => {
-            tracing::warn!(target: "keyhaven::server", error = %e, "outbound HTTPS is unavailable to auth methods");
-            None
-        }
-    }
+/// Shared handle for [`keyhaven_engine::CoreOptions::outbound`]. If the HTTPS client
+/// cannot be built when first needed, logins that need TokenReview or OIDC discovery fail
+/// as unavailable, and say so.
+pub fn shared() -> Arc<dyn Outbound> {
+    Arc::new(HttpOutbound::new())
 }

@@ -198,7 +198,7 @@ impl Env {
         let clock = Arc::new(ManualClock::new(
             UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         ));
-        let outbound: Arc<dyn Outbound> = Arc::new(HttpOutbound::new().unwrap());
+        let outbound: Arc<dyn Outbound> = Arc::new(HttpOutbound::new());
         let core = Core::with_options(
             Arc::new(MemStore::new()),
             clock.clone(),
@@ -384,7 +384,7 @@ async fn oidc_discovery_over_https() {
 #[tokio::test]
 async fn outbound_is_https_only_bounded_and_follows_no_redirects() {
     let api = start_api_server(json!({"keys": []})).await;
-    let out = HttpOutbound::new().unwrap();
+    let out = HttpOutbound::new();
     let ca = Some(api.ca_pem.as_str());
     let ok = out
         .get_json(&format!("{}/openid/v1/jwks", api.base), ca)
