@@ -23,6 +23,16 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
 
+    /// Whether `operation` on `path` only reads: it changes nothing, in storage or
+    /// elsewhere, and issues nothing (no lease, no credential). The core then audits the
+    /// request together with its response after it ran, one audit write instead of two,
+    /// and withholds the response unless that write succeeds (see [`crate::audit`]).
+    /// The default is `false`: a backend opts in for the routes it knows to be free of
+    /// effects. A read that creates something (a dynamic credential) must answer `false`.
+    fn is_pure(&self, _operation: Operation, _path: &str) -> bool {
+        false
+    }
+
     /// Whether something exists at `path`, for telling a `create` from an `update` as
     /// Vault does. `None`: the backend does not distinguish (writes stay updates).
     async fn exists(&self, _path: &str) -> Result<Option<bool>, EngineError> {

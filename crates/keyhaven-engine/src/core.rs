@@ -612,7 +612,19 @@ impl Core {
                 return Err(err);
             }
         }
-        audit.log_request(entry.as_deref(), &req, None).await?;
+        // A request without effects is recorded with its response, after it ran; the
+        // response is released only if that succeeds (see `audit`).
+        let pure = match &target {
+            Target::Mount { mounted, rel } => mounted.backend.is_pure(req.operation, rel),
+            // No read or list under sys/ or auth/token/ changes anything.
+            Target::Sys(_) | Target::Token(_) | Target::Nothing => {
+                matches!(req.operation, Operation::Read | Operation::List)
+            }
+        };
+        let received = audit.now();
+        if !pure {
+            audit.log_request(entry.as_deref(), &req, None).await?;
+        }
         let sudo = match &entry {
             Some(e) if e.is_root() => true,
             Some(e) => inner
@@ -635,7 +647,13 @@ impl Core {
                 Err(e) => result = Err(e),
             }
         }
-        audit.log_response(entry.as_deref(), &req, &result).await?;
+        if pure {
+            audit
+                .log_exchange(entry.as_deref(), &req, received, &result)
+                .await?;
+        } else {
+            audit.log_response(entry.as_deref(), &req, &result).await?;
+        }
         result
     }
 

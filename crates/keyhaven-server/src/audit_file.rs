@@ -160,7 +160,8 @@ pub enum AuditFileError {
 type Ack = oneshot::Sender<Result<(), String>>;
 
 enum Msg {
-    Record(Vec<u8>, Ack),
+    /// Records written together, in order.
+    Records(Vec<Vec<u8>>, Ack),
     /// Look at the reopen flag.
     Wake,
     /// Write the close record and stop.
@@ -307,6 +308,17 @@ impl AuditDevice for FileDevice {
     }
 
     async fn write(&self, record: Vec<u8>) -> Result<(), EngineError> {
+        self.write_records(vec![record]).await
+    }
+
+    async fn write_batch(&self, records: Vec<Vec<u8>>) -> Result<(), EngineError> {
+        self.write_records(records).await
+    }
+}
+
+impl FileDevice {
+    /// Write `records` next to each other in one batch; return once they are written.
+    async fn write_records(&self, records: Vec<Vec<u8>>) -> Result<(), EngineError> {
         let fail = |why: &str| {
             EngineError::Unavailable(format!("audit: file device {}: {why}", self.config.name))
         };
@@ -314,13 +326,13 @@ impl AuditDevice for FileDevice {
             Sink::Thread(tx) => tx,
             Sink::Group(group) => {
                 return group
-                    .write(record, self.config.timeout)
+                    .write(records, self.config.timeout)
                     .await
                     .map_err(|why| fail(&why));
             }
         };
         let (ack, done) = oneshot::channel();
-        match tx.try_send(Msg::Record(record, ack)) {
+        match tx.try_send(Msg::Records(records, ack)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(fail("queue full")),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(fail("writer stopped")),
@@ -399,17 +411,18 @@ impl Group {
         }
     }
 
-    /// Append `record`; return once its batch is written, or why not.
-    async fn write(&self, record: Vec<u8>, timeout: Duration) -> Result<(), String> {
+    /// Append `records` (next to each other, in order); return once their batch is
+    /// written, or why not.
+    async fn write(&self, records: Vec<Vec<u8>>, timeout: Duration) -> Result<(), String> {
         let (batch, lead) = {
             let mut st = lock(&self.state);
             if st.closed {
                 return Err("closed".to_owned());
             }
-            if st.pending.len() >= QUEUE_CAPACITY {
+            if st.pending.len().saturating_add(records.len()) > QUEUE_CAPACITY {
                 return Err("queue full".to_owned());
             }
-            st.pending.push(record);
+            st.pending.extend(records);
             let lead = !st.writing;
             st.writing = true;
             (st.batch.clone(), lead)
@@ -704,7 +717,7 @@ impl Writer {
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut batch: Vec<(Vec<u8>, Ack)> = Vec::new();
+        let mut batch: Vec<(Vec<Vec<u8>>, Ack)> = Vec::new();
         loop {
             let Some(first) = rx.blocking_recv() else {
                 self.close("stopped");
@@ -714,7 +727,7 @@ impl Writer {
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Record(r, ack) => batch.push((r, ack)),
+                    Msg::Records(r, ack) => batch.push((r, ack)),
                     Msg::Wake => {}
                     Msg::Close(ack) => {
                         closing = Some(ack);
@@ -732,7 +745,11 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
-                let result = self.append(batch.iter().map(|(r, _)| r.as_slice()));
+                let result = self.append(
+                    batch
+                        .iter()
+                        .flat_map(|(records, _)| records.iter().map(Vec::as_slice)),
+                );
                 for (_, ack) in batch.drain(..) {
                     // The sender may have given up (timeout); nothing to tell then.
                     let _ = ack.send(result.clone());
@@ -1449,7 +1466,16 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 for i in 0..200 {
                     let rec = format!(r#"{{"type":"request","task":{t},"i":{i}}}"#);
-                    device.write(rec.into_bytes()).await.unwrap();
+                    if t % 2 == 1 {
+                        // A request and its response, handed over together.
+                        let resp = format!(r#"{{"type":"response","task":{t},"i":{i}}}"#);
+                        device
+                            .write_batch(vec![rec.into_bytes(), resp.into_bytes()])
+                            .await
+                            .unwrap();
+                    } else {
+                        device.write(rec.into_bytes()).await.unwrap();
+                    }
                     if t == 0 && i == 100 {
                         group.request_reopen();
                     }
@@ -1465,8 +1491,24 @@ mod tests {
         device.close().await;
         let r = verify(&p).unwrap();
         assert!(r.closed);
-        // open, 3200 records, close, open (reopen), close
-        assert_eq!(r.lines, 3204);
+        // open, 1600 single records and 1600 pairs, close, open (reopen), close
+        assert_eq!(r.lines, 4804);
+        // Every pair is written as two neighbouring lines, request first.
+        let text = std::fs::read_to_string(&p).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let mut pairs = 0;
+        for (k, line) in lines.iter().enumerate() {
+            if line["type"] == "response" {
+                let before = &lines[k - 1];
+                assert_eq!(before["type"], "request", "line {k}");
+                assert_eq!((&before["task"], &before["i"]), (&line["task"], &line["i"]));
+                pairs += 1;
+            }
+        }
+        assert_eq!(pairs, 1600);
         assert!(matches!(
             device.write(b"{}".to_vec()).await,
             Err(EngineError::Unavailable(_))

@@ -8,6 +8,13 @@
 //!   same way (the effect has then happened, but the caller is told the request failed and
 //!   the request record is already in the log). With no devices configured nothing is
 //!   recorded and nothing fails.
+//! - **Requests without effects are recorded with their response.** A read or list that
+//!   changes nothing (the core asks the route, see [`crate::Backend::is_pure`]) runs first;
+//!   its request and response records are then written together, in that order, and the
+//!   response is released only once a device accepted both. If none does, the caller gets
+//!   the audit error instead of the data: nothing was changed and nothing was disclosed.
+//!   One write per request instead of two; the request record carries the time the request
+//!   arrived, as always.
 //! - **Strings are hashed.** Every string in request data, response data and nested values,
 //!   and the credentials of `auth` objects (client tokens and accessors), becomes
 //!   `hmac-sha256:<hex>` under a per-device key. Object keys, numbers, booleans and nulls
@@ -20,16 +27,17 @@
 //! `error`), so tools that read Vault audit logs read these. Devices may add fields of
 //! their own (the file device adds its hash chain).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use keyhaven_crypto::HmacKey;
 use keyhaven_storage::Store;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::ser::{Serialize, SerializeMap as _, SerializeSeq as _, Serializer};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
@@ -53,6 +61,9 @@ const SALT_LEN: usize = 32;
 
 /// Log target of audit-device events (failures, recoveries); never carries record contents.
 const TARGET: &str = "keyhaven::audit";
+
+/// Tokens whose credential hashes are kept (see [`Live::creds`]) before the cache is emptied.
+const CREDS_CACHE_ENTRIES: usize = 16_384;
 
 /// A sink for audit records (the server provides a file device).
 #[async_trait]
@@ -82,6 +93,16 @@ pub trait AuditDevice: Send + Sync + 'static {
     /// (for a file: written and flushed). Must fail rather than wait without bound when it
     /// cannot accept records; the broker also bounds the wait by [`AuditDevice::timeout`].
     async fn write(&self, record: Vec<u8>) -> Result<(), EngineError>;
+
+    /// Record several JSON objects, in order (a request and its response). Returns once the
+    /// device accepted all of them. The default writes them one after the other; devices
+    /// that can should write them together.
+    async fn write_batch(&self, records: Vec<Vec<u8>>) -> Result<(), EngineError> {
+        for record in records {
+            self.write(record).await?;
+        }
+        Ok(())
+    }
 }
 
 /// One device and its unsealed key.
@@ -94,9 +115,28 @@ struct Slot {
 /// Fans records out to the devices and fails closed.
 pub struct AuditBroker {
     slots: Vec<Slot>,
-    /// Per-device HMAC keys, index-aligned with `slots`; empty while sealed.
-    keys: RwLock<Vec<Arc<HmacKey>>>,
+    /// Keys and caches of the unsealed server; `None` while sealed.
+    live: RwLock<Option<Arc<Live>>>,
     clock: Arc<dyn Clock>,
+}
+
+/// What exists only while the server is unsealed.
+struct Live {
+    /// Per-device HMAC keys, index-aligned with `slots`.
+    keys: Vec<HmacKey>,
+    /// Per-device hashes of the credentials of tokens seen recently, keyed by the token
+    /// store's keyed hash of the token ([`TokenEntry::hash`]). Entries are found only for a
+    /// token that authenticated, so the key identifies exactly the token that was hashed.
+    /// Holds hashes only, never a token; dropped at seal.
+    creds: Mutex<HashMap<String, Arc<[Creds]>>>,
+}
+
+/// A request's credentials as one device logs them.
+struct Creds {
+    /// The presented token.
+    token: Option<HashText>,
+    /// The accessor of the token that authenticated.
+    accessor: Option<HashText>,
 }
 
 impl Default for AuditBroker {
@@ -127,6 +167,12 @@ struct Subject<'a> {
     req: &'a Request,
 }
 
+/// A [`Subject`] as one device sees it: with that device's hashes of the credentials.
+struct Seen<'a> {
+    subject: &'a Subject<'a>,
+    creds: &'a Creds,
+}
+
 impl AuditBroker {
     /// A broker over these devices (names must be unique), with the system clock.
     pub fn new(devices: Vec<Arc<dyn AuditDevice>>) -> Self {
@@ -138,7 +184,7 @@ impl AuditBroker {
                     failing: AtomicBool::new(false),
                 })
                 .collect(),
-            keys: RwLock::new(Vec::new()),
+            live: RwLock::new(None),
             clock: Arc::new(SystemClock),
         }
     }
@@ -190,25 +236,55 @@ impl AuditBroker {
                     slot.device.name()
                 )));
             }
-            keys.push(Arc::new(HmacKey::new(&salt)));
+            keys.push(HmacKey::new(&salt));
         }
-        *self.keys.write() = keys;
+        *self.live.write() = Some(Arc::new(Live {
+            keys,
+            creds: Mutex::new(HashMap::new()),
+        }));
         Ok(())
     }
 
-    /// Drop per-device keys.
+    /// Drop per-device keys and the hashes made with them.
     pub(crate) fn seal(&self) {
-        self.keys.write().clear();
+        *self.live.write() = None;
     }
 
-    fn keys(&self) -> Result<Vec<Arc<HmacKey>>, EngineError> {
-        let keys = self.keys.read().clone();
-        if keys.len() != self.slots.len() {
-            return Err(EngineError::Unavailable(
-                "audit: device keys are not loaded (sealed)".to_owned(),
-            ));
+    fn live(&self) -> Result<Arc<Live>, EngineError> {
+        self.live.read().clone().ok_or_else(|| {
+            EngineError::Unavailable("audit: device keys are not loaded (sealed)".to_owned())
+        })
+    }
+
+    /// Every device's hashes of the request's credentials: from the cache for a token that
+    /// authenticated, computed otherwise.
+    fn creds(live: &Live, auth: Option<&TokenEntry>, req: &Request) -> Arc<[Creds]> {
+        let compute = || -> Arc<[Creds]> {
+            live.keys
+                .iter()
+                .map(|key| Creds {
+                    token: req.token.as_ref().map(|t| HashText::new(key, t.expose())),
+                    accessor: auth
+                        .filter(|e| !e.accessor.is_empty())
+                        .map(|e| HashText::new(key, &e.accessor)),
+                })
+                .collect()
+        };
+        // `auth` is set only when `req.token` authenticated, and `hash` is the token
+        // store's keyed hash of exactly that token.
+        let Some(entry) = auth.filter(|e| !e.hash.is_empty() && req.token.is_some()) else {
+            return compute();
+        };
+        if let Some(hit) = live.creds.lock().get(&entry.hash) {
+            return hit.clone();
         }
-        Ok(keys)
+        let fresh = compute();
+        let mut cache = live.creds.lock();
+        if cache.len() >= CREDS_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(entry.hash.clone(), fresh.clone());
+        fresh
     }
 
     /// Record a request (after authentication and authorization, before it runs). `error`
@@ -222,12 +298,13 @@ impl AuditBroker {
         if self.slots.is_empty() {
             return Ok(());
         }
-        let keys = self.keys()?;
+        let live = self.live()?;
+        let creds = Self::creds(&live, auth, req);
         let subject = Subject { auth, req };
         let time = rfc3339(self.clock.now());
         let error = error.map(ToString::to_string);
-        self.fan_out(&keys, "request", |key| {
-            request_record(key, &time, &subject, error.as_deref())
+        self.fan_out(&live, &creds, "request", &subject, |key, seen| {
+            Ok(vec![request_record(key, &time, seen, error.as_deref())?])
         })
         .await
     }
@@ -245,38 +322,93 @@ impl AuditBroker {
         // The keys are gone only if the server was sealed after the request was recorded:
         // by this very request (`sys/seal`) or while it ran. Vault records only the request
         // of `sys/seal` too; the request record is in the log.
-        let Ok(keys) = self.keys() else {
+        let Ok(live) = self.live() else {
             tracing::debug!(target: TARGET, "sealed while the request ran; its response is not recorded");
             return Ok(());
         };
+        let creds = Self::creds(&live, auth, req);
         let subject = Subject { auth, req };
         let time = rfc3339(self.clock.now());
-        self.fan_out(&keys, "response", |key| {
-            response_record(key, &time, &subject, result)
+        self.fan_out(&live, &creds, "response", &subject, |key, seen| {
+            Ok(vec![response_record(key, &time, seen, result)?])
         })
         .await
     }
 
-    /// Format one record per device and succeed as soon as one device accepted its record.
+    /// The time to stamp on a request record written later by [`AuditBroker::log_exchange`].
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    /// Record a request that has no effect together with its response, after it ran (see
+    /// the module documentation). `received` is when the request arrived
+    /// ([`AuditBroker::now`] before it ran). The caller must withhold the response unless
+    /// this succeeds.
+    pub async fn log_exchange(
+        &self,
+        auth: Option<&TokenEntry>,
+        req: &Request,
+        received: SystemTime,
+        result: &Result<Response, EngineError>,
+    ) -> Result<(), EngineError> {
+        if self.slots.is_empty() {
+            return Ok(());
+        }
+        // Sealed while it ran: the result is not released (the request record would be
+        // missing), as a request that arrives sealed is refused.
+        let live = self.live()?;
+        let creds = Self::creds(&live, auth, req);
+        let subject = Subject { auth, req };
+        let asked = rfc3339(received);
+        let answered = rfc3339(self.clock.now());
+        self.fan_out(&live, &creds, "request", &subject, |key, seen| {
+            Ok(vec![
+                request_record(key, &asked, seen, None)?,
+                response_record(key, &answered, seen, result)?,
+            ])
+        })
+        .await
+    }
+
+    /// Format each device's records and succeed as soon as one device accepted all of its
+    /// records.
     async fn fan_out(
         &self,
-        keys: &[Arc<HmacKey>],
+        live: &Live,
+        creds: &[Creds],
         what: &str,
-        format: impl Fn(&HmacKey) -> Result<Vec<u8>, EngineError>,
+        subject: &Subject<'_>,
+        format: impl Fn(&HmacKey, &Seen<'_>) -> Result<Vec<Vec<u8>>, EngineError>,
     ) -> Result<(), EngineError> {
+        let format_for = |index: usize| -> Result<Vec<Vec<u8>>, EngineError> {
+            match (live.keys.get(index), creds.get(index)) {
+                (Some(key), Some(creds)) => format(key, &Seen { subject, creds }),
+                _ => Err(EngineError::Unavailable(
+                    "audit: device key missing".to_owned(),
+                )),
+            }
+        };
+        // One device, the usual case: no fan-out machinery.
+        if let [slot] = self.slots.as_slice() {
+            let outcome = Self::deliver(slot, format_for(0)?).await;
+            return match outcome {
+                Ok(()) => {
+                    Self::recovered(slot);
+                    Ok(())
+                }
+                Err(reason) => {
+                    Self::failed(slot, &reason);
+                    Err(EngineError::Unavailable(format!(
+                        "audit: no audit device recorded the {what} ({}: {reason})",
+                        slot.device.name()
+                    )))
+                }
+            };
+        }
         let mut pending = FuturesUnordered::new();
-        for (index, (slot, key)) in self.slots.iter().zip(keys).enumerate() {
-            let record = format(key)?;
-            let timeout = slot.device.timeout();
-            let write = slot.device.write(record);
-            pending.push(async move {
-                let outcome = match tokio::time::timeout(timeout, write).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("timed out after {timeout:?}")),
-                };
-                (index, outcome)
-            });
+        for (index, slot) in self.slots.iter().enumerate() {
+            let records = format_for(index)?;
+            pending.push(async move { (index, Self::deliver(slot, records).await) });
         }
         let mut failures = Vec::new();
         while let Some((index, outcome)) = pending.next().await {
@@ -285,19 +417,13 @@ impl AuditBroker {
             };
             match outcome {
                 Ok(()) => {
-                    if slot.failing.swap(false, Ordering::Relaxed) {
-                        tracing::warn!(target: TARGET, device = slot.device.name(), "audit device accepts records again");
-                    }
-                    // At least one device has the record. The others' writes are dropped
+                    Self::recovered(slot);
+                    // At least one device has the records. The others' writes are dropped
                     // here; records they already queued are still written.
                     return Ok(());
                 }
                 Err(reason) => {
-                    if !slot.failing.swap(true, Ordering::Relaxed) {
-                        tracing::error!(target: TARGET, device = slot.device.name(), %reason, "audit device failed to record");
-                    } else {
-                        tracing::debug!(target: TARGET, device = slot.device.name(), %reason, "audit device failed to record");
-                    }
+                    Self::failed(slot, &reason);
                     failures.push(format!("{}: {reason}", slot.device.name()));
                 }
             }
@@ -306,6 +432,41 @@ impl AuditBroker {
             "audit: no audit device recorded the {what} ({})",
             failures.join("; ")
         )))
+    }
+
+    /// Hand records to one device and wait at most its timeout.
+    async fn deliver(slot: &Slot, records: Vec<Vec<u8>>) -> Result<(), String> {
+        let timeout = slot.device.timeout();
+        let write = async {
+            if records.len() == 1 {
+                let mut records = records;
+                match records.pop() {
+                    Some(record) => slot.device.write(record).await,
+                    None => Ok(()),
+                }
+            } else {
+                slot.device.write_batch(records).await
+            }
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("timed out after {timeout:?}")),
+        }
+    }
+
+    fn recovered(slot: &Slot) {
+        if slot.failing.load(Ordering::Relaxed) && slot.failing.swap(false, Ordering::Relaxed) {
+            tracing::warn!(target: TARGET, device = slot.device.name(), "audit device accepts records again");
+        }
+    }
+
+    fn failed(slot: &Slot, reason: &str) {
+        if !slot.failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(target: TARGET, device = slot.device.name(), %reason, "audit device failed to record");
+        } else {
+            tracing::debug!(target: TARGET, device = slot.device.name(), %reason, "audit device failed to record");
+        }
     }
 
     /// `sys/audit`: the devices, keyed `<name>/`.
@@ -336,8 +497,9 @@ impl AuditBroker {
             .iter()
             .position(|s| s.device.name() == name)
             .ok_or_else(|| EngineError::invalid(format!("unknown audit device {name:?}")))?;
-        let keys = self.keys()?;
-        let key = keys
+        let live = self.live()?;
+        let key = live
+            .keys
             .get(index)
             .ok_or_else(|| EngineError::Unavailable("audit: device key missing".to_owned()))?;
         Ok(hash_str(key, input))
@@ -411,20 +573,20 @@ impl Serialize for HashedMap<'_> {
 }
 
 /// Vault's `auth` block of a record: who made the request.
-struct AuthBlock<'a>(&'a HmacKey, &'a Subject<'a>);
+struct AuthBlock<'a>(&'a Seen<'a>);
 
 impl Serialize for AuthBlock<'_> {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        let (key, s) = (self.0, self.1);
+        let seen = self.0;
         let mut a = ser.serialize_map(None)?;
-        let Some(entry) = s.auth else {
+        let Some(entry) = seen.subject.auth else {
             return a.end();
         };
-        if !entry.accessor.is_empty() {
-            a.serialize_entry("accessor", &HashText::new(key, &entry.accessor))?;
+        if let Some(accessor) = &seen.creds.accessor {
+            a.serialize_entry("accessor", accessor)?;
         }
-        if let Some(token) = &s.req.token {
-            a.serialize_entry("client_token", &HashText::new(key, token.expose()))?;
+        if let Some(token) = &seen.creds.token {
+            a.serialize_entry("client_token", token)?;
         }
         if !entry.display_name.is_empty() {
             a.serialize_entry("display_name", &entry.display_name)?;
@@ -462,22 +624,18 @@ fn unix_time(secs: i64) -> Option<String> {
 }
 
 /// Vault's `request` block of a record.
-struct RequestBlock<'a>(&'a HmacKey, &'a Subject<'a>);
+struct RequestBlock<'a>(&'a HmacKey, &'a Seen<'a>);
 
 impl Serialize for RequestBlock<'_> {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        let (key, s) = (self.0, self.1);
+        let (key, seen) = (self.0, self.1);
+        let s = seen.subject;
         let mut r = ser.serialize_map(None)?;
-        if let Some(token) = &s.req.token {
-            r.serialize_entry("client_token", &HashText::new(key, token.expose()))?;
+        if let Some(token) = &seen.creds.token {
+            r.serialize_entry("client_token", token)?;
         }
-        if let Some(entry) = s.auth
-            && !entry.accessor.is_empty()
-        {
-            r.serialize_entry(
-                "client_token_accessor",
-                &HashText::new(key, &entry.accessor),
-            )?;
+        if let Some(accessor) = &seen.creds.accessor {
+            r.serialize_entry("client_token_accessor", accessor)?;
         }
         if !s.req.data.is_empty() {
             r.serialize_entry("data", &HashedMap(key, &s.req.data))?;
@@ -536,7 +694,7 @@ struct Record<'a> {
     key: &'a HmacKey,
     time: &'a str,
     kind: &'static str,
-    subject: &'a Subject<'a>,
+    seen: &'a Seen<'a>,
     error: Option<&'a str>,
     /// Set for a response record.
     response: Option<&'a Result<Response, EngineError>>,
@@ -545,11 +703,11 @@ struct Record<'a> {
 impl Serialize for Record<'_> {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         let mut m = ser.serialize_map(None)?;
-        m.serialize_entry("auth", &AuthBlock(self.key, self.subject))?;
+        m.serialize_entry("auth", &AuthBlock(self.seen))?;
         if let Some(e) = self.error.filter(|e| !e.is_empty()) {
             m.serialize_entry("error", e)?;
         }
-        m.serialize_entry("request", &RequestBlock(self.key, self.subject))?;
+        m.serialize_entry("request", &RequestBlock(self.key, self.seen))?;
         if let Some(result) = self.response {
             m.serialize_entry("response", &ResponseBlock(self.key, result))?;
         }
@@ -569,14 +727,14 @@ fn encode(record: &Record<'_>) -> Result<Vec<u8>, EngineError> {
 fn request_record(
     key: &HmacKey,
     time: &str,
-    s: &Subject<'_>,
+    seen: &Seen<'_>,
     error: Option<&str>,
 ) -> Result<Vec<u8>, EngineError> {
     encode(&Record {
         key,
         time,
         kind: "request",
-        subject: s,
+        seen,
         error,
         response: None,
     })
@@ -585,7 +743,7 @@ fn request_record(
 fn response_record(
     key: &HmacKey,
     time: &str,
-    s: &Subject<'_>,
+    seen: &Seen<'_>,
     result: &Result<Response, EngineError>,
 ) -> Result<Vec<u8>, EngineError> {
     let error = result.as_ref().err().map(ToString::to_string);
@@ -593,7 +751,7 @@ fn response_record(
         key,
         time,
         kind: "response",
-        subject: s,
+        seen,
         error: error.as_deref(),
         response: Some(result),
     })

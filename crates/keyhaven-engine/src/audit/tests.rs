@@ -18,6 +18,8 @@ use crate::{ClientToken, Core, CoreOptions, EngineError, ManualClock, Operation,
 struct MemDevice {
     name: String,
     records: Mutex<Vec<Vec<u8>>>,
+    /// How many records each call handed over, in order.
+    calls: Mutex<Vec<usize>>,
     fail: Mutex<bool>,
     hang: Mutex<bool>,
 }
@@ -58,10 +60,17 @@ impl AuditDevice for MemDevice {
         if *self.hang.lock() {
             std::future::pending::<()>().await;
         }
+        self.write_batch(vec![record]).await
+    }
+    async fn write_batch(&self, records: Vec<Vec<u8>>) -> Result<(), EngineError> {
+        if *self.hang.lock() {
+            std::future::pending::<()>().await;
+        }
         if *self.fail.lock() {
             return Err(EngineError::Unavailable("mem device: broken".to_owned()));
         }
-        self.records.lock().push(record);
+        self.calls.lock().push(records.len());
+        self.records.lock().extend(records);
         Ok(())
     }
 }
@@ -411,4 +420,152 @@ async fn sealing_through_the_api_succeeds_with_audit_enabled() {
     assert!(core.is_sealed());
     let records = dev.records();
     assert_eq!(records.last().unwrap()["request"]["path"], "sys/seal");
+}
+
+#[tokio::test]
+async fn a_read_is_recorded_with_its_response_and_withheld_if_that_fails() {
+    let dev = MemDevice::named("mem");
+    let (core, root) = core_with(vec![dev.clone()]).await;
+    core.handle(req(
+        Operation::Update,
+        "secret/data/app",
+        json!({"data": {"password": SECRET}}),
+        Some(&root),
+    ))
+    .await
+    .unwrap();
+    // A write is recorded before it runs, its response after: two hand-overs.
+    assert_eq!(*dev.calls.lock(), vec![1, 1]);
+
+    *dev.fail.lock() = true;
+    let err = core
+        .handle(req(
+            Operation::Read,
+            "secret/data/app",
+            json!({}),
+            Some(&root),
+        ))
+        .await
+        .unwrap_err();
+    match &err {
+        EngineError::Unavailable(m) => assert!(m.starts_with("audit: "), "{m}"),
+        other => panic!("the read was answered without its records: {other:?}"),
+    }
+    assert!(!err.to_string().contains(SECRET));
+    assert_eq!(
+        dev.records().len(),
+        2,
+        "nothing recorded for the refused read"
+    );
+
+    *dev.fail.lock() = false;
+    let read = core
+        .handle(req(
+            Operation::Read,
+            "secret/data/app",
+            json!({}),
+            Some(&root),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(read.data.unwrap()["data"]["password"], SECRET);
+    // The read's request and response records went over together, in order.
+    assert_eq!(*dev.calls.lock(), vec![1, 1, 2]);
+    let records = dev.records();
+    let (request, response) = (&records[2], &records[3]);
+    assert_eq!(request["type"], "request");
+    assert_eq!(request["request"]["operation"], "read");
+    assert!(request.get("response").is_none());
+    assert_eq!(response["type"], "response");
+    assert_eq!(
+        response["response"]["data"]["data"]["password"],
+        core.options.audit.hash("mem", SECRET).unwrap()
+    );
+    assert_eq!(request["request"]["id"], response["request"]["id"]);
+    assert_eq!(
+        request["time"], response["time"],
+        "the manual clock did not move"
+    );
+}
+
+#[tokio::test]
+async fn reads_of_routes_that_do_not_declare_themselves_pure_are_recorded_first() {
+    let dev = MemDevice::named("mem");
+    let (core, root) = core_with(vec![dev.clone()]).await;
+    core.handle(req(
+        Operation::Update,
+        "sys/auth/kubernetes",
+        json!({"type": "kubernetes"}),
+        Some(&root),
+    ))
+    .await
+    .unwrap();
+    let before = dev.calls.lock().len();
+    // An auth method's reads are not declared free of effects: request record first.
+    let _ = core
+        .handle(req(
+            Operation::Read,
+            "auth/kubernetes/config",
+            json!({}),
+            Some(&root),
+        ))
+        .await;
+    assert_eq!(dev.calls.lock()[before..], [1, 1]);
+    // Reads under sys/ are.
+    core.handle(req(Operation::Read, "sys/mounts", json!({}), Some(&root)))
+        .await
+        .unwrap();
+    assert_eq!(dev.calls.lock()[before + 2..], [2]);
+}
+
+#[tokio::test]
+async fn each_token_is_logged_with_its_own_hashes() {
+    let dev = MemDevice::named("mem");
+    let (core, root) = core_with(vec![dev.clone()]).await;
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        let created = core
+            .handle(req(
+                Operation::Update,
+                "auth/token/create",
+                json!({"policies": ["default"]}),
+                Some(&root),
+            ))
+            .await
+            .unwrap();
+        let auth = created.auth.unwrap();
+        children.push((
+            auth["client_token"].as_str().unwrap().to_owned(),
+            auth["accessor"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let audit = &core.options.audit;
+    // Twice each, so the second request of a token is served from the cache.
+    for round in 0..2 {
+        for (token, accessor) in &children {
+            core.handle(req(
+                Operation::Read,
+                "auth/token/lookup-self",
+                json!({}),
+                Some(token),
+            ))
+            .await
+            .unwrap();
+            let records = dev.records();
+            let n = records.len();
+            for r in &records[n - 2..] {
+                assert_eq!(r["auth"]["client_token"], audit.hash("mem", token).unwrap());
+                assert_eq!(
+                    r["request"]["client_token"],
+                    audit.hash("mem", token).unwrap()
+                );
+                assert_eq!(r["auth"]["accessor"], audit.hash("mem", accessor).unwrap());
+                assert_eq!(
+                    r["request"]["client_token_accessor"],
+                    audit.hash("mem", accessor).unwrap(),
+                    "round {round}"
+                );
+            }
+        }
+    }
 }

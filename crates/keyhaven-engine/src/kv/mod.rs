@@ -108,6 +108,11 @@ impl KvBackend {
 
 #[async_trait]
 impl Backend for KvBackend {
+    fn is_pure(&self, operation: Operation, _path: &str) -> bool {
+        // Reads and lists of data, metadata, subkeys and config never write.
+        matches!(operation, Operation::Read | Operation::List)
+    }
+
     async fn exists(&self, path: &str) -> Result<Option<bool>, EngineError> {
         let secret = ["data/", "metadata/"]
             .iter()

@@ -116,6 +116,12 @@ impl std::fmt::Debug for TransitBackend {
 
 #[async_trait]
 impl Backend for TransitBackend {
+    fn is_pure(&self, operation: Operation, _path: &str) -> bool {
+        // Reads of keys, aliases and the mount's config, and lists, never write; every
+        // cryptographic operation is an update.
+        matches!(operation, Operation::Read | Operation::List)
+    }
+
     async fn handle(&self, req: BackendRequest<'_>) -> Result<Response, EngineError> {
         use Operation::{Create, Delete, List, Read, Update};
         let op = req.operation;
