@@ -4,8 +4,11 @@
 //! # Writing
 //!
 //! A regular file is written by the requests themselves, in **group commit**: a request
-//! appends its record to a shared pending batch (under a short lock). If no write is in
-//! progress it becomes the *leader*: it takes the whole batch, chains it, appends it with
+//! appends its record to a shared pending batch (under a short lock), then yields once to
+//! the runtime so that the other requests ready to run on its worker add theirs (without
+//! that, on a small machine nearly every batch would hold one request's records and every
+//! request would pay a `write` of its own). If no write is in progress after that it
+//! becomes the *leader*: it takes the whole batch, chains it, appends it with
 //! one `write` (and, with `fsync = true`, `fdatasync`), publishes the outcome to every
 //! record of the batch, and leads again while records are pending (at most
 //! [`MAX_ROUNDS`] batches, then it hands over to a waiting request). The others wait for
@@ -414,7 +417,7 @@ impl Group {
     /// Append `records` (next to each other, in order); return once their batch is
     /// written, or why not.
     async fn write(&self, records: Vec<Vec<u8>>, timeout: Duration) -> Result<(), String> {
-        let (batch, lead) = {
+        let batch = {
             let mut st = lock(&self.state);
             if st.closed {
                 return Err("closed".to_owned());
@@ -423,18 +426,12 @@ impl Group {
                 return Err("queue full".to_owned());
             }
             st.pending.extend(records);
-            let lead = !st.writing;
-            st.writing = true;
-            (st.batch.clone(), lead)
+            st.batch.clone()
         };
-        if lead {
-            // The leader's own record is in the first batch it writes: the outcome is
-            // known when `lead` returns, without a wake-up or a timer.
-            self.lead();
-            if let Some(result) = batch.result.get() {
-                return result.clone();
-            }
-        }
+        // Let the requests that are ready to run add their records to this batch first.
+        // Nothing is claimed yet: if this request is dropped while it yields, its records
+        // simply go with the next batch.
+        tokio::task::yield_now().await;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = batch.done.notified();
