@@ -49,8 +49,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A random (version 4) UUID. Drawn from the thread's CSPRNG (seeded by the kernel), not
+/// a system call per request: request ids need uniqueness, and this path runs for every
+/// request.
 fn new_request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes[..]);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 fn json_response(status: StatusCode, body: &Value, request_id: &str) -> HttpResponse {
@@ -481,4 +488,22 @@ async fn health(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
         "cluster_id": s.cluster_id,
     });
     json_response(status, &body, &request_id)
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    use super::new_request_id;
+
+    #[test]
+    fn request_ids_are_distinct_version_4_uuids() {
+        let ids: Vec<String> = (0..1000).map(|_| new_request_id()).collect();
+        for id in &ids {
+            let parsed = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(parsed.get_version_num(), 4, "{id}");
+            assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert_eq!(parsed.hyphenated().to_string(), *id);
+        }
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+    }
 }
