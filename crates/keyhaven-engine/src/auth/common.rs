@@ -216,23 +216,6 @@ pub(crate) async fn list_roles(store: &Arc<dyn Store>) -> Result<Response, Engin
     Ok(Response::data(out))
 }
 
-/// Vault's warning for request fields an endpoint does not use.
-pub(crate) fn ignored_fields(data: &Map<String, Value>, known: &[&str]) -> Vec<String> {
-    let ignored: Vec<&str> = data
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !known.contains(k))
-        .collect();
-    if ignored.is_empty() {
-        Vec::new()
-    } else {
-        vec![format!(
-            "Endpoint ignored these unrecognized parameters: [{}]",
-            ignored.join(" ")
-        )]
-    }
-}
-
 /// Why a login did not produce a grant: a refusal (shown as `permission denied`) or an
 /// error the caller may see (bad request, unavailable issuer, storage).
 #[derive(Debug)]

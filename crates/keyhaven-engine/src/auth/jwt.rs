@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::common::{
-    self, Failure, TOKEN_PARAMS, TokenFields, finish_login, ignored_fields, load, role_key, save,
+    self, Failure, TOKEN_PARAMS, TokenFields, finish_login, load, role_key, save,
     validate_role_name,
 };
 use super::validator::{
@@ -360,7 +360,7 @@ impl JwtAuth {
         Parsed::from_config(config.clone())?;
         save(&self.storage, CONFIG_KEY, &config).await?;
         let mut resp = Response::no_content();
-        resp.warnings = ignored_fields(data, CONFIG_PARAMS);
+        resp.warnings = params::ignored_fields(data, CONFIG_PARAMS);
         Ok(resp)
     }
 
@@ -476,7 +476,7 @@ impl JwtAuth {
         save(&self.storage, &key, &role).await?;
         let known: Vec<&str> = ROLE_PARAMS.iter().chain(TOKEN_PARAMS).copied().collect();
         let mut resp = Response::no_content();
-        resp.warnings = ignored_fields(data, &known);
+        resp.warnings = params::ignored_fields(data, &known);
         Ok(resp)
     }
 

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::common::{
-    self, Failure, TOKEN_PARAMS, TokenFields, finish_login, ignored_fields, load, role_key, save,
+    self, Failure, TOKEN_PARAMS, TokenFields, finish_login, load, role_key, save,
     validate_role_name,
 };
 use super::validator::{
@@ -355,7 +355,7 @@ impl KubernetesAuth {
         Parsed::from_config(config.clone())?;
         save(&self.storage, CONFIG_KEY, &config).await?;
         let mut resp = Response::no_content();
-        resp.warnings = ignored_fields(data, CONFIG_PARAMS);
+        resp.warnings = params::ignored_fields(data, CONFIG_PARAMS);
         Ok(resp)
     }
 
@@ -431,7 +431,7 @@ impl KubernetesAuth {
         save(&self.storage, &key, &role).await?;
         let known: Vec<&str> = ROLE_PARAMS.iter().chain(TOKEN_PARAMS).copied().collect();
         let mut resp = Response::no_content();
-        resp.warnings = ignored_fields(data, &known);
+        resp.warnings = params::ignored_fields(data, &known);
         if role.audience.is_empty() {
             resp.warnings.push(
                 "this role has no audience: tokens issued for any audience will be accepted; set \"audience\""

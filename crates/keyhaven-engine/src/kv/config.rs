@@ -4,7 +4,7 @@ use keyhaven_storage::{Condition, Op};
 use serde_json::{Map, Value};
 
 use super::record::MountConfig;
-use super::{CONFIG_KEY, KvBackend, MAX_ATTEMPTS, contention, ignored_fields, warnings_only};
+use super::{CONFIG_KEY, KvBackend, MAX_ATTEMPTS, contention, warnings_only};
 use crate::error::EngineError;
 use crate::params;
 use crate::request::Response;
@@ -50,7 +50,7 @@ impl KvBackend {
         let cas_required = params::boolean(data, "cas_required")?;
         let metadata_cas_required = params::boolean(data, "metadata_cas_required")?;
         let delete_version_after = params::signed_duration_secs(data, "delete_version_after")?;
-        let warnings = ignored_fields(data, CONFIG_FIELDS);
+        let warnings = params::ignored_fields(data, CONFIG_FIELDS);
         if max_versions.is_none()
             && cas_required.is_none()
             && metadata_cas_required.is_none()

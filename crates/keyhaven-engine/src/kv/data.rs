@@ -6,9 +6,7 @@ use serde_json::{Map, Value};
 
 use super::json::{merge_patch, strip_values};
 use super::record::{KeyRecord, MountConfig};
-use super::{
-    KvBackend, MAX_ATTEMPTS, SecretPath, contention, ignored_fields, not_found, with_status,
-};
+use super::{KvBackend, MAX_ATTEMPTS, SecretPath, contention, not_found, with_status};
 use crate::error::EngineError;
 use crate::params;
 use crate::request::Response;
@@ -140,7 +138,7 @@ impl KvBackend {
         let cas = cas_option(data)?;
         let bytes = serde_json::to_vec(payload)
             .map_err(|_| EngineError::invalid("invalid value for parameter \"data\""))?;
-        let warnings = ignored_fields(data, DATA_FIELDS);
+        let warnings = params::ignored_fields(data, DATA_FIELDS);
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot(path, true).await?;
             check_cas(cas, &snap.config, snap.meta.as_ref())?;
@@ -171,7 +169,7 @@ impl KvBackend {
     ) -> Result<Response, EngineError> {
         let patch = payload(data)?;
         let cas = cas_option(data)?;
-        let warnings = ignored_fields(data, DATA_FIELDS);
+        let warnings = params::ignored_fields(data, DATA_FIELDS);
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot(path, true).await?;
             let meta = snap.meta.ok_or_else(not_found)?;

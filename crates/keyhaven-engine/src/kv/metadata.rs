@@ -7,8 +7,7 @@ use serde_json::{Map, Value};
 
 use super::record::{KeyRecord, MountConfig, time_value};
 use super::{
-    KvBackend, MAX_ATTEMPTS, SecretPath, contention, ignored_fields, not_found, validate_path,
-    warnings_only,
+    KvBackend, MAX_ATTEMPTS, SecretPath, contention, not_found, validate_path, warnings_only,
 };
 use crate::error::EngineError;
 use crate::params;
@@ -226,7 +225,7 @@ impl KvBackend {
     ) -> Result<Response, EngineError> {
         let settings = Settings::parse(data)?;
         let custom = params::string_map(data, "custom_metadata")?;
-        let mut warnings = ignored_fields(data, METADATA_FIELDS);
+        let mut warnings = params::ignored_fields(data, METADATA_FIELDS);
         if !settings.any() && custom.is_none() {
             return Ok(warnings_only(warnings));
         }
@@ -272,7 +271,7 @@ impl KvBackend {
     ) -> Result<Response, EngineError> {
         let settings = Settings::parse(data)?;
         let custom = params::nullable_string_map(data, "custom_metadata")?;
-        let mut warnings = ignored_fields(data, METADATA_FIELDS);
+        let mut warnings = params::ignored_fields(data, METADATA_FIELDS);
         if !settings.any() && custom.is_none() {
             return Ok(warnings_only(warnings));
         }

@@ -250,23 +250,6 @@ fn not_found() -> EngineError {
     EngineError::NotFound(String::new())
 }
 
-/// Vault's warning for request fields an endpoint does not use.
-fn ignored_fields(data: &Map<String, Value>, known: &[&str]) -> Vec<String> {
-    let ignored: Vec<&str> = data
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !known.contains(k))
-        .collect();
-    if ignored.is_empty() {
-        Vec::new()
-    } else {
-        vec![format!(
-            "Endpoint ignored these unrecognized parameters: [{}]",
-            ignored.join(" ")
-        )]
-    }
-}
-
 impl KvBackend {
     fn now(&self) -> u64 {
         record::unix_nanos(self.clock.now())

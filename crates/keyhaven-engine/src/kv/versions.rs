@@ -3,7 +3,7 @@
 use keyhaven_storage::Op;
 use serde_json::{Map, Value};
 
-use super::{KvBackend, MAX_ATTEMPTS, SecretPath, contention, ignored_fields, warnings_only};
+use super::{KvBackend, MAX_ATTEMPTS, SecretPath, contention, warnings_only};
 use crate::error::EngineError;
 use crate::params;
 use crate::request::Response;
@@ -60,7 +60,7 @@ impl KvBackend {
         action: Action,
     ) -> Result<Response, EngineError> {
         let versions = version_list(data)?;
-        let warnings = ignored_fields(data, VERSIONS_FIELDS);
+        let warnings = params::ignored_fields(data, VERSIONS_FIELDS);
         for _ in 0..MAX_ATTEMPTS {
             // Undelete re-applies delete_version_after, which may come from the mount.
             let snap = self.snapshot(path, action == Action::Undelete).await?;
