@@ -11,6 +11,7 @@
 
 use std::process::ExitCode;
 
+use keyhaven_client::envelope_warnings;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::Value;
 
@@ -167,7 +168,7 @@ pub fn run_list(args: ListArgs) -> ExitCode {
             .map(|a| a.iter().map(output::value_text).collect())
             .unwrap_or_default();
         if let Some(a) = &answer {
-            output::warnings(&warnings_of(a));
+            output::warnings(&envelope_warnings(Some(a)));
         }
         if keys.is_empty() {
             return Err(Failure::NotFound(format!("No value found at {path}")));
@@ -193,7 +194,7 @@ pub fn run_delete(args: DeleteArgs) -> ExitCode {
             .await
             .map_err(|e| Failure::remote(format!("deleting {path}"), e))?;
         if let Some(a) = &answer {
-            output::warnings(&warnings_of(a));
+            output::warnings(&envelope_warnings(Some(a)));
         }
         output::line(&format!("Success! Data deleted (if it existed) at: {path}"));
         Ok(ExitCode::SUCCESS)
@@ -234,19 +235,6 @@ fn has_content(answer: &Value) -> bool {
         .any(|k| answer.get(*k).is_some_and(|v| !v.is_null()))
 }
 
-fn warnings_of(answer: &Value) -> Vec<String> {
-    answer
-        .get("warnings")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Print an answer: its lease, `data` and `auth` rows, one field, or the JSON.
 fn print_answer(
     mut answer: Value,
@@ -255,7 +243,7 @@ fn print_answer(
     format: Format,
 ) -> Result<(), Failure> {
     drop_known(&mut answer, known);
-    output::warnings(&warnings_of(&answer));
+    output::warnings(&envelope_warnings(Some(&answer)));
     let mut rows: Vec<(String, String)> = Vec::new();
     let lease = answer
         .get("lease_duration")

@@ -8,6 +8,7 @@
 use std::io::Read as _;
 use std::process::ExitCode;
 
+use keyhaven_client::envelope_warnings;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Map, Value, json};
 
@@ -113,19 +114,6 @@ fn policy_text(file: &str) -> Result<String, Failure> {
     Ok(text)
 }
 
-fn warnings_of(answer: Option<&Value>) -> Vec<String> {
-    answer
-        .and_then(|a| a.get("warnings"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 async fn write(client: &ClientArgs, a: WriteArgs) -> Result<ExitCode, Failure> {
     let name = name_arg(&a.name)?;
     let text = policy_text(&a.file)?;
@@ -135,7 +123,7 @@ async fn write(client: &ClientArgs, a: WriteArgs) -> Result<ExitCode, Failure> {
         .write(&path, Some(&json!({ "policy": text })))
         .await
         .map_err(|e| Failure::remote(format!("uploading policy {name}"), e))?;
-    output::warnings(&warnings_of(answer.as_ref()));
+    output::warnings(&envelope_warnings(answer.as_ref()));
     output::line(&format!("Success! Uploaded policy: {name}"));
     Ok(ExitCode::SUCCESS)
 }
@@ -309,7 +297,7 @@ async fn explain(client: &ClientArgs, a: ExplainArgs, format: Format) -> Result<
         .map_err(|e| Failure::remote("writing data to sys/policies/explain", e))?
         .ok_or_else(|| Failure::local("the server answered sys/policies/explain with nothing"))?;
     let data = answer.get("data").cloned().unwrap_or(Value::Null);
-    output::warnings(&warnings_of(Some(&answer)));
+    output::warnings(&envelope_warnings(Some(&answer)));
     match format {
         Format::Json => output::json(&data)?,
         Format::Table => output::line(&output::table(&explain_rows(&data))),

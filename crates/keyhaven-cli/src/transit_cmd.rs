@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use keyhaven_client::Client;
+use keyhaven_client::{Client, envelope_warnings};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
@@ -307,7 +307,7 @@ impl Transit {
             .await
             .map_err(|e| Failure::remote(format!("listing {path}"), e))?;
         if let Some(a) = &answer {
-            output::warnings(&warnings_of(a));
+            output::warnings(&envelope_warnings(Some(a)));
         }
         let keys: Vec<String> = answer
             .as_ref()
@@ -387,7 +387,7 @@ impl Transit {
         body.insert("ciphertext".into(), Value::String(a.ciphertext));
         add_context(&mut body, &a.ctx);
         let answer = self.post(&path, body).await?.unwrap_or(Value::Null);
-        output::warnings(&warnings_of(&answer));
+        output::warnings(&envelope_warnings(Some(&answer)));
         if self.format == Format::Json && a.output.is_none() {
             output::json(&answer)?;
             return Ok(ExitCode::SUCCESS);
@@ -480,7 +480,7 @@ impl Transit {
     /// Print an answer: one field of `data`, the `data` rows, or the JSON envelope.
     fn show(&self, answer: Option<Value>, field: Option<&str>, path: &str) -> Result<(), Failure> {
         let answer = answer.unwrap_or(Value::Null);
-        output::warnings(&warnings_of(&answer));
+        output::warnings(&envelope_warnings(Some(&answer)));
         if let Some(field) = field {
             let value = answer
                 .get("data")
@@ -590,19 +590,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
                 anyhow::Error::new(e).context(format!("cannot write {}", path.display())),
             )
         })
-}
-
-fn warnings_of(answer: &Value) -> Vec<String> {
-    answer
-        .get("warnings")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ pub use client::{Client, ClientConfig, DEFAULT_TIMEOUT, TOKEN_HEADER};
 pub use error::ClientError;
 pub use kv::{KeyList, Kv2, KvData, KvMetadata, MetadataUpdate, VersionMetadata, VersionState};
 pub use reqwest::Url;
-pub use secret::Secret;
+pub use secret::{Secret, envelope_warnings};
 pub use sys::{
     EnableMount, Health, InitRequest, InitResponse, KeyStatus, MountInfo, MountPreflight,
     SealStatus,

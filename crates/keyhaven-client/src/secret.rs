@@ -52,8 +52,8 @@ pub(crate) fn envelope_data(v: Value) -> Value {
     }
 }
 
-/// The warnings of an optional envelope.
-pub(crate) fn envelope_warnings(v: Option<&Value>) -> Vec<String> {
+/// The `warnings` of a Vault response envelope, if it has any.
+pub fn envelope_warnings(v: Option<&Value>) -> Vec<String> {
     v.and_then(|v| v.get("warnings"))
         .and_then(Value::as_array)
         .map(|a| {
