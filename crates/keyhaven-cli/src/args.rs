@@ -1,5 +1,6 @@
 //! `k=v` arguments as Vault's CLI reads them, shared by `write`, `kv put` and `kv patch`.
 
+use std::collections::BTreeMap;
 use std::io::Read as _;
 
 use serde_json::{Map, Value};
@@ -80,4 +81,26 @@ pub(crate) fn parse_data_with(
         }
     }
     Ok(out)
+}
+
+/// `key=value` flag values (`--metadata`, `--param`) into a map of strings: no files, no
+/// stdin. A value that is not `key=value` is reported by its length only.
+pub(crate) fn parse_pairs(
+    pairs: &[String],
+    flag: &str,
+) -> Result<BTreeMap<String, String>, Failure> {
+    let mut map = BTreeMap::new();
+    for pair in pairs {
+        let (k, v) = pair
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| {
+                Failure::local(format!(
+                    "invalid {flag} value of {} characters: expected key=value",
+                    pair.chars().count()
+                ))
+            })?;
+        map.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(map)
 }

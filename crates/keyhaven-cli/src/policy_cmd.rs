@@ -12,6 +12,7 @@ use keyhaven_client::envelope_warnings;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Map, Value, json};
 
+use crate::args::parse_pairs;
 use crate::output;
 use crate::remote::{self, ClientArgs, Failure, Format};
 
@@ -198,20 +199,10 @@ fn caller_token() -> Result<Option<SecretString>, Failure> {
 
 /// `key=value` parameters, as strings.
 fn parse_params(pairs: &[String]) -> Result<Map<String, Value>, Failure> {
-    let mut map = Map::new();
-    for pair in pairs {
-        let (k, v) = pair
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| {
-                Failure::local(format!(
-                    "invalid --param value of {} characters: expected key=value",
-                    pair.chars().count()
-                ))
-            })?;
-        map.insert(k.to_owned(), Value::String(v.to_owned()));
-    }
-    Ok(map)
+    Ok(parse_pairs(pairs, "--param")?
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect())
 }
 
 /// The body of `sys/policies/explain`.

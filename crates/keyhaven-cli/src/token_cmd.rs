@@ -4,7 +4,6 @@
 //! A token is printed only by `token create`, whose purpose is to hand one out. Lookups
 //! and renewals show the accessor, policies and lifetimes, never the token.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead as _, IsTerminal as _};
 use std::process::ExitCode;
 
@@ -13,6 +12,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::Value;
 use zeroize::Zeroize as _;
 
+use crate::args::parse_pairs;
 use crate::output;
 use crate::remote::{self, ClientArgs, Failure, Format};
 
@@ -332,24 +332,6 @@ pub fn human_duration(secs: u64) -> String {
     // Go prints `1h0m5s`; Vault drops the `0m` only when nothing follows but seconds
     // ("1h5s"), so match that.
     out.replace("h0m", "h")
-}
-
-/// `key=value` flags into a map.
-fn parse_pairs(pairs: &[String], flag: &str) -> Result<BTreeMap<String, String>, Failure> {
-    let mut map = BTreeMap::new();
-    for pair in pairs {
-        let (k, v) = pair
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| {
-                Failure::local(format!(
-                    "invalid {flag} value of {} characters: expected key=value",
-                    pair.chars().count()
-                ))
-            })?;
-        map.insert(k.to_owned(), v.to_owned());
-    }
-    Ok(map)
 }
 
 /// The token an argument names, as a [`TokenRef`]: the caller, an accessor or a token.
