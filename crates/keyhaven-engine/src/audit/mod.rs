@@ -388,23 +388,6 @@ impl AuditBroker {
                 )),
             }
         };
-        // One device, the usual case: no fan-out machinery.
-        if let [slot] = self.slots.as_slice() {
-            let outcome = Self::deliver(slot, format_for(0)?).await;
-            return match outcome {
-                Ok(()) => {
-                    Self::recovered(slot);
-                    Ok(())
-                }
-                Err(reason) => {
-                    Self::failed(slot, &reason);
-                    Err(EngineError::Unavailable(format!(
-                        "audit: no audit device recorded the {what} ({}: {reason})",
-                        slot.device.name()
-                    )))
-                }
-            };
-        }
         let mut pending = FuturesUnordered::new();
         for (index, slot) in self.slots.iter().enumerate() {
             let records = format_for(index)?;
@@ -417,13 +400,19 @@ impl AuditBroker {
             };
             match outcome {
                 Ok(()) => {
-                    Self::recovered(slot);
+                    if slot.failing.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(target: TARGET, device = slot.device.name(), "audit device accepts records again");
+                    }
                     // At least one device has the records. The others' writes are dropped
                     // here; records they already queued are still written.
                     return Ok(());
                 }
                 Err(reason) => {
-                    Self::failed(slot, &reason);
+                    if !slot.failing.swap(true, Ordering::Relaxed) {
+                        tracing::error!(target: TARGET, device = slot.device.name(), %reason, "audit device failed to record");
+                    } else {
+                        tracing::debug!(target: TARGET, device = slot.device.name(), %reason, "audit device failed to record");
+                    }
                     failures.push(format!("{}: {reason}", slot.device.name()));
                 }
             }
@@ -437,35 +426,10 @@ impl AuditBroker {
     /// Hand records to one device and wait at most its timeout.
     async fn deliver(slot: &Slot, records: Vec<Vec<u8>>) -> Result<(), String> {
         let timeout = slot.device.timeout();
-        let write = async {
-            if records.len() == 1 {
-                let mut records = records;
-                match records.pop() {
-                    Some(record) => slot.device.write(record).await,
-                    None => Ok(()),
-                }
-            } else {
-                slot.device.write_batch(records).await
-            }
-        };
-        match tokio::time::timeout(timeout, write).await {
+        match tokio::time::timeout(timeout, slot.device.write_batch(records)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("timed out after {timeout:?}")),
-        }
-    }
-
-    fn recovered(slot: &Slot) {
-        if slot.failing.load(Ordering::Relaxed) && slot.failing.swap(false, Ordering::Relaxed) {
-            tracing::warn!(target: TARGET, device = slot.device.name(), "audit device accepts records again");
-        }
-    }
-
-    fn failed(slot: &Slot, reason: &str) {
-        if !slot.failing.swap(true, Ordering::Relaxed) {
-            tracing::error!(target: TARGET, device = slot.device.name(), %reason, "audit device failed to record");
-        } else {
-            tracing::debug!(target: TARGET, device = slot.device.name(), %reason, "audit device failed to record");
         }
     }
 
