@@ -299,3 +299,85 @@ async fn values_are_stored_verbatim_and_never_shown_by_debug() {
     let debug = format!("{store:?}");
     assert!(!debug.contains("opaque-marker"), "{debug}");
 }
+
+#[tokio::test]
+async fn a_database_in_use_is_refused_until_closed() {
+    let (_dir, path) = temp_db();
+    let first = open(&path);
+    first.put("k", b"v".to_vec()).await.unwrap();
+    match SqliteStore::open(&path, SqliteOptions::default()) {
+        Err(err @ StorageError::InUse { .. }) => {
+            let text = err.to_string();
+            assert!(
+                text.contains("in use by another keyhaven process"),
+                "{text}"
+            );
+            assert!(text.contains("keyhaven.db"), "{text}");
+        }
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    assert_eq!(
+        first.get("k").await.unwrap().unwrap(),
+        b"v",
+        "first store unharmed"
+    );
+    assert_eq!(mode(&companion(&path, "-lock")), 0o600);
+    first.close();
+    let second = open(&path);
+    assert_eq!(second.get("k").await.unwrap().unwrap(), b"v");
+}
+
+/// Point reads are served from the read cache; a read issued after a write was
+/// acknowledged must see that write, even while other readers refill the cache with
+/// values they read while the write was committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cached_reads_see_every_acknowledged_write() {
+    let (_dir, path) = temp_db();
+    let store = Arc::new(open(&path));
+    let keys: Vec<String> = (0..4).map(|i| format!("hot/{i}")).collect();
+    for key in &keys {
+        store.put(key, 0u32.to_be_bytes().to_vec()).await.unwrap();
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let value = |bytes: Vec<u8>| u32::from_be_bytes(bytes.try_into().unwrap());
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (store, keys, stop) = (Arc::clone(&store), keys.clone(), Arc::clone(&stop));
+        readers.push(tokio::spawn(async move {
+            // Values only grow: a reader never sees one go back.
+            let mut seen = vec![0u32; keys.len()];
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, key) in keys.iter().enumerate() {
+                    let v = value(store.get(key).await.unwrap().unwrap());
+                    assert!(v >= seen[i], "{key} went back from {} to {v}", seen[i]);
+                    seen[i] = v;
+                    reads += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            reads
+        }));
+    }
+    let mut writers = Vec::new();
+    for key in keys.clone() {
+        let store = Arc::clone(&store);
+        writers.push(tokio::spawn(async move {
+            for n in 1..=200u32 {
+                store.put(&key, n.to_be_bytes().to_vec()).await.unwrap();
+                let got = value(store.get(&key).await.unwrap().unwrap());
+                assert_eq!(got, n, "{key}: read after an acknowledged write");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+    // Deletes are seen too.
+    store.delete(&keys[0]).await.unwrap();
+    assert_eq!(store.get(&keys[0]).await.unwrap(), None);
+}

@@ -44,6 +44,16 @@ pub enum StorageError {
         /// Newest schema version this build can migrate to.
         supported: u64,
     },
+    /// Another process (or another store in this process) has the database open; a
+    /// single-node backend serves one process at a time.
+    #[error(
+        "storage file {path:?} is in use by another keyhaven process; stop it first, \
+         or point this one at a different file"
+    )]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+    },
     /// A storage file can be modified by users other than its owner, so its
     /// integrity cannot be relied on; the backend refuses to use it.
     #[error(

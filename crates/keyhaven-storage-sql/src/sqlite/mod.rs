@@ -1,5 +1,6 @@
 //! [`SqliteStore`]: the embedded default backend.
 
+mod cache;
 mod read;
 mod schema;
 mod writer;
@@ -19,6 +20,7 @@ use keyhaven_storage::{
     Op, StorageError, Store, Transaction, TxOutcome, validate_key, validate_prefix,
 };
 
+use cache::{Lookup, ReadCache};
 use read::ReaderPool;
 use writer::Command;
 
@@ -44,6 +46,11 @@ pub struct SqliteOptions {
     /// less than the hand-off to another thread; see `docs/BENCHMARKS.md`. Listings
     /// always run on the blocking pool because they can read thousands of rows.
     pub inline_point_reads: bool,
+    /// Bytes of stored values (ciphertext) kept in memory for point reads (default
+    /// 32 MiB; 0 turns the cache off). The cache is exact: the store holds the
+    /// database exclusively and forgets every key a commit wrote before the commit is
+    /// acknowledged. See `docs/design/0005-sqlite-read-cache.md`.
+    pub read_cache_bytes: usize,
 }
 
 impl Default for SqliteOptions {
@@ -53,6 +60,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             max_batch: 256,
             inline_point_reads: true,
+            read_cache_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -126,6 +134,9 @@ pub struct SqliteStore {
     readers: Arc<ReaderPool>,
     inline_point_reads: bool,
     counters: Arc<writer::Counters>,
+    cache: Arc<ReadCache>,
+    /// Held (flock, exclusive) until [`SqliteStore::close`]: one process per database.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 /// Counters of a [`SqliteStore`]'s group commit, for metrics.
@@ -167,6 +178,7 @@ impl SqliteStore {
     /// `spawn_blocking`.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore, StorageError> {
         files::prepare(path)?;
+        let lock = files::lock(path)?;
         let mut writer = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -200,9 +212,11 @@ impl SqliteStore {
         let max_batch = options.max_batch;
         let counters = Arc::new(writer::Counters::default());
         let thread_counters = Arc::clone(&counters);
+        let cache = Arc::new(ReadCache::new(options.read_cache_bytes));
+        let thread_cache = Arc::clone(&cache);
         let handle = std::thread::Builder::new()
             .name("keyhaven-sqlite-writer".to_owned())
-            .spawn(move || writer::run(writer, receiver, max_batch, thread_counters))
+            .spawn(move || writer::run(writer, receiver, max_batch, thread_counters, thread_cache))
             .map_err(StorageError::unavailable)?;
         tracing::info!(path = %path.display(), "opened sqlite store");
         Ok(SqliteStore {
@@ -212,6 +226,8 @@ impl SqliteStore {
             readers: ReaderPool::new(readers),
             inline_point_reads: options.inline_point_reads,
             counters,
+            cache,
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -234,8 +250,9 @@ impl SqliteStore {
         }
     }
 
-    /// Finish the queued writes, stop the writer thread and close every connection.
-    /// Idempotent. Blocks until the writer thread has exited (at most one batch).
+    /// Finish the queued writes, stop the writer thread, close every connection and
+    /// release the database for other processes. Idempotent. Blocks until the writer
+    /// thread has exited (at most one batch).
     pub fn close(&self) {
         // Dropping the only sender lets the writer drain the queue and exit.
         drop(self.commands.write().take());
@@ -246,6 +263,9 @@ impl SqliteStore {
         {
             tracing::error!("sqlite writer thread panicked");
         }
+        // Nothing writes any more; a read still running on a borrowed connection
+        // cannot change the database.
+        drop(self.lock.lock().take());
     }
 
     /// The settings of every live connection (the writer first), as SQLite reports
@@ -350,14 +370,23 @@ fn validate_tx(tx: &Transaction) -> Result<(), StorageError> {
 impl Store for SqliteStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         validate_key(key)?;
+        let ticket = match self.cache.get(key) {
+            Lookup::Hit(value) => return Ok(Some(value.to_vec())),
+            Lookup::Miss(ticket) => ticket,
+        };
         let reader = self.readers.acquire().await?;
-        if self.inline_point_reads {
-            return read::get(reader.conn()?, key);
+        let value = if self.inline_point_reads {
+            read::get(reader.conn()?, key)?
+        } else {
+            let owned = key.to_owned();
+            tokio::task::spawn_blocking(move || read::get(reader.conn()?, &owned))
+                .await
+                .map_err(StorageError::unavailable)??
+        };
+        if let Some(value) = &value {
+            self.cache.fill(key, value, ticket);
         }
-        let key = key.to_owned();
-        tokio::task::spawn_blocking(move || read::get(reader.conn()?, &key))
-            .await
-            .map_err(StorageError::unavailable)?
+        Ok(value)
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
@@ -456,6 +485,33 @@ mod files {
     #[cfg(not(unix))]
     pub(super) fn prepare(_path: &Path) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    /// Take the exclusive lock that makes this process the database's only user: an
+    /// advisory `flock` on the empty companion file `<path>-lock`, released by the
+    /// kernel when the process exits, however it exits.
+    ///
+    /// A separate file, because closing any descriptor of the database file itself
+    /// would drop the POSIX locks SQLite holds on it. The lock keeps a second server
+    /// from writing behind this one's in-memory state (the read cache, cached keys,
+    /// mount tables), which would make it serve stale data.
+    pub(super) fn lock(path: &Path) -> Result<std::fs::File, StorageError> {
+        let mut lock_path: PathBuf = path.to_owned();
+        lock_path.as_mut_os_string().push("-lock");
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
+            .open(&lock_path)
+            .map_err(StorageError::unavailable)?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::InUse {
+                path: path.to_owned(),
+            }),
+            Err(std::fs::TryLockError::Error(err)) => Err(StorageError::unavailable(err)),
+        }
     }
 
     /// SQLite gives `-wal` and `-shm` the mode of the database file; make sure of it,

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 use keyhaven_storage::{Condition, Op, StorageError, Transaction, TxOutcome};
 
+use super::cache::ReadCache;
 use super::{ConnectionRole, ConnectionSettings, shared_sql_error, sql_error};
 
 /// Reply channel of one request.
@@ -52,6 +53,7 @@ pub(crate) fn run(
     commands: Receiver<Command>,
     max_batch: usize,
     counters: Arc<Counters>,
+    cache: Arc<ReadCache>,
 ) {
     let max_batch = max_batch.max(1);
     let mut batch: Vec<(Transaction, Reply<TxOutcome>)> = Vec::with_capacity(max_batch);
@@ -72,7 +74,7 @@ pub(crate) fn run(
             }
             next = commands.try_recv().ok();
         }
-        commit_batch(&conn, &mut batch, &counters);
+        commit_batch(&conn, &mut batch, &counters, &cache);
     }
     // Let SQLite refresh its planner statistics if they are stale (cheap when not).
     if let Err(err) = conn.execute_batch("PRAGMA optimize") {
@@ -82,15 +84,21 @@ pub(crate) fn run(
 }
 
 /// Apply and commit `batch`, answer every request, and leave `batch` empty.
+///
+/// Before any request is answered, the read cache forgets every key the batch wrote
+/// (or tried to: a failed batch is treated the same, as the cheap and safe choice).
 fn commit_batch(
     conn: &Connection,
     batch: &mut Vec<(Transaction, Reply<TxOutcome>)>,
     counters: &Counters,
+    cache: &ReadCache,
 ) {
     if batch.is_empty() {
         return;
     }
-    match apply_batch(conn, batch) {
+    let result = apply_batch(conn, batch);
+    cache.committed(batch.iter().flat_map(|(tx, _)| tx.ops.iter().map(Op::key)));
+    match result {
         Ok(outcomes) => {
             counters.batches.fetch_add(1, Ordering::Relaxed);
             let requests = u64::try_from(batch.len()).unwrap_or(u64::MAX);
@@ -273,7 +281,7 @@ mod tests {
             ));
             answers.push(answer);
         }
-        commit_batch(&conn, &mut batch, &counters);
+        commit_batch(&conn, &mut batch, &counters, &ReadCache::new(0));
         assert!(batch.is_empty());
         for mut answer in answers {
             assert_eq!(answer.try_recv().unwrap().unwrap(), TxOutcome::Committed);
