@@ -137,6 +137,28 @@ struct RawStorage {
     backend: String,
     #[serde(default)]
     path: Option<PathBuf>,
+    /// MiB of stored values kept in memory for reads; 0 turns the cache off.
+    #[serde(default)]
+    cache_size_mb: Option<u32>,
+}
+
+/// Default of `storage.cache_size_mb`.
+pub const DEFAULT_CACHE_SIZE_MB: u32 = 32;
+/// Largest `storage.cache_size_mb` accepted (64 GiB).
+const MAX_CACHE_SIZE_MB: u32 = 64 * 1024;
+
+fn cache_bytes(mb: Option<u32>) -> Result<usize, ConfigError> {
+    let mb = mb.unwrap_or(DEFAULT_CACHE_SIZE_MB);
+    if mb > MAX_CACHE_SIZE_MB {
+        return Err(ConfigError::Invalid(format!(
+            "storage.cache_size_mb {mb} is larger than {MAX_CACHE_SIZE_MB}"
+        )));
+    }
+    usize::try_from(u64::from(mb) * 1024 * 1024).map_err(|_| {
+        ConfigError::Invalid(format!(
+            "storage.cache_size_mb {mb} does not fit this platform"
+        ))
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +191,8 @@ pub enum StorageConfig {
     Sqlite {
         /// Database file.
         path: PathBuf,
+        /// Bytes of stored values (ciphertext) cached in memory for reads; 0: none.
+        cache_bytes: usize,
     },
     /// In memory; only dev mode uses it.
     Memory,
@@ -260,6 +284,7 @@ impl Config {
                 path: raw.storage.path.ok_or_else(|| {
                     ConfigError::Invalid("storage.path is required for the sqlite backend".into())
                 })?,
+                cache_bytes: cache_bytes(raw.storage.cache_size_mb)?,
             },
             other => {
                 return Err(ConfigError::Invalid(format!(
@@ -355,11 +380,29 @@ tls_key_file = "/etc/keyhaven/tls.key"
         assert_eq!(
             c.storage,
             StorageConfig::Sqlite {
-                path: "/var/lib/keyhaven/keyhaven.db".into()
+                path: "/var/lib/keyhaven/keyhaven.db".into(),
+                cache_bytes: 32 * 1024 * 1024,
             }
         );
         assert!(matches!(c.tls, TlsConfig::Files { .. }));
         assert_eq!(c.max_request_size, DEFAULT_MAX_REQUEST_SIZE);
+    }
+
+    #[test]
+    fn the_read_cache_is_sized_in_mib_and_can_be_turned_off() {
+        let with = |line: &str| {
+            Config::from_toml(&GOOD.replace("[listener]", &format!("{line}\n[listener]")))
+        };
+        let bytes = |c: Config| match c.storage {
+            StorageConfig::Sqlite { cache_bytes, .. } => cache_bytes,
+            StorageConfig::Memory => unreachable!(),
+        };
+        assert_eq!(bytes(with("cache_size_mb = 0").unwrap()), 0);
+        assert_eq!(bytes(with("cache_size_mb = 256").unwrap()), 256 << 20);
+        let err = with("cache_size_mb = 100000").unwrap_err().to_string();
+        assert!(err.contains("storage.cache_size_mb 100000"), "{err}");
+        let err = with("cache_size_mb = -1").unwrap_err().to_string();
+        assert!(err.contains("cache_size_mb"), "{err}");
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl Server {
 fn open_storage(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
     match &config.storage {
         StorageConfig::Memory => Ok(Arc::new(MemStore::new())),
-        StorageConfig::Sqlite { path } => {
+        StorageConfig::Sqlite { path, cache_bytes } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     ServerError::Storage(keyhaven_storage::StorageError::Unavailable {
@@ -141,11 +141,10 @@ fn open_storage(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
                     })
                 })?;
             }
-            let store = keyhaven_storage_sql::SqliteStore::open(
-                path,
-                keyhaven_storage_sql::SqliteOptions::default(),
-            )
-            .map_err(ServerError::Storage)?;
+            let mut options = keyhaven_storage_sql::SqliteOptions::default();
+            options.read_cache_bytes = *cache_bytes;
+            let store = keyhaven_storage_sql::SqliteStore::open(path, options)
+                .map_err(ServerError::Storage)?;
             Ok(Arc::new(store))
         }
     }
