@@ -34,6 +34,14 @@ struct Cli {
     command: Command,
 }
 
+/// `keyhaven server` alone: see [`server_only`].
+#[derive(Debug, Parser)]
+#[command(name = "keyhaven-server", version, about = "Run the server", long_about = None)]
+struct ServerCli {
+    #[command(flatten)]
+    args: server_cmd::ServerArgs,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
@@ -75,6 +83,9 @@ enum Command {
     reason = "the binary reports fatal errors on stderr"
 )]
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "server") {
+        return server_only();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
@@ -106,6 +117,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// Run `keyhaven server`, parsing only its own arguments. Building the parser of every
+/// subcommand touches code the server never runs again, and each first touch of the
+/// executable's code adds a page-cache folio to the resident set of a long-lived process.
+#[allow(
+    clippy::print_stderr,
+    reason = "the binary reports fatal errors on stderr"
+)]
+fn server_only() -> ExitCode {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let bin = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "keyhaven".to_owned());
+    let parsed = ServerCli::command()
+        .bin_name(format!("{bin} server"))
+        .try_get_matches_from(std::env::args_os().skip(1))
+        .and_then(|m| ServerCli::from_arg_matches(&m));
+    let args = match parsed {
+        Ok(cli) => cli.args,
+        Err(e) => return usage_error(&e),
+    };
+    match server_cmd::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Print a parse error (or the help/version clap was asked for) and pick the exit code:
 /// 1 for usage errors, as Vault's CLI, except under `scan`, whose 1 means "findings".
 fn usage_error(e: &clap::Error) -> ExitCode {
@@ -127,5 +169,42 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         super::Cli::command().debug_assert();
+        super::ServerCli::command().debug_assert();
+    }
+
+    /// `keyhaven server …` goes through its own parser; it must take exactly what the
+    /// full command line takes, with the same results and the same refusals.
+    #[test]
+    fn the_server_parser_matches_the_full_command_line() {
+        use clap::Parser as _;
+        let cases: &[&[&str]] = &[
+            &[],
+            &["--dev"],
+            &["--dev", "--dev-listen-address", "127.0.0.1:9"],
+            &["--dev", "--dev-root-token-id", "t", "--log-level", "debug"],
+            &["-c", "x.toml"],
+            &["--config", "x.toml", "--log-level=warn"],
+            &["--config", "x.toml", "--dev"],
+            &["--dev-listen-address", "127.0.0.1:9"],
+            &["--bogus"],
+            &["--dev", "extra"],
+        ];
+        for case in cases {
+            let full = super::Cli::try_parse_from(["keyhaven", "server"].iter().chain(*case))
+                .map(|c| match c.command {
+                    super::Command::Server(a) => format!("{a:?}"),
+                    other => panic!("{other:?}"),
+                })
+                .map_err(|e| e.kind());
+            let alone = super::ServerCli::try_parse_from(["server"].iter().chain(*case))
+                .map(|c| format!("{:?}", c.args))
+                .map_err(|e| e.kind());
+            assert_eq!(full, alone, "{case:?}");
+        }
+        let help = super::ServerCli::command()
+            .bin_name("keyhaven server")
+            .render_help()
+            .to_string();
+        assert!(help.contains("Usage: keyhaven server [OPTIONS]"), "{help}");
     }
 }
