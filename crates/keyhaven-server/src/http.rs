@@ -60,8 +60,17 @@ fn new_request_id() -> String {
         .to_string()
 }
 
-fn json_response(status: StatusCode, body: &Value, request_id: &str) -> HttpResponse {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+fn json_response(
+    status: StatusCode,
+    body: &impl serde::Serialize,
+    request_id: &str,
+) -> HttpResponse {
+    // Most answers fit: one allocation instead of growing from 128 bytes.
+    let mut bytes = Vec::with_capacity(768);
+    if serde_json::to_writer(&mut bytes, body).is_err() {
+        bytes.clear();
+        bytes.extend_from_slice(b"{}");
+    }
     let mut resp = (status, bytes).into_response();
     let headers = resp.headers_mut();
     headers.insert(
@@ -257,6 +266,51 @@ fn envelope(resp: Response, request_id: &str) -> HttpResponse {
         .status
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
+    if resp.top_level {
+        return json_response(status, &top_level_envelope(resp, request_id), request_id);
+    }
+    json_response(
+        status,
+        &Envelope {
+            resp: &resp,
+            request_id,
+        },
+        request_id,
+    )
+}
+
+/// Vault's envelope, serialized straight from the response without building a JSON
+/// tree first (this runs for every answered request). Keys in sorted order, as a
+/// `serde_json::Map` would write them.
+struct Envelope<'a> {
+    resp: &'a Response,
+    request_id: &'a str,
+}
+
+impl serde::Serialize for Envelope<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let resp = self.resp;
+        let mut map = serializer.serialize_map(Some(8))?;
+        map.serialize_entry("auth", &resp.auth)?;
+        map.serialize_entry("data", &resp.data)?;
+        map.serialize_entry("lease_duration", &0)?;
+        map.serialize_entry("lease_id", "")?;
+        map.serialize_entry("renewable", &false)?;
+        map.serialize_entry("request_id", self.request_id)?;
+        map.serialize_entry(
+            "warnings",
+            &(!resp.warnings.is_empty()).then_some(&resp.warnings),
+        )?;
+        map.serialize_entry("wrap_info", &())?;
+        map.end()
+    }
+}
+
+/// The envelope of a response whose data fields are also copied to the top level
+/// (some `sys/` endpoints); the envelope's own fields win over data fields of the same
+/// name.
+fn top_level_envelope(resp: Response, request_id: &str) -> Value {
     let mut body = Map::new();
     if resp.top_level
         && let Some(data) = &resp.data
@@ -286,7 +340,7 @@ fn envelope(resp: Response, request_id: &str) -> HttpResponse {
         "auth".into(),
         resp.auth.map(Value::Object).unwrap_or(Value::Null),
     );
-    json_response(status, &Value::Object(body), request_id)
+    Value::Object(body)
 }
 
 fn seal_status_json(s: &SealStatus, storage_type: &str) -> Value {
@@ -491,8 +545,8 @@ async fn health(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
 }
 
 #[cfg(test)]
-mod request_id_tests {
-    use super::new_request_id;
+mod tests {
+    use super::*;
 
     #[test]
     fn request_ids_are_distinct_version_4_uuids() {
@@ -505,5 +559,55 @@ mod request_id_tests {
         }
         let unique: std::collections::HashSet<&String> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len());
+    }
+
+    /// The envelope written straight from the response is byte for byte the one the
+    /// JSON-tree builder writes (which top-level responses still use).
+    #[test]
+    fn the_streamed_envelope_equals_the_built_one() {
+        let cases: Vec<fn() -> Response> = vec![
+            || {
+                Response::data(
+                    json!({"data": {"k": "v\"q"}, "metadata": {"version": 3}})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                )
+            },
+            || Response {
+                warnings: vec!["one".into(), "two".into()],
+                ..Response::data(Map::new())
+            },
+            || Response {
+                auth: Some(
+                    json!({"client_token": "t", "policies": ["a"]})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                ),
+                ..Default::default()
+            },
+            || Response {
+                data: Some(json!({"metadata": {}}).as_object().unwrap().clone()),
+                status: Some(404),
+                ..Default::default()
+            },
+            || Response {
+                warnings: vec!["only a warning".into()],
+                ..Default::default()
+            },
+        ];
+        for make in cases {
+            let streamed = serde_json::to_vec(&Envelope {
+                resp: &make(),
+                request_id: "id-1",
+            })
+            .unwrap();
+            let built = serde_json::to_vec(&top_level_envelope(make(), "id-1")).unwrap();
+            assert_eq!(
+                String::from_utf8(streamed).unwrap(),
+                String::from_utf8(built).unwrap()
+            );
+        }
     }
 }
