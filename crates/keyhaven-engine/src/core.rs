@@ -594,6 +594,7 @@ impl Core {
             }
         };
         let mut req = req;
+        let mut acl = None;
         if let Some(entry) = &entry {
             // As in Vault, a write to a path that holds nothing yet is a `create`: ask the
             // backend, so policies can grant create without update (and the reverse).
@@ -604,13 +605,14 @@ impl Core {
             {
                 req.operation = Operation::Create;
             }
-            let acl = inner.policies.acl_for(&entry.policies).await?;
-            let decision = acl.authorize(req.operation, &req.path, &req.data);
+            let granted = inner.policies.acl_for(&entry.policies).await?;
+            let decision = granted.authorize(req.operation, &req.path, &req.data);
             if !decision.allowed {
                 let err = EngineError::PermissionDenied;
                 audit.log_request(Some(entry), &req, Some(&err)).await?;
                 return Err(err);
             }
+            acl = Some(granted);
         }
         // A request without effects is recorded with its response, after it ran; the
         // response is released only if that succeeds (see `audit`).
@@ -625,16 +627,10 @@ impl Core {
         if !pure {
             audit.log_request(entry.as_deref(), &req, None).await?;
         }
-        let sudo = match &entry {
-            Some(e) if e.is_root() => true,
-            Some(e) => inner
-                .policies
-                .acl_for(&e.policies)
-                .await?
-                .capabilities(&req.path)
-                .iter()
-                .any(|c| c == "sudo"),
-            None => false,
+        let sudo = match (&entry, &acl) {
+            (Some(e), _) if e.is_root() => true,
+            (Some(_), Some(acl)) => acl.capabilities(&req.path).iter().any(|c| c == "sudo"),
+            _ => false,
         };
         let mut result = self
             .dispatch(&inner, target, entry.as_ref(), sudo, &req)
