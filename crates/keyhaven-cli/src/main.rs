@@ -10,6 +10,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc instead of glibc's allocator: after a burst of writes, glibc's free lists
+/// made every later request slower (a KV read took 1.5–2× the CPU), jemalloc's do not.
+/// Tuned in `.cargo/config.toml`; see docs/design/0006-allocator.md.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod args;
 mod audit_cmd;
 mod generic_cmd;

@@ -29,7 +29,8 @@ use writer::Command;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct SqliteOptions {
-    /// Read-only connections in the pool (default 4, at least 1). WAL readers run in
+    /// Most read-only connections in the pool (default 4, at least 1); one is opened
+    /// with the store, the others when concurrent reads need them. WAL readers run in
     /// parallel with each other and with the writer; more connections than cores
     /// mainly help when reads wait on disk.
     pub read_connections: usize,
@@ -197,16 +198,20 @@ impl SqliteStore {
         // The WAL and shared-memory files exist once a transaction ran.
         files::restrict_companions(path)?;
 
-        let mut readers = Vec::with_capacity(options.read_connections.max(1));
-        for _ in 0..options.read_connections.max(1) {
+        let reader_path = path.to_owned();
+        let reader_options = options.clone();
+        let open_reader: read::Opener = Box::new(move || {
             let reader = Connection::open_with_flags(
-                path,
+                &reader_path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(sql_error)?;
-            configure(&reader, &options, true)?;
-            readers.push(reader);
-        }
+            configure(&reader, &reader_options, true)?;
+            Ok(reader)
+        });
+        // One reader now: it proves the file can be read; the others open on demand.
+        let first_reader = open_reader()?;
+        let readers = ReaderPool::new(first_reader, options.read_connections, open_reader);
 
         let (sender, receiver) = mpsc::channel();
         let max_batch = options.max_batch;
@@ -223,7 +228,7 @@ impl SqliteStore {
             path: path.to_owned(),
             commands: RwLock::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
-            readers: ReaderPool::new(readers),
+            readers,
             inline_point_reads: options.inline_point_reads,
             counters,
             cache,
@@ -581,6 +586,38 @@ mod tests {
         let (names, rows) = read::list_page(reader.conn().unwrap(), "p/", Some("big/"), 1).unwrap();
         assert_eq!(names, ["leaf"]);
         assert_eq!(rows, 1);
+    }
+
+    #[tokio::test]
+    async fn readers_open_on_demand_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = SqliteOptions::default();
+        options.read_connections = 3;
+        let store = SqliteStore::open(&dir.path().join("kv.db"), options).unwrap();
+        assert_eq!(store.readers.idle_count(), 1, "one reader at open");
+        store.put("k", b"v".to_vec()).await.unwrap();
+        let held: Vec<_> = [
+            store.readers.acquire().await.unwrap(),
+            store.readers.acquire().await.unwrap(),
+            store.readers.acquire().await.unwrap(),
+        ]
+        .into_iter()
+        .collect();
+        for reader in &held {
+            assert_eq!(
+                read::get(reader.conn().unwrap(), "k").unwrap().unwrap(),
+                b"v"
+            );
+        }
+        // A fourth waits for one of the three instead of opening another.
+        let fourth = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            store.readers.acquire(),
+        )
+        .await;
+        assert!(fourth.is_err(), "the pool is limited to three connections");
+        drop(held);
+        assert_eq!(store.readers.idle_count(), 3);
     }
 
     #[tokio::test]

@@ -16,20 +16,27 @@ use keyhaven_storage::listing::{PageBuilder, Step, prefix_upper_bound};
 
 use super::sql_error;
 
-/// A fixed set of read-only connections; a semaphore hands them out.
+/// Opens one read-only connection, configured.
+pub(crate) type Opener = Box<dyn Fn() -> Result<Connection, StorageError> + Send + Sync>;
+
+/// Up to `size` read-only connections; a semaphore hands them out. Connections are
+/// opened when a read finds none idle (the pool starts with the one `open` made), so an
+/// idle server keeps one connection, and its page cache, instead of `size`.
 pub(crate) struct ReaderPool {
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
     size: usize,
+    open: Opener,
 }
 
 impl ReaderPool {
-    pub(crate) fn new(connections: Vec<Connection>) -> Arc<Self> {
-        let size = connections.len();
+    pub(crate) fn new(first: Connection, size: usize, open: Opener) -> Arc<Self> {
+        let size = size.max(1);
         Arc::new(ReaderPool {
-            idle: Mutex::new(connections),
+            idle: Mutex::new(vec![first]),
             permits: Arc::new(Semaphore::new(size)),
             size,
+            open,
         })
     }
 
@@ -39,8 +46,13 @@ impl ReaderPool {
             .acquire_owned()
             .await
             .map_err(|_| StorageError::Closed)?;
-        // A permit guarantees an idle connection unless the pool was closed meanwhile.
-        let conn = self.idle.lock().pop().ok_or(StorageError::Closed)?;
+        // A permit guarantees an idle connection or room for a new one.
+        let idle = self.idle.lock().pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None if self.permits.is_closed() => return Err(StorageError::Closed),
+            None => (self.open)()?,
+        };
         Ok(PooledReader {
             conn: Some(conn),
             pool: Arc::clone(self),
@@ -48,7 +60,8 @@ impl ReaderPool {
         })
     }
 
-    /// Take every connection (waiting for those in use), for inspecting them all.
+    /// Take every connection the pool may use, opening those not open yet (waiting
+    /// for those in use), for inspecting them all.
     pub(crate) async fn acquire_all(
         self: &Arc<Self>,
     ) -> Result<(Vec<Connection>, OwnedSemaphorePermit), StorageError> {
@@ -57,7 +70,16 @@ impl ReaderPool {
             .acquire_many_owned(count)
             .await
             .map_err(|_| StorageError::Closed)?;
-        let conns = std::mem::take(&mut *self.idle.lock());
+        let mut conns = std::mem::take(&mut *self.idle.lock());
+        while conns.len() < self.size {
+            match (self.open)() {
+                Ok(conn) => conns.push(conn),
+                Err(err) => {
+                    self.restore(conns);
+                    return Err(err);
+                }
+            }
+        }
         Ok((conns, permit))
     }
 
@@ -72,6 +94,12 @@ impl ReaderPool {
     pub(crate) fn close(&self) {
         self.permits.close();
         self.idle.lock().clear();
+    }
+
+    /// Connections open and idle, for tests.
+    #[cfg(test)]
+    pub(crate) fn idle_count(&self) -> usize {
+        self.idle.lock().len()
     }
 }
 
