@@ -591,8 +591,10 @@ mod tests {
     #[tokio::test]
     async fn readers_open_on_demand_up_to_the_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let mut options = SqliteOptions::default();
-        options.read_connections = 3;
+        let options = SqliteOptions {
+            read_connections: 3,
+            ..SqliteOptions::default()
+        };
         let store = SqliteStore::open(&dir.path().join("kv.db"), options).unwrap();
         assert_eq!(store.readers.idle_count(), 1, "one reader at open");
         store.put("k", b"v".to_vec()).await.unwrap();
