@@ -79,6 +79,19 @@ fn check_private(_path: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// How long the accept loop waits after an error that is not about one connection.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Errors that concern only the connection being accepted (the next accept may work).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
 /// Accept TLS connections until `shutdown`, serving HTTP/1.1 and HTTP/2.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -94,6 +107,10 @@ pub(crate) async fn serve(
                 Ok(conn) => conn,
                 Err(e) => {
                     tracing::warn!(target: "keyhaven::http", error = %e, "accept failed");
+                    if !is_connection_error(&e) {
+                        // Out of descriptors or memory: retrying at once would spin.
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
                     continue;
                 }
             },
@@ -122,5 +139,24 @@ pub(crate) async fn serve(
                 tracing::debug!(target: "keyhaven::http", %peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_per_connection_accept_errors_are_retried_at_once() {
+        use std::io::{Error, ErrorKind};
+        assert!(is_connection_error(&Error::from(
+            ErrorKind::ConnectionAborted
+        )));
+        assert!(is_connection_error(&Error::from(
+            ErrorKind::ConnectionReset
+        )));
+        // EMFILE: the process is out of descriptors.
+        assert!(!is_connection_error(&Error::from_raw_os_error(24)));
+        assert!(!is_connection_error(&Error::from(ErrorKind::OutOfMemory)));
     }
 }
