@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -92,7 +93,12 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// Accept TLS connections until `shutdown`, serving HTTP/1.1 and HTTP/2.
+/// How long shutdown waits for requests in flight before closing their connections.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accept TLS connections until `shutdown`, serving HTTP/1.1 and HTTP/2; then stop
+/// accepting, close idle connections and wait (at most [`DRAIN_TIMEOUT`]) for the
+/// requests in flight to be answered.
 pub(crate) async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -100,9 +106,10 @@ pub(crate) async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     tokio::pin!(shutdown);
+    let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -117,6 +124,7 @@ pub(crate) async fn serve(
         };
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let handshake =
                 tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
@@ -132,14 +140,25 @@ pub(crate) async fn serve(
                     return;
                 }
             };
-            if let Err(e) = Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
+            let builder = Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(target: "keyhaven::http", %peer, error = %e, "connection ended with an error");
             }
         });
     }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            target: "keyhaven::http",
+            timeout_secs = DRAIN_TIMEOUT.as_secs(),
+            "requests still in flight at shutdown were cut off"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -158,5 +177,88 @@ mod tests {
         // EMFILE: the process is out of descriptors.
         assert!(!is_connection_error(&Error::from_raw_os_error(24)));
         assert!(!is_connection_error(&Error::from(ErrorKind::OutOfMemory)));
+    }
+
+    /// Shutdown lets a request in flight finish before `serve` returns (the binary
+    /// drops its runtime right after, which would cut the request off).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_waits_for_requests_in_flight() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server_config = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(cert.der().to_vec())],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(cert.der().to_vec()))
+            .unwrap();
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let answered = Arc::new(AtomicBool::new(false));
+        let flag = answered.clone();
+        let router = axum::Router::new().route(
+            "/slow",
+            axum::routing::get(move || async move {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                flag.store(true, Ordering::SeqCst);
+                "done"
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            TlsAcceptor::from(Arc::new(server_config)),
+            router,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"GET /slow HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), server)
+            .await
+            .expect("serve returns once the request is answered")
+            .unwrap()
+            .unwrap();
+        assert!(
+            answered.load(Ordering::SeqCst),
+            "serve returned before the request in flight was answered"
+        );
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tls.read_to_end(&mut response),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.ends_with("done"), "{text}");
     }
 }
