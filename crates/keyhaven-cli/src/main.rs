@@ -84,10 +84,6 @@ enum Command {
     Transit(transit_cmd::TransitArgs),
 }
 
-#[allow(
-    clippy::print_stderr,
-    reason = "the binary reports fatal errors on stderr"
-)]
 fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "server") {
         return server_only();
@@ -114,6 +110,16 @@ fn main() -> ExitCode {
         Command::Policy(args) => return policy_cmd::run(args),
         Command::Transit(args) => return transit_cmd::run(args),
     };
+    exit_code(result)
+}
+
+/// The exit code of a command that reports failures as an error: the error on stderr
+/// and 1.
+#[allow(
+    clippy::print_stderr,
+    reason = "the binary reports fatal errors on stderr"
+)]
+fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -126,10 +132,6 @@ fn main() -> ExitCode {
 /// Run `keyhaven server`, parsing only its own arguments. Building the parser of every
 /// subcommand touches code the server never runs again, and each first touch of the
 /// executable's code adds a page-cache folio to the resident set of a long-lived process.
-#[allow(
-    clippy::print_stderr,
-    reason = "the binary reports fatal errors on stderr"
-)]
 fn server_only() -> ExitCode {
     use clap::{CommandFactory as _, FromArgMatches as _};
     let bin = std::env::args_os()
@@ -145,13 +147,7 @@ fn server_only() -> ExitCode {
         Ok(cli) => cli.args,
         Err(e) => return usage_error(&e),
     };
-    match server_cmd::run(args) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    exit_code(server_cmd::run(args))
 }
 
 /// Print a parse error (or the help/version clap was asked for) and pick the exit code:

@@ -86,8 +86,8 @@ impl ReadCache {
     /// Keep `value` (read from the database after the miss that gave `ticket`) unless
     /// a batch was committed since, or it is too large.
     pub(crate) fn fill(&self, key: &str, value: &[u8], ticket: Ticket) {
-        let cost = cost(key, value);
-        if cost > self.budget / 8 {
+        let charge = cost(key, value);
+        if charge > self.budget / 8 {
             return;
         }
         let mut state = self.state.lock();
@@ -105,7 +105,7 @@ impl ReadCache {
             },
         );
         state.queue.push_back((key, id));
-        state.bytes += cost;
+        state.bytes += charge;
         while state.bytes > self.budget {
             let Some((old, old_id)) = state.queue.pop_front() else {
                 break;
@@ -113,7 +113,7 @@ impl ReadCache {
             if state.entries.get(&old).is_some_and(|e| e.id == old_id)
                 && let Some(entry) = state.entries.remove(&old)
             {
-                state.bytes -= cost_of(&old, &entry);
+                state.bytes -= cost(&old, &entry.value);
             }
         }
     }
@@ -125,7 +125,7 @@ impl ReadCache {
         state.batches += 1;
         for key in keys {
             if let Some(entry) = state.entries.remove(key) {
-                state.bytes -= cost_of(key, &entry);
+                state.bytes -= cost(key, &entry.value);
             }
         }
         // Removed keys leave stale queue slots behind; drop them once they outnumber
@@ -142,10 +142,6 @@ impl ReadCache {
         let state = self.state.lock();
         (state.entries.len(), state.bytes)
     }
-}
-
-fn cost_of(key: &str, entry: &Entry) -> usize {
-    cost(key, &entry.value)
 }
 
 #[cfg(test)]
