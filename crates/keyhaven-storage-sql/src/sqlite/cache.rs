@@ -1,16 +1,18 @@
 //! An exact in-process cache of stored values for point reads.
 //!
 //! The values are what the store holds: barrier ciphertext, never plaintext. The cache
-//! is exact (a read never returns a value older than the last acknowledged write)
-//! because of three rules:
+//! is exact (a read never returns a value older than the last acknowledged write, nor
+//! older than a value any read already returned) because of three rules:
 //!
 //! - the process holds an exclusive lock on the database (see `SqliteStore::open`), so
 //!   every write goes through this store's writer thread;
-//! - the writer thread removes the keys of a batch from the cache, and counts the
-//!   batch, after `COMMIT` returned and before any request of the batch is answered;
-//! - a read that missed fills the cache only if no batch was counted between the
-//!   moment it missed and the moment it fills. A read that started before a commit
-//!   may have seen the old value; the count tells it not to keep that value.
+//! - before a batch's `COMMIT`, the writer removes the batch's keys from the cache and
+//!   opens a commit window; after `COMMIT` returned, and before any request of the
+//!   batch is answered, it closes the window. Opening and closing each advance a
+//!   counter, which is odd while a window is open;
+//! - a read that missed fills the cache only if the counter is even and has not moved
+//!   since the miss. A read that overlapped a commit may have seen the old value while
+//!   another read already saw the new one from SQLite; it does not keep it.
 //!
 //! Memory is bounded by a byte budget (keys, values and a fixed per-entry overhead);
 //! when a fill goes over it, the oldest entries go first. Values larger than an eighth
@@ -84,14 +86,17 @@ impl ReadCache {
     }
 
     /// Keep `value` (read from the database after the miss that gave `ticket`) unless
-    /// a batch was committed since, or it is too large.
+    /// a commit was under way at the miss or began since, or the value is too large.
     pub(crate) fn fill(&self, key: &str, value: &[u8], ticket: Ticket) {
         let charge = cost(key, value);
         if charge > self.budget / 8 {
             return;
         }
         let mut state = self.state.lock();
-        if state.batches != ticket.0 || state.entries.contains_key(key) {
+        if state.batches != ticket.0
+            || !ticket.0.is_multiple_of(2)
+            || state.entries.contains_key(key)
+        {
             return;
         }
         let key: Arc<str> = Arc::from(key);
@@ -118,10 +123,14 @@ impl ReadCache {
         }
     }
 
-    /// Forget `keys` and count one committed batch. The writer thread calls this after
-    /// `COMMIT` and before answering any request of the batch.
-    pub(crate) fn committed<'k>(&self, keys: impl Iterator<Item = &'k str>) {
+    /// Open a commit window: forget `keys` and refuse every fill until
+    /// [`ReadCache::committed`]. The writer thread calls this before `COMMIT`.
+    pub(crate) fn committing<'k>(&self, keys: impl Iterator<Item = &'k str>) {
         let mut state = self.state.lock();
+        debug_assert!(
+            state.batches.is_multiple_of(2),
+            "commit windows do not nest"
+        );
         state.batches += 1;
         for key in keys {
             if let Some(entry) = state.entries.remove(key) {
@@ -134,6 +143,15 @@ impl ReadCache {
             let State { entries, queue, .. } = &mut *state;
             queue.retain(|(key, id)| entries.get(key).is_some_and(|e| e.id == *id));
         }
+    }
+
+    /// Close the commit window (whether the batch committed or failed). The writer
+    /// thread calls this after `COMMIT` and before answering any request of the batch.
+    /// No key of the batch can have been filled meanwhile.
+    pub(crate) fn committed(&self) {
+        let mut state = self.state.lock();
+        debug_assert!(!state.batches.is_multiple_of(2), "no commit window is open");
+        state.batches += 1;
     }
 
     /// Entries and bytes held, for tests.
@@ -155,6 +173,11 @@ mod tests {
         }
     }
 
+    fn commit(cache: &ReadCache, key: &str) {
+        cache.committing([key].into_iter());
+        cache.committed();
+    }
+
     fn hit(cache: &ReadCache, key: &str) -> Vec<u8> {
         match cache.get(key) {
             Lookup::Hit(v) => v.to_vec(),
@@ -168,9 +191,9 @@ mod tests {
         let t = miss(&cache, "a");
         cache.fill("a", b"one", t);
         assert_eq!(hit(&cache, "a"), b"one");
-        cache.committed(["b"].into_iter());
+        commit(&cache, "b");
         assert_eq!(hit(&cache, "a"), b"one", "other keys stay");
-        cache.committed(["a"].into_iter());
+        commit(&cache, "a");
         miss(&cache, "a");
         assert_eq!(cache.usage(), (0, 0));
     }
@@ -181,11 +204,29 @@ mod tests {
         // The read missed, then a batch (which may have changed the key) committed
         // before the read's value came back: that value may be stale.
         let t = miss(&cache, "a");
-        cache.committed(["a"].into_iter());
+        commit(&cache, "a");
         cache.fill("a", b"maybe stale", t);
         let t = miss(&cache, "a");
         cache.fill("a", b"fresh", t);
         assert_eq!(hit(&cache, "a"), b"fresh");
+    }
+
+    #[test]
+    fn nothing_is_filled_while_a_commit_is_under_way() {
+        let cache = ReadCache::new(1 << 20);
+        let t = miss(&cache, "a");
+        cache.fill("a", b"old", t);
+        cache.committing(["a"].into_iter());
+        // A read during the window finds the key gone and reads SQLite, which may still
+        // hold the old value while another read already sees the new one: not kept.
+        let t = miss(&cache, "a");
+        cache.fill("a", b"old", t);
+        miss(&cache, "a");
+        cache.committed();
+        miss(&cache, "a");
+        let t = miss(&cache, "a");
+        cache.fill("a", b"new", t);
+        assert_eq!(hit(&cache, "a"), b"new");
     }
 
     #[test]
@@ -223,7 +264,7 @@ mod tests {
         for round in 0..3000 {
             let t = miss(&cache, "hot");
             cache.fill("hot", b"v", t);
-            cache.committed(["hot"].into_iter());
+            commit(&cache, "hot");
             let queue = cache.state.lock().queue.len();
             assert!(queue <= 1025 + 1, "round {round}: queue {queue}");
         }

@@ -85,8 +85,9 @@ pub(crate) fn run(
 
 /// Apply and commit `batch`, answer every request, and leave `batch` empty.
 ///
-/// Before any request is answered, the read cache forgets every key the batch wrote
-/// (or tried to: a failed batch is treated the same, as the cheap and safe choice).
+/// Around the commit, the read cache forgets every key the batch writes (or tries to: a
+/// failed batch is treated the same, as the cheap and safe choice) and keeps no read
+/// until the commit returned; that is before any request is answered.
 fn commit_batch(
     conn: &Connection,
     batch: &mut Vec<(Transaction, Reply<TxOutcome>)>,
@@ -96,8 +97,9 @@ fn commit_batch(
     if batch.is_empty() {
         return;
     }
+    cache.committing(batch.iter().flat_map(|(tx, _)| tx.ops.iter().map(Op::key)));
     let result = apply_batch(conn, batch);
-    cache.committed(batch.iter().flat_map(|(tx, _)| tx.ops.iter().map(Op::key)));
+    cache.committed();
     match result {
         Ok(outcomes) => {
             counters.batches.fetch_add(1, Ordering::Relaxed);
