@@ -632,16 +632,25 @@ impl Core {
             (Some(_), Some(acl)) => acl.capabilities(&req.path).iter().any(|c| c == "sudo"),
             _ => false,
         };
+        let mount_max_ttl = match &target {
+            Target::Mount { mounted, .. } => mounted.entry.config.max_lease_ttl,
+            _ => 0,
+        };
         let mut result = self
             .dispatch(&inner, target, entry.as_ref(), sudo, &req)
             .await;
         if let Ok(resp) = &mut result
             && let Some(grant) = resp.login.take()
         {
-            match inner.tokens.login(&grant, &req.path).await {
+            match inner.tokens.login(&grant, &req.path, mount_max_ttl).await {
                 Ok(auth) => resp.auth = Some(auth),
                 Err(e) => result = Err(e),
             }
+        }
+        // A request that spent its token's final use revokes the token's tree now, with
+        // any child it created (as Vault does).
+        if let Some(entry) = &entry {
+            inner.tokens.finish_request(entry).await;
         }
         if pure {
             audit
@@ -847,9 +856,10 @@ impl Core {
             "capabilities" => {
                 let token = params::string(&req.data, "token")?
                     .ok_or_else(|| EngineError::invalid("missing parameter \"token\""))?;
+                // Asking about a token does not spend one of its uses.
                 inner
                     .tokens
-                    .lookup(token)
+                    .lookup_accessor_or_token(None, Some(token))
                     .await?
                     .ok_or_else(|| EngineError::invalid("invalid token"))?
             }

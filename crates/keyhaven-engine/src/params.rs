@@ -88,6 +88,7 @@ pub fn duration_secs(data: &Map<String, Value>, key: &str) -> Result<Option<u64>
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
             .as_u64()
+            .filter(|n| *n <= MAX_DURATION_SECS)
             .map(Some)
             .ok_or_else(|| wrong_type(key, "a duration")),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
@@ -98,12 +99,19 @@ pub fn duration_secs(data: &Map<String, Value>, key: &str) -> Result<Option<u64>
     }
 }
 
+/// The longest duration a client may give, in seconds: Go's `time.Duration` range
+/// (2^63 - 1 nanoseconds, about 292 years), which is what Vault accepts. Anything longer
+/// is refused as malformed rather than wrapped or saturated, so adding a client's
+/// duration to a timestamp can never overflow.
+pub const MAX_DURATION_SECS: u64 = i64::MAX.unsigned_abs() / 1_000_000_000;
+
 /// Parse a Go-style duration (`1h30m`, `45s`, `0`, `7d`, `1.5h`) into whole seconds.
-/// Sub-second parts are truncated. Plain integers are seconds.
+/// Sub-second parts are truncated. Plain integers are seconds. Durations longer than
+/// [`MAX_DURATION_SECS`] are refused (`None`).
 pub fn parse_duration(s: &str) -> Option<u64> {
     let s = s.trim();
     if let Ok(n) = s.parse::<u64>() {
-        return Some(n);
+        return (n <= MAX_DURATION_SECS).then_some(n);
     }
     let mut total_nanos: u128 = 0;
     let mut rest = s;
@@ -145,7 +153,9 @@ pub fn parse_duration(s: &str) -> Option<u64> {
         total_nanos = total_nanos.checked_add(nanos)?;
         rest = tail;
     }
-    u64::try_from(total_nanos / 1_000_000_000).ok()
+    u64::try_from(total_nanos / 1_000_000_000)
+        .ok()
+        .filter(|n| *n <= MAX_DURATION_SECS)
 }
 
 /// Format seconds as Go does (`0s`, `45s`, `1h30m0s`, `768h0m0s`).
@@ -283,6 +293,7 @@ pub fn signed_duration_secs(
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
             .as_i64()
+            .filter(|n| n.unsigned_abs() <= MAX_DURATION_SECS)
             .map(Some)
             .ok_or_else(|| wrong_type(key, "a duration")),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
@@ -402,6 +413,23 @@ mod tests {
         assert_eq!(parse_duration("5x"), None);
         assert_eq!(parse_duration("h"), None);
         assert_eq!(parse_duration("-5s"), None);
+    }
+
+    #[test]
+    fn durations_beyond_gos_range_are_refused() {
+        // Regression: `{"period":"9223372036854775807"}` overflowed `now + period`.
+        assert_eq!(parse_duration("9223372036854775807"), None);
+        assert_eq!(parse_duration("2562048h"), None);
+        assert_eq!(parse_duration("9223372036"), Some(MAX_DURATION_SECS));
+        assert_eq!(parse_duration("2562047h"), Some(2_562_047 * 3600));
+        let mut d = Map::new();
+        d.insert("p".into(), json!(u64::MAX));
+        d.insert("s".into(), json!("9223372036854775807"));
+        d.insert("n".into(), json!(i64::MIN));
+        assert!(duration_secs(&d, "p").is_err());
+        assert!(duration_secs(&d, "s").is_err());
+        assert!(signed_duration_secs(&d, "n").is_err());
+        assert!(signed_duration_secs(&d, "s").is_err());
         assert_eq!(format_duration(0), "0s");
         assert_eq!(format_duration(5400), "1h30m0s");
         assert_eq!(format_duration(90), "1m30s");

@@ -14,9 +14,25 @@
 //! Expiry is checked on every lookup against the engine's clock, so an expired token stops
 //! working at once; [`TokenStore::sweep_expired`] deletes expired entries later. A child's
 //! expiry never exceeds its parent's, and revoking a parent revokes the whole subtree.
+//!
+//! Revocation is atomic with respect to child creation: a token is first marked
+//! `revoking` (it stops working at once), and only then are its children listed. A child
+//! is created in a transaction conditioned on its parent's entry being exactly as read and
+//! not marked, so a child either exists before the mark (and is listed and revoked) or is
+//! refused. A crash between the mark and the end leaves marked entries, which the sweeper
+//! finishes. The final use of a limited-use token marks it the same way, and the request
+//! that spent it revokes the whole tree when it ends (as Vault does): children created
+//! with a limited-use token never outlive its last use.
+//!
+//! Who may mint which policies (as in Vault): `root` only from a root token; without a
+//! role, a child's policies are a subset of the caller's unless the caller has sudo on
+//! the creating path; with a role, the requested set must lie within the role's
+//! `allowed_policies`, or, if it has none, within the caller's policies, and never meets
+//! `disallowed_policies`. An orphan role changes where the token hangs, not who may ask.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use keyhaven_crypto::{HmacKey, fill_random};
 use keyhaven_storage::{Op, Store, Transaction};
@@ -85,6 +101,11 @@ pub struct TokenEntry {
     /// Hash (hex) of this token, the storage identity.
     #[serde(default)]
     pub hash: String,
+    /// Revocation has begun: the token no longer works, and no child may be created under
+    /// it. On an entry returned by a lookup, it means that lookup spent the token's final
+    /// use, and the tree is revoked when the request ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoking: bool,
 }
 
 impl TokenEntry {
@@ -97,10 +118,13 @@ impl TokenEntry {
         self.expire_time.is_some_and(|t| t <= now)
     }
 
+    /// Usable for a new request at `now`: neither expired nor being revoked.
+    fn live(&self, now: i64) -> bool {
+        !self.expired(now) && !self.revoking
+    }
+
     fn ttl_left(&self, now: i64) -> u64 {
-        self.expire_time
-            .map(|t| u64::try_from(t - now).unwrap_or(0))
-            .unwrap_or(0)
+        ttl_from(now, self.expire_time)
     }
 
     fn lookup_data(&self, id: &str, now: i64) -> Map<String, Value> {
@@ -157,11 +181,11 @@ struct TokenRole {
     path_suffix: String,
 }
 
-/// Parameters of a new token.
+/// Parameters of a new token. `policies` is the final set, already decided by
+/// [`decide_policies`] (or by an auth method's role) and normalized.
 #[derive(Debug, Clone, Default)]
 struct CreateParams {
     policies: Vec<String>,
-    no_default_policy: bool,
     ttl: u64,
     explicit_max_ttl: u64,
     period: u64,
@@ -172,12 +196,40 @@ struct CreateParams {
     path: String,
 }
 
+impl CreateParams {
+    /// Cap every duration at `max` (the mount's or the system's maximum TTL), as Vault
+    /// does, with a warning for each value that was cut.
+    fn cap_durations(&mut self, max: u64) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (name, value) in [
+            ("ttl", &mut self.ttl),
+            ("explicit_max_ttl", &mut self.explicit_max_ttl),
+            ("period", &mut self.period),
+        ] {
+            if *value > max {
+                warnings.push(format!(
+                    "{name} of {} exceeded the effective max_ttl of {}; {name} value is \
+                     capped accordingly",
+                    params::format_duration(*value),
+                    params::format_duration(max)
+                ));
+                *value = max;
+            }
+        }
+        warnings
+    }
+}
+
 /// The token store of an unsealed server.
 pub struct TokenStore {
     storage: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     hasher: HmacKey,
     cache: RwLock<HashMap<[u8; 32], Arc<TokenEntry>>>,
+    /// Bumped (under the cache's write lock) whenever a stored entry changes; a lookup
+    /// keeps what it read from storage only if no change happened while it read, so the
+    /// cache never brings back a revoked or outdated entry.
+    epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for TokenStore {
@@ -227,18 +279,125 @@ fn corrupt() -> EngineError {
     EngineError::Corrupt("token entry is malformed".to_owned())
 }
 
-/// Sort, deduplicate and add `default` unless asked not to; `root` stands alone.
-fn normalize_policies(mut policies: Vec<String>, no_default: bool) -> Vec<String> {
+/// Trim, drop empty names, sort and deduplicate; add `default` when asked, unless `root`
+/// is present (a root token carries nothing else).
+fn normalize_policies(mut policies: Vec<String>, add_default: bool) -> Vec<String> {
     policies.retain(|p| !p.trim().is_empty());
     for p in &mut policies {
         *p = p.trim().to_owned();
     }
-    if !no_default && !policies.iter().any(|p| p == "root") {
+    if policies.iter().any(|p| p == "root") {
+        return vec!["root".to_owned()];
+    }
+    if add_default {
         policies.push("default".to_owned());
     }
     policies.sort();
     policies.dedup();
     policies
+}
+
+/// The policies of `set` that `within` lacks; a root holder lacks nothing.
+fn not_within<'a>(set: &'a [String], within: &[String]) -> Vec<&'a str> {
+    if within.iter().any(|p| p == "root") {
+        return Vec::new();
+    }
+    set.iter()
+        .filter(|p| !within.contains(p))
+        .map(String::as_str)
+        .collect()
+}
+
+/// What a token created by `caller` may carry: Vault's rules for `auth/token/create*`
+/// (`role` is `None`) and `auth/token/create/<role>`. `requested` is the `policies`
+/// parameter as given; `sudo` is whether the caller has sudo on the creating path.
+fn decide_policies(
+    caller: &TokenEntry,
+    requested: Vec<String>,
+    no_default_policy: bool,
+    role: Option<(&str, &TokenRole)>,
+    sudo: bool,
+) -> Result<Vec<String>, EngineError> {
+    let requested = normalize_policies(requested, false);
+    let decided = match role {
+        None => {
+            if requested.is_empty() {
+                // A child created without policies inherits its parent's.
+                normalize_policies(caller.policies.clone(), !no_default_policy)
+            } else {
+                let wanted = normalize_policies(requested, !no_default_policy);
+                let mut held = caller.policies.clone();
+                held.push("default".to_owned());
+                let outside = not_within(&wanted, &held);
+                if !sudo && !outside.is_empty() {
+                    return Err(EngineError::invalid(format!(
+                        "child policies must be a subset of the parent's policies; not held: {}",
+                        outside.join(", ")
+                    )));
+                }
+                wanted
+            }
+        }
+        Some((name, role)) => {
+            let add_default =
+                !no_default_policy && !role.disallowed_policies.iter().any(|p| p == "default");
+            let wanted = (!requested.is_empty()).then(|| normalize_policies(requested, add_default));
+            let decided = if role.allowed_policies.is_empty() {
+                let held = normalize_policies(caller.policies.clone(), add_default);
+                match wanted {
+                    None => held,
+                    Some(wanted) => {
+                        let outside = not_within(&wanted, &held);
+                        if !outside.is_empty() {
+                            return Err(EngineError::invalid(format!(
+                                "child policies must be a subset of the caller's policies when \
+                                 role {name:?} has no allowed_policies; not held: {}",
+                                outside.join(", ")
+                            )));
+                        }
+                        wanted
+                    }
+                }
+            } else {
+                let allowed = normalize_policies(role.allowed_policies.clone(), add_default);
+                match wanted {
+                    None => allowed,
+                    Some(wanted) => {
+                        let outside: Vec<&str> = wanted
+                            .iter()
+                            .filter(|p| !allowed.contains(p))
+                            .map(String::as_str)
+                            .collect();
+                        if !outside.is_empty() {
+                            return Err(EngineError::invalid(format!(
+                                "token policies {outside:?} are not allowed by role {name:?}: \
+                                 they must be a subset of its allowed_policies {allowed:?}"
+                            )));
+                        }
+                        wanted
+                    }
+                }
+            };
+            if let Some(bad) = decided
+                .iter()
+                .find(|p| role.disallowed_policies.contains(p))
+            {
+                return Err(EngineError::invalid(format!(
+                    "token policy {bad:?} is disallowed by role {name:?}"
+                )));
+            }
+            decided
+        }
+    };
+    if decided.iter().any(|p| p == "root") && !caller.is_root() {
+        return Err(EngineError::invalid(
+            "root tokens may only be created by a root token",
+        ));
+    }
+    if decided.is_empty() {
+        return Err(EngineError::invalid("token must have at least one policy"));
+    }
+    Ok(decided)
 }
 
 impl TokenStore {
@@ -262,7 +421,23 @@ impl TokenStore {
             clock,
             hasher: HmacKey::new(salt),
             cache: RwLock::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// Drop a changed entry from the cache, and keep lookups that read it before the
+    /// change from putting the old one back. Call after the storage write.
+    fn forget(&self, hash: &[u8; 32]) {
+        let mut cache = self.cache.write();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        cache.remove(hash);
+    }
+
+    fn forget_hex(&self, hash_hex: &str) -> Result<(), EngineError> {
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(hash_hex, &mut hash).map_err(|_| corrupt())?;
+        self.forget(&hash);
+        Ok(())
     }
 
     fn hash(&self, token: &str) -> [u8; 32] {
@@ -315,83 +490,108 @@ impl TokenStore {
         let hash = self.hash(token);
         let entry = self.entry_by_hash(&hash).await?;
         let Some(entry) = entry else { return Ok(None) };
-        let now = self.clock.unix_seconds();
-        if entry.expired(now) {
-            self.cache.write().remove(&hash);
+        if !entry.live(self.clock.unix_seconds()) {
             return Ok(None);
         }
         if entry.num_uses > 0 {
-            return self.use_once(&hash, entry).await;
+            return self.use_once(&hash).await;
         }
         Ok(Some(entry))
     }
 
+    /// The stored entry (live or not), through the cache.
     async fn entry_by_hash(&self, hash: &[u8; 32]) -> Result<Option<Arc<TokenEntry>>, EngineError> {
         if let Some(hit) = self.cache.read().get(hash) {
             return Ok(Some(hit.clone()));
         }
+        let seen = self.epoch.load(Ordering::Acquire);
         let Some(bytes) = self.storage.get(&Self::id_key(&hex::encode(hash))).await? else {
             return Ok(None);
         };
         let entry: TokenEntry = serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
         let entry = Arc::new(entry);
-        if entry.num_uses == 0 {
+        // Limited-use entries change on every use, and marked ones are on their way out.
+        if entry.num_uses == 0 && !entry.revoking {
             let mut cache = self.cache.write();
-            if cache.len() >= 100_000 {
-                cache.clear();
+            if self.epoch.load(Ordering::Acquire) == seen {
+                if cache.len() >= 100_000 {
+                    cache.clear();
+                }
+                cache.insert(*hash, entry.clone());
             }
-            cache.insert(*hash, entry.clone());
         }
         Ok(Some(entry))
     }
 
-    /// Decrement the use count atomically; revoke at zero.
-    async fn use_once(
+    /// Read, change and compare-and-swap an entry until no concurrent change interferes.
+    /// `change` returns `Ok(false)` to leave the entry as it is. Returns the entry as
+    /// written (or as found, if left alone); `None` if there is no entry.
+    async fn update_entry(
         &self,
-        hash: &[u8; 32],
-        _seen: Arc<TokenEntry>,
-    ) -> Result<Option<Arc<TokenEntry>>, EngineError> {
-        let key = Self::id_key(&hex::encode(hash));
+        hash_hex: &str,
+        mut change: impl FnMut(&mut TokenEntry) -> Result<bool, EngineError>,
+    ) -> Result<Option<TokenEntry>, EngineError> {
+        let key = Self::id_key(hash_hex);
         for _ in 0..16 {
             let Some(bytes) = self.storage.get(&key).await? else {
                 return Ok(None);
             };
             let mut entry: TokenEntry = serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
-            if entry.num_uses == 0 {
-                return Ok(None);
+            if !change(&mut entry)? {
+                return Ok(Some(entry));
             }
-            entry.num_uses -= 1;
-            let last_use = entry.num_uses == 0;
             let new = serde_json::to_vec(&entry).map_err(|_| corrupt())?;
-            let swapped = if last_use {
-                // The final use: delete the token (and its accessor) as it is used.
-                let tx = Transaction {
-                    conditions: vec![keyhaven_storage::Condition::Equals {
-                        key: key.clone(),
-                        value: bytes,
-                    }],
-                    ops: vec![
-                        Op::Delete { key: key.clone() },
-                        Op::Delete {
-                            key: format!("{ACCESSOR_PREFIX}{}", entry.accessor),
-                        },
-                    ],
-                };
-                self.storage.transact(tx).await? == keyhaven_storage::TxOutcome::Committed
-            } else {
-                self.storage
-                    .compare_and_swap(&key, Some(&bytes), Some(new))
-                    .await?
-            };
-            if swapped {
-                // Report the use count as it was before this use, as Vault does.
-                entry.num_uses += 1;
-                return Ok(Some(Arc::new(entry)));
+            if self
+                .storage
+                .compare_and_swap(&key, Some(&bytes), Some(new))
+                .await?
+            {
+                self.forget_hex(hash_hex)?;
+                return Ok(Some(entry));
             }
         }
         Err(EngineError::Unavailable(
-            "too much contention on a limited-use token".to_owned(),
+            "too much contention on a token entry".to_owned(),
         ))
+    }
+
+    /// Spend one use of a limited-use token. The final use marks the token `revoking`
+    /// (no later request can use it), and the returned entry carries the mark so the
+    /// request that spent it revokes the tree when it ends
+    /// ([`TokenStore::finish_request`]).
+    async fn use_once(&self, hash: &[u8; 32]) -> Result<Option<Arc<TokenEntry>>, EngineError> {
+        let now = self.clock.unix_seconds();
+        let mut spent = false;
+        let entry = self
+            .update_entry(&hex::encode(hash), |e| {
+                spent = false;
+                if !e.live(now) || e.num_uses == 0 {
+                    return Ok(false);
+                }
+                e.num_uses -= 1;
+                if e.num_uses == 0 {
+                    e.revoking = true;
+                }
+                spent = true;
+                Ok(true)
+            })
+            .await?;
+        Ok(entry.filter(|_| spent).map(|mut e| {
+            // Report the use count as it was before this use, as Vault does.
+            e.num_uses += 1;
+            Arc::new(e)
+        }))
+    }
+
+    /// What the core calls when a request ends: if the request spent the token's final
+    /// use, revoke the token and its children now. A failure leaves the token marked
+    /// (unusable); the sweeper finishes the revocation.
+    pub(crate) async fn finish_request(&self, entry: &TokenEntry) {
+        if entry.revoking
+            && let Err(e) = self.revoke_tree(&entry.hash).await
+        {
+            tracing::warn!(target: "keyhaven::tokens", error = %e, "revoking a used-up token failed; the sweeper will finish it");
+        }
     }
 
     /// Look up by accessor (no use is consumed).
@@ -399,14 +599,10 @@ impl TokenStore {
         &self,
         accessor: &str,
     ) -> Result<Option<Arc<TokenEntry>>, EngineError> {
-        let Some((hash, entry)) = self.by_accessor(accessor).await? else {
+        let Some((_, entry)) = self.by_accessor(accessor).await? else {
             return Ok(None);
         };
-        if entry.expired(self.clock.unix_seconds()) {
-            self.cache.write().remove(&hash);
-            return Ok(None);
-        }
-        Ok(Some(entry))
+        Ok(Some(entry).filter(|e| e.live(self.clock.unix_seconds())))
     }
 
     /// Look up a token by accessor or by value without consuming a use.
@@ -442,14 +638,24 @@ impl TokenStore {
     }
 
     /// Mint a token for a successful login and return Vault's `auth` object.
+    /// `mount_max_ttl` is the auth mount's `max_lease_ttl` (0: the system maximum).
     pub(crate) async fn login(
         &self,
         grant: &LoginGrant,
         path: &str,
+        mount_max_ttl: u64,
     ) -> Result<Map<String, Value>, EngineError> {
-        let params = CreateParams {
-            policies: grant.policies.clone(),
-            no_default_policy: grant.no_default_policy,
+        let policies = normalize_policies(grant.policies.clone(), !grant.no_default_policy);
+        if policies.is_empty() {
+            return Err(EngineError::invalid("token must have at least one policy"));
+        }
+        if policies.iter().any(|p| p == "root") {
+            return Err(EngineError::invalid(
+                "a login cannot grant the root policy",
+            ));
+        }
+        let mut params = CreateParams {
+            policies,
             ttl: grant.ttl,
             explicit_max_ttl: grant.max_ttl,
             period: grant.period,
@@ -459,6 +665,7 @@ impl TokenStore {
             meta: grant.metadata.clone(),
             path: path.to_owned(),
         };
+        params.cap_durations(effective_max_ttl(mount_max_ttl));
         let (token, entry) = self.create(None, params).await?;
         Ok(self.auth_object(&token, &entry))
     }
@@ -488,46 +695,19 @@ impl TokenStore {
         a
     }
 
-    /// Create a token under `parent` (or an orphan when `parent` is `None`).
+    /// Create a token under `parent` (or an orphan when `parent` is `None`) with the
+    /// policies and durations of `p`, already decided and capped. A child is written only
+    /// if its parent's stored entry is still exactly as read and not being revoked, so
+    /// it cannot slip past a concurrent revocation of the parent.
     async fn create(
         &self,
         parent: Option<&TokenEntry>,
         p: CreateParams,
     ) -> Result<(String, TokenEntry), EngineError> {
         let now = self.clock.unix_seconds();
-        // As in Vault, a child created without policies inherits its parent's.
-        let requested = match (p.policies.is_empty(), parent) {
-            (true, Some(parent)) => parent.policies.clone(),
-            _ => p.policies,
-        };
-        let policies = normalize_policies(requested, p.no_default_policy);
-        if policies.is_empty() {
-            return Err(EngineError::invalid("token must have at least one policy"));
-        }
-        let is_root = policies.iter().any(|x| x == "root");
-        if let Some(parent) = parent
-            && !parent.is_root()
-        {
-            if is_root {
-                return Err(EngineError::invalid(
-                    "root tokens may only be created by a root token",
-                ));
-            }
-            let outside: Vec<&str> = policies
-                .iter()
-                .filter(|x| x.as_str() != "default" && !parent.policies.contains(x))
-                .map(String::as_str)
-                .collect();
-            if !outside.is_empty() {
-                return Err(EngineError::invalid(format!(
-                    "child policies must be a subset of the parent's policies; not held: {}",
-                    outside.join(", ")
-                )));
-            }
-        }
+        let is_root = p.policies.iter().any(|x| x == "root");
         // TTL: period wins for periodic tokens; otherwise ttl or the system default, capped
-        // by explicit_max_ttl and the system maximum. Root tokens created without a TTL
-        // never expire.
+        // by explicit_max_ttl. Root tokens created without a TTL never expire.
         let mut ttl = if p.period > 0 { p.period } else { p.ttl };
         let unbounded_root = is_root && ttl == 0 && p.explicit_max_ttl == 0;
         if !unbounded_root {
@@ -537,27 +717,12 @@ impl TokenStore {
             if p.explicit_max_ttl > 0 {
                 ttl = ttl.min(p.explicit_max_ttl);
             }
-            if p.period == 0 {
-                ttl = ttl.min(SYSTEM_MAX_TTL);
-            }
         }
-        let mut expire_time = if unbounded_root {
+        let own_expiry = if unbounded_root {
             None
         } else {
-            Some(now + i64::try_from(ttl).unwrap_or(i64::MAX / 2))
+            Some(add_secs(now, ttl)?)
         };
-        // A child never outlives its parent.
-        if let (Some(parent), Some(exp)) = (parent, expire_time)
-            && let Some(pexp) = parent.expire_time
-            && pexp < exp
-        {
-            expire_time = Some(pexp);
-        }
-        if let (Some(parent), None) = (parent, expire_time)
-            && parent.expire_time.is_some()
-        {
-            expire_time = parent.expire_time;
-        }
         let token = generate_token()?;
         let hash = hex::encode(self.hash(&token));
         let display_name = if p.display_name.is_empty() {
@@ -567,79 +732,137 @@ impl TokenStore {
         } else {
             p.display_name
         };
-        let entry = TokenEntry {
-            policies,
+        let mut entry = TokenEntry {
+            policies: p.policies,
             accessor: generate_accessor()?,
             display_name,
             creation_time: now,
             path: p.path,
-            creation_ttl: expire_time
-                .map(|e| u64::try_from(e - now).unwrap_or(0))
-                .unwrap_or(0),
-            expire_time,
+            creation_ttl: 0,
+            expire_time: own_expiry,
             explicit_max_ttl: p.explicit_max_ttl,
             period: p.period,
-            renewable: p.renewable && expire_time.is_some(),
+            renewable: false,
             num_uses: p.num_uses,
             parent: parent.map(|e| e.hash.clone()),
             meta: p.meta,
             issue_time: now,
             hash: hash.clone(),
+            revoking: false,
         };
-        let mut ops = vec![
-            Op::Put {
-                key: Self::id_key(&hash),
-                value: serde_json::to_vec(&entry).map_err(|_| corrupt())?,
-            },
-            Op::Put {
-                key: format!("{ACCESSOR_PREFIX}{}", entry.accessor),
-                value: hash.clone().into_bytes(),
-            },
-        ];
-        if let Some(parent) = parent {
-            ops.push(Op::Put {
-                key: format!("{PARENT_PREFIX}{}/{hash}", parent.hash),
-                value: Vec::new(),
-            });
+        let accessor_op = Op::Put {
+            key: format!("{ACCESSOR_PREFIX}{}", entry.accessor),
+            value: hash.clone().into_bytes(),
+        };
+        let Some(parent) = parent else {
+            entry.creation_ttl = ttl_from(now, entry.expire_time);
+            entry.renewable = p.renewable && entry.expire_time.is_some();
+            let ops = vec![
+                Op::Put {
+                    key: Self::id_key(&hash),
+                    value: serde_json::to_vec(&entry).map_err(|_| corrupt())?,
+                },
+                accessor_op,
+            ];
+            // Unconditional: it commits or fails with an error.
+            let _ = self
+                .storage
+                .transact(Transaction {
+                    conditions: Vec::new(),
+                    ops,
+                })
+                .await?;
+            return Ok((token, entry));
+        };
+        let parent_key = Self::id_key(&parent.hash);
+        for _ in 0..16 {
+            let Some(parent_bytes) = self.storage.get(&parent_key).await? else {
+                return Err(EngineError::PermissionDenied);
+            };
+            let stored: TokenEntry =
+                serde_json::from_slice(&parent_bytes).map_err(|_| corrupt())?;
+            // A parent being revoked takes no new children, except in the request that
+            // spent its final use: that request revokes the tree, children included,
+            // when it ends.
+            if stored.expired(now) || (stored.revoking && !parent.revoking) {
+                return Err(EngineError::PermissionDenied);
+            }
+            // A child never outlives its parent.
+            entry.expire_time = match (own_expiry, stored.expire_time) {
+                (Some(own), Some(theirs)) => Some(own.min(theirs)),
+                (None, theirs) => theirs,
+                (own, None) => own,
+            };
+            entry.creation_ttl = ttl_from(now, entry.expire_time);
+            entry.renewable = p.renewable && entry.expire_time.is_some();
+            let tx = Transaction {
+                conditions: vec![keyhaven_storage::Condition::Equals {
+                    key: parent_key.clone(),
+                    value: parent_bytes,
+                }],
+                ops: vec![
+                    Op::Put {
+                        key: Self::id_key(&hash),
+                        value: serde_json::to_vec(&entry).map_err(|_| corrupt())?,
+                    },
+                    accessor_op.clone(),
+                    Op::Put {
+                        key: format!("{PARENT_PREFIX}{}/{hash}", parent.hash),
+                        value: Vec::new(),
+                    },
+                ],
+            };
+            if self.storage.transact(tx).await? == keyhaven_storage::TxOutcome::Committed {
+                return Ok((token, entry));
+            }
         }
-        match self
-            .storage
-            .transact(Transaction {
-                conditions: Vec::new(),
-                ops,
-            })
-            .await?
-        {
-            keyhaven_storage::TxOutcome::Committed => Ok((token, entry)),
-            keyhaven_storage::TxOutcome::ConditionFailed { .. } => Err(EngineError::Unavailable(
-                "token creation conflicted".to_owned(),
-            )),
+        Err(EngineError::Unavailable(
+            "token creation conflicted with changes to its parent".to_owned(),
+        ))
+    }
+
+    /// Mark a token `revoking`: it stops working at once and takes no new children.
+    async fn mark_revoking(&self, hash_hex: &str) -> Result<(), EngineError> {
+        self.update_entry(hash_hex, |e| {
+            if e.revoking {
+                return Ok(false);
+            }
+            e.revoking = true;
+            Ok(true)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Every child of a token, one page of the tree index at a time.
+    async fn children(&self, hash_hex: &str) -> Result<Vec<String>, EngineError> {
+        let prefix = format!("{PARENT_PREFIX}{hash_hex}/");
+        let mut children = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .storage
+                .list_page(&prefix, after.as_deref(), 1000)
+                .await?;
+            children.extend(page.iter().map(|c| c.trim_end_matches('/').to_owned()));
+            if page.len() < 1000 {
+                return Ok(children);
+            }
+            after = page.last().cloned();
         }
     }
 
-    /// Revoke a token and every descendant.
-    async fn revoke_tree(&self, hash_hex: &str) -> Result<(), EngineError> {
+    /// Revoke a token and every descendant. Each token is marked before its children are
+    /// listed, so a child created concurrently is either listed or refused; entries are
+    /// deleted children first.
+    pub(crate) async fn revoke_tree(&self, hash_hex: &str) -> Result<(), EngineError> {
         let mut stack = vec![hash_hex.to_owned()];
         let mut order = Vec::new();
         while let Some(h) = stack.pop() {
-            let prefix = format!("{PARENT_PREFIX}{h}/");
-            let mut after: Option<String> = None;
-            loop {
-                let page = self
-                    .storage
-                    .list_page(&prefix, after.as_deref(), 1000)
-                    .await?;
-                for child in &page {
-                    stack.push(child.trim_end_matches('/').to_owned());
-                }
-                if page.len() < 1000 {
-                    break;
-                }
-                after = page.last().cloned();
-            }
+            self.mark_revoking(&h).await?;
+            stack.extend(self.children(&h).await?);
             order.push(h);
         }
-        // Children first, so a crash mid-way never leaves a live child of a dead parent.
         for h in order.iter().rev() {
             self.revoke_one(h).await?;
         }
@@ -648,9 +871,6 @@ impl TokenStore {
 
     async fn revoke_one(&self, hash_hex: &str) -> Result<(), EngineError> {
         let key = Self::id_key(hash_hex);
-        let mut hash = [0u8; 32];
-        hex::decode_to_slice(hash_hex, &mut hash).map_err(|_| corrupt())?;
-        self.cache.write().remove(&hash);
         let Some(bytes) = self.storage.get(&key).await? else {
             return Ok(());
         };
@@ -666,6 +886,7 @@ impl TokenStore {
                 key: format!("{PARENT_PREFIX}{parent}/{hash_hex}"),
             });
         }
+        // Unconditional: it commits or fails with an error.
         let _ = self
             .storage
             .transact(Transaction {
@@ -673,39 +894,29 @@ impl TokenStore {
                 ops,
             })
             .await?;
-        Ok(())
+        self.forget_hex(hash_hex)
     }
 
     /// Revoke only this token; its children become orphans.
     async fn revoke_orphan(&self, entry: &TokenEntry) -> Result<(), EngineError> {
+        // Marked first, so no child appears after the listing below.
+        self.mark_revoking(&entry.hash).await?;
         let prefix = format!("{PARENT_PREFIX}{}/", entry.hash);
-        loop {
-            let page = self.storage.list_page(&prefix, None, 1000).await?;
-            if page.is_empty() {
-                break;
-            }
-            for child in &page {
-                let child_key = Self::id_key(child);
-                if let Some(bytes) = self.storage.get(&child_key).await? {
-                    let mut c: TokenEntry =
-                        serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
-                    c.parent = None;
-                    self.storage
-                        .put(&child_key, serde_json::to_vec(&c).map_err(|_| corrupt())?)
-                        .await?;
-                    let mut h = [0u8; 32];
-                    if hex::decode_to_slice(child, &mut h).is_ok() {
-                        self.cache.write().remove(&h);
-                    }
-                }
-                self.storage.delete(&format!("{prefix}{child}")).await?;
-            }
+        for child in self.children(&entry.hash).await? {
+            self.update_entry(&child, |c| {
+                let was_child = c.parent.is_some();
+                c.parent = None;
+                Ok(was_child)
+            })
+            .await?;
+            self.storage.delete(&format!("{prefix}{child}")).await?;
         }
         self.revoke_one(&entry.hash).await
     }
 
     /// Renew: extend the TTL by `increment` (or the token's period / original TTL), within
-    /// explicit_max_ttl, the system maximum and the parent's expiry.
+    /// explicit_max_ttl, the system maximum and the parent's expiry. Conditioned on the
+    /// entry as read, so a renewal never undoes a concurrent revocation.
     async fn renew(
         &self,
         entry: &TokenEntry,
@@ -715,52 +926,52 @@ impl TokenStore {
             return Err(EngineError::invalid("token is not renewable"));
         }
         let now = self.clock.unix_seconds();
-        let mut ttl = if entry.period > 0 {
-            entry.period
-        } else {
-            increment.filter(|i| *i > 0).unwrap_or(entry.creation_ttl)
-        };
-        if entry.period == 0 {
-            ttl = ttl.min(SYSTEM_MAX_TTL);
-        }
-        let mut exp = now + i64::try_from(ttl).unwrap_or(0);
-        if entry.explicit_max_ttl > 0 {
-            exp = exp.min(entry.creation_time + i64::try_from(entry.explicit_max_ttl).unwrap_or(0));
-        }
-        if entry.period == 0 {
-            exp = exp.min(entry.creation_time + i64::try_from(SYSTEM_MAX_TTL).unwrap_or(0));
-        }
+        let mut parent_expiry = None;
         if let Some(parent_hash) = &entry.parent {
             let mut h = [0u8; 32];
             hex::decode_to_slice(parent_hash, &mut h).map_err(|_| corrupt())?;
             match self.entry_by_hash(&h).await? {
-                Some(p) => {
-                    if let Some(pexp) = p.expire_time {
-                        exp = exp.min(pexp);
-                    }
-                }
-                None => return Err(EngineError::invalid("token's parent was revoked")),
+                Some(p) if p.live(now) => parent_expiry = p.expire_time,
+                _ => return Err(EngineError::invalid("token's parent was revoked")),
             }
         }
-        let mut renewed = entry.clone();
-        renewed.expire_time = Some(exp.max(now));
-        renewed.issue_time = now;
-        let key = Self::id_key(&entry.hash);
-        self.storage
-            .put(&key, serde_json::to_vec(&renewed).map_err(|_| corrupt())?)
+        let renewed = self
+            .update_entry(&entry.hash, |e| {
+                if !e.live(now) {
+                    return Err(EngineError::invalid("token was revoked"));
+                }
+                let mut ttl = if e.period > 0 {
+                    e.period
+                } else {
+                    increment.filter(|i| *i > 0).unwrap_or(e.creation_ttl)
+                };
+                if e.period == 0 {
+                    ttl = ttl.min(SYSTEM_MAX_TTL);
+                }
+                let mut exp = add_secs(now, ttl)?;
+                if e.explicit_max_ttl > 0 {
+                    exp = exp.min(add_secs(e.creation_time, e.explicit_max_ttl)?);
+                }
+                if e.period == 0 {
+                    exp = exp.min(add_secs(e.creation_time, SYSTEM_MAX_TTL)?);
+                }
+                if let Some(pexp) = parent_expiry {
+                    exp = exp.min(pexp);
+                }
+                e.expire_time = Some(exp.max(now));
+                e.issue_time = now;
+                Ok(true)
+            })
             .await?;
-        let mut h = [0u8; 32];
-        hex::decode_to_slice(&entry.hash, &mut h).map_err(|_| corrupt())?;
-        self.cache.write().remove(&h);
-        Ok(renewed)
+        renewed.ok_or_else(|| EngineError::invalid("token was revoked"))
     }
 
-    /// Delete expired tokens (and their subtrees). Returns how many were removed.
+    /// Delete expired tokens (and their subtrees), and finish revocations that were
+    /// interrupted. Returns how many trees were removed.
     pub async fn sweep_expired(&self) -> Result<usize, EngineError> {
         let now = self.clock.unix_seconds();
-        let mut removed = 0;
         let mut after: Option<String> = None;
-        let mut expired = Vec::new();
+        let mut due = Vec::new();
         loop {
             let page = self
                 .storage
@@ -769,8 +980,8 @@ impl TokenStore {
             for h in &page {
                 if let Some(bytes) = self.storage.get(&Self::id_key(h)).await? {
                     let e: TokenEntry = serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
-                    if e.expired(now) {
-                        expired.push(h.clone());
+                    if !e.live(now) {
+                        due.push(h.clone());
                     }
                 }
             }
@@ -779,11 +990,10 @@ impl TokenStore {
             }
             after = page.last().cloned();
         }
-        for h in expired {
-            self.revoke_tree(&h).await?;
-            removed += 1;
+        for h in &due {
+            self.revoke_tree(h).await?;
         }
-        Ok(removed)
+        Ok(due.len())
     }
 
     /// Handle `auth/token/<rest>` for an authenticated caller.
@@ -807,11 +1017,15 @@ impl TokenStore {
                         "root or sudo privileges are required to create an orphan token",
                     ));
                 }
-                let p = self.params_from(data, "auth/token/create")?;
+                let (mut p, requested) = self.params_from(data, "auth/token/create", sudo)?;
+                p.policies =
+                    decide_policies(caller, requested.policies, requested.no_default, None, sudo)?;
+                let warnings = p.cap_durations(SYSTEM_MAX_TTL);
                 let parent = if orphan { None } else { Some(caller.as_ref()) };
                 let (token, entry) = self.create(parent, p).await?;
                 Ok(Response {
                     auth: Some(self.auth_object(&token, &entry)),
+                    warnings,
                     ..Default::default()
                 })
             }
@@ -927,7 +1141,7 @@ impl TokenStore {
                 if let Some(role) = rest.strip_prefix("create/")
                     && write
                 {
-                    return self.create_with_role(role, data, caller).await;
+                    return self.create_with_role(role, data, caller, sudo).await;
                 }
                 Err(EngineError::NotFound(format!(
                     "no handler for route \"auth/token/{rest}\""
@@ -942,14 +1156,18 @@ impl TokenStore {
             return Ok(None);
         }
         let e = self.entry_by_hash(&self.hash(token)).await?;
-        Ok(e.filter(|e| !e.expired(self.clock.unix_seconds())))
+        Ok(e.filter(|e| e.live(self.clock.unix_seconds())))
     }
 
+    /// The creation parameters of a request, and the policies it asks for (decided
+    /// later, with the role if there is one). A `period` needs root or sudo, as in Vault:
+    /// a periodic token can be renewed forever.
     fn params_from(
         &self,
         data: &Map<String, Value>,
         path: &str,
-    ) -> Result<CreateParams, EngineError> {
+        sudo: bool,
+    ) -> Result<(CreateParams, RequestedPolicies), EngineError> {
         if let Some(t) = params::string(data, "type")?
             && !t.is_empty()
             && t != "service"
@@ -962,12 +1180,21 @@ impl TokenStore {
         if params::string(data, "id")?.is_some_and(|s| !s.is_empty()) {
             return Err(EngineError::invalid("custom token ids are not supported"));
         }
-        Ok(CreateParams {
+        let period = params::duration_secs(data, "period")?.unwrap_or(0);
+        if period > 0 && !sudo {
+            return Err(EngineError::invalid(
+                "root or sudo privileges are required to create a periodic token",
+            ));
+        }
+        let requested = RequestedPolicies {
             policies: params::string_list(data, "policies")?.unwrap_or_default(),
-            no_default_policy: params::boolean(data, "no_default_policy")?.unwrap_or(false),
+            no_default: params::boolean(data, "no_default_policy")?.unwrap_or(false),
+        };
+        let p = CreateParams {
+            policies: Vec::new(),
             ttl: params::duration_secs(data, "ttl")?.unwrap_or(0),
             explicit_max_ttl: params::duration_secs(data, "explicit_max_ttl")?.unwrap_or(0),
-            period: params::duration_secs(data, "period")?.unwrap_or(0),
+            period,
             renewable: params::boolean(data, "renewable")?.unwrap_or(true),
             num_uses: params::uint(data, "num_uses")?.unwrap_or(0),
             display_name: params::string(data, "display_name")?
@@ -975,7 +1202,8 @@ impl TokenStore {
                 .to_owned(),
             meta: params::string_map(data, "meta")?.unwrap_or_default(),
             path: path.to_owned(),
-        })
+        };
+        Ok((p, requested))
     }
 
     async fn handle_role(
@@ -1048,6 +1276,7 @@ impl TokenStore {
         role_name: &str,
         data: &Map<String, Value>,
         caller: &Arc<TokenEntry>,
+        sudo: bool,
     ) -> Result<Response, EngineError> {
         let bytes = self
             .storage
@@ -1055,30 +1284,17 @@ impl TokenStore {
             .await?
             .ok_or_else(|| EngineError::invalid(format!("unknown role {role_name:?}")))?;
         let role: TokenRole = serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
-        let mut p = self.params_from(data, &format!("auth/token/create/{role_name}"))?;
-        let requested = if p.policies.is_empty() {
-            role.allowed_policies.clone()
-        } else {
-            p.policies.clone()
-        };
-        if let Some(bad) = requested
-            .iter()
-            .find(|x| role.disallowed_policies.contains(x))
-        {
-            return Err(EngineError::invalid(format!(
-                "policy {bad:?} is disallowed by the role"
-            )));
-        }
-        if !role.allowed_policies.is_empty()
-            && let Some(bad) = requested
-                .iter()
-                .find(|x| x.as_str() != "default" && !role.allowed_policies.contains(x))
-        {
-            return Err(EngineError::invalid(format!(
-                "policy {bad:?} is not allowed by the role"
-            )));
-        }
-        p.policies = requested;
+        let (mut p, requested) =
+            self.params_from(data, &format!("auth/token/create/{role_name}"), sudo)?;
+        // The same checks whether or not the role makes orphans: an orphan role decides
+        // where the token hangs in the tree, not which policies the caller may mint.
+        p.policies = decide_policies(
+            caller,
+            requested.policies,
+            requested.no_default,
+            Some((role_name, &role)),
+            sudo,
+        )?;
         p.renewable = p.renewable && role.renewable;
         if role.period > 0 {
             p.period = role.period;
@@ -1090,23 +1306,49 @@ impl TokenStore {
                 p.explicit_max_ttl.min(role.explicit_max_ttl)
             };
         }
-        // A role's policies are granted by the role, not inherited from the caller.
+        let warnings = p.cap_durations(SYSTEM_MAX_TTL);
         let parent = if role.orphan {
             None
         } else {
             Some(caller.as_ref())
         };
-        let (token, entry) = if parent.is_some_and(|c| !c.is_root()) {
-            let mut privileged = caller.as_ref().clone();
-            privileged.policies.extend(p.policies.iter().cloned());
-            self.create(Some(&privileged), p).await?
-        } else {
-            self.create(parent, p).await?
-        };
+        let (token, entry) = self.create(parent, p).await?;
         Ok(Response {
             auth: Some(self.auth_object(&token, &entry)),
+            warnings,
             ..Default::default()
         })
+    }
+}
+
+/// The `policies` and `no_default_policy` parameters of a creation request.
+struct RequestedPolicies {
+    policies: Vec<String>,
+    no_default: bool,
+}
+
+/// `at + secs`, refusing what a timestamp cannot hold.
+fn add_secs(at: i64, secs: u64) -> Result<i64, EngineError> {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| at.checked_add(s))
+        .ok_or_else(|| EngineError::invalid("duration is out of range"))
+}
+
+/// Seconds from `now` to `expiry` (0 for none or past).
+fn ttl_from(now: i64, expiry: Option<i64>) -> u64 {
+    expiry
+        .and_then(|e| e.checked_sub(now))
+        .and_then(|d| u64::try_from(d).ok())
+        .unwrap_or(0)
+}
+
+/// A mount's `max_lease_ttl` within the system maximum (0: the system maximum).
+fn effective_max_ttl(mount_max_ttl: u64) -> u64 {
+    if mount_max_ttl == 0 {
+        SYSTEM_MAX_TTL
+    } else {
+        mount_max_ttl.min(SYSTEM_MAX_TTL)
     }
 }
 
