@@ -341,8 +341,10 @@ fn decide_policies(
         Some((name, role)) => {
             let add_default =
                 !no_default_policy && !role.disallowed_policies.iter().any(|p| p == "default");
-            let wanted = (!requested.is_empty()).then(|| normalize_policies(requested, add_default));
-            let decided = if role.allowed_policies.is_empty() {
+            let wanted =
+                (!requested.is_empty()).then(|| normalize_policies(requested, add_default));
+            let asked = wanted.is_some();
+            let mut decided = if role.allowed_policies.is_empty() {
                 let held = normalize_policies(caller.policies.clone(), add_default);
                 match wanted {
                     None => held,
@@ -378,13 +380,17 @@ fn decide_policies(
                     }
                 }
             };
-            if let Some(bad) = decided
-                .iter()
-                .find(|p| role.disallowed_policies.contains(p))
-            {
-                return Err(EngineError::invalid(format!(
-                    "token policy {bad:?} is disallowed by role {name:?}"
-                )));
+            let disallowed = normalize_policies(role.disallowed_policies.clone(), false);
+            if asked {
+                if let Some(bad) = decided.iter().find(|p| disallowed.contains(p)) {
+                    return Err(EngineError::invalid(format!(
+                        "token policy {bad:?} is disallowed by role {name:?}"
+                    )));
+                }
+            } else {
+                // Policies the request did not name (inherited from the caller or the
+                // role's allowed set) are left out rather than refused.
+                decided.retain(|p| !disallowed.contains(p));
             }
             decided
         }
@@ -650,9 +656,7 @@ impl TokenStore {
             return Err(EngineError::invalid("token must have at least one policy"));
         }
         if policies.iter().any(|p| p == "root") {
-            return Err(EngineError::invalid(
-                "a login cannot grant the root policy",
-            ));
+            return Err(EngineError::invalid("a login cannot grant the root policy"));
         }
         let mut params = CreateParams {
             policies,

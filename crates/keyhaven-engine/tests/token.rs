@@ -18,10 +18,47 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_on(Arc::new(MemStore::new())).await
+}
+
+/// A store whose writes take a little while, as a real disk's do: races between
+/// concurrent requests get the windows they would have in production.
+#[derive(Debug)]
+struct SlowWrites(MemStore);
+
+#[async_trait::async_trait]
+impl keyhaven_storage::Store for SlowWrites {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, keyhaven_storage::StorageError> {
+        self.0.get(key).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), keyhaven_storage::StorageError> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        self.0.put(key, value).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), keyhaven_storage::StorageError> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        self.0.delete(key).await
+    }
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, keyhaven_storage::StorageError> {
+        self.0.list_page(prefix, after, limit).await
+    }
+    async fn transact(
+        &self,
+        tx: keyhaven_storage::Transaction,
+    ) -> Result<keyhaven_storage::TxOutcome, keyhaven_storage::StorageError> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        self.0.transact(tx).await
+    }
+}
+
+async fn env_on(store: Arc<dyn keyhaven_storage::Store>) -> Env {
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-    let core = Core::new(Arc::new(MemStore::new()), Arc::new(clock.clone()))
-        .await
-        .unwrap();
+    let core = Core::new(store, Arc::new(clock.clone())).await.unwrap();
     let init = core
         .init(InitParams {
             secret_shares: 1,
@@ -429,5 +466,536 @@ async fn token_store_never_holds_tokens_in_clear() {
                 );
             }
         }
+    }
+}
+
+/// What one token-role case expects: the policies of the new token, or an error whose
+/// text contains the given words.
+enum Expect {
+    Policies(&'static [&'static str]),
+    Refused(&'static str),
+}
+
+#[tokio::test]
+async fn token_roles_mint_only_what_vaults_rules_allow() {
+    let e = env().await;
+    let root = e.root.clone();
+    // The issue's reproduction: a policy that may only use the role, and roles of every
+    // shape. None of them lets a non-root holder mint `root` or policies it lacks.
+    e.ok(
+        Operation::Update,
+        "sys/policies/acl/ci",
+        json!({"policy": "path \"auth/token/create/*\" { capabilities = [\"update\"] }"}),
+        &root,
+    )
+    .await;
+    e.ok(
+        Operation::Update,
+        "sys/policies/acl/minter",
+        json!({"policy": "path \"auth/token/create\" { capabilities = [\"update\", \"sudo\"] }"}),
+        &root,
+    )
+    .await;
+    for (name, body) in [
+        ("open", json!({})),
+        ("orphan", json!({"orphan": true})),
+        ("disallow", json!({"disallowed_policies": ["admin"]})),
+        (
+            "disallow-orphan",
+            json!({"disallowed_policies": "admin", "orphan": true}),
+        ),
+        ("allow-app", json!({"allowed_policies": ["app"]})),
+        (
+            "allow-app-orphan",
+            json!({"allowed_policies": "app", "orphan": true}),
+        ),
+        ("allow-root", json!({"allowed_policies": ["root"]})),
+        (
+            "allow-app-admin-disallow-admin",
+            json!({"allowed_policies": ["app", "admin"], "disallowed_policies": ["admin"]}),
+        ),
+        ("no-default", json!({"disallowed_policies": ["default"]})),
+    ] {
+        e.ok(
+            Operation::Update,
+            &format!("auth/token/roles/{name}"),
+            body,
+            &root,
+        )
+        .await;
+    }
+    let ci = e.create(json!({"policies": ["ci"]}), &root).await.0;
+    let ci_app = e.create(json!({"policies": ["ci", "app"]}), &root).await.0;
+    let minter = e.create(json!({"policies": ["minter"]}), &root).await.0;
+
+    use Expect::{Policies, Refused};
+    let cases: Vec<(&str, &str, &str, Value, Expect)> = vec![
+        // (caller, name, path, request, expected)
+        (
+            "ci",
+            &ci,
+            "create/open",
+            json!({"policies": ["root"]}),
+            Refused("root"),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/open",
+            json!({"policies": ["admin"]}),
+            Refused("subset"),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/open",
+            json!({"policies": "ci,root"}),
+            Refused("root"),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/open",
+            json!({}),
+            Policies(&["ci", "default"]),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/open",
+            json!({"policies": ["ci"]}),
+            Policies(&["ci", "default"]),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/orphan",
+            json!({"policies": ["root"]}),
+            Refused("root"),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/orphan",
+            json!({"policies": ["admin"]}),
+            Refused("subset"),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/orphan",
+            json!({}),
+            Policies(&["ci", "default"]),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/disallow",
+            json!({"policies": ["root"]}),
+            Refused("root"),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/disallow",
+            json!({"policies": ["app"]}),
+            Refused("subset"),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/disallow-orphan",
+            json!({"policies": ["root"]}),
+            Refused("root"),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/disallow-orphan",
+            json!({"policies": ["app"]}),
+            Refused("subset"),
+        ),
+        (
+            "ci+app",
+            &ci_app,
+            "create/disallow",
+            json!({"policies": ["app"]}),
+            Policies(&["app", "default"]),
+        ),
+        (
+            "ci+app",
+            &ci_app,
+            "create/disallow",
+            json!({"policies": ["admin"]}),
+            Refused("admin"),
+        ),
+        (
+            "root",
+            &root,
+            "create/disallow",
+            json!({"policies": ["admin"]}),
+            Refused("disallowed"),
+        ),
+        (
+            "root",
+            &root,
+            "create/disallow",
+            json!({"policies": " admin"}),
+            Refused("disallowed"),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/allow-app",
+            json!({}),
+            Policies(&["app", "default"]),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/allow-app",
+            json!({"policies": ["app"]}),
+            Policies(&["app", "default"]),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/allow-app",
+            json!({"policies": ["admin"]}),
+            Refused("not allowed"),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/allow-app",
+            json!({"policies": ["root"]}),
+            Refused("root"),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/allow-app-orphan",
+            json!({"policies": ["root"]}),
+            Refused("root"),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/allow-app-orphan",
+            json!({}),
+            Policies(&["app", "default"]),
+        ),
+        ("ci", &ci, "create/allow-root", json!({}), Refused("root")),
+        (
+            "root",
+            &root,
+            "create/allow-root",
+            json!({}),
+            Policies(&["root"]),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/allow-app-admin-disallow-admin",
+            json!({}),
+            Policies(&["app", "default"]),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/allow-app-admin-disallow-admin",
+            json!({"policies": ["admin"]}),
+            Refused("disallowed"),
+        ),
+        (
+            "ci+app",
+            &ci_app,
+            "create/disallow",
+            json!({}),
+            Policies(&["app", "ci", "default"]),
+        ),
+        (
+            "ci",
+            &ci,
+            "create/allow-app-admin-disallow-admin",
+            json!({"policies": ["app"]}),
+            Policies(&["app", "default"]),
+        ),
+        ("ci", &ci, "create/no-default", json!({}), Policies(&["ci"])),
+        (
+            "ci",
+            &ci,
+            "create/no-default",
+            json!({"policies": ["default"]}),
+            Refused("disallowed"),
+        ),
+        (
+            "root",
+            &root,
+            "create/open",
+            json!({"policies": ["admin"]}),
+            Policies(&["admin", "default"]),
+        ),
+        (
+            "root",
+            &root,
+            "create/open",
+            json!({"policies": ["root"]}),
+            Policies(&["root"]),
+        ),
+        (
+            "minter",
+            &minter,
+            "create",
+            json!({"policies": ["admin"]}),
+            Policies(&["admin", "default"]),
+        ),
+        (
+            "minter",
+            &minter,
+            "create",
+            json!({"policies": ["root"]}),
+            Refused("root"),
+        ),
+        (
+            "minter",
+            &minter,
+            "create",
+            json!({"policies": "admin, root"}),
+            Refused("root"),
+        ),
+    ];
+    for (who, token, path, body, expect) in cases {
+        let full = format!("auth/token/{path}");
+        let got = e.call(Operation::Update, &full, body.clone(), token).await;
+        match (expect, got) {
+            (Policies(want), Ok(r)) => {
+                let auth = r.auth.expect("auth object");
+                assert_eq!(auth["policies"], json!(want), "{who} {path} {body}");
+                let t = auth["client_token"].as_str().unwrap();
+                let look = e
+                    .ok(
+                        Operation::Update,
+                        "auth/token/lookup",
+                        json!({"token": t}),
+                        &root,
+                    )
+                    .await
+                    .data
+                    .unwrap();
+                assert_eq!(look["policies"], json!(want), "{who} {path} {body}");
+            }
+            (Policies(want), Err(err)) => {
+                panic!("{who} {path} {body}: expected {want:?}, got error {err}")
+            }
+            (Refused(words), Ok(r)) => panic!(
+                "{who} {path} {body}: expected a refusal ({words}), got {:?}",
+                r.auth.map(|a| a["policies"].clone())
+            ),
+            (Refused(words), Err(err)) => {
+                assert!(
+                    matches!(err, EngineError::InvalidRequest(_)),
+                    "{who} {path} {body}: {err}"
+                );
+                assert!(
+                    err.to_string().contains(words),
+                    "{who} {path} {body}: {err}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoking_a_parent_leaves_no_child_created_meanwhile() {
+    let e = Arc::new(env_on(Arc::new(SlowWrites(MemStore::new()))).await);
+    for trial in 0..10 {
+        let (parent, _) = e.create(json!({"policies": ["tokens"]}), &e.root).await;
+        let mut makers = Vec::new();
+        for _ in 0..4 {
+            let (e, parent) = (e.clone(), parent.clone());
+            makers.push(tokio::spawn(async move {
+                let mut made = Vec::new();
+                for _ in 0..30 {
+                    match e
+                        .call(Operation::Update, "auth/token/create", json!({}), &parent)
+                        .await
+                    {
+                        Ok(r) => {
+                            made.push(r.auth.unwrap()["client_token"].as_str().unwrap().to_owned())
+                        }
+                        Err(_) => break,
+                    }
+                }
+                made
+            }));
+        }
+        tokio::task::yield_now().await;
+        e.ok(
+            Operation::Update,
+            "auth/token/revoke",
+            json!({"token": parent}),
+            &e.root,
+        )
+        .await;
+        let mut children = Vec::new();
+        for m in makers {
+            children.extend(m.await.unwrap());
+        }
+        for child in &children {
+            assert!(
+                !e.works(child).await,
+                "trial {trial}: a child created while its parent was revoked survived ({} made)",
+                children.len()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_final_use_of_a_limited_token_revokes_its_children() {
+    let e = env().await;
+    let (limited, _) = e
+        .create(json!({"policies": ["tokens"], "num_uses": 1}), &e.root)
+        .await;
+    // The one use creates a child with no use limit, as in the report.
+    let r = e
+        .ok(Operation::Update, "auth/token/create", json!({}), &limited)
+        .await;
+    let child = r.auth.unwrap()["client_token"].as_str().unwrap().to_owned();
+    assert!(!e.works(&limited).await, "the parent has no use left");
+    assert!(
+        !e.works(&child).await,
+        "a child must not survive its parent's final use"
+    );
+    // A two-use token: the child made with the first use dies with the second.
+    let (two, _) = e
+        .create(json!({"policies": ["tokens"], "num_uses": 2}), &e.root)
+        .await;
+    let (child, _) = e.create(json!({}), &two).await;
+    assert!(
+        e.works(&child).await,
+        "alive while its parent has uses left"
+    );
+    assert!(e.works(&two).await, "the second use");
+    assert!(!e.works(&child).await, "revoked with the parent's last use");
+    // An orphan made with sudo is not part of the tree, as in Vault.
+    let (sudo_once, _) = e
+        .create(json!({"policies": ["root"], "num_uses": 1}), &e.root)
+        .await;
+    let r = e
+        .ok(
+            Operation::Update,
+            "auth/token/create-orphan",
+            json!({"policies": ["tokens"]}),
+            &sudo_once,
+        )
+        .await;
+    let orphan = r.auth.unwrap()["client_token"].as_str().unwrap().to_owned();
+    assert!(!e.works(&sudo_once).await);
+    assert!(e.works(&orphan).await);
+}
+
+#[tokio::test]
+async fn periodic_tokens_need_sudo_and_durations_are_bounded() {
+    let e = env().await;
+    let (t, _) = e.create(json!({"policies": ["tokens"]}), &e.root).await;
+    // The report: an unbounded period from a token without sudo.
+    let err = e
+        .call(
+            Operation::Update,
+            "auth/token/create",
+            json!({"period": "9223372036854775807"}),
+            &t,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::InvalidRequest(_)), "{err}");
+    let err = e
+        .call(
+            Operation::Update,
+            "auth/token/create",
+            json!({"period": "1h"}),
+            &t,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("sudo"), "{err}");
+    // Root may: a period beyond the maximum TTL is capped, with a warning.
+    for (field, value) in [
+        ("period", json!("9223372036")),
+        ("ttl", json!("100000h")),
+        ("explicit_max_ttl", json!(9_000_000_000u64)),
+    ] {
+        let r = e
+            .ok(
+                Operation::Update,
+                "auth/token/create",
+                json!({"policies": ["tokens"], field: value}),
+                &e.root,
+            )
+            .await;
+        assert!(
+            r.warnings.iter().any(|w| w.contains("capped")),
+            "{field}: {:?}",
+            r.warnings
+        );
+        let auth = r.auth.unwrap();
+        assert_eq!(auth["lease_duration"], 32 * 24 * 3600, "{field}");
+        assert!(
+            e.works(auth["client_token"].as_str().unwrap()).await,
+            "{field}"
+        );
+    }
+    // Out of range entirely: refused, never wrapped.
+    for value in [
+        json!("9223372036854775807"),
+        json!(u64::MAX),
+        json!("2562048h"),
+    ] {
+        let err = e
+            .call(
+                Operation::Update,
+                "auth/token/create",
+                json!({"policies": ["tokens"], "ttl": value}),
+                &e.root,
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("ttl"), "{value}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_token_is_not_brought_back_by_a_concurrent_lookup() {
+    let e = Arc::new(env_on(Arc::new(SlowWrites(MemStore::new()))).await);
+    for trial in 0..20 {
+        let (t, _) = e.create(json!({"policies": ["tokens"]}), &e.root).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut readers = Vec::new();
+        for _ in 0..3 {
+            let (e, t, stop) = (e.clone(), t.clone(), stop.clone());
+            readers.push(tokio::spawn(async move {
+                for _ in 0..200 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let _ = e.works(&t).await;
+                }
+            }));
+        }
+        tokio::task::yield_now().await;
+        e.ok(
+            Operation::Update,
+            "auth/token/revoke",
+            json!({"token": t}),
+            &e.root,
+        )
+        .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            r.await.unwrap();
+        }
+        assert!(!e.works(&t).await, "trial {trial}: revoked token works");
     }
 }
