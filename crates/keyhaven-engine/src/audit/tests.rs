@@ -22,6 +22,8 @@ struct MemDevice {
     calls: Mutex<Vec<usize>>,
     fail: Mutex<bool>,
     hang: Mutex<bool>,
+    /// Accept this many more records, then fail.
+    fail_after: Mutex<Option<usize>>,
 }
 
 impl MemDevice {
@@ -68,6 +70,12 @@ impl AuditDevice for MemDevice {
         }
         if *self.fail.lock() {
             return Err(EngineError::Unavailable("mem device: broken".to_owned()));
+        }
+        if let Some(left) = self.fail_after.lock().as_mut() {
+            if *left < records.len() {
+                return Err(EngineError::Unavailable("mem device: full".to_owned()));
+            }
+            *left -= records.len();
         }
         self.calls.lock().push(records.len());
         self.records.lock().extend(records);
@@ -288,6 +296,45 @@ async fn a_failing_device_fails_the_request_before_it_runs() {
         matches!(err, EngineError::NotFound(_)),
         "the write ran: {err:?}"
     );
+}
+
+/// What the documentation promises when only the response record fails: the caller is
+/// told the request failed, but a write has already happened and stays (as in Vault);
+/// its request record is in the log.
+#[tokio::test]
+async fn a_failed_response_record_after_a_write_fails_the_request_and_the_write_stays() {
+    let dev = MemDevice::named("mem");
+    let (core, root) = core_with(vec![dev.clone()]).await;
+    let before = dev.records().len();
+    *dev.fail_after.lock() = Some(1);
+    let err = core
+        .handle(req(
+            Operation::Update,
+            "secret/data/kept",
+            json!({"data": {"k": "v"}}),
+            Some(&root),
+        ))
+        .await
+        .unwrap_err();
+    match &err {
+        EngineError::Unavailable(m) => assert!(m.starts_with("audit: "), "{m}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let records = dev.records();
+    assert_eq!(records.len(), before + 1, "only the request record");
+    assert_eq!(records[before]["type"], "request");
+    assert_eq!(records[before]["request"]["path"], "secret/data/kept");
+    *dev.fail_after.lock() = None;
+    let read = core
+        .handle(req(
+            Operation::Read,
+            "secret/data/kept",
+            json!({}),
+            Some(&root),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(read.data.unwrap()["data"]["k"], "v", "the write stays");
 }
 
 #[tokio::test]
