@@ -140,22 +140,32 @@ pub fn parse_duration(s: &str) -> Option<u64> {
             "d" => 86_400 * 1_000_000_000,
             _ => return None,
         };
-        let value: f64 = num.parse().ok()?;
-        if !value.is_finite() || value < 0.0 {
-            return None;
-        }
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            reason = "checked finite and non-negative"
-        )]
-        let nanos = (value * scale as f64) as u128;
+        let nanos = match num.parse::<u128>() {
+            // Whole numbers exactly; only fractions go through floating point.
+            Ok(whole) => whole.checked_mul(scale)?,
+            Err(_) => fraction_nanos(num, scale)?,
+        };
         total_nanos = total_nanos.checked_add(nanos)?;
         rest = tail;
     }
     u64::try_from(total_nanos / 1_000_000_000)
         .ok()
         .filter(|n| *n <= MAX_DURATION_SECS)
+}
+
+/// `num` (a decimal with a fraction, such as `1.5`) times `scale` nanoseconds.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss,
+    reason = "checked finite and non-negative; a fraction is approximate anyway"
+)]
+fn fraction_nanos(num: &str, scale: u128) -> Option<u128> {
+    let value: f64 = num.parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    Some((value * scale as f64) as u128)
 }
 
 /// Format seconds as Go does (`0s`, `45s`, `1h30m0s`, `768h0m0s`).
@@ -422,6 +432,8 @@ mod tests {
         assert_eq!(parse_duration("2562048h"), None);
         assert_eq!(parse_duration("9223372036"), Some(MAX_DURATION_SECS));
         assert_eq!(parse_duration("2562047h"), Some(2_562_047 * 3600));
+        assert_eq!(parse_duration("9223372035s"), Some(9_223_372_035));
+        assert_eq!(parse_duration("1h0.5m"), Some(3630));
         let mut d = Map::new();
         d.insert("p".into(), json!(u64::MAX));
         d.insert("s".into(), json!("9223372036854775807"));
