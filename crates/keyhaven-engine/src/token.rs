@@ -656,7 +656,7 @@ impl TokenStore {
             return Err(EngineError::invalid("token must have at least one policy"));
         }
         if policies.iter().any(|p| p == "root") {
-            return Err(EngineError::invalid("a login cannot grant the root policy"));
+            return Err(EngineError::invalid("auth methods cannot create root tokens"));
         }
         let mut params = CreateParams {
             policies,
