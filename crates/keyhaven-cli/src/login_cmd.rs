@@ -3,7 +3,6 @@
 //!
 //! The token is printed only with `--no-store`, whose purpose is to hand it out.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -67,7 +66,7 @@ async fn login(args: LoginArgs) -> Result<ExitCode, Failure> {
             }
             let token = match args.token {
                 Some(t) => token_cmd::token_arg(t, "token")?,
-                None => prompt_token()?,
+                None => output::read_secret("Token", "token")?,
             };
             let client = args.client.client_with_token(Some(token.clone()))?;
             let secret = client
@@ -182,19 +181,6 @@ fn auth_from_lookup(data: &Map<String, Value>) -> Value {
     })
 }
 
-/// Ask for the token: without echo on a terminal, else one line of stdin.
-fn prompt_token() -> Result<SecretString, Failure> {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        output::prompt("Token (will be hidden): ");
-        let _echo = EchoOff::new(&stdin);
-        let t = token_cmd::read_line(&stdin, "token");
-        output::prompt("\n");
-        return t;
-    }
-    token_cmd::read_line(&stdin, "token")
-}
-
 /// The ServiceAccount token from its file, trimmed.
 fn read_jwt(path: &std::path::Path) -> Result<SecretString, Failure> {
     let mut text = std::fs::read_to_string(path).map_err(|e| {
@@ -212,37 +198,6 @@ fn read_jwt(path: &std::path::Path) -> Result<SecretString, Failure> {
         )));
     }
     Ok(jwt)
-}
-
-/// Terminal echo turned off until drop (no-op when the terminal cannot be configured).
-pub struct EchoOff<'a> {
-    stdin: &'a std::io::Stdin,
-    saved: Option<rustix::termios::Termios>,
-}
-
-impl<'a> EchoOff<'a> {
-    /// Turn echo off on `stdin`'s terminal.
-    pub fn new(stdin: &'a std::io::Stdin) -> Self {
-        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
-        let saved = tcgetattr(stdin).ok();
-        if let Some(orig) = &saved {
-            let mut quiet = orig.clone();
-            quiet.local_modes.remove(LocalModes::ECHO);
-            if tcsetattr(stdin, OptionalActions::Now, &quiet).is_err() {
-                return EchoOff { stdin, saved: None };
-            }
-        }
-        EchoOff { stdin, saved }
-    }
-}
-
-impl Drop for EchoOff<'_> {
-    fn drop(&mut self) {
-        if let Some(orig) = &self.saved {
-            let _ =
-                rustix::termios::tcsetattr(self.stdin, rustix::termios::OptionalActions::Now, orig);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,10 @@
 //! `keyhaven operator …`: init, unseal, seal, rotate and key-status.
 
-use std::io::{BufRead as _, IsTerminal as _};
 use std::process::ExitCode;
 
 use keyhaven_client::InitRequest;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::json;
-use zeroize::Zeroize as _;
 
 use crate::output;
 use crate::remote::{self, ClientArgs, Failure, Format};
@@ -213,7 +211,7 @@ async fn run_unseal(
     } else {
         let key = match unseal.key {
             Some(k) => k,
-            None => read_key()?,
+            None => output::read_secret("Unseal Key", "unseal key")?,
         };
         if key.expose_secret().is_empty() {
             return Err(Failure::local("no unseal key given"));
@@ -225,55 +223,4 @@ async fn run_unseal(
     };
     print_seal_status(&status, None, format)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Read one unseal key line from stdin; on a terminal, prompt on stderr and turn echo off
-/// while it is typed.
-fn read_key() -> Result<SecretString, Failure> {
-    let stdin = std::io::stdin();
-    let io_err = |e: std::io::Error| {
-        Failure::Local(anyhow::Error::new(e).context("cannot read the unseal key from stdin"))
-    };
-    let mut line = String::new();
-    if stdin.is_terminal() {
-        output::prompt("Unseal Key (will be hidden): ");
-        let _echo = EchoOff::new(&stdin);
-        stdin.lock().read_line(&mut line).map_err(io_err)?;
-        output::prompt("\n");
-    } else {
-        stdin.lock().read_line(&mut line).map_err(io_err)?;
-    }
-    let key = SecretString::from(line.trim());
-    line.zeroize();
-    Ok(key)
-}
-
-/// Terminal echo turned off until drop (no-op when the terminal cannot be configured).
-struct EchoOff<'a> {
-    stdin: &'a std::io::Stdin,
-    saved: Option<rustix::termios::Termios>,
-}
-
-impl<'a> EchoOff<'a> {
-    fn new(stdin: &'a std::io::Stdin) -> Self {
-        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
-        let saved = tcgetattr(stdin).ok();
-        if let Some(orig) = &saved {
-            let mut quiet = orig.clone();
-            quiet.local_modes.remove(LocalModes::ECHO);
-            if tcsetattr(stdin, OptionalActions::Now, &quiet).is_err() {
-                return EchoOff { stdin, saved: None };
-            }
-        }
-        EchoOff { stdin, saved }
-    }
-}
-
-impl Drop for EchoOff<'_> {
-    fn drop(&mut self) {
-        if let Some(orig) = &self.saved {
-            let _ =
-                rustix::termios::tcsetattr(self.stdin, rustix::termios::OptionalActions::Now, orig);
-        }
-    }
 }

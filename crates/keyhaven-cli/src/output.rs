@@ -196,6 +196,66 @@ pub fn section(title: &str, rows: &[(String, String)]) -> String {
     format!("{}\n{body}", header(title, width))
 }
 
+/// Read a secret: one line of stdin, trimmed. On a terminal, `label` is shown as the
+/// prompt on stderr and echo is off while the line is typed. An empty line, or one that
+/// cannot be read, is an error naming `what`.
+pub fn read_secret(label: &str, what: &str) -> Result<secrecy::SecretString, Failure> {
+    use secrecy::ExposeSecret as _;
+    use std::io::BufRead as _;
+    use zeroize::Zeroize as _;
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    let read = if stdin.is_terminal() {
+        prompt(&format!("{label} (will be hidden): "));
+        let echo_off = EchoOff::new(&stdin);
+        let read = stdin.lock().read_line(&mut line);
+        drop(echo_off);
+        prompt("\n");
+        read
+    } else {
+        stdin.lock().read_line(&mut line)
+    };
+    let value = secrecy::SecretString::from(line.trim());
+    line.zeroize();
+    read.map_err(|e| {
+        Failure::Local(anyhow::Error::new(e).context(format!("cannot read the {what} from stdin")))
+    })?;
+    if value.expose_secret().is_empty() {
+        return Err(Failure::local(format!("no {what} given")));
+    }
+    Ok(value)
+}
+
+/// Terminal echo turned off until drop (no-op when the terminal cannot be configured).
+struct EchoOff<'a> {
+    stdin: &'a std::io::Stdin,
+    saved: Option<rustix::termios::Termios>,
+}
+
+impl<'a> EchoOff<'a> {
+    fn new(stdin: &'a std::io::Stdin) -> Self {
+        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+        let saved = tcgetattr(stdin).ok();
+        if let Some(orig) = &saved {
+            let mut quiet = orig.clone();
+            quiet.local_modes.remove(LocalModes::ECHO);
+            if tcsetattr(stdin, OptionalActions::Now, &quiet).is_err() {
+                return EchoOff { stdin, saved: None };
+            }
+        }
+        EchoOff { stdin, saved }
+    }
+}
+
+impl Drop for EchoOff<'_> {
+    fn drop(&mut self) {
+        if let Some(orig) = &self.saved {
+            let _ =
+                rustix::termios::tcsetattr(self.stdin, rustix::termios::OptionalActions::Now, orig);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

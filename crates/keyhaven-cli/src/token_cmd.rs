@@ -4,13 +4,11 @@
 //! A token is printed only by `token create`, whose purpose is to hand one out. Lookups
 //! and renewals show the accessor, policies and lifetimes, never the token.
 
-use std::io::{BufRead as _, IsTerminal as _};
 use std::process::ExitCode;
 
 use keyhaven_client::{AuthResponse, CreateToken, TokenParent, TokenRef};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::Value;
-use zeroize::Zeroize as _;
 
 use crate::args::parse_pairs;
 use crate::output;
@@ -139,36 +137,13 @@ pub fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(s.to_owned()))
 }
 
-/// A token argument, with `-` read from stdin (one line; a prompt without echo on a
-/// terminal is [`crate::login_cmd`]'s job).
+/// A token argument, with `-` read from stdin (one line; on a terminal, a prompt without
+/// echo).
 pub fn token_arg(token: SecretString, what: &str) -> Result<SecretString, Failure> {
     if token.expose_secret() != "-" {
         return Ok(token);
     }
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        output::prompt(&format!("{what} (will be hidden): "));
-        let _echo = crate::login_cmd::EchoOff::new(&stdin);
-        let t = read_line(&stdin, what);
-        output::prompt("\n");
-        return t;
-    }
-    read_line(&stdin, what)
-}
-
-/// Read one line from stdin, trimmed, as a secret.
-pub fn read_line(stdin: &std::io::Stdin, what: &str) -> Result<SecretString, Failure> {
-    let mut line = String::new();
-    let read = stdin.lock().read_line(&mut line);
-    let value = SecretString::from(line.trim());
-    line.zeroize();
-    read.map_err(|e| {
-        Failure::Local(anyhow::Error::new(e).context(format!("cannot read the {what} from stdin")))
-    })?;
-    if value.expose_secret().is_empty() {
-        return Err(Failure::local(format!("no {what} given")));
-    }
-    Ok(value)
+    output::read_secret(what, what)
 }
 
 /// Run `keyhaven token …`.

@@ -656,7 +656,9 @@ impl TokenStore {
             return Err(EngineError::invalid("token must have at least one policy"));
         }
         if policies.iter().any(|p| p == "root") {
-            return Err(EngineError::invalid("auth methods cannot create root tokens"));
+            return Err(EngineError::invalid(
+                "auth methods cannot create root tokens",
+            ));
         }
         let mut params = CreateParams {
             policies,

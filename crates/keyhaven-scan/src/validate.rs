@@ -3,8 +3,6 @@
 use base64::Engine as _;
 use serde::Deserialize;
 
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
 /// An offline check applied to a candidate secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -39,8 +37,8 @@ impl Validator {
     /// Whether the validator accepts `s`.
     pub fn check(self, s: &[u8]) -> bool {
         match self {
-            Validator::GithubCrc32 | Validator::NpmCrc32 => checksum_after(s, b'_', false),
-            Validator::KeyhavenCrc32 => checksum_after(s, b'.', true),
+            Validator::GithubCrc32 | Validator::NpmCrc32 => checksum_after_underscore(s),
+            Validator::KeyhavenCrc32 => keyhaven_token(s),
             Validator::AwsKeyId => aws_key_id(s),
             Validator::AwsSecret => aws_secret(s),
             Validator::MixedAlnum => mixed_alnum(s),
@@ -54,22 +52,13 @@ impl Validator {
     }
 }
 
-/// CRC-32 (IEEE) in base62, six characters, zero padded.
-pub fn base62_crc32(data: &[u8]) -> String {
-    let mut v = crc32fast::hash(data);
-    let mut out = [b'0'; 6];
-    for slot in out.iter_mut().rev() {
-        if let Some(&c) = BASE62.get((v % 62) as usize) {
-            *slot = c;
-        }
-        v /= 62;
-    }
-    out.iter().map(|&b| char::from(b)).collect()
-}
+/// CRC-32 (IEEE) in base62, six characters, zero padded: the checksum of keyhaven's own
+/// tokens, which GitHub and npm tokens share.
+pub use keyhaven_types::token::checksum as base62_crc32;
 
-/// `PREFIX<sep>` + body(30) + checksum(6).
-fn checksum_after(s: &[u8], sep: u8, include_prefix: bool) -> bool {
-    let Some(pos) = memchr::memchr(sep, s) else {
+/// `PREFIX_` + body(30) + checksum(6) of the body.
+fn checksum_after_underscore(s: &[u8]) -> bool {
+    let Some(pos) = memchr::memchr(b'_', s) else {
         return false;
     };
     let rest = s.get(pos + 1..).unwrap_or_default();
@@ -77,12 +66,12 @@ fn checksum_after(s: &[u8], sep: u8, include_prefix: bool) -> bool {
         return false;
     }
     let (body, sum) = rest.split_at(30);
-    let covered = if include_prefix {
-        s.get(..pos + 1 + 30).unwrap_or_default()
-    } else {
-        body
-    };
-    base62_crc32(covered).as_bytes() == sum
+    base62_crc32(body).as_bytes() == sum
+}
+
+/// A well-formed keyhaven token, checked by the token format's own parser.
+fn keyhaven_token(s: &[u8]) -> bool {
+    std::str::from_utf8(s).is_ok_and(|t| keyhaven_types::token::parse(t).is_ok())
 }
 
 fn aws_key_id(s: &[u8]) -> bool {

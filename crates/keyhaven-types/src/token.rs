@@ -73,9 +73,15 @@ pub fn generate(kind: TokenKind, mut fill: impl FnMut(&mut [u8])) -> String {
         }
     }
     pool.fill(0);
-    let sum = crc32(out.as_bytes());
-    out.push_str(&encode_checksum(sum));
+    let sum = checksum(out.as_bytes());
+    out.push_str(&sum);
     out
+}
+
+/// The checksum of `data`: CRC-32 (IEEE) in [`CHECKSUM_LEN`] base62 characters, zero
+/// padded. The same layout GitHub and npm use for their tokens' checksums.
+pub fn checksum(data: &[u8]) -> String {
+    encode_checksum(crc32(data))
 }
 
 /// Check that `token` is a well-formed keyhaven token and say which kind.
@@ -102,7 +108,7 @@ pub fn parse(token: &str) -> Result<TokenKind, TokenFormatError> {
     {
         return Err(TokenFormatError::Malformed);
     }
-    if encode_checksum(crc32(body.as_bytes())) != checksum {
+    if self::checksum(body.as_bytes()) != checksum {
         return Err(TokenFormatError::BadChecksum);
     }
     Ok(kind)
