@@ -467,6 +467,15 @@ async fn bad_input_gets_clear_errors_and_decryption_failures_are_opaque() {
             .unwrap_err(),
         "invalid ciphertext: version is too new"
     );
+    // Only the canonical spelling of a valid envelope decrypts.
+    for other in ["vault:v01:", "vault:v0:"] {
+        assert_eq!(
+            t.decrypt("k", &ct.replace("vault:v1:", other))
+                .await
+                .unwrap_err(),
+            "invalid ciphertext: version number must be at least 1, without leading zeros"
+        );
+    }
     assert!(
         t.err("decrypt/k", json!({}))
             .await
