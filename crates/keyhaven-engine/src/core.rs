@@ -123,6 +123,8 @@ pub struct CoreOptions {
     pub audit: Arc<AuditBroker>,
     /// Outbound HTTPS for auth methods (TokenReview, OIDC discovery).
     pub outbound: Option<Arc<dyn Outbound>>,
+    /// Bounds on what one request may ask of a backend.
+    pub limits: crate::backend::Limits,
 }
 
 enum State {
@@ -487,6 +489,7 @@ impl Core {
                 view.clone(),
                 self.clock.clone(),
                 self.options.outbound.clone(),
+                self.options.limits,
             )?;
             mounted.push(Mounted { entry, backend });
         }

@@ -88,7 +88,7 @@ async fn core_with(devices: Vec<Arc<dyn AuditDevice>>) -> (Arc<Core>, String) {
         clock,
         CoreOptions {
             audit,
-            outbound: None,
+            ..CoreOptions::default()
         },
     )
     .await
@@ -397,7 +397,7 @@ async fn keys_live_behind_the_barrier_and_drop_at_seal() {
         clock,
         CoreOptions {
             audit: Arc::new(AuditBroker::new(vec![dev.clone()])),
-            outbound: None,
+            ..CoreOptions::default()
         },
     )
     .await
