@@ -33,6 +33,23 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
 
+    /// The path `operation` on `path` really addresses, when `path` reaches its object
+    /// under another name (a transit key through one of its aliases): the same route with
+    /// the object's own name. `None` when `path` names the object itself, names nothing
+    /// the backend resolves, or the route does not resolve names.
+    ///
+    /// The core authorizes the request on this path too, with the same operation and
+    /// data (a deny on either path denies), and then hands the backend this path, so the
+    /// object the policy allowed is the object used even if the alias changes meanwhile.
+    /// Policies on the alias's own path therefore keep working, and cannot widen access.
+    async fn canonical_path(
+        &self,
+        _operation: Operation,
+        _path: &str,
+    ) -> Result<Option<String>, EngineError> {
+        Ok(None)
+    }
+
     /// Whether something exists at `path`, for telling a `create` from an `update` as
     /// Vault does. `None`: the backend does not distinguish (writes stay updates).
     async fn exists(&self, _path: &str) -> Result<Option<bool>, EngineError> {

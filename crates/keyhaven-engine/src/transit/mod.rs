@@ -36,6 +36,10 @@
 //! - **Scheduled deletion.** `schedule-deletion` needs `deletion_allowed`, like `DELETE`.
 //!   The key is destroyed by [`Backend::tick`] once the window has passed;
 //!   `cancel-deletion` leaves the key *disabled*, as AWS KMS does.
+//! - **Aliases and policies.** A request through an alias is authorized on the path as
+//!   sent and on the same route with the key's own name ([`Backend::canonical_path`]): a
+//!   policy on `decrypt/prod` governs `decrypt/<alias of prod>` too, and a deny on either
+//!   path denies. `sys/policies/explain` evaluates the path as written.
 //! - **Batches are bounded** (keyhaven; Vault and OpenBao have no such limit): a
 //!   `batch_input` over [`Limits`]' item or byte count is refused with 400 naming the
 //!   limit, before any item is processed or the key is created.
@@ -183,6 +187,59 @@ impl Backend for TransitBackend {
 
     async fn tick(&self) -> Result<(), EngineError> {
         self.run_schedule().await
+    }
+
+    /// Routes that take a key name take an alias too; the canonical path names the key.
+    async fn canonical_path(
+        &self,
+        operation: Operation,
+        path: &str,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(at) = key_segment(operation, path) else {
+            return Ok(None);
+        };
+        let Some(name) = path.split('/').nth(at) else {
+            return Ok(None);
+        };
+        if validate_name(name).is_err() {
+            return Ok(None);
+        }
+        let (real, _) = self.resolve(name).await?;
+        if real == name {
+            return Ok(None);
+        }
+        let canonical = path
+            .split('/')
+            .enumerate()
+            .map(|(i, part)| if i == at { real.as_str() } else { part })
+            .collect::<Vec<_>>()
+            .join("/");
+        Ok(Some(canonical))
+    }
+}
+
+/// Which segment of `path` names a key on the routes whose handler resolves aliases
+/// ([`TransitBackend::resolve`]). Keep in step with the router in
+/// [`TransitBackend::handle`]: a route that takes a key name and is missing here lets an
+/// alias bypass a policy on the key.
+fn key_segment(operation: Operation, path: &str) -> Option<usize> {
+    use Operation::{Create, Delete, Read, Update};
+    let write = matches!(operation, Create | Update);
+    let mut parts = path.splitn(5, '/');
+    let route = (
+        parts.next().unwrap_or(""),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    );
+    match route {
+        // `keys/<name>` writes create a key of that very name (an alias name is refused).
+        ("keys", Some(_), None, None) if matches!(operation, Read | Delete) => Some(1),
+        ("keys", Some(_), Some(_), None) if write => Some(1),
+        ("encrypt" | "decrypt" | "rewrap", Some(_), None, None) if write => Some(1),
+        ("datakey", Some(_), Some(_), None) if write => Some(2),
+        ("hmac" | "sign" | "verify", Some(_), _, None) if write => Some(1),
+        _ => None,
     }
 }
 
