@@ -56,7 +56,9 @@ struct NameArgs {
 
 #[derive(Debug, clap::Args)]
 struct ExplainArgs {
-    /// The API path, e.g. `secret/data/team-a/app`.
+    /// The API path, e.g. `secret/data/team-a/app`. It is evaluated as written: a
+    /// transit alias is not resolved (a request through an alias must also be allowed
+    /// on the key's own path; explain that path too).
     path: String,
     /// The operation.
     #[arg(

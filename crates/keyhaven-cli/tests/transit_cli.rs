@@ -305,3 +305,60 @@ impl Cli {
         self.run_with(&all, Some(stdin)).ok().json()["data"].clone()
     }
 }
+
+/// `[limits]` in the server config bounds transit batches; a batch over a limit is a 400
+/// that names the limit and its key.
+#[test]
+fn batch_limits_come_from_the_server_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::support::sqlite_config(dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[limits]\nmax_batch_items = 2\nmax_batch_bytes = 4096\n");
+    std::fs::write(&config, text).unwrap();
+    let server = TestServer::with_config(&config);
+    let addr = server.addr();
+    let (_, root) = crate::support::init_unseal(&addr, 1, 1);
+    let (status, body) = call(
+        "POST",
+        &format!("{addr}/v1/sys/mounts/transit"),
+        Some(&root),
+        Some(&json!({"type": "transit"})),
+    );
+    assert!(status == 200 || status == 204, "{status} {body}");
+    let item = json!({"plaintext": "aGk="});
+    let url = format!("{addr}/v1/transit/encrypt/k");
+    let (status, body) = call(
+        "POST",
+        &url,
+        Some(&root),
+        Some(&json!({"batch_input": [item, item, item]})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["errors"],
+        json!(["batch_input has 3 items; the limit is 2 (max_batch_items)"])
+    );
+    let big = json!({"plaintext": "a".repeat(5000)});
+    let (status, body) = call(
+        "POST",
+        &url,
+        Some(&root),
+        Some(&json!({"batch_input": [big]})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("the limit is 4096 (max_batch_bytes)"),
+        "{body}"
+    );
+    let (status, body) = call(
+        "POST",
+        &url,
+        Some(&root),
+        Some(&json!({"batch_input": [item, item]})),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["batch_results"].as_array().unwrap().len(), 2);
+}

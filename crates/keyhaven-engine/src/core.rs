@@ -123,6 +123,8 @@ pub struct CoreOptions {
     pub audit: Arc<AuditBroker>,
     /// Outbound HTTPS for auth methods (TokenReview, OIDC discovery).
     pub outbound: Option<Arc<dyn Outbound>>,
+    /// Bounds on what one request may ask of a backend.
+    pub limits: crate::backend::Limits,
 }
 
 enum State {
@@ -487,6 +489,7 @@ impl Core {
                 view.clone(),
                 self.clock.clone(),
                 self.options.outbound.clone(),
+                self.options.limits,
             )?;
             mounted.push(Mounted { entry, backend });
         }
@@ -576,7 +579,7 @@ impl Core {
     /// Handle one API request: authenticate, authorize, audit, route.
     pub async fn handle(&self, req: Request) -> Result<Response, EngineError> {
         let inner = self.unsealed()?;
-        let target = Target::resolve(&inner, &req.path);
+        let mut target = Target::resolve(&inner, &req.path);
         let unauthenticated = match &target {
             Target::Mount { mounted, rel, .. } => mounted.backend.is_unauthenticated(rel),
             _ => false,
@@ -606,8 +609,22 @@ impl Core {
                 req.operation = Operation::Create;
             }
             let granted = inner.policies.acl_for(&entry.policies).await?;
-            let decision = granted.authorize(req.operation, &req.path, &req.data);
-            if !decision.allowed {
+            let mut allowed = granted
+                .authorize(req.operation, &req.path, &req.data)
+                .allowed;
+            // A path that reaches its object under another name (a transit alias) must be
+            // allowed on the object's own path too; the backend then gets that path.
+            if allowed
+                && let Target::Mount { mounted, rel } = &mut target
+                && let Some(canonical) = mounted.backend.canonical_path(req.operation, rel).await?
+            {
+                allowed = req.path.strip_suffix(rel.as_str()).is_some_and(|mount| {
+                    let path = format!("{mount}{canonical}");
+                    granted.authorize(req.operation, &path, &req.data).allowed
+                });
+                *rel = canonical;
+            }
+            if !allowed {
                 let err = EngineError::PermissionDenied;
                 audit.log_request(Some(entry), &req, Some(&err)).await?;
                 return Err(err);
@@ -793,6 +810,11 @@ impl Core {
 
     /// `sys/policies/explain` (keyhaven extension): which policy and rule allow or deny
     /// `operation` on `path` for a token (given by value or accessor).
+    ///
+    /// The path is evaluated as written, without asking the backend for its canonical
+    /// path: for a transit alias this explains the alias's path only, while a real request
+    /// through the alias must also be allowed on the key's path (see
+    /// [`crate::Backend::canonical_path`]).
     async fn explain(&self, inner: &Arc<Unsealed>, req: &Request) -> Result<Response, EngineError> {
         let d = &req.data;
         let subject = if let Some(token) = params::string(d, "token")?.filter(|s| !s.is_empty()) {

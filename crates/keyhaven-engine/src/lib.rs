@@ -23,7 +23,7 @@ pub mod policy;
 mod request;
 pub mod transit;
 
-pub use backend::{Backend, BackendContext, BackendRequest};
+pub use backend::{Backend, BackendContext, BackendRequest, Limits};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::EngineError;
 pub use request::{ClientToken, Operation, Request, Response};

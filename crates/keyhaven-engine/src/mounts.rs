@@ -11,7 +11,7 @@ use keyhaven_storage::{ScopedStore, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::backend::{Backend, BackendContext};
+use crate::backend::{Backend, BackendContext, Limits};
 use crate::clock::Clock;
 use crate::error::EngineError;
 
@@ -211,6 +211,7 @@ pub(crate) fn instantiate(
     barrier: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     outbound: Option<Arc<dyn crate::auth::Outbound>>,
+    limits: Limits,
 ) -> Result<Arc<dyn Backend>, EngineError> {
     let storage: Arc<dyn Store> = Arc::new(ScopedStore::new(
         barrier,
@@ -221,6 +222,7 @@ pub(crate) fn instantiate(
         clock,
         options: entry.options.clone(),
         outbound,
+        limits,
     };
     match (table, entry.kind.as_str()) {
         (Table::Secrets, "kv") => crate::kv::factory(ctx),

@@ -234,6 +234,7 @@ impl Core {
             view,
             self.clock.clone(),
             self.options.outbound.clone(),
+            self.options.limits,
         )?;
         let mut all = current.mounted().to_vec();
         all.push(Mounted {

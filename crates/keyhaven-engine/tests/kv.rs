@@ -86,6 +86,7 @@ fn mount_on(probe: Probe) -> Kv {
         clock: Arc::new(clock.clone()),
         options: options(),
         outbound: None,
+        limits: Default::default(),
     };
     let backend = kv::factory(ctx).unwrap();
     Kv {
@@ -226,6 +227,7 @@ async fn factory_accepts_only_version_2() {
             clock: clock.clone(),
             options: obj(options.clone()),
             outbound: None,
+            limits: Default::default(),
         };
         match kv::factory(ctx) {
             Ok(_) => assert!(ok, "{options}"),

@@ -541,3 +541,128 @@ async fn writes_to_new_paths_need_create_and_to_existing_ones_update() {
     .await;
     assert!(env.allowed(Update, "kv2/data/c/u-seed", body(), &u).await);
 }
+
+/// Regression (issue 10, item 6): a policy denying `transit/decrypt/prod` was bypassed
+/// through any alias of `prod`, because the ACL saw only the alias in the path. Every
+/// route that takes a key name is now also authorized on the key's own path; a deny on
+/// either denies.
+#[tokio::test]
+async fn transit_alias_bypasses_key_policy() {
+    let env = env().await;
+    env.root_ok(Update, "sys/mounts/transit", json!({"type": "transit"}))
+        .await;
+    for key in ["prod", "dev"] {
+        env.root_ok(Update, &format!("transit/keys/{key}"), json!({}))
+            .await;
+        env.root_ok(
+            Update,
+            &format!("transit/keys/{key}/config"),
+            json!({"deletion_allowed": true}),
+        )
+        .await;
+    }
+    env.root_ok(Update, "transit/aliases/p", json!({"key": "prod"}))
+        .await;
+    env.root_ok(Update, "transit/aliases/d", json!({"key": "dev"}))
+        .await;
+    env.write_policy(
+        "app",
+        r#"
+path "transit/*" {
+  capabilities = ["create", "read", "update", "delete", "list"]
+}
+path "transit/+/prod" {
+  capabilities = ["deny"]
+}
+path "transit/datakey/+/prod" {
+  capabilities = ["deny"]
+}
+path "transit/hmac/prod/*" {
+  capabilities = ["deny"]
+}
+path "transit/keys/prod/*" {
+  capabilities = ["deny"]
+}
+"#,
+    )
+    .await;
+    let t = env.token(&["app"]).await;
+    let ct = env
+        .root_ok(Update, "transit/encrypt/prod", json!({"plaintext": "aGk="}))
+        .await
+        .data
+        .unwrap()["ciphertext"]
+        .clone();
+    let routes = [
+        (Update, "encrypt/{}", json!({"plaintext": "aGk="})),
+        (Update, "decrypt/{}", json!({"ciphertext": ct})),
+        (Update, "rewrap/{}", json!({"ciphertext": ct})),
+        (Update, "datakey/plaintext/{}", json!({})),
+        (Update, "datakey/wrapped/{}", json!({})),
+        (Update, "hmac/{}", json!({"input": "aGk="})),
+        (Update, "hmac/{}/sha2-256", json!({"input": "aGk="})),
+        (Update, "sign/{}", json!({"input": "aGk="})),
+        (
+            Update,
+            "verify/{}",
+            json!({"input": "aGk=", "hmac": "vault:v1:AAAA"}),
+        ),
+        (Read, "keys/{}", json!({})),
+        (Update, "keys/{}/rotate", json!({})),
+        (
+            Update,
+            "keys/{}/config",
+            json!({"min_decryption_version": 1}),
+        ),
+        (Update, "keys/{}/disable", json!({})),
+        (Delete, "keys/{}", json!({})),
+    ];
+    for (op, route, body) in &routes {
+        for name in ["prod", "p"] {
+            let path = format!("transit/{}", route.replace("{}", name));
+            assert!(
+                !env.allowed(*op, &path, body.clone(), &t).await,
+                "{op} {path} was allowed"
+            );
+        }
+    }
+    // An alias of a key the policy allows still works, and reaches that key.
+    let dev_ct = env
+        .call(
+            Update,
+            "transit/encrypt/d",
+            json!({"plaintext": "aGk="}),
+            &t,
+        )
+        .await
+        .unwrap()
+        .data
+        .unwrap()["ciphertext"]
+        .clone();
+    let pt = env
+        .call(
+            Update,
+            "transit/decrypt/dev",
+            json!({"ciphertext": dev_ct}),
+            &t,
+        )
+        .await
+        .unwrap()
+        .data
+        .unwrap()["plaintext"]
+        .clone();
+    assert_eq!(pt, "aGk=");
+    for (op, route, body) in &routes {
+        let path = format!("transit/{}", route.replace("{}", "d"));
+        if *op == Delete {
+            continue;
+        }
+        assert!(
+            env.allowed(*op, &path, body.clone(), &t).await,
+            "{op} {path} was denied"
+        );
+    }
+    // The key behind the denied alias is untouched.
+    let key = env.root_ok(Read, "transit/keys/prod", json!({})).await;
+    assert_eq!(key.data.unwrap()["latest_version"], 1);
+}

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use keyhaven_engine::{
-    Backend, BackendContext, BackendRequest, EngineError, ManualClock, Operation, Response, transit,
+    Backend, BackendContext, BackendRequest, EngineError, Limits, ManualClock, Operation, Response,
+    transit,
 };
 use keyhaven_storage::{MemStore, StorageError, Store, Transaction, TxOutcome};
 use serde_json::{Map, Value, json};
@@ -74,6 +75,10 @@ fn unb64(s: &Value) -> Vec<u8> {
 }
 
 fn setup() -> T {
+    setup_with(Limits::default())
+}
+
+fn setup_with(limits: Limits) -> T {
     let store = Arc::new(Probe::default());
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let backend = transit::factory(BackendContext {
@@ -81,6 +86,7 @@ fn setup() -> T {
         clock: Arc::new(clock.clone()),
         options: Map::new(),
         outbound: None,
+        limits,
     })
     .unwrap();
     T {
@@ -467,6 +473,15 @@ async fn bad_input_gets_clear_errors_and_decryption_failures_are_opaque() {
             .unwrap_err(),
         "invalid ciphertext: version is too new"
     );
+    // Only the canonical spelling of a valid envelope decrypts.
+    for other in ["vault:v01:", "vault:v0:"] {
+        assert_eq!(
+            t.decrypt("k", &ct.replace("vault:v1:", other))
+                .await
+                .unwrap_err(),
+            "invalid ciphertext: version number must be at least 1, without leading zeros"
+        );
+    }
     assert!(
         t.err("decrypt/k", json!({}))
             .await
@@ -842,6 +857,99 @@ async fn batches_keep_order_references_and_per_item_errors() {
     );
 }
 
+/// Regression (issue 10, item 7): `batch_input` had no bound; one request of a million
+/// items took the server to 1.6 GB. The default limit is 10,000 items, and a batch over
+/// it is refused before any item is looked at (nothing is created, nothing decrypted).
+#[tokio::test]
+async fn unbounded_batch_input() {
+    let t = setup();
+    t.ok("keys/k", Value::Null).await;
+    t.ok("keys/s", json!({"type": "ed25519"})).await;
+    const LIMIT: usize = 10_000;
+    let want = format!(
+        "batch_input has {} items; the limit is {LIMIT} (max_batch_items)",
+        LIMIT + 1
+    );
+    let over = |item: Value| Value::Array(vec![item; LIMIT + 1]);
+    for (path, item) in [
+        ("encrypt/k", json!({"plaintext": b64("x")})),
+        ("encrypt/fresh", json!({"plaintext": b64("x")})),
+        ("decrypt/k", json!({"ciphertext": "vault:v1:AAAA"})),
+        ("rewrap/k", json!({"ciphertext": "vault:v1:AAAA"})),
+        ("hmac/k", json!({"input": b64("x")})),
+        (
+            "verify/k",
+            json!({"input": b64("x"), "hmac": "vault:v1:AAAA"}),
+        ),
+        ("sign/s", json!({"input": b64("x")})),
+        (
+            "verify/s",
+            json!({"input": b64("x"), "signature": "vault:v1:AAAA"}),
+        ),
+    ] {
+        let e = t
+            .err(path, json!({ "batch_input": over(item.clone()) }))
+            .await;
+        assert_eq!(e, want, "{path}");
+        // The same list as one JSON string (what `bao write batch_input=…` sends).
+        let e = t
+            .err(path, json!({ "batch_input": over(item).to_string() }))
+            .await;
+        assert_eq!(e, want, "{path} (as a string)");
+    }
+    // The encrypt upsert did not run.
+    assert!(t.call(Read, "keys/fresh", Value::Null).await.is_err());
+    // At the limit the batch runs.
+    let full = Value::Array(vec![json!({"plaintext": b64("x")}); LIMIT]);
+    let r = t.ok("encrypt/k", json!({ "batch_input": full })).await;
+    assert_eq!(r["batch_results"].as_array().unwrap().len(), LIMIT);
+}
+
+#[tokio::test]
+async fn batch_limits_are_configurable_and_count_bytes() {
+    let t = setup_with(Limits {
+        max_batch_items: 3,
+        max_batch_bytes: 64,
+    });
+    t.ok("keys/k", Value::Null).await;
+    let item = json!({"plaintext": b64("0123456789")}); // 9 + 16 bytes
+    let three = json!([item, item, item]);
+    assert_eq!(
+        t.err("encrypt/k", json!({ "batch_input": three })).await,
+        "batch_input has 75 bytes of input; the limit is 64 (max_batch_bytes)"
+    );
+    let text = json!([item, item]).to_string();
+    assert_eq!(
+        t.err("encrypt/k", json!({ "batch_input": text })).await,
+        format!(
+            "batch_input has {} bytes of input; the limit is 64 (max_batch_bytes)",
+            text.len()
+        )
+    );
+    let small = json!({"plaintext": ""});
+    assert_eq!(
+        t.err(
+            "encrypt/k",
+            json!({ "batch_input": [small, small, small, small] })
+        )
+        .await,
+        "batch_input has 4 items; the limit is 3 (max_batch_items)"
+    );
+    let r = t
+        .ok("encrypt/k", json!({ "batch_input": [item, item] }))
+        .await;
+    assert_eq!(r["batch_results"].as_array().unwrap().len(), 2);
+    // Nested values count too, and a single request is not a batch.
+    let nested = json!([{"plaintext": "", "context": {"x": ["a".repeat(60)]}}]);
+    assert!(
+        t.err("encrypt/k", json!({ "batch_input": nested }))
+            .await
+            .contains("(max_batch_bytes)")
+    );
+    t.ok("encrypt/k", json!({"plaintext": b64("x".repeat(1000))}))
+        .await;
+}
+
 #[tokio::test]
 async fn disabled_and_pending_deletion_keys_refuse_use() {
     let t = setup();
@@ -1125,6 +1233,7 @@ async fn a_new_instance_reads_keys_back_from_storage() {
         clock: Arc::new(t.clock.clone()),
         options: Map::new(),
         outbound: None,
+        limits: Default::default(),
     })
     .unwrap();
     let t2 = T {

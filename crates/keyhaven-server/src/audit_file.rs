@@ -148,6 +148,19 @@ pub enum AuditFileError {
         /// Path.
         path: PathBuf,
     },
+    /// The file's directory is missing and could not be created.
+    #[error("audit device {name}: cannot create directory {dir} for {path}: {source}")]
+    CreateDir {
+        /// Device.
+        name: String,
+        /// The directory.
+        dir: PathBuf,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The writer thread or the SIGHUP handler could not start.
     #[error("audit device {name}: cannot start the writer: {source}")]
     Start {
@@ -586,7 +599,8 @@ fn multi_thread() -> bool {
 }
 
 /// Refuse directories and world-writable regular files; tell whether the path is a regular
-/// file (or does not exist yet, and will be one).
+/// file (or does not exist yet, and will be one: then its missing directories are created,
+/// mode 0700, as the file itself is created 0600).
 fn check_path(config: &FileDeviceConfig) -> Result<bool, AuditFileError> {
     match std::fs::metadata(&config.path) {
         Ok(meta) => {
@@ -607,13 +621,44 @@ fn check_path(config: &FileDeviceConfig) -> Result<bool, AuditFileError> {
             }
             Ok(ft.is_file())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            create_parent(config)?;
+            Ok(true)
+        }
         Err(source) => Err(AuditFileError::Open {
             name: config.name.clone(),
             path: config.path.clone(),
             source,
         }),
     }
+}
+
+/// Create the missing directories above the file, each 0700.
+fn create_parent(config: &FileDeviceConfig) -> Result<(), AuditFileError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| AuditFileError::CreateDir {
+            name: config.name.clone(),
+            dir: dir.to_owned(),
+            path: config.path.clone(),
+            source,
+        })?;
+    tracing::info!(target: TARGET, device = %config.name, dir = %dir.display(), "created the audit directory (mode 0700)");
+    Ok(())
 }
 
 /// The end of the chain: the hash of the last line and its `seq`.
@@ -1561,6 +1606,52 @@ mod tests {
             !std::fs::read_to_string(&p)
                 .unwrap()
                 .contains("\"response\"")
+        );
+    }
+
+    /// Regression (issue 10, item 11e): a missing audit directory stopped start-up with a
+    /// bare "No such file or directory". It is created, 0700, like the file's own 0600; a
+    /// directory that cannot be created is named in the error.
+    #[tokio::test]
+    async fn missing_audit_directory_stops_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("logs/keyhaven/audit.log");
+        let device = FileDevice::start(FileDeviceConfig {
+            name: "file".into(),
+            description: String::new(),
+            path: p.clone(),
+            timeout: Duration::from_secs(1),
+            fsync: false,
+        })
+        .unwrap();
+        device.write(RECS[0].as_bytes().to_vec()).await.unwrap();
+        device.close().await;
+        assert!(verify(&p).unwrap().closed);
+        for d in ["logs", "logs/keyhaven"] {
+            let mode = std::fs::metadata(dir.path().join(d))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{d}: {mode:o}");
+        }
+        // A parent that cannot be a directory: the error says which.
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, b"").unwrap();
+        let err = FileDevice::start(FileDeviceConfig {
+            name: "file".into(),
+            description: String::new(),
+            path: blocker.join("sub/audit.log"),
+            timeout: Duration::from_secs(1),
+            fsync: false,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(&format!(
+                "cannot create directory {}",
+                blocker.join("sub").display()
+            )),
+            "{err}"
         );
     }
 

@@ -46,6 +46,37 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     audit: Vec<RawAudit>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// The `[limits]` table: bounds on what one request may ask of the engine.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    max_batch_items: Option<usize>,
+    #[serde(default)]
+    max_batch_bytes: Option<usize>,
+}
+
+fn limits(raw: RawLimits) -> Result<keyhaven_engine::Limits, ConfigError> {
+    let defaults = keyhaven_engine::Limits::default();
+    let limits = keyhaven_engine::Limits {
+        max_batch_items: raw.max_batch_items.unwrap_or(defaults.max_batch_items),
+        max_batch_bytes: raw.max_batch_bytes.unwrap_or(defaults.max_batch_bytes),
+    };
+    if limits.max_batch_items == 0 {
+        return Err(ConfigError::Invalid(
+            "limits.max_batch_items must be at least 1".into(),
+        ));
+    }
+    if limits.max_batch_bytes == 0 {
+        return Err(ConfigError::Invalid(
+            "limits.max_batch_bytes must be at least 1".into(),
+        ));
+    }
+    Ok(limits)
 }
 
 /// One `[[audit]]` table.
@@ -248,6 +279,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Audit devices (`[[audit]]` tables); none by default.
     pub audit: Vec<crate::audit_file::FileDeviceConfig>,
+    /// Bounds on what one request may ask of the engine (`[limits]`).
+    pub limits: keyhaven_engine::Limits,
 }
 
 impl Config {
@@ -335,6 +368,7 @@ impl Config {
             }
         };
         let audit = audit_devices(raw.audit)?;
+        let limits = limits(raw.limits)?;
         Ok(Config {
             storage,
             address,
@@ -343,6 +377,7 @@ impl Config {
             log_level: raw.log.level.unwrap_or_else(|| "info".to_owned()),
             log_format,
             audit,
+            limits,
         })
     }
 
@@ -356,6 +391,7 @@ impl Config {
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
             audit: Vec::new(),
+            limits: keyhaven_engine::Limits::default(),
         }
     }
 }
@@ -465,6 +501,31 @@ tls_key_file = "/etc/keyhaven/tls.key"
                 .to_string()
                 .contains("another audit device")
         );
+    }
+
+    #[test]
+    fn batch_limits_have_defaults_and_are_validated() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.limits.max_batch_items, 10_000);
+        assert_eq!(c.limits.max_batch_bytes, 16 * 1024 * 1024);
+        let with = |t: &str| Config::from_toml(&format!("{GOOD}\n[limits]\n{t}\n"));
+        let c = with("max_batch_items = 100\nmax_batch_bytes = 4096").unwrap();
+        assert_eq!(
+            c.limits,
+            keyhaven_engine::Limits {
+                max_batch_items: 100,
+                max_batch_bytes: 4096
+            }
+        );
+        for (bad, field) in [
+            ("max_batch_items = 0", "limits.max_batch_items"),
+            ("max_batch_bytes = 0", "limits.max_batch_bytes"),
+            ("max_batch_items = -1", "max_batch_items"),
+            ("max_batch_itmes = 5", "max_batch_itmes"),
+        ] {
+            let err = with(bad).unwrap_err();
+            assert!(err.to_string().contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]

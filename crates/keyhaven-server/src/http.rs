@@ -185,6 +185,39 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Query parameters that carry secrets, by the paths they apply to (`auth/token` and
+/// below): in a URL they end up in proxy and access logs, so only the body may carry them.
+const SECRET_QUERY_PARAMETERS: &[(&str, &str)] = &[("auth/token", "token")];
+
+/// Refuse a query that carries a secret (any method), or, when the query is read (GET,
+/// LIST, DELETE), names a parameter twice: `?list=false&list=true` must not mean whatever
+/// the copy the reader looks at says.
+fn check_query(path: &str, method: &Method, query: &[(String, String)]) -> Result<(), String> {
+    let path = path.trim_start_matches('/');
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    for (key, _) in query {
+        if let Some((_, name)) = SECRET_QUERY_PARAMETERS
+            .iter()
+            .find(|(prefix, name)| under(prefix) && key.eq_ignore_ascii_case(name))
+        {
+            return Err(format!(
+                "parameter \"{name}\" must not be sent in the query string, where proxies and \
+                 access logs record it; send it in the request body (POST) instead"
+            ));
+        }
+    }
+    if matches!(method.as_str(), "GET" | "LIST" | "DELETE") {
+        let mut seen = std::collections::HashSet::with_capacity(query.len());
+        if let Some((key, _)) = query.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+            return Err(format!("query parameter {key:?} is given more than once"));
+        }
+    }
+    Ok(())
+}
+
 /// `/v1/<anything>` that the engine routes (including authenticated `sys/` paths).
 async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
     let started = Instant::now();
@@ -197,6 +230,9 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
         .unwrap_or_default()
         .to_owned();
     let query = query_pairs(parts.uri.query());
+    if let Err(message) = check_query(&path, &parts.method, &query) {
+        return plain_error(StatusCode::BAD_REQUEST, &message, &request_id);
+    }
     let list_flag = query
         .iter()
         .any(|(k, v)| k == "list" && (v == "true" || v == "1"));

@@ -176,6 +176,7 @@ pub async fn build(
         CoreOptions {
             audit,
             outbound: Some(outbound::shared()),
+            limits: config.limits,
         },
     )
     .await

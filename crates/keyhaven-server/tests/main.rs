@@ -6,4 +6,5 @@
     clippy::indexing_slicing
 )]
 
+mod http_query;
 mod kubernetes_auth;

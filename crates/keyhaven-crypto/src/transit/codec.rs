@@ -194,13 +194,23 @@ fn push_u32(s: &mut String, mut v: u32) {
 
 /// Splits `vault:v<N>:<rest>` into the version and the still-encoded rest.
 ///
-/// Version `0` is read as `1`, as OpenBao does for envelopes from its first releases.
+/// Only the canonical spelling is accepted: `N` is a decimal number from 1 to
+/// [`MAX_VERSION`] without leading zeros, as [`encode`] writes it. (OpenBao also reads
+/// `v0` as version 1, for envelopes from Vault's first releases, and Go's `Atoi` lets
+/// leading zeros through; keyhaven never wrote either, and one spelling per envelope
+/// keeps ciphertexts comparable and unmalleable.)
 ///
 /// # Errors
 ///
 /// [`CryptoError::Format`] for a missing prefix, a missing separator or a version that is not
-/// a decimal number in range.
+/// a canonical decimal number in range.
 pub fn split(text: &str) -> Result<(u32, &str), CryptoError> {
+    const BAD_VERSION: CryptoError = CryptoError::Format {
+        what: "invalid ciphertext: version number could not be decoded",
+    };
+    const NOT_CANONICAL: CryptoError = CryptoError::Format {
+        what: "invalid ciphertext: version number must be at least 1, without leading zeros",
+    };
     let rest = text.strip_prefix(PREFIX).ok_or(CryptoError::Format {
         what: "invalid ciphertext: no prefix",
     })?;
@@ -208,14 +218,13 @@ pub fn split(text: &str) -> Result<(u32, &str), CryptoError> {
         what: "invalid ciphertext: wrong number of fields",
     })?;
     if ver.is_empty() || ver.len() > 10 || !ver.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(CryptoError::Format {
-            what: "invalid ciphertext: version number could not be decoded",
-        });
+        return Err(BAD_VERSION);
     }
-    let ver: u32 = ver.parse().map_err(|_| CryptoError::Format {
-        what: "invalid ciphertext: version number could not be decoded",
-    })?;
-    Ok((ver.max(1), body))
+    if ver.starts_with('0') {
+        return Err(NOT_CANONICAL);
+    }
+    let ver: u32 = ver.parse().map_err(|_| BAD_VERSION)?;
+    Ok((ver, body))
 }
 
 /// Parses `vault:v<N>:<base64>` into the version and the decoded body.
@@ -278,7 +287,39 @@ mod tests {
             encode(u32::MAX, b"", Base64::Standard),
             "vault:v4294967295:"
         );
-        assert_eq!(split("vault:v0:abc").unwrap(), (1, "abc"));
+        assert!(split("vault:v0:abc").is_err());
+    }
+
+    /// Regression (issue 10, item 11b): `vault:v01:`, `vault:v0:` and other spellings of an envelope were
+    /// accepted; only the one `encode` writes is.
+    #[test]
+    fn non_canonical_transit_ciphertext_accepted() {
+        for bad in [
+            "vault:v01:AAEC",
+            "vault:v001:AAEC",
+            "vault:v0:AAEC",
+            "vault:v00:AAEC",
+            "vault:v0042:AAEC",
+            "vault:v1:AAE",
+            "vault:v1:AAF=",
+            "vault:v1:AAEC=",
+            "vault:v1:AA EC",
+            "vault:v1:AAEC\n",
+            "vault:v1:-_8=",
+        ] {
+            assert!(
+                decode(bad, Base64::Standard).is_err(),
+                "{bad:?} was accepted"
+            );
+            assert!(
+                split(bad).is_err() || bad.starts_with("vault:v1:"),
+                "{bad:?}"
+            );
+        }
+        for good in ["vault:v1:AAEC", "vault:v10:AAEC", "vault:v4294967295:Zg=="] {
+            let (ver, body) = decode(good, Base64::Standard).unwrap();
+            assert_eq!(encode(ver, &body, Base64::Standard), good);
+        }
     }
 
     #[test]

@@ -20,6 +20,11 @@
 //!   `hmac-sha256:<hex>` under a per-device key. Object keys, numbers, booleans and nulls
 //!   pass in clear, as Vault does. Unlike Vault, strings that look like RFC 3339 times are
 //!   hashed too: a secret value may look like a time.
+//! - **Errors are hashed when they may echo the request.** Unlike Vault, which writes
+//!   `error` in clear, an error message that carries text (a parse error quoting a policy,
+//!   a name, a path) is hashed like a request string; the fixed messages
+//!   (`permission denied`, `unsupported operation`, `keyhaven is sealed`, …) stay in
+//!   clear, so denials remain searchable. `sys/audit-hash` gives the hash of a message.
 //! - **Keys live behind the barrier.** Each device's HMAC key is created at the first unseal
 //!   (`core/audit/<device>/salt`), loaded at unseal and dropped at seal.
 //!
@@ -302,9 +307,9 @@ impl AuditBroker {
         let creds = Self::creds(&live, auth, req);
         let subject = Subject { auth, req };
         let time = rfc3339(self.clock.now());
-        let error = error.map(ToString::to_string);
+        let error = error.map(ErrorText::of);
         self.fan_out(&live, &creds, "request", &subject, |key, seen| {
-            Ok(vec![request_record(key, &time, seen, error.as_deref())?])
+            Ok(vec![request_record(key, &time, seen, error.as_ref())?])
         })
         .await
     }
@@ -467,6 +472,40 @@ impl AuditBroker {
             .get(index)
             .ok_or_else(|| EngineError::Unavailable("audit: device key missing".to_owned()))?;
         Ok(hash_str(key, input))
+    }
+}
+
+/// The `error` of a record, and whether it is written in clear.
+enum ErrorText {
+    /// A fixed message that carries nothing from the request.
+    Clear(String),
+    /// A message with text in it that may come from the request: hashed per device.
+    Hashed(String),
+}
+
+impl ErrorText {
+    fn of(e: &EngineError) -> ErrorText {
+        // Exhaustive on purpose: a new variant must say whether its message is fixed.
+        match e {
+            EngineError::PermissionDenied
+            | EngineError::UnsupportedOperation
+            | EngineError::Sealed
+            | EngineError::NotInitialized
+            | EngineError::AlreadyInitialized
+            | EngineError::Storage(_)
+            | EngineError::Crypto => ErrorText::Clear(e.to_string()),
+            EngineError::InvalidRequest(_)
+            | EngineError::NotFound(_)
+            | EngineError::PreconditionFailed(_)
+            | EngineError::Corrupt(_)
+            | EngineError::Unavailable(_) => ErrorText::Hashed(e.to_string()),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            ErrorText::Clear(s) | ErrorText::Hashed(s) => s.is_empty(),
+        }
     }
 }
 
@@ -659,7 +698,7 @@ struct Record<'a> {
     time: &'a str,
     kind: &'static str,
     seen: &'a Seen<'a>,
-    error: Option<&'a str>,
+    error: Option<&'a ErrorText>,
     /// Set for a response record.
     response: Option<&'a Result<Response, EngineError>>,
 }
@@ -668,8 +707,12 @@ impl Serialize for Record<'_> {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         let mut m = ser.serialize_map(None)?;
         m.serialize_entry("auth", &AuthBlock(self.seen))?;
-        if let Some(e) = self.error.filter(|e| !e.is_empty()) {
-            m.serialize_entry("error", e)?;
+        match self.error.filter(|e| !e.is_empty()) {
+            Some(ErrorText::Clear(e)) => m.serialize_entry("error", e)?,
+            Some(ErrorText::Hashed(e)) => {
+                m.serialize_entry("error", &HashText::new(self.key, e))?
+            }
+            None => {}
         }
         m.serialize_entry("request", &RequestBlock(self.key, self.seen))?;
         if let Some(result) = self.response {
@@ -692,7 +735,7 @@ fn request_record(
     key: &HmacKey,
     time: &str,
     seen: &Seen<'_>,
-    error: Option<&str>,
+    error: Option<&ErrorText>,
 ) -> Result<Vec<u8>, EngineError> {
     encode(&Record {
         key,
@@ -710,13 +753,13 @@ fn response_record(
     seen: &Seen<'_>,
     result: &Result<Response, EngineError>,
 ) -> Result<Vec<u8>, EngineError> {
-    let error = result.as_ref().err().map(ToString::to_string);
+    let error = result.as_ref().err().map(ErrorText::of);
     encode(&Record {
         key,
         time,
         kind: "response",
         seen,
-        error: error.as_deref(),
+        error: error.as_ref(),
         response: Some(result),
     })
 }

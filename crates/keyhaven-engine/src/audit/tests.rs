@@ -96,7 +96,7 @@ async fn core_with(devices: Vec<Arc<dyn AuditDevice>>) -> (Arc<Core>, String) {
         clock,
         CoreOptions {
             audit,
-            outbound: None,
+            ..CoreOptions::default()
         },
     )
     .await
@@ -264,6 +264,56 @@ async fn denied_and_unauthenticated_requests_are_recorded_with_their_error() {
     assert!(records[1]["request"].get("client_token").is_none());
 }
 
+/// Regression (issue 10, item 11a): an error that echoes request content (here a policy
+/// parse error quoting the rule's path) was written to the `error` field in clear, while
+/// the same text in the request data was hashed.
+#[tokio::test]
+async fn audit_error_carries_request_text_in_clear() {
+    let dev = MemDevice::named("mem");
+    let (core, root) = core_with(vec![dev.clone()]).await;
+    let policy = format!("path \"secret/{SECRET}\" {{\n  capabilities = [\"frobnicate\"]\n}}\n");
+    let err = core
+        .handle(req(
+            Operation::Update,
+            "sys/policies/acl/leaky",
+            json!({ "policy": policy }),
+            Some(&root),
+        ))
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains(SECRET),
+        "the test needs an error that echoes its input: {message}"
+    );
+    assert!(
+        !contains(&dev.raw(), SECRET),
+        "the marker is in the audit log in clear"
+    );
+    let records = dev.records();
+    let response = records
+        .iter()
+        .find(|r| r["type"] == "response")
+        .expect("a response record");
+    assert_eq!(
+        response["error"],
+        core.options.audit.hash("mem", &message).unwrap(),
+        "the error is hashed like any other request string"
+    );
+    // Fixed messages that carry nothing from the request stay readable.
+    let err = core
+        .handle(req(
+            Operation::Read,
+            "secret/data/app",
+            json!({}),
+            Some("hvs.not-a-real-token"),
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::PermissionDenied));
+    assert_eq!(dev.records().last().unwrap()["error"], "permission denied");
+}
+
 #[tokio::test]
 async fn a_failing_device_fails_the_request_before_it_runs() {
     let dev = MemDevice::named("mem");
@@ -394,7 +444,7 @@ async fn keys_live_behind_the_barrier_and_drop_at_seal() {
         clock,
         CoreOptions {
             audit: Arc::new(AuditBroker::new(vec![dev.clone()])),
-            outbound: None,
+            ..CoreOptions::default()
         },
     )
     .await

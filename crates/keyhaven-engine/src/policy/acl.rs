@@ -15,6 +15,10 @@
 //!    `patch`, `delete`, `list`); root-protected paths ([`requires_sudo`]) need `sudo`
 //!    too; `read`, `create`, `update` and `patch` must satisfy the rule's parameter
 //!    constraints.
+//! 5. Unlike Vault, a string parameter is judged as handlers read it, not only as sent:
+//!    list parameters (`policies`) accept one comma-separated string and trim its parts,
+//!    so `"p1, admin"` is denied by a rule denying `admin`, and allowed only if every
+//!    part is (or the string is listed exactly as written).
 //!
 //! Compilation keeps exact globs in a hash map and trailing-`*` globs in a hash map
 //! probed once per distinct prefix length (longest first), so a check costs a handful of
@@ -632,19 +636,61 @@ fn value_matches(value: &Value, list: &[Value]) -> bool {
     })
 }
 
+/// The parts a string becomes in a handler that reads it as a list
+/// (`params::string_list`): split at commas, trimmed, empty parts dropped.
+fn list_parts(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').map(str::trim).filter(|p| !p.is_empty())
+}
+
+fn str_matches(s: &str, list: &[Value]) -> bool {
+    list.iter()
+        .any(|el| matches!(el, Value::String(p) if glob_match(p, s)))
+}
+
+/// Whether a string is read the same whole and as a list (no comma, no padding).
+fn is_plain(s: &str) -> bool {
+    !s.contains(',') && s.trim() == s
+}
+
+/// One value (a scalar, or one element of a list value) against an allowed list. A
+/// string that a handler would split or trim passes only if every part is allowed, or if
+/// it is listed exactly as written (a glob never admits a comma-separated value whole).
+fn one_allowed(value: &Value, list: &[Value]) -> bool {
+    match value {
+        Value::String(s) if !is_plain(s) => {
+            let exact = list
+                .iter()
+                .any(|el| matches!(el, Value::String(p) if p == s));
+            let mut parts = list_parts(s).peekable();
+            exact || (parts.peek().is_some() && parts.all(|p| str_matches(p, list)))
+        }
+        other => value_matches(other, list),
+    }
+}
+
+/// One value against a denied list: a string is denied if it matches whole, trimmed, or
+/// in any of its comma-separated parts.
+fn one_denied(value: &Value, list: &[Value]) -> bool {
+    value_matches(value, list)
+        || matches!(value, Value::String(s) if !is_plain(s)
+            && (str_matches(s.trim(), list) || list_parts(s).any(|p| str_matches(p, list))))
+}
+
 /// Allowed when the list is empty, the value is listed, or (for a list value) each of
-/// its elements is.
+/// its elements is. Strings are judged as the handler will read them (see
+/// [`one_allowed`]): `policies = "team-a, root"` is the list `["team-a", "root"]`.
 fn value_allowed(value: &Value, list: &[Value]) -> bool {
     list.is_empty()
-        || value_matches(value, list)
+        || one_allowed(value, list)
         || matches!(value, Value::Array(items)
-            if !items.is_empty() && items.iter().all(|i| value_matches(i, list)))
+            if !items.is_empty() && items.iter().all(|i| one_allowed(i, list)))
 }
 
 /// Denied when the list is empty, the value is listed, or (for a list value) any of its
-/// elements is.
+/// elements is. Strings are judged whole and as the handler will read them (see
+/// [`one_denied`]): `policies = "p1, admin"` is denied by a rule that denies `admin`.
 fn value_denied(value: &Value, list: &[Value]) -> bool {
     list.is_empty()
-        || value_matches(value, list)
-        || matches!(value, Value::Array(items) if items.iter().any(|i| value_matches(i, list)))
+        || one_denied(value, list)
+        || matches!(value, Value::Array(items) if items.iter().any(|i| one_denied(i, list)))
 }

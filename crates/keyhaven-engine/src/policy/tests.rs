@@ -421,6 +421,70 @@ fn denied_parameters_refuse_names_or_values() {
     assert!(a.authorize(Delete, "x", &data(json!({"a": 1}))).allowed);
 }
 
+/// Regression: `"p1,admin2"` and `" admin2"` passed a `denied_parameters` rule on
+/// `policies`, because the token store splits the string at commas and trims the parts
+/// after the check. Values are now judged as what they become.
+#[test]
+fn denied_parameters_bypass_through_comma_lists_and_padding() {
+    let a = acl(&[(
+        "p",
+        r#"path "auth/token/create" {
+             capabilities = ["update"]
+             denied_parameters = { "policies" = ["admin2", "root-*"] }
+           }"#,
+    )]);
+    let check = |v: Value| a.authorize(Update, "auth/token/create", &data(v)).allowed;
+    assert!(check(json!({"policies": "p1,p2"})));
+    assert!(check(json!({"policies": ["p1", "p2"]})));
+    for bad in [
+        json!("admin2"),
+        json!("p1,admin2"),
+        json!("p1, admin2 ,p3"),
+        json!(" admin2"),
+        json!("admin2 "),
+        json!("p1,root-x"),
+        json!([" admin2"]),
+        json!(["p1", "p2,admin2"]),
+    ] {
+        let d = a.authorize(
+            Update,
+            "auth/token/create",
+            &data(json!({ "policies": bad })),
+        );
+        assert!(!d.allowed, "{bad} passed the denied_parameters rule");
+        assert!(
+            d.reason.contains("parameter \"policies\" is denied"),
+            "{}",
+            d.reason
+        );
+    }
+}
+
+/// The allowed side of the same normalization: a string that the handler splits or trims
+/// passes only if every part is allowed; a glob never admits a comma-separated value as a
+/// whole.
+#[test]
+fn allowed_parameters_judge_comma_lists_part_by_part() {
+    let a = acl(&[(
+        "p",
+        r#"path "auth/token/create" {
+             capabilities = ["update"]
+             allowed_parameters = { "policies" = ["team-*", "default", "a,b"] }
+           }"#,
+    )]);
+    let check = |v: Value| a.authorize(Update, "auth/token/create", &data(v)).allowed;
+    assert!(check(json!({"policies": "team-a"})));
+    assert!(check(json!({"policies": "team-a, default"})));
+    assert!(check(json!({"policies": " team-a "})));
+    assert!(check(json!({"policies": [" team-a", "default"]})));
+    // Listed exactly as written.
+    assert!(check(json!({"policies": "a,b"})));
+    assert!(!check(json!({"policies": "team-a,root"})));
+    assert!(!check(json!({"policies": "team-x, admin"})));
+    assert!(!check(json!({"policies": ["team-a", "default,root"]})));
+    assert!(!check(json!({"policies": ","})));
+}
+
 #[test]
 fn required_parameters_must_be_present() {
     let a = acl(&[(

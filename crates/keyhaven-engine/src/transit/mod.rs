@@ -36,6 +36,13 @@
 //! - **Scheduled deletion.** `schedule-deletion` needs `deletion_allowed`, like `DELETE`.
 //!   The key is destroyed by [`Backend::tick`] once the window has passed;
 //!   `cancel-deletion` leaves the key *disabled*, as AWS KMS does.
+//! - **Aliases and policies.** A request through an alias is authorized on the path as
+//!   sent and on the same route with the key's own name ([`Backend::canonical_path`]): a
+//!   policy on `decrypt/prod` governs `decrypt/<alias of prod>` too, and a deny on either
+//!   path denies. `sys/policies/explain` evaluates the path as written.
+//! - **Batches are bounded** (keyhaven; Vault and OpenBao have no such limit): a
+//!   `batch_input` over [`Limits`]' item or byte count is refused with 400 naming the
+//!   limit, before any item is processed or the key is created.
 //! - **Automatic rotation.** [`Backend::tick`] rotates every enabled key whose
 //!   `auto_rotate_period` has passed since its latest version was created.
 //! - **Signatures.** ECDSA P-256 signs with SHA2-256 and P-384 with SHA2-384 (the
@@ -67,7 +74,7 @@ use parking_lot::RwLock;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use crate::backend::{Backend, BackendContext, BackendRequest};
+use crate::backend::{Backend, BackendContext, BackendRequest, Limits};
 use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::request::{Operation, Response};
@@ -91,6 +98,7 @@ pub fn factory(ctx: BackendContext) -> Result<Arc<dyn Backend>, EngineError> {
         aliases: RwLock::new(HashMap::new()),
         disable_upsert: RwLock::new(None),
         write_lock: tokio::sync::Mutex::new(()),
+        limits: ctx.limits,
     }))
 }
 
@@ -106,6 +114,8 @@ pub(crate) struct TransitBackend {
     disable_upsert: RwLock<Option<bool>>,
     /// Serializes changes made through this instance.
     write_lock: tokio::sync::Mutex<()>,
+    /// Bounds on batches.
+    limits: Limits,
 }
 
 impl std::fmt::Debug for TransitBackend {
@@ -177,6 +187,59 @@ impl Backend for TransitBackend {
 
     async fn tick(&self) -> Result<(), EngineError> {
         self.run_schedule().await
+    }
+
+    /// Routes that take a key name take an alias too; the canonical path names the key.
+    async fn canonical_path(
+        &self,
+        operation: Operation,
+        path: &str,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(at) = key_segment(operation, path) else {
+            return Ok(None);
+        };
+        let Some(name) = path.split('/').nth(at) else {
+            return Ok(None);
+        };
+        if validate_name(name).is_err() {
+            return Ok(None);
+        }
+        let (real, _) = self.resolve(name).await?;
+        if real == name {
+            return Ok(None);
+        }
+        let canonical = path
+            .split('/')
+            .enumerate()
+            .map(|(i, part)| if i == at { real.as_str() } else { part })
+            .collect::<Vec<_>>()
+            .join("/");
+        Ok(Some(canonical))
+    }
+}
+
+/// Which segment of `path` names a key on the routes whose handler resolves aliases
+/// ([`TransitBackend::resolve`]). Keep in step with the router in
+/// [`TransitBackend::handle`]: a route that takes a key name and is missing here lets an
+/// alias bypass a policy on the key.
+fn key_segment(operation: Operation, path: &str) -> Option<usize> {
+    use Operation::{Create, Delete, Read, Update};
+    let write = matches!(operation, Create | Update);
+    let mut parts = path.splitn(5, '/');
+    let route = (
+        parts.next().unwrap_or(""),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    );
+    match route {
+        // `keys/<name>` writes create a key of that very name (an alias name is refused).
+        ("keys", Some(_), None, None) if matches!(operation, Read | Delete) => Some(1),
+        ("keys", Some(_), Some(_), None) if write => Some(1),
+        ("encrypt" | "decrypt" | "rewrap", Some(_), None, None) if write => Some(1),
+        ("datakey", Some(_), Some(_), None) if write => Some(2),
+        ("hmac" | "sign" | "verify", Some(_), _, None) if write => Some(1),
+        _ => None,
     }
 }
 
@@ -397,7 +460,8 @@ enum Change {
 /// one item. The flag says whether it was a batch.
 type Items<'a> = (Vec<Cow<'a, Map<String, Value>>>, bool);
 
-fn items(data: &Map<String, Value>) -> Result<Items<'_>, EngineError> {
+/// The items of a request, refusing a batch over `limits` before any item is looked at.
+fn items(data: &Map<String, Value>, limits: Limits) -> Result<Items<'_>, EngineError> {
     const WRONG: &str = "invalid value for parameter \"batch_input\": expected a list of objects";
     fn check(i: usize, v: &Value) -> Result<&Map<String, Value>, EngineError> {
         match v {
@@ -409,17 +473,25 @@ fn items(data: &Map<String, Value>) -> Result<Items<'_>, EngineError> {
     }
     let out: Vec<Cow<'_, Map<String, Value>>> = match data.get("batch_input") {
         None | Some(Value::Null) => return Ok((vec![Cow::Borrowed(data)], false)),
-        Some(Value::Array(list)) => list
-            .iter()
-            .enumerate()
-            .map(|(i, v)| check(i, v).map(Cow::Borrowed))
-            .collect::<Result<_, _>>()?,
-        Some(Value::String(s)) => {
-            let list =
-                serde_json::from_str::<Vec<Value>>(s).map_err(|_| EngineError::invalid(WRONG))?;
+        Some(Value::Array(list)) => {
+            check_item_count(list.len(), limits)?;
+            check_byte_count(input_bytes(list), limits)?;
             list.iter()
                 .enumerate()
-                .map(|(i, v)| check(i, v).map(|m| Cow::Owned(m.clone())))
+                .map(|(i, v)| check(i, v).map(Cow::Borrowed))
+                .collect::<Result<_, _>>()?
+        }
+        Some(Value::String(s)) => {
+            check_byte_count(s.len(), limits)?;
+            let list = parse_bounded_list(s, limits)?;
+            list.into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::Object(m) => Ok(Cow::Owned(m)),
+                    _ => Err(EngineError::invalid(format!(
+                        "batch_input[{i}]: expected an object"
+                    ))),
+                })
                 .collect::<Result<_, _>>()?
         }
         Some(_) => return Err(EngineError::invalid(WRONG)),
@@ -428,4 +500,108 @@ fn items(data: &Map<String, Value>) -> Result<Items<'_>, EngineError> {
         return Err(EngineError::invalid("missing batch input to process"));
     }
     Ok((out, true))
+}
+
+fn too_many_items(n: usize, limits: Limits) -> EngineError {
+    EngineError::invalid(format!(
+        "batch_input has {n} items; the limit is {} (max_batch_items)",
+        limits.max_batch_items
+    ))
+}
+
+fn check_item_count(n: usize, limits: Limits) -> Result<(), EngineError> {
+    if n > limits.max_batch_items {
+        return Err(too_many_items(n, limits));
+    }
+    Ok(())
+}
+
+fn check_byte_count(n: usize, limits: Limits) -> Result<(), EngineError> {
+    if n > limits.max_batch_bytes {
+        return Err(EngineError::invalid(format!(
+            "batch_input has {n} bytes of input; the limit is {} (max_batch_bytes)",
+            limits.max_batch_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// The bytes of the field names and string values in `items`, at any depth.
+fn input_bytes(items: &[Value]) -> usize {
+    let mut total = 0usize;
+    let mut stack: Vec<&Value> = items.iter().collect();
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) => total = total.saturating_add(s.len()),
+            Value::Array(list) => stack.extend(list),
+            Value::Object(m) => {
+                for (k, v) in m {
+                    total = total.saturating_add(k.len());
+                    stack.push(v);
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    total
+}
+
+/// Parse `batch_input` given as a JSON string, keeping at most `max_batch_items` items:
+/// past the limit the rest is only counted (for the message), never built.
+fn parse_bounded_list(text: &str, limits: Limits) -> Result<Vec<Value>, EngineError> {
+    use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
+
+    const WRONG: &str = "invalid value for parameter \"batch_input\": expected a list of objects";
+
+    enum Parsed {
+        Items(Vec<Value>),
+        TooMany(usize),
+    }
+
+    struct Bounded(usize);
+
+    impl<'de> Visitor<'de> for Bounded {
+        type Value = Parsed;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
+            let mut out = Vec::new();
+            while out.len() < self.0 {
+                match seq.next_element::<Value>()? {
+                    Some(v) => out.push(v),
+                    None => return Ok(Parsed::Items(out)),
+                }
+            }
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return Ok(Parsed::Items(out));
+            }
+            let mut n = out.len().saturating_add(1);
+            drop(out);
+            while seq.next_element::<IgnoredAny>()?.is_some() {
+                n = n.saturating_add(1);
+            }
+            Ok(Parsed::TooMany(n))
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Bounded {
+        type Value = Parsed;
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Parsed, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = Bounded(limits.max_batch_items)
+        .deserialize(&mut de)
+        .and_then(|p| de.end().map(|()| p))
+        .map_err(|_| EngineError::invalid(WRONG))?;
+    match parsed {
+        Parsed::Items(list) => Ok(list),
+        Parsed::TooMany(n) => Err(too_many_items(n, limits)),
+    }
 }

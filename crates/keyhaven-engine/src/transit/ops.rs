@@ -193,7 +193,7 @@ impl TransitBackend {
         name: &str,
         data: &Map<String, Value>,
     ) -> Result<Response, EngineError> {
-        let (list, batch) = items(data)?;
+        let (list, batch) = items(data, self.limits)?;
         let (real, key) = self.resolve(name).await?;
         let key = match key {
             Some(k) => k,
@@ -252,7 +252,7 @@ impl TransitBackend {
         name: &str,
         data: &Map<String, Value>,
     ) -> Result<Response, EngineError> {
-        let (list, batch) = items(data)?;
+        let (list, batch) = items(data, self.limits)?;
         let key = self.usable_key(name, "encryption key not found").await?;
         if !key.kind.supports_decryption() {
             return Err(EngineError::invalid(format!(
@@ -280,7 +280,7 @@ impl TransitBackend {
         name: &str,
         data: &Map<String, Value>,
     ) -> Result<Response, EngineError> {
-        let (list, batch) = items(data)?;
+        let (list, batch) = items(data, self.limits)?;
         let key = self.usable_key(name, "encryption key not found").await?;
         if !key.kind.supports_encryption() {
             return Err(EngineError::invalid(format!(
@@ -364,7 +364,7 @@ impl TransitBackend {
         data: &Map<String, Value>,
     ) -> Result<Response, EngineError> {
         let alg = hmac_algorithm(url_alg, data)?;
-        let (list, batch) = items(data)?;
+        let (list, batch) = items(data, self.limits)?;
         let key = self.usable_key(name, "encryption key not found").await?;
         let requested = version_param(data)?;
         let c = &key.config;
@@ -404,7 +404,7 @@ impl TransitBackend {
         url_alg: Option<&str>,
         data: &Map<String, Value>,
     ) -> Result<Response, EngineError> {
-        let (list, batch) = items(data)?;
+        let (list, batch) = items(data, self.limits)?;
         let key = self.usable_key(name, "signing key not found").await?;
         if !key.kind.supports_signing() {
             return Err(EngineError::invalid(format!(
@@ -438,7 +438,7 @@ impl TransitBackend {
         url_alg: Option<&str>,
         data: &Map<String, Value>,
     ) -> Result<Response, EngineError> {
-        let (list, batch) = items(data)?;
+        let (list, batch) = items(data, self.limits)?;
         let has = |k: &str| list.iter().filter(|i| i.contains_key(k)).count();
         let (sigs, hmacs) = (has("signature"), has("hmac"));
         let n = list.len();

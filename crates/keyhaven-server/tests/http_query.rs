@@ -1,0 +1,122 @@
+//! The `/v1/` router in process (`Router` + `oneshot`): how the query string is read.
+
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode};
+use keyhaven_engine::{Core, SystemClock};
+use keyhaven_server::http::{AppState, router};
+use keyhaven_storage::MemStore;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+const ROOT: &str = "root-token-for-http-tests";
+
+async fn app() -> axum::Router {
+    let core = Core::new(Arc::new(MemStore::new()), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    core.dev_setup(Some(ROOT)).await.unwrap();
+    router(AppState {
+        core,
+        storage_type: "inmem",
+        max_request_size: 1 << 20,
+    })
+}
+
+async fn send(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("x-vault-token", ROOT);
+    let body = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            Body::from(serde_json::to_vec(&b).unwrap())
+        }
+        None => Body::empty(),
+    };
+    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (status, json)
+}
+
+/// Regression (issue 10, item 11c): `?list=false&list=true` was served as a list, and any
+/// parameter given twice was read as its first value, so what the request means depended
+/// on which copy a proxy, a policy check or the handler looked at.
+#[tokio::test]
+async fn duplicate_query_parameters_accepted() {
+    let app = app().await;
+    let (s, _) = send(
+        &app,
+        "POST",
+        "/v1/secret/data/app",
+        Some(json!({"data": {"k": "v"}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    for (method, uri, name) in [
+        ("GET", "/v1/secret/metadata/?list=false&list=true", "list"),
+        ("GET", "/v1/secret/metadata/?list=true&list=true", "list"),
+        ("GET", "/v1/secret/data/app?version=1&version=2", "version"),
+        ("LIST", "/v1/secret/metadata/?after=a&after=b", "after"),
+        ("DELETE", "/v1/secret/data/app?x=1&x=2", "x"),
+    ] {
+        let (s, b) = send(&app, method, uri, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {uri}: {b}");
+        assert_eq!(
+            b["errors"],
+            json!([format!("query parameter {name:?} is given more than once")]),
+            "{method} {uri}"
+        );
+    }
+    // One of each is fine.
+    let (s, b) = send(&app, "GET", "/v1/secret/metadata/?list=true", None).await;
+    assert_eq!((s, &b["data"]["keys"]), (StatusCode::OK, &json!(["app"])));
+    let (s, _) = send(&app, "GET", "/v1/secret/data/app?version=1", None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+/// Regression (issue 10, item 11d): `auth/token/lookup?token=…` was served, so the token
+/// ended up in proxy and access logs. A secret-bearing parameter in the query string is
+/// refused, whatever the method; the body carries it.
+#[tokio::test]
+async fn token_in_query_string_accepted() {
+    let app = app().await;
+    for (method, uri) in [
+        ("GET", format!("/v1/auth/token/lookup?token={ROOT}")),
+        ("GET", format!("/v1/auth/token/lookup?%74oken={ROOT}")),
+        ("POST", format!("/v1/auth/token/lookup?token={ROOT}")),
+        ("POST", format!("/v1/auth/token/revoke?Token={ROOT}")),
+    ] {
+        let (s, b) = send(&app, method, &uri, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {uri}: {b}");
+        let message = b["errors"][0].as_str().unwrap();
+        assert!(
+            message.contains("\"token\"") && message.contains("request body (POST)"),
+            "{message}"
+        );
+        assert!(!message.contains(ROOT), "{message}");
+    }
+    // In the body it works, and the token is still valid (revoke was refused).
+    let (s, b) = send(
+        &app,
+        "POST",
+        "/v1/auth/token/lookup",
+        Some(json!({"token": ROOT})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["data"]["policies"], json!(["root"]));
+}
