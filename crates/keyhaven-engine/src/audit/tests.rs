@@ -387,12 +387,14 @@ async fn a_failed_response_record_after_a_write_fails_the_request_and_the_write_
     assert_eq!(read.data.unwrap()["data"]["k"], "v", "the write stays");
 }
 
-#[tokio::test]
+// Tokio's clock is paused in these two tests: it moves only when every task waits, so
+// what is measured is how long the broker chose to wait, not how busy the machine was.
+#[tokio::test(start_paused = true)]
 async fn a_hung_device_fails_within_its_timeout() {
     let dev = MemDevice::named("mem");
     let (core, root) = core_with(vec![dev.clone()]).await;
     *dev.hang.lock() = true;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let err = core
         .handle(req(
             Operation::Update,
@@ -403,16 +405,16 @@ async fn a_hung_device_fails_within_its_timeout() {
         .await
         .unwrap_err();
     assert!(matches!(err, EngineError::Unavailable(_)), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(started.elapsed(), dev.timeout(), "gave up at the device's timeout");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn one_working_device_is_enough() {
     let good = MemDevice::named("good");
     let bad = MemDevice::named("bad");
     *bad.hang.lock() = true;
     let (core, root) = core_with(vec![bad.clone(), good.clone()]).await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     core.handle(req(
         Operation::Update,
         "secret/data/app",
@@ -422,7 +424,7 @@ async fn one_working_device_is_enough() {
     .await
     .unwrap();
     // The working device answers at once; the hung one is not waited for.
-    assert!(started.elapsed() < Duration::from_millis(150));
+    assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(good.records().len(), 2);
     // Keys differ per device.
     let audit = &core.options.audit;
