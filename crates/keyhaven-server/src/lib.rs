@@ -21,7 +21,7 @@ use keyhaven_storage::{MemStore, Store};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 
-pub use config::{Config, ConfigError, LogFormat, StorageConfig, TlsConfig};
+pub use config::{Config, ConfigError, ListenerLimits, LogFormat, StorageConfig, TlsConfig};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
