@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit_file;
+pub mod body;
 pub mod config;
 pub mod http;
 pub mod outbound;
@@ -210,7 +211,12 @@ pub async fn build(
     let state = http::AppState {
         core: core.clone(),
         storage_type: config.storage.type_name(),
-        max_request_size: config.max_request_size,
+        body: body::BodyLimits::new(
+            config.max_request_size,
+            config.limits.max_unauthenticated_request_size,
+            config.limits.read_timeout,
+            config.limits.max_request_body_memory,
+        ),
     };
     let router = http::router(state);
     let listener =
