@@ -23,6 +23,8 @@ use keyhaven_engine::Core;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout_at};
 
+use crate::listener::ConnHandle;
+
 /// The limits every request body is read within, and the shared memory budget.
 #[derive(Debug, Clone)]
 pub struct BodyLimits {
@@ -180,11 +182,12 @@ async fn next_frame(body: &mut Body) -> Option<Result<hyper::body::Frame<Bytes>,
     std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await
 }
 
-/// Receive `body` within `limits`.
+/// Receive `body` within `limits`; `conn` is told while it is being read.
 pub(crate) async fn receive(
     mut body: Body,
     limits: &BodyLimits,
     gate: Gate<'_>,
+    conn: Option<&ConnHandle>,
 ) -> Result<Received, BodyError> {
     let declared = body.size_hint().exact();
     if declared == Some(0) || body.is_end_stream() {
@@ -193,6 +196,7 @@ pub(crate) async fn receive(
             reservation: None,
         });
     }
+    let _reading = conn.map(ConnHandle::reading_body);
     let deadline = Instant::now() + limits.read_timeout;
     let mut admission = Admission {
         gate,
@@ -245,9 +249,14 @@ mod tests {
     #[tokio::test]
     async fn small_bodies_need_no_token_and_hold_their_size_until_dropped() {
         let l = limits(64 * 1024);
-        let got = receive(Body::from(vec![b'x'; 3000]), &l, Gate::Unauthenticated)
-            .await
-            .unwrap();
+        let got = receive(
+            Body::from(vec![b'x'; 3000]),
+            &l,
+            Gate::Unauthenticated,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(got.bytes.len(), 3000);
         assert_eq!(l.budget.available_permits(), 64 - 3);
         drop(got);
@@ -257,10 +266,15 @@ mod tests {
     #[tokio::test]
     async fn unauthenticated_bodies_are_cut_at_their_limit() {
         let l = limits(64 * 1024);
-        let err = receive(Body::from(vec![b'x'; 5000]), &l, Gate::Unauthenticated)
-            .await
-            .err()
-            .unwrap();
+        let err = receive(
+            Body::from(vec![b'x'; 5000]),
+            &l,
+            Gate::Unauthenticated,
+            None,
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(
             matches!(err, BodyError::TooLarge { limit: 4096 }),
             "{err:?}"
@@ -269,7 +283,7 @@ mod tests {
         let chunks = futures::stream::iter(
             (0..10).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 1000]))),
         );
-        let err = receive(Body::from_stream(chunks), &l, Gate::Unauthenticated)
+        let err = receive(Body::from_stream(chunks), &l, Gate::Unauthenticated, None)
             .await
             .err()
             .unwrap();
@@ -283,14 +297,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_cannot_reserve_memory_is_refused_as_busy_at_its_deadline() {
         let l = limits(8 * 1024);
-        let held = receive(Body::from(vec![b'x'; 4096]), &l, Gate::Unauthenticated)
-            .await
-            .unwrap();
-        let other = receive(Body::from(vec![b'x'; 4096]), &l, Gate::Unauthenticated)
-            .await
-            .unwrap();
+        let held = receive(
+            Body::from(vec![b'x'; 4096]),
+            &l,
+            Gate::Unauthenticated,
+            None,
+        )
+        .await
+        .unwrap();
+        let other = receive(
+            Body::from(vec![b'x'; 4096]),
+            &l,
+            Gate::Unauthenticated,
+            None,
+        )
+        .await
+        .unwrap();
         let started = Instant::now();
-        let err = receive(Body::from(vec![b'x'; 10]), &l, Gate::Unauthenticated)
+        let err = receive(Body::from(vec![b'x'; 10]), &l, Gate::Unauthenticated, None)
             .await
             .err()
             .unwrap();
@@ -307,7 +331,7 @@ mod tests {
         let stalled =
             futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"{\"a\":"))])
                 .chain(futures::stream::pending());
-        let err = receive(Body::from_stream(stalled), &l, Gate::Unauthenticated)
+        let err = receive(Body::from_stream(stalled), &l, Gate::Unauthenticated, None)
             .await
             .err()
             .unwrap();

@@ -11,7 +11,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request as HttpRequest, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{any, get};
 use keyhaven_engine::{
@@ -23,6 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 
 use crate::body::{self, BodyError, BodyLimits, Gate, Reservation};
+use crate::listener::ConnHandle;
 
 /// Version reported by `sys/seal-status` and `sys/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -122,11 +123,12 @@ async fn not_found() -> HttpResponse {
 /// request is answered.
 async fn read_json_body(
     state: &AppState,
+    extensions: &Extensions,
     body: Body,
     gate: Gate<'_>,
     request_id: &str,
 ) -> Result<(Map<String, Value>, Option<Reservation>), HttpResponse> {
-    let received = body::receive(body, &state.body, gate)
+    let received = body::receive(body, &state.body, gate, extensions.get::<ConnHandle>())
         .await
         .map_err(|e| body_error(state, &e, request_id))?;
     let map = parse_json_object(&received.bytes)
@@ -272,10 +274,11 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
         core: &state.core,
         token: token.as_ref().map(ClientToken::expose),
     };
-    let (mut data, _body_memory) = match read_json_body(&state, body, gate, &request_id).await {
-        Ok(d) => d,
-        Err(resp) => return resp,
-    };
+    let (mut data, _body_memory) =
+        match read_json_body(&state, &parts.extensions, body, gate, &request_id).await {
+            Ok(d) => d,
+            Err(resp) => return resp,
+        };
     if matches!(
         operation,
         Operation::Read | Operation::List | Operation::Delete
@@ -447,11 +450,19 @@ fn u8_param(data: &Map<String, Value>, key: &str) -> Result<Option<u8>, EngineEr
 
 async fn init(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
     let request_id = new_request_id();
-    let (data, _body_memory) =
-        match read_json_body(&state, req.into_body(), Gate::Unauthenticated, &request_id).await {
-            Ok(d) => d,
-            Err(resp) => return resp,
-        };
+    let (parts, body) = req.into_parts();
+    let (data, _body_memory) = match read_json_body(
+        &state,
+        &parts.extensions,
+        body,
+        Gate::Unauthenticated,
+        &request_id,
+    )
+    .await
+    {
+        Ok(d) => d,
+        Err(resp) => return resp,
+    };
     for unsupported in ["pgp_keys", "root_token_pgp_key", "recovery_pgp_keys"] {
         if data
             .get(unsupported)
@@ -509,11 +520,19 @@ async fn unseal(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
             &request_id,
         );
     }
-    let (data, _body_memory) =
-        match read_json_body(&state, req.into_body(), Gate::Unauthenticated, &request_id).await {
-            Ok(d) => d,
-            Err(resp) => return resp,
-        };
+    let (parts, body) = req.into_parts();
+    let (data, _body_memory) = match read_json_body(
+        &state,
+        &parts.extensions,
+        body,
+        Gate::Unauthenticated,
+        &request_id,
+    )
+    .await
+    {
+        Ok(d) => d,
+        Err(resp) => return resp,
+    };
     let input = match (
         keyhaven_engine::params::boolean(&data, "reset"),
         keyhaven_engine::params::string(&data, "key"),
