@@ -7,3 +7,4 @@
 )]
 
 mod kubernetes_auth;
+mod listener;
