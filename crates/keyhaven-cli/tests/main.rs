@@ -14,6 +14,7 @@ mod authz;
 mod bao;
 mod cli;
 mod identity_cli;
+mod limits;
 mod server;
 mod tls;
 mod transit_cli;

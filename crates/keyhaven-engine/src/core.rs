@@ -232,6 +232,23 @@ impl Core {
         !matches!(*self.state.read(), State::Uninitialized)
     }
 
+    /// Whether `token` is a live token of this server: false while sealed, for an
+    /// unknown, revoked or expired token, and when it cannot be looked up. Consumes no
+    /// use of a limited-use token and authorizes nothing (`handle` still does both); the
+    /// HTTP layer asks it before reading a large request body.
+    pub async fn token_is_valid(&self, token: &str) -> bool {
+        let Ok(inner) = self.unsealed() else {
+            return false;
+        };
+        matches!(
+            inner
+                .tokens
+                .lookup_accessor_or_token(None, Some(token))
+                .await,
+            Ok(Some(_))
+        )
+    }
+
     /// The seal status.
     pub fn seal_status(&self) -> SealStatus {
         let state = self.state.read();

@@ -10,4 +10,5 @@ mod kubernetes;
 mod kv;
 mod policy;
 mod token;
+mod token_valid;
 mod transit;

@@ -3,11 +3,33 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 /// Default maximum request body: 32 MiB, as Vault.
 pub const DEFAULT_MAX_REQUEST_SIZE: usize = 32 * 1024 * 1024;
+/// Default of `listener.http_read_header_timeout`, as Vault.
+pub const DEFAULT_READ_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `listener.http_read_timeout` (the request body deadline).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `listener.http_idle_timeout`: longer than the 90 s after which common
+/// client pools (Go's, reqwest's) drop idle connections, so clients close first.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default of `listener.max_unauthenticated_request_size`: 64 KiB.
+pub const DEFAULT_MAX_UNAUTHENTICATED_REQUEST_SIZE: usize = 64 * 1024;
+/// Default of `listener.max_request_body_memory`: 256 MiB (raised to
+/// `max_request_size` when that is larger).
+pub const DEFAULT_MAX_REQUEST_BODY_MEMORY: usize = 256 * 1024 * 1024;
+/// Upper bound of `listener.max_connections`' default.
+pub const DEFAULT_MAX_CONNECTIONS_CAP: usize = 4096;
+/// Descriptors the default of `listener.max_connections` leaves for everything else
+/// (storage, audit files, outbound connections).
+pub const DESCRIPTOR_HEADROOM: u64 = 64;
+/// Longest listener timeout accepted.
+const MAX_LISTENER_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Largest `listener.max_connections` accepted.
+const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +226,117 @@ struct RawListener {
     tls_disable: bool,
     #[serde(default)]
     max_request_size: Option<usize>,
+    /// Durations such as `"10s"`.
+    #[serde(default)]
+    http_read_header_timeout: Option<String>,
+    #[serde(default)]
+    http_read_timeout: Option<String>,
+    #[serde(default)]
+    http_idle_timeout: Option<String>,
+    #[serde(default)]
+    max_connections: Option<usize>,
+    #[serde(default)]
+    max_unauthenticated_request_size: Option<usize>,
+    #[serde(default)]
+    max_request_body_memory: Option<usize>,
+}
+
+/// A listener timeout: a duration such as `"10s"`, more than zero (a timeout cannot be
+/// turned off) and at most an hour.
+fn listener_timeout(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    let parsed = humantime::parse_duration(text).map_err(|e| {
+        ConfigError::Invalid(format!("listener.{key} {text:?}: {e} (e.g. \"10s\")"))
+    })?;
+    if parsed.is_zero() || parsed > MAX_LISTENER_TIMEOUT {
+        return Err(ConfigError::Invalid(format!(
+            "listener.{key} must be more than 0 and at most {}s",
+            MAX_LISTENER_TIMEOUT.as_secs()
+        )));
+    }
+    Ok(parsed)
+}
+
+/// The resource limits of the `[listener]` table, validated against each other.
+fn listener_limits(
+    raw: &RawListener,
+    max_request_size: usize,
+) -> Result<ListenerLimits, ConfigError> {
+    let max_connections = match raw.max_connections {
+        None => None,
+        Some(n) if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) => Some(n),
+        Some(n) => {
+            return Err(ConfigError::Invalid(format!(
+                "listener.max_connections {n}: use 1 to {MAX_CONNECTIONS_LIMIT}"
+            )));
+        }
+    };
+    let max_unauthenticated_request_size = match raw.max_unauthenticated_request_size {
+        // The default never exceeds a smaller max_request_size.
+        None => DEFAULT_MAX_UNAUTHENTICATED_REQUEST_SIZE.min(max_request_size),
+        Some(n) if n < 1024 => {
+            return Err(ConfigError::Invalid(
+                "listener.max_unauthenticated_request_size must be at least 1024 bytes".into(),
+            ));
+        }
+        Some(n) if n > max_request_size => {
+            return Err(ConfigError::Invalid(format!(
+                "listener.max_unauthenticated_request_size {n} is larger than \
+                 listener.max_request_size {max_request_size}"
+            )));
+        }
+        Some(n) => n,
+    };
+    let max_request_body_memory = match raw.max_request_body_memory {
+        // The default always admits one body of the largest size.
+        None => DEFAULT_MAX_REQUEST_BODY_MEMORY.max(max_request_size),
+        Some(n) if n < max_request_size => {
+            return Err(ConfigError::Invalid(format!(
+                "listener.max_request_body_memory {n} is smaller than \
+                 listener.max_request_size {max_request_size}: such a body could never be read"
+            )));
+        }
+        Some(n) => n,
+    };
+    Ok(ListenerLimits {
+        max_connections,
+        read_header_timeout: listener_timeout(
+            "http_read_header_timeout",
+            raw.http_read_header_timeout.as_deref(),
+            DEFAULT_READ_HEADER_TIMEOUT,
+        )?,
+        read_timeout: listener_timeout(
+            "http_read_timeout",
+            raw.http_read_timeout.as_deref(),
+            DEFAULT_READ_TIMEOUT,
+        )?,
+        idle_timeout: listener_timeout(
+            "http_idle_timeout",
+            raw.http_idle_timeout.as_deref(),
+            DEFAULT_IDLE_TIMEOUT,
+        )?,
+        max_unauthenticated_request_size,
+        max_request_body_memory,
+    })
+}
+
+/// The default of `listener.max_connections` for a soft `RLIMIT_NOFILE` of `nofile`
+/// (`None`: unlimited or unknown): `min(4096, nofile - 64)`, leaving 64 descriptors for
+/// storage, audit files and outbound connections; half the limit when it is under 128.
+pub fn default_max_connections(nofile: Option<u64>) -> usize {
+    let cap = DEFAULT_MAX_CONNECTIONS_CAP as u64;
+    let n = match nofile {
+        None => cap,
+        Some(n) if n < 2 * DESCRIPTOR_HEADROOM => (n / 2).max(1),
+        Some(n) => (n - DESCRIPTOR_HEADROOM).min(cap),
+    };
+    usize::try_from(n).unwrap_or(DEFAULT_MAX_CONNECTIONS_CAP)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -253,6 +386,43 @@ pub enum TlsConfig {
     Disabled,
 }
 
+/// Limits that keep unauthenticated clients from exhausting descriptors or memory
+/// (`[listener]` keys; SECURITY.md lists them with their defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// `max_connections`: open client connections; at the cap a new connection makes
+    /// the longest-idle one close. `None`: derived at start from the soft
+    /// `RLIMIT_NOFILE` ([`default_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// `http_read_header_timeout`: a new connection's first request head (TLS handshake
+    /// included), and any later HTTP/1 request head from its first byte.
+    pub read_header_timeout: Duration,
+    /// `http_read_timeout`: receiving a request body, waiting for memory included.
+    pub read_timeout: Duration,
+    /// `http_idle_timeout`: a connection with no request in flight.
+    pub idle_timeout: Duration,
+    /// `max_unauthenticated_request_size`: bodies larger than this are read only after
+    /// the request's token has been found valid (sys/init and sys/unseal never take
+    /// more).
+    pub max_unauthenticated_request_size: usize,
+    /// `max_request_body_memory`: bytes all request bodies being received or handled
+    /// may hold together.
+    pub max_request_body_memory: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_connections: None,
+            read_header_timeout: DEFAULT_READ_HEADER_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_unauthenticated_request_size: DEFAULT_MAX_UNAUTHENTICATED_REQUEST_SIZE,
+            max_request_body_memory: DEFAULT_MAX_REQUEST_BODY_MEMORY,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -273,6 +443,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Maximum request body in bytes.
     pub max_request_size: usize,
+    /// Connection, timeout and body-memory limits of the listener.
+    pub listener_limits: ListenerLimits,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log_level: String,
     /// Log format.
@@ -331,6 +503,16 @@ impl Config {
                 raw.listener.address
             ))
         })?;
+        let max_request_size = raw
+            .listener
+            .max_request_size
+            .unwrap_or(DEFAULT_MAX_REQUEST_SIZE);
+        if max_request_size < 1024 {
+            return Err(ConfigError::Invalid(
+                "listener.max_request_size must be at least 1024 bytes".into(),
+            ));
+        }
+        let listener_limits = listener_limits(&raw.listener, max_request_size)?;
         let tls = match (
             raw.listener.tls_disable,
             raw.listener.tls_cert_file,
@@ -349,15 +531,6 @@ impl Config {
                 ));
             }
         };
-        let max_request_size = raw
-            .listener
-            .max_request_size
-            .unwrap_or(DEFAULT_MAX_REQUEST_SIZE);
-        if max_request_size < 1024 {
-            return Err(ConfigError::Invalid(
-                "listener.max_request_size must be at least 1024 bytes".into(),
-            ));
-        }
         let log_format = match raw.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -374,6 +547,7 @@ impl Config {
             address,
             tls,
             max_request_size,
+            listener_limits,
             log_level: raw.log.level.unwrap_or_else(|| "info".to_owned()),
             log_format,
             audit,
@@ -388,6 +562,7 @@ impl Config {
             address,
             tls: TlsConfig::Disabled,
             max_request_size: DEFAULT_MAX_REQUEST_SIZE,
+            listener_limits: ListenerLimits::default(),
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
             audit: Vec::new(),
@@ -526,6 +701,105 @@ tls_key_file = "/etc/keyhaven/tls.key"
             let err = with(bad).unwrap_err();
             assert!(err.to_string().contains(field), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn listener_limits_have_safe_defaults() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(
+            c.listener_limits,
+            ListenerLimits {
+                max_connections: None,
+                read_header_timeout: Duration::from_secs(10),
+                read_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(120),
+                max_unauthenticated_request_size: 64 * 1024,
+                max_request_body_memory: 256 * 1024 * 1024,
+            }
+        );
+        assert_eq!(c.listener_limits, ListenerLimits::default());
+        assert_eq!(
+            Config::dev("127.0.0.1:1".parse().unwrap()).listener_limits,
+            c.listener_limits
+        );
+    }
+
+    #[test]
+    fn listener_limits_are_read_and_checked_against_each_other() {
+        let with = |lines: &str| {
+            Config::from_toml(&GOOD.replace("[listener]", &format!("[listener]\n{lines}")))
+        };
+        let c = with(
+            "max_connections = 100\nhttp_read_header_timeout = \"500ms\"\nhttp_read_timeout = \"1m\"\nhttp_idle_timeout = \"5m\"\nmax_unauthenticated_request_size = 2048\nmax_request_body_memory = 1073741824",
+        )
+        .unwrap();
+        assert_eq!(
+            c.listener_limits,
+            ListenerLimits {
+                max_connections: Some(100),
+                read_header_timeout: Duration::from_millis(500),
+                read_timeout: Duration::from_secs(60),
+                idle_timeout: Duration::from_secs(300),
+                max_unauthenticated_request_size: 2048,
+                max_request_body_memory: 1 << 30,
+            }
+        );
+        // Defaults follow a smaller or larger max_request_size.
+        let c = with("max_request_size = 4096").unwrap();
+        assert_eq!(c.listener_limits.max_unauthenticated_request_size, 4096);
+        let c = with("max_request_size = 536870912").unwrap();
+        assert_eq!(c.listener_limits.max_request_body_memory, 512 << 20);
+        for (bad, says) in [
+            (
+                "http_read_timeout = \"0s\"",
+                "listener.http_read_timeout must be more than 0",
+            ),
+            ("http_idle_timeout = \"0\"", "listener.http_idle_timeout"),
+            (
+                "http_read_header_timeout = \"-1s\"",
+                "listener.http_read_header_timeout",
+            ),
+            (
+                "http_read_header_timeout = \"10\"",
+                "listener.http_read_header_timeout",
+            ),
+            (
+                "http_read_header_timeout = \"soon\"",
+                "listener.http_read_header_timeout",
+            ),
+            ("http_read_timeout = \"2h\"", "at most 3600s"),
+            ("http_read_timeout = 30", "http_read_timeout"),
+            ("max_connections = 0", "listener.max_connections 0"),
+            ("max_connections = 2000000", "listener.max_connections"),
+            ("max_connections = -5", "max_connections"),
+            ("max_unauthenticated_request_size = 100", "at least 1024"),
+            (
+                "max_request_size = 4096\nmax_unauthenticated_request_size = 8192",
+                "larger than listener.max_request_size 4096",
+            ),
+            (
+                "max_request_body_memory = 1048576",
+                "smaller than listener.max_request_size",
+            ),
+            ("http_header_timeout = \"1s\"", "http_header_timeout"),
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_for_everything_else() {
+        assert_eq!(default_max_connections(None), 4096);
+        assert_eq!(default_max_connections(Some(1 << 20)), 4096);
+        assert_eq!(default_max_connections(Some(4160)), 4096);
+        assert_eq!(default_max_connections(Some(1024)), 960);
+        assert_eq!(default_max_connections(Some(256)), 192);
+        assert_eq!(default_max_connections(Some(128)), 64);
+        // Tiny limits: half of them, never zero.
+        assert_eq!(default_max_connections(Some(100)), 50);
+        assert_eq!(default_max_connections(Some(1)), 1);
+        assert_eq!(default_max_connections(Some(0)), 1);
     }
 
     #[test]

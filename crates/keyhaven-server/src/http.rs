@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request as HttpRequest, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{any, get};
 use keyhaven_engine::{
@@ -21,6 +21,9 @@ use keyhaven_engine::{
 use keyhaven_types::ErrorCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
+
+use crate::body::{self, BodyError, BodyLimits, Gate, Reservation};
+use crate::listener::ConnHandle;
 
 /// Version reported by `sys/seal-status` and `sys/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -32,8 +35,8 @@ pub struct AppState {
     pub core: Arc<Core>,
     /// Storage type reported by `sys/seal-status`.
     pub storage_type: &'static str,
-    /// Maximum request body in bytes.
-    pub max_request_size: usize,
+    /// Request body limits and the memory budget all bodies share.
+    pub body: BodyLimits,
 }
 
 /// Build the router of the `/v1/` API.
@@ -115,38 +118,87 @@ async fn not_found() -> HttpResponse {
     plain_error(StatusCode::NOT_FOUND, "unsupported path", &new_request_id())
 }
 
-/// Read the body up to the limit and parse it as a JSON object (or nothing).
+/// Receive the body within the listener's limits and parse it as a JSON object (or
+/// nothing). The body's share of the memory budget comes with it: keep it until the
+/// request is answered.
 async fn read_json_body(
+    state: &AppState,
+    extensions: &Extensions,
     body: Body,
-    limit: usize,
+    gate: Gate<'_>,
     request_id: &str,
-) -> Result<Map<String, Value>, HttpResponse> {
-    let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(_) => {
-            return Err(plain_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body is larger than the limit of {limit} bytes"),
-                request_id,
-            ));
+) -> Result<(Map<String, Value>, Option<Reservation>), HttpResponse> {
+    let received = body::receive(body, &state.body, gate, extensions.get::<ConnHandle>())
+        .await
+        .map_err(|e| body_error(state, &e, request_id))?;
+    let map = parse_json_object(&received.bytes)
+        .map_err(|message| plain_error(StatusCode::BAD_REQUEST, &message, request_id))?;
+    Ok((map, received.reservation))
+}
+
+/// The answer to a body that was not received. The connection is closed after it: the
+/// rest of the body is never read.
+fn body_error(state: &AppState, err: &BodyError, request_id: &str) -> HttpResponse {
+    let mut resp = match err {
+        BodyError::TooLarge { limit } => plain_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body is larger than the limit of {limit} bytes"),
+            request_id,
+        ),
+        // A sealed server knows no token: say what every request is told.
+        BodyError::NeedsToken { .. } if state.core.is_sealed() => {
+            error_response(&EngineError::Sealed, request_id)
         }
+        BodyError::NeedsToken { limit } => plain_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "request body is larger than {limit} bytes, the limit for requests without a valid token"
+            ),
+            request_id,
+        ),
+        BodyError::TimedOut => plain_error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "request body was not received within {}s",
+                state.body.read_timeout().as_secs_f64()
+            ),
+            request_id,
+        ),
+        BodyError::Busy => {
+            let mut resp = plain_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many request bodies are being received; retry later",
+                request_id,
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+        BodyError::Read => plain_error(
+            StatusCode::BAD_REQUEST,
+            "cannot read the request body",
+            request_id,
+        ),
     };
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Parse a body as a JSON object; empty or `null` is an empty object. The error is
+/// the message of a 400.
+fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
-    match serde_json::from_slice::<Value>(&bytes) {
+    match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(Value::Null) => Ok(Map::new()),
-        Ok(_) => Err(plain_error(
-            StatusCode::BAD_REQUEST,
-            "request body must be a JSON object",
-            request_id,
-        )),
+        Ok(_) => Err("request body must be a JSON object".to_owned()),
         // serde_json's message names line and column and the kind of error, never the input.
-        Err(e) => Err(plain_error(
-            StatusCode::BAD_REQUEST,
-            &format!("failed to parse JSON input: {}", e.classify_message()),
-            request_id,
+        Err(e) => Err(format!(
+            "failed to parse JSON input: {}",
+            e.classify_message()
         )),
     }
 }
@@ -251,10 +303,18 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
             );
         }
     };
-    let mut data = match read_json_body(body, state.max_request_size, &request_id).await {
-        Ok(d) => d,
-        Err(resp) => return resp,
+    let token = token_from(&parts.headers);
+    // Larger bodies only for a valid token; the engine authenticates again (and uses up
+    // a use) when it handles the request.
+    let gate = Gate::Token {
+        core: &state.core,
+        token: token.as_ref().map(ClientToken::expose),
     };
+    let (mut data, _body_memory) =
+        match read_json_body(&state, &parts.extensions, body, gate, &request_id).await {
+            Ok(d) => d,
+            Err(resp) => return resp,
+        };
     if matches!(
         operation,
         Operation::Read | Operation::List | Operation::Delete
@@ -270,7 +330,7 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
         operation,
         path,
         data,
-        token: token_from(&parts.headers),
+        token,
     };
     let result = state.core.handle(request).await;
     let resp = match result {
@@ -426,7 +486,16 @@ fn u8_param(data: &Map<String, Value>, key: &str) -> Result<Option<u8>, EngineEr
 
 async fn init(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
     let request_id = new_request_id();
-    let data = match read_json_body(req.into_body(), state.max_request_size, &request_id).await {
+    let (parts, body) = req.into_parts();
+    let (data, _body_memory) = match read_json_body(
+        &state,
+        &parts.extensions,
+        body,
+        Gate::Unauthenticated,
+        &request_id,
+    )
+    .await
+    {
         Ok(d) => d,
         Err(resp) => return resp,
     };
@@ -487,7 +556,16 @@ async fn unseal(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
             &request_id,
         );
     }
-    let data = match read_json_body(req.into_body(), state.max_request_size, &request_id).await {
+    let (parts, body) = req.into_parts();
+    let (data, _body_memory) = match read_json_body(
+        &state,
+        &parts.extensions,
+        body,
+        Gate::Unauthenticated,
+        &request_id,
+    )
+    .await
+    {
         Ok(d) => d,
         Err(resp) => return resp,
     };

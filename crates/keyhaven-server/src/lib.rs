@@ -7,8 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod audit_file;
+pub mod body;
 pub mod config;
 pub mod http;
+mod listener;
 pub mod outbound;
 mod tls;
 
@@ -21,7 +23,7 @@ use keyhaven_storage::{MemStore, Store};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 
-pub use config::{Config, ConfigError, LogFormat, StorageConfig, TlsConfig};
+pub use config::{Config, ConfigError, ListenerLimits, LogFormat, StorageConfig, TlsConfig};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,7 @@ pub struct Server {
     listener: TcpListener,
     router: axum::Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: listener::Limits,
     local_addr: SocketAddr,
     core: Arc<Core>,
     /// Closed (close record written) after the last request.
@@ -96,12 +99,12 @@ impl Server {
         self.tls.is_some()
     }
 
-    /// Serve until `shutdown` resolves, then finish in-flight requests.
+    /// Serve until `shutdown` resolves, then finish in-flight requests (for at most
+    /// 30 s).
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let address = self.local_addr;
         // Scheduled work (token expiry, key rotation, scheduled deletion) on a timer; the
         // engine decides with its own clock what is due.
         let core = self.core.clone();
@@ -115,18 +118,59 @@ impl Server {
                 }
             }
         });
-        let served = match self.tls {
-            None => axum::serve(self.listener, self.router)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(|source| ServerError::Listen { address, source }),
-            Some(acceptor) => tls::serve(self.listener, acceptor, self.router, shutdown).await,
-        };
+        listener::serve(self.listener, self.tls, self.router, self.limits, shutdown).await;
         maintenance.abort();
         for device in &self.audit_files {
             device.close().await;
         }
-        served
+        Ok(())
+    }
+}
+
+/// The soft `RLIMIT_NOFILE`; `None` when unlimited or unknown.
+fn descriptor_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Resolve the connection cap and say which limits are in force.
+fn listener_limits(limits: &config::ListenerLimits) -> listener::Limits {
+    let nofile = descriptor_limit();
+    let max_connections = limits
+        .max_connections
+        .unwrap_or_else(|| config::default_max_connections(nofile));
+    if let Some(n) = nofile
+        && u64::try_from(max_connections).unwrap_or(u64::MAX)
+            > n.saturating_sub(config::DESCRIPTOR_HEADROOM)
+    {
+        tracing::warn!(
+            target: "keyhaven::server",
+            max_connections,
+            descriptor_limit = n,
+            "listener.max_connections leaves fewer than {} of the process's descriptors for storage and audit files; raise the limit (ulimit -n) or lower max_connections",
+            config::DESCRIPTOR_HEADROOM
+        );
+    }
+    tracing::info!(
+        target: "keyhaven::server",
+        max_connections,
+        http_read_header_timeout = ?limits.read_header_timeout,
+        http_read_timeout = ?limits.read_timeout,
+        http_idle_timeout = ?limits.idle_timeout,
+        max_unauthenticated_request_size = limits.max_unauthenticated_request_size,
+        max_request_body_memory = limits.max_request_body_memory,
+        "listener limits"
+    );
+    listener::Limits {
+        max_connections,
+        read_header_timeout: limits.read_header_timeout,
+        idle_timeout: limits.idle_timeout,
     }
 }
 
@@ -211,7 +255,12 @@ pub async fn build(
     let state = http::AppState {
         core: core.clone(),
         storage_type: config.storage.type_name(),
-        max_request_size: config.max_request_size,
+        body: body::BodyLimits::new(
+            config.max_request_size,
+            config.listener_limits.max_unauthenticated_request_size,
+            config.listener_limits.read_timeout,
+            config.listener_limits.max_request_body_memory,
+        ),
     };
     let router = http::router(state);
     let listener =
@@ -227,11 +276,13 @@ pub async fn build(
             address: config.address,
             source,
         })?;
+    let limits = listener_limits(&config.listener_limits);
     Ok((
         Server {
             listener,
             router,
             tls,
+            limits,
             local_addr,
             core,
             audit_files,

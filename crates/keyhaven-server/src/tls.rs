@@ -1,16 +1,11 @@
-//! TLS through rustls (aws-lc-rs provider) and the accept loop.
+//! TLS through rustls (aws-lc-rs provider); connections are served by `listener`.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::ServerError;
@@ -80,104 +75,10 @@ fn check_private(_path: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// How long the accept loop waits after an error that is not about one connection.
-const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Errors that concern only the connection being accepted (the next accept may work).
-fn is_connection_error(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::ConnectionReset
-    )
-}
-
-/// How long shutdown waits for requests in flight before closing their connections.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Accept TLS connections until `shutdown`, serving HTTP/1.1 and HTTP/2; then stop
-/// accepting, close idle connections and wait (at most [`DRAIN_TIMEOUT`]) for the
-/// requests in flight to be answered.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    router: axum::Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    tokio::pin!(shutdown);
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(target: "keyhaven::http", error = %e, "accept failed");
-                    if !is_connection_error(&e) {
-                        // Out of descriptors or memory: retrying at once would spin.
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    }
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
-                    .await;
-            let tls = match handshake {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(target: "keyhaven::http", %peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(target: "keyhaven::http", %peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let builder = Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(target: "keyhaven::http", %peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            target: "keyhaven::http",
-            timeout_secs = DRAIN_TIMEOUT.as_secs(),
-            "requests still in flight at shutdown were cut off"
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_per_connection_accept_errors_are_retried_at_once() {
-        use std::io::{Error, ErrorKind};
-        assert!(is_connection_error(&Error::from(
-            ErrorKind::ConnectionAborted
-        )));
-        assert!(is_connection_error(&Error::from(
-            ErrorKind::ConnectionReset
-        )));
-        // EMFILE: the process is out of descriptors.
-        assert!(!is_connection_error(&Error::from_raw_os_error(24)));
-        assert!(!is_connection_error(&Error::from(ErrorKind::OutOfMemory)));
-    }
+    use tokio::net::TcpListener;
 
     /// Shutdown lets a request in flight finish before `serve` returns (the binary
     /// drops its runtime right after, which would cut the request off).
@@ -224,10 +125,16 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
+        let limits = crate::listener::Limits {
+            max_connections: 16,
+            read_header_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(120),
+        };
+        let server = tokio::spawn(crate::listener::serve(
             listener,
-            TlsAcceptor::from(Arc::new(server_config)),
+            Some(TlsAcceptor::from(Arc::new(server_config))),
             router,
+            limits,
             async move {
                 let _ = stopped.await;
             },
@@ -245,7 +152,6 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), server)
             .await
             .expect("serve returns once the request is answered")
-            .unwrap()
             .unwrap();
         assert!(
             answered.load(Ordering::SeqCst),

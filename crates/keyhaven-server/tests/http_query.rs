@@ -20,7 +20,12 @@ async fn app() -> axum::Router {
     router(AppState {
         core,
         storage_type: "inmem",
-        max_request_size: 1 << 20,
+        body: keyhaven_server::body::BodyLimits::new(
+            1 << 20,
+            64 * 1024,
+            std::time::Duration::from_secs(30),
+            1 << 26,
+        ),
     })
 }
 

@@ -8,3 +8,4 @@
 
 mod http_query;
 mod kubernetes_auth;
+mod listener;

@@ -79,6 +79,13 @@ impl TestServer {
     /// can be read from the `listening` event.
     pub fn with_config(config: &Path) -> TestServer {
         let mut server = Self::spawn(&["server", "--config", config.to_str().unwrap()]);
+        server.wait_listening();
+        server
+    }
+
+    /// Wait for the `listening` event of a server logging JSON and take its address.
+    fn wait_listening(&mut self) {
+        let server = self;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let found = server.stderr.lock().unwrap().iter().find_map(|l| {
@@ -104,12 +111,35 @@ impl TestServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Like [`TestServer::with_config`], with the soft `RLIMIT_NOFILE` of the server
+    /// process set to `nofile` (through `sh -c 'ulimit -n …; exec …'`, so the process
+    /// id is the server's).
+    pub fn with_config_and_nofile(config: &Path, nofile: u64) -> TestServer {
+        let script = format!("ulimit -n {nofile} && exec \"$0\" \"$@\"");
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            &script,
+            keyhaven_bin(),
+            "server",
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+        let mut server = Self::spawn_command(command);
+        server.wait_listening();
         server
     }
 
     fn spawn(args: &[&str]) -> TestServer {
-        let mut child = Command::new(keyhaven_bin())
-            .args(args)
+        let mut command = Command::new(keyhaven_bin());
+        command.args(args);
+        Self::spawn_command(command)
+    }
+
+    fn spawn_command(mut command: Command) -> TestServer {
+        let mut child = command
             .env_remove("KEYHAVEN_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -163,6 +193,32 @@ impl TestServer {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The process's resident memory (`VmRSS` in `/proc/<pid>/status`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// How many descriptors the process has open.
+    pub fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Host and port, e.g. `127.0.0.1:41234`.
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        self.addr
+            .rsplit_once("://")
+            .map_or(self.addr.as_str(), |(_, a)| a)
+            .parse()
+            .unwrap()
     }
 
     /// SIGKILL, no chance to clean up.
@@ -299,6 +355,26 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// Whether `haystack` contains `needle`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Raise this process's soft `RLIMIT_NOFILE` to at least `want` descriptors (within the
+/// hard limit); returns the soft limit now in force.
+pub fn raise_nofile(want: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(u64::MAX);
+    if current >= want {
+        return current;
+    }
+    let target = limit.maximum.map_or(want, |max| max.min(want));
+    let raised = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(target),
+            maximum: limit.maximum,
+        },
+    );
+    if raised.is_ok() { target } else { current }
 }
 
 /// The status of a GET, or `None` if nothing answers.

@@ -405,7 +405,11 @@ async fn a_hung_device_fails_within_its_timeout() {
         .await
         .unwrap_err();
     assert!(matches!(err, EngineError::Unavailable(_)), "{err:?}");
-    assert_eq!(started.elapsed(), dev.timeout(), "gave up at the device's timeout");
+    assert_eq!(
+        started.elapsed(),
+        dev.timeout(),
+        "gave up at the device's timeout"
+    );
 }
 
 #[tokio::test(start_paused = true)]
