@@ -23,6 +23,7 @@ use keyhaven_engine::Core;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout_at};
 
+use crate::json_limits::JsonLimits;
 use crate::listener::ConnHandle;
 
 /// The limits every request body is read within, and the shared memory budget.
@@ -33,6 +34,8 @@ pub struct BodyLimits {
     read_timeout: Duration,
     /// Permits are KiB of body.
     budget: Arc<Semaphore>,
+    /// The shape a JSON body may have.
+    json: JsonLimits,
 }
 
 impl BodyLimits {
@@ -53,12 +56,25 @@ impl BodyLimits {
             max_unauthenticated: max_unauthenticated.min(max_request_size),
             read_timeout,
             budget: Arc::new(Semaphore::new(permits)),
+            json: JsonLimits::default(),
         }
+    }
+
+    /// The same limits with `json` bounding the shape of JSON bodies (the default:
+    /// [`JsonLimits::default`]).
+    pub fn with_json(mut self, json: JsonLimits) -> Self {
+        self.json = json;
+        self
     }
 
     /// The body deadline.
     pub(crate) fn read_timeout(&self) -> Duration {
         self.read_timeout
+    }
+
+    /// The shape a JSON body may have.
+    pub(crate) fn json(&self) -> JsonLimits {
+        self.json
     }
 }
 

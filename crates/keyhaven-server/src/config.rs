@@ -239,6 +239,10 @@ struct RawListener {
     max_unauthenticated_request_size: Option<usize>,
     #[serde(default)]
     max_request_body_memory: Option<usize>,
+    #[serde(default)]
+    max_json_array_element_count: Option<usize>,
+    #[serde(default)]
+    max_json_object_entry_count: Option<usize>,
 }
 
 /// A listener timeout: a duration such as `"10s"`, more than zero (a timeout cannot be
@@ -304,8 +308,29 @@ fn listener_limits(
         }
         Some(n) => n,
     };
+    let json_count = |key: &str, value: Option<usize>, default: usize| match value {
+        None => Ok(default),
+        Some(0) => Err(ConfigError::Invalid(format!(
+            "listener.{key} must be at least 1"
+        ))),
+        Some(n) => Ok(n),
+    };
+    let defaults = crate::json_limits::JsonLimits::default();
+    let json = crate::json_limits::JsonLimits {
+        max_array_elements: json_count(
+            "max_json_array_element_count",
+            raw.max_json_array_element_count,
+            defaults.max_array_elements,
+        )?,
+        max_object_entries: json_count(
+            "max_json_object_entry_count",
+            raw.max_json_object_entry_count,
+            defaults.max_object_entries,
+        )?,
+    };
     Ok(ListenerLimits {
         max_connections,
+        json,
         read_header_timeout: listener_timeout(
             "http_read_header_timeout",
             raw.http_read_header_timeout.as_deref(),
@@ -408,6 +433,9 @@ pub struct ListenerLimits {
     /// `max_request_body_memory`: bytes all request bodies being received or handled
     /// may hold together.
     pub max_request_body_memory: usize,
+    /// `max_json_array_element_count`, `max_json_object_entry_count`: the shape a JSON
+    /// body may have before it is parsed into a tree.
+    pub json: crate::json_limits::JsonLimits,
 }
 
 impl Default for ListenerLimits {
@@ -419,6 +447,7 @@ impl Default for ListenerLimits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_unauthenticated_request_size: DEFAULT_MAX_UNAUTHENTICATED_REQUEST_SIZE,
             max_request_body_memory: DEFAULT_MAX_REQUEST_BODY_MEMORY,
+            json: crate::json_limits::JsonLimits::default(),
         }
     }
 }
@@ -715,6 +744,10 @@ tls_key_file = "/etc/keyhaven/tls.key"
                 idle_timeout: Duration::from_secs(120),
                 max_unauthenticated_request_size: 64 * 1024,
                 max_request_body_memory: 256 * 1024 * 1024,
+                json: crate::json_limits::JsonLimits {
+                    max_array_elements: 10_000,
+                    max_object_entries: 10_000,
+                },
             }
         );
         assert_eq!(c.listener_limits, ListenerLimits::default());
@@ -730,7 +763,7 @@ tls_key_file = "/etc/keyhaven/tls.key"
             Config::from_toml(&GOOD.replace("[listener]", &format!("[listener]\n{lines}")))
         };
         let c = with(
-            "max_connections = 100\nhttp_read_header_timeout = \"500ms\"\nhttp_read_timeout = \"1m\"\nhttp_idle_timeout = \"5m\"\nmax_unauthenticated_request_size = 2048\nmax_request_body_memory = 1073741824",
+            "max_connections = 100\nhttp_read_header_timeout = \"500ms\"\nhttp_read_timeout = \"1m\"\nhttp_idle_timeout = \"5m\"\nmax_unauthenticated_request_size = 2048\nmax_request_body_memory = 1073741824\nmax_json_array_element_count = 50\nmax_json_object_entry_count = 60",
         )
         .unwrap();
         assert_eq!(
@@ -742,6 +775,10 @@ tls_key_file = "/etc/keyhaven/tls.key"
                 idle_timeout: Duration::from_secs(300),
                 max_unauthenticated_request_size: 2048,
                 max_request_body_memory: 1 << 30,
+                json: crate::json_limits::JsonLimits {
+                    max_array_elements: 50,
+                    max_object_entries: 60,
+                },
             }
         );
         // Defaults follow a smaller or larger max_request_size.
@@ -782,6 +819,14 @@ tls_key_file = "/etc/keyhaven/tls.key"
                 "smaller than listener.max_request_size",
             ),
             ("http_header_timeout = \"1s\"", "http_header_timeout"),
+            (
+                "max_json_array_element_count = 0",
+                "listener.max_json_array_element_count must be at least 1",
+            ),
+            (
+                "max_json_object_entry_count = 0",
+                "listener.max_json_object_entry_count must be at least 1",
+            ),
         ] {
             let err = with(bad).unwrap_err().to_string();
             assert!(err.contains(says), "{bad}: {err}");

@@ -23,6 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 
 use crate::body::{self, BodyError, BodyLimits, Gate, Reservation};
+use crate::json_limits;
 use crate::listener::ConnHandle;
 
 /// Version reported by `sys/seal-status` and `sys/health`.
@@ -131,6 +132,8 @@ async fn read_json_body(
     let received = body::receive(body, &state.body, gate, extensions.get::<ConnHandle>())
         .await
         .map_err(|e| body_error(state, &e, request_id))?;
+    json_limits::check(&received.bytes, state.body.json())
+        .map_err(|e| plain_error(StatusCode::BAD_REQUEST, &e.to_string(), request_id))?;
     let map = parse_json_object(&received.bytes)
         .map_err(|message| plain_error(StatusCode::BAD_REQUEST, &message, request_id))?;
     Ok((map, received.reservation))

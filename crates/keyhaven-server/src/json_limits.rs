@@ -124,8 +124,9 @@ impl<'de> Visitor<'de> for Walk<'_> {
         while seq.next_element_seed(self)?.is_some() {
             count += 1;
             if count > self.limits.max_array_elements {
-                self.exceeded
-                    .set(Some(Exceeded::ArrayElements(self.limits.max_array_elements)));
+                self.exceeded.set(Some(Exceeded::ArrayElements(
+                    self.limits.max_array_elements,
+                )));
                 return Err(de::Error::custom("limit"));
             }
         }
@@ -138,8 +139,9 @@ impl<'de> Visitor<'de> for Walk<'_> {
             map.next_value_seed(self)?;
             count += 1;
             if count > self.limits.max_object_entries {
-                self.exceeded
-                    .set(Some(Exceeded::ObjectEntries(self.limits.max_object_entries)));
+                self.exceeded.set(Some(Exceeded::ObjectEntries(
+                    self.limits.max_object_entries,
+                )));
                 return Err(de::Error::custom("limit"));
             }
         }

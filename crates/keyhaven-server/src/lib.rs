@@ -10,6 +10,7 @@ pub mod audit_file;
 pub mod body;
 pub mod config;
 pub mod http;
+pub mod json_limits;
 mod listener;
 pub mod outbound;
 mod tls;
@@ -260,7 +261,8 @@ pub async fn build(
             config.listener_limits.max_unauthenticated_request_size,
             config.listener_limits.read_timeout,
             config.listener_limits.max_request_body_memory,
-        ),
+        )
+        .with_json(config.listener_limits.json),
     };
     let router = http::router(state);
     let listener =
