@@ -14,7 +14,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// Bodies up to this size are not walked: they cannot build a large tree.
-pub(crate) const WALK_ABOVE: usize = 64 * 1024;
+pub const WALK_ABOVE: usize = 64 * 1024;
 
 /// The bounds (listener config keys `max_json_array_element_count`,
 /// `max_json_object_entry_count`).
@@ -36,10 +36,12 @@ impl Default for JsonLimits {
     }
 }
 
-/// Which limit a body broke.
+/// Which limit a body broke (and the limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Exceeded {
+pub enum Exceeded {
+    /// An array had more elements than this.
     ArrayElements(usize),
+    /// An object had more entries than this.
     ObjectEntries(usize),
 }
 
@@ -62,7 +64,7 @@ impl fmt::Display for Exceeded {
 
 /// Walk `body` and say whether it breaks a limit. Malformed JSON is not judged here
 /// (`Ok`): the parser that follows reports it with its position.
-pub(crate) fn check(body: &[u8], limits: JsonLimits) -> Result<(), Exceeded> {
+pub fn check(body: &[u8], limits: JsonLimits) -> Result<(), Exceeded> {
     if body.len() <= WALK_ABOVE {
         return Ok(());
     }
