@@ -180,11 +180,18 @@ fn open_storage(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
         StorageConfig::Memory => Ok(Arc::new(MemStore::new())),
         StorageConfig::Sqlite { path, cache_bytes } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    ServerError::Storage(keyhaven_storage::StorageError::Unavailable {
-                        source: Box::new(e),
-                    })
-                })?;
+                // Missing directories are created for keyhaven's eyes only (0700), as
+                // for the audit file; an existing directory keeps its mode.
+                use std::os::unix::fs::DirBuilderExt as _;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| {
+                        ServerError::Storage(keyhaven_storage::StorageError::Unavailable {
+                            source: Box::new(e),
+                        })
+                    })?;
             }
             let mut options = keyhaven_storage_sql::SqliteOptions::default();
             options.read_cache_bytes = *cache_bytes;
@@ -291,4 +298,29 @@ pub async fn build(
         },
         creds,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn missing_storage_directories_are_created_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = Config::dev("127.0.0.1:0".parse().unwrap());
+        config.storage = StorageConfig::Sqlite {
+            path: tmp.path().join("a/b/keyhaven.db"),
+            cache_bytes: 0,
+        };
+        let store = open_storage(&config).unwrap();
+        drop(store);
+        for dir in ["a", "a/b"] {
+            let mode = std::fs::metadata(tmp.path().join(dir))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{dir}: {mode:o}");
+        }
+    }
 }
