@@ -1,8 +1,11 @@
 //! The core: seal state, init and unseal, and the request path.
 //!
-//! A request goes: sealed check → authenticate (token store) → authorize (policy) →
-//! audit → route by mount table → backend on its scoped storage. The policy and audit
-//! steps are seams for now: only root tokens exist and there are no audit devices yet.
+//! A request goes: sealed check → authenticate (token store; a limited-use token spends a
+//! use) → authorize (ACL policies, on the path as written and, for a transit alias, on the
+//! key's own path) → audit the request (fail closed; pure reads are audited with their
+//! response instead) → route by mount table → backend on its scoped storage → audit the
+//! response. A request that spent its token's final use revokes the token's tree as it
+//! ends.
 
 use std::sync::Arc;
 
