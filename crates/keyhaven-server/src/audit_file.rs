@@ -640,23 +640,18 @@ fn check_path(config: &FileDeviceConfig) -> Result<bool, AuditFileError> {
 
 /// Create the missing directories above the file, each 0700.
 fn create_parent(config: &FileDeviceConfig) -> Result<(), AuditFileError> {
-    use std::os::unix::fs::DirBuilderExt as _;
     let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
     };
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| AuditFileError::CreateDir {
-            name: config.name.clone(),
-            dir: dir.to_owned(),
-            path: config.path.clone(),
-            source,
-        })?;
+    crate::create_private_dirs(dir).map_err(|source| AuditFileError::CreateDir {
+        name: config.name.clone(),
+        dir: dir.to_owned(),
+        path: config.path.clone(),
+        source,
+    })?;
     tracing::info!(target: TARGET, device = %config.name, dir = %dir.display(), "created the audit directory (mode 0700)");
     Ok(())
 }

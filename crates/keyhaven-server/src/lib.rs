@@ -175,23 +175,26 @@ fn listener_limits(limits: &config::ListenerLimits) -> listener::Limits {
     }
 }
 
+/// Create `dir` and any missing parent for keyhaven's eyes only (0700), as the storage
+/// and audit files need; existing directories keep their mode.
+pub(crate) fn create_private_dirs(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 fn open_storage(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
     match &config.storage {
         StorageConfig::Memory => Ok(Arc::new(MemStore::new())),
         StorageConfig::Sqlite { path, cache_bytes } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                // Missing directories are created for keyhaven's eyes only (0700), as
-                // for the audit file; an existing directory keeps its mode.
-                use std::os::unix::fs::DirBuilderExt as _;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(|e| {
-                        ServerError::Storage(keyhaven_storage::StorageError::Unavailable {
-                            source: Box::new(e),
-                        })
-                    })?;
+                create_private_dirs(dir).map_err(|e| {
+                    ServerError::Storage(keyhaven_storage::StorageError::Unavailable {
+                        source: Box::new(e),
+                    })
+                })?;
             }
             let mut options = keyhaven_storage_sql::SqliteOptions::default();
             options.read_cache_bytes = *cache_bytes;
