@@ -9,50 +9,41 @@ use serde_json::{Map, Value};
 use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::request::{Operation, Response};
+use crate::route::{Captures, Route};
 
-/// A mounted backend (KV v2, transit, …). One instance exists per mount while the server
-/// is unsealed; it is dropped on seal.
+/// A mounted backend (KV v2, transit, an auth method, …). One instance exists per mount
+/// while the server is unsealed; it is dropped on seal.
+///
+/// What each path *is* lives in the backend's route table ([`Backend::routes`]): the core
+/// matches a request against it once, authenticates, authorizes and audits as the
+/// matched route says, checks the fields' types, and then calls [`Backend::handle`] with
+/// the route. The other methods are lookups the core makes only where the table asks for
+/// them.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
-    /// Handle one request routed to this mount.
+    /// The backend's routes, in match order.
+    fn routes(&self) -> &'static [Route];
+
+    /// Handle one request matched to one of [`Backend::routes`]; the operation is one
+    /// the route serves, and its declared fields have their declared types.
     async fn handle(&self, req: BackendRequest<'_>) -> Result<Response, EngineError>;
 
-    /// Whether `path` (relative to the mount) may be called without a token, such as an
-    /// auth method's `login`.
-    fn is_unauthenticated(&self, _path: &str) -> bool {
-        false
+    /// Whether the object a write on an `existence_check` route addresses exists, for
+    /// telling a `create` from an `update` as Vault does. A path the handler will refuse
+    /// may answer `true` (the write stays an update).
+    async fn exists(&self, _req: &BackendRequest<'_>) -> Result<bool, EngineError> {
+        Ok(true)
     }
 
-    /// Whether `operation` on `path` only reads: it changes nothing, in storage or
-    /// elsewhere, and issues nothing (no lease, no credential). The core then audits the
-    /// request together with its response after it ran, one audit write instead of two,
-    /// and withholds the response unless that write succeeds (see [`crate::audit`]).
-    /// The default is `false`: a backend opts in for the routes it knows to be free of
-    /// effects. A read that creates something (a dynamic credential) must answer `false`.
-    fn is_pure(&self, _operation: Operation, _path: &str) -> bool {
-        false
-    }
-
-    /// The path `operation` on `path` really addresses, when `path` reaches its object
-    /// under another name (a transit key through one of its aliases): the same route with
-    /// the object's own name. `None` when `path` names the object itself, names nothing
-    /// the backend resolves, or the route does not resolve names.
+    /// The object's own name when `name`, captured by a route's `alias_capture`, is an
+    /// alias of it; `None` when `name` names the object itself or nothing.
     ///
-    /// The core authorizes the request on this path too, with the same operation and
-    /// data (a deny on either path denies), and then hands the backend this path, so the
-    /// object the policy allowed is the object used even if the alias changes meanwhile.
-    /// Policies on the alias's own path therefore keep working, and cannot widen access.
-    async fn canonical_path(
-        &self,
-        _operation: Operation,
-        _path: &str,
-    ) -> Result<Option<String>, EngineError> {
-        Ok(None)
-    }
-
-    /// Whether something exists at `path`, for telling a `create` from an `update` as
-    /// Vault does. `None`: the backend does not distinguish (writes stay updates).
-    async fn exists(&self, _path: &str) -> Result<Option<bool>, EngineError> {
+    /// The core authorizes the request on the route with the object's own name too, with
+    /// the same operation and data (a deny on either path denies), and then hands the
+    /// backend that path, so the object the policy allowed is the object used even if the
+    /// alias changes meanwhile. Policies on the alias's own path therefore keep working,
+    /// and cannot widen access.
+    async fn resolve_alias(&self, _name: &str) -> Result<Option<String>, EngineError> {
         Ok(None)
     }
 
@@ -70,8 +61,19 @@ pub struct BackendRequest<'a> {
     /// The path relative to the mount point, without a leading slash (`""` for the mount
     /// itself).
     pub path: &'a str,
+    /// The route the path matched.
+    pub route: &'static Route,
+    /// The segments the route's pattern captured from `path`.
+    pub captures: Captures<'a>,
     /// Body and query parameters.
     pub data: &'a Map<String, Value>,
+}
+
+impl<'a> BackendRequest<'a> {
+    /// The captured segment `name` (`""` when the pattern has none or it was absent).
+    pub fn capture(&self, name: &str) -> &'a str {
+        self.captures.must(name)
+    }
 }
 
 /// What a backend is built from when its mount is loaded.

@@ -15,19 +15,19 @@ use keyhaven_storage::{Condition, Op, Store, Transaction, TxOutcome};
 use parking_lot::RwLock;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditBroker;
 use crate::auth::Outbound;
 use crate::backend::BackendRequest;
 use crate::barrier::{self, Barrier, Keyring};
-use crate::clock::{Clock, rfc3339};
+use crate::clock::Clock;
 use crate::error::EngineError;
-use crate::mounts::{self, MountConfig, MountEntry, Mounted, Router, Table};
-use crate::params;
+use crate::mounts::{self, Handler, MountConfig, MountEntry, Mounted, Router, Table};
 use crate::policy::PolicyStore;
 use crate::request::{Operation, Request, Response};
+use crate::route::{self, Route};
 use crate::token::{self, TokenEntry, TokenStore};
 
 /// The persisted seal configuration (not secret).
@@ -495,15 +495,44 @@ impl Core {
         }))
     }
 
+    /// Load a mount table. Its built-in mount (`sys/` or `auth/token/`) is an entry
+    /// like any other; storage written before built-in mounts were recorded gets one,
+    /// written back conditioned on the table being unchanged.
     async fn load_table(&self, table: Table, view: &Arc<dyn Store>) -> Result<Router, EngineError> {
-        let entries: Vec<MountEntry> = match view.get(table.storage_key()).await? {
-            Some(bytes) => serde_json::from_slice(&bytes)
+        let raw = view.get(table.storage_key()).await?;
+        let mut entries: Vec<MountEntry> = match &raw {
+            Some(bytes) => serde_json::from_slice(bytes)
                 .map_err(|_| EngineError::Corrupt("mount table is malformed".to_owned()))?,
             None => Vec::new(),
         };
+        let builtin = mounts::Builtin::of_table(table);
+        if !entries.iter().any(|e| builtin.is(e)) {
+            entries.push(builtin.new_entry(self.clock.unix_seconds()));
+            let bytes = serde_json::to_vec(&entries).map_err(|_| EngineError::Crypto)?;
+            let condition = match raw {
+                Some(value) => Condition::Equals {
+                    key: table.storage_key().to_owned(),
+                    value,
+                },
+                None => Condition::Absent {
+                    key: table.storage_key().to_owned(),
+                },
+            };
+            let tx = Transaction {
+                conditions: vec![condition],
+                ops: vec![Op::Put {
+                    key: table.storage_key().to_owned(),
+                    value: bytes,
+                }],
+            };
+            if let TxOutcome::ConditionFailed { .. } = view.transact(tx).await? {
+                // Another server recorded it first: use the table as it is now.
+                return Box::pin(self.load_table(table, view)).await;
+            }
+        }
         let mut mounted = Vec::with_capacity(entries.len());
         for entry in entries {
-            let backend = mounts::instantiate(
+            let handler = mounts::instantiate(
                 table,
                 &entry,
                 view.clone(),
@@ -511,7 +540,7 @@ impl Core {
                 self.options.outbound.clone(),
                 self.options.limits,
             )?;
-            mounted.push(Mounted { entry, backend });
+            mounted.push(Mounted { entry, handler });
         }
         Ok(Router::new(mounted))
     }
@@ -589,23 +618,29 @@ impl Core {
         let secrets = inner.secrets.read().clone();
         let auth = inner.auth.read().clone();
         for m in secrets.mounted().iter().chain(auth.mounted()) {
-            if let Err(e) = m.backend.tick().await {
+            let Handler::Backend(backend) = &m.handler else {
+                continue;
+            };
+            if let Err(e) = backend.tick().await {
                 tracing::warn!(target: "keyhaven::maintenance", mount = %m.entry.path, error = %e, "scheduled work failed");
             }
         }
         Ok(())
     }
 
-    /// Handle one API request: authenticate, authorize, audit, route.
+    /// Handle one API request: route, authenticate, authorize, audit, serve.
     pub async fn handle(&self, req: Request) -> Result<Response, EngineError> {
         let inner = self.unsealed()?;
-        let mut target = Target::resolve(&inner, &req.path);
-        let unauthenticated = match &target {
-            Target::Mount { mounted, rel, .. } => mounted.backend.is_unauthenticated(rel),
-            _ => false,
-        };
+        let mut req = req;
+        let target = Target::resolve(&inner, &req.path);
+        // The route decides everything about the path: authentication, sudo, purity,
+        // create-versus-update, alias resolution, fields.
+        let route = target
+            .as_ref()
+            .and_then(|t| route::match_route(t.mounted.handler.routes(), req.operation, &t.rel))
+            .map(|m| m.route);
         let audit = &self.options.audit;
-        let entry = if unauthenticated {
+        let entry = if route.is_some_and(|r| r.unauthenticated) {
             None
         } else {
             match self.authenticate(&inner, &req).await {
@@ -616,33 +651,39 @@ impl Core {
                 }
             }
         };
-        let mut req = req;
+        let mut target = target;
         let mut acl = None;
         if let Some(entry) = &entry {
             // As in Vault, a write to a path that holds nothing yet is a `create`: ask the
             // backend, so policies can grant create without update (and the reverse).
             if req.operation == Operation::Update
                 && !entry.is_root()
-                && let Target::Mount { mounted, rel } = &target
-                && let Ok(Some(false)) = mounted.backend.exists(rel).await
+                && let (Some(t), Some(r)) = (&target, route)
+                && r.existence_check
+                && let Some(br) = t.request(&req)
+                && let Handler::Backend(backend) = &t.mounted.handler
+                && let Ok(false) = backend.exists(&br).await
             {
                 req.operation = Operation::Create;
             }
             let granted = inner.policies.acl_for(&entry.policies).await?;
+            let sudo_route = route.is_some_and(|r| r.sudo);
             let mut allowed = granted
-                .authorize(req.operation, &req.path, &req.data)
+                .authorize(req.operation, &req.path, &req.data, sudo_route)
                 .allowed;
             // A path that reaches its object under another name (a transit alias) must be
             // allowed on the object's own path too; the backend then gets that path.
             if allowed
-                && let Target::Mount { mounted, rel } = &mut target
-                && let Some(canonical) = mounted.backend.canonical_path(req.operation, rel).await?
+                && let Some(t) = &mut target
+                && let Some(canonical) = t.canonical(&req).await?
             {
-                allowed = req.path.strip_suffix(rel.as_str()).is_some_and(|mount| {
+                allowed = req.path.strip_suffix(t.rel.as_str()).is_some_and(|mount| {
                     let path = format!("{mount}{canonical}");
-                    granted.authorize(req.operation, &path, &req.data).allowed
+                    granted
+                        .authorize(req.operation, &path, &req.data, sudo_route)
+                        .allowed
                 });
-                *rel = canonical;
+                t.rel = canonical;
             }
             if !allowed {
                 let err = EngineError::PermissionDenied;
@@ -652,13 +693,11 @@ impl Core {
             acl = Some(granted);
         }
         // A request without effects is recorded with its response, after it ran; the
-        // response is released only if that succeeds (see `audit`).
-        let pure = match &target {
-            Target::Mount { mounted, rel } => mounted.backend.is_pure(req.operation, rel),
-            // No read or list under sys/ or auth/token/ changes anything.
-            Target::Sys(_) | Target::Token(_) | Target::Nothing => {
-                matches!(req.operation, Operation::Read | Operation::List)
-            }
+        // response is released only if that succeeds (see `audit`). A path no route
+        // serves runs nothing.
+        let pure = match route {
+            Some(r) => r.is_pure(req.operation),
+            None => matches!(req.operation, Operation::Read | Operation::List),
         };
         let received = audit.now();
         if !pure {
@@ -669,16 +708,15 @@ impl Core {
             (Some(_), Some(acl)) => acl.capabilities(&req.path).iter().any(|c| c == "sudo"),
             _ => false,
         };
-        let mount_max_ttl = match &target {
-            Target::Mount { mounted, .. } => mounted.entry.config.max_lease_ttl,
-            _ => 0,
-        };
         let mut result = self
-            .dispatch(&inner, target, entry.as_ref(), sudo, &req)
+            .dispatch(&inner, target.as_ref(), entry.as_ref(), sudo, &req)
             .await;
         if let Ok(resp) = &mut result
             && let Some(grant) = resp.login.take()
         {
+            let mount_max_ttl = target
+                .as_ref()
+                .map_or(0, |t| t.mounted.entry.config.max_lease_ttl);
             match inner.tokens.login(&grant, &req.path, mount_max_ttl).await {
                 Ok(auth) => resp.auth = Some(auth),
                 Err(e) => result = Err(e),
@@ -699,39 +737,60 @@ impl Core {
         result
     }
 
+    /// Match the route once more on the (possibly canonical) path, check the fields and
+    /// call the handler; unknown fields become Vault's warning on a success.
     async fn dispatch(
         &self,
         inner: &Arc<Unsealed>,
-        target: Target,
+        target: Option<&Target>,
         entry: Option<&Arc<TokenEntry>>,
         sudo: bool,
         req: &Request,
     ) -> Result<Response, EngineError> {
-        match target {
-            Target::Sys(rest) => self.handle_sys(inner, &rest, entry, req).await,
-            Target::Token(rest) => {
+        let Some(target) = target else {
+            return Err(EngineError::NotFound(format!(
+                "no handler for route {:?}: no mount at this path",
+                req.path
+            )));
+        };
+        let Some(br) = target.request(req) else {
+            return Err(EngineError::NotFound("unsupported path".to_owned()));
+        };
+        if !br.route.ops.contains(br.operation) {
+            return Err(EngineError::UnsupportedOperation);
+        }
+        let warnings = route::check_fields(br.route, &req.data)?;
+        let mut resp = match &target.mounted.handler {
+            Handler::Backend(backend) => backend.handle(br).await?,
+            Handler::System => self.handle_sys(inner, &br, entry, req).await?,
+            Handler::Token => {
                 let entry = entry.ok_or(EngineError::PermissionDenied)?;
                 let presented = req.token.as_ref().map(|t| t.expose()).unwrap_or_default();
                 inner
                     .tokens
-                    .handle(req.operation, &rest, &req.data, entry, presented, sudo)
-                    .await
+                    .handle(br.operation, br.path, &req.data, entry, presented, sudo)
+                    .await?
             }
-            Target::Mount { mounted, rel, .. } => {
-                mounted
-                    .backend
-                    .handle(BackendRequest {
-                        operation: req.operation,
-                        path: &rel,
-                        data: &req.data,
-                    })
-                    .await
-            }
-            Target::Nothing => Err(EngineError::NotFound(format!(
-                "no handler for route {:?}: no mount at this path",
-                req.path
-            ))),
-        }
+        };
+        resp.warnings.extend(warnings);
+        Ok(resp)
+    }
+
+    /// The route `op` on `path` (from the API root) matches, if any.
+    pub(crate) fn route_of(
+        &self,
+        inner: &Unsealed,
+        op: Operation,
+        path: &str,
+    ) -> Option<&'static Route> {
+        let target = Target::resolve(inner, path)?;
+        route::match_route(target.mounted.handler.routes(), op, &target.rel).map(|m| m.route)
+    }
+
+    /// `sys/seal` from an API request.
+    pub(crate) async fn seal_from_request(&self) {
+        let _op = self.op_lock.lock().await;
+        self.seal_locked();
     }
 
     async fn authenticate(
@@ -748,241 +807,67 @@ impl Core {
             .await?
             .ok_or(EngineError::PermissionDenied)
     }
-
-    async fn handle_sys(
-        &self,
-        inner: &Arc<Unsealed>,
-        rest: &str,
-        entry: Option<&Arc<TokenEntry>>,
-        req: &Request,
-    ) -> Result<Response, EngineError> {
-        let op = req.operation;
-        let is_write = matches!(op, Operation::Create | Operation::Update);
-        match rest {
-            "seal" if is_write => {
-                let _op = self.op_lock.lock().await;
-                self.seal_locked();
-                return Ok(Response::no_content());
-            }
-            "rotate" if is_write => {
-                let status = inner.barrier.rotate(self.clock.unix_seconds()).await?;
-                tracing::info!(target: "keyhaven::seal", term = status.term, "keyring rotated");
-                return Ok(Response::no_content());
-            }
-            "key-status" if op == Operation::Read => {
-                let s = inner.barrier.key_status()?;
-                let mut data = Map::new();
-                data.insert("term".to_owned(), json!(s.term));
-                data.insert(
-                    "install_time".to_owned(),
-                    json!(rfc3339(unix_to_time(s.installed_unix))),
-                );
-                data.insert("encryptions".to_owned(), json!(s.encryptions));
-                return Ok(Response {
-                    data: Some(data),
-                    top_level: true,
-                    ..Default::default()
-                });
-            }
-            "audit" if op == Operation::Read => {
-                return Ok(Response {
-                    data: Some(self.options.audit.list()),
-                    top_level: true,
-                    ..Default::default()
-                });
-            }
-            "capabilities-self" | "capabilities" | "capabilities-accessor" if is_write => {
-                return self.capabilities(inner, rest, entry, req).await;
-            }
-            _ => {}
-        }
-        if let Some(device) = rest.strip_prefix("audit-hash/") {
-            if !is_write {
-                return Err(EngineError::UnsupportedOperation);
-            }
-            let input = params::string(&req.data, "input")?
-                .ok_or_else(|| EngineError::invalid("missing parameter \"input\""))?;
-            let hash = self.options.audit.hash(device, input)?;
-            let mut data = Map::new();
-            data.insert("hash".to_owned(), Value::String(hash));
-            return Ok(Response {
-                data: Some(data),
-                top_level: true,
-                ..Default::default()
-            });
-        }
-        if let Some(r) = self.handle_sys_mounts(inner, rest, req).await {
-            return r;
-        }
-        if rest == "policies/explain" {
-            if !is_write {
-                return Err(EngineError::UnsupportedOperation);
-            }
-            return self.explain(inner, req).await;
-        }
-        if rest == "policy" || rest.starts_with("policy/") || rest.starts_with("policies/") {
-            return inner.policies.handle_sys(op, rest, &req.data).await;
-        }
-        Err(EngineError::NotFound(format!(
-            "no handler for route \"sys/{rest}\""
-        )))
-    }
-
-    /// `sys/policies/explain` (keyhaven extension): which policy and rule allow or deny
-    /// `operation` on `path` for a token (given by value or accessor).
-    ///
-    /// The path is evaluated as written, without asking the backend for its canonical
-    /// path: for a transit alias this explains the alias's path only, while a real request
-    /// through the alias must also be allowed on the key's path (see
-    /// [`crate::Backend::canonical_path`]).
-    async fn explain(&self, inner: &Arc<Unsealed>, req: &Request) -> Result<Response, EngineError> {
-        let d = &req.data;
-        let subject = if let Some(token) = params::string(d, "token")?.filter(|s| !s.is_empty()) {
-            inner
-                .tokens
-                .lookup_accessor_or_token(None, Some(token))
-                .await?
-        } else if let Some(accessor) = params::string(d, "accessor")?.filter(|s| !s.is_empty()) {
-            inner
-                .tokens
-                .lookup_accessor_or_token(Some(accessor), None)
-                .await?
-        } else {
-            return Err(EngineError::invalid(
-                "missing parameter \"token\" or \"accessor\"",
-            ));
-        };
-        let subject =
-            subject.ok_or_else(|| EngineError::invalid("unknown, expired or revoked token"))?;
-        let path = params::string(d, "path")?
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| EngineError::invalid("missing parameter \"path\""))?
-            .trim_start_matches('/');
-        let op = match params::string(d, "operation")?.unwrap_or("read") {
-            "read" => Operation::Read,
-            "create" => Operation::Create,
-            "update" | "write" => Operation::Update,
-            "patch" => Operation::Patch,
-            "delete" => Operation::Delete,
-            "list" => Operation::List,
-            other => return Err(EngineError::invalid(format!("unknown operation {other:?}"))),
-        };
-        let params = match d.get("parameters") {
-            Some(Value::Object(m)) => m.clone(),
-            _ => Map::new(),
-        };
-        let acl = inner.policies.acl_for(&subject.policies).await?;
-        let decision = acl.authorize(op, path, &params);
-        let mut data = Map::new();
-        data.insert("allowed".to_owned(), json!(decision.allowed));
-        data.insert("reason".to_owned(), json!(decision.reason));
-        data.insert("policy".to_owned(), json!(decision.policy));
-        data.insert("rule".to_owned(), json!(decision.rule));
-        data.insert("policies".to_owned(), json!(subject.policies));
-        data.insert("path".to_owned(), json!(path));
-        data.insert("operation".to_owned(), json!(op.as_str()));
-        Ok(Response::data(data))
-    }
-
-    /// `sys/capabilities-self`, `sys/capabilities` (another token) and
-    /// `sys/capabilities-accessor`.
-    async fn capabilities(
-        &self,
-        inner: &Arc<Unsealed>,
-        which: &str,
-        entry: Option<&Arc<TokenEntry>>,
-        req: &Request,
-    ) -> Result<Response, EngineError> {
-        let subject = match which {
-            "capabilities-self" => entry.cloned().ok_or(EngineError::PermissionDenied)?,
-            "capabilities" => {
-                let token = params::string(&req.data, "token")?
-                    .ok_or_else(|| EngineError::invalid("missing parameter \"token\""))?;
-                // Asking about a token does not spend one of its uses.
-                inner
-                    .tokens
-                    .lookup_accessor_or_token(None, Some(token))
-                    .await?
-                    .ok_or_else(|| EngineError::invalid("invalid token"))?
-            }
-            _ => {
-                let accessor = params::string(&req.data, "accessor")?
-                    .ok_or_else(|| EngineError::invalid("missing parameter \"accessor\""))?;
-                inner
-                    .tokens
-                    .lookup_accessor(accessor)
-                    .await?
-                    .ok_or_else(|| EngineError::invalid("invalid accessor"))?
-            }
-        };
-        let paths = match params::string_list(&req.data, "paths")? {
-            Some(p) if !p.is_empty() => p,
-            _ => match params::string(&req.data, "path")? {
-                Some(p) => vec![p.to_owned()],
-                None => return Err(EngineError::invalid("missing parameter \"paths\"")),
-            },
-        };
-        let acl = inner.policies.acl_for(&subject.policies).await?;
-        let mut data = Map::new();
-        let mut all = Vec::new();
-        for p in &paths {
-            let caps = acl.capabilities(p.trim_start_matches('/'));
-            all.extend(caps.iter().cloned());
-            data.insert(p.clone(), json!(caps));
-        }
-        if paths.len() == 1 {
-            data.insert("capabilities".to_owned(), json!(all));
-        }
-        Ok(Response {
-            data: Some(data),
-            top_level: true,
-            ..Default::default()
-        })
-    }
 }
 
-/// Where a request path goes.
-enum Target {
-    Sys(String),
-    Token(String),
-    Mount { mounted: Mounted, rel: String },
-    Nothing,
+/// The mount a request path reaches, and the path relative to it.
+struct Target {
+    mounted: Mounted,
+    rel: String,
 }
 
 impl Target {
-    fn resolve(inner: &Unsealed, path: &str) -> Target {
-        if let Some(rest) = path.strip_prefix("sys/") {
-            return Target::Sys(rest.to_owned());
-        }
-        if let Some(rest) = path.strip_prefix("auth/") {
-            if let Some(tok) = rest.strip_prefix("token/") {
-                return Target::Token(tok.to_owned());
-            }
-            if rest == "token" {
-                return Target::Token(String::new());
-            }
-            let router = inner.auth.read().clone();
-            return match router.route(rest) {
-                Some((m, rel)) => Target::Mount {
-                    mounted: m.clone(),
-                    rel: rel.to_owned(),
-                },
-                None => Target::Nothing,
-            };
-        }
-        let router = inner.secrets.read().clone();
-        match router.route(path) {
-            Some((m, rel)) => Target::Mount {
-                mounted: m.clone(),
-                rel: rel.to_owned(),
-            },
-            None => Target::Nothing,
+    /// `sys/…` and secret engines route from the root, auth methods (`auth/token/`
+    /// included) under `auth/`.
+    fn resolve(inner: &Unsealed, path: &str) -> Option<Target> {
+        let (router, path) = match path.strip_prefix("auth/") {
+            Some(rest) => (inner.auth.read().clone(), rest),
+            None if path == "auth" => return None,
+            None => (inner.secrets.read().clone(), path),
+        };
+        router.route(path).map(|(m, rel)| Target {
+            mounted: m.clone(),
+            rel: rel.to_owned(),
+        })
+    }
+
+    /// The request as the mount's handler sees it, if a route matches.
+    fn request<'a>(&'a self, req: &'a Request) -> Option<BackendRequest<'a>> {
+        let m = route::match_route(self.mounted.handler.routes(), req.operation, &self.rel)?;
+        Some(BackendRequest {
+            operation: req.operation,
+            path: &self.rel,
+            route: m.route,
+            captures: m.captures,
+            data: &req.data,
+        })
+    }
+
+    /// The relative path with the object's own name, when the route resolves aliases and
+    /// the captured name is one.
+    async fn canonical(&self, req: &Request) -> Result<Option<String>, EngineError> {
+        let Handler::Backend(backend) = &self.mounted.handler else {
+            return Ok(None);
+        };
+        let Some(br) = self.request(req) else {
+            return Ok(None);
+        };
+        let Some(capture) = br.route.alias_capture_for(req.operation) else {
+            return Ok(None);
+        };
+        let Some(name) = br.captures.get(capture) else {
+            return Ok(None);
+        };
+        let Some(real) = backend.resolve_alias(name).await? else {
+            return Ok(None);
+        };
+        // `name` is a slice of `rel`: put the real name in its place.
+        let start = (name.as_ptr() as usize).saturating_sub(self.rel.as_ptr() as usize);
+        let end = start + name.len();
+        match (self.rel.get(..start), self.rel.get(end..)) {
+            (Some(before), Some(after)) => Ok(Some(format!("{before}{real}{after}"))),
+            _ => Ok(None),
         }
     }
-}
-
-fn unix_to_time(secs: i64) -> std::time::SystemTime {
-    std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
 /// Delete every key under `prefix`, folder by folder.

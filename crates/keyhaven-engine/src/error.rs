@@ -43,6 +43,11 @@ pub enum EngineError {
     /// A cryptographic operation failed for a reason other than bad input.
     #[error("cryptographic failure")]
     Crypto,
+    /// The version a KV read or patch addresses was deleted or destroyed: a 404 that, as
+    /// in Vault, still carries what is known about the version (its metadata, never its
+    /// value).
+    #[error("the version was deleted or destroyed")]
+    VersionGone(Box<serde_json::Map<String, serde_json::Value>>),
     /// A dependency is temporarily unavailable.
     #[error("{0}")]
     Unavailable(String),
@@ -59,7 +64,7 @@ impl EngineError {
         match self {
             EngineError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             EngineError::PermissionDenied => ErrorCode::PermissionDenied,
-            EngineError::NotFound(_) => ErrorCode::NotFound,
+            EngineError::NotFound(_) | EngineError::VersionGone(_) => ErrorCode::NotFound,
             EngineError::UnsupportedOperation => ErrorCode::UnsupportedOperation,
             EngineError::PreconditionFailed(_) => ErrorCode::PreconditionFailed,
             EngineError::Sealed => ErrorCode::Sealed,

@@ -21,18 +21,21 @@ pub mod kv;
 pub mod params;
 pub mod policy;
 mod request;
+pub mod route;
 pub mod transit;
 
 pub use backend::{Backend, BackendContext, BackendRequest, Limits};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::EngineError;
-pub use request::{ClientToken, Operation, Request, Response};
+pub use request::{BatchFailure, ClientToken, Operation, Request, Response};
 
 mod barrier;
 mod core;
 mod mounts;
+mod sys;
 mod sys_mounts;
 mod token;
+mod token_routes;
 
 pub use crate::barrier::KeyStatus;
 pub use crate::core::{Core, CoreOptions, InitParams, InitResult, SealStatus, UnsealInput};

@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::backend::{Backend, BackendContext, Limits};
 use crate::clock::Clock;
 use crate::error::EngineError;
+use crate::route::Route;
 
 pub(crate) const MOUNTS_PATH: &str = "core/mounts";
 const LOGICAL_PREFIX: &str = "logical/";
@@ -66,41 +67,103 @@ pub struct MountEntry {
 }
 
 impl MountEntry {
-    /// The JSON shape Vault gives for one mount in `sys/mounts`.
+    /// The JSON shape Vault gives for one mount in `sys/mounts` and `sys/auth`. The
+    /// built-in mounts have the keys OpenBao gives them: no `deprecation_status`, and
+    /// their own `config` entries.
     pub fn to_api(&self) -> Value {
-        json!({
+        let builtin = Builtin::of(&self.kind);
+        let mut config = json!({
+            "default_lease_ttl": self.config.default_lease_ttl,
+            "max_lease_ttl": self.config.max_lease_ttl,
+            "force_no_cache": false,
+        });
+        match (builtin, config.as_object_mut()) {
+            (Some(Builtin::System), Some(c)) => {
+                c.insert("passthrough_request_headers".to_owned(), json!(["Accept"]));
+            }
+            (Some(Builtin::Token), Some(c)) => {
+                c.insert("token_type".to_owned(), json!("default-service"));
+            }
+            _ => {}
+        }
+        let mut api = json!({
             "type": self.kind,
             "description": self.description,
             "accessor": self.accessor,
             "uuid": self.uuid,
             "options": if self.options.is_empty() { Value::Null } else { Value::Object(self.options.clone()) },
-            "config": {
-                "default_lease_ttl": self.config.default_lease_ttl,
-                "max_lease_ttl": self.config.max_lease_ttl,
-                "force_no_cache": false,
-            },
+            "config": config,
             "local": false,
-            "seal_wrap": false,
+            "seal_wrap": builtin == Some(Builtin::System),
             "external_entropy_access": false,
             "plugin_version": "",
             "running_plugin_version": "",
             "running_sha256": "",
-            "deprecation_status": "supported",
-        })
+        });
+        if builtin.is_none()
+            && let Some(api) = api.as_object_mut()
+        {
+            api.insert("deprecation_status".to_owned(), json!("supported"));
+        }
+        api
     }
 }
 
-/// The `sys/` pseudo-mount as listed by `sys/mounts`.
-pub(crate) fn sys_entry() -> MountEntry {
-    MountEntry {
-        path: "sys/".to_owned(),
-        kind: "system".to_owned(),
-        description: "system endpoints used for control, policy and debugging".to_owned(),
-        accessor: "system_00000000".to_owned(),
-        uuid: "00000000-0000-0000-0000-000000000000".to_owned(),
-        options: Map::new(),
-        config: MountConfig::default(),
-        created: 0,
+/// The mounts every server has, served by the core itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Builtin {
+    /// `sys/`, in the secrets table.
+    System,
+    /// `auth/token/`, in the auth table.
+    Token,
+}
+
+impl Builtin {
+    fn of(kind: &str) -> Option<Builtin> {
+        match kind {
+            "system" => Some(Builtin::System),
+            "token" => Some(Builtin::Token),
+            _ => None,
+        }
+    }
+
+    /// The built-in mount of `table`.
+    pub(crate) fn of_table(table: Table) -> Builtin {
+        match table {
+            Table::Secrets => Builtin::System,
+            Table::Auth => Builtin::Token,
+        }
+    }
+
+    /// Whether `entry` is this built-in mount.
+    pub(crate) fn is(self, entry: &MountEntry) -> bool {
+        Builtin::of(&entry.kind) == Some(self)
+    }
+
+    /// A new entry for this mount, with its own uuid and accessor, as the first unseal
+    /// records it.
+    pub(crate) fn new_entry(self, now: i64) -> MountEntry {
+        let (path, kind, description, accessor_prefix) = match self {
+            Builtin::System => (
+                "sys/",
+                "system",
+                "system endpoints used for control, policy and debugging",
+                "system",
+            ),
+            Builtin::Token => ("token/", "token", "token based credentials", "auth_token"),
+        };
+        let uuid = uuid::Uuid::new_v4();
+        let simple = uuid.simple().to_string();
+        MountEntry {
+            path: path.to_owned(),
+            kind: kind.to_owned(),
+            description: description.to_owned(),
+            accessor: format!("{accessor_prefix}_{}", simple.get(..8).unwrap_or_default()),
+            uuid: uuid.to_string(),
+            options: Map::new(),
+            config: MountConfig::default(),
+            created: now,
+        }
     }
 }
 
@@ -212,7 +275,12 @@ pub(crate) fn instantiate(
     clock: Arc<dyn Clock>,
     outbound: Option<Arc<dyn crate::auth::Outbound>>,
     limits: Limits,
-) -> Result<Arc<dyn Backend>, EngineError> {
+) -> Result<Handler, EngineError> {
+    match (table, Builtin::of(&entry.kind)) {
+        (Table::Secrets, Some(Builtin::System)) => return Ok(Handler::System),
+        (Table::Auth, Some(Builtin::Token)) => return Ok(Handler::Token),
+        _ => {}
+    }
     let storage: Arc<dyn Store> = Arc::new(ScopedStore::new(
         barrier,
         table.storage_prefix(&entry.uuid),
@@ -224,7 +292,7 @@ pub(crate) fn instantiate(
         outbound,
         limits,
     };
-    match (table, entry.kind.as_str()) {
+    let backend = match (table, entry.kind.as_str()) {
         (Table::Secrets, "kv") => crate::kv::factory(ctx),
         (Table::Secrets, "transit") => crate::transit::factory(ctx),
         (Table::Auth, "kubernetes") => crate::auth::kubernetes::factory(ctx),
@@ -232,7 +300,8 @@ pub(crate) fn instantiate(
         (_, other) => Err(EngineError::invalid(format!(
             "unknown backend type {other:?}"
         ))),
-    }
+    }?;
+    Ok(Handler::Backend(backend))
 }
 
 /// Normalise an auth method type as `sys/auth` accepts it.
@@ -249,10 +318,32 @@ pub fn normalize_auth_type(kind: &str) -> Result<String, EngineError> {
 }
 
 /// A mounted backend in the router.
+/// What serves a mount's routes.
+#[derive(Clone)]
+pub(crate) enum Handler {
+    /// `sys/`: the core ([`crate::sys`]).
+    System,
+    /// `auth/token/`: the token store.
+    Token,
+    /// A secret engine or auth method.
+    Backend(Arc<dyn Backend>),
+}
+
+impl Handler {
+    /// The route table.
+    pub(crate) fn routes(&self) -> &'static [Route] {
+        match self {
+            Handler::System => crate::sys::ROUTES,
+            Handler::Token => crate::token_routes::ROUTES,
+            Handler::Backend(b) => b.routes(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct Mounted {
     pub entry: MountEntry,
-    pub backend: Arc<dyn Backend>,
+    pub handler: Handler,
 }
 
 /// Mounts by path, longest first, for prefix routing.

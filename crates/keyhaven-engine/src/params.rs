@@ -354,40 +354,6 @@ pub fn nullable_string_map(
     }
 }
 
-/// Refuse parameters this endpoint does not know, naming them.
-pub fn reject_unknown(data: &Map<String, Value>, allowed: &[&str]) -> Result<(), EngineError> {
-    let unknown: Vec<&str> = data
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !allowed.contains(k))
-        .collect();
-    if unknown.is_empty() {
-        Ok(())
-    } else {
-        Err(EngineError::invalid(format!(
-            "unknown parameters: {}",
-            unknown.join(", ")
-        )))
-    }
-}
-
-/// Vault's warning for request fields an endpoint does not use.
-pub(crate) fn ignored_fields(data: &Map<String, Value>, known: &[&str]) -> Vec<String> {
-    let ignored: Vec<&str> = data
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !known.contains(k))
-        .collect();
-    if ignored.is_empty() {
-        Vec::new()
-    } else {
-        vec![format!(
-            "Endpoint ignored these unrecognized parameters: [{}]",
-            ignored.join(" ")
-        )]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

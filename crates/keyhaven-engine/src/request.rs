@@ -92,26 +92,37 @@ impl fmt::Debug for Request {
     }
 }
 
-/// What a successful request returns. The server wraps it in Vault's envelope
-/// (`request_id`, `lease_id`, `data`, `warnings`, …); a response with no data, no auth
-/// and no warnings becomes `204 No Content`.
+/// What a successful request returns: data, a token grant (`auth`, or a login the core
+/// turns into one), warnings, or nothing. The server alone turns it into HTTP: Vault's
+/// envelope (`request_id`, `lease_id`, `data`, `warnings`, …), or `204 No Content` for
+/// a response with no data, no auth and no warnings. A failure is an
+/// [`crate::EngineError`], whose code decides the status.
 #[derive(Default)]
 pub struct Response {
     /// The `data` object.
     pub data: Option<Map<String, Value>>,
-    /// The `auth` object (logins, token creation).
+    /// The `auth` object (token creation).
     pub auth: Option<Map<String, Value>>,
     /// Human-readable warnings.
     pub warnings: Vec<String>,
-    /// When set, these fields are also copied to the top level of the body (Vault does
-    /// this for some `sys/` endpoints, e.g. `sys/mounts`).
-    pub top_level: bool,
-    /// An HTTP status other than the default (200, or 204 when empty). KV v2 uses it to
-    /// answer a read of a deleted version with 404 *and* its metadata, as Vault does.
-    pub status: Option<u16>,
     /// Set by auth methods on a successful login; the core mints a token from it and
     /// fills `auth`.
     pub login: Option<crate::auth::LoginGrant>,
+    /// Set when items of a batch failed and the batch as a whole counts as failed
+    /// (transit encrypt, decrypt, rewrap): `data` still holds every item's result.
+    pub batch_failure: Option<BatchFailure>,
+}
+
+/// Items of a batch failed. Vault answers such a batch with an error status and the
+/// per-item results; the server picks the status from this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchFailure {
+    /// Only internal faults failed items (no item was the client's mistake): 500 rather
+    /// than 400.
+    pub internal: bool,
+    /// The status the client asked for when some items succeeded
+    /// (`partial_failure_response_code`).
+    pub status_override: Option<u16>,
 }
 
 impl Response {
@@ -130,7 +141,10 @@ impl Response {
 
     /// Whether the server should answer `204 No Content`.
     pub fn is_empty(&self) -> bool {
-        self.data.is_none() && self.auth.is_none() && self.warnings.is_empty()
+        self.data.is_none()
+            && self.auth.is_none()
+            && self.warnings.is_empty()
+            && self.batch_failure.is_none()
     }
 }
 

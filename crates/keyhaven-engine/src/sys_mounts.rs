@@ -1,5 +1,5 @@
-//! `sys/mounts`, `sys/auth` and `sys/internal/ui/mounts`: enabling, listing, tuning and
-//! disabling secret engines and auth methods.
+//! What `sys/mounts`, `sys/auth` and `sys/internal/ui/mounts` do: enabling, listing,
+//! tuning and disabling secret engines and auth methods ([`crate::sys`] routes to it).
 
 use std::sync::Arc;
 
@@ -12,74 +12,7 @@ use crate::mounts::{self, MountConfig, MountEntry, Mounted, Router, Table};
 use crate::params;
 use crate::request::{Operation, Request, Response};
 
-fn table_entry(e: &MountEntry) -> Value {
-    e.to_api()
-}
-
-/// The built-in `auth/token/` entry, as `sys/auth` lists it.
-fn token_auth_entry() -> Value {
-    json!({
-        "type": "token",
-        "description": "token based credentials",
-        "accessor": "auth_token_00000000",
-        "uuid": "00000000-0000-0000-0000-000000000001",
-        "options": null,
-        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false, "token_type": "default-service"},
-        "local": false,
-        "seal_wrap": false,
-        "external_entropy_access": false,
-        "plugin_version": "",
-        "running_plugin_version": "",
-        "running_sha256": "",
-        "deprecation_status": "supported",
-    })
-}
-
 impl Core {
-    /// Handle the mount-table paths under `sys/`; `None` if `rest` is not one of them.
-    pub(crate) async fn handle_sys_mounts(
-        &self,
-        inner: &Arc<Unsealed>,
-        rest: &str,
-        req: &Request,
-    ) -> Option<Result<Response, EngineError>> {
-        let op = req.operation;
-        let result = match rest {
-            "mounts" if op == Operation::Read => Ok(self.list_table(inner, Table::Secrets)),
-            "auth" if op == Operation::Read => Ok(self.list_table(inner, Table::Auth)),
-            "internal/ui/mounts" if op == Operation::Read => {
-                Ok(self.list_table(inner, Table::Secrets))
-            }
-            _ => {
-                if let Some(path) = rest.strip_prefix("internal/ui/mounts/") {
-                    if op != Operation::Read {
-                        return Some(Err(EngineError::UnsupportedOperation));
-                    }
-                    return Some(self.ui_mount(inner, path));
-                }
-                let (table, path) = if let Some(p) = rest.strip_prefix("mounts/") {
-                    (Table::Secrets, p)
-                } else if let Some(p) = rest.strip_prefix("auth/") {
-                    (Table::Auth, p)
-                } else {
-                    return None;
-                };
-                if let Some(mount) = path.strip_suffix("/tune") {
-                    return Some(self.tune_mount(inner, table, mount, req).await);
-                }
-                match op {
-                    Operation::Create | Operation::Update => {
-                        self.enable_from_request(inner, table, path, req).await
-                    }
-                    Operation::Delete => self.disable_mount(inner, table, path).await,
-                    Operation::Read => self.read_mount(inner, table, path),
-                    _ => Err(EngineError::UnsupportedOperation),
-                }
-            }
-        };
-        Some(result)
-    }
-
     fn normalize(table: Table, path: &str) -> Result<String, EngineError> {
         match table {
             Table::Secrets => mounts::normalize_path(path),
@@ -87,29 +20,16 @@ impl Core {
         }
     }
 
-    fn list_table(&self, inner: &Unsealed, table: Table) -> Response {
+    pub(crate) fn list_table(&self, inner: &Unsealed, table: Table) -> Response {
         let router = inner.router(table).read().clone();
         let mut data = Map::new();
-        match table {
-            Table::Secrets => {
-                let sys = mounts::sys_entry();
-                data.insert(sys.path.clone(), table_entry(&sys));
-            }
-            Table::Auth => {
-                data.insert("token/".to_owned(), token_auth_entry());
-            }
-        }
         for e in router.entries() {
-            data.insert(e.path.clone(), table_entry(e));
+            data.insert(e.path.clone(), e.to_api());
         }
-        Response {
-            data: Some(data),
-            top_level: true,
-            ..Default::default()
-        }
+        Response::data(data)
     }
 
-    fn read_mount(
+    pub(crate) fn read_mount(
         &self,
         inner: &Unsealed,
         table: Table,
@@ -129,7 +49,7 @@ impl Core {
         }
     }
 
-    fn ui_mount(&self, inner: &Unsealed, path: &str) -> Result<Response, EngineError> {
+    pub(crate) fn ui_mount(&self, inner: &Unsealed, path: &str) -> Result<Response, EngineError> {
         let router = inner.secrets.read().clone();
         let (mounted, _) = router
             .route(path.trim_start_matches('/'))
@@ -142,7 +62,7 @@ impl Core {
         Ok(Response::data(api))
     }
 
-    async fn enable_from_request(
+    pub(crate) async fn enable_from_request(
         &self,
         inner: &Arc<Unsealed>,
         table: Table,
@@ -228,7 +148,7 @@ impl Core {
             created: self.clock.unix_seconds(),
         };
         let view: Arc<dyn Store> = inner.barrier.clone();
-        let backend = mounts::instantiate(
+        let handler = mounts::instantiate(
             table,
             &entry,
             view,
@@ -239,7 +159,7 @@ impl Core {
         let mut all = current.mounted().to_vec();
         all.push(Mounted {
             entry: entry.clone(),
-            backend,
+            handler,
         });
         self.persist_table(inner, table, &all).await?;
         *inner.router(table).write() = Arc::new(Router::new(all));
@@ -259,7 +179,7 @@ impl Core {
         Ok(())
     }
 
-    async fn disable_mount(
+    pub(crate) async fn disable_mount(
         &self,
         inner: &Arc<Unsealed>,
         table: Table,
@@ -286,7 +206,7 @@ impl Core {
         Ok(Response::no_content())
     }
 
-    async fn tune_mount(
+    pub(crate) async fn tune_mount(
         &self,
         inner: &Arc<Unsealed>,
         table: Table,

@@ -8,8 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use async_trait::async_trait;
 use keyhaven_engine::clock::rfc3339;
 use keyhaven_engine::{
-    Backend, BackendContext, BackendRequest, Clock, EngineError, ManualClock, Operation, Response,
-    kv,
+    Backend, BackendContext, Clock, EngineError, ManualClock, Operation, kv, route,
 };
 use keyhaven_storage::{MAX_LIST_PAGE, MemStore, StorageError, Store, Transaction, TxOutcome};
 use serde_json::{Map, Value, json};
@@ -53,6 +52,34 @@ impl Store for Probe {
             return Ok(TxOutcome::ConditionFailed { index: 0 });
         }
         self.inner.transact(tx).await
+    }
+}
+
+/// A response as the client sees it: its status when not 200 or 204, its data and
+/// warnings. `Debug` shows the data's keys only, as the engine's `Response` does.
+struct Answer {
+    status: Option<u16>,
+    data: Option<Map<String, Value>>,
+    warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("status", &self.status)
+            .field(
+                "data_keys",
+                &self.data.as_ref().map(|d| d.keys().collect::<Vec<_>>()),
+            )
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+impl Answer {
+    /// Whether the server answers 204 No Content.
+    fn is_empty(&self) -> bool {
+        self.status.is_none() && self.data.is_none() && self.warnings.is_empty()
     }
 }
 
@@ -114,18 +141,25 @@ impl Kv {
         operation: Operation,
         path: &str,
         body: Value,
-    ) -> Result<Response, EngineError> {
+    ) -> Result<Answer, EngineError> {
         let data = obj(body);
-        self.backend
-            .handle(BackendRequest {
-                operation,
-                path,
-                data: &data,
-            })
-            .await
+        match route::call(self.backend.as_ref(), operation, path, &data).await {
+            Ok(r) => Ok(Answer {
+                status: None,
+                data: r.data,
+                warnings: r.warnings,
+            }),
+            // What the server answers with 404 and the version's metadata.
+            Err(EngineError::VersionGone(data)) => Ok(Answer {
+                status: Some(404),
+                data: Some(*data),
+                warnings: Vec::new(),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
-    async fn ok(&self, operation: Operation, path: &str, body: Value) -> Response {
+    async fn ok(&self, operation: Operation, path: &str, body: Value) -> Answer {
         match self.call(operation, path, body).await {
             Ok(r) => r,
             Err(e) => panic!("{operation} {path}: {e}"),

@@ -335,9 +335,19 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
         data,
         token,
     };
+    let shape = WireShape::of(&request.path);
     let result = state.core.handle(request).await;
     let resp = match result {
-        Ok(resp) => envelope(resp, &request_id),
+        Ok(resp) => envelope(resp, shape, &request_id),
+        // A deleted KV version: Vault's 404 that still carries the version's metadata.
+        Err(EngineError::VersionGone(data)) => json_response(
+            StatusCode::NOT_FOUND,
+            &Envelope {
+                resp: &Response::data(*data),
+                request_id: &request_id,
+            },
+            &request_id,
+        ),
         Err(err) => error_response(&err, &request_id),
     };
     tracing::debug!(
@@ -352,21 +362,74 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
     resp
 }
 
+/// How a path's successful answers look on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WireShape {
+    /// Vault's envelope.
+    Envelope,
+    /// The envelope, with the data fields also at the top level: Vault's older `sys/`
+    /// endpoints answer so, and clients read either.
+    TopLevel,
+    /// The data object alone, as the body (`sys/internal/specs/openapi`).
+    Raw,
+}
+
+impl WireShape {
+    fn of(path: &str) -> WireShape {
+        let Some(rest) = path.strip_prefix("sys/") else {
+            return WireShape::Envelope;
+        };
+        match rest {
+            "internal/specs/openapi" => WireShape::Raw,
+            "mounts"
+            | "auth"
+            | "internal/ui/mounts"
+            | "audit"
+            | "key-status"
+            | "policy"
+            | "capabilities"
+            | "capabilities-self"
+            | "capabilities-accessor" => WireShape::TopLevel,
+            _ if rest.starts_with("policy/") || rest.starts_with("audit-hash/") => {
+                WireShape::TopLevel
+            }
+            _ => WireShape::Envelope,
+        }
+    }
+}
+
 /// Wrap an engine response in Vault's envelope.
-fn envelope(resp: Response, request_id: &str) -> HttpResponse {
-    if resp.is_empty() && resp.status.is_none() {
+fn envelope(resp: Response, shape: WireShape, request_id: &str) -> HttpResponse {
+    if resp.is_empty() {
         let mut r = StatusCode::NO_CONTENT.into_response();
         if let Ok(v) = HeaderValue::from_str(request_id) {
             r.headers_mut().insert("x-request-id", v);
         }
         return r;
     }
-    let status = resp
-        .status
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::OK);
-    if resp.top_level {
-        return json_response(status, &top_level_envelope(resp, request_id), request_id);
+    // A batch whose failed items fail the whole request (transit): 400 when an item was
+    // the client's mistake, 500 when only internal faults failed items, or the status
+    // the client asked for with `partial_failure_response_code`.
+    let status = match resp.batch_failure {
+        None => StatusCode::OK,
+        Some(f) => f
+            .status_override
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(if f.internal {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::BAD_REQUEST
+            }),
+    };
+    match shape {
+        WireShape::Raw => {
+            let body = resp.data.map(Value::Object).unwrap_or(Value::Null);
+            return json_response(status, &body, request_id);
+        }
+        WireShape::TopLevel => {
+            return json_response(status, &top_level_envelope(resp, request_id), request_id);
+        }
+        WireShape::Envelope => {}
     }
     json_response(
         status,
@@ -410,10 +473,14 @@ impl serde::Serialize for Envelope<'_> {
 /// (some `sys/` endpoints); the envelope's own fields win over data fields of the same
 /// name.
 fn top_level_envelope(resp: Response, request_id: &str) -> Value {
+    built_envelope(resp, request_id, true)
+}
+
+/// Vault's envelope as a JSON tree; with `top_level`, the data fields are copied to the
+/// top level too.
+fn built_envelope(resp: Response, request_id: &str, top_level: bool) -> Value {
     let mut body = Map::new();
-    if resp.top_level
-        && let Some(data) = &resp.data
-    {
+    if top_level && let Some(data) = &resp.data {
         for (k, v) in data {
             body.insert(k.clone(), v.clone());
         }
@@ -681,6 +748,31 @@ mod tests {
     /// The envelope written straight from the response is byte for byte the one the
     /// JSON-tree builder writes (which top-level responses still use).
     #[test]
+    fn legacy_sys_paths_answer_at_the_top_level_too() {
+        for path in [
+            "sys/mounts",
+            "sys/auth",
+            "sys/policy",
+            "sys/policy/a",
+            "sys/audit",
+            "sys/key-status",
+            "sys/capabilities-self",
+            "sys/audit-hash/file",
+        ] {
+            assert_eq!(WireShape::of(path), WireShape::TopLevel, "{path}");
+        }
+        for path in [
+            "sys/policies/acl/a",
+            "sys/mounts/kv",
+            "secret/data/policy",
+            "sys/rotate",
+        ] {
+            assert_eq!(WireShape::of(path), WireShape::Envelope, "{path}");
+        }
+        assert_eq!(WireShape::of("sys/internal/specs/openapi"), WireShape::Raw);
+    }
+
+    #[test]
     fn the_streamed_envelope_equals_the_built_one() {
         let cases: Vec<fn() -> Response> = vec![
             || {
@@ -705,11 +797,6 @@ mod tests {
                 ..Default::default()
             },
             || Response {
-                data: Some(json!({"metadata": {}}).as_object().unwrap().clone()),
-                status: Some(404),
-                ..Default::default()
-            },
-            || Response {
                 warnings: vec!["only a warning".into()],
                 ..Default::default()
             },
@@ -720,7 +807,7 @@ mod tests {
                 request_id: "id-1",
             })
             .unwrap();
-            let built = serde_json::to_vec(&top_level_envelope(make(), "id-1")).unwrap();
+            let built = serde_json::to_vec(&built_envelope(make(), "id-1", false)).unwrap();
             assert_eq!(
                 String::from_utf8(streamed).unwrap(),
                 String::from_utf8(built).unwrap()

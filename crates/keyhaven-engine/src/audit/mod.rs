@@ -493,6 +493,7 @@ impl ErrorText {
             | EngineError::NotInitialized
             | EngineError::AlreadyInitialized
             | EngineError::Storage(_)
+            | EngineError::VersionGone(_)
             | EngineError::Crypto => ErrorText::Clear(e.to_string()),
             EngineError::InvalidRequest(_)
             | EngineError::NotFound(_)

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+
 use keyhaven_storage::{MAX_LIST_PAGE, Store};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -10,25 +12,116 @@ use serde_json::{Map, Value, json};
 
 use super::LoginGrant;
 use super::validator::Rejection;
+use crate::backend::BackendRequest;
 use crate::error::EngineError;
 use crate::params;
-use crate::request::Response;
+use crate::request::{Operation, Response};
+use crate::route::{Field, Ops, Route};
 
 /// The token parameters every role accepts (Vault's `tokenutil` fields we support),
 /// including the deprecated aliases `policies`, `ttl`, `max_ttl` and `period`.
-pub(crate) const TOKEN_PARAMS: &[&str] = &[
-    "token_policies",
-    "policies",
-    "token_ttl",
-    "ttl",
-    "token_max_ttl",
-    "max_ttl",
-    "token_period",
-    "period",
-    "token_num_uses",
-    "token_no_default_policy",
-    "token_type",
+pub(crate) const TOKEN_FIELDS: &[Field] = &[
+    Field::str_list("token_policies", "Policies of the tokens logins get."),
+    Field::str_list("policies", "Deprecated: token_policies."),
+    Field::duration("token_ttl", "TTL of the tokens logins get."),
+    Field::duration("ttl", "Deprecated: token_ttl."),
+    Field::duration("token_max_ttl", "Maximum TTL of the tokens logins get."),
+    Field::duration("max_ttl", "Deprecated: token_max_ttl."),
+    Field::duration(
+        "token_period",
+        "Period of the tokens logins get (periodic tokens).",
+    ),
+    Field::duration("period", "Deprecated: token_period."),
+    Field::uint(
+        "token_num_uses",
+        "Uses of the tokens logins get (0: unlimited).",
+    ),
+    Field::bool("token_no_default_policy", "Leave out the default policy."),
+    Field::str("token_type", "service or default-service."),
 ];
+
+/// The fields of a login.
+pub(crate) const LOGIN_FIELDS: &[Field] = &[
+    Field::str("role", "The role to log in with.").required(),
+    Field::str("jwt", "The signed token to exchange.").required(),
+];
+
+/// The routes of a method with a config, named roles and a login (jwt, kubernetes),
+/// given each one's own fields. None is declared pure: an auth method's reads are
+/// recorded before they run, like its writes.
+pub(crate) const fn role_method_routes(
+    config: &'static [Field],
+    role: &'static [Field],
+) -> [Route; 4] {
+    [
+        Route::new("config", "The method's configuration.")
+            .ops(Ops::READ)
+            .ops(Ops::WRITE)
+            .fields(config),
+        Route::new("role", "List the roles.").ops(Ops::LIST),
+        Route::new(
+            "role/{name}",
+            "A role: who may log in, and the token they get.",
+        )
+        .ops(Ops::READ)
+        .ops(Ops::WRITE.and(Ops::DELETE))
+        .fields(role)
+        .shared_fields(TOKEN_FIELDS),
+        Route::new("login", "Exchange a signed token for a keyhaven token.")
+            .ops(Ops::WRITE)
+            .fields(LOGIN_FIELDS)
+            .unauthenticated(),
+    ]
+}
+
+/// What the jwt and kubernetes methods do on [`role_method_routes`].
+#[async_trait]
+pub(crate) trait RoleMethod: Send + Sync {
+    /// The method's storage.
+    fn storage(&self) -> &Arc<dyn Store>;
+    /// `config`, read.
+    async fn config_read(&self) -> Result<Response, EngineError>;
+    /// `config`, write.
+    async fn config_write(&self, data: &Map<String, Value>) -> Result<Response, EngineError>;
+    /// `role/<name>`, read (the name is valid).
+    async fn role_read(&self, name: &str) -> Result<Response, EngineError>;
+    /// `role/<name>`, write (the name is valid).
+    async fn role_write(
+        &self,
+        name: &str,
+        data: &Map<String, Value>,
+    ) -> Result<Response, EngineError>;
+    /// `login`.
+    async fn login(&self, data: &Map<String, Value>) -> Result<Response, EngineError>;
+}
+
+/// Serve a request matched to one of [`role_method_routes`].
+pub(crate) async fn handle_role_method<M: RoleMethod>(
+    method: &M,
+    req: BackendRequest<'_>,
+) -> Result<Response, EngineError> {
+    use Operation::{Create, Delete, List, Read, Update};
+    match (req.route.pattern, req.operation) {
+        ("config", Read) => method.config_read().await,
+        ("config", Create | Update) => method.config_write(req.data).await,
+        ("role", List) => list_roles(method.storage()).await,
+        ("login", Create | Update) => method.login(req.data).await,
+        ("role/{name}", op) => {
+            let name = req.capture("name");
+            validate_role_name(name)?;
+            match op {
+                Read => method.role_read(name).await,
+                Create | Update => method.role_write(name, req.data).await,
+                Delete => {
+                    method.storage().delete(&role_key(name)).await?;
+                    Ok(Response::no_content())
+                }
+                _ => Err(EngineError::UnsupportedOperation),
+            }
+        }
+        _ => Err(EngineError::UnsupportedOperation),
+    }
+}
 
 /// The token a role's logins get.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -31,8 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::common::{
-    self, Failure, TOKEN_PARAMS, TokenFields, finish_login, load, role_key, save,
-    validate_role_name,
+    self, Failure, RoleMethod, TokenFields, finish_login, load, role_key, save, validate_role_name,
 };
 use super::validator::{
     self, DEFAULT_LEEWAY_SECS, Expectations, KeySet, Rejection, RemoteKeys, RemoteSource, SigAlg,
@@ -42,7 +41,8 @@ use crate::backend::{Backend, BackendContext, BackendRequest};
 use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::params;
-use crate::request::{Operation, Response};
+use crate::request::Response;
+use crate::route::{Field, FieldType, Route};
 
 const CONFIG_KEY: &str = "config";
 
@@ -77,15 +77,24 @@ struct Config {
     default_role: String,
 }
 
-const CONFIG_PARAMS: &[&str] = &[
-    "jwt_validation_pubkeys",
-    "jwks_url",
-    "jwks_ca_pem",
-    "oidc_discovery_url",
-    "oidc_discovery_ca_pem",
-    "bound_issuer",
-    "jwt_supported_algs",
-    "default_role",
+const CONFIG_FIELDS: &[Field] = &[
+    Field::any(
+        "jwt_validation_pubkeys",
+        "PEM public keys that sign tokens.",
+    ),
+    Field::str("jwks_url", "Where the signing keys are published (https)."),
+    Field::str("jwks_ca_pem", "CA certificate for jwks_url."),
+    Field::str(
+        "oidc_discovery_url",
+        "The issuer's OIDC discovery URL (https).",
+    ),
+    Field::str(
+        "oidc_discovery_ca_pem",
+        "CA certificate for oidc_discovery_url.",
+    ),
+    Field::str("bound_issuer", "The iss claim tokens must carry."),
+    Field::str_list("jwt_supported_algs", "Accepted signature algorithms."),
+    Field::str("default_role", "The role of a login that names none."),
 ];
 
 enum Keys {
@@ -165,15 +174,25 @@ fn default_leeway() -> u64 {
     DEFAULT_LEEWAY_SECS
 }
 
-const ROLE_PARAMS: &[&str] = &[
-    "role_type",
-    "bound_audiences",
-    "bound_subject",
-    "bound_claims",
-    "bound_claims_type",
-    "user_claim",
-    "claim_mappings",
-    "clock_skew_leeway",
+const ROLE_FIELDS: &[Field] = &[
+    Field::str("role_type", "jwt (the only type).").default("jwt"),
+    Field::str_list("bound_audiences", "Accepted aud values."),
+    Field::str("bound_subject", "The sub claim tokens must carry."),
+    Field::any(
+        "bound_claims",
+        "Claims tokens must carry: names to a value or a list.",
+    ),
+    Field::str("bound_claims_type", "string or glob.").default("string"),
+    Field::str("user_claim", "The claim that names the user.").required(),
+    Field::new(
+        "claim_mappings",
+        FieldType::StrMap,
+        "Claims copied into token metadata.",
+    ),
+    Field::any(
+        "clock_skew_leeway",
+        "Allowed clock skew, in seconds or a duration.",
+    ),
 ];
 
 struct JwtAuth {
@@ -184,56 +203,56 @@ struct JwtAuth {
     remote: RemoteKeys,
 }
 
+static ROUTES: [Route; 4] = common::role_method_routes(CONFIG_FIELDS, ROLE_FIELDS);
+
 #[async_trait]
 impl Backend for JwtAuth {
-    async fn handle(&self, req: BackendRequest<'_>) -> Result<Response, EngineError> {
-        use Operation::{Create, Delete, List, Read, Update};
-        let op = req.operation;
-        match req.path.trim_end_matches('/') {
-            "config" => match op {
-                Read => self.config_read().await,
-                Create | Update => self.config_write(req.data).await,
-                _ => Err(EngineError::UnsupportedOperation),
-            },
-            "role" if op == List => common::list_roles(&self.storage).await,
-            "login" => match op {
-                Create | Update => {
-                    let parsed = self.load_parsed().await?;
-                    let default_role = parsed.as_ref().map(|p| p.config.default_role.as_str());
-                    let (role, jwt) = common::login_params(req.data, default_role)?;
-                    let result = match parsed {
-                        Some(parsed) => self.login(&parsed, &role, &jwt).await,
-                        None => Err(Failure::Error(EngineError::invalid(
-                            "the jwt auth method is not configured",
-                        ))),
-                    };
-                    finish_login("jwt", &role, result)
-                }
-                _ => Err(EngineError::UnsupportedOperation),
-            },
-            path => match path.strip_prefix("role/") {
-                Some(name) => {
-                    validate_role_name(name)?;
-                    match op {
-                        Read => self.role_read(name).await,
-                        Create | Update => self.role_write(name, req.data).await,
-                        Delete => {
-                            self.storage.delete(&role_key(name)).await?;
-                            Ok(Response::no_content())
-                        }
-                        _ => Err(EngineError::UnsupportedOperation),
-                    }
-                }
-                None => Err(EngineError::NotFound(format!(
-                    "no handler for route {:?}",
-                    req.path
-                ))),
-            },
-        }
+    fn routes(&self) -> &'static [Route] {
+        &ROUTES
     }
 
-    fn is_unauthenticated(&self, path: &str) -> bool {
-        path == "login"
+    async fn handle(&self, req: BackendRequest<'_>) -> Result<Response, EngineError> {
+        common::handle_role_method(self, req).await
+    }
+}
+
+#[async_trait]
+impl RoleMethod for JwtAuth {
+    fn storage(&self) -> &Arc<dyn Store> {
+        &self.storage
+    }
+
+    async fn config_read(&self) -> Result<Response, EngineError> {
+        JwtAuth::config_read(self).await
+    }
+
+    async fn config_write(&self, data: &Map<String, Value>) -> Result<Response, EngineError> {
+        JwtAuth::config_write(self, data).await
+    }
+
+    async fn role_read(&self, name: &str) -> Result<Response, EngineError> {
+        JwtAuth::role_read(self, name).await
+    }
+
+    async fn role_write(
+        &self,
+        name: &str,
+        data: &Map<String, Value>,
+    ) -> Result<Response, EngineError> {
+        JwtAuth::role_write(self, name, data).await
+    }
+
+    async fn login(&self, data: &Map<String, Value>) -> Result<Response, EngineError> {
+        let parsed = self.load_parsed().await?;
+        let default_role = parsed.as_ref().map(|p| p.config.default_role.as_str());
+        let (role, jwt) = common::login_params(data, default_role)?;
+        let result = match parsed {
+            Some(parsed) => JwtAuth::login(self, &parsed, &role, &jwt).await,
+            None => Err(Failure::Error(EngineError::invalid(
+                "the jwt auth method is not configured",
+            ))),
+        };
+        finish_login("jwt", &role, result)
     }
 }
 
@@ -359,9 +378,7 @@ impl JwtAuth {
         }
         Parsed::from_config(config.clone())?;
         save(&self.storage, CONFIG_KEY, &config).await?;
-        let mut resp = Response::no_content();
-        resp.warnings = params::ignored_fields(data, CONFIG_PARAMS);
-        Ok(resp)
+        Ok(Response::no_content())
     }
 
     async fn role_read(&self, name: &str) -> Result<Response, EngineError> {
@@ -474,10 +491,7 @@ impl JwtAuth {
             ));
         }
         save(&self.storage, &key, &role).await?;
-        let known: Vec<&str> = ROLE_PARAMS.iter().chain(TOKEN_PARAMS).copied().collect();
-        let mut resp = Response::no_content();
-        resp.warnings = params::ignored_fields(data, &known);
-        Ok(resp)
+        Ok(Response::no_content())
     }
 
     async fn login(

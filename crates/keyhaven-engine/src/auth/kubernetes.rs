@@ -37,8 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::common::{
-    self, Failure, TOKEN_PARAMS, TokenFields, finish_login, load, role_key, save,
-    validate_role_name,
+    self, Failure, RoleMethod, TokenFields, finish_login, load, role_key, save, validate_role_name,
 };
 use super::validator::{
     self, DEFAULT_LEEWAY_SECS, Expectations, KeySet, Rejection, RemoteKeys, RemoteSource, SigAlg,
@@ -48,7 +47,8 @@ use crate::backend::{Backend, BackendContext, BackendRequest};
 use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::params;
-use crate::request::{Operation, Response};
+use crate::request::Response;
+use crate::route::{Field, Route};
 
 const CONFIG_KEY: &str = "config";
 const SA_PREFIX: &str = "system:serviceaccount:";
@@ -111,17 +111,35 @@ impl fmt::Debug for Config {
     }
 }
 
-const CONFIG_PARAMS: &[&str] = &[
-    "issuer",
-    "pem_keys",
-    "jwks",
-    "oidc_discovery_url",
-    "oidc_discovery_ca_pem",
-    "kubernetes_host",
-    "kubernetes_ca_cert",
-    "token_reviewer_jwt",
-    "disable_local_ca_jwt",
-    "clock_skew_leeway",
+const CONFIG_FIELDS: &[Field] = &[
+    Field::str(
+        "issuer",
+        "The iss claim of the cluster's ServiceAccount tokens.",
+    ),
+    Field::any("pem_keys", "PEM public keys of the cluster's issuer."),
+    Field::any("jwks", "The issuer's JWKS document."),
+    Field::str(
+        "oidc_discovery_url",
+        "The issuer's OIDC discovery URL (https).",
+    ),
+    Field::str(
+        "oidc_discovery_ca_pem",
+        "CA certificate for oidc_discovery_url.",
+    ),
+    Field::str(
+        "kubernetes_host",
+        "The API server, for TokenReview (https).",
+    ),
+    Field::str("kubernetes_ca_cert", "CA certificate of the API server."),
+    Field::str("token_reviewer_jwt", "The token TokenReview calls present."),
+    Field::bool(
+        "disable_local_ca_jwt",
+        "Do not read the pod's own token and CA.",
+    ),
+    Field::any(
+        "clock_skew_leeway",
+        "Allowed clock skew, in seconds or a duration.",
+    ),
 ];
 
 /// How tokens are checked offline.
@@ -176,11 +194,22 @@ struct Role {
     token: TokenFields,
 }
 
-const ROLE_PARAMS: &[&str] = &[
-    "bound_service_account_names",
-    "bound_service_account_namespaces",
-    "audience",
-    "alias_name_source",
+const ROLE_FIELDS: &[Field] = &[
+    Field::str_list(
+        "bound_service_account_names",
+        "Accepted ServiceAccount names.",
+    )
+    .required(),
+    Field::str_list(
+        "bound_service_account_namespaces",
+        "Accepted ServiceAccount namespaces.",
+    )
+    .required(),
+    Field::str("audience", "The aud tokens must carry."),
+    Field::str(
+        "alias_name_source",
+        "serviceaccount_uid or serviceaccount_name.",
+    ),
 ];
 
 /// Who a token belongs to.
@@ -200,49 +229,49 @@ struct KubernetesAuth {
     remote: RemoteKeys,
 }
 
+static ROUTES: [Route; 4] = common::role_method_routes(CONFIG_FIELDS, ROLE_FIELDS);
+
 #[async_trait]
 impl Backend for KubernetesAuth {
-    async fn handle(&self, req: BackendRequest<'_>) -> Result<Response, EngineError> {
-        use Operation::{Create, Delete, List, Read, Update};
-        let op = req.operation;
-        match req.path.trim_end_matches('/') {
-            "config" => match op {
-                Read => self.config_read().await,
-                Create | Update => self.config_write(req.data).await,
-                _ => Err(EngineError::UnsupportedOperation),
-            },
-            "role" if op == List => common::list_roles(&self.storage).await,
-            "login" => match op {
-                Create | Update => {
-                    let (role, jwt) = common::login_params(req.data, None)?;
-                    let result = self.login(&role, &jwt).await;
-                    finish_login("kubernetes", &role, result)
-                }
-                _ => Err(EngineError::UnsupportedOperation),
-            },
-            path => match path.strip_prefix("role/") {
-                Some(name) => {
-                    validate_role_name(name)?;
-                    match op {
-                        Read => self.role_read(name).await,
-                        Create | Update => self.role_write(name, req.data).await,
-                        Delete => {
-                            self.storage.delete(&role_key(name)).await?;
-                            Ok(Response::no_content())
-                        }
-                        _ => Err(EngineError::UnsupportedOperation),
-                    }
-                }
-                None => Err(EngineError::NotFound(format!(
-                    "no handler for route {:?}",
-                    req.path
-                ))),
-            },
-        }
+    fn routes(&self) -> &'static [Route] {
+        &ROUTES
     }
 
-    fn is_unauthenticated(&self, path: &str) -> bool {
-        path == "login"
+    async fn handle(&self, req: BackendRequest<'_>) -> Result<Response, EngineError> {
+        common::handle_role_method(self, req).await
+    }
+}
+
+#[async_trait]
+impl RoleMethod for KubernetesAuth {
+    fn storage(&self) -> &Arc<dyn Store> {
+        &self.storage
+    }
+
+    async fn config_read(&self) -> Result<Response, EngineError> {
+        KubernetesAuth::config_read(self).await
+    }
+
+    async fn config_write(&self, data: &Map<String, Value>) -> Result<Response, EngineError> {
+        KubernetesAuth::config_write(self, data).await
+    }
+
+    async fn role_read(&self, name: &str) -> Result<Response, EngineError> {
+        KubernetesAuth::role_read(self, name).await
+    }
+
+    async fn role_write(
+        &self,
+        name: &str,
+        data: &Map<String, Value>,
+    ) -> Result<Response, EngineError> {
+        KubernetesAuth::role_write(self, name, data).await
+    }
+
+    async fn login(&self, data: &Map<String, Value>) -> Result<Response, EngineError> {
+        let (role, jwt) = common::login_params(data, None)?;
+        let result = KubernetesAuth::login(self, &role, &jwt).await;
+        finish_login("kubernetes", &role, result)
     }
 }
 
@@ -354,9 +383,7 @@ impl KubernetesAuth {
         // Parse now so that a bad key is refused at write time, not at the first login.
         Parsed::from_config(config.clone())?;
         save(&self.storage, CONFIG_KEY, &config).await?;
-        let mut resp = Response::no_content();
-        resp.warnings = params::ignored_fields(data, CONFIG_PARAMS);
-        Ok(resp)
+        Ok(Response::no_content())
     }
 
     async fn role_read(&self, name: &str) -> Result<Response, EngineError> {
@@ -429,9 +456,7 @@ impl KubernetesAuth {
             ));
         }
         save(&self.storage, &key, &role).await?;
-        let known: Vec<&str> = ROLE_PARAMS.iter().chain(TOKEN_PARAMS).copied().collect();
         let mut resp = Response::no_content();
-        resp.warnings = params::ignored_fields(data, &known);
         if role.audience.is_empty() {
             resp.warnings.push(
                 "this role has no audience: tokens issued for any audience will be accepted; set \"audience\""

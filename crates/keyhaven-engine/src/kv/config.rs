@@ -4,17 +4,10 @@ use keyhaven_storage::{Condition, Op};
 use serde_json::{Map, Value};
 
 use super::record::MountConfig;
-use super::{CONFIG_KEY, KvBackend, MAX_ATTEMPTS, contention, warnings_only};
+use super::{CONFIG_KEY, KvBackend, MAX_ATTEMPTS, contention};
 use crate::error::EngineError;
 use crate::params;
 use crate::request::Response;
-
-const CONFIG_FIELDS: &[&str] = &[
-    "max_versions",
-    "cas_required",
-    "metadata_cas_required",
-    "delete_version_after",
-];
 
 impl KvBackend {
     pub(super) async fn config_read(&self) -> Result<Response, EngineError> {
@@ -50,13 +43,12 @@ impl KvBackend {
         let cas_required = params::boolean(data, "cas_required")?;
         let metadata_cas_required = params::boolean(data, "metadata_cas_required")?;
         let delete_version_after = params::signed_duration_secs(data, "delete_version_after")?;
-        let warnings = params::ignored_fields(data, CONFIG_FIELDS);
         if max_versions.is_none()
             && cas_required.is_none()
             && metadata_cas_required.is_none()
             && delete_version_after.is_none()
         {
-            return Ok(warnings_only(warnings));
+            return Ok(Response::no_content());
         }
         for _ in 0..MAX_ATTEMPTS {
             let raw = self.storage.get(CONFIG_KEY).await?;
@@ -87,7 +79,7 @@ impl KvBackend {
                 value: config.encode()?,
             }];
             if self.commit(vec![condition], ops).await? {
-                return Ok(warnings_only(warnings));
+                return Ok(Response::no_content());
             }
         }
         Err(contention())

@@ -6,14 +6,12 @@ use serde_json::{Map, Value};
 
 use super::json::{merge_patch, strip_values};
 use super::record::{KeyRecord, MountConfig};
-use super::{KvBackend, MAX_ATTEMPTS, SecretPath, contention, not_found, with_status};
+use super::{KvBackend, MAX_ATTEMPTS, SecretPath, contention, not_found};
 use crate::error::EngineError;
 use crate::params;
 use crate::request::Response;
 
 /// Fields of `data/<path>`.
-const DATA_FIELDS: &[&str] = &["data", "options", "version"];
-
 const CAS_MISMATCH: &str = "check-and-set parameter did not match the current version";
 const CAS_REQUIRED: &str = "check-and-set parameter required for this call";
 
@@ -122,7 +120,7 @@ impl KvBackend {
         );
         if !version.is_live(self.now()) {
             out.insert(field.to_owned(), Value::Null);
-            return Ok(with_status(out, 404));
+            return Err(EngineError::VersionGone(Box::new(out)));
         }
         let payload = self.load_payload(&meta, n).await?;
         out.insert(field.to_owned(), shape(payload));
@@ -138,7 +136,6 @@ impl KvBackend {
         let cas = cas_option(data)?;
         let bytes = serde_json::to_vec(payload)
             .map_err(|_| EngineError::invalid("invalid value for parameter \"data\""))?;
-        let warnings = params::ignored_fields(data, DATA_FIELDS);
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot(path, true).await?;
             check_cas(cas, &snap.config, snap.meta.as_ref())?;
@@ -152,7 +149,6 @@ impl KvBackend {
                     now,
                     bytes.clone(),
                     snap.conditions,
-                    &warnings,
                 )
                 .await?
             {
@@ -169,7 +165,6 @@ impl KvBackend {
     ) -> Result<Response, EngineError> {
         let patch = payload(data)?;
         let cas = cas_option(data)?;
-        let warnings = params::ignored_fields(data, DATA_FIELDS);
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot(path, true).await?;
             let meta = snap.meta.ok_or_else(not_found)?;
@@ -178,7 +173,9 @@ impl KvBackend {
             let current = meta.current_version;
             let latest = meta.version(current).ok_or_else(not_found)?;
             if !latest.is_live(now) {
-                return Ok(with_status(meta.version_metadata(latest), 404));
+                return Err(EngineError::VersionGone(Box::new(
+                    meta.version_metadata(latest),
+                )));
             }
             let mut merged = self.load_payload(&meta, current).await?;
             merge_patch(&mut merged, patch);
@@ -186,15 +183,7 @@ impl KvBackend {
                 .map_err(|_| EngineError::invalid("invalid value for parameter \"data\""))?;
             drop(merged);
             if let Some(response) = self
-                .commit_new_version(
-                    path,
-                    meta,
-                    &snap.config,
-                    now,
-                    bytes,
-                    snap.conditions,
-                    &warnings,
-                )
+                .commit_new_version(path, meta, &snap.config, now, bytes, snap.conditions)
                 .await?
             {
                 return Ok(response);
@@ -217,7 +206,6 @@ impl KvBackend {
         now: u64,
         bytes: Vec<u8>,
         conditions: Vec<Condition>,
-        warnings: &[String],
     ) -> Result<Option<Response>, EngineError> {
         let (version, pruned) = meta.add_version(now, config);
         let mut ops = Vec::with_capacity(2 + pruned.len());
@@ -233,9 +221,7 @@ impl KvBackend {
         if !self.commit(conditions, ops).await? {
             return Ok(None);
         }
-        let mut response = Response::data(meta.version_metadata(&version));
-        response.warnings = warnings.to_vec();
-        Ok(Some(response))
+        Ok(Some(Response::data(meta.version_metadata(&version))))
     }
 
     pub(super) async fn data_delete(&self, path: &SecretPath) -> Result<Response, EngineError> {

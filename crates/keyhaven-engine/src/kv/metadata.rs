@@ -14,17 +14,6 @@ use crate::params;
 use crate::request::Response;
 
 /// Fields of `metadata/<path>`.
-const METADATA_FIELDS: &[&str] = &[
-    "max_versions",
-    "cas_required",
-    "metadata_cas_required",
-    "delete_version_after",
-    "custom_metadata",
-    "metadata_cas",
-    "after",
-    "limit",
-];
-
 const MAX_CUSTOM_METADATA_KEYS: usize = 64;
 const MAX_CUSTOM_METADATA_KEY_LEN: usize = 128;
 const MAX_CUSTOM_METADATA_VALUE_LEN: usize = 512;
@@ -225,9 +214,8 @@ impl KvBackend {
     ) -> Result<Response, EngineError> {
         let settings = Settings::parse(data)?;
         let custom = params::string_map(data, "custom_metadata")?;
-        let mut warnings = params::ignored_fields(data, METADATA_FIELDS);
         if !settings.any() && custom.is_none() {
-            return Ok(warnings_only(warnings));
+            return Ok(Response::no_content());
         }
         if let Some(custom) = &custom {
             validate_custom_metadata(custom.iter())?;
@@ -257,8 +245,7 @@ impl KvBackend {
                 value: meta.encode()?,
             }];
             if self.commit(snap.conditions, ops).await? {
-                warnings.extend(settings.warnings(&snap.config));
-                return Ok(warnings_only(warnings));
+                return Ok(warnings_only(settings.warnings(&snap.config)));
             }
         }
         Err(contention())
@@ -271,9 +258,8 @@ impl KvBackend {
     ) -> Result<Response, EngineError> {
         let settings = Settings::parse(data)?;
         let custom = params::nullable_string_map(data, "custom_metadata")?;
-        let mut warnings = params::ignored_fields(data, METADATA_FIELDS);
         if !settings.any() && custom.is_none() {
-            return Ok(warnings_only(warnings));
+            return Ok(Response::no_content());
         }
         if let Some(custom) = &custom {
             let set: BTreeMap<&String, &String> = custom
@@ -307,8 +293,7 @@ impl KvBackend {
                 value: meta.encode()?,
             }];
             if self.commit(snap.conditions, ops).await? {
-                warnings.extend(settings.warnings(&snap.config));
-                return Ok(warnings_only(warnings));
+                return Ok(warnings_only(settings.warnings(&snap.config)));
             }
         }
         Err(contention())

@@ -48,6 +48,7 @@ use crate::backend::{Backend, BackendContext, BackendRequest};
 use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::request::{Operation, Response};
+use crate::route::{Field, FieldType, Ops, Route};
 
 use record::{KeyRecord, MountConfig};
 
@@ -106,87 +107,152 @@ impl KvBackend {
     }
 }
 
+const CONFIG_FIELDS: &[Field] = &[
+    Field::uint(
+        "max_versions",
+        "Versions kept per secret (0: the default, 10).",
+    )
+    .default("0"),
+    Field::bool("cas_required", "Every write must carry check-and-set."),
+    Field::bool(
+        "metadata_cas_required",
+        "Every metadata write must carry metadata check-and-set.",
+    ),
+    Field::new(
+        "delete_version_after",
+        FieldType::SignedDuration,
+        "Delete versions this long after they are written (0: never).",
+    ),
+];
+
+const METADATA_FIELDS: &[Field] = &[
+    Field::uint(
+        "max_versions",
+        "Versions kept of this secret (0: the mount's).",
+    ),
+    Field::bool(
+        "cas_required",
+        "Every write of this secret must carry check-and-set.",
+    ),
+    Field::bool(
+        "metadata_cas_required",
+        "Every metadata write of this secret must carry metadata check-and-set.",
+    ),
+    Field::new(
+        "delete_version_after",
+        FieldType::SignedDuration,
+        "Delete versions this long after they are written.",
+    ),
+    // Object values may be null in a patch (removing the entry): the handler reads it.
+    Field::any("custom_metadata", "Up to 64 string pairs, not secret."),
+    Field::uint(
+        "metadata_cas",
+        "The metadata version a metadata write expects.",
+    ),
+    Field::str("after", "List: only names after this one."),
+    Field::int("limit", "List: at most this many names."),
+];
+
+/// Every path of a KV v2 mount.
+static ROUTES: &[Route] = &[
+    Route::new("config", "The mount's settings.")
+        .pure(Ops::READ)
+        .ops(Ops::WRITE)
+        .fields(CONFIG_FIELDS),
+    Route::new("data/{path*}", "A secret's versions.")
+        .pure(Ops::READ)
+        .ops(Ops::WRITE.and(Ops::PATCH).and(Ops::DELETE))
+        .fields(&[
+            // The handler reads `data` itself, to refuse a missing one in its own words.
+            Field::any("data", "The secret's fields (write, patch).").required(),
+            Field::map("options", "Options of a write, such as cas."),
+            Field::int(
+                "version",
+                "Read: the version to read (default: the latest).",
+            ),
+        ])
+        .existence_check(),
+    Route::new(
+        "metadata/{path*}",
+        "A secret's metadata and settings; list secrets.",
+    )
+    .pure(Ops::READ.and(Ops::LIST))
+    .ops(Ops::WRITE.and(Ops::PATCH).and(Ops::DELETE))
+    .fields(METADATA_FIELDS)
+    .existence_check(),
+    Route::new("delete/{path*}", "Soft-delete versions.")
+        .ops(Ops::WRITE)
+        .fields(&[Field::new("versions", FieldType::UintList, "The versions.")]),
+    Route::new("undelete/{path*}", "Restore soft-deleted versions.")
+        .ops(Ops::WRITE)
+        .fields(&[Field::new("versions", FieldType::UintList, "The versions.")]),
+    Route::new("destroy/{path*}", "Destroy versions for good.")
+        .ops(Ops::WRITE)
+        .fields(&[Field::new("versions", FieldType::UintList, "The versions.")]),
+    Route::new(
+        "subkeys/{path*}",
+        "A secret's structure without its values.",
+    )
+    .pure(Ops::READ)
+    .fields(&[
+        Field::int("version", "The version (default: the latest)."),
+        Field::int("depth", "How deep to descend (0: all the way).").default("0"),
+    ]),
+];
+
 #[async_trait]
 impl Backend for KvBackend {
-    fn is_pure(&self, operation: Operation, _path: &str) -> bool {
-        // Reads and lists of data, metadata, subkeys and config never write.
-        matches!(operation, Operation::Read | Operation::List)
+    fn routes(&self) -> &'static [Route] {
+        ROUTES
     }
 
-    async fn exists(&self, path: &str) -> Result<Option<bool>, EngineError> {
-        let secret = ["data/", "metadata/"]
-            .iter()
-            .find_map(|p| path.strip_prefix(p));
-        match secret.map(SecretPath::parse) {
-            Some(Ok(p)) => Ok(Some(self.storage.get(p.meta_key()).await?.is_some())),
+    async fn exists(&self, req: &BackendRequest<'_>) -> Result<bool, EngineError> {
+        match SecretPath::parse(req.capture("path")) {
+            Ok(p) => Ok(self.storage.get(p.meta_key()).await?.is_some()),
             // Malformed paths are refused by the handler with a clear error.
-            Some(Err(_)) | None => Ok(None),
+            Err(_) => Ok(true),
         }
     }
 
     async fn handle(&self, req: BackendRequest<'_>) -> Result<Response, EngineError> {
         use Operation::{Create, Delete, List, Patch, Read, Update};
 
-        let (endpoint, rest) = match req.path.split_once('/') {
-            Some((endpoint, rest)) => (endpoint, Some(rest)),
-            None => (req.path, None),
-        };
         let op = req.operation;
         let data = req.data;
+        let endpoint = req.route.pattern;
+        if (endpoint, op) == ("config", Read) {
+            return self.config_read().await;
+        }
+        if endpoint == "config" {
+            return self.config_write(data).await;
+        }
+        let rest = req.capture("path");
+        if (endpoint, op) == ("metadata/{path*}", List) {
+            return self.metadata_list(rest, data).await;
+        }
+        let path = SecretPath::parse(rest)?;
         // Serialise writes to one secret inside this process (see WRITE_STRIPES).
-        let _lane = match (op, rest) {
-            (Create | Update | Patch | Delete, Some(secret)) if endpoint != "config" => {
-                match self.lane(secret) {
-                    Some(lock) => Some(lock.lock().await),
-                    None => None,
-                }
-            }
-            _ => None,
-        };
-        match (endpoint, rest) {
-            ("config", None) => match op {
-                Read => self.config_read().await,
-                Create | Update => self.config_write(data).await,
-                _ => Err(EngineError::UnsupportedOperation),
+        let _lane = match op {
+            Create | Update | Patch | Delete => match self.lane(rest) {
+                Some(lock) => Some(lock.lock().await),
+                None => None,
             },
-            ("metadata", rest) if op == List => self.metadata_list(rest.unwrap_or(""), data).await,
-            ("data", Some(path)) => {
-                let path = SecretPath::parse(path)?;
-                match op {
-                    Read => self.data_read(&path, data).await,
-                    Create | Update => self.data_write(&path, data).await,
-                    Patch => self.data_patch(&path, data).await,
-                    Delete => self.data_delete(&path).await,
-                    List => Err(EngineError::UnsupportedOperation),
-                }
-            }
-            ("metadata", Some(path)) => {
-                let path = SecretPath::parse(path)?;
-                match op {
-                    Read => self.metadata_read(&path).await,
-                    Create | Update => self.metadata_write(&path, data).await,
-                    Patch => self.metadata_patch(&path, data).await,
-                    Delete => self.metadata_delete(&path).await,
-                    List => Err(EngineError::UnsupportedOperation),
-                }
-            }
-            ("delete" | "undelete" | "destroy", Some(path)) => {
-                let path = SecretPath::parse(path)?;
-                match (op, endpoint) {
-                    (Create | Update, "delete") => self.versions_delete(&path, data).await,
-                    (Create | Update, "undelete") => self.versions_undelete(&path, data).await,
-                    (Create | Update, _) => self.versions_destroy(&path, data).await,
-                    _ => Err(EngineError::UnsupportedOperation),
-                }
-            }
-            ("subkeys", Some(path)) => {
-                let path = SecretPath::parse(path)?;
-                match op {
-                    Read => self.subkeys_read(&path, data).await,
-                    _ => Err(EngineError::UnsupportedOperation),
-                }
-            }
-            _ => Err(EngineError::NotFound("unsupported path".to_owned())),
+            Read | List => None,
+        };
+        match (endpoint, op) {
+            ("data/{path*}", Read) => self.data_read(&path, data).await,
+            ("data/{path*}", Create | Update) => self.data_write(&path, data).await,
+            ("data/{path*}", Patch) => self.data_patch(&path, data).await,
+            ("data/{path*}", Delete) => self.data_delete(&path).await,
+            ("metadata/{path*}", Read) => self.metadata_read(&path).await,
+            ("metadata/{path*}", Create | Update) => self.metadata_write(&path, data).await,
+            ("metadata/{path*}", Patch) => self.metadata_patch(&path, data).await,
+            ("metadata/{path*}", Delete) => self.metadata_delete(&path).await,
+            ("delete/{path*}", _) => self.versions_delete(&path, data).await,
+            ("undelete/{path*}", _) => self.versions_undelete(&path, data).await,
+            ("destroy/{path*}", _) => self.versions_destroy(&path, data).await,
+            ("subkeys/{path*}", _) => self.subkeys_read(&path, data).await,
+            _ => Err(EngineError::UnsupportedOperation),
         }
     }
 }
@@ -345,15 +411,6 @@ impl KvBackend {
             .ok_or_else(|| EngineError::Corrupt("kv version data is missing".to_owned()))?;
         serde_json::from_slice(&bytes)
             .map_err(|_| EngineError::Corrupt("kv version data".to_owned()))
-    }
-}
-
-/// A response with `data` and an HTTP status other than the default.
-fn with_status(data: Map<String, Value>, status: u16) -> Response {
-    Response {
-        data: Some(data),
-        status: Some(status),
-        ..Default::default()
     }
 }
 

@@ -3,12 +3,10 @@
 use keyhaven_storage::Op;
 use serde_json::{Map, Value};
 
-use super::{KvBackend, MAX_ATTEMPTS, SecretPath, contention, warnings_only};
+use super::{KvBackend, MAX_ATTEMPTS, SecretPath, contention};
 use crate::error::EngineError;
 use crate::params;
 use crate::request::Response;
-
-const VERSIONS_FIELDS: &[&str] = &["versions"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Action {
@@ -60,12 +58,11 @@ impl KvBackend {
         action: Action,
     ) -> Result<Response, EngineError> {
         let versions = version_list(data)?;
-        let warnings = params::ignored_fields(data, VERSIONS_FIELDS);
         for _ in 0..MAX_ATTEMPTS {
             // Undelete re-applies delete_version_after, which may come from the mount.
             let snap = self.snapshot(path, action == Action::Undelete).await?;
             let Some(mut meta) = snap.meta else {
-                return Ok(warnings_only(warnings));
+                return Ok(Response::no_content());
             };
             let now = self.now();
             let mut changed = false;
@@ -97,14 +94,14 @@ impl KvBackend {
                 }
             }
             if !changed {
-                return Ok(warnings_only(warnings));
+                return Ok(Response::no_content());
             }
             ops.push(Op::Put {
                 key: path.meta_key().to_owned(),
                 value: meta.encode()?,
             });
             if self.commit(snap.conditions, ops).await? {
-                return Ok(warnings_only(warnings));
+                return Ok(Response::no_content());
             }
         }
         Err(contention())

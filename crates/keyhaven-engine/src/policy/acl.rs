@@ -12,7 +12,8 @@
 //!    then a rule without a trailing `*` beats one with it; then fewer `+` segments;
 //!    then the longer glob; then the lexicographically greater glob.
 //! 4. The operation needs its capability on that rule (`read`, `create`, `update`,
-//!    `patch`, `delete`, `list`); root-protected paths ([`requires_sudo`]) need `sudo`
+//!    `patch`, `delete`, `list`); root-protected paths (routes marked `sudo` in their backend's route
+//!    table, [`crate::route::Route::sudo`]) need `sudo`
 //!    too; `read`, `create`, `update` and `patch` must satisfy the rule's parameter
 //!    constraints.
 //! 5. Unlike Vault, a string parameter is judged as handlers read it, not only as sent:
@@ -32,46 +33,6 @@ use serde_json::{Map, Value};
 
 use super::parse::{Caps, Policy};
 use crate::request::Operation;
-
-/// Root-protected paths matched exactly: every operation on them needs `sudo` as well.
-pub const SUDO_EXACT: &[&str] = &[
-    "sys/seal",
-    "sys/step-down",
-    "sys/rotate",
-    "sys/rotate/keyring",
-    "sys/rotate/root",
-    "sys/audit",
-    "sys/raw",
-    "sys/remount",
-    "sys/leases",
-    "sys/config/cors",
-    "auth/token/create-orphan",
-    "auth/token/revoke-orphan",
-];
-
-/// Root-protected path prefixes: every operation under them needs `sudo` as well.
-pub const SUDO_PREFIXES: &[&str] = &[
-    "sys/audit/",
-    "sys/auth/",
-    "sys/raw/",
-    "sys/config/auditing/",
-    "sys/config/ui/headers/",
-    "sys/plugins/catalog/",
-    "sys/revoke-prefix/",
-    "sys/revoke-force/",
-    "sys/leases/revoke-prefix/",
-    "sys/leases/revoke-force/",
-    "sys/leases/lookup/",
-    "sys/internal/inspect/",
-    "auth/token/revoke-orphan/",
-    "auth/token/accessors",
-];
-
-/// Whether `path` is root-protected: `sudo` is needed in addition to the operation's
-/// capability (Vault's `PathsSpecial.Root` of the system backend and the token store).
-pub fn requires_sudo(path: &str) -> bool {
-    SUDO_EXACT.contains(&path) || SUDO_PREFIXES.iter().any(|p| path.starts_with(p))
-}
 
 /// The outcome of an authorization check, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -397,8 +358,16 @@ impl Acl {
         }
     }
 
-    /// Decide whether `op` on `path` with `data` is allowed.
-    pub fn authorize(&self, op: Operation, path: &str, data: &Map<String, Value>) -> Decision {
+    /// Decide whether `op` on `path` with `data` is allowed. `root_protected`: the
+    /// path's route is marked `sudo` ([`crate::route::Route::sudo`]), so the rule must
+    /// grant `sudo` as well; the route table is the only source of that mark.
+    pub fn authorize(
+        &self,
+        op: Operation,
+        path: &str,
+        data: &Map<String, Value>,
+        root_protected: bool,
+    ) -> Decision {
         if self.root {
             return Decision::allow("root", None, "allowed by policy \"root\"".to_owned());
         }
@@ -440,7 +409,7 @@ impl Acl {
             );
         }
         let policy = perms.granting_policy(cap).unwrap_or_default();
-        if requires_sudo(path) && !perms.caps.contains(Caps::SUDO) {
+        if root_protected && !perms.caps.contains(Caps::SUDO) {
             return Decision::deny(
                 None,
                 Some(glob),

@@ -34,7 +34,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use acl::{Acl, Decision, SUDO_EXACT, SUDO_PREFIXES, requires_sudo};
+pub use acl::{Acl, Decision};
 pub use parse::{Caps, MAX_POLICY_BYTES, Policy, PolicyParseError, Rule};
 
 use crate::error::EngineError;
@@ -312,38 +312,7 @@ impl PolicyStore {
         Ok(())
     }
 
-    /// Handle `sys/policy…` and `sys/policies/acl…` (`rest` is the path after `sys/`).
-    pub async fn handle_sys(
-        &self,
-        op: Operation,
-        rest: &str,
-        data: &Map<String, Value>,
-    ) -> Result<Response, EngineError> {
-        match rest {
-            "policy" | "policy/" => match op {
-                Operation::Read | Operation::List => self.list_response(true).await,
-                _ => Err(EngineError::UnsupportedOperation),
-            },
-            "policies/acl" | "policies/acl/" => match op {
-                Operation::List | Operation::Read => self.list_response(false).await,
-                _ => Err(EngineError::UnsupportedOperation),
-            },
-            _ => {
-                if let Some(name) = rest.strip_prefix("policy/") {
-                    self.one(op, name, data, true).await
-                } else if let Some(name) = rest.strip_prefix("policies/acl/") {
-                    self.one(op, name, data, false).await
-                } else {
-                    Err(EngineError::NotFound(format!(
-                        "no handler for route {:?}",
-                        format!("sys/{rest}")
-                    )))
-                }
-            }
-        }
-    }
-
-    async fn list_response(&self, legacy: bool) -> Result<Response, EngineError> {
+    pub(crate) async fn list_response(&self, legacy: bool) -> Result<Response, EngineError> {
         let mut keys = self.list().await?;
         keys.push("root".to_owned());
         let keys = Value::from(keys);
@@ -352,14 +321,10 @@ impl PolicyStore {
             data.insert("policies".to_owned(), keys.clone());
         }
         data.insert("keys".to_owned(), keys);
-        Ok(Response {
-            data: Some(data),
-            top_level: legacy,
-            ..Default::default()
-        })
+        Ok(Response::data(data))
     }
 
-    async fn one(
+    pub(crate) async fn one(
         &self,
         op: Operation,
         raw_name: &str,
@@ -376,11 +341,7 @@ impl PolicyStore {
                 let mut out = Map::new();
                 out.insert("name".to_owned(), Value::String(name));
                 out.insert(text_key.to_owned(), Value::String(text));
-                Ok(Response {
-                    data: Some(out),
-                    top_level: legacy,
-                    ..Default::default()
-                })
+                Ok(Response::data(out))
             }
             Operation::Create | Operation::Update => {
                 let mut warnings = Vec::new();

@@ -22,7 +22,21 @@ fn data(v: Value) -> Map<String, Value> {
 }
 
 fn allowed(a: &Acl, op: Operation, path: &str) -> bool {
-    a.authorize(op, path, &Map::new()).allowed
+    a.authorize(op, path, &Map::new(), sudo_of(op, path))
+        .allowed
+}
+
+/// Whether the built-in mounts' route tables mark `op` on `path` root-protected (the
+/// core asks the mounted table the same way).
+fn sudo_of(op: Operation, path: &str) -> bool {
+    let (table, rel) = if let Some(rel) = path.strip_prefix("sys/") {
+        (crate::sys::ROUTES, rel)
+    } else if let Some(rel) = path.strip_prefix("auth/token/") {
+        (crate::token_routes::ROUTES, rel)
+    } else {
+        return false;
+    };
+    crate::route::match_route(table, op, rel).is_some_and(|m| m.route.sudo)
 }
 
 fn err(text: &str) -> PolicyParseError {
@@ -263,7 +277,7 @@ fn the_most_specific_rule_wins_in_vaults_order() {
              path \"{lo}\" {{ capabilities = [\"deny\"] }}"
         );
         let a = acl(&[("p", &text)]);
-        let d = a.authorize(Read, path, &Map::new());
+        let d = a.authorize(Read, path, &Map::new(), sudo_of(Read, path));
         assert!(d.allowed, "{hi} should beat {lo} on {path}: {}", d.reason);
         assert_eq!(d.rule.as_deref(), Some(hi));
         // And the other way round, across two policies.
@@ -296,7 +310,7 @@ fn capabilities_merge_across_policies_and_deny_wins_on_the_same_path() {
         ("b", r#"path "kv/*" { capabilities = ["deny"] }"#),
         ("c", r#"path "kv/*" { capabilities = ["update"] }"#),
     ]);
-    let d = a.authorize(Read, "kv/x", &Map::new());
+    let d = a.authorize(Read, "kv/x", &Map::new(), sudo_of(Read, "kv/x"));
     assert!(!d.allowed);
     assert_eq!(d.reason, r#"denied by policy "b", rule path "kv/*" (deny)"#);
     assert_eq!(d.policy.as_deref(), Some("b"));
@@ -358,7 +372,14 @@ fn allowed_parameters_limit_names_and_values() {
              allowed_parameters = { "ttl" = [], "policies" = ["team-*", "default"] }
            }"#,
     )]);
-    let ok = |v: Value| a.authorize(Update, "auth/token/create", &data(v));
+    let ok = |v: Value| {
+        a.authorize(
+            Update,
+            "auth/token/create",
+            &data(v),
+            sudo_of(Update, "auth/token/create"),
+        )
+    };
     assert!(ok(json!({})).allowed);
     assert!(ok(json!({"ttl": "1h"})).allowed);
     assert!(
@@ -386,9 +407,17 @@ fn allowed_parameters_limit_names_and_values() {
              allowed_parameters = { "*" = [], "mode" = ["a"] }
            }"#,
     )]);
-    assert!(a.authorize(Update, "x", &data(json!({"other": 1}))).allowed);
     assert!(
-        !a.authorize(Update, "x", &data(json!({"mode": "b"})))
+        a.authorize(
+            Update,
+            "x",
+            &data(json!({"other": 1})),
+            sudo_of(Update, "x")
+        )
+        .allowed
+    );
+    assert!(
+        !a.authorize(Update, "x", &data(json!({"mode": "b"})), false)
             .allowed
     );
 }
@@ -402,14 +431,20 @@ fn denied_parameters_refuse_names_or_values() {
              denied_parameters = { "force" = [], "mode" = ["*-unsafe", 3] }
            }"#,
     )]);
-    let check = |v: Value| a.authorize(Update, "x", &data(v)).allowed;
+    let check = |v: Value| {
+        a.authorize(Update, "x", &data(v), sudo_of(Update, "x"))
+            .allowed
+    };
     assert!(check(json!({"mode": "safe"})));
     assert!(!check(json!({"force": false})));
     assert!(!check(json!({"mode": "very-unsafe"})));
     assert!(!check(json!({"mode": 3})));
     assert!(!check(json!({"mode": 3.0})));
     assert!(!check(json!({"mode": ["safe", "x-unsafe"]})));
-    assert!(!a.authorize(Patch, "x", &data(json!({"force": 1}))).allowed);
+    assert!(
+        !a.authorize(Patch, "x", &data(json!({"force": 1})), sudo_of(Patch, "x"))
+            .allowed
+    );
     // Delete and list carry no body constraints.
     let a = acl(&[(
         "p",
@@ -418,7 +453,10 @@ fn denied_parameters_refuse_names_or_values() {
              denied_parameters = { "*" = [] }
            }"#,
     )]);
-    assert!(a.authorize(Delete, "x", &data(json!({"a": 1}))).allowed);
+    assert!(
+        a.authorize(Delete, "x", &data(json!({"a": 1})), sudo_of(Delete, "x"))
+            .allowed
+    );
 }
 
 /// Regression: `"p1,admin2"` and `" admin2"` passed a `denied_parameters` rule on
@@ -433,7 +471,15 @@ fn denied_parameters_bypass_through_comma_lists_and_padding() {
              denied_parameters = { "policies" = ["admin2", "root-*"] }
            }"#,
     )]);
-    let check = |v: Value| a.authorize(Update, "auth/token/create", &data(v)).allowed;
+    let check = |v: Value| {
+        a.authorize(
+            Update,
+            "auth/token/create",
+            &data(v),
+            sudo_of(Update, "auth/token/create"),
+        )
+        .allowed
+    };
     assert!(check(json!({"policies": "p1,p2"})));
     assert!(check(json!({"policies": ["p1", "p2"]})));
     for bad in [
@@ -450,6 +496,7 @@ fn denied_parameters_bypass_through_comma_lists_and_padding() {
             Update,
             "auth/token/create",
             &data(json!({ "policies": bad })),
+            false,
         );
         assert!(!d.allowed, "{bad} passed the denied_parameters rule");
         assert!(
@@ -472,7 +519,15 @@ fn allowed_parameters_judge_comma_lists_part_by_part() {
              allowed_parameters = { "policies" = ["team-*", "default", "a,b"] }
            }"#,
     )]);
-    let check = |v: Value| a.authorize(Update, "auth/token/create", &data(v)).allowed;
+    let check = |v: Value| {
+        a.authorize(
+            Update,
+            "auth/token/create",
+            &data(v),
+            sudo_of(Update, "auth/token/create"),
+        )
+        .allowed
+    };
     assert!(check(json!({"policies": "team-a"})));
     assert!(check(json!({"policies": "team-a, default"})));
     assert!(check(json!({"policies": " team-a "})));
@@ -494,7 +549,12 @@ fn required_parameters_must_be_present() {
              required_parameters = ["options"]
            }"#,
     )]);
-    let d = a.authorize(Update, "kv/data/a", &data(json!({"data": {}})));
+    let d = a.authorize(
+        Update,
+        "kv/data/a",
+        &data(json!({"data": {}})),
+        sudo_of(Update, "kv/data/a"),
+    );
     assert!(!d.allowed);
     assert_eq!(
         d.reason,
@@ -504,7 +564,8 @@ fn required_parameters_must_be_present() {
         a.authorize(
             Update,
             "kv/data/a",
-            &data(json!({"data": {}, "options": {"cas": 0}}))
+            &data(json!({"data": {}, "options": {"cas": 0}})),
+            false
         )
         .allowed
     );
@@ -522,7 +583,10 @@ fn parameter_constraints_merge_across_policies() {
             "path \"x\" {\n capabilities = [\"update\"]\n allowed_parameters = { \"a\" = [\"2\"], \"b\" = [] }\n}",
         ),
     ]);
-    let check = |v: Value| a.authorize(Update, "x", &data(v)).allowed;
+    let check = |v: Value| {
+        a.authorize(Update, "x", &data(v), sudo_of(Update, "x"))
+            .allowed
+    };
     assert!(check(json!({"a": "1"})));
     assert!(check(json!({"a": "2", "b": "anything"})));
     assert!(!check(json!({"a": "3"})));
@@ -548,7 +612,7 @@ fn root_protected_paths_need_sudo_too() {
         "ops",
         r#"path "sys/*" { capabilities = ["read", "update"] }"#,
     )]);
-    let d = plain.authorize(Read, "sys/audit", &Map::new());
+    let d = plain.authorize(Read, "sys/audit", &Map::new(), sudo_of(Read, "sys/audit"));
     assert!(!d.allowed);
     assert_eq!(
         d.reason,
@@ -578,10 +642,9 @@ fn root_protected_paths_need_sudo_too() {
     assert!(allowed(&tok, Update, "auth/token/create"));
     assert!(!allowed(&tok, Update, "auth/token/create-orphan"));
     assert!(!allowed(&tok, Update, "auth/token/revoke-orphan"));
-    assert!(!allowed(&tok, List, "auth/token/accessors"));
-    assert!(requires_sudo("auth/token/accessors/"));
-    assert!(!requires_sudo("sys/auth"));
-    assert!(!requires_sudo("sys/policies/acl/x"));
+    assert!(sudo_of(Update, "sys/auth/x"));
+    assert!(!sudo_of(Read, "sys/auth"));
+    assert!(!sudo_of(Update, "sys/policies/acl/x"));
 }
 
 // ---- reasons and capabilities ----
@@ -598,7 +661,12 @@ fn reasons_name_the_policy_and_rule() {
             r#"path "secret/data/team-a/admin" { capabilities = ["deny"] }"#,
         ),
     ]);
-    let d = a.authorize(Read, "secret/data/team-a/app", &Map::new());
+    let d = a.authorize(
+        Read,
+        "secret/data/team-a/app",
+        &Map::new(),
+        sudo_of(Read, "secret/data/team-a/app"),
+    );
     assert_eq!(
         d,
         Decision {
@@ -609,24 +677,44 @@ fn reasons_name_the_policy_and_rule() {
             rule: Some("secret/data/team-a/*".to_owned()),
         }
     );
-    let d = a.authorize(Read, "secret/data/team-a/admin", &Map::new());
+    let d = a.authorize(
+        Read,
+        "secret/data/team-a/admin",
+        &Map::new(),
+        sudo_of(Read, "secret/data/team-a/admin"),
+    );
     assert_eq!(
         d.reason,
         r#"denied by policy "x", rule path "secret/data/team-a/admin" (deny)"#
     );
-    let d = a.authorize(Update, "secret/data/team-a/app", &Map::new());
+    let d = a.authorize(
+        Update,
+        "secret/data/team-a/app",
+        &Map::new(),
+        sudo_of(Update, "secret/data/team-a/app"),
+    );
     assert_eq!(
         d.reason,
         r#"no policy grants update on "secret/data/team-a/app" (the most specific rule path, "secret/data/team-a/*", grants read)"#
     );
     assert_eq!(d.policy, None);
-    let d = a.authorize(Read, "secret/data/team-b/app", &Map::new());
+    let d = a.authorize(
+        Read,
+        "secret/data/team-b/app",
+        &Map::new(),
+        sudo_of(Read, "secret/data/team-b/app"),
+    );
     assert_eq!(
         d.reason,
         r#"no policy grants read on "secret/data/team-b/app""#
     );
     assert_eq!((d.policy, d.rule), (None, None));
-    let d = Acl::root().authorize(Delete, "sys/raw/x", &Map::new());
+    let d = Acl::root().authorize(
+        Delete,
+        "sys/raw/x",
+        &Map::new(),
+        sudo_of(Delete, "sys/raw/x"),
+    );
     assert!(d.allowed);
     assert_eq!(d.reason, r#"allowed by policy "root""#);
 }
@@ -714,37 +802,24 @@ async fn sys_endpoints_have_vaults_shapes() {
     let text = r#"path "secret/*" { capabilities = ["read"] }"#;
     let mut body = Map::new();
     body.insert("policy".into(), json!(text));
-    let r = ps
-        .handle_sys(Update, "policies/acl/Team-A", &body)
-        .await
-        .unwrap();
+    let r = ps.one(Update, "Team-A", &body, false).await.unwrap();
     assert_eq!(r.warnings, ["policy name was converted to team-a"]);
-    let r = ps
-        .handle_sys(Read, "policies/acl/team-a", &Map::new())
-        .await
-        .unwrap();
+    let r = ps.one(Read, "team-a", &Map::new(), false).await.unwrap();
     assert_eq!(
         Value::Object(r.data.unwrap()),
         json!({"name": "team-a", "policy": text})
     );
-    let r = ps
-        .handle_sys(Read, "policy/team-a", &Map::new())
-        .await
-        .unwrap();
-    assert!(r.top_level);
+    let r = ps.one(Read, "team-a", &Map::new(), true).await.unwrap();
     assert_eq!(
         Value::Object(r.data.unwrap()),
         json!({"name": "team-a", "rules": text})
     );
-    let r = ps
-        .handle_sys(List, "policies/acl", &Map::new())
-        .await
-        .unwrap();
+    let r = ps.list_response(false).await.unwrap();
     assert_eq!(
         Value::Object(r.data.unwrap()),
         json!({"keys": ["default", "team-a", "root"]})
     );
-    let r = ps.handle_sys(Read, "policy", &Map::new()).await.unwrap();
+    let r = ps.list_response(true).await.unwrap();
     assert_eq!(
         Value::Object(r.data.unwrap()),
         json!({"keys": ["default", "team-a", "root"], "policies": ["default", "team-a", "root"]})
@@ -755,7 +830,7 @@ async fn sys_endpoints_have_vaults_shapes() {
         "rules".into(),
         json!(base64::engine::general_purpose::STANDARD.encode(text)),
     );
-    ps.handle_sys(Update, "policy/b64", &body).await.unwrap();
+    ps.one(Update, "b64", &body, true).await.unwrap();
     assert_eq!(ps.read("b64").await.unwrap().unwrap(), text);
     // Errors.
     let mut bad = Map::new();
@@ -763,40 +838,24 @@ async fn sys_endpoints_have_vaults_shapes() {
         "policy".into(),
         json!(r#"path "a" { capabilities = ["raed"] }"#),
     );
-    let e = ps
-        .handle_sys(Update, "policies/acl/x", &bad)
-        .await
-        .unwrap_err();
+    let e = ps.one(Update, "x", &bad, false).await.unwrap_err();
     assert!(
         matches!(&e, EngineError::InvalidRequest(m) if m.contains("\"raed\"")),
         "{e}"
     );
-    let e = ps
-        .handle_sys(Update, "policies/acl/x", &Map::new())
-        .await
-        .unwrap_err();
+    let e = ps.one(Update, "x", &Map::new(), false).await.unwrap_err();
     assert!(matches!(e, EngineError::InvalidRequest(_)));
     let e = ps
-        .handle_sys(Read, "policies/acl/missing", &Map::new())
+        .one(Read, "missing", &Map::new(), false)
         .await
         .unwrap_err();
     assert!(matches!(e, EngineError::NotFound(_)));
-    let e = ps
-        .handle_sys(Update, "policies/acl/a%2fb", &body)
-        .await
-        .unwrap_err();
+    let e = ps.one(Update, "a%2fb", &body, false).await.unwrap_err();
     assert!(matches!(e, EngineError::InvalidRequest(_)));
-    let r = ps
-        .handle_sys(Read, "policies/acl/root", &Map::new())
-        .await
-        .unwrap();
+    let r = ps.one(Read, "root", &Map::new(), false).await.unwrap();
     assert_eq!(r.data.unwrap()["policy"], json!(""));
-    ps.handle_sys(Delete, "policies/acl/team-a", &Map::new())
-        .await
-        .unwrap();
-    ps.handle_sys(Delete, "policies/acl/team-a", &Map::new())
-        .await
-        .unwrap();
+    ps.one(Delete, "team-a", &Map::new(), false).await.unwrap();
+    ps.one(Delete, "team-a", &Map::new(), false).await.unwrap();
     assert_eq!(ps.list().await.unwrap(), ["b64", "default"]);
 }
 
@@ -818,7 +877,10 @@ fn authorize_cost() {
     let n = 200_000u32;
     let start = std::time::Instant::now();
     for _ in 0..n {
-        assert!(a.authorize(Read, "kv/data/team-150/app/db", &empty).allowed);
+        assert!(
+            a.authorize(Read, "kv/data/team-150/app/db", &empty, false)
+                .allowed
+        );
     }
     let per = start.elapsed() / n;
     println!("authorize: {per:?} per check over 600 + default rules");

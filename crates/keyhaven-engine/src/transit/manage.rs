@@ -175,6 +175,18 @@ fn check_rotate_period(secs: u64) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// The writes under `keys/<name>/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyAction {
+    Config,
+    Rotate,
+    Trim,
+    Disable,
+    Enable,
+    ScheduleDeletion,
+    CancelDeletion,
+}
+
 fn u32_param(data: &Map<String, Value>, key: &str) -> Result<Option<u32>, EngineError> {
     params::uint(data, key)?
         .map(|n| {
@@ -317,10 +329,11 @@ impl TransitBackend {
         Ok(())
     }
 
+    /// One of the `keys/<name>/<action>` writes.
     pub(crate) async fn key_action(
         &self,
         name: &str,
-        action: &str,
+        action: KeyAction,
         data: &Map<String, Value>,
     ) -> Result<Response, EngineError> {
         let (name, existing) = self.resolve(name).await?;
@@ -329,35 +342,35 @@ impl TransitBackend {
         }
         let now = self.now_nanos();
         let change: Box<KeyChange> = match action {
-            "rotate" => Box::new(move |k| {
+            KeyAction::Rotate => Box::new(move |k| {
                 if k.config.state != KeyState::Enabled {
                     return Err(state_error(k));
                 }
                 rotated(k, now)
             }),
-            "config" => {
+            KeyAction::Config => {
                 let update = ConfigUpdate::parse(data)?;
                 Box::new(move |k| update.apply(k))
             }
-            "trim" => {
+            KeyAction::Trim => {
                 let min = u32_param(data, "min_available_version")?.ok_or_else(|| {
                     EngineError::invalid("missing parameter \"min_available_version\"")
                 })?;
                 Box::new(move |k| trimmed(k, min))
             }
-            "disable" => Box::new(|k| match k.config.state {
+            KeyAction::Disable => Box::new(|k| match k.config.state {
                 KeyState::PendingDeletion => Err(EngineError::PreconditionFailed(
                     "key is pending deletion; cancel the deletion first".to_owned(),
                 )),
                 _ => with_state(k, KeyState::Disabled, None),
             }),
-            "enable" => Box::new(|k| match k.config.state {
+            KeyAction::Enable => Box::new(|k| match k.config.state {
                 KeyState::PendingDeletion => Err(EngineError::PreconditionFailed(
                     "key is pending deletion; cancel the deletion first".to_owned(),
                 )),
                 _ => with_state(k, KeyState::Enabled, None),
             }),
-            "schedule-deletion" => {
+            KeyAction::ScheduleDeletion => {
                 let days = params::uint(data, "pending_window_days")?.unwrap_or(30);
                 if !PENDING_WINDOW_DAYS.contains(&days) {
                     return Err(EngineError::invalid(
@@ -377,7 +390,7 @@ impl TransitBackend {
                     with_state(k, KeyState::PendingDeletion, Some(at))
                 })
             }
-            "cancel-deletion" => Box::new(|k| {
+            KeyAction::CancelDeletion => Box::new(|k| {
                 if k.config.state != KeyState::PendingDeletion {
                     return Err(EngineError::PreconditionFailed(
                         "key is not pending deletion".to_owned(),
@@ -385,7 +398,6 @@ impl TransitBackend {
                 }
                 with_state(k, KeyState::Disabled, None)
             }),
-            _ => return Err(EngineError::NotFound("unsupported path".to_owned())),
         };
         let mut change = change;
         let key = self

@@ -37,7 +37,7 @@
 //!   The key is destroyed by [`Backend::tick`] once the window has passed;
 //!   `cancel-deletion` leaves the key *disabled*, as AWS KMS does.
 //! - **Aliases and policies.** A request through an alias is authorized on the path as
-//!   sent and on the same route with the key's own name ([`Backend::canonical_path`]): a
+//!   sent and on the same route with the key's own name ([`Backend::resolve_alias`]): a
 //!   policy on `decrypt/prod` governs `decrypt/<alias of prod>` too, and a deny on either
 //!   path denies. `sys/policies/explain` evaluates the path as written.
 //! - **Batches are bounded** (keyhaven; Vault and OpenBao have no such limit): a
@@ -63,6 +63,7 @@
 mod key;
 mod manage;
 mod ops;
+mod routes;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -78,6 +79,8 @@ use crate::backend::{Backend, BackendContext, BackendRequest, Limits};
 use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::request::{Operation, Response};
+use crate::route::Route;
+use manage::KeyAction;
 
 use key::{Key, KeyState, unix_nanos};
 
@@ -126,62 +129,57 @@ impl std::fmt::Debug for TransitBackend {
 
 #[async_trait]
 impl Backend for TransitBackend {
-    fn is_pure(&self, operation: Operation, _path: &str) -> bool {
-        // Reads of keys, aliases and the mount's config, and lists, never write; every
-        // cryptographic operation is an update.
-        matches!(operation, Operation::Read | Operation::List)
+    fn routes(&self) -> &'static [Route] {
+        routes::ROUTES
     }
 
     async fn handle(&self, req: BackendRequest<'_>) -> Result<Response, EngineError> {
         use Operation::{Create, Delete, List, Read, Update};
         let op = req.operation;
         let data = req.data;
-        let write = matches!(op, Create | Update);
-        let mut parts = req.path.splitn(4, '/');
-        let first = parts.next().unwrap_or("");
-        let second = parts.next();
-        let third = parts.next();
-        let fourth = parts.next();
-        match (first, second, third, fourth) {
-            ("keys", None, None, None) | ("keys", Some(""), None, None) if op == List => {
-                self.list_keys().await
+        let name = req.capture("name");
+        let url_alg = req.captures.get("urlalgorithm");
+        match (req.route.pattern, op) {
+            ("keys", List) => self.list_keys().await,
+            ("keys/{name}", Read) => self.read_key(name).await,
+            ("keys/{name}", Create | Update) => self.create_key(name, data).await,
+            ("keys/{name}", Delete) => self.delete_key(name).await,
+            ("keys/{name}/config", _) => self.key_action(name, KeyAction::Config, data).await,
+            ("keys/{name}/rotate", _) => self.key_action(name, KeyAction::Rotate, data).await,
+            ("keys/{name}/trim", _) => self.key_action(name, KeyAction::Trim, data).await,
+            ("keys/{name}/disable", _) => self.key_action(name, KeyAction::Disable, data).await,
+            ("keys/{name}/enable", _) => self.key_action(name, KeyAction::Enable, data).await,
+            ("keys/{name}/schedule-deletion", _) => {
+                self.key_action(name, KeyAction::ScheduleDeletion, data)
+                    .await
             }
-            ("keys", Some(name), None, None) => match op {
-                Read => self.read_key(name).await,
-                Create | Update => self.create_key(name, data).await,
-                Delete => self.delete_key(name).await,
-                List => Err(EngineError::UnsupportedOperation),
-                _ => Err(EngineError::UnsupportedOperation),
-            },
-            ("keys", Some(name), Some(action), None) if write => {
-                self.key_action(name, action, data).await
+            ("keys/{name}/cancel-deletion", _) => {
+                self.key_action(name, KeyAction::CancelDeletion, data).await
             }
-            ("aliases", None, None, None) | ("aliases", Some(""), None, None) if op == List => {
-                self.list_aliases().await
+            ("aliases", List) => self.list_aliases().await,
+            ("aliases/{alias}", Read) => self.read_alias(req.capture("alias")).await,
+            ("aliases/{alias}", Create | Update) => {
+                self.write_alias(req.capture("alias"), data).await
             }
-            ("aliases", Some(alias), None, None) => match op {
-                Read => self.read_alias(alias).await,
-                Create | Update => self.write_alias(alias, data).await,
-                Delete => self.delete_alias(alias).await,
-                _ => Err(EngineError::UnsupportedOperation),
-            },
-            ("config", Some("keys"), None, None) => match op {
-                Read => self.read_mount_config().await,
-                Create | Update => self.write_mount_config(data).await,
-                _ => Err(EngineError::UnsupportedOperation),
-            },
-            ("encrypt", Some(name), None, None) if write => self.encrypt(name, data).await,
-            ("decrypt", Some(name), None, None) if write => self.decrypt(name, data).await,
-            ("rewrap", Some(name), None, None) if write => self.rewrap(name, data).await,
-            ("datakey", Some(kind), Some(name), None) if write => {
-                self.datakey(kind, name, data).await
+            ("aliases/{alias}", Delete) => self.delete_alias(req.capture("alias")).await,
+            ("config/keys", Read) => self.read_mount_config().await,
+            ("config/keys", Create | Update) => self.write_mount_config(data).await,
+            ("encrypt/{name}", _) => self.encrypt(name, data).await,
+            ("decrypt/{name}", _) => self.decrypt(name, data).await,
+            ("rewrap/{name}", _) => self.rewrap(name, data).await,
+            ("datakey/{plaintext}/{name}", _) => {
+                self.datakey(req.capture("plaintext"), name, data).await
             }
-            ("hmac", Some(name), alg, None) if write => self.hmac(name, alg, data).await,
-            ("sign", Some(name), alg, None) if write => self.sign(name, alg, data).await,
-            ("verify", Some(name), alg, None) if write => self.verify(name, alg, data).await,
-            ("random", a, b, None) if write => ops::random(a, b, data),
-            ("hash", alg, None, None) if write => ops::hash(alg, data),
-            _ => Err(EngineError::NotFound("unsupported path".to_owned())),
+            ("hmac/{name}/{urlalgorithm?}", _) => self.hmac(name, url_alg, data).await,
+            ("sign/{name}/{urlalgorithm?}", _) => self.sign(name, url_alg, data).await,
+            ("verify/{name}/{urlalgorithm?}", _) => self.verify(name, url_alg, data).await,
+            ("random/{source?}/{urlbytes?}", _) => ops::random(
+                req.captures.get("source"),
+                req.captures.get("urlbytes"),
+                data,
+            ),
+            ("hash/{urlalgorithm?}", _) => ops::hash(url_alg, data),
+            _ => Err(EngineError::UnsupportedOperation),
         }
     }
 
@@ -189,57 +187,13 @@ impl Backend for TransitBackend {
         self.run_schedule().await
     }
 
-    /// Routes that take a key name take an alias too; the canonical path names the key.
-    async fn canonical_path(
-        &self,
-        operation: Operation,
-        path: &str,
-    ) -> Result<Option<String>, EngineError> {
-        let Some(at) = key_segment(operation, path) else {
-            return Ok(None);
-        };
-        let Some(name) = path.split('/').nth(at) else {
-            return Ok(None);
-        };
+    /// Routes that take a key name take an alias too ([`routes::ROUTES`] marks them).
+    async fn resolve_alias(&self, name: &str) -> Result<Option<String>, EngineError> {
         if validate_name(name).is_err() {
             return Ok(None);
         }
         let (real, _) = self.resolve(name).await?;
-        if real == name {
-            return Ok(None);
-        }
-        let canonical = path
-            .split('/')
-            .enumerate()
-            .map(|(i, part)| if i == at { real.as_str() } else { part })
-            .collect::<Vec<_>>()
-            .join("/");
-        Ok(Some(canonical))
-    }
-}
-
-/// Which segment of `path` names a key on the routes whose handler resolves aliases
-/// ([`TransitBackend::resolve`]). Keep in step with the router in
-/// [`TransitBackend::handle`]: a route that takes a key name and is missing here lets an
-/// alias bypass a policy on the key.
-fn key_segment(operation: Operation, path: &str) -> Option<usize> {
-    use Operation::{Create, Delete, Read, Update};
-    let write = matches!(operation, Create | Update);
-    let mut parts = path.splitn(5, '/');
-    let route = (
-        parts.next().unwrap_or(""),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    );
-    match route {
-        // `keys/<name>` writes create a key of that very name (an alias name is refused).
-        ("keys", Some(_), None, None) if matches!(operation, Read | Delete) => Some(1),
-        ("keys", Some(_), Some(_), None) if write => Some(1),
-        ("encrypt" | "decrypt" | "rewrap", Some(_), None, None) if write => Some(1),
-        ("datakey", Some(_), Some(_), None) if write => Some(2),
-        ("hmac" | "sign" | "verify", Some(_), _, None) if write => Some(1),
-        _ => None,
+        Ok((real != name).then_some(real))
     }
 }
 

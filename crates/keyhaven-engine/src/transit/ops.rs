@@ -18,7 +18,7 @@ use super::manage::{NewKey, crypto_err, state_error};
 use super::{TransitBackend, items};
 use crate::error::EngineError;
 use crate::params;
-use crate::request::Response;
+use crate::request::{BatchFailure, Response};
 
 /// Vault's message for versions below `min_decryption_version` (or trimmed away).
 pub const TOO_OLD: &str = "ciphertext or signature version is disallowed by policy (too old)";
@@ -49,6 +49,18 @@ fn no_nonce(item: &Map<String, Value>) -> Result<(), EngineError> {
 fn version_param(item: &Map<String, Value>) -> Result<u32, EngineError> {
     let v = params::uint(item, "key_version")?.unwrap_or(0);
     u32::try_from(v).map_err(|_| EngineError::invalid("invalid key version"))
+}
+
+/// Refuse a key whose type cannot do `what` (`"encryption"`, `"signing"`, …).
+fn supported(key: &Key, supports: bool, what: &str) -> Result<(), EngineError> {
+    if supports {
+        Ok(())
+    } else {
+        Err(EngineError::invalid(format!(
+            "key type {} does not support {what}",
+            key.kind
+        )))
+    }
 }
 
 fn ensure_usable(key: &Key) -> Result<(), EngineError> {
@@ -158,15 +170,14 @@ fn finish(
     let mut d = Map::new();
     d.insert("batch_results".into(), Value::Array(out));
     let mut resp = Response::data(d);
-    if user || internal {
-        let mut code = match rule {
-            BatchStatus::FailRequest if user => Some(400),
-            BatchStatus::FailRequest => Some(500),
-            BatchStatus::Ok => None,
+    if (user || internal) && rule == BatchStatus::FailRequest {
+        let mut failed = BatchFailure {
+            internal: !user,
+            status_override: None,
         };
         if ok && let Some(c) = params::uint(data, "partial_failure_response_code")? {
             if (1..=599).contains(&c) {
-                code = u16::try_from(c).ok();
+                failed.status_override = u16::try_from(c).ok();
             } else {
                 resp.warnings.push(
                     "invalid HTTP response code override from partial_failure_response_code"
@@ -174,7 +185,7 @@ fn finish(
                 );
             }
         }
-        resp.status = code;
+        resp.batch_failure = Some(failed);
     }
     Ok(resp)
 }
@@ -200,12 +211,7 @@ impl TransitBackend {
             None => self.upsert(&real, data, &list).await?,
         };
         ensure_usable(&key)?;
-        if !key.kind.supports_encryption() {
-            return Err(EngineError::invalid(format!(
-                "key type {} does not support encryption",
-                key.kind
-            )));
-        }
+        supported(&key, key.kind.supports_encryption(), "encryption")?;
         let results = list.iter().map(|item| encrypt_one(&key, item)).collect();
         finish(batch, &list, results, data, BatchStatus::FailRequest)
     }
@@ -254,12 +260,7 @@ impl TransitBackend {
     ) -> Result<Response, EngineError> {
         let (list, batch) = items(data, self.limits)?;
         let key = self.usable_key(name, "encryption key not found").await?;
-        if !key.kind.supports_decryption() {
-            return Err(EngineError::invalid(format!(
-                "key type {} does not support decryption",
-                key.kind
-            )));
-        }
+        supported(&key, key.kind.supports_decryption(), "decryption")?;
         let results = list
             .iter()
             .map(|item| {
@@ -282,12 +283,7 @@ impl TransitBackend {
     ) -> Result<Response, EngineError> {
         let (list, batch) = items(data, self.limits)?;
         let key = self.usable_key(name, "encryption key not found").await?;
-        if !key.kind.supports_encryption() {
-            return Err(EngineError::invalid(format!(
-                "key type {} does not support encryption",
-                key.kind
-            )));
-        }
+        supported(&key, key.kind.supports_encryption(), "encryption")?;
         let results = list
             .iter()
             .map(|item| {
@@ -329,12 +325,7 @@ impl TransitBackend {
         }
         no_nonce(data)?;
         let key = self.usable_key(name, "encryption key not found").await?;
-        if !key.kind.supports_encryption() {
-            return Err(EngineError::invalid(format!(
-                "key type {} does not support encryption",
-                key.kind
-            )));
-        }
+        supported(&key, key.kind.supports_encryption(), "encryption")?;
         let ctx = b64(data, "context")?;
         let aad = b64(data, "associated_data")?;
         let mut dek = Zeroizing::new(vec![0u8; usize::try_from(bits / 8).unwrap_or(32)]);
@@ -406,12 +397,7 @@ impl TransitBackend {
     ) -> Result<Response, EngineError> {
         let (list, batch) = items(data, self.limits)?;
         let key = self.usable_key(name, "signing key not found").await?;
-        if !key.kind.supports_signing() {
-            return Err(EngineError::invalid(format!(
-                "key type {} does not support signing",
-                key.kind
-            )));
-        }
+        supported(&key, key.kind.supports_signing(), "signing")?;
         let opts = sign_options(key.kind, url_alg, data)?;
         let (ver, vk) = encryption_version(&key, version_param(data)?, "signing")?;
         let results = list
@@ -501,12 +487,7 @@ impl TransitBackend {
                 })
                 .collect()
         } else {
-            if !key.kind.supports_signing() {
-                return Err(EngineError::invalid(format!(
-                    "key type {} does not support verification",
-                    key.kind
-                )));
-            }
+            supported(&key, key.kind.supports_signing(), "verification")?;
             let opts = sign_options(key.kind, url_alg, data)?;
             list.iter()
                 .map(|item| {

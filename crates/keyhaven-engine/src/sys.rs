@@ -1,0 +1,506 @@
+//! The `sys/` mount: the system backend's routes and the one place each of its paths is
+//! served. (`sys/init`, `sys/unseal`, `sys/seal-status`, `sys/health` and `sys/leader`
+//! answer before unseal and without a token; the server serves those, as Vault's HTTP
+//! layer does.)
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use crate::backend::BackendRequest;
+use crate::clock::rfc3339;
+use crate::core::{Core, Unsealed};
+use crate::error::EngineError;
+use crate::mounts::Table;
+use crate::params;
+use crate::request::{Operation, Request, Response};
+use crate::route::{Field, Ops, Route};
+use crate::token::TokenEntry;
+
+const MOUNT_FIELDS: &[Field] = &[
+    Field::str("type", "The backend type (enable).").required(),
+    Field::str("description", "Free text (enable)."),
+    Field::map(
+        "config",
+        "Tuning: default_lease_ttl, max_lease_ttl (enable).",
+    ),
+    Field::map(
+        "options",
+        "Backend options, e.g. version=2 for kv (enable).",
+    ),
+    Field::bool(
+        "local",
+        "Accepted for compatibility; mounts are never replicated.",
+    ),
+    Field::bool("seal_wrap", "Accepted for compatibility."),
+    Field::bool("external_entropy_access", "Accepted for compatibility."),
+    Field::str("plugin_name", "Accepted for compatibility."),
+    Field::str("plugin_version", "Accepted for compatibility."),
+];
+
+const TUNE_FIELDS: &[Field] = &[
+    Field::duration("default_lease_ttl", "Default lease TTL."),
+    Field::duration("max_lease_ttl", "Maximum lease TTL."),
+    Field::str("description", "Free text."),
+    Field::map("options", "Backend options."),
+];
+
+const CAPABILITY_FIELDS: &[Field] = &[
+    Field::str_list("paths", "The paths to ask about.").required(),
+    Field::str("path", "Deprecated: one path."),
+    Field::str("token", "The token to ask about (sys/capabilities)."),
+    Field::str(
+        "accessor",
+        "The accessor of the token to ask about (sys/capabilities-accessor).",
+    ),
+];
+
+const POLICY_FIELDS: &[Field] = &[
+    Field::str("policy", "The policy text (HCL or JSON)."),
+    Field::str("rules", "Legacy name of policy (sys/policy)."),
+];
+
+/// Every path of the `sys/` mount that the engine serves.
+pub(crate) static ROUTES: &[Route] = &[
+    Route::new("seal", "Seal: drop every key until unsealed again.")
+        .ops(Ops::WRITE)
+        .sudo(),
+    Route::new("rotate", "Add a new keyring term for new writes.")
+        .ops(Ops::WRITE)
+        .sudo(),
+    Route::new("key-status", "The keyring's current term.").pure(Ops::READ),
+    Route::new("audit", "The enabled audit devices.")
+        .pure(Ops::READ)
+        .sudo(),
+    Route::new("audit-hash/{path}", "An audit device's HMAC of a string.")
+        .ops(Ops::WRITE)
+        .fields(&[Field::str("input", "The string to hash.").required()]),
+    Route::new(
+        "capabilities-self",
+        "The calling token's capabilities on paths.",
+    )
+    .ops(Ops::WRITE)
+    .fields(CAPABILITY_FIELDS),
+    Route::new("capabilities", "A token's capabilities on paths.")
+        .ops(Ops::WRITE)
+        .fields(CAPABILITY_FIELDS),
+    Route::new(
+        "capabilities-accessor",
+        "A token's capabilities on paths, by accessor.",
+    )
+    .ops(Ops::WRITE)
+    .fields(CAPABILITY_FIELDS),
+    Route::new("mounts", "The secret engines.").pure(Ops::READ),
+    Route::new("mounts/{path+}/tune", "A secret engine's tuning.")
+        .pure(Ops::READ)
+        .ops(Ops::WRITE)
+        .fields(TUNE_FIELDS),
+    Route::new("mounts/{path+}", "Enable, read or disable a secret engine.")
+        .pure(Ops::READ)
+        .ops(Ops::WRITE.and(Ops::DELETE))
+        .fields(MOUNT_FIELDS),
+    Route::new("auth", "The auth methods.").pure(Ops::READ),
+    Route::new("auth/{path+}/tune", "An auth method's tuning.")
+        .pure(Ops::READ)
+        .ops(Ops::WRITE)
+        .fields(TUNE_FIELDS)
+        .sudo(),
+    Route::new("auth/{path+}", "Enable, read or disable an auth method.")
+        .pure(Ops::READ)
+        .ops(Ops::WRITE.and(Ops::DELETE))
+        .fields(MOUNT_FIELDS)
+        .sudo(),
+    Route::new(
+        "internal/ui/mounts",
+        "The secret engines, for user interfaces.",
+    )
+    .pure(Ops::READ),
+    Route::new("internal/ui/mounts/{path+}", "The mount serving a path.").pure(Ops::READ),
+    Route::new(
+        "internal/specs/openapi",
+        "The OpenAPI document of every mounted path.",
+    )
+    .pure(Ops::READ)
+    .fields(&[Field::str("context", "Accepted for compatibility.")]),
+    Route::new(
+        "policies/explain",
+        "Which policy and rule decide a request (keyhaven).",
+    )
+    .ops(Ops::WRITE)
+    .fields(&[
+        Field::str("token", "The token to explain."),
+        Field::str("accessor", "Or its accessor."),
+        Field::str("path", "The request path.").required(),
+        Field::str("operation", "read, create, update, patch, delete or list.").default("read"),
+        Field::map("parameters", "The request's parameters."),
+    ]),
+    Route::new("policy", "The ACL policies (legacy shape).").pure(Ops::READ.and(Ops::LIST)),
+    Route::new("policy/{name}", "An ACL policy (legacy shape).")
+        .pure(Ops::READ)
+        .ops(Ops::WRITE.and(Ops::DELETE))
+        .fields(POLICY_FIELDS),
+    Route::new("policies/acl", "The ACL policies.").pure(Ops::READ.and(Ops::LIST)),
+    Route::new("policies/acl/{name}", "An ACL policy.")
+        .pure(Ops::READ)
+        .ops(Ops::WRITE.and(Ops::DELETE))
+        .fields(POLICY_FIELDS),
+];
+
+impl Core {
+    /// Serve a request matched to one of [`ROUTES`].
+    pub(crate) async fn handle_sys(
+        &self,
+        inner: &Arc<Unsealed>,
+        br: &BackendRequest<'_>,
+        entry: Option<&Arc<TokenEntry>>,
+        req: &Request,
+    ) -> Result<Response, EngineError> {
+        use Operation::{Create, Delete, List, Read, Update};
+        let op = br.operation;
+        let path = br.capture("path");
+        match (br.route.pattern, op) {
+            ("seal", _) => {
+                self.seal_from_request().await;
+                Ok(Response::no_content())
+            }
+            ("rotate", _) => {
+                let status = inner.barrier.rotate(self.clock.unix_seconds()).await?;
+                tracing::info!(target: "keyhaven::seal", term = status.term, "keyring rotated");
+                Ok(Response::no_content())
+            }
+            ("key-status", _) => {
+                let s = inner.barrier.key_status()?;
+                let mut data = Map::new();
+                data.insert("term".to_owned(), json!(s.term));
+                data.insert(
+                    "install_time".to_owned(),
+                    json!(rfc3339(unix_to_time(s.installed_unix))),
+                );
+                data.insert("encryptions".to_owned(), json!(s.encryptions));
+                Ok(Response::data(data))
+            }
+            ("audit", _) => Ok(Response::data(self.options.audit.list())),
+            ("audit-hash/{path}", _) => {
+                let input = params::string(&req.data, "input")?
+                    .ok_or_else(|| EngineError::invalid("missing parameter \"input\""))?;
+                let hash = self.options.audit.hash(path, input)?;
+                let mut data = Map::new();
+                data.insert("hash".to_owned(), Value::String(hash));
+                Ok(Response::data(data))
+            }
+            ("capabilities-self" | "capabilities" | "capabilities-accessor", _) => {
+                self.capabilities(inner, br.route.pattern, entry, req).await
+            }
+            ("mounts", _) => Ok(self.list_table(inner, Table::Secrets)),
+            ("auth", _) => Ok(self.list_table(inner, Table::Auth)),
+            ("mounts/{path+}/tune", _) => self.tune_mount(inner, Table::Secrets, path, req).await,
+            ("auth/{path+}/tune", _) => self.tune_mount(inner, Table::Auth, path, req).await,
+            ("mounts/{path+}", Read) => self.read_mount(inner, Table::Secrets, path),
+            ("auth/{path+}", Read) => self.read_mount(inner, Table::Auth, path),
+            ("mounts/{path+}", Create | Update) => {
+                self.enable_from_request(inner, Table::Secrets, path, req)
+                    .await
+            }
+            ("auth/{path+}", Create | Update) => {
+                self.enable_from_request(inner, Table::Auth, path, req)
+                    .await
+            }
+            ("mounts/{path+}", Delete) => self.disable_mount(inner, Table::Secrets, path).await,
+            ("auth/{path+}", Delete) => self.disable_mount(inner, Table::Auth, path).await,
+            ("internal/ui/mounts", _) => Ok(self.list_table(inner, Table::Secrets)),
+            ("internal/ui/mounts/{path+}", _) => self.ui_mount(inner, path),
+            ("internal/specs/openapi", _) => Ok(Response::data(self.openapi(inner))),
+            ("policies/explain", _) => self.explain(inner, req).await,
+            ("policy" | "policy/{name}" | "policies/acl" | "policies/acl/{name}", _) => {
+                let legacy = br.route.pattern.starts_with("policy");
+                match br.captures.get("name") {
+                    None if matches!(op, Read | List) => inner.policies.list_response(legacy).await,
+                    None => Err(EngineError::UnsupportedOperation),
+                    Some(name) => inner.policies.one(op, name, &req.data, legacy).await,
+                }
+            }
+            _ => Err(EngineError::UnsupportedOperation),
+        }
+    }
+
+    /// `sys/policies/explain` (keyhaven extension): which policy and rule allow or deny
+    /// `operation` on `path` for a token (given by value or accessor).
+    ///
+    /// The path is evaluated as written, without asking the backend for its canonical
+    /// path: for a transit alias this explains the alias's path only, while a real request
+    /// through the alias must also be allowed on the key's path (see
+    /// [`crate::Backend::canonical_path`]).
+    async fn explain(&self, inner: &Arc<Unsealed>, req: &Request) -> Result<Response, EngineError> {
+        let d = &req.data;
+        let subject = if let Some(token) = params::string(d, "token")?.filter(|s| !s.is_empty()) {
+            inner
+                .tokens
+                .lookup_accessor_or_token(None, Some(token))
+                .await?
+        } else if let Some(accessor) = params::string(d, "accessor")?.filter(|s| !s.is_empty()) {
+            inner
+                .tokens
+                .lookup_accessor_or_token(Some(accessor), None)
+                .await?
+        } else {
+            return Err(EngineError::invalid(
+                "missing parameter \"token\" or \"accessor\"",
+            ));
+        };
+        let subject =
+            subject.ok_or_else(|| EngineError::invalid("unknown, expired or revoked token"))?;
+        let path = params::string(d, "path")?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| EngineError::invalid("missing parameter \"path\""))?
+            .trim_start_matches('/');
+        let op = match params::string(d, "operation")?.unwrap_or("read") {
+            "read" => Operation::Read,
+            "create" => Operation::Create,
+            "update" | "write" => Operation::Update,
+            "patch" => Operation::Patch,
+            "delete" => Operation::Delete,
+            "list" => Operation::List,
+            other => return Err(EngineError::invalid(format!("unknown operation {other:?}"))),
+        };
+        let params = match d.get("parameters") {
+            Some(Value::Object(m)) => m.clone(),
+            _ => Map::new(),
+        };
+        let acl = inner.policies.acl_for(&subject.policies).await?;
+        let sudo = self.route_of(inner, op, path).is_some_and(|r| r.sudo);
+        let decision = acl.authorize(op, path, &params, sudo);
+        let mut data = Map::new();
+        data.insert("allowed".to_owned(), json!(decision.allowed));
+        data.insert("reason".to_owned(), json!(decision.reason));
+        data.insert("policy".to_owned(), json!(decision.policy));
+        data.insert("rule".to_owned(), json!(decision.rule));
+        data.insert("policies".to_owned(), json!(subject.policies));
+        data.insert("path".to_owned(), json!(path));
+        data.insert("operation".to_owned(), json!(op.as_str()));
+        Ok(Response::data(data))
+    }
+
+    /// `sys/capabilities-self`, `sys/capabilities` (another token) and
+    /// `sys/capabilities-accessor`.
+    async fn capabilities(
+        &self,
+        inner: &Arc<Unsealed>,
+        which: &str,
+        entry: Option<&Arc<TokenEntry>>,
+        req: &Request,
+    ) -> Result<Response, EngineError> {
+        let subject = match which {
+            "capabilities-self" => entry.cloned().ok_or(EngineError::PermissionDenied)?,
+            "capabilities" => {
+                let token = params::string(&req.data, "token")?
+                    .ok_or_else(|| EngineError::invalid("missing parameter \"token\""))?;
+                // Asking about a token does not spend one of its uses.
+                inner
+                    .tokens
+                    .lookup_accessor_or_token(None, Some(token))
+                    .await?
+                    .ok_or_else(|| EngineError::invalid("invalid token"))?
+            }
+            _ => {
+                let accessor = params::string(&req.data, "accessor")?
+                    .ok_or_else(|| EngineError::invalid("missing parameter \"accessor\""))?;
+                inner
+                    .tokens
+                    .lookup_accessor(accessor)
+                    .await?
+                    .ok_or_else(|| EngineError::invalid("invalid accessor"))?
+            }
+        };
+        let paths = match params::string_list(&req.data, "paths")? {
+            Some(p) if !p.is_empty() => p,
+            _ => match params::string(&req.data, "path")? {
+                Some(p) => vec![p.to_owned()],
+                None => return Err(EngineError::invalid("missing parameter \"paths\"")),
+            },
+        };
+        let acl = inner.policies.acl_for(&subject.policies).await?;
+        let mut data = Map::new();
+        let mut all = Vec::new();
+        for p in &paths {
+            let caps = acl.capabilities(p.trim_start_matches('/'));
+            all.extend(caps.iter().cloned());
+            data.insert(p.clone(), json!(caps));
+        }
+        if paths.len() == 1 {
+            data.insert("capabilities".to_owned(), json!(all));
+        }
+        Ok(Response::data(data))
+    }
+}
+
+fn unix_to_time(secs: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+impl Core {
+    /// The OpenAPI 3 document of every path mounted now, generated from the route tables
+    /// (`sys/internal/specs/openapi`, as Vault serves it).
+    pub(crate) fn openapi(&self, inner: &Unsealed) -> Map<String, Value> {
+        let mut paths = Map::new();
+        let secrets = inner.secrets.read().clone();
+        let auth = inner.auth.read().clone();
+        let mounts = secrets
+            .mounted()
+            .iter()
+            .map(|m| (String::new(), m))
+            .chain(auth.mounted().iter().map(|m| ("auth/".to_owned(), m)));
+        for (prefix, mounted) in mounts {
+            let tag = if prefix.is_empty() {
+                if mounted.entry.kind == "system" {
+                    "system"
+                } else {
+                    "secrets"
+                }
+            } else {
+                "auth"
+            };
+            for route in mounted.handler.routes() {
+                let path = format!(
+                    "/{prefix}{}{}",
+                    mounted.entry.path,
+                    openapi_pattern(route.pattern)
+                );
+                let path = path.trim_end_matches('/').to_owned();
+                paths.insert(path, openapi_path(route, &mounted.entry.kind, tag));
+            }
+        }
+        let mut doc = Map::new();
+        doc.insert("openapi".to_owned(), json!("3.0.2"));
+        doc.insert(
+            "info".to_owned(),
+            json!({
+                "title": "keyhaven API",
+                "description": "HTTP API of keyhaven, compatible with Vault's for what it implements. All API routes are prefixed with `/v1/`.",
+                "version": env!("CARGO_PKG_VERSION"),
+                "license": {"name": "Apache-2.0"},
+            }),
+        );
+        doc.insert("paths".to_owned(), Value::Object(paths));
+        doc.insert("components".to_owned(), json!({"schemas": {}}));
+        doc
+    }
+}
+
+/// A route pattern as an OpenAPI path template (`{name?}` and `{path*}` become `{name}`).
+fn openapi_pattern(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|seg| {
+            seg.strip_prefix('{')
+                .and_then(|s| s.strip_suffix('}'))
+                .map_or_else(
+                    || seg.to_owned(),
+                    |inner| format!("{{{}}}", inner.trim_end_matches(['?', '*', '+'])),
+                )
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// One path item: its captured segments as path parameters, and an operation per method.
+fn openapi_path(route: &Route, kind: &str, tag: &str) -> Value {
+    let parameters: Vec<Value> = route
+        .captures()
+        .map(|name| {
+            json!({
+                "name": name,
+                "in": "path",
+                "required": true,
+                "schema": {"type": "string"},
+            })
+        })
+        .collect();
+    let properties: Map<String, Value> = route
+        .all_fields()
+        .map(|f| {
+            let mut schema = Map::new();
+            schema.insert("type".to_owned(), json!(f.kind.openapi_type()));
+            schema.insert("description".to_owned(), json!(f.description));
+            if let Some(d) = f.default {
+                schema.insert("default".to_owned(), json!(d));
+            }
+            (f.name.to_owned(), Value::Object(schema))
+        })
+        .collect();
+    let required: Vec<&str> = route
+        .all_fields()
+        .filter(|f| f.required)
+        .map(|f| f.name)
+        .collect();
+    let id = |verb: &str| {
+        let slug: String = route
+            .pattern
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let slug = slug
+            .split('-')
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("-");
+        format!("{kind}-{verb}-{slug}")
+    };
+    let ok = json!({"200": {"description": "OK"}});
+    let mut item = Map::new();
+    item.insert("description".to_owned(), json!(route.summary));
+    item.insert("parameters".to_owned(), Value::Array(parameters));
+    if route.existence_check {
+        item.insert("x-vault-createSupported".to_owned(), json!(true));
+    }
+    if route.unauthenticated {
+        item.insert("x-vault-unauthenticated".to_owned(), json!(true));
+    }
+    if route.sudo {
+        item.insert("x-vault-sudoRequired".to_owned(), json!(true));
+    }
+    if route.ops.contains(Operation::Read) || route.ops.contains(Operation::List) {
+        let mut get = json!({"operationId": id("read"), "tags": [tag], "responses": ok});
+        if route.ops.contains(Operation::List)
+            && let Some(get) = get.as_object_mut()
+        {
+            get.insert(
+                "parameters".to_owned(),
+                json!([{
+                    "name": "list",
+                    "in": "query",
+                    "description": "Must be set to `true`",
+                    "required": !route.ops.contains(Operation::Read),
+                    "schema": {"type": "string", "enum": ["true"]},
+                }]),
+            );
+        }
+        item.insert("get".to_owned(), get);
+    }
+    let body = json!({
+        "required": true,
+        "content": {"application/json": {"schema": {
+            "type": "object",
+            "properties": properties,
+            "required": required,
+        }}},
+    });
+    if route.ops.contains(Operation::Update) {
+        item.insert(
+            "post".to_owned(),
+            json!({"operationId": id("write"), "tags": [tag], "requestBody": body, "responses": ok}),
+        );
+    }
+    if route.ops.contains(Operation::Patch) {
+        item.insert(
+            "patch".to_owned(),
+            json!({"operationId": id("patch"), "tags": [tag], "requestBody": body, "responses": ok}),
+        );
+    }
+    if route.ops.contains(Operation::Delete) {
+        item.insert(
+            "delete".to_owned(),
+            json!({"operationId": id("delete"), "tags": [tag], "responses": {"204": {"description": "empty body"}}}),
+        );
+    }
+    Value::Object(item)
+}
