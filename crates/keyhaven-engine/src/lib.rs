@@ -22,6 +22,8 @@ pub mod params;
 pub mod policy;
 mod request;
 pub mod route;
+#[cfg(test)]
+mod route_tests;
 pub mod transit;
 
 pub use backend::{Backend, BackendContext, BackendRequest, Limits};

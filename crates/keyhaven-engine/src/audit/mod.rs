@@ -53,7 +53,7 @@ use crate::request::{Request, Response};
 use crate::token::TokenEntry;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// How long a device may take to accept a record unless it says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);

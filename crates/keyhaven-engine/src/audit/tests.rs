@@ -15,11 +15,11 @@ use crate::{ClientToken, Core, CoreOptions, EngineError, ManualClock, Operation,
 
 /// Keeps records in memory; can be told to fail or to hang.
 #[derive(Default)]
-struct MemDevice {
+pub(crate) struct MemDevice {
     name: String,
     records: Mutex<Vec<Vec<u8>>>,
     /// How many records each call handed over, in order.
-    calls: Mutex<Vec<usize>>,
+    pub(crate) calls: Mutex<Vec<usize>>,
     fail: Mutex<bool>,
     hang: Mutex<bool>,
     /// Accept this many more records, then fail.
@@ -27,7 +27,7 @@ struct MemDevice {
 }
 
 impl MemDevice {
-    fn named(name: &str) -> Arc<MemDevice> {
+    pub(crate) fn named(name: &str) -> Arc<MemDevice> {
         Arc::new(MemDevice {
             name: name.to_owned(),
             ..Default::default()
@@ -85,7 +85,7 @@ impl AuditDevice for MemDevice {
 
 const SECRET: &str = "planted-S3cret-value-9f8e7d";
 
-async fn core_with(devices: Vec<Arc<dyn AuditDevice>>) -> (Arc<Core>, String) {
+pub(crate) async fn core_with(devices: Vec<Arc<dyn AuditDevice>>) -> (Arc<Core>, String) {
     let store = Arc::new(MemStore::new());
     let clock = Arc::new(ManualClock::new(
         UNIX_EPOCH + Duration::from_secs(1_800_000_000),
@@ -106,7 +106,7 @@ async fn core_with(devices: Vec<Arc<dyn AuditDevice>>) -> (Arc<Core>, String) {
     (core, root)
 }
 
-fn req(op: Operation, path: &str, data: Value, token: Option<&str>) -> Request {
+pub(crate) fn req(op: Operation, path: &str, data: Value, token: Option<&str>) -> Request {
     let data: Map<String, Value> = match data {
         Value::Object(m) => m,
         _ => Map::new(),
