@@ -810,3 +810,84 @@ fn tokens_policies_login_and_audit_through_bao() {
         "audit log holds a secret"
     );
 }
+
+/// The key names of a JSON object, sorted.
+fn key_set(v: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = v
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn mount_listings_have_openbaos_shape_with_sys_and_token_as_ordinary_mounts() {
+    use crate::support::call;
+    let server = TestServer::dev();
+    let openbao = OpenBaoDev::start();
+    // Mounts OpenBao's dev server has that keyhaven does not implement: they are not
+    // listed (no made-up entries). Everything keyhaven lists, OpenBao lists too.
+    let not_implemented = ["cubbyhole/", "identity/"];
+    for listing in ["sys/mounts", "sys/auth"] {
+        let (status, ours) = call(
+            "GET",
+            &format!("{}/v1/{listing}", server.addr()),
+            Some(&server.root_token()),
+            None,
+        );
+        assert_eq!(status, 200, "{listing}: {ours}");
+        let (status, theirs) = call(
+            "GET",
+            &format!("{}/v1/{listing}", openbao.addr),
+            Some("root"),
+            None,
+        );
+        assert_eq!(status, 200, "{listing}: {theirs}");
+        // The envelope, with the mounts also at the top level.
+        let mut expected = key_set(&theirs);
+        expected.retain(|k| !not_implemented.contains(&k.as_str()));
+        assert_eq!(key_set(&ours), expected, "{listing}");
+        let mut their_mounts = key_set(&theirs["data"]);
+        their_mounts.retain(|k| !not_implemented.contains(&k.as_str()));
+        assert_eq!(key_set(&ours["data"]), their_mounts, "{listing}");
+        for mount in their_mounts {
+            let (a, b) = (&ours["data"][&mount], &theirs["data"][&mount]);
+            assert_eq!(a["type"], b["type"], "{listing} {mount}");
+            assert_eq!(key_set(a), key_set(b), "{listing} {mount}");
+            assert_eq!(
+                key_set(&a["config"]),
+                key_set(&b["config"]),
+                "{listing} {mount}"
+            );
+            assert_eq!(a["description"], b["description"], "{listing} {mount}");
+            assert_eq!(
+                ours[&mount], ours["data"][&mount],
+                "{listing} {mount} at the top"
+            );
+            // Real identities, not placeholders.
+            let accessor = a["accessor"].as_str().unwrap();
+            assert!(
+                !accessor.ends_with("00000000"),
+                "{listing} {mount}: {accessor}"
+            );
+            assert!(uuid_like(a["uuid"].as_str().unwrap()), "{listing} {mount}");
+        }
+    }
+    assert!(
+        key_set(
+            &call(
+                "GET",
+                &format!("{}/v1/sys/mounts", server.addr()),
+                Some(&server.root_token()),
+                None
+            )
+            .1["data"]
+        )
+        .contains(&"sys/".to_owned())
+    );
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s != "00000000-0000-0000-0000-000000000000"
+}
