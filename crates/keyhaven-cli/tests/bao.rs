@@ -874,18 +874,6 @@ fn mount_listings_have_openbaos_shape_with_sys_and_token_as_ordinary_mounts() {
             assert!(uuid_like(a["uuid"].as_str().unwrap()), "{listing} {mount}");
         }
     }
-    assert!(
-        key_set(
-            &call(
-                "GET",
-                &format!("{}/v1/sys/mounts", server.addr()),
-                Some(&server.root_token()),
-                None
-            )
-            .1["data"]
-        )
-        .contains(&"sys/".to_owned())
-    );
 }
 
 fn uuid_like(s: &str) -> bool {
