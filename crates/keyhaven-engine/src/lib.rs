@@ -25,7 +25,7 @@ pub mod transit;
 
 pub use backend::{Backend, BackendContext, BackendRequest, Limits};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::EngineError;
+pub use error::{CryptoOp, EngineError};
 pub use request::{ClientToken, Operation, Request, Response};
 
 mod barrier;

@@ -44,7 +44,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::LoginGrant;
 use crate::clock::{Clock, rfc3339};
-use crate::error::EngineError;
+use crate::error::{CryptoOp, EngineError};
 use crate::params;
 use crate::request::{Operation, Response};
 
@@ -241,7 +241,7 @@ impl std::fmt::Debug for TokenStore {
 /// Make a new random salt, for init.
 pub(crate) fn new_salt() -> Result<Zeroizing<Vec<u8>>, EngineError> {
     let mut salt = Zeroizing::new(vec![0u8; 32]);
-    fill_random(&mut salt).map_err(|_| EngineError::Crypto)?;
+    fill_random(&mut salt).map_err(|_| EngineError::Crypto(CryptoOp::Random))?;
     Ok(salt)
 }
 
@@ -259,7 +259,7 @@ pub(crate) fn generate_token() -> Result<String, EngineError> {
         }
     });
     if failed {
-        Err(EngineError::Crypto)
+        Err(EngineError::Crypto(CryptoOp::Random))
     } else {
         Ok(token)
     }
@@ -267,7 +267,7 @@ pub(crate) fn generate_token() -> Result<String, EngineError> {
 
 fn generate_accessor() -> Result<String, EngineError> {
     let mut bytes = [0u8; 18];
-    fill_random(&mut bytes).map_err(|_| EngineError::Crypto)?;
+    fill_random(&mut bytes).map_err(|_| EngineError::Crypto(CryptoOp::Random))?;
     Ok(hex::encode(bytes))
 }
 
