@@ -24,7 +24,7 @@ use keyhaven_storage::{Condition, Op, StorageError, Store, Transaction, TxOutcom
 use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
-use crate::error::EngineError;
+use crate::error::{CryptoOp, EngineError};
 
 /// Raw key of the seal configuration.
 pub(crate) const SEAL_CONFIG_PATH: &str = "core/seal-config";
@@ -57,7 +57,8 @@ pub(crate) struct Keyring {
 impl Keyring {
     /// A keyring with one fresh term.
     pub(crate) fn generate(now_unix: i64) -> Result<Self, EngineError> {
-        let key = SecretKey::generate().map_err(|_| EngineError::Crypto)?;
+        let key =
+            SecretKey::generate().map_err(|_| EngineError::Crypto(CryptoOp::KeyGeneration))?;
         let mut kr = Keyring {
             terms: BTreeMap::new(),
             active: 1,
@@ -72,7 +73,8 @@ impl Keyring {
         key: SecretKey,
         installed_unix: i64,
     ) -> Result<(), EngineError> {
-        let aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, &key).map_err(|_| EngineError::Crypto)?;
+        let aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, &key)
+            .map_err(|_| EngineError::Crypto(CryptoOp::KeySetup))?;
         self.terms.insert(
             term,
             Term {
@@ -100,7 +102,8 @@ impl Keyring {
             .copied()
             .unwrap_or(0)
             .saturating_add(1);
-        let key = SecretKey::generate().map_err(|_| EngineError::Crypto)?;
+        let key =
+            SecretKey::generate().map_err(|_| EngineError::Crypto(CryptoOp::KeyGeneration))?;
         next.insert(new_term, key, now_unix)?;
         next.active = new_term;
         Ok(next)
@@ -163,9 +166,10 @@ impl Reader<'_> {
 
 /// Seal `root` under the unseal key for storage at [`ROOT_KEY_PATH`].
 pub(crate) fn seal_root_key(unseal: &SecretKey, root: &SecretKey) -> Result<Vec<u8>, EngineError> {
-    let aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, unseal).map_err(|_| EngineError::Crypto)?;
+    let aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, unseal)
+        .map_err(|_| EngineError::Crypto(CryptoOp::KeySetup))?;
     barrier::seal(SEAL_TERM, &aead, ROOT_KEY_PATH, root.expose_secret())
-        .map_err(|_| EngineError::Crypto)
+        .map_err(|_| EngineError::Crypto(CryptoOp::Encrypt))
 }
 
 /// Open the root key with a candidate unseal key; `None` if the candidate is wrong.
@@ -176,8 +180,8 @@ pub(crate) fn open_root_key(
     let Ok(candidate) = SecretKey::from_slice(unseal.expose_secret()) else {
         return Ok(None);
     };
-    let aead =
-        AeadKey::new(AeadAlgorithm::Aes256Gcm, &candidate).map_err(|_| EngineError::Crypto)?;
+    let aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, &candidate)
+        .map_err(|_| EngineError::Crypto(CryptoOp::KeySetup))?;
     match barrier::open(&aead, ROOT_KEY_PATH, sealed) {
         Ok(bytes) => {
             let bytes = Zeroizing::new(bytes);
@@ -219,8 +223,8 @@ impl std::fmt::Debug for Barrier {
 impl Barrier {
     /// Open the barrier with the root key, reading the keyring from storage.
     pub(crate) async fn unseal(raw: Arc<dyn Store>, root: &SecretKey) -> Result<Self, EngineError> {
-        let root_aead =
-            AeadKey::new(AeadAlgorithm::Aes256Gcm, root).map_err(|_| EngineError::Crypto)?;
+        let root_aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, root)
+            .map_err(|_| EngineError::Crypto(CryptoOp::KeySetup))?;
         let sealed = raw
             .get(KEYRING_PATH)
             .await?
@@ -243,8 +247,8 @@ impl Barrier {
         root: &SecretKey,
         keyring: Keyring,
     ) -> Result<Self, EngineError> {
-        let root_aead =
-            AeadKey::new(AeadAlgorithm::Aes256Gcm, root).map_err(|_| EngineError::Crypto)?;
+        let root_aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, root)
+            .map_err(|_| EngineError::Crypto(CryptoOp::KeySetup))?;
         Ok(Barrier {
             raw,
             root: RwLock::new(Some(root_aead)),
@@ -259,7 +263,7 @@ impl Barrier {
         let root = self.root.read();
         let root = root.as_ref().ok_or(EngineError::Sealed)?;
         barrier::seal(SEAL_TERM, root, KEYRING_PATH, &keyring.encode())
-            .map_err(|_| EngineError::Crypto)
+            .map_err(|_| EngineError::Crypto(CryptoOp::Encrypt))
     }
 
     /// Drop every key this barrier holds. Later calls fail with [`StorageError::Closed`].
@@ -284,7 +288,7 @@ impl Barrier {
             let root = self.root.read();
             let root = root.as_ref().ok_or(EngineError::Sealed)?;
             barrier::seal(SEAL_TERM, root, KEYRING_PATH, &next.encode())
-                .map_err(|_| EngineError::Crypto)?
+                .map_err(|_| EngineError::Crypto(CryptoOp::Encrypt))?
         };
         self.raw.put(KEYRING_PATH, sealed).await?;
         let status = KeyStatus {

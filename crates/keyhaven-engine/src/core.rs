@@ -23,7 +23,7 @@ use crate::auth::Outbound;
 use crate::backend::BackendRequest;
 use crate::barrier::{self, Barrier, Keyring};
 use crate::clock::Clock;
-use crate::error::EngineError;
+use crate::error::{CryptoOp, EngineError};
 use crate::mounts::{self, Handler, MountConfig, MountEntry, Mounted, Router, Table};
 use crate::policy::PolicyStore;
 use crate::request::{Operation, Request, Response};
@@ -163,7 +163,7 @@ impl std::fmt::Debug for Core {
 
 fn random_hex(n: usize) -> Result<String, EngineError> {
     let mut b = vec![0u8; n];
-    keyhaven_crypto::fill_random(&mut b).map_err(|_| EngineError::Crypto)?;
+    keyhaven_crypto::fill_random(&mut b).map_err(|_| EngineError::Crypto(CryptoOp::Random))?;
     Ok(hex::encode(b))
 }
 
@@ -315,8 +315,10 @@ impl Core {
             return Err(EngineError::AlreadyInitialized);
         }
         let now = self.clock.unix_seconds();
-        let unseal_key = SecretKey::generate().map_err(|_| EngineError::Crypto)?;
-        let root_key = SecretKey::generate().map_err(|_| EngineError::Crypto)?;
+        let unseal_key =
+            SecretKey::generate().map_err(|_| EngineError::Crypto(CryptoOp::KeyGeneration))?;
+        let root_key =
+            SecretKey::generate().map_err(|_| EngineError::Crypto(CryptoOp::KeyGeneration))?;
         let shares = shamir::split(unseal_key.expose_secret(), t, n)
             .map_err(|e| EngineError::invalid(format!("cannot split the unseal key: {e}")))?;
         let barrier = Barrier::new_for_init(self.raw.clone(), &root_key, Keyring::generate(now)?)?;
@@ -340,8 +342,8 @@ impl Core {
         };
         let token_entries = tokens.root_entry(&root_token, now)?;
         let (salt_key, salt_value) = token::salt_entry(&salt);
-        let mounts_value =
-            serde_json::to_vec(&Vec::<MountEntry>::new()).map_err(|_| EngineError::Crypto)?;
+        let mounts_value = serde_json::to_vec(&Vec::<MountEntry>::new())
+            .map_err(|_| EngineError::Encode("the mount table"))?;
 
         // Everything init writes is one raw transaction whose condition is "not initialized
         // yet", so a crash or a concurrent init leaves either nothing or a whole install.
@@ -363,7 +365,8 @@ impl Core {
         });
         ops.push(Op::Put {
             key: barrier::SEAL_CONFIG_PATH.to_owned(),
-            value: serde_json::to_vec(&config).map_err(|_| EngineError::Crypto)?,
+            value: serde_json::to_vec(&config)
+                .map_err(|_| EngineError::Encode("the seal configuration"))?,
         });
         barrier.seal();
         let tx = Transaction {
@@ -508,7 +511,8 @@ impl Core {
         let builtin = mounts::Builtin::of_table(table);
         if !entries.iter().any(|e| builtin.is(e)) {
             entries.push(builtin.new_entry(self.clock.unix_seconds()));
-            let bytes = serde_json::to_vec(&entries).map_err(|_| EngineError::Crypto)?;
+            let bytes =
+                serde_json::to_vec(&entries).map_err(|_| EngineError::Encode("the mount table"))?;
             let condition = match raw {
                 Some(value) => Condition::Equals {
                     key: table.storage_key().to_owned(),
@@ -578,7 +582,10 @@ impl Core {
                 root_token_id,
             )
             .await?;
-        let share = init.shares.first().ok_or(EngineError::Crypto)?;
+        let share = init
+            .shares
+            .first()
+            .ok_or(EngineError::Internal("init made no unseal share"))?;
         let text = SecretString::from(hex::encode(share.as_bytes()));
         self.unseal(UnsealInput::Key(text)).await?;
         let inner = self.unsealed()?;
@@ -766,10 +773,7 @@ impl Core {
             Handler::Token => {
                 let entry = entry.ok_or(EngineError::PermissionDenied)?;
                 let presented = req.token.as_ref().map(|t| t.expose()).unwrap_or_default();
-                inner
-                    .tokens
-                    .handle(br.operation, br.path, &req.data, entry, presented, sudo)
-                    .await?
+                inner.tokens.handle(&br, entry, presented, sudo).await?
             }
         };
         resp.warnings.extend(warnings);

@@ -7,6 +7,13 @@ use keyhaven_types::ErrorCode;
 ///
 /// Messages are shown to API callers: they name what is wrong and never contain secret
 /// values (keys, tokens, secret data, plaintexts).
+///
+/// Faults of the server itself ([`Crypto`](Self::Crypto), [`Encode`](Self::Encode),
+/// [`Internal`](Self::Internal), [`Corrupt`](Self::Corrupt)) map to
+/// [`ErrorCode::Internal`]: the server answers them with a generic message and a request
+/// id, and logs the message, which names the fault. The first three carry only fixed
+/// text, never anything from the request or a secret, so they may still reach a caller
+/// (as the `error` of a transit batch item) and audit records keep them in clear.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
@@ -40,9 +47,16 @@ pub enum EngineError {
     /// Data read back from storage could not be decrypted or decoded.
     #[error("stored data is corrupt or was written under another key: {0}")]
     Corrupt(String),
-    /// A cryptographic operation failed for a reason other than bad input.
-    #[error("cryptographic failure")]
-    Crypto,
+    /// A cryptographic operation failed for a reason other than bad input (the random
+    /// number generator, key generation, encryption).
+    #[error("cryptographic failure: {0}")]
+    Crypto(CryptoOp),
+    /// A value could not be encoded for storage; names what was being encoded.
+    #[error("could not encode {0} for storage")]
+    Encode(&'static str),
+    /// An internal invariant was broken; names which.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// The version a KV read or patch addresses was deleted or destroyed: a 404 that, as
     /// in Vault, still carries what is known about the version (its metadata, never its
     /// value).
@@ -51,6 +65,37 @@ pub enum EngineError {
     /// A dependency is temporarily unavailable.
     #[error("{0}")]
     Unavailable(String),
+}
+
+/// The cryptographic operation behind an [`EngineError::Crypto`].
+///
+/// The operation only: which key or input was involved stays out, and failures of a
+/// decryption are not reported here (they are the caller's, and opaque).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CryptoOp {
+    /// Drawing bytes from the system's random number generator.
+    Random,
+    /// Generating a key.
+    KeyGeneration,
+    /// Preparing a key for use with an AEAD.
+    KeySetup,
+    /// Encrypting (sealing) a value.
+    Encrypt,
+    /// A transit key operation, for a failure the crypto crate reports in no other way.
+    Transit,
+}
+
+impl std::fmt::Display for CryptoOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CryptoOp::Random => "random number generator",
+            CryptoOp::KeyGeneration => "key generation",
+            CryptoOp::KeySetup => "AEAD key setup",
+            CryptoOp::Encrypt => "encryption",
+            CryptoOp::Transit => "transit key operation",
+        })
+    }
 }
 
 impl EngineError {
@@ -72,8 +117,54 @@ impl EngineError {
             EngineError::AlreadyInitialized => ErrorCode::AlreadyInitialized,
             EngineError::Storage(StorageError::InvalidKey { .. }) => ErrorCode::InvalidRequest,
             EngineError::Storage(_) => ErrorCode::Unavailable,
-            EngineError::Corrupt(_) | EngineError::Crypto => ErrorCode::Internal,
+            EngineError::Corrupt(_)
+            | EngineError::Crypto(_)
+            | EngineError::Encode(_)
+            | EngineError::Internal(_) => ErrorCode::Internal,
             EngineError::Unavailable(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_faults_map_to_internal_and_name_the_fault() {
+        let cases = [
+            (
+                EngineError::Crypto(CryptoOp::Random),
+                "cryptographic failure: random number generator",
+            ),
+            (
+                EngineError::Crypto(CryptoOp::KeyGeneration),
+                "cryptographic failure: key generation",
+            ),
+            (
+                EngineError::Crypto(CryptoOp::KeySetup),
+                "cryptographic failure: AEAD key setup",
+            ),
+            (
+                EngineError::Crypto(CryptoOp::Encrypt),
+                "cryptographic failure: encryption",
+            ),
+            (
+                EngineError::Crypto(CryptoOp::Transit),
+                "cryptographic failure: transit key operation",
+            ),
+            (
+                EngineError::Encode("the mount table"),
+                "could not encode the mount table for storage",
+            ),
+            (
+                EngineError::Internal("init made no unseal share"),
+                "internal error: init made no unseal share",
+            ),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.code(), ErrorCode::Internal, "{err:?}");
+            assert_eq!(err.to_string(), text);
         }
     }
 }

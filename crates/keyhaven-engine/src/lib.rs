@@ -28,7 +28,7 @@ pub mod transit;
 
 pub use backend::{Backend, BackendContext, BackendRequest, Limits};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::EngineError;
+pub use error::{CryptoOp, EngineError};
 pub use request::{BatchFailure, ClientToken, Operation, Request, Response};
 
 mod barrier;
@@ -37,7 +37,6 @@ mod mounts;
 mod sys;
 mod sys_mounts;
 mod token;
-mod token_routes;
 
 pub use crate::barrier::KeyStatus;
 pub use crate::core::{Core, CoreOptions, InitParams, InitResult, SealStatus, UnsealInput};

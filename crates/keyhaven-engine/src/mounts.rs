@@ -334,7 +334,7 @@ impl Handler {
     pub(crate) fn routes(&self) -> &'static [Route] {
         match self {
             Handler::System => crate::sys::ROUTES,
-            Handler::Token => crate::token_routes::ROUTES,
+            Handler::Token => crate::token::ROUTES,
             Handler::Backend(b) => b.routes(),
         }
     }

@@ -7,7 +7,7 @@ use keyhaven_storage::Store;
 use serde_json::{Map, Value, json};
 
 use crate::core::{Core, Unsealed};
-use crate::error::EngineError;
+use crate::error::{CryptoOp, EngineError};
 use crate::mounts::{self, MountConfig, MountEntry, Mounted, Router, Table};
 use crate::params;
 use crate::request::{Operation, Request, Response};
@@ -135,7 +135,8 @@ impl Core {
             )));
         }
         let mut accessor_bytes = [0u8; 4];
-        keyhaven_crypto::fill_random(&mut accessor_bytes).map_err(|_| EngineError::Crypto)?;
+        keyhaven_crypto::fill_random(&mut accessor_bytes)
+            .map_err(|_| EngineError::Crypto(CryptoOp::Random))?;
         let prefix = if table == Table::Auth { "auth_" } else { "" };
         let entry = MountEntry {
             path,
@@ -174,7 +175,8 @@ impl Core {
         mounted: &[Mounted],
     ) -> Result<(), EngineError> {
         let entries: Vec<&MountEntry> = mounted.iter().map(|m| &m.entry).collect();
-        let bytes = serde_json::to_vec(&entries).map_err(|_| EngineError::Crypto)?;
+        let bytes =
+            serde_json::to_vec(&entries).map_err(|_| EngineError::Encode("the mount table"))?;
         inner.barrier.put(table.storage_key(), bytes).await?;
         Ok(())
     }

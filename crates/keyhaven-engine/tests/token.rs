@@ -999,3 +999,104 @@ async fn a_revoked_token_is_not_brought_back_by_a_concurrent_lookup() {
         assert!(!e.works(&t).await, "trial {trial}: revoked token works");
     }
 }
+
+/// Every `auth/token/` endpoint answers by path and operation: the ones the other tests
+/// do not reach, and the refusals of the dispatch itself.
+#[tokio::test]
+async fn each_token_endpoint_answers_by_path_and_operation() {
+    let e = env().await;
+    let (t, accessor) = e
+        .create(json!({"policies": ["tokens"], "ttl": "1h"}), &e.root)
+        .await;
+    e.clock.advance(Duration::from_secs(600));
+    let r = e
+        .ok(
+            Operation::Update,
+            "auth/token/renew",
+            json!({"token": t, "increment": "30m"}),
+            &e.root,
+        )
+        .await;
+    let auth = r.auth.unwrap();
+    assert_eq!(auth["client_token"], json!(t));
+    assert_eq!(auth["lease_duration"], 1800);
+    let r = e
+        .ok(
+            Operation::Update,
+            "auth/token/renew-accessor",
+            json!({"accessor": accessor}),
+            &e.root,
+        )
+        .await;
+    let auth = r.auth.unwrap();
+    assert!(auth.get("client_token").is_none(), "{auth:?}");
+    assert_eq!(auth["accessor"], json!(accessor));
+
+    // Roles: none yet, then one, then none again.
+    let none = e
+        .call(Operation::List, "auth/token/roles", json!({}), &e.root)
+        .await;
+    assert!(matches!(none, Err(EngineError::NotFound(_))), "{none:?}");
+    e.ok(
+        Operation::Update,
+        "auth/token/roles/ci",
+        json!({"allowed_policies": "tokens"}),
+        &e.root,
+    )
+    .await;
+    e.ok(Operation::Delete, "auth/token/roles/ci", json!({}), &e.root)
+        .await;
+    let gone = e
+        .call(Operation::Read, "auth/token/roles/ci", json!({}), &e.root)
+        .await;
+    assert!(matches!(gone, Err(EngineError::NotFound(_))), "{gone:?}");
+    let unknown = e
+        .call(
+            Operation::Update,
+            "auth/token/create/ci",
+            json!({}),
+            &e.root,
+        )
+        .await;
+    assert!(
+        matches!(&unknown, Err(EngineError::InvalidRequest(m)) if m.contains("unknown role")),
+        "{unknown:?}"
+    );
+
+    // A bad role name is refused by every operation the path has; an operation the path
+    // lacks is unsupported, whatever the name.
+    for op in [Operation::Read, Operation::Update, Operation::Delete] {
+        let bad = e
+            .call(op, "auth/token/roles/no:colons", json!({}), &e.root)
+            .await;
+        assert!(
+            matches!(&bad, Err(EngineError::InvalidRequest(m)) if m == "invalid role name"),
+            "{op}: {bad:?}"
+        );
+    }
+    // Paths answer only their own operations (unsupported operation, as Vault answers);
+    // a path no route has is not found.
+    for (op, path) in [
+        (Operation::List, "auth/token/roles/ci"),
+        (Operation::List, "auth/token/roles/no:colons"),
+        (Operation::Read, "auth/token/create"),
+        (Operation::Read, "auth/token/revoke"),
+        (Operation::Delete, "auth/token/lookup-self"),
+        (Operation::Read, "auth/token/create/ci"),
+    ] {
+        let r = e.call(op, path, json!({}), &e.root).await;
+        assert!(
+            matches!(r, Err(EngineError::UnsupportedOperation)),
+            "{op} {path}: {r:?}"
+        );
+    }
+    let r = e
+        .call(
+            Operation::Update,
+            "auth/token/nothing-here",
+            json!({}),
+            &e.root,
+        )
+        .await;
+    assert!(matches!(r, Err(EngineError::NotFound(_))), "{r:?}");
+}

@@ -48,7 +48,7 @@ use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
 use crate::clock::{Clock, SystemClock, rfc3339};
-use crate::error::EngineError;
+use crate::error::{CryptoOp, EngineError};
 use crate::request::{Request, Response};
 use crate::token::TokenEntry;
 
@@ -221,7 +221,8 @@ impl AuditBroker {
                 Some(bytes) => Zeroizing::new(bytes),
                 None => {
                     let mut fresh = Zeroizing::new(vec![0u8; SALT_LEN]);
-                    keyhaven_crypto::fill_random(&mut fresh).map_err(|_| EngineError::Crypto)?;
+                    keyhaven_crypto::fill_random(&mut fresh)
+                        .map_err(|_| EngineError::Crypto(CryptoOp::Random))?;
                     // Another replica may have created it first: then use theirs.
                     if storage
                         .compare_and_swap(&path, None, Some(fresh.to_vec()))
@@ -494,7 +495,9 @@ impl ErrorText {
             | EngineError::AlreadyInitialized
             | EngineError::Storage(_)
             | EngineError::VersionGone(_)
-            | EngineError::Crypto => ErrorText::Clear(e.to_string()),
+            | EngineError::Crypto(_)
+            | EngineError::Encode(_)
+            | EngineError::Internal(_) => ErrorText::Clear(e.to_string()),
             EngineError::InvalidRequest(_)
             | EngineError::NotFound(_)
             | EngineError::PreconditionFailed(_)

@@ -32,7 +32,7 @@ fn sudo_of(op: Operation, path: &str) -> bool {
     let (table, rel) = if let Some(rel) = path.strip_prefix("sys/") {
         (crate::sys::ROUTES, rel)
     } else if let Some(rel) = path.strip_prefix("auth/token/") {
-        (crate::token_routes::ROUTES, rel)
+        (crate::token::ROUTES, rel)
     } else {
         return false;
     };

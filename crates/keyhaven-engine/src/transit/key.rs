@@ -212,7 +212,7 @@ impl Key {
         };
         serde_json::to_vec(&rec)
             .map(Zeroizing::new)
-            .map_err(|_| EngineError::Crypto)
+            .map_err(|_| EngineError::Encode("a transit key record"))
     }
 
     /// The version `n`, if it exists and has not been trimmed.

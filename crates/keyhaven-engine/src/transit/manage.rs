@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::key::{Key, KeyConfig, KeyState, Version};
 use super::{CONFIG_KEY, Change, TransitBackend, alias_path, validate_name};
-use crate::error::EngineError;
+use crate::error::{CryptoOp, EngineError};
 use crate::params;
 use crate::request::Response;
 
@@ -30,7 +30,9 @@ pub(crate) fn crypto_err(e: CryptoError) -> EngineError {
         }
         CryptoError::Decrypt(d) => EngineError::invalid(d.to_string()),
         CryptoError::KeyLength { .. } => EngineError::invalid(e.to_string()),
-        _ => EngineError::Crypto,
+        CryptoError::Random => EngineError::Crypto(CryptoOp::Random),
+        CryptoError::Seal => EngineError::Crypto(CryptoOp::Encrypt),
+        _ => EngineError::Crypto(CryptoOp::Transit),
     }
 }
 
@@ -256,7 +258,9 @@ impl TransitBackend {
                 None => spec.build(now),
             })
             .await?
-            .ok_or(EngineError::Crypto)?;
+            .ok_or(EngineError::Internal(
+                "a transit key created on request was not returned",
+            ))?;
         let mut resp = key_response(&key);
         if existed {
             resp.warnings.push(format!("key {name} already existed"));
@@ -449,8 +453,8 @@ impl TransitBackend {
                 "key {target:?} not found (an alias must name a key, not another alias)"
             )));
         }
-        let body =
-            serde_json::to_vec(&json!({ "key": target })).map_err(|_| EngineError::Crypto)?;
+        let body = serde_json::to_vec(&json!({ "key": target }))
+            .map_err(|_| EngineError::Encode("a transit alias record"))?;
         self.storage.put(&alias_path(alias), body).await?;
         self.aliases
             .write()
@@ -480,8 +484,8 @@ impl TransitBackend {
         data: &Map<String, Value>,
     ) -> Result<Response, EngineError> {
         let v = params::boolean(data, "disable_upsert")?.unwrap_or(false);
-        let body =
-            serde_json::to_vec(&json!({ "disable_upsert": v })).map_err(|_| EngineError::Crypto)?;
+        let body = serde_json::to_vec(&json!({ "disable_upsert": v }))
+            .map_err(|_| EngineError::Encode("the transit mount configuration"))?;
         self.storage.put(CONFIG_KEY, body).await?;
         *self.disable_upsert.write() = Some(v);
         self.read_mount_config().await
@@ -494,7 +498,9 @@ type KeyChange = dyn FnMut(&Key) -> Result<Change, EngineError> + Send;
 /// The error a cryptographic or rotation request gets from a key that is not enabled.
 pub(crate) fn state_error(k: &Key) -> EngineError {
     match k.config.state {
-        KeyState::Enabled => EngineError::Crypto,
+        KeyState::Enabled => {
+            EngineError::Internal("an enabled transit key was refused as not enabled")
+        }
         KeyState::Disabled => {
             EngineError::PreconditionFailed(format!("key {:?} is disabled", k.name))
         }

@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use super::key::{Key, KeyState};
 use super::manage::{NewKey, crypto_err, state_error};
 use super::{TransitBackend, items};
-use crate::error::EngineError;
+use crate::error::{CryptoOp, EngineError};
 use crate::params;
 use crate::request::{BatchFailure, Response};
 
@@ -137,7 +137,9 @@ fn finish(
         return results
             .into_iter()
             .next()
-            .unwrap_or(Err(EngineError::Crypto))
+            .unwrap_or(Err(EngineError::Internal(
+                "a single-item request produced no result",
+            )))
             .map(Response::data);
     }
     let (mut ok, mut user, mut internal) = (false, false, false);
@@ -250,7 +252,9 @@ impl TransitBackend {
             None => spec.build(now),
         })
         .await?
-        .ok_or(EngineError::Crypto)
+        .ok_or(EngineError::Internal(
+            "a transit key created on request was not returned",
+        ))
     }
 
     pub(crate) async fn decrypt(
@@ -329,7 +333,7 @@ impl TransitBackend {
         let ctx = b64(data, "context")?;
         let aad = b64(data, "associated_data")?;
         let mut dek = Zeroizing::new(vec![0u8; usize::try_from(bits / 8).unwrap_or(32)]);
-        fill_random(&mut dek).map_err(|_| EngineError::Crypto)?;
+        fill_random(&mut dek).map_err(|_| EngineError::Crypto(CryptoOp::Random))?;
         let (ver, vk) = encryption_version(&key, version_param(data)?, "encryption")?;
         let body = vk
             .encrypt(
@@ -674,7 +678,7 @@ pub(crate) fn random(
         )));
     }
     let mut buf = vec![0u8; usize::try_from(bytes).unwrap_or(32)];
-    fill_random(&mut buf).map_err(|_| EngineError::Crypto)?;
+    fill_random(&mut buf).map_err(|_| EngineError::Crypto(CryptoOp::Random))?;
     let out = match params::string(data, "format")?.unwrap_or("base64") {
         "base64" => Base64::Standard.encode(&buf),
         "hex" => hex::encode(&buf),

@@ -1,0 +1,224 @@
+//! Tokens: the store every request is authenticated against, the tokens it mints (for
+//! `auth/token/create*` and for auth method logins), and the `auth/token/` endpoints.
+//!
+//! Tokens are never stored: an entry is kept under the HMAC-SHA256 of the token, keyed by
+//! a per-installation salt that lives behind the barrier (`core/token/salt`). A stolen
+//! database therefore yields neither tokens nor a way to test guesses offline. Only
+//! service tokens are issued, and a caller cannot choose a token's id (only a dev
+//! server's root token can have a given one).
+//!
+//! Storage (all behind the barrier):
+//! - `core/token/salt`: the salt;
+//! - `core/token/id/<hash>`: the entry;
+//! - `core/token/accessor/<accessor>`: the hash, so accessors can look up and revoke;
+//! - `core/token/parent/<parent hash>/<child hash>`: the token tree, so revoking a
+//!   parent revokes its children;
+//! - `core/token/role/<name>`: token roles.
+//!
+//! Entries are cached in memory, except limited-use entries and entries being revoked.
+//! A write drops the entry from the cache, and a lookup that read storage while a write
+//! happened keeps what it read out of the cache, so the cache never brings back a revoked
+//! or outdated entry. A token in keyhaven's format with a bad checksum is refused without
+//! a lookup.
+//!
+//! Expiry is checked on every lookup against the engine's clock, so an expired token stops
+//! working at once; [`TokenStore::sweep_expired`] (periodic maintenance and
+//! `auth/token/tidy`) deletes expired entries later and finishes interrupted revocations.
+//! A child's expiry never exceeds its parent's, at creation or renewal. Revoking a token
+//! revokes its whole subtree, except through `revoke-orphan`, which needs root or sudo
+//! and leaves the children as orphans.
+//!
+//! Revocation is atomic with respect to child creation: a token is first marked
+//! `revoking` (it stops working at once), and only then are its children listed. A child
+//! is created in a transaction conditioned on its parent's entry being exactly as read and
+//! not marked, so a child either exists before the mark (and is listed and revoked) or is
+//! refused. A crash between the mark and the end leaves marked entries, which the sweeper
+//! finishes. The final use of a limited-use token marks it the same way, and the request
+//! that spent it revokes the whole tree when it ends (as Vault does): children created
+//! with a limited-use token never outlive its last use.
+//!
+//! Who may mint which policies (as in Vault): `root` only from a root token, never from
+//! an auth method; without a role, a child's policies are a subset of the caller's (and
+//! `default`) unless the caller has sudo on the creating path; with a role, the requested
+//! set must lie within the role's `allowed_policies`, or, if it has none, within the
+//! caller's policies, and never meets `disallowed_policies` (policies the request did not
+//! name are left out instead). An orphan role changes where the token hangs, not who may
+//! ask.
+//!
+//! Durations: a `ttl`, `explicit_max_ttl` or `period` beyond the maximum TTL (32 days, or
+//! an auth mount's lower `max_lease_ttl` for its logins) is capped, with a warning on
+//! `auth/token/create*`. A `period` in the request needs root or sudo, and so does an
+//! orphan unless a role makes it one.
+
+mod lifecycle;
+mod roles;
+mod routes;
+mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use keyhaven_crypto::HmacKey;
+use keyhaven_storage::Store;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::clock::{Clock, rfc3339};
+use crate::error::EngineError;
+
+pub(crate) use lifecycle::generate_token;
+pub(crate) use routes::ROUTES;
+pub(crate) use store::{new_salt, salt_entry};
+
+const SALT_PATH: &str = "core/token/salt";
+const ID_PREFIX: &str = "core/token/id/";
+const ACCESSOR_PREFIX: &str = "core/token/accessor/";
+const PARENT_PREFIX: &str = "core/token/parent/";
+const ROLE_PREFIX: &str = "core/token/role/";
+
+/// The longest any non-root token lives without renewal, and the default TTL: 32 days,
+/// as Vault's `max_lease_ttl`.
+pub const SYSTEM_MAX_TTL: u64 = 32 * 24 * 3600;
+
+/// What the store keeps about a token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenEntry {
+    /// Policies attached to the token.
+    pub policies: Vec<String>,
+    /// Public handle for lookup and revocation without the token.
+    pub accessor: String,
+    /// Human-readable name.
+    pub display_name: String,
+    /// Creation time, Unix seconds.
+    pub creation_time: i64,
+    /// Path that created it.
+    pub path: String,
+    /// TTL at creation (seconds, 0 = none).
+    #[serde(default)]
+    pub creation_ttl: u64,
+    /// Absolute expiry (Unix seconds); `None` never expires (root tokens).
+    #[serde(default)]
+    pub expire_time: Option<i64>,
+    /// Hard limit that renewal cannot pass (seconds from creation, 0 = none).
+    #[serde(default)]
+    pub explicit_max_ttl: u64,
+    /// Renewal period for periodic tokens (0 = not periodic).
+    #[serde(default)]
+    pub period: u64,
+    /// Whether renew is allowed.
+    #[serde(default)]
+    pub renewable: bool,
+    /// Remaining uses (0 = unlimited).
+    #[serde(default)]
+    pub num_uses: u64,
+    /// Hash (hex) of the parent token; `None` for orphans.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Metadata (not secret).
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// Last issue or renewal time, Unix seconds.
+    #[serde(default)]
+    pub issue_time: i64,
+    /// Hash (hex) of this token, the storage identity.
+    #[serde(default)]
+    pub hash: String,
+    /// Revocation has begun: the token no longer works, and no child may be created under
+    /// it. On an entry returned by a lookup, it means that lookup spent the token's final
+    /// use, and the tree is revoked when the request ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoking: bool,
+}
+
+impl TokenEntry {
+    /// Whether the token carries the `root` policy.
+    pub fn is_root(&self) -> bool {
+        self.policies.iter().any(|p| p == "root")
+    }
+
+    fn expired(&self, now: i64) -> bool {
+        self.expire_time.is_some_and(|t| t <= now)
+    }
+
+    /// Usable for a new request at `now`: neither expired nor being revoked.
+    fn live(&self, now: i64) -> bool {
+        !self.expired(now) && !self.revoking
+    }
+
+    fn ttl_left(&self, now: i64) -> u64 {
+        ttl_from(now, self.expire_time)
+    }
+
+    fn lookup_data(&self, id: &str, now: i64) -> Map<String, Value> {
+        let mut d = Map::new();
+        d.insert("accessor".into(), json!(self.accessor));
+        d.insert("creation_time".into(), json!(self.creation_time));
+        d.insert("creation_ttl".into(), json!(self.creation_ttl));
+        d.insert("display_name".into(), json!(self.display_name));
+        d.insert("entity_id".into(), json!(""));
+        d.insert(
+            "expire_time".into(),
+            self.expire_time
+                .map(|t| json!(rfc3339(unix(t))))
+                .unwrap_or(Value::Null),
+        );
+        d.insert("explicit_max_ttl".into(), json!(self.explicit_max_ttl));
+        d.insert("id".into(), json!(id));
+        d.insert("issue_time".into(), json!(rfc3339(unix(self.issue_time))));
+        d.insert(
+            "meta".into(),
+            if self.meta.is_empty() {
+                Value::Null
+            } else {
+                json!(self.meta)
+            },
+        );
+        d.insert("num_uses".into(), json!(self.num_uses));
+        d.insert("orphan".into(), json!(self.parent.is_none()));
+        d.insert("path".into(), json!(self.path));
+        d.insert("policies".into(), json!(self.policies));
+        d.insert("renewable".into(), json!(self.renewable));
+        d.insert("ttl".into(), json!(self.ttl_left(now)));
+        d.insert("type".into(), json!("service"));
+        if self.period > 0 {
+            d.insert("period".into(), json!(self.period));
+        }
+        d
+    }
+}
+
+fn unix(t: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(t).unwrap_or(0))
+}
+
+/// The token store of an unsealed server.
+pub struct TokenStore {
+    storage: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    hasher: HmacKey,
+    cache: RwLock<HashMap<[u8; 32], Arc<TokenEntry>>>,
+    /// Bumped (under the cache's write lock) whenever a stored entry changes; a lookup
+    /// keeps what it read from storage only if no change happened while it read, so the
+    /// cache never brings back a revoked or outdated entry.
+    epoch: AtomicU64,
+}
+
+impl std::fmt::Debug for TokenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStore").finish_non_exhaustive()
+    }
+}
+
+fn corrupt() -> EngineError {
+    EngineError::Corrupt("token entry is malformed".to_owned())
+}
+
+/// Seconds from `now` to `expiry` (0 for none or past).
+fn ttl_from(now: i64, expiry: Option<i64>) -> u64 {
+    expiry
+        .and_then(|e| e.checked_sub(now))
+        .and_then(|d| u64::try_from(d).ok())
+        .unwrap_or(0)
+}
