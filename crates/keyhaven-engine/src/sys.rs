@@ -229,7 +229,7 @@ impl Core {
     /// The path is evaluated as written, without asking the backend for its canonical
     /// path: for a transit alias this explains the alias's path only, while a real request
     /// through the alias must also be allowed on the key's path (see
-    /// [`crate::Backend::canonical_path`]).
+    /// [`crate::Backend::resolve_alias`]).
     async fn explain(&self, inner: &Arc<Unsealed>, req: &Request) -> Result<Response, EngineError> {
         let d = &req.data;
         let subject = if let Some(token) = params::string(d, "token")?.filter(|s| !s.is_empty()) {

@@ -9,7 +9,7 @@
 //!   the request record is already in the log). With no devices configured nothing is
 //!   recorded and nothing fails.
 //! - **Requests without effects are recorded with their response.** A read or list that
-//!   changes nothing (the core asks the route, see [`crate::Backend::is_pure`]) runs first;
+//!   changes nothing (the matched route says so, see [`crate::route::Route::pure`]) runs first;
 //!   its request and response records are then written together, in that order, and the
 //!   response is released only once a device accepted both. If none does, the caller gets
 //!   the audit error instead of the data: nothing was changed and nothing was disclosed.
