@@ -1,11 +1,13 @@
 //! The core: seal state, init and unseal, and the request path.
 //!
-//! A request goes: sealed check → authenticate (token store; a limited-use token spends a
-//! use) → authorize (ACL policies, on the path as written and, for a transit alias, on the
-//! key's own path) → audit the request (fail closed; pure reads are audited with their
-//! response instead) → route by mount table → backend on its scoped storage → audit the
-//! response. A request that spent its token's final use revokes the token's tree as it
-//! ends.
+//! A request goes: sealed check → mount (longest prefix; `sys/` and `auth/token/` are
+//! mounts too) → one match in that mount's route table ([`crate::route`]) → authenticate
+//! unless the route is unauthenticated (a limited-use token spends a use) → create or
+//! update (existence check) → authorize (ACL; `sudo` when the route says so; for an
+//! alias, on the object's own path too) → audit the request (fail closed; a pure route's
+//! request is audited with its response instead) → check the fields → handler on its
+//! scoped storage → audit the response. A request that spent its token's final use
+//! revokes the token's tree as it ends.
 
 use std::sync::Arc;
 
