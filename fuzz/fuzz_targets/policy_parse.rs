@@ -39,8 +39,8 @@ fuzz_target!(|data: &[u8]| {
         let concrete = rule.path.trim_end_matches('*').replace('+', "seg");
         for path in [rule.path.as_str(), concrete.as_str()] {
             for op in OPS {
-                let _ = acl.authorize(op, path, &Map::new());
-                let _ = acl.authorize(op, path, &params);
+                let _ = acl.authorize(op, path, &Map::new(), false);
+                let _ = acl.authorize(op, path, &params, true);
             }
             let _ = acl.capabilities(path);
         }
