@@ -879,3 +879,50 @@ fn mount_listings_have_openbaos_shape_with_sys_and_token_as_ordinary_mounts() {
 fn uuid_like(s: &str) -> bool {
     s.len() == 36 && s != "00000000-0000-0000-0000-000000000000"
 }
+
+#[test]
+fn the_openapi_document_lists_what_openbao_lists_for_the_paths_both_serve() {
+    use crate::support::call;
+    let server = TestServer::dev();
+    let openbao = OpenBaoDev::start();
+    let (status, ours) = call(
+        "GET",
+        &format!("{}/v1/sys/internal/specs/openapi", server.addr()),
+        Some(&server.root_token()),
+        None,
+    );
+    assert_eq!(status, 200, "{ours}");
+    let (_, theirs) = call(
+        "GET",
+        &format!("{}/v1/sys/internal/specs/openapi", openbao.addr),
+        Some("root"),
+        None,
+    );
+    // The document itself is the body, as OpenBao serves it.
+    assert_eq!(ours["openapi"], theirs["openapi"]);
+    assert_eq!(key_set(&ours), key_set(&theirs));
+    for path in [
+        "/secret/data/{path}",
+        "/secret/metadata/{path}",
+        "/secret/config",
+        "/sys/mounts",
+        "/auth/token/create",
+        "/auth/token/lookup-self",
+        "/auth/token/roles/{role_name}",
+    ] {
+        let (a, b) = (&ours["paths"][path], &theirs["paths"][path]);
+        assert!(a.is_object(), "keyhaven lacks {path}");
+        assert!(b.is_object(), "OpenBao lacks {path}");
+        // The same methods for the same path.
+        let methods = |v: &Value| {
+            let mut m: Vec<String> = ["get", "post", "patch", "delete"]
+                .iter()
+                .filter(|k| v.get(**k).is_some())
+                .map(|k| (*k).to_owned())
+                .collect();
+            m.sort();
+            m
+        };
+        assert_eq!(methods(a), methods(b), "{path}");
+    }
+}
