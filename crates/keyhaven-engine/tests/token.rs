@@ -1100,3 +1100,20 @@ async fn each_token_endpoint_answers_by_path_and_operation() {
         .await;
     assert!(matches!(r, Err(EngineError::NotFound(_))), "{r:?}");
 }
+
+/// `bao token create` sends every field it knows, empty ones included; none of them may
+/// draw the unknown-field warning OpenBao does not give.
+#[tokio::test]
+async fn the_fields_bao_token_create_sends_draw_no_warning() {
+    let e = env().await;
+    let body = json!({
+        "policies": ["default"], "ttl": "10m0s", "explicit_max_ttl": "0s", "period": "0s",
+        "display_name": "", "num_uses": 0, "renewable": true, "type": "service",
+        "entity_alias": ""
+    });
+    let r = e
+        .call(Operation::Update, "auth/token/create", body, &e.root)
+        .await
+        .unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+}

@@ -38,6 +38,11 @@ const CREATE_FIELDS: &[Field] = &[
         "Uses before the token is revoked (0: unlimited).",
     ),
     Field::duration("period", "Make the token periodic (needs sudo)."),
+    // `bao token create` always sends it (empty); identity entities are not implemented.
+    Field::str(
+        "entity_alias",
+        "Accepted and ignored: there are no identity entities.",
+    ),
 ];
 
 const TOKEN: Field = Field::str("token", "The token.");
