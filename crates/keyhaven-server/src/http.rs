@@ -748,6 +748,39 @@ mod tests {
     /// The envelope written straight from the response is byte for byte the one the
     /// JSON-tree builder writes (which top-level responses still use).
     #[test]
+    fn a_failed_batch_gets_its_status_from_the_typed_outcome() {
+        use keyhaven_engine::BatchFailure;
+        let with = |failure: Option<BatchFailure>| {
+            let mut resp = Response::data(Map::new());
+            resp.batch_failure = failure;
+            envelope(resp, WireShape::Envelope, "id-1").status()
+        };
+        assert_eq!(with(None), StatusCode::OK);
+        let client = BatchFailure {
+            internal: false,
+            status_override: None,
+        };
+        assert_eq!(with(Some(client)), StatusCode::BAD_REQUEST);
+        let internal = BatchFailure {
+            internal: true,
+            status_override: None,
+        };
+        assert_eq!(with(Some(internal)), StatusCode::INTERNAL_SERVER_ERROR);
+        let asked = BatchFailure {
+            internal: false,
+            status_override: Some(207),
+        };
+        assert_eq!(with(Some(asked)).as_u16(), 207);
+        // Even an otherwise empty answer is not a 204 when the batch failed.
+        let mut empty = Response::default();
+        empty.batch_failure = Some(client);
+        assert_eq!(
+            envelope(empty, WireShape::Envelope, "id-1").status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
     fn legacy_sys_paths_answer_at_the_top_level_too() {
         for path in [
             "sys/mounts",
