@@ -772,8 +772,10 @@ mod tests {
         };
         assert_eq!(with(Some(asked)).as_u16(), 207);
         // Even an otherwise empty answer is not a 204 when the batch failed.
-        let mut empty = Response::default();
-        empty.batch_failure = Some(client);
+        let empty = Response {
+            batch_failure: Some(client),
+            ..Default::default()
+        };
         assert_eq!(
             envelope(empty, WireShape::Envelope, "id-1").status(),
             StatusCode::BAD_REQUEST
