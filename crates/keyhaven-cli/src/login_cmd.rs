@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use keyhaven_client::TokenLookup;
 use secrecy::{ExposeSecret as _, SecretString};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use zeroize::Zeroize as _;
 
 use crate::remote::{self, ClientArgs, Failure, Format};
@@ -165,19 +166,18 @@ async fn login(args: LoginArgs) -> Result<ExitCode, Failure> {
 
 /// The `auth` object of a token login, built from the token's lookup (which has no
 /// `client_token`: the caller knows it).
-fn auth_from_lookup(data: &Map<String, Value>) -> Value {
-    let policies = data.get("policies").cloned().unwrap_or(json!([]));
+fn auth_from_lookup(lookup: &TokenLookup) -> Value {
     json!({
-        "accessor": data.get("accessor").cloned().unwrap_or(json!("")),
-        "policies": policies,
-        "token_policies": policies,
-        "identity_policies": data.get("identity_policies").cloned().unwrap_or(json!([])),
-        "metadata": data.get("meta").cloned().unwrap_or(Value::Null),
-        "lease_duration": data.get("ttl").cloned().unwrap_or(json!(0)),
-        "renewable": data.get("renewable").cloned().unwrap_or(json!(false)),
-        "orphan": data.get("orphan").cloned().unwrap_or(json!(false)),
-        "num_uses": data.get("num_uses").cloned().unwrap_or(json!(0)),
-        "token_type": data.get("type").cloned().unwrap_or(json!("service")),
+        "accessor": lookup.accessor,
+        "policies": lookup.policies,
+        "token_policies": lookup.policies,
+        "identity_policies": [],
+        "metadata": lookup.meta,
+        "lease_duration": lookup.ttl,
+        "renewable": lookup.renewable,
+        "orphan": lookup.orphan,
+        "num_uses": lookup.num_uses,
+        "token_type": if lookup.kind.is_empty() { "service" } else { lookup.kind.as_str() },
     })
 }
 
@@ -206,11 +206,12 @@ mod tests {
 
     #[test]
     fn a_token_login_reports_the_lookup_without_the_token() {
-        let mut data = Map::new();
-        data.insert("accessor".into(), json!("acc"));
-        data.insert("policies".into(), json!(["root"]));
-        data.insert("ttl".into(), json!(0));
-        let auth = auth_from_lookup(&data);
+        let lookup: TokenLookup = serde_json::from_value(json!({
+            "accessor": "acc", "policies": ["root"], "ttl": 0, "id": "kh.s3cr3t"
+        }))
+        .unwrap();
+        let auth = auth_from_lookup(&lookup);
+        assert!(!auth.to_string().contains("s3cr3t"), "{auth}");
         let rows = token_cmd::auth_rows(&auth);
         assert!(rows.contains(&("token_accessor".into(), "acc".into())));
         assert!(rows.contains(&("token_duration".into(), "∞".into())));

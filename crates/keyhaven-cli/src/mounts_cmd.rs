@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use keyhaven_client::{EnableMount, MountInfo};
+use keyhaven_client::{EnableMount, MountEntry};
 use serde_json::json;
 
 use crate::output;
@@ -181,10 +181,46 @@ fn enable_request(a: &EnableArgs) -> Result<(String, EnableMount), Failure> {
     Ok((path, request))
 }
 
+/// One mount in `-format=json` listings: the fields this command has always printed, in
+/// its order (a subset of the API's [`MountEntry`]).
+#[derive(serde::Serialize)]
+struct JsonRow<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    description: &'a str,
+    accessor: &'a str,
+    uuid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    options: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    config: &'a keyhaven_client::MountConfig,
+    local: bool,
+    seal_wrap: bool,
+}
+
+impl<'a> From<&'a MountEntry> for JsonRow<'a> {
+    fn from(m: &'a MountEntry) -> Self {
+        JsonRow {
+            kind: &m.kind,
+            description: &m.description,
+            accessor: &m.accessor,
+            uuid: &m.uuid,
+            options: m.options.as_ref(),
+            config: &m.config,
+            local: m.local,
+            seal_wrap: m.seal_wrap,
+        }
+    }
+}
+
 /// The mount table as Vault prints it: `Path`, `Type`, `Accessor`, `Description`.
-fn print_table(table: &BTreeMap<String, MountInfo>, format: Format) -> Result<(), Failure> {
+fn print_table(table: &BTreeMap<String, MountEntry>, format: Format) -> Result<(), Failure> {
     match format {
-        Format::Json => output::json(table),
+        Format::Json => output::json(
+            &table
+                .iter()
+                .map(|(path, m)| (path, JsonRow::from(m)))
+                .collect::<BTreeMap<_, _>>(),
+        ),
         Format::Table => {
             let rows: Vec<Vec<String>> = table
                 .iter()

@@ -65,7 +65,7 @@ pub fn print_seal_status(
         }
         Format::Table => {
             let mut rows: Vec<(String, String)> = vec![
-                ("Seal Type".into(), s.seal_type.clone()),
+                ("Seal Type".into(), s.kind.clone()),
                 ("Initialized".into(), s.initialized.to_string()),
                 ("Sealed".into(), s.sealed.to_string()),
                 ("Total Shares".into(), s.n.to_string()),
@@ -86,11 +86,11 @@ pub fn print_seal_status(
             if let Some(st) = &s.storage_type {
                 rows.push(("Storage Type".into(), st.clone()));
             }
-            if let Some(name) = s.cluster_name.as_ref().filter(|n| !n.is_empty()) {
-                rows.push(("Cluster Name".into(), name.clone()));
+            if !s.cluster_name.is_empty() {
+                rows.push(("Cluster Name".into(), s.cluster_name.clone()));
             }
-            if let Some(id) = s.cluster_id.as_ref().filter(|n| !n.is_empty()) {
-                rows.push(("Cluster ID".into(), id.clone()));
+            if !s.cluster_id.is_empty() {
+                rows.push(("Cluster ID".into(), s.cluster_id.clone()));
             }
             if let Some(ha) = ha_enabled {
                 rows.push(("HA Enabled".into(), ha.to_string()));

@@ -356,9 +356,13 @@ async fn lookup(client: &ClientArgs, a: LookupArgs, format: Format) -> Result<Ex
     match format {
         Format::Json => output::json(&secret)?,
         Format::Table => {
-            let rows: Vec<(String, String)> = secret
-                .data
-                .iter()
+            let data = serde_json::to_value(&secret.data).map_err(|e| {
+                Failure::Local(anyhow::Error::new(e).context("cannot encode the token properties"))
+            })?;
+            let rows: Vec<(String, String)> = data
+                .as_object()
+                .into_iter()
+                .flatten()
                 .map(|(k, v)| (k.clone(), output::value_text(v)))
                 .collect();
             output::line(&output::table(&rows));

@@ -2,17 +2,18 @@
 
 use std::collections::BTreeMap;
 
+use keyhaven_types::wire::MountEntry;
 use reqwest::Method;
 use serde_json::Value;
 
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::secret::envelope_data;
-use crate::sys::{EnableMount, MountInfo};
+use crate::sys::EnableMount;
 
 impl Client {
     /// `GET sys/auth`: every auth method by path (with trailing `/`), `token/` included.
-    pub async fn list_auth(&self) -> Result<BTreeMap<String, MountInfo>, ClientError> {
+    pub async fn list_auth(&self) -> Result<BTreeMap<String, MountEntry>, ClientError> {
         const PATH: &str = "sys/auth";
         let v = self
             .call_some(Method::GET, PATH, &[], None, "auth table")

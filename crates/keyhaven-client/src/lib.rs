@@ -36,11 +36,9 @@ mod token;
 
 pub use client::{Client, ClientConfig, DEFAULT_TIMEOUT, TOKEN_HEADER};
 pub use error::ClientError;
+pub use keyhaven_types::wire::{Health, MountConfig, MountEntry, SealStatus, TokenLookup};
 pub use kv::{KeyList, Kv2, KvData, KvMetadata, MetadataUpdate, VersionMetadata, VersionState};
 pub use reqwest::Url;
 pub use secret::{Secret, envelope_warnings};
-pub use sys::{
-    EnableMount, Health, InitRequest, InitResponse, KeyStatus, MountInfo, MountPreflight,
-    SealStatus,
-};
+pub use sys::{EnableMount, InitRequest, InitResponse, KeyStatus, MountPreflight};
 pub use token::{AuthResponse, CreateToken, TokenAuth, TokenParent, TokenRef};

@@ -1,46 +1,10 @@
 //! Vault's response envelope.
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The envelope of a logical response: `{"request_id", "lease_id", "renewable",
-/// "lease_duration", "data", "wrap_info", "warnings", "auth"}`, with `data` typed.
-///
-/// `Debug` delegates to `T`'s; types that carry secret values write theirs by hand.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct Secret<T> {
-    /// Request id, also in the server log.
-    #[serde(default)]
-    pub request_id: String,
-    /// Lease id, empty when there is no lease.
-    #[serde(default)]
-    pub lease_id: String,
-    /// Whether the lease is renewable.
-    #[serde(default)]
-    pub renewable: bool,
-    /// Lease duration in seconds.
-    #[serde(default)]
-    pub lease_duration: u64,
-    /// The payload.
-    pub data: T,
-    /// Response wrapping information (unused by keyhaven).
-    #[serde(default)]
-    pub wrap_info: Option<Value>,
-    /// Warnings of the server.
-    #[serde(default)]
-    pub warnings: Option<Vec<String>>,
-    /// Authentication information, for logins.
-    #[serde(default)]
-    pub auth: Option<Value>,
-}
-
-impl<T> Secret<T> {
-    /// The warnings, or an empty slice.
-    pub fn warnings(&self) -> &[String] {
-        self.warnings.as_deref().unwrap_or_default()
-    }
-}
+/// Vault's response envelope with `data` typed: the wire type the server writes
+/// ([`keyhaven_types::wire::Envelope`]).
+pub type Secret<T> = keyhaven_types::wire::Envelope<T>;
 
 /// The `data` of an envelope; a body without envelope (some `sys/` answers) as it is.
 pub(crate) fn envelope_data(v: Value) -> Value {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use keyhaven_types::wire::{Health, MountEntry, SealStatus};
 use reqwest::Method;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
@@ -11,52 +12,6 @@ use serde_json::{Map, Value, json};
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::secret::{Secret, envelope_data};
-
-/// `sys/seal-status` (also the answer of `sys/unseal`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct SealStatus {
-    /// Seal type, `shamir` for unseal keys.
-    #[serde(rename = "type", default)]
-    pub seal_type: String,
-    /// Whether `sys/init` has run.
-    pub initialized: bool,
-    /// Whether the server is sealed.
-    pub sealed: bool,
-    /// Threshold: shares needed to unseal.
-    #[serde(default)]
-    pub t: u32,
-    /// Number of shares.
-    #[serde(default)]
-    pub n: u32,
-    /// Shares entered so far.
-    #[serde(default)]
-    pub progress: u32,
-    /// Nonce of the unseal attempt in progress.
-    #[serde(default)]
-    pub nonce: String,
-    /// Server version.
-    #[serde(default)]
-    pub version: String,
-    /// Build date, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub build_date: Option<String>,
-    /// Whether a seal migration is in progress.
-    #[serde(default)]
-    pub migration: bool,
-    /// Cluster name (once unsealed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster_name: Option<String>,
-    /// Cluster id (once unsealed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster_id: Option<String>,
-    /// Whether the seal uses recovery keys.
-    #[serde(default)]
-    pub recovery_seal: bool,
-    /// Storage backend type.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage_type: Option<String>,
-}
 
 /// Parameters of `sys/init`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -99,31 +54,6 @@ struct RawInit {
     root_token: String,
 }
 
-/// `sys/health`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct Health {
-    /// Whether `sys/init` has run.
-    pub initialized: bool,
-    /// Whether the server is sealed.
-    pub sealed: bool,
-    /// Whether this node is a standby.
-    #[serde(default)]
-    pub standby: bool,
-    /// Server time, Unix seconds.
-    #[serde(default)]
-    pub server_time_utc: i64,
-    /// Server version.
-    #[serde(default)]
-    pub version: String,
-    /// Cluster name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster_name: Option<String>,
-    /// Cluster id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster_id: Option<String>,
-}
-
 /// `sys/key-status`: the keyring's current term.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -136,36 +66,6 @@ pub struct KeyStatus {
     /// Encryptions done with this term (when the server counts them).
     #[serde(default)]
     pub encryptions: u64,
-}
-
-/// One mount as `sys/mounts` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct MountInfo {
-    /// Engine type (`kv`, `transit`, …).
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Description.
-    #[serde(default)]
-    pub description: String,
-    /// Accessor.
-    #[serde(default)]
-    pub accessor: String,
-    /// Mount UUID.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uuid: Option<String>,
-    /// Engine options, e.g. `{"version": "2"}` for KV v2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<Map<String, Value>>,
-    /// Mount configuration (lease TTLs, …).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<Value>,
-    /// Whether the mount is local to this cluster.
-    #[serde(default)]
-    pub local: bool,
-    /// Whether seal wrapping is on.
-    #[serde(default)]
-    pub seal_wrap: bool,
 }
 
 /// A request to enable a mount (`POST sys/mounts/<path>`).
@@ -208,16 +108,6 @@ pub struct MountPreflight {
     pub kind: String,
     /// `options.version` for KV mounts (1 when absent, as Vault reads it).
     pub kv_version: u32,
-}
-
-#[derive(Deserialize)]
-struct RawPreflight {
-    #[serde(default)]
-    path: String,
-    #[serde(rename = "type", default)]
-    kind: String,
-    #[serde(default)]
-    options: Option<Map<String, Value>>,
 }
 
 impl Client {
@@ -326,7 +216,7 @@ impl Client {
     }
 
     /// `GET sys/mounts`: every mount by path (with trailing `/`).
-    pub async fn list_mounts(&self) -> Result<BTreeMap<String, MountInfo>, ClientError> {
+    pub async fn list_mounts(&self) -> Result<BTreeMap<String, MountEntry>, ClientError> {
         const PATH: &str = "sys/mounts";
         let v = self
             .call_some(Method::GET, PATH, &[], None, "mount table")
@@ -378,8 +268,7 @@ impl Client {
         let Some(v) = self.read(&api_path, &[]).await? else {
             return Ok(None);
         };
-        let raw: RawPreflight =
-            Self::decode("GET", &api_path, envelope_data(v), "mount preflight")?;
+        let raw: MountEntry = Self::decode("GET", &api_path, envelope_data(v), "mount preflight")?;
         let kv_version = raw
             .options
             .as_ref()
@@ -391,7 +280,7 @@ impl Client {
             })
             .unwrap_or(1);
         Ok(Some(MountPreflight {
-            path: raw.path,
+            path: raw.path.unwrap_or_default(),
             kind: raw.kind,
             kv_version,
         }))
@@ -437,7 +326,7 @@ mod tests {
     fn mounts_decode_from_envelope_data() {
         let v = json!({"request_id":"r","data":{"secret/":{"type":"kv","description":"d","accessor":"kv_1","options":{"version":"2"}},
             "sys/":{"type":"system","accessor":"system_0"}}, "secret/": {"type":"kv"}});
-        let m: BTreeMap<String, MountInfo> = serde_json::from_value(envelope_data(v)).unwrap();
+        let m: BTreeMap<String, MountEntry> = serde_json::from_value(envelope_data(v)).unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(
             m["secret/"].options.as_ref().unwrap()["version"],

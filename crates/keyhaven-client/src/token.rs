@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use keyhaven_types::wire::TokenLookup;
 use reqwest::Method;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
@@ -335,7 +336,7 @@ impl Client {
     pub async fn lookup_token(
         &self,
         which: TokenRef<'_>,
-    ) -> Result<Secret<Map<String, Value>>, ClientError> {
+    ) -> Result<Secret<TokenLookup>, ClientError> {
         let (path, body) = which.endpoint("lookup");
         let (method, name, body) = match which {
             TokenRef::Caller => (Method::GET, "GET", None),
@@ -344,9 +345,8 @@ impl Client {
         let v = self
             .call_some(method, &path, &[], body, "token properties")
             .await?;
-        let mut secret: Secret<Map<String, Value>> =
-            Self::decode(name, &path, v, "token properties")?;
-        secret.data.remove("id");
+        let mut secret: Secret<TokenLookup> = Self::decode(name, &path, v, "token properties")?;
+        secret.data.id = None;
         Ok(secret)
     }
 
@@ -455,6 +455,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(!e.to_string().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn lookups_decode_from_openbao_and_hide_the_token() {
+        let v = json!({"request_id": "r", "data": {"accessor": "acc", "creation_time": 1,
+            "creation_ttl": 0, "display_name": "root", "entity_id": "", "expire_time": null,
+            "explicit_max_ttl": 0, "id": "kh.s3cr3tvalue", "identity_policies": ["x"],
+            "issue_time": "2026-01-01T00:00:00Z", "meta": null, "num_uses": 0, "orphan": true,
+            "path": "auth/token/root", "policies": ["root"], "renewable": false, "ttl": 0,
+            "type": "service"}});
+        let s: Secret<TokenLookup> = serde_json::from_value(v).unwrap();
+        assert_eq!((s.data.accessor.as_str(), s.data.orphan), ("acc", true));
+        assert_eq!(s.data.id.as_deref(), Some("kh.s3cr3tvalue"));
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
     }
 
     #[test]

@@ -43,29 +43,9 @@ struct SealConfig {
     cluster_id: String,
 }
 
-/// What `sys/seal-status` reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct SealStatus {
-    /// Seal type (`shamir`).
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Whether `sys/init` has run.
-    pub initialized: bool,
-    /// Whether the server is sealed.
-    pub sealed: bool,
-    /// Threshold.
-    pub t: u8,
-    /// Number of shares.
-    pub n: u8,
-    /// Shares entered so far.
-    pub progress: u8,
-    /// Identifies the current unseal attempt.
-    pub nonce: String,
-    /// Cluster name (empty before init).
-    pub cluster_name: String,
-    /// Cluster id (empty before init).
-    pub cluster_id: String,
-}
+/// What `sys/seal-status` reports: the wire body itself. The engine leaves
+/// `storage_type` to the server, which knows its storage.
+pub use keyhaven_types::wire::SealStatus;
 
 /// The result of `sys/init`: shown once, never stored.
 pub struct InitResult {
@@ -272,15 +252,20 @@ impl Core {
             State::Unsealed { config, .. } => (Some(config), false, 0, String::new()),
         };
         SealStatus {
-            kind: "shamir".to_owned(),
-            initialized: config.is_some(),
-            sealed,
-            t: config.map(|c| c.secret_threshold).unwrap_or(0),
-            n: config.map(|c| c.secret_shares).unwrap_or(0),
-            progress,
-            nonce,
-            cluster_name: config.map(|c| c.cluster_name.clone()).unwrap_or_default(),
+            build_date: String::new(),
             cluster_id: config.map(|c| c.cluster_id.clone()).unwrap_or_default(),
+            cluster_name: config.map(|c| c.cluster_name.clone()).unwrap_or_default(),
+            initialized: config.is_some(),
+            migration: false,
+            n: config.map(|c| c.secret_shares).unwrap_or(0),
+            nonce,
+            progress,
+            recovery_seal: false,
+            sealed,
+            storage_type: None,
+            t: config.map(|c| c.secret_threshold).unwrap_or(0),
+            kind: "shamir".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
 

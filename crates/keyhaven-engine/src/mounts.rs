@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use keyhaven_storage::{ScopedStore, Store};
+use keyhaven_types::wire;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::backend::{Backend, BackendContext, Limits};
 use crate::clock::Clock;
@@ -67,45 +68,34 @@ pub struct MountEntry {
 }
 
 impl MountEntry {
-    /// The JSON shape Vault gives for one mount in `sys/mounts` and `sys/auth`. The
-    /// built-in mounts have the keys OpenBao gives them: no `deprecation_status`, and
-    /// their own `config` entries.
-    pub fn to_api(&self) -> Value {
+    /// The shape Vault gives for one mount in `sys/mounts` and `sys/auth`. The built-in
+    /// mounts have the keys OpenBao gives them: no `deprecation_status`, and their own
+    /// `config` entries.
+    pub fn to_api(&self) -> wire::MountEntry {
         let builtin = Builtin::of(&self.kind);
-        let mut config = json!({
-            "default_lease_ttl": self.config.default_lease_ttl,
-            "max_lease_ttl": self.config.max_lease_ttl,
-            "force_no_cache": false,
-        });
-        match (builtin, config.as_object_mut()) {
-            (Some(Builtin::System), Some(c)) => {
-                c.insert("passthrough_request_headers".to_owned(), json!(["Accept"]));
-            }
-            (Some(Builtin::Token), Some(c)) => {
-                c.insert("token_type".to_owned(), json!("default-service"));
-            }
-            _ => {}
+        wire::MountEntry {
+            accessor: self.accessor.clone(),
+            config: wire::MountConfig {
+                default_lease_ttl: self.config.default_lease_ttl,
+                force_no_cache: false,
+                max_lease_ttl: self.config.max_lease_ttl,
+                passthrough_request_headers: (builtin == Some(Builtin::System))
+                    .then(|| vec!["Accept".to_owned()]),
+                token_type: (builtin == Some(Builtin::Token)).then(|| "default-service".to_owned()),
+            },
+            deprecation_status: builtin.is_none().then(|| "supported".to_owned()),
+            description: self.description.clone(),
+            external_entropy_access: false,
+            local: false,
+            options: (!self.options.is_empty()).then(|| self.options.clone()),
+            path: None,
+            plugin_version: String::new(),
+            running_plugin_version: String::new(),
+            running_sha256: String::new(),
+            seal_wrap: builtin == Some(Builtin::System),
+            kind: self.kind.clone(),
+            uuid: self.uuid.clone(),
         }
-        let mut api = json!({
-            "type": self.kind,
-            "description": self.description,
-            "accessor": self.accessor,
-            "uuid": self.uuid,
-            "options": if self.options.is_empty() { Value::Null } else { Value::Object(self.options.clone()) },
-            "config": config,
-            "local": false,
-            "seal_wrap": builtin == Some(Builtin::System),
-            "external_entropy_access": false,
-            "plugin_version": "",
-            "running_plugin_version": "",
-            "running_sha256": "",
-        });
-        if builtin.is_none()
-            && let Some(api) = api.as_object_mut()
-        {
-            api.insert("deprecation_status".to_owned(), json!("supported"));
-        }
-        api
     }
 }
 

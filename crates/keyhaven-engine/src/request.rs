@@ -3,6 +3,8 @@
 use serde_json::{Map, Value};
 use std::fmt;
 
+use crate::error::EngineError;
+
 /// What a request does, in Vault's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
@@ -131,6 +133,15 @@ impl Response {
         Response {
             data: Some(data),
             ..Default::default()
+        }
+    }
+
+    /// A response carrying a wire body (a struct of [`keyhaven_types::wire`]) as its
+    /// data.
+    pub(crate) fn wire(body: &impl serde::Serialize) -> Result<Self, EngineError> {
+        match serde_json::to_value(body) {
+            Ok(Value::Object(data)) => Ok(Response::data(data)),
+            _ => Err(EngineError::Internal("a wire body is not a JSON object")),
         }
     }
 

@@ -191,8 +191,8 @@ impl Core {
             ("capabilities-self" | "capabilities" | "capabilities-accessor", _) => {
                 self.capabilities(inner, br.route.pattern, entry, req).await
             }
-            ("mounts", _) => Ok(self.list_table(inner, Table::Secrets)),
-            ("auth", _) => Ok(self.list_table(inner, Table::Auth)),
+            ("mounts", _) => self.list_table(inner, Table::Secrets),
+            ("auth", _) => self.list_table(inner, Table::Auth),
             ("mounts/{path+}/tune", _) => self.tune_mount(inner, Table::Secrets, path, req).await,
             ("auth/{path+}/tune", _) => self.tune_mount(inner, Table::Auth, path, req).await,
             ("mounts/{path+}", Read) => self.read_mount(inner, Table::Secrets, path),
@@ -207,7 +207,7 @@ impl Core {
             }
             ("mounts/{path+}", Delete) => self.disable_mount(inner, Table::Secrets, path).await,
             ("auth/{path+}", Delete) => self.disable_mount(inner, Table::Auth, path).await,
-            ("internal/ui/mounts", _) => Ok(self.list_table(inner, Table::Secrets)),
+            ("internal/ui/mounts", _) => self.list_table(inner, Table::Secrets),
             ("internal/ui/mounts/{path+}", _) => self.ui_mount(inner, path),
             ("internal/specs/openapi", _) => Ok(Response::data(self.openapi(inner))),
             ("policies/explain", _) => self.explain(inner, req).await,

@@ -20,13 +20,17 @@ impl Core {
         }
     }
 
-    pub(crate) fn list_table(&self, inner: &Unsealed, table: Table) -> Response {
+    pub(crate) fn list_table(
+        &self,
+        inner: &Unsealed,
+        table: Table,
+    ) -> Result<Response, EngineError> {
         let router = inner.router(table).read().clone();
-        let mut data = Map::new();
-        for e in router.entries() {
-            data.insert(e.path.clone(), e.to_api());
-        }
-        Response::data(data)
+        let data: std::collections::BTreeMap<&str, _> = router
+            .entries()
+            .map(|e| (e.path.as_str(), e.to_api()))
+            .collect();
+        Response::wire(&data)
     }
 
     pub(crate) fn read_mount(
@@ -41,12 +45,7 @@ impl Core {
             .entries()
             .find(|e| e.path == path)
             .ok_or_else(|| EngineError::NotFound(format!("no mount at {path:?}")))?;
-        match entry.to_api() {
-            Value::Object(map) => Ok(Response::data(map)),
-            _ => Err(EngineError::Corrupt(
-                "mount entry is not an object".to_owned(),
-            )),
-        }
+        Response::wire(&entry.to_api())
     }
 
     pub(crate) fn ui_mount(&self, inner: &Unsealed, path: &str) -> Result<Response, EngineError> {
@@ -54,12 +53,11 @@ impl Core {
         let (mounted, _) = router
             .route(path.trim_start_matches('/'))
             .ok_or_else(|| EngineError::NotFound(format!("no mount at path {path:?}")))?;
-        let mut api = match mounted.entry.to_api() {
-            Value::Object(map) => map,
-            _ => Map::new(),
+        let api = keyhaven_types::wire::MountEntry {
+            path: Some(mounted.entry.path.clone()),
+            ..mounted.entry.to_api()
         };
-        api.insert("path".to_owned(), Value::String(mounted.entry.path.clone()));
-        Ok(Response::data(api))
+        Response::wire(&api)
     }
 
     pub(crate) async fn enable_from_request(

@@ -19,6 +19,7 @@ use keyhaven_engine::{
     UnsealInput,
 };
 use keyhaven_types::ErrorCode;
+use keyhaven_types::wire::Health;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 
@@ -509,30 +510,20 @@ fn built_envelope(resp: Response, request_id: &str, top_level: bool) -> Value {
     Value::Object(body)
 }
 
-fn seal_status_json(s: &SealStatus, storage_type: &str) -> Value {
-    json!({
-        "type": s.kind,
-        "initialized": s.initialized,
-        "sealed": s.sealed,
-        "t": s.t,
-        "n": s.n,
-        "progress": s.progress,
-        "nonce": s.nonce,
-        "version": VERSION,
-        "build_date": "",
-        "migration": false,
-        "cluster_name": s.cluster_name,
-        "cluster_id": s.cluster_id,
-        "recovery_seal": false,
-        "storage_type": storage_type,
-    })
+/// The seal status as the server reports it: the engine's, with the storage type.
+fn seal_status_body(s: SealStatus, storage_type: &str) -> SealStatus {
+    SealStatus {
+        storage_type: Some(storage_type.to_owned()),
+        version: VERSION.to_owned(),
+        ..s
+    }
 }
 
 async fn seal_status(State(state): State<AppState>) -> HttpResponse {
     let s = state.core.seal_status();
     json_response(
         StatusCode::OK,
-        &seal_status_json(&s, state.storage_type),
+        &seal_status_body(s, state.storage_type),
         &new_request_id(),
     )
 }
@@ -664,7 +655,7 @@ async fn unseal(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
     match state.core.unseal(input).await {
         Ok(s) => json_response(
             StatusCode::OK,
-            &seal_status_json(&s, state.storage_type),
+            &seal_status_body(s, state.storage_type),
             &request_id,
         ),
         Err(e) => error_response(&e, &request_id),
@@ -713,18 +704,18 @@ async fn health(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
         return status.into_response();
     }
     let now = state.core.clock().unix_seconds();
-    let body = json!({
-        "initialized": s.initialized,
-        "sealed": s.sealed,
-        "standby": false,
-        "performance_standby": false,
-        "replication_performance_mode": "disabled",
-        "replication_dr_mode": "disabled",
-        "server_time_utc": now,
-        "version": VERSION,
-        "cluster_name": s.cluster_name,
-        "cluster_id": s.cluster_id,
-    });
+    let body = Health {
+        cluster_id: s.cluster_id,
+        cluster_name: s.cluster_name,
+        initialized: s.initialized,
+        performance_standby: false,
+        replication_dr_mode: "disabled".to_owned(),
+        replication_performance_mode: "disabled".to_owned(),
+        sealed: s.sealed,
+        server_time_utc: now,
+        standby: false,
+        version: VERSION.to_owned(),
+    };
     json_response(status, &body, &request_id)
 }
 
@@ -846,6 +837,35 @@ mod tests {
             assert_eq!(
                 String::from_utf8(streamed).unwrap(),
                 String::from_utf8(built).unwrap()
+            );
+        }
+    }
+
+    /// The streamed envelope has exactly the fields of the shared envelope type the
+    /// client reads, and reads back into it without loss.
+    #[test]
+    fn the_streamed_envelope_is_the_shared_wire_type() {
+        use keyhaven_types::wire;
+        let responses = [
+            Response::data(json!({"k": "v"}).as_object().unwrap().clone()),
+            Response {
+                warnings: vec!["w".into()],
+                auth: Some(json!({"client_token": "t"}).as_object().unwrap().clone()),
+                ..Default::default()
+            },
+            Response::default(),
+        ];
+        for resp in &responses {
+            let streamed = serde_json::to_vec(&Envelope {
+                resp,
+                request_id: "id-2",
+            })
+            .unwrap();
+            let read: wire::Envelope<Value> = serde_json::from_slice(&streamed).unwrap();
+            assert_eq!(read.request_id, "id-2");
+            assert_eq!(
+                serde_json::to_value(&read).unwrap(),
+                serde_json::from_slice::<Value>(&streamed).unwrap()
             );
         }
     }

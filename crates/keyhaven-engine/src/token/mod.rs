@@ -61,9 +61,9 @@ use std::sync::atomic::AtomicU64;
 
 use keyhaven_crypto::HmacKey;
 use keyhaven_storage::Store;
+use keyhaven_types::wire::TokenLookup;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
 
 use crate::clock::{Clock, rfc3339};
 use crate::error::EngineError;
@@ -151,41 +151,28 @@ impl TokenEntry {
         ttl_from(now, self.expire_time)
     }
 
-    fn lookup_data(&self, id: &str, now: i64) -> Map<String, Value> {
-        let mut d = Map::new();
-        d.insert("accessor".into(), json!(self.accessor));
-        d.insert("creation_time".into(), json!(self.creation_time));
-        d.insert("creation_ttl".into(), json!(self.creation_ttl));
-        d.insert("display_name".into(), json!(self.display_name));
-        d.insert("entity_id".into(), json!(""));
-        d.insert(
-            "expire_time".into(),
-            self.expire_time
-                .map(|t| json!(rfc3339(unix(t))))
-                .unwrap_or(Value::Null),
-        );
-        d.insert("explicit_max_ttl".into(), json!(self.explicit_max_ttl));
-        d.insert("id".into(), json!(id));
-        d.insert("issue_time".into(), json!(rfc3339(unix(self.issue_time))));
-        d.insert(
-            "meta".into(),
-            if self.meta.is_empty() {
-                Value::Null
-            } else {
-                json!(self.meta)
-            },
-        );
-        d.insert("num_uses".into(), json!(self.num_uses));
-        d.insert("orphan".into(), json!(self.parent.is_none()));
-        d.insert("path".into(), json!(self.path));
-        d.insert("policies".into(), json!(self.policies));
-        d.insert("renewable".into(), json!(self.renewable));
-        d.insert("ttl".into(), json!(self.ttl_left(now)));
-        d.insert("type".into(), json!("service"));
-        if self.period > 0 {
-            d.insert("period".into(), json!(self.period));
+    /// What a lookup shows of the token `id` (empty for a lookup by accessor).
+    fn lookup(&self, id: &str, now: i64) -> TokenLookup {
+        TokenLookup {
+            accessor: self.accessor.clone(),
+            creation_time: self.creation_time,
+            creation_ttl: self.creation_ttl,
+            display_name: self.display_name.clone(),
+            entity_id: String::new(),
+            expire_time: self.expire_time.map(|t| rfc3339(unix(t))),
+            explicit_max_ttl: self.explicit_max_ttl,
+            id: Some(id.to_owned()),
+            issue_time: rfc3339(unix(self.issue_time)),
+            meta: (!self.meta.is_empty()).then(|| self.meta.clone()),
+            num_uses: self.num_uses,
+            orphan: self.parent.is_none(),
+            path: self.path.clone(),
+            period: (self.period > 0).then_some(self.period),
+            policies: self.policies.clone(),
+            renewable: self.renewable,
+            ttl: self.ttl_left(now),
+            kind: "service".to_owned(),
         }
-        d
     }
 }
 

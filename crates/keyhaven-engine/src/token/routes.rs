@@ -260,7 +260,7 @@ impl TokenStore {
         caller_token: &str,
     ) -> Result<Response, EngineError> {
         let now = self.clock.unix_seconds();
-        Ok(Response::data(caller.lookup_data(caller_token, now)))
+        Response::wire(&caller.lookup(caller_token, now))
     }
 
     /// `auth/token/lookup`: a token given by value.
@@ -271,7 +271,7 @@ impl TokenStore {
             .peek(t)
             .await?
             .ok_or_else(|| EngineError::invalid("bad token"))?;
-        Ok(Response::data(e.lookup_data(t, now)))
+        Response::wire(&e.lookup(t, now))
     }
 
     /// `auth/token/lookup-accessor`: a token given by accessor.
@@ -285,7 +285,7 @@ impl TokenStore {
             .lookup_accessor(a)
             .await?
             .ok_or_else(|| EngineError::invalid("invalid accessor"))?;
-        Ok(Response::data(e.lookup_data("", now)))
+        Response::wire(&e.lookup("", now))
     }
 
     /// `auth/token/renew-self`: the caller's own token.
