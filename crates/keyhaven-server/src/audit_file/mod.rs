@@ -1,36 +1,53 @@
-//! The `file` audit device: JSON lines in a hash chain, written by one writer thread, and
-//! the verifier behind `keyhaven audit verify`.
+//! The `file` audit device, and the verifier behind `keyhaven audit verify`.
 //!
-//! # Writing
+//! The device appends each record the engine hands it as one JSON line to a file, a FIFO
+//! or a character device. Every line carries the hash of the line before it, so the file
+//! is a hash chain that [`verify()`] checks offline.
 //!
-//! A regular file is written by the requests themselves, in **group commit**: a request
-//! appends its record to a shared pending batch (under a short lock), then yields once to
-//! the runtime so that the other requests ready to run on its worker add theirs (without
+//! # Writing a regular file
+//!
+//! [`FileDevice::start`] looks at the configured path. A directory is refused, and so is
+//! a world-writable regular file. A regular file, or a path that does not exist yet
+//! (created 0600, with missing directories created 0700), is opened right away, so a bad
+//! path stops start-up.
+//!
+//! Such a file is written by the requests themselves, in **group commit** (design note
+//! 0003): a request appends its records (a request and its response may come together,
+//! and stay next to each other) to a shared pending batch under a short lock, then yields
+//! once to the runtime so that the other requests ready on its worker add theirs (without
 //! that, on a small machine nearly every batch would hold one request's records and every
 //! request would pay a `write` of its own). If no write is in progress after that it
-//! becomes the *leader*: it takes the whole batch, chains it, appends it with
-//! one `write` (and, with `fsync = true`, `fdatasync`), publishes the outcome to every
-//! record of the batch, and leads again while records are pending (at most
-//! [`MAX_ROUNDS`] batches, then it hands over to a waiting request). The others wait for
-//! their batch, at most the device's timeout, and get the batch's error if it failed. At
-//! most [`QUEUE_CAPACITY`] records wait; beyond that a request fails at once. The leader
-//! writes inside one poll, without `.await`, so a request that is cancelled or times out
-//! never leaves a batch half-written or the device without a leader.
+//! becomes the *leader*: it takes the whole batch, chains it, appends it with one `write`,
+//! publishes the outcome to every request of the batch, and leads again while records are
+//! pending (at most [`MAX_ROUNDS`] batches, then it wakes a waiting request to take over).
+//! The others wait for their batch, at most the device's timeout, and get the batch's
+//! error if it failed. At most [`QUEUE_CAPACITY`] records wait; beyond that a request
+//! fails at once. The leader writes inside one poll, without `.await`, so a request that
+//! is cancelled or times out never leaves a batch half-written or the device without a
+//! leader.
 //!
-//! The write is a plain `write` on the runtime thread: on a local file system it copies
-//! into the page cache and returns in microseconds, and handing it to another thread
-//! costs far more (two context switches per batch). `fdatasync`, which waits for the
-//! disk, runs inside `tokio::task::block_in_place`. A regular file on a hung network file
-//! system blocks the leader's worker thread only: the other workers keep serving, new
-//! records queue behind the leader and their requests fail within the timeout.
+//! Without `fsync` the `write` runs on the runtime thread: on a local file system it
+//! copies into the page cache and returns in microseconds, and handing it to another
+//! thread costs far more (two context switches per batch). With `fsync = true` each batch is followed by `fdatasync`, and
+//! on the multi-threaded runtime the whole append runs inside
+//! `tokio::task::block_in_place`. A regular file on a hung network file system blocks the
+//! leader's worker thread only: the other workers keep serving, new records queue behind
+//! the leader and their requests fail within the timeout.
 //!
-//! A FIFO or a character device may block without bound (a pipe nobody reads), so those
-//! are written by a dedicated writer thread instead: requests hand records to a bounded
-//! queue, and the thread writes everything waiting (up to [`MAX_BATCH`]) the same way and
-//! acknowledges each sender.
+//! A failed write is undone: the file is cut back (`ftruncate`) to its length before the
+//! batch, so it never keeps a partial record the writer knows about. If that fails too,
+//! the writer drops the file and opens it again before the next batch, which cuts the
+//! partial line (see below).
 //!
-//! Either way a failed write is undone (`ftruncate` back to the last complete line) so
-//! the file never keeps a partial record the writer knows about.
+//! # Writing a FIFO or a character device
+//!
+//! These may block without bound (a pipe nobody reads), so they are written by a dedicated
+//! writer thread. Requests hand their records to a bounded queue (a full queue fails the
+//! request at once); the thread takes what is waiting, the records of at most
+//! [`MAX_BATCH`] requests, writes them with one `write`, acknowledges each sender, and
+//! each request waits for that at most the device's timeout. The thread opens the path
+//! when the first records arrive (opening a FIFO waits for a reader), and again after a
+//! failed write; until that succeeds, requests fail.
 //!
 //! # The chain
 //!
@@ -42,10 +59,16 @@
 //!
 //! `seq` counts records across files and restarts, without gaps. The writer adds records of
 //! its own, `"type":"audit_file"` with `"event":"open"` (the first line it writes after
-//! opening a file) or `"event":"close"` (at shutdown and before a SIGHUP reopen). The first
-//! line of a new chain has the genesis `prev_hash` ([`GENESIS`]). When the server starts on
-//! an existing file it continues that file's chain from its last line (a partial last line
-//! left by a crash is cut off first, and the open record says how many bytes).
+//! opening a file) or `"event":"close"` (at shutdown, when the device is dropped, and
+//! before a SIGHUP reopen); both carry `time`, `reason` and `device`. The first line of a
+//! new chain has the genesis `prev_hash` ([`GENESIS`]).
+//!
+//! When the writer opens an existing regular file it continues that file's chain from its
+//! last line: it reads the file backwards to the last complete line, cuts off a partial
+//! line after it (left by a crash or a failed write; the open record's
+//! `repaired_tail_bytes` says how many bytes), and takes that line's hash and `seq`. A
+//! file whose last line is not a record with `seq` is refused
+//! ([`AuditFileError::Foreign`]).
 //!
 //! # Rotation
 //!
@@ -53,18 +76,23 @@
 //! file, opens the configured path again, and starts it with an open record whose
 //! `prev_hash` is the hash of that close record and whose `seq` follows it. So each file is
 //! a chain segment, and consecutive segments link. ([`verify_files`] checks the links;
-//! [`verify`] of a single file reports the hash its first record links to, in
+//! [`verify()`] of a single file reports the hash its first record links to, in
 //! [`VerifyReport::continues_from`].) Copy-and-truncate rotation breaks the chain: don't.
 //!
 //! # What verification proves
 //!
-//! [`verify`] names the first line that was edited, removed, inserted or moved, and a file
-//! cut in the middle of a line. A file whose last record is not a close record may have
-//! lost records at its end (or is still being written): [`VerifyReport::closed`] says so
-//! and the CLI fails on it unless told the file is live. The chain uses no secret, so
-//! someone able to rewrite the whole file from some line on can rebuild it; the writer logs
-//! the chain head (`seq` and hash) on the operational log at every close, which anchors
-//! the file outside it.
+//! [`verify()`] names the first line that was edited, removed, inserted or moved, and a
+//! file cut in the middle of a line. A file whose last record is not a close record may
+//! have lost records at its end (or is still being written): [`VerifyReport::closed`] says
+//! so and the CLI fails on it unless told the file is live. A file cut at its start back to
+//! an open record still verifies, as a later segment of the chain: only
+//! [`VerifyReport::continues_from`] and `first_seq` show the cut, and [`verify_files`]
+//! catches it unless that file is the first one given. An open record that does not
+//! follow a close record marks an unclean stop ([`VerifyReport::unclean_restarts`]). The
+//! chain uses no secret, so someone able to rewrite the whole file from some line on can
+//! rebuild it, and a change to the last line alone shows only in its hash
+//! ([`VerifyReport::last_hash`]); the writer logs the chain head (`seq` and hash) on the
+//! operational log at every close, which anchors the file outside it.
 
 mod chain;
 mod group;
@@ -93,7 +121,7 @@ pub use verify::{ProblemKind, VerifyError, VerifyReport, verify, verify_files};
 
 /// Records waiting for the writer, at most.
 pub const QUEUE_CAPACITY: usize = 8192;
-/// Records written together by the writer thread, at most.
+/// Requests whose records the writer thread writes together, at most.
 pub const MAX_BATCH: usize = 1024;
 /// Batches one leader writes before it hands over to a waiting request.
 pub const MAX_ROUNDS: u32 = 4;
