@@ -58,6 +58,16 @@ impl Head {
     }
 }
 
+/// The lines of a new chain holding `records` (JSON objects), as the writer writes them.
+pub(crate) fn new_chain(records: &[&[u8]]) -> Vec<u8> {
+    let mut head = Head::genesis();
+    let mut out = Vec::new();
+    for record in records {
+        head.append(record, &mut out);
+    }
+    out
+}
+
 /// The `seq` of one of our lines.
 pub(super) fn line_seq(line: &[u8]) -> Option<u64> {
     serde_json::from_slice::<LineHead>(line).ok().map(|h| h.seq)

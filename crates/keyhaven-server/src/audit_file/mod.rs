@@ -119,6 +119,9 @@ use writer::{OpenError, Writer};
 
 pub use verify::{ProblemKind, VerifyError, VerifyReport, verify, verify_files};
 
+pub(crate) use chain::new_chain;
+pub(crate) use verify::verify_from;
+
 /// Records waiting for the writer, at most.
 pub const QUEUE_CAPACITY: usize = 8192;
 /// Requests whose records the writer thread writes together, at most.

@@ -125,6 +125,32 @@ fn tampering_is_named_by_line() {
 }
 
 #[test]
+fn bytes_in_memory_verify_as_the_file_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("a.log");
+    write_chain(&p, &RECS, true);
+    let from_memory = |p: &Path| {
+        let bytes = std::fs::read(p).unwrap();
+        crate::internal::audit_verify_bytes(p, &bytes)
+    };
+    assert_eq!(from_memory(&p).unwrap(), verify(&p).unwrap());
+    let records: Vec<&[u8]> =
+        std::iter::once(br#"{"type":"audit_file","event":"open","reason":"start"}"#.as_slice())
+            .chain(RECS.iter().map(|r| r.as_bytes()))
+            .chain([br#"{"type":"audit_file","event":"close","reason":"shutdown"}"#.as_slice()])
+            .collect();
+    assert_eq!(
+        crate::internal::audit_chain(&records),
+        std::fs::read(&p).unwrap()
+    );
+    // A gap in `seq` reads the source a second time to tell a move from a deletion.
+    rewrite(&p, |l| l.swap(2, 3));
+    let (memory, file) = (from_memory(&p).unwrap_err(), verify(&p).unwrap_err());
+    assert_eq!(memory.problem(), Some((3, ProblemKind::Reordered)));
+    assert_eq!(memory.to_string(), file.to_string());
+}
+
+#[test]
 fn the_writer_continues_an_existing_file_and_repairs_a_partial_tail() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("a.log");

@@ -1,7 +1,7 @@
 //! The verifier behind `keyhaven audit verify`.
 
 use std::fs::File;
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use super::GENESIS;
@@ -107,10 +107,11 @@ fn hash_text(line: &[u8]) -> String {
 }
 
 /// Read lines with their 1-based number; the bool says whether the line ended with `\n`.
-fn lines(
+fn lines<R: Read>(
     path: &Path,
+    open: &impl Fn() -> std::io::Result<R>,
 ) -> Result<impl Iterator<Item = std::io::Result<(u64, Vec<u8>, bool)>>, VerifyError> {
-    let file = File::open(path).map_err(|source| VerifyError::Io {
+    let file = open().map_err(|source| VerifyError::Io {
         path: path.to_owned(),
         source,
     })?;
@@ -134,8 +135,13 @@ fn lines(
 }
 
 /// Where `seq` occurs after line `after`, if anywhere (used only to explain a failure).
-fn find_seq(path: &Path, seq: u64, after: u64) -> Option<u64> {
-    let iter = lines(path).ok()?;
+fn find_seq<R: Read>(
+    path: &Path,
+    open: &impl Fn() -> std::io::Result<R>,
+    seq: u64,
+    after: u64,
+) -> Option<u64> {
+    let iter = lines(path, open).ok()?;
     for item in iter {
         let (n, line, _) = item.ok()?;
         if n > after && line_seq(&line) == Some(seq) {
@@ -147,6 +153,15 @@ fn find_seq(path: &Path, seq: u64, after: u64) -> Option<u64> {
 
 /// Verify one file: the first line that breaks the chain, or what the file holds.
 pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
+    verify_from(path, || File::open(path))
+}
+
+/// [`verify`] of what `open` reads, reported as the file `path`. `open` is called again
+/// only to explain a gap in `seq`.
+pub(crate) fn verify_from<R: Read>(
+    path: &Path,
+    open: impl Fn() -> std::io::Result<R>,
+) -> Result<VerifyReport, VerifyError> {
     let broken = |line: u64, kind: ProblemKind, detail: String| VerifyError::Broken {
         path: path.to_owned(),
         line,
@@ -164,7 +179,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
         unclean_restarts: Vec::new(),
     };
     let mut prev: Option<(String, u64, bool)> = None; // hash, seq, was a close record
-    for item in lines(path)? {
+    for item in lines(path, &open)? {
         let (n, line, complete) = item.map_err(|source| VerifyError::Io {
             path: path.to_owned(),
             source,
@@ -201,7 +216,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
             Some((prev_hash, prev_seq, prev_closed)) => {
                 let expected = prev_seq.saturating_add(1);
                 if head.seq > expected {
-                    return Err(match find_seq(path, expected, n) {
+                    return Err(match find_seq(path, &open, expected, n) {
                         Some(at) => broken(
                             n,
                             ProblemKind::Reordered,
