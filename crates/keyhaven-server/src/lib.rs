@@ -26,6 +26,24 @@ use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, ListenerLimits, LogFormat, StorageConfig, TlsConfig};
 
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[doc(hidden)]
+pub mod internal {
+    use std::path::Path;
+
+    use crate::audit_file::{VerifyError, VerifyReport};
+
+    /// The lines the file audit device writes for `records` (JSON objects), as a new chain.
+    pub fn audit_chain(records: &[&[u8]]) -> Vec<u8> {
+        crate::audit_file::new_chain(records)
+    }
+
+    /// [`crate::audit_file::verify`] of `bytes` as the whole file, reported as `path`.
+    pub fn audit_verify_bytes(path: &Path, bytes: &[u8]) -> Result<VerifyReport, VerifyError> {
+        crate::audit_file::verify_from(path, || Ok::<_, std::io::Error>(bytes))
+    }
+}
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
