@@ -47,7 +47,10 @@ FUNCTIONS = [
     ("HMAC of the token (aws_lc_rs::hmac::sign)", r"aws_lc_rs::hmac::sign$"),
     ("PolicyStore::acl_for", r"acl_for::\{\{closure\}\}$"),
     ("Acl::authorize", r"keyhaven_engine::policy::.*authorize$"),
-    ("serde_json serialisation (to_writer/to_vec)", r"serde_json::ser::to_(writer|vec)"),
+    ("KV: metadata read (KvBackend::load_meta)", r"KvBackend::load_meta::\{\{closure\}\}$"),
+    ("KV: version read (KvBackend::load_payload)", r"KvBackend::load_payload::\{\{closure\}\}$"),
+    ("transit handler (TransitBackend::handle)", r"<keyhaven_engine::transit::TransitBackend as keyhaven_engine::backend::Backend>::handle::\{\{closure\}\}$"),
+    ("response envelope (http::json_response)", r"keyhaven_server::http::json_response$"),
     ("hyper h1 parse", r"<hyper::proto::h1::role::Server as hyper::proto::h1::Http1Transaction>::parse$"),
     ("hyper h1 encode", r"<hyper::proto::h1::role::Server as hyper::proto::h1::Http1Transaction>::encode$"),
 ]
