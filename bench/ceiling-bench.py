@@ -42,7 +42,10 @@ TLS_DIR = E["TLS_DIR"]
 CERT, KEY = f"{TLS_DIR}/cert.pem", f"{TLS_DIR}/key.pem"
 HOST = sb.HOST  # loopback only, on purpose
 HZ = os.sysconf("SC_CLK_TCK")
-ALL_SERVERS = ["keyhaven-dev", "keyhaven-sqlite", "ceiling", "openbao-dev"]
+ALL_SERVERS = ["keyhaven-dev", "keyhaven-sqlite", "ceiling", "openbao-dev",
+               "keyhaven-base-dev", "keyhaven-base-sqlite"]
+# a second keyhaven binary (e.g. an older build), run as keyhaven-base-* beside the first
+KEYHAVEN_BASE = E.get("KEYHAVEN_BASE", "")
 
 SECRET = {"user": "bench", "password": "0123456789abcdef0123456789abcdef"}  # as bench/server.sh
 PT32 = base64.b64encode(bytes(range(32))).decode()  # 32-byte plaintext, as bench/transit.sh
@@ -62,6 +65,8 @@ for t in TRANSPORTS:
         raise SystemExit(f"unknown transport {t}; use plain and/or tls")
 if "ceiling" not in SERVER_NAMES:
     raise SystemExit("SERVERS must include ceiling")
+if any(n.startswith("keyhaven-base-") for n in SERVER_NAMES) and not KEYHAVEN_BASE:
+    raise SystemExit("keyhaven-base-* servers need KEYHAVEN_BASE=<binary>")
 
 SSL_CONTEXT = ssl.create_default_context(cafile=CERT) if "tls" in TRANSPORTS else None
 
@@ -71,6 +76,9 @@ class Target:
 
     def __init__(self, server, transport, port):
         self.server, self.transport, self.port = server, transport, port
+        # keyhaven-base-dev runs KEYHAVEN_BASE as keyhaven-dev runs KEYHAVEN, and so on
+        self.kind = server.replace("keyhaven-base-", "keyhaven-")
+        self.binary = KEYHAVEN_BASE if server.startswith("keyhaven-base-") else KEYHAVEN
         self.name = f"{server}/{transport}"
         self.tls = transport == "tls"
         self.dir = f"{WORK}/{server}-{transport}"
@@ -103,17 +111,17 @@ class Target:
     # ---- process
     def argv(self):
         addr = f"{HOST}:{self.port}"
-        if self.server == "keyhaven-dev":
-            return [KEYHAVEN, "server", "--dev", "--dev-listen-address", addr,
+        if self.kind == "keyhaven-dev":
+            return [self.binary, "server", "--dev", "--dev-listen-address", addr,
                     "--dev-root-token-id", "root", "--log-level", "warn"]
-        if self.server == "keyhaven-sqlite":
+        if self.kind == "keyhaven-sqlite":
             cfg = f"{self.dir}/keyhaven.toml"
             listener = (f'tls_cert_file = "{CERT}"\ntls_key_file = "{KEY}"\n' if self.tls
                         else "tls_disable = true\n")
             with open(cfg, "w") as f:
                 f.write(f'[storage]\nbackend = "sqlite"\npath = "{self.dir}/data/keyhaven.db"\n\n'
                         f'[listener]\naddress = "{addr}"\n{listener}\n[log]\nlevel = "warn"\n')
-            return [KEYHAVEN, "server", "--config", cfg]
+            return [self.binary, "server", "--config", cfg]
         if self.server == "ceiling":
             return [CEILING, "--listen", addr] + (["--tls-cert", CERT, "--tls-key", KEY] if self.tls else [])
         if self.server == "openbao-dev":
@@ -133,7 +141,7 @@ class Target:
         """A request that answers 200 once the server serves."""
         if self.server == "ceiling":
             return "GET", "/v1/secret/data/bench", "root"
-        if self.server == "keyhaven-sqlite":
+        if self.kind == "keyhaven-sqlite":
             return "GET", "/v1/sys/health?sealedcode=200&uninitcode=200", None
         return "GET", "/v1/sys/health", None
 
@@ -165,7 +173,7 @@ class Target:
     def setup(self):
         """KV v2 at secret/ with secret/bench, transit at transit/ with key "bench"; then
         every scenario once, checked, and the size of its answer."""
-        if self.server == "keyhaven-sqlite":
+        if self.kind == "keyhaven-sqlite":
             j = self.call("PUT", "/v1/sys/init", {"secret_shares": 1, "secret_threshold": 1})
             self.token = j["root_token"]
             j = self.call("PUT", "/v1/sys/unseal", {"key": j["keys"][0]})
@@ -273,7 +281,7 @@ def main():
     targets, i = [], 0
     for s in SERVER_NAMES:
         for tr in TRANSPORTS:
-            if s == "keyhaven-dev" and tr == "tls":
+            if s.replace("keyhaven-base-", "keyhaven-") == "keyhaven-dev" and tr == "tls":
                 continue  # dev mode serves plain HTTP only
             targets.append(Target(s, tr, PORT + 4 * i))
             i += 1
@@ -354,6 +362,25 @@ def report(targets, rows, start_load, end_load, wall):
                         continue
                     L.append(f"| {s} | {n} | {tr} | {c} | {a:,.0f} | {b:,.0f} | **{a / b:.2f}** | "
                              f"{aw:,.0f} | {bw:,.0f} | {aw / bw:.2f} |")
+
+    others = [(s, "openbao-dev", "OpenBao") for s in SERVER_NAMES
+              if s.startswith("keyhaven-") and "openbao-dev" in SERVER_NAMES]
+    others += [(s, s.replace("keyhaven-", "keyhaven-base-"), "the base binary") for s in SERVER_NAMES
+               if s.startswith("keyhaven-") and not s.startswith("keyhaven-base-")
+               and s.replace("keyhaven-", "keyhaven-base-") in SERVER_NAMES]
+    if others:
+        L += ["", "Against OpenBao and the base binary (KEYHAVEN_BASE, built from "
+              f"{E.get('KEYHAVEN_BASE_COMMIT', '?')}), per server CPU-second (medians):", "",
+              "| server | against | scenario | transport | conc | server req per CPU-s | other req per CPU-s | ratio |",
+              "|---|---|---|---|---:|---:|---:|---:|"]
+        for s, o, label in others:
+            for n in SCEN_NAMES:
+                for tr in TRANSPORTS:
+                    for c in CONCS:
+                        a, b = cell(s, tr, n, c, "per_cpu_s"), cell(o, tr, n, c, "per_cpu_s")
+                        if None in (a, b):
+                            continue
+                        L.append(f"| {s} | {o} | {n} | {tr} | {c} | {a:,.0f} | {b:,.0f} | **{a / b:.2f}** |")
 
     if "plain" in TRANSPORTS and "tls" in TRANSPORTS:
         L += ["", "TLS cost = 1 - (TLS / plain), same server, scenario and concurrency (medians):", "",

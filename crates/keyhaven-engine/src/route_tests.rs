@@ -260,3 +260,50 @@ async fn wrong_types_are_refused_naming_the_field_and_unknown_fields_warned_in_e
         );
     }
 }
+
+/// Matching a path again on the route found for it (as the core does once it has routed a
+/// request) gives what matching the whole table gives: the same route, the same captures.
+#[tokio::test]
+async fn a_matched_route_matches_again_with_the_same_captures() {
+    use crate::route::{match_route, rematch};
+    let (core, _dev, _root, _walker, _routes) = walk().await;
+    let inner = core.unsealed().unwrap();
+    let secrets = inner.secrets.read().clone();
+    let auth = inner.auth.read().clone();
+    let all_ops = [
+        Operation::Read,
+        Operation::Create,
+        Operation::Update,
+        Operation::Patch,
+        Operation::Delete,
+        Operation::List,
+    ];
+    let mut checked = 0;
+    for mounted in secrets.mounted().iter().chain(auth.mounted()) {
+        let table = mounted.handler.routes();
+        for route in table {
+            let path = sample(route.pattern);
+            for rel in [
+                path.clone(),
+                format!("{path}/"),
+                format!("{path}/x"),
+                String::new(),
+            ] {
+                for op in all_ops {
+                    let Some(m) = match_route(table, op, &rel) else {
+                        continue;
+                    };
+                    let again = rematch(m.route, op, &rel).expect("matches again");
+                    assert!(std::ptr::eq(again.route, m.route), "{op} {rel}");
+                    assert_eq!(
+                        again.captures.iter().collect::<Vec<_>>(),
+                        m.captures.iter().collect::<Vec<_>>(),
+                        "{op} {rel}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "{checked}");
+}
