@@ -277,8 +277,8 @@ pub(crate) async fn save<T: Serialize>(
     key: &str,
     value: &T,
 ) -> Result<(), EngineError> {
-    let bytes = serde_json::to_vec(value)
-        .map_err(|_| EngineError::Corrupt(format!("auth record {key:?} cannot be encoded")))?;
+    let bytes =
+        serde_json::to_vec(value).map_err(|_| EngineError::Encode("an auth method record"))?;
     store.put(key, bytes).await?;
     Ok(())
 }

@@ -39,13 +39,12 @@ impl MountConfig {
         match raw {
             None => Ok(MountConfig::default()),
             Some(bytes) => serde_json::from_slice(bytes)
-                .map_err(|_| EngineError::Corrupt("kv mount configuration".to_owned())),
+                .map_err(|_| EngineError::Encode("a kv mount configuration")),
         }
     }
 
     pub(super) fn encode(&self) -> Result<Vec<u8>, EngineError> {
-        serde_json::to_vec(self)
-            .map_err(|_| EngineError::Corrupt("kv mount configuration".to_owned()))
+        serde_json::to_vec(self).map_err(|_| EngineError::Encode("a kv mount configuration"))
     }
 }
 
@@ -151,7 +150,7 @@ impl KeyRecord {
     }
 
     pub(super) fn encode(&self) -> Result<Vec<u8>, EngineError> {
-        serde_json::to_vec(self).map_err(|_| EngineError::Corrupt("kv key metadata".to_owned()))
+        serde_json::to_vec(self).map_err(|_| EngineError::Encode("a kv metadata record"))
     }
 
     pub(super) fn version(&self, n: u64) -> Option<&VersionInfo> {

@@ -386,7 +386,7 @@ fn encode(name: &str, text: &str) -> Result<Vec<u8>, EngineError> {
         name: name.to_owned(),
         policy: text.to_owned(),
     })
-    .map_err(|_| EngineError::invalid("policy cannot be encoded"))
+    .map_err(|_| EngineError::Encode("a policy"))
 }
 
 /// Lower-case and check a policy name: 1–128 of `a-z 0-9 - _ . @`.

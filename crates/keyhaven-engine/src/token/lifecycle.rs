@@ -97,7 +97,7 @@ impl TokenStore {
             hash: hash.clone(),
             ..Default::default()
         };
-        let value = serde_json::to_vec(&entry).map_err(|_| corrupt())?;
+        let value = serde_json::to_vec(&entry).map_err(|_| EngineError::Encode("a token entry"))?;
         Ok(vec![
             (Self::id_key(&hash), value),
             (
@@ -241,7 +241,8 @@ impl TokenStore {
             let ops = vec![
                 Op::Put {
                     key: Self::id_key(&hash),
-                    value: serde_json::to_vec(&entry).map_err(|_| corrupt())?,
+                    value: serde_json::to_vec(&entry)
+                        .map_err(|_| EngineError::Encode("a token entry"))?,
                 },
                 accessor_op,
             ];
@@ -284,7 +285,8 @@ impl TokenStore {
                 ops: vec![
                     Op::Put {
                         key: Self::id_key(&hash),
-                        value: serde_json::to_vec(&entry).map_err(|_| corrupt())?,
+                        value: serde_json::to_vec(&entry)
+                            .map_err(|_| EngineError::Encode("a token entry"))?,
                     },
                     accessor_op.clone(),
                     Op::Put {

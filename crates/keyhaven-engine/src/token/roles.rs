@@ -45,7 +45,7 @@ impl TokenStore {
         self.storage
             .put(
                 &format!("{ROLE_PREFIX}{name}"),
-                serde_json::to_vec(role).map_err(|_| corrupt())?,
+                serde_json::to_vec(role).map_err(|_| EngineError::Encode("a token role"))?,
             )
             .await?;
         Ok(())

@@ -148,7 +148,8 @@ impl TokenStore {
             if !change(&mut entry)? {
                 return Ok(Some(entry));
             }
-            let new = serde_json::to_vec(&entry).map_err(|_| corrupt())?;
+            let new =
+                serde_json::to_vec(&entry).map_err(|_| EngineError::Encode("a token entry"))?;
             if self
                 .storage
                 .compare_and_swap(&key, Some(&bytes), Some(new))
