@@ -223,94 +223,6 @@ impl RoleMethod for JwtAuth {
     }
 
     async fn config_read(&self) -> Result<Response, EngineError> {
-        JwtAuth::config_read(self).await
-    }
-
-    async fn config_write(&self, data: &Map<String, Value>) -> Result<Response, EngineError> {
-        JwtAuth::config_write(self, data).await
-    }
-
-    async fn role_read(&self, name: &str) -> Result<Response, EngineError> {
-        JwtAuth::role_read(self, name).await
-    }
-
-    async fn role_write(
-        &self,
-        name: &str,
-        data: &Map<String, Value>,
-    ) -> Result<Response, EngineError> {
-        JwtAuth::role_write(self, name, data).await
-    }
-
-    async fn login(&self, data: &Map<String, Value>) -> Result<Response, EngineError> {
-        let parsed = self.load_parsed().await?;
-        let default_role = parsed.as_ref().map(|p| p.config.default_role.as_str());
-        let (role, jwt) = common::login_params(data, default_role)?;
-        let result = match parsed {
-            Some(parsed) => JwtAuth::login(self, &parsed, &role, &jwt).await,
-            None => Err(Failure::Error(EngineError::invalid(
-                "the jwt auth method is not configured",
-            ))),
-        };
-        finish_login("jwt", &role, result)
-    }
-}
-
-/// A claim as the strings it matches: a scalar is one string, a list of scalars many.
-fn claim_strings(value: &Value) -> Option<Vec<String>> {
-    let scalar = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    };
-    match value {
-        Value::Array(items) => items.iter().map(scalar).collect(),
-        v => scalar(v).map(|s| vec![s]),
-    }
-}
-
-fn parse_bound_claims(
-    data: &Map<String, Value>,
-) -> Result<Option<BTreeMap<String, Vec<String>>>, EngineError> {
-    let bad = || EngineError::invalid("bound_claims must be an object of claim names to values");
-    let obj = match data.get("bound_claims") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => return Ok(Some(BTreeMap::new())),
-        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-            Ok(Value::Object(o)) => o,
-            _ => return Err(bad()),
-        },
-        Some(Value::Object(o)) => o.clone(),
-        Some(_) => return Err(bad()),
-    };
-    obj.iter()
-        .map(|(k, v)| {
-            let values = claim_strings(v).filter(|l| !l.is_empty()).ok_or_else(bad)?;
-            Ok((k.clone(), values))
-        })
-        .collect::<Result<_, _>>()
-        .map(Some)
-}
-
-impl JwtAuth {
-    async fn load_parsed(&self) -> Result<Option<Arc<Parsed>>, EngineError> {
-        let Some(bytes) = self.storage.get(CONFIG_KEY).await? else {
-            return Ok(None);
-        };
-        if let Some((cached_bytes, parsed)) = &*self.parsed.lock()
-            && *cached_bytes == bytes
-        {
-            return Ok(Some(parsed.clone()));
-        }
-        let config: Config = serde_json::from_slice(&bytes)
-            .map_err(|_| EngineError::Corrupt("jwt auth config".into()))?;
-        let parsed = Arc::new(Parsed::from_config(config)?);
-        *self.parsed.lock() = Some((bytes, parsed.clone()));
-        Ok(Some(parsed))
-    }
-
-    async fn config_read(&self) -> Result<Response, EngineError> {
         let Some(parsed) = self.load_parsed().await? else {
             return Err(EngineError::NotFound(String::new()));
         };
@@ -492,6 +404,74 @@ impl JwtAuth {
         }
         save(&self.storage, &key, &role).await?;
         Ok(Response::no_content())
+    }
+
+    async fn login(&self, data: &Map<String, Value>) -> Result<Response, EngineError> {
+        let parsed = self.load_parsed().await?;
+        let default_role = parsed.as_ref().map(|p| p.config.default_role.as_str());
+        let (role, jwt) = common::login_params(data, default_role)?;
+        let result = match parsed {
+            Some(parsed) => JwtAuth::login(self, &parsed, &role, &jwt).await,
+            None => Err(Failure::Error(EngineError::invalid(
+                "the jwt auth method is not configured",
+            ))),
+        };
+        finish_login("jwt", &role, result)
+    }
+}
+
+/// A claim as the strings it matches: a scalar is one string, a list of scalars many.
+fn claim_strings(value: &Value) -> Option<Vec<String>> {
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match value {
+        Value::Array(items) => items.iter().map(scalar).collect(),
+        v => scalar(v).map(|s| vec![s]),
+    }
+}
+
+fn parse_bound_claims(
+    data: &Map<String, Value>,
+) -> Result<Option<BTreeMap<String, Vec<String>>>, EngineError> {
+    let bad = || EngineError::invalid("bound_claims must be an object of claim names to values");
+    let obj = match data.get("bound_claims") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => return Ok(Some(BTreeMap::new())),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(o)) => o,
+            _ => return Err(bad()),
+        },
+        Some(Value::Object(o)) => o.clone(),
+        Some(_) => return Err(bad()),
+    };
+    obj.iter()
+        .map(|(k, v)| {
+            let values = claim_strings(v).filter(|l| !l.is_empty()).ok_or_else(bad)?;
+            Ok((k.clone(), values))
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+impl JwtAuth {
+    async fn load_parsed(&self) -> Result<Option<Arc<Parsed>>, EngineError> {
+        let Some(bytes) = self.storage.get(CONFIG_KEY).await? else {
+            return Ok(None);
+        };
+        if let Some((cached_bytes, parsed)) = &*self.parsed.lock()
+            && *cached_bytes == bytes
+        {
+            return Ok(Some(parsed.clone()));
+        }
+        let config: Config = serde_json::from_slice(&bytes)
+            .map_err(|_| EngineError::Corrupt("jwt auth config".into()))?;
+        let parsed = Arc::new(Parsed::from_config(config)?);
+        *self.parsed.lock() = Some((bytes, parsed.clone()));
+        Ok(Some(parsed))
     }
 
     async fn login(

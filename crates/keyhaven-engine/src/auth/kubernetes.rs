@@ -249,50 +249,6 @@ impl RoleMethod for KubernetesAuth {
     }
 
     async fn config_read(&self) -> Result<Response, EngineError> {
-        KubernetesAuth::config_read(self).await
-    }
-
-    async fn config_write(&self, data: &Map<String, Value>) -> Result<Response, EngineError> {
-        KubernetesAuth::config_write(self, data).await
-    }
-
-    async fn role_read(&self, name: &str) -> Result<Response, EngineError> {
-        KubernetesAuth::role_read(self, name).await
-    }
-
-    async fn role_write(
-        &self,
-        name: &str,
-        data: &Map<String, Value>,
-    ) -> Result<Response, EngineError> {
-        KubernetesAuth::role_write(self, name, data).await
-    }
-
-    async fn login(&self, data: &Map<String, Value>) -> Result<Response, EngineError> {
-        let (role, jwt) = common::login_params(data, None)?;
-        let result = KubernetesAuth::login(self, &role, &jwt).await;
-        finish_login("kubernetes", &role, result)
-    }
-}
-
-impl KubernetesAuth {
-    async fn load_parsed(&self) -> Result<Option<Arc<Parsed>>, EngineError> {
-        let Some(bytes) = self.storage.get(CONFIG_KEY).await? else {
-            return Ok(None);
-        };
-        if let Some((cached_bytes, parsed)) = &*self.parsed.lock()
-            && *cached_bytes == bytes
-        {
-            return Ok(Some(parsed.clone()));
-        }
-        let config: Config = serde_json::from_slice(&bytes)
-            .map_err(|_| EngineError::Corrupt("kubernetes auth config".into()))?;
-        let parsed = Arc::new(Parsed::from_config(config)?);
-        *self.parsed.lock() = Some((bytes, parsed.clone()));
-        Ok(Some(parsed))
-    }
-
-    async fn config_read(&self) -> Result<Response, EngineError> {
         let Some(parsed) = self.load_parsed().await? else {
             return Err(EngineError::NotFound(String::new()));
         };
@@ -464,6 +420,30 @@ impl KubernetesAuth {
             );
         }
         Ok(resp)
+    }
+
+    async fn login(&self, data: &Map<String, Value>) -> Result<Response, EngineError> {
+        let (role, jwt) = common::login_params(data, None)?;
+        let result = KubernetesAuth::login(self, &role, &jwt).await;
+        finish_login("kubernetes", &role, result)
+    }
+}
+
+impl KubernetesAuth {
+    async fn load_parsed(&self) -> Result<Option<Arc<Parsed>>, EngineError> {
+        let Some(bytes) = self.storage.get(CONFIG_KEY).await? else {
+            return Ok(None);
+        };
+        if let Some((cached_bytes, parsed)) = &*self.parsed.lock()
+            && *cached_bytes == bytes
+        {
+            return Ok(Some(parsed.clone()));
+        }
+        let config: Config = serde_json::from_slice(&bytes)
+            .map_err(|_| EngineError::Corrupt("kubernetes auth config".into()))?;
+        let parsed = Arc::new(Parsed::from_config(config)?);
+        *self.parsed.lock() = Some((bytes, parsed.clone()));
+        Ok(Some(parsed))
     }
 
     async fn login(&self, role_name: &str, jwt: &str) -> Result<LoginGrant, Failure> {
