@@ -49,6 +49,7 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("POST", "sys/audit-hash/file", Some(json!({"input": "x"}))),
         ("PUT", "sys/rotate", None),
         ("GET", "sys/key-status", None),
+        ("GET", "sys/internal/specs/openapi", None),
         ("PUT", "sys/seal", None),
         ("GET", "secret/data/app", None),
         (
