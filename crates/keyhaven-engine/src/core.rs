@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use crate::audit::AuditBroker;
+use crate::audit::{AuditBroker, AuditMount};
 use crate::auth::Outbound;
 use crate::backend::BackendRequest;
 use crate::barrier::{self, Barrier, Keyring};
@@ -531,7 +531,10 @@ impl Core {
                 self.options.outbound.clone(),
                 self.options.limits,
             )?;
-            mounted.push(Mounted { entry, handler });
+            mounted.push(Mounted {
+                entry: Arc::new(entry),
+                handler,
+            });
         }
         Ok(Router::new(mounted))
     }
@@ -631,13 +634,20 @@ impl Core {
         // create-versus-update, alias resolution, fields.
         let route = target.as_mut().and_then(|t| t.route_for(req.operation));
         let audit = &self.options.audit;
+        // The mount as resolved now: an alias may change the path inside it, never the mount.
+        let mount_entry = target.as_ref().map(|t| t.mounted.entry.clone());
+        let auth_table = req.path.starts_with("auth/");
+        let mount = mount_entry.as_deref().map(|entry| AuditMount {
+            entry,
+            auth: auth_table,
+        });
         let entry = if route.is_some_and(|r| r.unauthenticated) {
             None
         } else {
             match self.authenticate(&inner, &req).await {
                 Ok(entry) => Some(entry),
                 Err(err) => {
-                    audit.log_request(None, &req, Some(&err)).await?;
+                    audit.log_request(None, &req, mount, Some(&err)).await?;
                     return Err(err);
                 }
             }
@@ -678,7 +688,9 @@ impl Core {
             }
             if !allowed {
                 let err = EngineError::PermissionDenied;
-                audit.log_request(Some(entry), &req, Some(&err)).await?;
+                audit
+                    .log_request(Some(entry), &req, mount, Some(&err))
+                    .await?;
                 return Err(err);
             }
             acl = Some(granted);
@@ -692,7 +704,9 @@ impl Core {
         };
         let received = audit.now();
         if !pure {
-            audit.log_request(entry.as_deref(), &req, None).await?;
+            audit
+                .log_request(entry.as_deref(), &req, mount, None)
+                .await?;
         }
         let sudo = match (&entry, &acl) {
             (Some(e), _) if e.is_root() => true,
@@ -705,10 +719,12 @@ impl Core {
         if let Ok(resp) = &mut result
             && let Some(grant) = resp.login.take()
         {
-            let mount_max_ttl = target
+            let tuned = target
                 .as_ref()
-                .map_or(0, |t| t.mounted.entry.config.max_lease_ttl);
-            match inner.tokens.login(&grant, &req.path, mount_max_ttl).await {
+                .map(|t| &t.mounted.entry.config)
+                .cloned()
+                .unwrap_or_default();
+            match inner.tokens.login(&grant, &req.path, &tuned).await {
                 Ok(auth) => resp.auth = Some(auth),
                 Err(e) => result = Err(e),
             }
@@ -720,10 +736,12 @@ impl Core {
         }
         if pure {
             audit
-                .log_exchange(entry.as_deref(), &req, received, &result)
+                .log_exchange(entry.as_deref(), &req, mount, received, &result)
                 .await?;
         } else {
-            audit.log_response(entry.as_deref(), &req, &result).await?;
+            audit
+                .log_response(entry.as_deref(), &req, mount, &result)
+                .await?;
         }
         result
     }
@@ -789,11 +807,15 @@ impl Core {
         let Some(token) = &req.token else {
             return Err(EngineError::PermissionDenied);
         };
-        inner
+        let entry = inner
             .tokens
             .lookup(token.expose())
             .await?
-            .ok_or(EngineError::PermissionDenied)
+            .ok_or(EngineError::PermissionDenied)?;
+        if !entry.usable_from(req.remote_addr) {
+            return Err(EngineError::PermissionDenied);
+        }
+        Ok(entry)
     }
 }
 

@@ -23,6 +23,10 @@ pub enum EngineError {
     /// Missing, unknown or insufficient credentials.
     #[error("permission denied")]
     PermissionDenied,
+    /// Refused as [`PermissionDenied`](Self::PermissionDenied) is (403), with Vault's own
+    /// message for the case (`bad token`, a preflight check).
+    #[error("{0}")]
+    Forbidden(String),
     /// Nothing at this path (no mount, no route, or no such item where Vault answers 404).
     #[error("{0}")]
     NotFound(String),
@@ -108,7 +112,9 @@ impl EngineError {
     pub fn code(&self) -> ErrorCode {
         match self {
             EngineError::InvalidRequest(_) => ErrorCode::InvalidRequest,
-            EngineError::PermissionDenied => ErrorCode::PermissionDenied,
+            EngineError::PermissionDenied | EngineError::Forbidden(_) => {
+                ErrorCode::PermissionDenied
+            }
             EngineError::NotFound(_) | EngineError::VersionGone(_) => ErrorCode::NotFound,
             EngineError::UnsupportedOperation => ErrorCode::UnsupportedOperation,
             EngineError::PreconditionFailed(_) => ErrorCode::PreconditionFailed,

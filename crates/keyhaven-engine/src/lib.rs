@@ -15,6 +15,7 @@
 pub mod audit;
 pub mod auth;
 pub mod backend;
+pub mod cidr;
 pub mod clock;
 mod error;
 pub mod kv;

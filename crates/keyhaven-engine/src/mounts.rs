@@ -39,6 +39,16 @@ pub struct MountConfig {
     /// Maximum lease TTL in seconds (0 = system default).
     #[serde(default)]
     pub max_lease_ttl: u64,
+    /// `unauth`: listed by the unauthenticated `sys/internal/ui/mounts`; `hidden` or
+    /// empty: not.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub listing_visibility: String,
+    /// Top-level request data keys audit records keep in clear instead of hashing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_non_hmac_request_keys: Vec<String>,
+    /// Top-level response data keys audit records keep in clear instead of hashing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_non_hmac_response_keys: Vec<String>,
 }
 
 /// One entry of the mount table.
@@ -79,6 +89,15 @@ impl MountEntry {
                 default_lease_ttl: self.config.default_lease_ttl,
                 force_no_cache: false,
                 max_lease_ttl: self.config.max_lease_ttl,
+                listing_visibility: (!self.config.listing_visibility.is_empty())
+                    .then(|| self.config.listing_visibility.clone()),
+                audit_non_hmac_request_keys: (!self.config.audit_non_hmac_request_keys.is_empty())
+                    .then(|| self.config.audit_non_hmac_request_keys.clone()),
+                audit_non_hmac_response_keys: (!self
+                    .config
+                    .audit_non_hmac_response_keys
+                    .is_empty())
+                .then(|| self.config.audit_non_hmac_response_keys.clone()),
                 passthrough_request_headers: (builtin == Some(Builtin::System))
                     .then(|| vec!["Accept".to_owned()]),
                 token_type: (builtin == Some(Builtin::Token)).then(|| "default-service".to_owned()),
@@ -166,6 +185,12 @@ pub fn normalize_path(path: &str) -> Result<String, EngineError> {
 /// Normalise an auth mount path (relative to `auth/`); `token/` is built in.
 pub fn normalize_auth_path(path: &str) -> Result<String, EngineError> {
     normalize_with(path, &["token/"])
+}
+
+/// Normalise a path naming an existing mount (to read or tune it): the built-in ones
+/// (`sys/`, `token/`) included.
+pub fn normalize_existing_path(path: &str) -> Result<String, EngineError> {
+    normalize_with(path, &[])
 }
 
 fn normalize_with(path: &str, reserved: &[&str]) -> Result<String, EngineError> {
@@ -332,7 +357,8 @@ impl Handler {
 
 #[derive(Clone)]
 pub(crate) struct Mounted {
-    pub entry: MountEntry,
+    /// Shared: every request's target holds it.
+    pub entry: Arc<MountEntry>,
     pub handler: Handler,
 }
 
@@ -374,7 +400,7 @@ impl Router {
     }
 
     pub(crate) fn entries(&self) -> impl Iterator<Item = &MountEntry> {
-        self.mounts.iter().map(|m| &m.entry)
+        self.mounts.iter().map(|m| m.entry.as_ref())
     }
 
     /// Whether `path` would overlap an existing mount (one inside the other).

@@ -61,17 +61,27 @@ pub fn int(data: &Map<String, Value>, key: &str) -> Result<Option<i64>, EngineEr
     }
 }
 
-/// A boolean parameter (JSON bool, or "true"/"false"/"1"/"0"/"t"/"f").
+/// Go's `strconv.ParseBool`, which Vault applies to boolean parameters sent as strings
+/// (query parameters, form-style CLI values): `1 t T TRUE true True` and
+/// `0 f F FALSE false False`, nothing else (`tRuE` and `yes` are not booleans).
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// A boolean parameter: a JSON bool, 0 or 1, or a string [`parse_bool`] accepts (an empty
+/// string is absent).
 pub fn boolean(data: &Map<String, Value>, key: &str) -> Result<Option<bool>, EngineError> {
     match data.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
-            "" => Ok(None),
-            "true" | "t" | "1" => Ok(Some(true)),
-            "false" | "f" | "0" => Ok(Some(false)),
-            _ => Err(wrong_type(key, "a boolean")),
-        },
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => parse_bool(s.trim())
+            .map(Some)
+            .ok_or_else(|| wrong_type(key, "a boolean")),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(1) => Ok(Some(true)),
             Some(0) => Ok(Some(false)),
@@ -376,6 +386,25 @@ mod tests {
         );
         let err = uint(&d, "x").unwrap_err().to_string();
         assert!(err.contains("\"x\"") && !err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn booleans_parse_as_gos_parse_bool() {
+        for t in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert_eq!(parse_bool(t), Some(true), "{t}");
+        }
+        for f in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert_eq!(parse_bool(f), Some(false), "{f}");
+        }
+        for bad in ["tRuE", "yes", "no", "on", "2", "", " true"] {
+            assert_eq!(parse_bool(bad), None, "{bad:?}");
+        }
+        let d = obj(json!({"a": "True", "b": "FALSE", "c": "yes", "e": ""}));
+        assert_eq!(boolean(&d, "a").unwrap(), Some(true));
+        assert_eq!(boolean(&d, "b").unwrap(), Some(false));
+        assert_eq!(boolean(&d, "e").unwrap(), None);
+        let err = boolean(&d, "c").unwrap_err().to_string();
+        assert!(err.contains("\"c\"") && err.contains("boolean"), "{err}");
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub struct Request {
     pub data: Map<String, Value>,
     /// The token from `X-Vault-Token` or `Authorization: Bearer`.
     pub token: Option<ClientToken>,
+    /// The address the request came from (the TCP peer), for tokens bound to CIDRs and
+    /// for audit records; `None` for requests made in-process.
+    pub remote_addr: Option<std::net::IpAddr>,
 }
 
 // Request data may hold secret values: print only their keys.
@@ -90,6 +93,7 @@ impl fmt::Debug for Request {
             .field("path", &self.path)
             .field("data_keys", &self.data.keys().collect::<Vec<_>>())
             .field("token", &self.token)
+            .field("remote_addr", &self.remote_addr)
             .finish()
     }
 }

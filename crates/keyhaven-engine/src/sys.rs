@@ -42,7 +42,48 @@ const TUNE_FIELDS: &[Field] = &[
     Field::duration("default_lease_ttl", "Default lease TTL."),
     Field::duration("max_lease_ttl", "Maximum lease TTL."),
     Field::str("description", "Free text."),
-    Field::map("options", "Backend options."),
+    Field::map(
+        "options",
+        "Backend options (kept as strings; a KV mount keeps its version).",
+    ),
+    Field::str(
+        "listing_visibility",
+        "unauth: listed by the unauthenticated sys/internal/ui/mounts; hidden or empty: not.",
+    ),
+    Field::str_list(
+        "audit_non_hmac_request_keys",
+        "Request data keys audit records keep in clear.",
+    ),
+    Field::str_list(
+        "audit_non_hmac_response_keys",
+        "Response data keys audit records keep in clear.",
+    ),
+    Field::str(
+        "token_type",
+        "Auth mounts: the type of tokens issued (default-service or service).",
+    ),
+    Field::str_list(
+        "passthrough_request_headers",
+        "Not supported: refused unless empty.",
+    ),
+    Field::str_list(
+        "allowed_response_headers",
+        "Not supported: refused unless empty.",
+    ),
+    Field::str("plugin_version", "Not supported: refused unless empty."),
+    Field::map(
+        "user_lockout_config",
+        "Not supported: refused unless empty.",
+    ),
+    Field::str_list(
+        "allowed_managed_keys",
+        "Not supported: refused unless empty.",
+    ),
+    Field::str("identity_token_key", "Not supported: refused unless empty."),
+    Field::str_list(
+        "delegated_auth_accessors",
+        "Not supported: refused unless empty.",
+    ),
 ];
 
 const CAPABILITY_FIELDS: &[Field] = &[
@@ -110,12 +151,20 @@ pub(crate) static ROUTES: &[Route] = &[
         .ops(Ops::WRITE.and(Ops::DELETE))
         .fields(MOUNT_FIELDS)
         .sudo(),
+    // The user-interface listings authenticate for themselves, without spending a use
+    // of the token (the CLI and agent ask before every KV call).
     Route::new(
         "internal/ui/mounts",
-        "The secret engines, for user interfaces.",
+        "The mounts: those listed as unauth without a token, those it may use with one.",
     )
-    .pure(Ops::READ),
-    Route::new("internal/ui/mounts/{path+}", "The mount serving a path.").pure(Ops::READ),
+    .pure(Ops::READ)
+    .unauthenticated(),
+    Route::new(
+        "internal/ui/mounts/{path+}",
+        "The mount serving a path, if the token may use it.",
+    )
+    .pure(Ops::READ)
+    .unauthenticated(),
     Route::new(
         "internal/specs/openapi",
         "The OpenAPI document of every mounted path.",
@@ -193,7 +242,12 @@ impl Core {
             }
             ("mounts", _) => self.list_table(inner, Table::Secrets),
             ("auth", _) => self.list_table(inner, Table::Auth),
-            ("mounts/{path+}/tune", _) => self.tune_mount(inner, Table::Secrets, path, req).await,
+            // `bao auth tune` tunes auth methods through `sys/mounts/auth/<path>/tune`
+            // (which, as in OpenBao, needs no sudo, unlike `sys/auth/<path>/tune`).
+            ("mounts/{path+}/tune", _) => match path.strip_prefix("auth/") {
+                Some(auth_path) => self.tune_mount(inner, Table::Auth, auth_path, req).await,
+                None => self.tune_mount(inner, Table::Secrets, path, req).await,
+            },
             ("auth/{path+}/tune", _) => self.tune_mount(inner, Table::Auth, path, req).await,
             ("mounts/{path+}", Read) => self.read_mount(inner, Table::Secrets, path),
             ("auth/{path+}", Read) => self.read_mount(inner, Table::Auth, path),
@@ -207,8 +261,8 @@ impl Core {
             }
             ("mounts/{path+}", Delete) => self.disable_mount(inner, Table::Secrets, path).await,
             ("auth/{path+}", Delete) => self.disable_mount(inner, Table::Auth, path).await,
-            ("internal/ui/mounts", _) => self.list_table(inner, Table::Secrets),
-            ("internal/ui/mounts/{path+}", _) => self.ui_mount(inner, path),
+            ("internal/ui/mounts", _) => self.ui_mounts(inner, req).await,
+            ("internal/ui/mounts/{path+}", _) => self.ui_mount(inner, path, req).await,
             ("internal/specs/openapi", _) => Ok(Response::data(self.openapi(inner))),
             ("policies/explain", _) => self.explain(inner, req).await,
             ("policy" | "policy/{name}" | "policies/acl" | "policies/acl/{name}", _) => {

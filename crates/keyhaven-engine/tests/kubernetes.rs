@@ -78,6 +78,26 @@ impl Env {
                 path: path.into(),
                 data,
                 token: token.map(|t| ClientToken::new(t.to_owned())),
+                remote_addr: None,
+            })
+            .await
+    }
+
+    /// A read with `token` from the address `from`.
+    async fn read_from(
+        &self,
+        path: &str,
+        token: &str,
+        from: Option<&str>,
+    ) -> Result<Response, EngineError> {
+        self.core
+            .handle(Request {
+                id: "test".into(),
+                operation: Operation::Read,
+                path: path.into(),
+                data: Map::new(),
+                token: Some(ClientToken::new(token.to_owned())),
+                remote_addr: from.map(|a| a.parse().unwrap()),
             })
             .await
     }
@@ -1200,4 +1220,107 @@ fn the_validator_refuses_each_forgery_for_the_right_reason() {
     let set = KeySet::from_jwks(&i.jwks()).unwrap();
     assert_eq!(set.len(), 2);
     set.verify(&i.sign(Alg::Es256, &good), all).unwrap();
+}
+
+#[tokio::test]
+async fn tokens_of_a_role_bound_to_cidr_blocks_work_only_from_inside_them() {
+    let env = Env::new().await;
+    env.kubernetes_with(pem_config(&env.issuer)).await;
+    env.root(
+        Operation::Update,
+        "sys/policies/acl/creator",
+        json!({"policy": "path \"auth/token/create\" { capabilities = [\"update\"] }"}),
+    )
+    .await;
+    env.root(
+        Operation::Update,
+        "auth/kubernetes/role/app",
+        json!({
+            "token_bound_cidrs": "10.0.0.0/8, 2001:db8::/32",
+            "token_policies": "team-a-read,creator"
+        }),
+    )
+    .await;
+    let role = env
+        .root(Operation::Read, "auth/kubernetes/role/app", json!({}))
+        .await;
+    assert_eq!(
+        role.data.unwrap()["token_bound_cidrs"],
+        json!(["10.0.0.0/8", "2001:db8::/32"])
+    );
+    let auth = env
+        .login("kubernetes", "app", &env.token(Alg::Es256, "team-a", "app"))
+        .await
+        .unwrap();
+    let token = auth["client_token"].as_str().unwrap().to_owned();
+    let path = "secret/data/team-a/db";
+    for inside in ["10.1.2.3", "::ffff:10.9.9.9", "2001:db8:5::1"] {
+        let r = env.read_from(path, &token, Some(inside)).await;
+        assert!(r.is_ok(), "{inside}: {r:?}");
+    }
+    for outside in [Some("192.0.2.1"), Some("2001:db9::1"), None] {
+        let r = env.read_from(path, &token, outside).await;
+        assert!(
+            matches!(r, Err(EngineError::PermissionDenied)),
+            "{outside:?}: {r:?}"
+        );
+    }
+    // A child it creates stays within the blocks.
+    let child = env
+        .core
+        .handle(Request {
+            id: "test".into(),
+            operation: Operation::Update,
+            path: "auth/token/create".into(),
+            data: Map::new(),
+            token: Some(ClientToken::new(token.clone())),
+            remote_addr: Some("10.0.0.1".parse().unwrap()),
+        })
+        .await
+        .unwrap();
+    let child = child.auth.unwrap()["client_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = env
+        .read_from("auth/token/lookup-self", &child, Some("192.0.2.1"))
+        .await;
+    assert!(matches!(r, Err(EngineError::PermissionDenied)), "{r:?}");
+    let r = env
+        .read_from("auth/token/lookup-self", &child, Some("10.0.0.2"))
+        .await;
+    assert!(r.is_ok(), "{r:?}");
+    let err = env
+        .call(
+            Operation::Update,
+            "auth/kubernetes/role/app",
+            json!({"token_bound_cidrs": ["10.0.0.0/33"]}),
+            Some(&env.root.clone()),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("token_bound_cidrs"), "{err}");
+}
+
+#[tokio::test]
+async fn a_role_without_a_ttl_gets_the_auth_mounts_tuned_default() {
+    let env = Env::new().await;
+    env.kubernetes_with(pem_config(&env.issuer)).await;
+    env.root(
+        Operation::Update,
+        "auth/kubernetes/role/app",
+        json!({"token_ttl": 0}),
+    )
+    .await;
+    env.root(
+        Operation::Update,
+        "sys/mounts/auth/kubernetes/tune",
+        json!({"default_lease_ttl": "10m", "max_lease_ttl": "20m"}),
+    )
+    .await;
+    let auth = env
+        .login("kubernetes", "app", &env.token(Alg::Es256, "team-a", "app"))
+        .await
+        .unwrap();
+    assert_eq!(auth["lease_duration"], 600);
 }

@@ -43,12 +43,23 @@ pub struct AppState {
 
 /// Build the router of the `/v1/` API.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // The endpoints the server answers itself refuse other namespaces here; `logical`
+    // checks for itself (one fewer layer on the hot path).
+    let fixed = Router::new()
         .route("/v1/sys/init", get(init_status).put(init).post(init))
         .route("/v1/sys/unseal", any(unseal))
         .route("/v1/sys/seal-status", get(seal_status))
         .route("/v1/sys/health", get(health).head(health))
         .route("/v1/sys/leader", get(leader))
+        .route_layer(axum::middleware::from_fn(
+            |req: HttpRequest, next: axum::middleware::Next| async move {
+                match refuse_namespace(req.headers(), &new_request_id()) {
+                    Some(resp) => resp,
+                    None => next.run(req).await,
+                }
+            },
+        ));
+    fixed
         .route("/v1/{*path}", any(logical))
         .fallback(not_found)
         .with_state(state)
@@ -235,6 +246,29 @@ fn token_from(headers: &HeaderMap) -> Option<ClientToken> {
         .then(|| ClientToken::new(token.trim().to_owned()))
 }
 
+/// keyhaven has one namespace, the root: a request that names another (`X-Vault-Namespace`,
+/// sent by clients configured for Vault Enterprise or OpenBao namespaces) is refused, never
+/// answered from the root. Empty and `/` name the root.
+fn refuse_namespace(headers: &HeaderMap, request_id: &str) -> Option<HttpResponse> {
+    let value = headers.get("x-vault-namespace")?;
+    let ns = value.to_str().map(|v| v.trim().trim_matches('/'));
+    if matches!(ns, Ok("")) {
+        return None;
+    }
+    let message = match ns {
+        Ok(ns) if ns.len() <= 128 && !ns.chars().any(char::is_control) => format!(
+            "namespaces are not supported: keyhaven has only the root namespace, and this \
+             request names namespace {ns:?} (X-Vault-Namespace); remove the header or the \
+             client's namespace setting"
+        ),
+        _ => "namespaces are not supported: keyhaven has only the root namespace, and this \
+              request sets X-Vault-Namespace; remove the header or the client's namespace \
+              setting"
+            .to_owned(),
+    };
+    Some(plain_error(StatusCode::BAD_REQUEST, &message, request_id))
+}
+
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -289,9 +323,25 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
     if let Err(message) = check_query(&path, &parts.method, &query) {
         return plain_error(StatusCode::BAD_REQUEST, &message, &request_id);
     }
-    let list_flag = query
-        .iter()
-        .any(|(k, v)| k == "list" && (v == "true" || v == "1"));
+    if let Some(resp) = refuse_namespace(&parts.headers, &request_id) {
+        return resp;
+    }
+    // `?list=` is a boolean as Go's ParseBool reads it (hvac sends `list=True`); empty
+    // is false, anything else that is not a boolean is refused rather than read as a GET.
+    let list_flag = match query.iter().find(|(k, _)| k == "list") {
+        None => false,
+        Some((_, v)) if v.is_empty() => false,
+        Some((_, v)) => match keyhaven_engine::params::parse_bool(v) {
+            Some(b) => b,
+            None => {
+                return plain_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid value for query parameter \"list\": expected a boolean (true, false, 1, 0, t, f)",
+                    &request_id,
+                );
+            }
+        },
+    };
     let operation = match parts.method.as_str() {
         "GET" if list_flag => Operation::List,
         "GET" => Operation::Read,
@@ -335,6 +385,10 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
         path,
         data,
         token,
+        remote_addr: parts
+            .extensions
+            .get::<ConnHandle>()
+            .and_then(ConnHandle::peer),
     };
     let shape = WireShape::of(&request.path);
     let result = state.core.handle(request).await;
@@ -384,7 +438,6 @@ impl WireShape {
             "internal/specs/openapi" => WireShape::Raw,
             "mounts"
             | "auth"
-            | "internal/ui/mounts"
             | "audit"
             | "key-status"
             | "policy"

@@ -129,6 +129,8 @@ struct Conn {
     wake: Notify,
     /// Set by the accept loop (or shutdown) to make the task close the connection.
     shed: AtomicBool,
+    /// The client's address (the TCP peer).
+    peer: Option<std::net::IpAddr>,
 }
 
 impl Conn {
@@ -146,6 +148,7 @@ impl Conn {
             }),
             wake: Notify::new(),
             shed: AtomicBool::new(false),
+            peer: None,
         }
     }
 
@@ -232,6 +235,11 @@ impl Drop for RequestGuard {
 pub(crate) struct ConnHandle(Arc<Conn>);
 
 impl ConnHandle {
+    /// The client's address: the TCP peer (no forwarding header is trusted).
+    pub(crate) fn peer(&self) -> Option<std::net::IpAddr> {
+        self.0.peer
+    }
+
     /// Count a body being read on this connection until the guard is dropped.
     pub(crate) fn reading_body(&self) -> BodyGuard {
         let mut a = self.0.activity();
@@ -550,7 +558,10 @@ pub(crate) async fn serve(
             },
         };
         let now = Instant::now();
-        let conn = Arc::new(Conn::new(now));
+        let conn = Arc::new(Conn {
+            peer: Some(peer.ip()),
+            ..Conn::new(now)
+        });
         next_id = next_id.wrapping_add(1);
         let at_cap = match registry.admit(next_id, &conn, max) {
             Admission::Admitted => false,

@@ -169,3 +169,104 @@ async fn a_million_item_batch_is_refused_before_it_is_parsed() {
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["data"]["batch_results"].as_array().unwrap().len(), 5_000);
 }
+
+/// hvac's `Client.list()` sends `?list=True`; Go's ParseBool spellings all list, an empty
+/// value reads, and anything else is refused rather than read as a GET.
+#[tokio::test]
+async fn list_flag_parses_as_gos_parse_bool() {
+    let app = app().await;
+    let (s, _) = send(
+        &app,
+        "POST",
+        "/v1/secret/data/a/b",
+        Some(json!({"data": {"k": "v"}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    for v in ["True", "TRUE", "true", "t", "T", "1"] {
+        let (s, body) = send(
+            &app,
+            "GET",
+            &format!("/v1/secret/metadata/a?list={v}"),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "list={v}: {body}");
+        assert_eq!(body["data"]["keys"], json!(["b"]), "list={v}");
+    }
+    for v in ["", "false", "False", "0"] {
+        let (s, _) = send(
+            &app,
+            "GET",
+            &format!("/v1/secret/metadata/a?list={v}"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::NOT_FOUND,
+            "list={v} reads the metadata of a/"
+        );
+    }
+    for v in ["tRuE", "yes", "2"] {
+        let (s, body) = send(
+            &app,
+            "GET",
+            &format!("/v1/secret/metadata/a?list={v}"),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "list={v}");
+        assert!(
+            body["errors"][0].as_str().unwrap().contains("\"list\""),
+            "{body}"
+        );
+    }
+}
+
+/// keyhaven has only the root namespace: a request naming another is refused on every
+/// path, those the server answers itself included, never answered from the root.
+#[tokio::test]
+async fn a_namespace_header_is_refused_not_answered_from_the_root() {
+    let app = app().await;
+    for uri in [
+        "/v1/secret/data/app",
+        "/v1/sys/mounts",
+        "/v1/sys/seal-status",
+        "/v1/sys/health",
+        "/v1/sys/init",
+    ] {
+        let req = Request::builder()
+            .method("GET")
+            .uri(uri)
+            .header("x-vault-token", ROOT)
+            .header("x-vault-namespace", "team-a")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{uri}");
+        let body: Value =
+            serde_json::from_slice(&to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
+        let msg = body["errors"][0].as_str().unwrap();
+        assert!(
+            msg.contains("namespace") && msg.contains("team-a"),
+            "{uri}: {msg}"
+        );
+    }
+    for root in ["", "/", "root/"] {
+        let req = Request::builder()
+            .method("GET")
+            .uri("/v1/sys/mounts")
+            .header("x-vault-token", ROOT)
+            .header("x-vault-namespace", root)
+            .body(Body::empty())
+            .unwrap();
+        let status = app.clone().oneshot(req).await.unwrap().status();
+        let want = if root == "root/" {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(status, want, "namespace {root:?}");
+    }
+}

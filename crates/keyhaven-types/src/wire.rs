@@ -160,15 +160,25 @@ pub struct MountEntry {
 ///
 /// The built-in mounts carry one key more each, as in OpenBao:
 /// `passthrough_request_headers` for `sys/` and `token_type` for `token/`. Other keys Vault
-/// may send here (set by tuning options keyhaven does not have) are not kept.
+/// may send here (set by tuning options keyhaven does not have) are not kept. Fields are in
+/// name order, as Vault writes them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountConfig {
+    /// Request data keys audit records keep in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_non_hmac_request_keys: Option<Vec<String>>,
+    /// Response data keys audit records keep in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_non_hmac_response_keys: Option<Vec<String>>,
     /// Default lease TTL in seconds (0: the system default).
     #[serde(default)]
     pub default_lease_ttl: u64,
     /// Whether caching is off for this mount (never, for keyhaven).
     #[serde(default)]
     pub force_no_cache: bool,
+    /// `unauth` when the unauthenticated `sys/internal/ui/mounts` lists the mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing_visibility: Option<String>,
     /// Maximum lease TTL in seconds (0: the system default).
     #[serde(default)]
     pub max_lease_ttl: u64,

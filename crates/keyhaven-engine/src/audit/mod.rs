@@ -170,7 +170,36 @@ impl std::fmt::Debug for AuditBroker {
 struct Subject<'a> {
     auth: Option<&'a TokenEntry>,
     req: &'a Request,
+    mount: Option<AuditMount<'a>>,
 }
+
+/// The mount a request reached, for its audit records: `mount_point`, `mount_type` and
+/// `mount_accessor`, and the data keys its tuning keeps in clear.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditMount<'a> {
+    /// The mount's entry.
+    pub(crate) entry: &'a crate::mounts::MountEntry,
+    /// An auth method (its point is under `auth/`).
+    pub(crate) auth: bool,
+}
+
+impl AuditMount<'_> {
+    fn point(&self) -> impl std::fmt::Display + '_ {
+        struct Point<'b>(&'b AuditMount<'b>);
+        impl std::fmt::Display for Point<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                if self.0.auth {
+                    f.write_str("auth/")?;
+                }
+                f.write_str(&self.0.entry.path)
+            }
+        }
+        Point(self)
+    }
+}
+
+/// No keys kept in clear.
+const NONE_CLEAR: &[String] = &[];
 
 /// A [`Subject`] as one device sees it: with that device's hashes of the credentials.
 struct Seen<'a> {
@@ -299,6 +328,7 @@ impl AuditBroker {
         &self,
         auth: Option<&TokenEntry>,
         req: &Request,
+        mount: Option<AuditMount<'_>>,
         error: Option<&EngineError>,
     ) -> Result<(), EngineError> {
         if self.slots.is_empty() {
@@ -306,7 +336,7 @@ impl AuditBroker {
         }
         let live = self.live()?;
         let creds = Self::creds(&live, auth, req);
-        let subject = Subject { auth, req };
+        let subject = Subject { auth, req, mount };
         let time = rfc3339(self.clock.now());
         let error = error.map(ErrorText::of);
         self.fan_out(&live, &creds, "request", &subject, |key, seen| {
@@ -320,6 +350,7 @@ impl AuditBroker {
         &self,
         auth: Option<&TokenEntry>,
         req: &Request,
+        mount: Option<AuditMount<'_>>,
         result: &Result<Response, EngineError>,
     ) -> Result<(), EngineError> {
         if self.slots.is_empty() {
@@ -333,7 +364,7 @@ impl AuditBroker {
             return Ok(());
         };
         let creds = Self::creds(&live, auth, req);
-        let subject = Subject { auth, req };
+        let subject = Subject { auth, req, mount };
         let time = rfc3339(self.clock.now());
         self.fan_out(&live, &creds, "response", &subject, |key, seen| {
             Ok(vec![response_record(key, &time, seen, result)?])
@@ -354,6 +385,7 @@ impl AuditBroker {
         &self,
         auth: Option<&TokenEntry>,
         req: &Request,
+        mount: Option<AuditMount<'_>>,
         received: SystemTime,
         result: &Result<Response, EngineError>,
     ) -> Result<(), EngineError> {
@@ -364,7 +396,7 @@ impl AuditBroker {
         // missing), as a request that arrives sealed is refused.
         let live = self.live()?;
         let creds = Self::creds(&live, auth, req);
-        let subject = Subject { auth, req };
+        let subject = Subject { auth, req, mount };
         let asked = rfc3339(received);
         let answered = rfc3339(self.clock.now());
         self.fan_out(&live, &creds, "request", &subject, |key, seen| {
@@ -501,6 +533,7 @@ impl ErrorText {
             EngineError::InvalidRequest(_)
             | EngineError::NotFound(_)
             | EngineError::PreconditionFailed(_)
+            | EngineError::Forbidden(_)
             | EngineError::Corrupt(_)
             | EngineError::Unavailable(_) => ErrorText::Hashed(e.to_string()),
         }
@@ -560,20 +593,25 @@ impl Serialize for HashedValue<'_> {
                 }
                 seq.end()
             }
-            Value::Object(map) => HashedMap(self.0, map).serialize(ser),
+            Value::Object(map) => HashedMap(self.0, map, NONE_CLEAR).serialize(ser),
             other => other.serialize(ser),
         }
     }
 }
 
-/// A map with every string value, at any depth, hashed.
-struct HashedMap<'a>(&'a HmacKey, &'a Map<String, Value>);
+/// A map with every string value, at any depth, hashed, except the values of the
+/// top-level keys in the third field (a mount's `audit_non_hmac_*_keys`), kept as sent.
+struct HashedMap<'a>(&'a HmacKey, &'a Map<String, Value>, &'a [String]);
 
 impl Serialize for HashedMap<'_> {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         let mut m = ser.serialize_map(Some(self.1.len()))?;
         for (k, v) in self.1 {
-            m.serialize_entry(k, &HashedValue(self.0, v))?;
+            if self.2.iter().any(|c| c == k) {
+                m.serialize_entry(k, v)?;
+            } else {
+                m.serialize_entry(k, &HashedValue(self.0, v))?;
+            }
         }
         m.end()
     }
@@ -645,13 +683,24 @@ impl Serialize for RequestBlock<'_> {
             r.serialize_entry("client_token_accessor", accessor)?;
         }
         if !s.req.data.is_empty() {
-            r.serialize_entry("data", &HashedMap(key, &s.req.data))?;
+            let clear = s
+                .mount
+                .map_or(NONE_CLEAR, |m| &m.entry.config.audit_non_hmac_request_keys);
+            r.serialize_entry("data", &HashedMap(key, &s.req.data, clear))?;
         }
         if !s.req.id.is_empty() {
             r.serialize_entry("id", &s.req.id)?;
         }
+        if let Some(m) = &s.mount {
+            r.serialize_entry("mount_accessor", &m.entry.accessor)?;
+            r.serialize_entry("mount_point", &format_args!("{}", m.point()))?;
+            r.serialize_entry("mount_type", &m.entry.kind)?;
+        }
         r.serialize_entry("operation", s.req.operation.as_str())?;
         r.serialize_entry("path", &s.req.path)?;
+        if let Some(addr) = &s.req.remote_addr {
+            r.serialize_entry("remote_address", &format_args!("{addr}"))?;
+        }
         r.end()
     }
 }
@@ -676,7 +725,7 @@ impl Serialize for ResponseAuth<'_> {
 }
 
 /// Vault's `response` block of a record (empty for an error).
-struct ResponseBlock<'a>(&'a HmacKey, &'a Result<Response, EngineError>);
+struct ResponseBlock<'a>(&'a HmacKey, &'a Result<Response, EngineError>, &'a [String]);
 
 impl Serialize for ResponseBlock<'_> {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
@@ -686,7 +735,7 @@ impl Serialize for ResponseBlock<'_> {
                 m.serialize_entry("auth", &ResponseAuth(self.0, auth))?;
             }
             if let Some(data) = &r.data {
-                m.serialize_entry("data", &HashedMap(self.0, data))?;
+                m.serialize_entry("data", &HashedMap(self.0, data, self.2))?;
             }
             if !r.warnings.is_empty() {
                 m.serialize_entry("warnings", &r.warnings)?;
@@ -720,7 +769,12 @@ impl Serialize for Record<'_> {
         }
         m.serialize_entry("request", &RequestBlock(self.key, self.seen))?;
         if let Some(result) = self.response {
-            m.serialize_entry("response", &ResponseBlock(self.key, result))?;
+            let clear = self
+                .seen
+                .subject
+                .mount
+                .map_or(NONE_CLEAR, |m| &m.entry.config.audit_non_hmac_response_keys);
+            m.serialize_entry("response", &ResponseBlock(self.key, result, clear))?;
         }
         m.serialize_entry("time", self.time)?;
         m.serialize_entry("type", self.kind)?;

@@ -117,6 +117,7 @@ pub(crate) fn req(op: Operation, path: &str, data: Value, token: Option<&str>) -
         path: path.into(),
         data,
         token: token.map(|t| ClientToken::new(t.to_owned())),
+        remote_addr: None,
     }
 }
 
@@ -671,4 +672,66 @@ async fn each_token_is_logged_with_its_own_hashes() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn records_name_the_mount_and_the_remote_address_and_keep_tuned_keys_in_clear() {
+    let dev = MemDevice::named("mem");
+    let (core, root) = core_with(vec![dev.clone()]).await;
+    let call = |op, path: &str, body: Value| {
+        let mut r = req(op, path, body, Some(&root));
+        r.remote_addr = Some("192.0.2.7".parse().unwrap());
+        core.handle(r)
+    };
+    call(
+        Operation::Update,
+        "sys/mounts/secret/tune",
+        json!({"audit_non_hmac_request_keys": ["options"]}),
+    )
+    .await
+    .unwrap();
+    call(
+        Operation::Update,
+        "secret/data/app",
+        json!({"data": {"password": SECRET}, "options": {"cas": 0}}),
+    )
+    .await
+    .unwrap();
+    let records = dev.records();
+    let write = records
+        .iter()
+        .find(|r| r["type"] == "request" && r["request"]["path"] == "secret/data/app")
+        .expect("the write's request record");
+    let r = &write["request"];
+    assert_eq!(r["remote_address"], "192.0.2.7");
+    assert_eq!(r["mount_point"], "secret/");
+    assert_eq!(r["mount_type"], "kv");
+    assert!(
+        r["mount_accessor"].as_str().unwrap().starts_with("kv_"),
+        "{r}"
+    );
+    assert_eq!(
+        r["data"]["options"],
+        json!({"cas": 0}),
+        "tuned key in clear"
+    );
+    assert!(
+        r["data"]["data"]["password"]
+            .as_str()
+            .unwrap()
+            .starts_with("hmac-sha256:"),
+        "{r}"
+    );
+    assert!(!contains(&dev.raw(), SECRET));
+    // An auth method's point is under auth/.
+    call(Operation::Read, "auth/token/lookup-self", json!({}))
+        .await
+        .unwrap();
+    let records = dev.records();
+    let lookup = records
+        .iter()
+        .find(|r| r["request"]["path"] == "auth/token/lookup-self")
+        .unwrap();
+    assert_eq!(lookup["request"]["mount_point"], "auth/token/");
+    assert_eq!(lookup["request"]["mount_type"], "token");
 }

@@ -38,6 +38,11 @@ pub(crate) const TOKEN_FIELDS: &[Field] = &[
     ),
     Field::bool("token_no_default_policy", "Leave out the default policy."),
     Field::str("token_type", "service or default-service."),
+    Field::str_list(
+        "token_bound_cidrs",
+        "CIDR blocks the tokens work from (empty: anywhere).",
+    ),
+    Field::str_list("bound_cidrs", "Deprecated: token_bound_cidrs."),
 ];
 
 /// The fields of a login.
@@ -138,6 +143,9 @@ pub(crate) struct TokenFields {
     pub num_uses: u64,
     #[serde(default)]
     pub no_default_policy: bool,
+    /// Blocks the tokens work from (empty: anywhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bound_cidrs: Vec<crate::cidr::Cidr>,
 }
 
 impl TokenFields {
@@ -184,6 +192,13 @@ impl TokenFields {
         if let Some(v) = params::boolean(data, "token_no_default_policy")? {
             self.no_default_policy = v;
         }
+        let cidrs = match params::string_list(data, "token_bound_cidrs")? {
+            Some(c) => Some(("token_bound_cidrs", c)),
+            None => params::string_list(data, "bound_cidrs")?.map(|c| ("bound_cidrs", c)),
+        };
+        if let Some((param, list)) = cidrs {
+            self.bound_cidrs = crate::cidr::parse_list(param, &list)?;
+        }
         match params::string(data, "token_type")? {
             None | Some("" | "default" | "service") => {}
             Some(_) => {
@@ -217,7 +232,7 @@ impl TokenFields {
         );
         out.insert("token_type".into(), json!("default"));
         out.insert("token_explicit_max_ttl".into(), json!(0));
-        out.insert("token_bound_cidrs".into(), json!([]));
+        out.insert("token_bound_cidrs".into(), json!(self.bound_cidrs));
     }
 
     /// The grant of a successful login, before metadata and display name.
@@ -230,6 +245,7 @@ impl TokenFields {
             period: self.period,
             renewable: true,
             num_uses: self.num_uses,
+            bound_cidrs: self.bound_cidrs.clone(),
             ..LoginGrant::default()
         }
     }

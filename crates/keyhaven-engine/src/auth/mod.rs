@@ -35,6 +35,8 @@ pub struct LoginGrant {
     pub renewable: bool,
     /// Number of uses (0: unlimited).
     pub num_uses: u64,
+    /// Blocks the token works from (empty: anywhere).
+    pub bound_cidrs: Vec<crate::cidr::Cidr>,
 }
 
 /// An HTTP response from an outbound call.

@@ -448,6 +448,51 @@ impl Acl {
     }
 }
 
+impl Acl {
+    /// Whether the token may use anything under the mount at `mount` (its path, with the
+    /// trailing `/`): Vault's `hasMountAccess`, which `sys/internal/ui/mounts` asks before
+    /// describing a mount. True when a rule applies to the mount path itself and grants
+    /// something, or when any exact, prefix or `+` rule reaching below the mount grants a
+    /// capability (a rule that denies grants nothing).
+    pub fn has_mount_access(&self, mount: &str) -> bool {
+        if self.root {
+            return true;
+        }
+        let mount = mount.trim_start_matches('/');
+        if self.capabilities(mount) != ["deny"] {
+            return true;
+        }
+        let grants = |i: usize| {
+            self.perms
+                .get(i)
+                .is_some_and(|p| !p.caps.is_empty() && !p.caps.contains(Caps::DENY))
+        };
+        let below = |glob: &str| glob.starts_with(mount);
+        if self.exact.iter().any(|(g, &i)| below(g) && grants(i))
+            || self.prefix.iter().any(|(g, &i)| below(g) && grants(i))
+        {
+            return true;
+        }
+        // A `+` rule reaches below the mount when the mount's segments match its first
+        // segments (`+` takes any one).
+        let want: Vec<&str> = mount.trim_end_matches('/').split('/').collect();
+        self.segment.iter().any(|seg| {
+            grants(seg.perms)
+                && seg.segments.len() >= want.len()
+                && want
+                    .iter()
+                    .zip(seg.segments.iter())
+                    .enumerate()
+                    .all(|(i, (m, g))| {
+                        let g = g.as_ref();
+                        g == "+"
+                            || g == *m
+                            || (seg.is_prefix && i + 1 == seg.segments.len() && m.starts_with(g))
+                    })
+        })
+    }
+}
+
 fn op_cap(op: Operation) -> Caps {
     match op {
         Operation::Read => Caps::READ,

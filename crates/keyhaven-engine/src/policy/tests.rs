@@ -906,3 +906,24 @@ fn segment_rules_are_found_through_their_literal_prefix() {
     assert!(!allowed(&a, Delete, "a/b/z"));
     assert!(!allowed(&a, Delete, "a/c/z/d"));
 }
+
+#[test]
+fn mount_access_is_any_grant_at_or_below_the_mount() {
+    let a = acl(&[(
+        "p",
+        r#"path "kv/data/team/*" { capabilities = ["read"] }
+           path "other/+/x" { capabilities = ["list"] }
+           path "denied/*" { capabilities = ["deny"] }
+           path "tr*" { capabilities = ["update"] }"#,
+    )]);
+    assert!(a.has_mount_access("kv/"), "a rule below the mount");
+    assert!(a.has_mount_access("other/"), "a + rule below the mount");
+    assert!(
+        a.has_mount_access("transit/"),
+        "a prefix rule covering the mount"
+    );
+    assert!(!a.has_mount_access("denied/"), "deny grants nothing");
+    assert!(!a.has_mount_access("secret/"), "no rule at all");
+    assert!(!a.has_mount_access("k/"), "kv/... is not below k/");
+    assert!(Acl::root().has_mount_access("anything/"));
+}

@@ -32,6 +32,7 @@ pub(super) struct CreateParams {
     pub(super) display_name: String,
     pub(super) meta: BTreeMap<String, String>,
     pub(super) path: String,
+    pub(super) bound_cidrs: Vec<crate::cidr::Cidr>,
 }
 
 impl CreateParams {
@@ -124,7 +125,7 @@ impl TokenStore {
         &self,
         grant: &LoginGrant,
         path: &str,
-        mount_max_ttl: u64,
+        mount: &crate::mounts::MountConfig,
     ) -> Result<Map<String, Value>, EngineError> {
         let policies = normalize_policies(grant.policies.clone(), !grant.no_default_policy);
         if policies.is_empty() {
@@ -135,9 +136,15 @@ impl TokenStore {
                 "auth methods cannot create root tokens",
             ));
         }
+        // A role without its own TTL gets the auth mount's tuned default.
+        let ttl = if grant.ttl == 0 && grant.period == 0 {
+            mount.default_lease_ttl
+        } else {
+            grant.ttl
+        };
         let mut params = CreateParams {
             policies,
-            ttl: grant.ttl,
+            ttl,
             explicit_max_ttl: grant.max_ttl,
             period: grant.period,
             renewable: grant.renewable,
@@ -145,8 +152,9 @@ impl TokenStore {
             display_name: grant.display_name.clone(),
             meta: grant.metadata.clone(),
             path: path.to_owned(),
+            bound_cidrs: grant.bound_cidrs.clone(),
         };
-        params.cap_durations(effective_max_ttl(mount_max_ttl));
+        params.cap_durations(effective_max_ttl(mount.max_lease_ttl));
         let (token, entry) = self.create(None, params).await?;
         Ok(self.auth_object(&token, &entry))
     }
@@ -230,6 +238,11 @@ impl TokenStore {
             issue_time: now,
             hash: hash.clone(),
             revoking: false,
+            // A child of a token bound to blocks stays within them unless given its own.
+            bound_cidrs: match (p.bound_cidrs.is_empty(), parent) {
+                (true, Some(parent)) => parent.bound_cidrs.clone(),
+                _ => p.bound_cidrs,
+            },
         };
         let accessor_op = Op::Put {
             key: format!("{ACCESSOR_PREFIX}{}", entry.accessor),

@@ -130,9 +130,21 @@ pub struct TokenEntry {
     /// use, and the tree is revoked when the request ends.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revoking: bool,
+    /// Blocks the token works from (empty: anywhere): a request from elsewhere is
+    /// refused as if the token were unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bound_cidrs: Vec<crate::cidr::Cidr>,
 }
 
 impl TokenEntry {
+    /// Whether a request from `from` may use the token: always when it is not bound to
+    /// CIDR blocks; otherwise only from an address inside one (a request whose address
+    /// is unknown may not).
+    pub fn usable_from(&self, from: Option<std::net::IpAddr>) -> bool {
+        self.bound_cidrs.is_empty()
+            || from.is_some_and(|ip| self.bound_cidrs.iter().any(|c| c.contains(ip)))
+    }
+
     /// Whether the token carries the `root` policy.
     pub fn is_root(&self) -> bool {
         self.policies.iter().any(|p| p == "root")

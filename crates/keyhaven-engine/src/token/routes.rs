@@ -267,10 +267,11 @@ impl TokenStore {
     async fn handle_lookup(&self, data: &Map<String, Value>) -> Result<Response, EngineError> {
         let now = self.clock.unix_seconds();
         let t = required(data, "token")?;
+        // Vault answers an unknown, expired or revoked token with 403.
         let e = self
             .peek(t)
             .await?
-            .ok_or_else(|| EngineError::invalid("bad token"))?;
+            .ok_or_else(|| EngineError::Forbidden("bad token".to_owned()))?;
         Response::wire(&e.lookup(t, now))
     }
 
@@ -310,7 +311,7 @@ impl TokenStore {
         let e = self
             .peek(t)
             .await?
-            .ok_or_else(|| EngineError::invalid("bad token"))?;
+            .ok_or_else(|| EngineError::invalid("token not found"))?;
         let e = self
             .renew(&e, params::duration_secs(data, "increment")?)
             .await?;
@@ -502,6 +503,7 @@ impl TokenStore {
                 .to_owned(),
             meta: params::string_map(data, "meta")?.unwrap_or_default(),
             path: path.to_owned(),
+            bound_cidrs: Vec::new(),
         };
         Ok((p, requested))
     }
