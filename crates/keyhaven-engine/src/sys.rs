@@ -144,6 +144,44 @@ pub(crate) static ROUTES: &[Route] = &[
         .pure(Ops::READ)
         .ops(Ops::WRITE.and(Ops::DELETE))
         .fields(POLICY_FIELDS),
+    // Tools and telemetry (crate::sys_tools, crate::metrics).
+    Route::new(
+        "tools/random/{source?}/{urlbytes?}",
+        "Random bytes from the operating system's CSPRNG.",
+    )
+    .ops(Ops::WRITE)
+    .fields(&[
+        Field::int("bytes", "How many bytes, 1 to 131072.").default("32"),
+        Field::str("format", "base64 or hex.").default("base64"),
+        Field::str(
+            "source",
+            "platform, seal or all; every source is the platform's.",
+        )
+        .default("platform"),
+    ]),
+    Route::new("tools/hash/{urlalgorithm?}", "Hash the input.")
+        .ops(Ops::WRITE)
+        .fields(&[
+            Field::str(
+                "input",
+                "The data to hash, base64 (none: the empty string).",
+            ),
+            Field::str(
+                "algorithm",
+                "sha2-224, sha2-256, sha2-384, sha2-512, sha3-224, sha3-256, sha3-384 or sha3-512.",
+            )
+            .default("sha2-256"),
+            Field::str("format", "hex or base64.").default("hex"),
+        ]),
+    Route::new(
+        "metrics",
+        "Telemetry with Vault's metric names (JSON, or the Prometheus text format).",
+    )
+    .pure(Ops::READ)
+    .fields(&[Field::str(
+        "format",
+        "prometheus for the Prometheus text format; none for JSON.",
+    )]),
 ];
 
 impl Core {
@@ -219,6 +257,15 @@ impl Core {
                     Some(name) => inner.policies.one(op, name, &req.data, legacy).await,
                 }
             }
+            ("tools/random/{source?}/{urlbytes?}", _) => crate::sys_tools::random(
+                br.captures.get("source"),
+                br.captures.get("urlbytes"),
+                &req.data,
+            ),
+            ("tools/hash/{urlalgorithm?}", _) => {
+                crate::sys_tools::hash(br.captures.get("urlalgorithm"), &req.data)
+            }
+            ("metrics", _) => self.metrics_response(&req.data),
             _ => Err(EngineError::UnsupportedOperation),
         }
     }

@@ -159,6 +159,7 @@ impl Core {
         all.push(Mounted {
             entry: entry.clone(),
             handler,
+            timers: Arc::default(),
         });
         self.persist_table(inner, table, &all).await?;
         *inner.router(table).write() = Arc::new(Router::new(all));
@@ -251,17 +252,10 @@ impl Core {
                     m.entry.description = v.to_owned();
                 }
                 if let Some(Value::Object(o)) = d.get("options")
-                    && let Some(v) = o.get("version")
+                    && o.contains_key("version")
+                    && m.entry.kind == "kv"
                 {
-                    let v = match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    if m.entry.kind == "kv" && v != "2" {
-                        return Err(EngineError::invalid(
-                            "cannot change the KV version of this mount",
-                        ));
-                    }
+                    kv_version_tune(&m.entry.options, o)?;
                 }
                 self.persist_table(inner, table, &all).await?;
                 *inner.router(table).write() = Arc::new(Router::new(all));
@@ -269,5 +263,46 @@ impl Core {
             }
             _ => Err(EngineError::UnsupportedOperation),
         }
+    }
+}
+
+/// A tune of a KV mount's `options.version`: the same version is accepted (nothing
+/// changes); a version 2 mount cannot go back to version 1 (OpenBao's words); and a
+/// version 1 mount is not upgraded in place. OpenBao rewrites every secret of the mount
+/// into version 2's layout while the mount is unavailable; keyhaven refuses instead, so
+/// that no secret can be lost or hidden by an upgrade that stops half-way. Copy the
+/// secrets into a new `kv-v2` mount instead.
+fn kv_version_tune(
+    current: &Map<String, Value>,
+    requested: &Map<String, Value>,
+) -> Result<(), EngineError> {
+    let from = crate::kv::version(current)?;
+    let to = match requested.get("version") {
+        Some(Value::String(s)) if s.trim() == "1" => 1,
+        Some(Value::String(s)) if s.trim() == "2" => 2,
+        Some(Value::Number(n)) if n.as_u64() == Some(1) => 1,
+        Some(Value::Number(n)) if n.as_u64() == Some(2) => 2,
+        // OpenBao ignores an empty version in a tune.
+        Some(Value::String(s)) if s.trim().is_empty() => from,
+        Some(other) => {
+            let shown = match other {
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            return Err(EngineError::invalid(format!(
+                "invalid version provided: {shown}"
+            )));
+        }
+        None => from,
+    };
+    match (from, to) {
+        (2, 1) => Err(EngineError::invalid(
+            "cannot downgrade mount from version 2",
+        )),
+        (1, 2) => Err(EngineError::invalid(
+            "upgrading a KV version 1 mount to version 2 in place is not supported; \
+             enable a new kv-v2 mount and copy the secrets into it",
+        )),
+        _ => Ok(()),
     }
 }

@@ -70,6 +70,25 @@ struct RawConfig {
     audit: Vec<RawAudit>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    telemetry: RawTelemetry,
+}
+
+/// The `[telemetry]` table: who may read `sys/metrics`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    #[serde(default)]
+    unauthenticated_metrics_access: bool,
+}
+
+/// Telemetry settings (`[telemetry]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// `unauthenticated_metrics_access`: `GET sys/metrics` answers without a token (and
+    /// is then not audited), as Vault's listener option of that name. Off by default: a
+    /// token with `read` on `sys/metrics` is needed.
+    pub unauthenticated_metrics_access: bool,
 }
 
 /// The `[limits]` table: bounds on what one request may ask of the engine.
@@ -482,6 +501,8 @@ pub struct Config {
     pub audit: Vec<crate::audit_file::FileDeviceConfig>,
     /// Bounds on what one request may ask of the engine (`[limits]`).
     pub limits: keyhaven_engine::Limits,
+    /// Who may read `sys/metrics` (`[telemetry]`).
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -581,6 +602,9 @@ impl Config {
             log_format,
             audit,
             limits,
+            telemetry: TelemetryConfig {
+                unauthenticated_metrics_access: raw.telemetry.unauthenticated_metrics_access,
+            },
         })
     }
 
@@ -596,6 +620,10 @@ impl Config {
             log_format: LogFormat::Text,
             audit: Vec::new(),
             limits: keyhaven_engine::Limits::default(),
+            // As OpenBao's dev server: metrics without a token (on loopback only).
+            telemetry: TelemetryConfig {
+                unauthenticated_metrics_access: true,
+            },
         }
     }
 }
