@@ -8,7 +8,9 @@
 mod core;
 mod kubernetes;
 mod kv;
+mod kv1;
 mod policy;
+mod telemetry;
 mod token;
 mod token_valid;
 mod transit;
