@@ -674,6 +674,25 @@ tls_key_file = "/etc/keyhaven/tls.key"
     }
 
     #[test]
+    fn metrics_need_a_token_unless_the_telemetry_table_says_otherwise() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert!(!c.telemetry.unauthenticated_metrics_access);
+        let open = format!("{GOOD}\n[telemetry]\nunauthenticated_metrics_access = true\n");
+        assert!(
+            Config::from_toml(&open)
+                .unwrap()
+                .telemetry
+                .unauthenticated_metrics_access
+        );
+        let typo = format!("{GOOD}\n[telemetry]\nunauthenticated_metric_access = true\n");
+        let err = Config::from_toml(&typo).unwrap_err().to_string();
+        assert!(err.contains("unauthenticated_metric_access"), "{err}");
+        // Dev mode answers without a token, as OpenBao's dev server does.
+        let dev = Config::dev("127.0.0.1:0".parse().unwrap());
+        assert!(dev.telemetry.unauthenticated_metrics_access);
+    }
+
+    #[test]
     fn unknown_fields_are_rejected_by_name() {
         let err = Config::from_toml(&GOOD.replace("[listener]", "[listener]\ntls_disabel = true"))
             .unwrap_err();
