@@ -407,13 +407,22 @@ impl Core {
                 "auth"
             };
             for route in mounted.handler.routes() {
-                let path = format!(
-                    "/{prefix}{}{}",
-                    mounted.entry.path,
-                    openapi_pattern(route.pattern)
-                );
-                let path = path.trim_end_matches('/').to_owned();
-                paths.insert(path, openapi_path(route, &mounted.entry.kind, tag));
+                let item = openapi_path(route, &mounted.entry.kind, tag);
+                // One path per combination of optional segments, as Vault lists them
+                // (`/sys/tools/hash` and `/sys/tools/hash/{urlalgorithm}`).
+                for pattern in openapi_patterns(route.pattern) {
+                    let path = format!("/{prefix}{}{pattern}", mounted.entry.path);
+                    let path = path.trim_end_matches('/').to_owned();
+                    let mut item = item.clone();
+                    if let Some(Value::Array(params)) = item.get_mut("parameters") {
+                        params.retain(|p| {
+                            p["name"]
+                                .as_str()
+                                .is_some_and(|n| path.contains(&format!("{{{n}}}")))
+                        });
+                    }
+                    paths.insert(path, item);
+                }
             }
         }
         let mut doc = Map::new();
@@ -433,20 +442,36 @@ impl Core {
     }
 }
 
-/// A route pattern as an OpenAPI path template (`{name?}` and `{path*}` become `{name}`).
-fn openapi_pattern(pattern: &str) -> String {
-    pattern
-        .split('/')
-        .map(|seg| {
-            seg.strip_prefix('{')
-                .and_then(|s| s.strip_suffix('}'))
-                .map_or_else(
-                    || seg.to_owned(),
-                    |inner| format!("{{{}}}", inner.trim_end_matches(['?', '*', '+'])),
-                )
+/// A route pattern as OpenAPI path templates: `{path*}` becomes `{path}`, and each
+/// optional segment (`{name?}`) is left out or kept, in every combination.
+fn openapi_patterns(pattern: &str) -> Vec<String> {
+    let segments: Vec<&str> = pattern.split('/').collect();
+    let optional = segments.iter().filter(|s| s.ends_with("?}")).count();
+    (0u32..1 << optional)
+        .map(|mask| {
+            let mut index = 0;
+            segments
+                .iter()
+                .filter(|seg| {
+                    if !seg.ends_with("?}") {
+                        return true;
+                    }
+                    let keep = mask & (1 << index) != 0;
+                    index += 1;
+                    keep
+                })
+                .map(|seg| {
+                    seg.strip_prefix('{')
+                        .and_then(|s| s.strip_suffix('}'))
+                        .map_or_else(
+                            || (*seg).to_owned(),
+                            |inner| format!("{{{}}}", inner.trim_end_matches(['?', '*', '+'])),
+                        )
+                })
+                .collect::<Vec<_>>()
+                .join("/")
         })
-        .collect::<Vec<_>>()
-        .join("/")
+        .collect()
 }
 
 /// One path item: its captured segments as path parameters, and an operation per method.

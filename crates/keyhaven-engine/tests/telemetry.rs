@@ -319,3 +319,50 @@ async fn a_sealed_server_reports_itself_sealed() {
         "totals survive the seal"
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_the_tools_metrics_and_kv_version_1() {
+    let core = dev_core().await;
+    ok(&core, Update, "sys/mounts/kv1", json!({"type": "kv"})).await;
+    let doc = ok(&core, Read, "sys/internal/specs/openapi", json!({}))
+        .await
+        .data
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let methods = |path: &str| {
+        let item = paths
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} is missing"));
+        ["get", "post", "delete", "patch"]
+            .into_iter()
+            .filter(|m| item.get(*m).is_some())
+            .collect::<Vec<_>>()
+    };
+    for path in [
+        "/sys/tools/random",
+        "/sys/tools/random/{source}",
+        "/sys/tools/random/{urlbytes}",
+        "/sys/tools/random/{source}/{urlbytes}",
+        "/sys/tools/hash",
+        "/sys/tools/hash/{urlalgorithm}",
+    ] {
+        assert_eq!(methods(path), ["post"], "{path}");
+    }
+    assert_eq!(methods("/sys/metrics"), ["get"]);
+    assert_eq!(methods("/kv1/{path}"), ["get", "post", "delete"]);
+    // Each variant names only the segments it has.
+    let params = |path: &str| -> Vec<String> {
+        paths[path]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(params("/sys/tools/hash").is_empty());
+    assert_eq!(params("/sys/tools/random/{urlbytes}"), ["urlbytes"]);
+    assert_eq!(
+        params("/sys/tools/random/{source}/{urlbytes}"),
+        ["source", "urlbytes"]
+    );
+}
