@@ -95,7 +95,11 @@ pub struct Metrics {
     in_flight: AtomicI64,
     pub(crate) handle_request: Timer,
     pub(crate) handle_login_request: Timer,
-    barrier: [Timer; 5],
+    barrier_get: Timer,
+    barrier_put: Timer,
+    barrier_delete: Timer,
+    barrier_list: Timer,
+    barrier_transaction: Timer,
     /// Live tokens at the last maintenance run; negative until one ran.
     token_count: AtomicI64,
     /// Tokens created, by (auth method, mount point, token type). Changed only when a
@@ -109,7 +113,11 @@ impl Default for Metrics {
             in_flight: AtomicI64::new(0),
             handle_request: Timer::default(),
             handle_login_request: Timer::default(),
-            barrier: Default::default(),
+            barrier_get: Timer::default(),
+            barrier_put: Timer::default(),
+            barrier_delete: Timer::default(),
+            barrier_list: Timer::default(),
+            barrier_transaction: Timer::default(),
             token_count: AtomicI64::new(-1),
             token_creation: Mutex::new(BTreeMap::new()),
         }
@@ -133,10 +141,12 @@ impl Metrics {
     }
 
     pub(crate) fn barrier(&self, op: BarrierOp) -> &Timer {
-        let index = op as usize;
-        match self.barrier.get(index) {
-            Some(t) => t,
-            None => &self.handle_request,
+        match op {
+            BarrierOp::Get => &self.barrier_get,
+            BarrierOp::Put => &self.barrier_put,
+            BarrierOp::Delete => &self.barrier_delete,
+            BarrierOp::List => &self.barrier_list,
+            BarrierOp::Transaction => &self.barrier_transaction,
         }
     }
 
