@@ -21,6 +21,22 @@ pub const MAX_RANDOM_BYTES: i64 = 128 * 1024;
 const NO_SEAL_ENTROPY: &str =
     "no seal/entropy augmentation available, using platform entropy source";
 
+/// Vault's warning for body fields named like the route's path segments: only the path
+/// is read.
+fn replaced_by_path(data: &Map<String, Value>, captures: &[&str]) -> Option<String> {
+    let named: Vec<&str> = captures
+        .iter()
+        .copied()
+        .filter(|c| data.contains_key(*c))
+        .collect();
+    (!named.is_empty()).then(|| {
+        format!(
+            "Endpoint replaced the value of these parameters with the values captured from the endpoint's path: [{}]",
+            named.join(" ")
+        )
+    })
+}
+
 /// `random[/{source}][/{bytes}]`: `first` and `second` are the optional path segments
 /// (a source then a count, or a count alone).
 pub(crate) fn random(
@@ -73,6 +89,7 @@ pub(crate) fn random(
     } else {
         Base64::Standard.encode(&buf)
     };
+    warnings.extend(replaced_by_path(data, &["source", "urlbytes"]));
     let mut m = Map::with_capacity(1);
     m.insert("random_bytes".to_owned(), Value::String(out));
     Ok(Response {
@@ -127,7 +144,12 @@ pub(crate) fn hash(
     };
     let mut m = Map::with_capacity(1);
     m.insert("sum".to_owned(), Value::String(out));
-    Ok(Response::data(m))
+    Ok(Response {
+        warnings: replaced_by_path(data, &["urlalgorithm"])
+            .into_iter()
+            .collect(),
+        ..Response::data(m)
+    })
 }
 
 /// Decode standard, padded base64 as Go's `base64.StdEncoding` does, the decoder OpenBao
@@ -281,6 +303,16 @@ mod tests {
             sum(json!({"input": "aGVsbG8=", "algorithm": "sha3-256"}), None),
             "3338be694f50c5f338814986cdf0686453a888b84f424d792af4b9202398f392"
         );
+        let ignored = hash(None, &obj(json!({"urlalgorithm": "sha2-512", "input": ""}))).unwrap();
+        assert_eq!(
+            ignored.warnings,
+            vec!["Endpoint replaced the value of these parameters with the values captured from the endpoint's path: [urlalgorithm]".to_owned()]
+        );
+        assert_eq!(
+            ignored.data.unwrap()["sum"],
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "sha2-256, the default"
+        );
         let err = |data: Value, alg: Option<&str>| hash(alg, &obj(data)).unwrap_err().to_string();
         assert_eq!(
             err(json!({"input": "aGVsbG8="}), Some("md5")),
@@ -323,6 +355,21 @@ mod tests {
                 .warnings
                 .is_empty()
         );
+        // Body fields named like path segments are not read, as in OpenBao, which says so.
+        let replaced = random(
+            Some("seal"),
+            Some("4"),
+            &obj(json!({"source": "all", "urlbytes": "64"})),
+        )
+        .unwrap();
+        assert_eq!(
+            replaced.warnings,
+            vec![
+                NO_SEAL_ENTROPY.to_owned(),
+                "Endpoint replaced the value of these parameters with the values captured from the endpoint's path: [source urlbytes]".to_owned(),
+            ]
+        );
+        assert_eq!(bytes(replaced).len(), 8, "4 bytes, as the path says");
         let err = |a: Option<&str>, b: Option<&str>, data: Value| {
             random(a, b, &obj(data)).unwrap_err().to_string()
         };
