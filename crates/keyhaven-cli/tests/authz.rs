@@ -83,13 +83,27 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
             "auth/kubernetes/role/evil",
             Some(json!({"token_policies": "root"})),
         ),
+        ("GET", "kv1/app", None),
+        ("POST", "kv1/app", Some(json!({"password": "overwritten"}))),
+        ("DELETE", "kv1/app", None),
+        ("LIST", "kv1", None),
+        ("POST", "sys/tools/random", Some(json!({"bytes": 8}))),
+        (
+            "POST",
+            "sys/tools/hash/sha2-256",
+            Some(json!({"input": "aGk="})),
+        ),
+        ("GET", "sys/metrics?format=prometheus", None),
+        ("GET", "sys/metrics", None),
         ("GET", "nomount/anything", None),
     ]
 }
 
 /// Routes an under-privileged token may still use (its own token, its own capabilities).
 fn allowed_for_default_policy(path: &str) -> bool {
-    path.starts_with("auth/token/lookup-self") || path.starts_with("sys/capabilities-self")
+    path.starts_with("auth/token/lookup-self")
+        || path.starts_with("sys/capabilities-self")
+        || path.starts_with("sys/tools/hash")
 }
 
 struct Jwk {
@@ -189,6 +203,8 @@ fn every_bad_credential_is_refused_on_every_route_and_audited() {
         "secret/data/app",
         json!({"data": {"password": "original"}}),
     );
+    ok("POST", "sys/mounts/kv1", json!({"type": "kv"}));
+    ok("POST", "kv1/app", json!({"password": "original-v1"}));
     ok(
         "PUT",
         "sys/policies/acl/team-a-ro",
@@ -330,6 +346,11 @@ fn every_bad_credential_is_refused_on_every_route_and_audited() {
         (200, Some("original"))
     );
     assert_eq!(b["data"]["metadata"]["version"], 1);
+    let (s, b) = call("GET", &v1("kv1/app"), Some(&root), None);
+    assert_eq!(
+        (s, b["data"]["password"].as_str()),
+        (200, Some("original-v1"))
+    );
     let (_, mounts) = call("GET", &v1("sys/mounts"), Some(&root), None);
     assert!(mounts["data"].get("evil/").is_none());
     let (_, status) = call("GET", &v1("sys/seal-status"), None, None);
@@ -363,6 +384,7 @@ fn every_bad_credential_is_refused_on_every_route_and_audited() {
         pod_token.as_str(),
         good.as_str(),
         "original",
+        "original-v1",
     ] {
         assert!(!text.contains(secret), "audit log holds a secret in clear");
     }

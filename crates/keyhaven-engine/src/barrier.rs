@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use keyhaven_crypto::{AeadAlgorithm, AeadKey, SecretBytes, SecretKey, barrier};
@@ -25,6 +26,7 @@ use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
 use crate::error::{CryptoOp, EngineError};
+use crate::metrics::{BarrierOp, Metrics};
 
 /// Raw key of the seal configuration.
 pub(crate) const SEAL_CONFIG_PATH: &str = "core/seal-config";
@@ -210,6 +212,8 @@ pub struct Barrier {
     root: RwLock<Option<AeadKey>>,
     keyring: RwLock<Option<Arc<Keyring>>>,
     encryptions: AtomicU64,
+    /// Where storage latencies are counted (`vault.barrier.*`).
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Barrier {
@@ -238,7 +242,14 @@ impl Barrier {
             root: RwLock::new(Some(root_aead)),
             keyring: RwLock::new(Some(Arc::new(keyring))),
             encryptions: AtomicU64::new(0),
+            metrics: Arc::default(),
         })
+    }
+
+    /// Count storage latencies in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A barrier over `raw` with `keyring`, for init (nothing is written).
@@ -254,6 +265,7 @@ impl Barrier {
             root: RwLock::new(Some(root_aead)),
             keyring: RwLock::new(Some(Arc::new(keyring))),
             encryptions: AtomicU64::new(0),
+            metrics: Arc::default(),
         })
     }
 
@@ -372,21 +384,30 @@ impl Barrier {
 impl Store for Barrier {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         Self::check(key)?;
-        match self.raw.get(key).await? {
+        let started = Instant::now();
+        let out = match self.raw.get(key).await? {
             Some(entry) => self.decrypt(key, &entry).map(Some),
             None => Ok(None),
-        }
+        };
+        self.metrics.barrier(BarrierOp::Get).since(started);
+        out
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
         Self::check(key)?;
+        let started = Instant::now();
         let entry = self.encrypt(key, &value)?;
-        self.raw.put(key, entry).await
+        let out = self.raw.put(key, entry).await;
+        self.metrics.barrier(BarrierOp::Put).since(started);
+        out
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         Self::check(key)?;
-        self.raw.delete(key).await
+        let started = Instant::now();
+        let out = self.raw.delete(key).await;
+        self.metrics.barrier(BarrierOp::Delete).since(started);
+        out
     }
 
     async fn list_page(
@@ -396,10 +417,22 @@ impl Store for Barrier {
         limit: usize,
     ) -> Result<Vec<String>, StorageError> {
         self.keyring_for_store()?;
-        self.raw.list_page(prefix, after, limit).await
+        let started = Instant::now();
+        let out = self.raw.list_page(prefix, after, limit).await;
+        self.metrics.barrier(BarrierOp::List).since(started);
+        out
     }
 
     async fn transact(&self, tx: Transaction) -> Result<TxOutcome, StorageError> {
+        let started = Instant::now();
+        let out = self.transact_timed(tx).await;
+        self.metrics.barrier(BarrierOp::Transaction).since(started);
+        out
+    }
+}
+
+impl Barrier {
+    async fn transact_timed(&self, tx: Transaction) -> Result<TxOutcome, StorageError> {
         // Plaintext conditions become conditions on the exact ciphertext read here, so the
         // check stays atomic in the raw store.
         let mut conditions = Vec::with_capacity(tx.conditions.len());

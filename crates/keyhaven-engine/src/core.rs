@@ -10,6 +10,7 @@
 //! revokes the token's tree as it ends.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use keyhaven_crypto::SecretKey;
 use keyhaven_crypto::shamir::{self, Share};
@@ -26,9 +27,10 @@ use crate::backend::BackendRequest;
 use crate::barrier::{self, Barrier, Keyring};
 use crate::clock::Clock;
 use crate::error::{CryptoOp, EngineError};
+use crate::metrics::{InFlight, Metrics};
 use crate::mounts::{self, Handler, MountConfig, MountEntry, Mounted, Router, Table};
 use crate::policy::PolicyStore;
-use crate::request::{Operation, Request, Response};
+use crate::request::{LeaseDuration, Operation, Request, Response};
 use crate::route::{self, Route};
 use crate::token::{self, TokenEntry, TokenStore};
 
@@ -110,6 +112,8 @@ pub struct CoreOptions {
     pub outbound: Option<Arc<dyn Outbound>>,
     /// Bounds on what one request may ask of a backend.
     pub limits: crate::backend::Limits,
+    /// Where the engine counts requests, latencies and tokens (`sys/metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 enum State {
@@ -468,7 +472,11 @@ impl Core {
 
     /// Build the unsealed state from the root key: keyring, token store, policies, mounts.
     async fn open(&self, root_key: &SecretKey) -> Result<Arc<Unsealed>, EngineError> {
-        let barrier = Arc::new(Barrier::unseal(self.raw.clone(), root_key).await?);
+        let barrier = Arc::new(
+            Barrier::unseal(self.raw.clone(), root_key)
+                .await?
+                .with_metrics(self.options.metrics.clone()),
+        );
         let view: Arc<dyn Store> = barrier.clone();
         let tokens = TokenStore::load(view.clone(), self.clock.clone()).await?;
         let policies = PolicyStore::load(view.clone()).await?;
@@ -534,6 +542,7 @@ impl Core {
             mounted.push(Mounted {
                 entry: Arc::new(entry),
                 handler,
+                timers: Arc::default(),
             });
         }
         Ok(Router::new(mounted))
@@ -608,7 +617,8 @@ impl Core {
         let Ok(inner) = self.unsealed() else {
             return Ok(());
         };
-        let removed = inner.tokens.sweep_expired().await?;
+        let (removed, live) = inner.tokens.sweep_expired_and_count().await?;
+        self.options.metrics.set_token_count(live);
         if removed > 0 {
             tracing::info!(target: "keyhaven::tokens", removed, "expired tokens removed");
         }
@@ -627,12 +637,20 @@ impl Core {
 
     /// Handle one API request: route, authenticate, authorize, audit, serve.
     pub async fn handle(&self, req: Request) -> Result<Response, EngineError> {
+        let metrics = &self.options.metrics;
+        let mut timing = RequestTiming {
+            metrics,
+            started: Instant::now(),
+            _in_flight: metrics.start(),
+            login: false,
+        };
         let inner = self.unsealed()?;
         let mut req = req;
         let mut target = Target::resolve(&inner, &req.path);
         // The route decides everything about the path: authentication, sudo, purity,
         // create-versus-update, alias resolution, fields.
         let route = target.as_mut().and_then(|t| t.route_for(req.operation));
+        timing.login = route.is_some_and(|r| r.unauthenticated);
         let audit = &self.options.audit;
         // The mount as resolved now: an alias may change the path inside it, never the mount.
         let mount_entry = target.as_ref().map(|t| t.mounted.entry.clone());
@@ -713,9 +731,15 @@ impl Core {
             (Some(_), Some(acl)) => acl.capabilities(&req.path).iter().any(|c| c == "sudo"),
             _ => false,
         };
+        let dispatched = Instant::now();
         let mut result = self
             .dispatch(&inner, target.as_ref(), entry.as_ref(), sudo, &req)
             .await;
+        if let Some(t) = &target
+            && let Some(timer) = t.mounted.timers.get(req.operation)
+        {
+            timer.since(dispatched);
+        }
         if let Ok(resp) = &mut result
             && let Some(grant) = resp.login.take()
         {
@@ -725,9 +749,22 @@ impl Core {
                 .cloned()
                 .unwrap_or_default();
             match inner.tokens.login(&grant, &req.path, &tuned).await {
-                Ok(auth) => resp.auth = Some(auth),
+                Ok(auth) => {
+                    if let Some(t) = &target {
+                        let mount = format!("auth/{}", t.mounted.entry.path);
+                        metrics.token_created(&t.mounted.entry.kind, &mount, "service");
+                    }
+                    resp.auth = Some(auth);
+                }
                 Err(e) => result = Err(e),
             }
+        } else if let (Ok(resp), Some(t)) = (&result, &target)
+            && let Handler::Token = t.mounted.handler
+            && let Some(auth) = &resp.auth
+            && route.is_some_and(|r| r.pattern.starts_with("create"))
+        {
+            let kind = auth.get("token_type").and_then(Value::as_str).unwrap_or("");
+            metrics.token_created("token", "auth/token/", kind);
         }
         // A request that spent its token's final use revokes the token's tree now, with
         // any child it created (as Vault does).
@@ -779,6 +816,16 @@ impl Core {
             }
         };
         resp.warnings.extend(warnings);
+        if resp.lease_duration == Some(LeaseDuration::MountDefault) {
+            // Vault's system default lease TTL is its maximum, 32 days.
+            let ttl = match target.mounted.entry.config.default_lease_ttl {
+                0 => token::SYSTEM_MAX_TTL,
+                ttl => ttl,
+            };
+            resp.lease_duration = Some(LeaseDuration::Seconds(
+                i64::try_from(ttl).unwrap_or(i64::MAX),
+            ));
+        }
         Ok(resp)
     }
 
@@ -816,6 +863,27 @@ impl Core {
             return Err(EngineError::PermissionDenied);
         }
         Ok(entry)
+    }
+}
+
+/// Records a request's latency in `vault.core.handle_request` (or
+/// `handle_login_request`) when dropped: on every return path, and when the request is
+/// abandoned. Counts it in flight meanwhile.
+struct RequestTiming<'a> {
+    metrics: &'a Metrics,
+    started: Instant,
+    _in_flight: InFlight<'a>,
+    login: bool,
+}
+
+impl Drop for RequestTiming<'_> {
+    fn drop(&mut self) {
+        let timer = if self.login {
+            &self.metrics.handle_login_request
+        } else {
+            &self.metrics.handle_request
+        };
+        timer.since(self.started);
     }
 }
 

@@ -19,6 +19,7 @@ pub mod cidr;
 pub mod clock;
 mod error;
 pub mod kv;
+pub mod metrics;
 pub mod params;
 pub mod policy;
 mod request;
@@ -30,13 +31,14 @@ pub mod transit;
 pub use backend::{Backend, BackendContext, BackendRequest, Limits};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{CryptoOp, EngineError};
-pub use request::{BatchFailure, ClientToken, Operation, Request, Response};
+pub use request::{BatchFailure, ClientToken, LeaseDuration, Operation, Request, Response};
 
 mod barrier;
 mod core;
 mod mounts;
 mod sys;
 mod sys_mounts;
+pub mod sys_tools;
 mod token;
 
 pub use crate::barrier::KeyStatus;

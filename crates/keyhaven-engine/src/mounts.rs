@@ -222,28 +222,26 @@ fn normalize_with(path: &str, reserved: &[&str]) -> Result<String, EngineError> 
     Ok(normalized)
 }
 
-/// Normalise a type and options as `sys/mounts` accepts them (`kv-v2` → `kv` + version 2).
+/// Normalise a type and options as `sys/mounts` accepts them, as OpenBao records them:
+/// `kv-v2` is `kv` with version `"2"`, `kv-v1` is `kv` with version `"1"`, and `kv` keeps
+/// the options it was given (no version is version 1), with a numeric version written as
+/// a string. A version other than 1 or 2 is refused.
 pub fn normalize_type(
     kind: &str,
     mut options: Map<String, Value>,
 ) -> Result<(String, Map<String, Value>), EngineError> {
     match kind {
-        "kv-v2" => {
-            options.insert("version".to_owned(), Value::String("2".to_owned()));
+        "kv-v2" | "kv-v1" => {
+            let version = if kind == "kv-v2" { "2" } else { "1" };
+            options.insert("version".to_owned(), Value::String(version.to_owned()));
             Ok(("kv".to_owned(), options))
         }
         "kv" => {
-            let version = match options.get("version") {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Number(n)) => n.to_string(),
-                _ => "1".to_owned(),
-            };
-            if version != "2" {
-                return Err(EngineError::invalid(
-                    "KV version 1 is not supported; enable \"kv-v2\" or set options version=2",
-                ));
+            crate::kv::version(&options)?;
+            if let Some(Value::Number(n)) = options.get("version") {
+                let text = n.to_string();
+                options.insert("version".to_owned(), Value::String(text));
             }
-            options.insert("version".to_owned(), Value::String("2".to_owned()));
             Ok(("kv".to_owned(), options))
         }
         "transit" => Ok(("transit".to_owned(), options)),
@@ -360,6 +358,8 @@ pub(crate) struct Mounted {
     /// Shared: every request's target holds it.
     pub entry: Arc<MountEntry>,
     pub handler: Handler,
+    /// Request latencies of this mount (`vault.route.*`), kept while it is mounted.
+    pub timers: Arc<crate::metrics::RouteTimers>,
 }
 
 /// Mounts by path, longest first, for prefix routing.
@@ -428,13 +428,30 @@ mod tests {
     }
 
     #[test]
-    fn kv_types_normalize_to_version_2_or_are_refused() {
-        let (k, o) = normalize_type("kv-v2", Map::new()).unwrap();
+    fn kv_types_normalize_to_their_version_as_openbao_records_them() {
+        let version = |kind: &str, options: Value| {
+            let (k, o) = normalize_type(kind, options.as_object().cloned().unwrap()).unwrap();
+            assert_eq!(k, "kv");
+            o.get("version").cloned()
+        };
+        let s = |v: &str| Some(Value::String(v.into()));
+        assert_eq!(version("kv-v2", serde_json::json!({})), s("2"));
         assert_eq!(
-            (k.as_str(), o.get("version")),
-            ("kv", Some(&Value::String("2".into())))
+            version("kv-v2", serde_json::json!({"version": "1"})),
+            s("2")
         );
-        assert!(normalize_type("kv", Map::new()).is_err());
+        assert_eq!(version("kv-v1", serde_json::json!({})), s("1"));
+        assert_eq!(version("kv", serde_json::json!({})), None);
+        assert_eq!(version("kv", serde_json::json!({"version": 1})), s("1"));
+        assert_eq!(version("kv", serde_json::json!({"version": "2"})), s("2"));
+        assert_eq!(version("kv", serde_json::json!({"version": ""})), s(""));
+        for bad in [
+            serde_json::json!({"version": "3"}),
+            serde_json::json!({"version": "abc"}),
+        ] {
+            let err = normalize_type("kv", bad.as_object().cloned().unwrap()).unwrap_err();
+            assert!(err.to_string().contains("invalid kv version"), "{err}");
+        }
         assert!(normalize_type("nope", Map::new()).is_err());
     }
 }

@@ -117,6 +117,29 @@ pub struct Response {
     /// Set when items of a batch failed and the batch as a whole counts as failed
     /// (transit encrypt, decrypt, rewrap): `data` still holds every item's result.
     pub batch_failure: Option<BatchFailure>,
+    /// The envelope's `lease_duration` for a secret returned without a lease (KV version
+    /// 1's refresh interval); `None` is 0.
+    pub lease_duration: Option<LeaseDuration>,
+}
+
+/// The `lease_duration` of a response that carries no lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseDuration {
+    /// The mount's default lease TTL (the system default of 32 days when the mount sets
+    /// none); the core fills it in.
+    MountDefault,
+    /// This many seconds (Vault returns a negative one as it is).
+    Seconds(i64),
+}
+
+impl LeaseDuration {
+    /// The seconds, once the core has resolved [`LeaseDuration::MountDefault`] (0 before).
+    pub fn seconds(self) -> i64 {
+        match self {
+            LeaseDuration::MountDefault => 0,
+            LeaseDuration::Seconds(s) => s,
+        }
+    }
 }
 
 /// Items of a batch failed. Vault answers such a batch with an error status and the

@@ -49,6 +49,7 @@ async fn walk() -> (
     let (core, root) = core_with(vec![dev.clone()]).await;
     for (path, kind) in [
         ("sys/mounts/transit", "transit"),
+        ("sys/mounts/kv1", "kv"),
         ("sys/auth/kubernetes", "kubernetes"),
         ("sys/auth/jwt", "jwt"),
     ] {
@@ -98,7 +99,15 @@ async fn walk() -> (
     kinds.sort();
     assert_eq!(
         kinds,
-        ["jwt", "kubernetes", "kv", "system", "token", "transit"],
+        [
+            "jwt",
+            "kubernetes",
+            "kv",
+            "kv",
+            "system",
+            "token",
+            "transit"
+        ],
         "every backend is walked"
     );
     (core, dev, root, walker, routes)

@@ -193,6 +193,44 @@ pub(crate) static ROUTES: &[Route] = &[
         .pure(Ops::READ)
         .ops(Ops::WRITE.and(Ops::DELETE))
         .fields(POLICY_FIELDS),
+    // Tools and telemetry (crate::sys_tools, crate::metrics).
+    Route::new(
+        "tools/random/{source?}/{urlbytes?}",
+        "Random bytes from the operating system's CSPRNG.",
+    )
+    .ops(Ops::WRITE)
+    .fields(&[
+        Field::int("bytes", "How many bytes, 1 to 131072.").default("32"),
+        Field::str("format", "base64 or hex.").default("base64"),
+        Field::str(
+            "source",
+            "platform, seal or all; every source is the platform's.",
+        )
+        .default("platform"),
+    ]),
+    Route::new("tools/hash/{urlalgorithm?}", "Hash the input.")
+        .ops(Ops::WRITE)
+        .fields(&[
+            Field::str(
+                "input",
+                "The data to hash, base64 (none: the empty string).",
+            ),
+            Field::str(
+                "algorithm",
+                "sha2-224, sha2-256, sha2-384, sha2-512, sha3-224, sha3-256, sha3-384 or sha3-512.",
+            )
+            .default("sha2-256"),
+            Field::str("format", "hex or base64.").default("hex"),
+        ]),
+    Route::new(
+        "metrics",
+        "Telemetry with Vault's metric names (JSON, or the Prometheus text format).",
+    )
+    .pure(Ops::READ)
+    .fields(&[Field::str(
+        "format",
+        "prometheus for the Prometheus text format; none for JSON.",
+    )]),
 ];
 
 impl Core {
@@ -273,6 +311,15 @@ impl Core {
                     Some(name) => inner.policies.one(op, name, &req.data, legacy).await,
                 }
             }
+            ("tools/random/{source?}/{urlbytes?}", _) => crate::sys_tools::random(
+                br.captures.get("source"),
+                br.captures.get("urlbytes"),
+                &req.data,
+            ),
+            ("tools/hash/{urlalgorithm?}", _) => {
+                crate::sys_tools::hash(br.captures.get("urlalgorithm"), &req.data)
+            }
+            ("metrics", _) => self.metrics_response(&req.data),
             _ => Err(EngineError::UnsupportedOperation),
         }
     }
@@ -414,13 +461,22 @@ impl Core {
                 "auth"
             };
             for route in mounted.handler.routes() {
-                let path = format!(
-                    "/{prefix}{}{}",
-                    mounted.entry.path,
-                    openapi_pattern(route.pattern)
-                );
-                let path = path.trim_end_matches('/').to_owned();
-                paths.insert(path, openapi_path(route, &mounted.entry.kind, tag));
+                let item = openapi_path(route, &mounted.entry.kind, tag);
+                // One path per combination of optional segments, as Vault lists them
+                // (`/sys/tools/hash` and `/sys/tools/hash/{urlalgorithm}`).
+                for pattern in openapi_patterns(route.pattern) {
+                    let path = format!("/{prefix}{}{pattern}", mounted.entry.path);
+                    let path = path.trim_end_matches('/').to_owned();
+                    let mut item = item.clone();
+                    if let Some(Value::Array(params)) = item.get_mut("parameters") {
+                        params.retain(|p| {
+                            p["name"]
+                                .as_str()
+                                .is_some_and(|n| path.contains(&format!("{{{n}}}")))
+                        });
+                    }
+                    paths.insert(path, item);
+                }
             }
         }
         let mut doc = Map::new();
@@ -440,20 +496,36 @@ impl Core {
     }
 }
 
-/// A route pattern as an OpenAPI path template (`{name?}` and `{path*}` become `{name}`).
-fn openapi_pattern(pattern: &str) -> String {
-    pattern
-        .split('/')
-        .map(|seg| {
-            seg.strip_prefix('{')
-                .and_then(|s| s.strip_suffix('}'))
-                .map_or_else(
-                    || seg.to_owned(),
-                    |inner| format!("{{{}}}", inner.trim_end_matches(['?', '*', '+'])),
-                )
+/// A route pattern as OpenAPI path templates: `{path*}` becomes `{path}`, and each
+/// optional segment (`{name?}`) is left out or kept, in every combination.
+fn openapi_patterns(pattern: &str) -> Vec<String> {
+    let segments: Vec<&str> = pattern.split('/').collect();
+    let optional = segments.iter().filter(|s| s.ends_with("?}")).count();
+    (0u32..1 << optional)
+        .map(|mask| {
+            let mut index = 0;
+            segments
+                .iter()
+                .filter(|seg| {
+                    if !seg.ends_with("?}") {
+                        return true;
+                    }
+                    let keep = mask & (1 << index) != 0;
+                    index += 1;
+                    keep
+                })
+                .map(|seg| {
+                    seg.strip_prefix('{')
+                        .and_then(|s| s.strip_suffix('}'))
+                        .map_or_else(
+                            || (*seg).to_owned(),
+                            |inner| format!("{{{}}}", inner.trim_end_matches(['?', '*', '+'])),
+                        )
+                })
+                .collect::<Vec<_>>()
+                .join("/")
         })
-        .collect::<Vec<_>>()
-        .join("/")
+        .collect()
 }
 
 /// One path item: its captured segments as path parameters, and an operation per method.

@@ -262,6 +262,7 @@ impl Core {
         all.push(Mounted {
             entry: Arc::new(entry.clone()),
             handler,
+            timers: Arc::default(),
         });
         self.persist_table(inner, table, &all).await?;
         *inner.router(table).write() = Arc::new(Router::new(all));
@@ -523,8 +524,10 @@ pub(crate) fn apply_tune(
         None | Some(Value::Null) => {}
         Some(Value::Object(o)) => {
             for (k, v) in o {
-                if k == "version" {
-                    check_version_change(entry, v)?;
+                if k == "version" && entry.kind == "kv" {
+                    // Checked, never changed: the mount keeps the version it has.
+                    kv_version_tune(&entry.options, o)?;
+                    continue;
                 }
                 // Vault keeps option values as strings.
                 let v = match v {
@@ -548,28 +551,50 @@ pub(crate) fn apply_tune(
     Ok(())
 }
 
-/// A KV mount keeps its version: a tune that asks for another is refused.
-fn check_version_change(entry: &MountEntry, v: &Value) -> Result<(), EngineError> {
-    let asked = match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let current = entry
-        .options
-        .get("version")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if entry.kind == "kv" && asked != current {
-        return Err(EngineError::invalid(format!(
-            "cannot change the KV version of this mount from {current:?} to {asked:?}"
-        )));
-    }
-    Ok(())
-}
-
 /// The refusal of a user-interface listing's own token check: Vault's 403 "permission
 /// denied", raised by the handler (the route is unauthenticated for the core, which
 /// spends no use).
 fn denied() -> EngineError {
     EngineError::Forbidden("permission denied".to_owned())
+}
+
+/// A tune of a KV mount's `options.version`: the same version is accepted (nothing
+/// changes); a version 2 mount cannot go back to version 1 (OpenBao's words); and a
+/// version 1 mount is not upgraded in place. OpenBao rewrites every secret of the mount
+/// into version 2's layout while the mount is unavailable; keyhaven refuses instead, so
+/// that no secret can be lost or hidden by an upgrade that stops half-way. Copy the
+/// secrets into a new `kv-v2` mount instead.
+fn kv_version_tune(
+    current: &Map<String, Value>,
+    requested: &Map<String, Value>,
+) -> Result<(), EngineError> {
+    let from = crate::kv::version(current)?;
+    let to = match requested.get("version") {
+        Some(Value::String(s)) if s.trim() == "1" => 1,
+        Some(Value::String(s)) if s.trim() == "2" => 2,
+        Some(Value::Number(n)) if n.as_u64() == Some(1) => 1,
+        Some(Value::Number(n)) if n.as_u64() == Some(2) => 2,
+        // OpenBao ignores an empty version in a tune.
+        Some(Value::String(s)) if s.trim().is_empty() => from,
+        Some(other) => {
+            let shown = match other {
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            return Err(EngineError::invalid(format!(
+                "invalid version provided: {shown}"
+            )));
+        }
+        None => from,
+    };
+    match (from, to) {
+        (2, 1) => Err(EngineError::invalid(
+            "cannot downgrade mount from version 2",
+        )),
+        (1, 2) => Err(EngineError::invalid(
+            "upgrading a KV version 1 mount to version 2 in place is not supported; \
+             enable a new kv-v2 mount and copy the secrets into it",
+        )),
+        _ => Ok(()),
+    }
 }

@@ -326,10 +326,17 @@ async fn mounts_enable_list_tune_disable_and_persist() {
     .await
     .unwrap_err();
     assert!(nested.to_string().contains("already in use"), "{nested}");
-    let v1 = h(Operation::Update, "sys/mounts/old", json!({"type": "kv"}))
-        .await
-        .unwrap_err();
-    assert!(v1.to_string().contains("version 1"), "{v1}");
+    let bad_version = h(
+        Operation::Update,
+        "sys/mounts/old",
+        json!({"type": "kv", "options": {"version": "9"}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        bad_version.to_string().contains("kv version"),
+        "{bad_version}"
+    );
     let unknown = h(Operation::Update, "sys/mounts/x", json!({"type": "nope"}))
         .await
         .unwrap_err();

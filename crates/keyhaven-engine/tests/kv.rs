@@ -245,16 +245,18 @@ fn version_numbers(meta: &Map<String, Value>) -> Vec<u64> {
 // ---------------------------------------------------------------- factory and routing
 
 #[tokio::test]
-async fn factory_accepts_only_version_2() {
+async fn factory_builds_the_version_the_options_name() {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(start()));
-    for (options, ok) in [
-        (json!({"version": "2"}), true),
-        (json!({"version": 2}), true),
-        (json!({"version": "1"}), false),
-        (json!({"version": 1}), false),
-        (json!({}), false),
-        (json!({"version": "3"}), false),
+    for (options, version) in [
+        (json!({"version": "2"}), Some(2)),
+        (json!({"version": 2}), Some(2)),
+        (json!({"version": "1"}), Some(1)),
+        (json!({"version": 1}), Some(1)),
+        (json!({"version": ""}), Some(1)),
+        (json!({}), Some(1)),
+        (json!({"version": "3"}), None),
+        (json!({"version": true}), None),
     ] {
         let ctx = BackendContext {
             storage: store.clone(),
@@ -263,12 +265,20 @@ async fn factory_accepts_only_version_2() {
             outbound: None,
             limits: Default::default(),
         };
-        match kv::factory(ctx) {
-            Ok(_) => assert!(ok, "{options}"),
-            Err(e) => {
-                assert!(!ok, "{options}");
-                assert!(is_invalid(&e) && e.to_string().contains("version 2"), "{e}");
+        match (kv::factory(ctx), version) {
+            (Ok(backend), Some(v)) => {
+                // Version 2 serves `data/…`; version 1 has one route, the path itself.
+                let has_data = backend.routes().iter().any(|r| r.pattern == "data/{path*}");
+                assert_eq!(has_data, v == 2, "{options}");
             }
+            (Err(e), None) => {
+                assert!(
+                    is_invalid(&e) && e.to_string().contains("kv version"),
+                    "{e}"
+                );
+            }
+            (Ok(_), None) => panic!("{options} was accepted"),
+            (Err(e), Some(_)) => panic!("{options} was refused: {e}"),
         }
     }
 }

@@ -70,6 +70,25 @@ struct RawConfig {
     audit: Vec<RawAudit>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    telemetry: RawTelemetry,
+}
+
+/// The `[telemetry]` table: who may read `sys/metrics`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    #[serde(default)]
+    unauthenticated_metrics_access: bool,
+}
+
+/// Telemetry settings (`[telemetry]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// `unauthenticated_metrics_access`: `GET sys/metrics` answers without a token (and
+    /// is then not audited), as Vault's listener option of that name. Off by default: a
+    /// token with `read` on `sys/metrics` is needed.
+    pub unauthenticated_metrics_access: bool,
 }
 
 /// The `[limits]` table: bounds on what one request may ask of the engine.
@@ -482,6 +501,8 @@ pub struct Config {
     pub audit: Vec<crate::audit_file::FileDeviceConfig>,
     /// Bounds on what one request may ask of the engine (`[limits]`).
     pub limits: keyhaven_engine::Limits,
+    /// Who may read `sys/metrics` (`[telemetry]`).
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -581,6 +602,9 @@ impl Config {
             log_format,
             audit,
             limits,
+            telemetry: TelemetryConfig {
+                unauthenticated_metrics_access: raw.telemetry.unauthenticated_metrics_access,
+            },
         })
     }
 
@@ -596,6 +620,10 @@ impl Config {
             log_format: LogFormat::Text,
             audit: Vec::new(),
             limits: keyhaven_engine::Limits::default(),
+            // As OpenBao's dev server: metrics without a token (on loopback only).
+            telemetry: TelemetryConfig {
+                unauthenticated_metrics_access: true,
+            },
         }
     }
 }
@@ -643,6 +671,25 @@ tls_key_file = "/etc/keyhaven/tls.key"
         assert!(err.contains("storage.cache_size_mb 100000"), "{err}");
         let err = with("cache_size_mb = -1").unwrap_err().to_string();
         assert!(err.contains("cache_size_mb"), "{err}");
+    }
+
+    #[test]
+    fn metrics_need_a_token_unless_the_telemetry_table_says_otherwise() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert!(!c.telemetry.unauthenticated_metrics_access);
+        let open = format!("{GOOD}\n[telemetry]\nunauthenticated_metrics_access = true\n");
+        assert!(
+            Config::from_toml(&open)
+                .unwrap()
+                .telemetry
+                .unauthenticated_metrics_access
+        );
+        let typo = format!("{GOOD}\n[telemetry]\nunauthenticated_metric_access = true\n");
+        let err = Config::from_toml(&typo).unwrap_err().to_string();
+        assert!(err.contains("unauthenticated_metric_access"), "{err}");
+        // Dev mode answers without a token, as OpenBao's dev server does.
+        let dev = Config::dev("127.0.0.1:0".parse().unwrap());
+        assert!(dev.telemetry.unauthenticated_metrics_access);
     }
 
     #[test]

@@ -15,8 +15,8 @@ use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{any, get};
 use keyhaven_engine::{
-    ClientToken, Core, EngineError, InitParams, Operation, Request, Response, SealStatus,
-    UnsealInput,
+    ClientToken, Core, EngineError, InitParams, LeaseDuration, Operation, Request, Response,
+    SealStatus, UnsealInput,
 };
 use keyhaven_types::ErrorCode;
 use keyhaven_types::wire::Health;
@@ -37,6 +37,9 @@ pub struct AppState {
     pub core: Arc<Core>,
     /// Storage type reported by `sys/seal-status`.
     pub storage_type: &'static str,
+    /// `GET sys/metrics` answers without a token (`[telemetry]`
+    /// `unauthenticated_metrics_access`).
+    pub unauthenticated_metrics: bool,
     /// Request body limits and the memory budget all bodies share.
     pub body: BodyLimits,
 }
@@ -60,6 +63,7 @@ pub fn router(state: AppState) -> Router {
             },
         ));
     fixed
+        .route("/v1/sys/metrics", any(metrics))
         .route("/v1/{*path}", any(logical))
         .fallback(not_found)
         .with_state(state)
@@ -417,6 +421,119 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
     resp
 }
 
+/// The content type of the Prometheus text exposition format.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `sys/metrics`: the engine's metrics as JSON or, with `format=prometheus` (or an
+/// `Accept` header asking for OpenMetrics or Prometheus), in the Prometheus text format.
+/// A token with `read` on `sys/metrics` is needed (and the read is audited) unless
+/// `unauthenticated_metrics_access` is on. An unknown format is OpenBao's plain-text 400.
+async fn metrics(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
+    if req.method() != Method::GET {
+        // Not served: the engine says so as for any other path.
+        return logical(State(state), req).await;
+    }
+    let request_id = new_request_id();
+    if let Some(resp) = refuse_namespace(req.headers(), &request_id) {
+        return resp;
+    }
+    let query = query_pairs(req.uri().query());
+    if let Err(message) = check_query("sys/metrics", req.method(), &query) {
+        return plain_error(StatusCode::BAD_REQUEST, &message, &request_id);
+    }
+    let format = query
+        .iter()
+        .find(|(k, _)| k == "format")
+        .map(|(_, v)| v.clone())
+        .filter(|f| !f.is_empty())
+        .unwrap_or_else(|| metrics_format_from_accept(req.headers()).to_owned());
+    let known = matches!(format.as_str(), "" | "prometheus");
+    if state.unauthenticated_metrics {
+        return match format.as_str() {
+            "" => json_response(StatusCode::OK, &state.core.metrics_json(), &request_id),
+            "prometheus" => prometheus_response(&state.core, &request_id),
+            _ => unknown_metrics_format(&format, &request_id),
+        };
+    }
+    let mut data = Map::new();
+    if !format.is_empty() {
+        data.insert("format".to_owned(), Value::String(format.clone()));
+    }
+    let request = Request {
+        id: request_id.clone(),
+        operation: Operation::Read,
+        path: "sys/metrics".to_owned(),
+        data,
+        token: token_from(req.headers()),
+        remote_addr: req
+            .extensions()
+            .get::<ConnHandle>()
+            .and_then(ConnHandle::peer),
+    };
+    match state.core.handle(request).await {
+        Ok(_) if format == "prometheus" => prometheus_response(&state.core, &request_id),
+        Ok(resp) => {
+            let body = resp.data.map(Value::Object).unwrap_or(Value::Null);
+            json_response(StatusCode::OK, &body, &request_id)
+        }
+        Err(err) if !known && err.code() == ErrorCode::InvalidRequest => {
+            unknown_metrics_format(&format, &request_id)
+        }
+        Err(err) => error_response(&err, &request_id),
+    }
+}
+
+/// The format an `Accept` header asks for, as Vault reads it: OpenMetrics text first,
+/// or any header naming Prometheus.
+fn metrics_format_from_accept(headers: &HeaderMap) -> &'static str {
+    let mut accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let Some(first) = accept.next() else {
+        return "";
+    };
+    if first.starts_with("application/openmetrics-text")
+        || first.contains("prometheus")
+        || accept.any(|v| v.contains("prometheus"))
+    {
+        "prometheus"
+    } else {
+        ""
+    }
+}
+
+fn prometheus_response(core: &Core, request_id: &str) -> HttpResponse {
+    let text = core.metrics().to_prometheus();
+    let mut resp = (StatusCode::OK, text).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
+    }
+    resp
+}
+
+/// OpenBao's answer to an unknown `format`: plain text, not JSON.
+fn unknown_metrics_format(format: &str, request_id: &str) -> HttpResponse {
+    let mut resp = (
+        StatusCode::BAD_REQUEST,
+        format!("metric response format {format:?} unknown"),
+    )
+        .into_response();
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
+    }
+    resp
+}
+
 /// How a path's successful answers look on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WireShape {
@@ -510,7 +627,10 @@ impl serde::Serialize for Envelope<'_> {
         let mut map = serializer.serialize_map(Some(8))?;
         map.serialize_entry("auth", &resp.auth)?;
         map.serialize_entry("data", &resp.data)?;
-        map.serialize_entry("lease_duration", &0)?;
+        map.serialize_entry(
+            "lease_duration",
+            &resp.lease_duration.map_or(0, LeaseDuration::seconds),
+        )?;
         map.serialize_entry("lease_id", "")?;
         map.serialize_entry("renewable", &false)?;
         map.serialize_entry("request_id", self.request_id)?;
@@ -542,7 +662,10 @@ fn built_envelope(resp: Response, request_id: &str, top_level: bool) -> Value {
     body.insert("request_id".into(), Value::String(request_id.to_owned()));
     body.insert("lease_id".into(), Value::String(String::new()));
     body.insert("renewable".into(), Value::Bool(false));
-    body.insert("lease_duration".into(), json!(0));
+    body.insert(
+        "lease_duration".into(),
+        json!(resp.lease_duration.map_or(0, LeaseDuration::seconds)),
+    );
     body.insert(
         "data".into(),
         resp.data.map(Value::Object).unwrap_or(Value::Null),

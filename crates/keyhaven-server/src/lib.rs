@@ -24,7 +24,9 @@ use keyhaven_storage::{MemStore, Store};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 
-pub use config::{Config, ConfigError, ListenerLimits, LogFormat, StorageConfig, TlsConfig};
+pub use config::{
+    Config, ConfigError, ListenerLimits, LogFormat, StorageConfig, TelemetryConfig, TlsConfig,
+};
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.
 #[doc(hidden)]
@@ -250,6 +252,7 @@ pub async fn build(
             audit,
             outbound: Some(outbound::shared()),
             limits: config.limits,
+            metrics: Arc::default(),
         },
     )
     .await
@@ -284,6 +287,7 @@ pub async fn build(
     let state = http::AppState {
         core: core.clone(),
         storage_type: config.storage.type_name(),
+        unauthenticated_metrics: config.telemetry.unauthenticated_metrics_access,
         body: body::BodyLimits::new(
             config.max_request_size,
             config.listener_limits.max_unauthenticated_request_size,

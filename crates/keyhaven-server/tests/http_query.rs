@@ -20,6 +20,7 @@ async fn app() -> axum::Router {
     router(AppState {
         core,
         storage_type: "inmem",
+        unauthenticated_metrics: false,
         body: keyhaven_server::body::BodyLimits::new(
             32 << 20,
             64 * 1024,

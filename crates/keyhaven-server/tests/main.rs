@@ -9,3 +9,4 @@
 mod http_query;
 mod kubernetes_auth;
 mod listener;
+mod metrics_http;

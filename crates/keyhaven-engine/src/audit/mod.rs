@@ -34,7 +34,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -123,6 +123,9 @@ pub struct AuditBroker {
     /// Keys and caches of the unsealed server; `None` while sealed.
     live: RwLock<Option<Arc<Live>>>,
     clock: Arc<dyn Clock>,
+    /// Request and response records no device accepted (`vault.audit.log_*_failure`).
+    request_failures: AtomicU64,
+    response_failures: AtomicU64,
 }
 
 /// What exists only while the server is unsealed.
@@ -220,6 +223,25 @@ impl AuditBroker {
                 .collect(),
             live: RwLock::new(None),
             clock: Arc::new(SystemClock),
+            request_failures: AtomicU64::new(0),
+            response_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// How many request records and response records no device accepted since start.
+    pub fn failure_counts(&self) -> (u64, u64) {
+        (
+            self.request_failures.load(Ordering::Relaxed),
+            self.response_failures.load(Ordering::Relaxed),
+        )
+    }
+
+    fn count_failure(&self, request: bool, response: bool) {
+        if request {
+            self.request_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if response {
+            self.response_failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -343,6 +365,7 @@ impl AuditBroker {
             Ok(vec![request_record(key, &time, seen, error.as_ref())?])
         })
         .await
+        .inspect_err(|_| self.count_failure(true, false))
     }
 
     /// Record a response.
@@ -370,6 +393,7 @@ impl AuditBroker {
             Ok(vec![response_record(key, &time, seen, result)?])
         })
         .await
+        .inspect_err(|_| self.count_failure(false, true))
     }
 
     /// The time to stamp on a request record written later by [`AuditBroker::log_exchange`].
@@ -406,6 +430,8 @@ impl AuditBroker {
             ])
         })
         .await
+        // Neither record was written.
+        .inspect_err(|_| self.count_failure(true, true))
     }
 
     /// Format each device's records and succeed as soon as one device accepted all of its

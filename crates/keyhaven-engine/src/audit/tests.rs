@@ -333,6 +333,7 @@ async fn a_failing_device_fails_the_request_before_it_runs() {
         EngineError::Unavailable(m) => assert!(m.starts_with("audit: "), "{m}"),
         other => panic!("unexpected {other:?}"),
     }
+    assert_eq!(audit_failures(&core), (1.0, 0.0));
     *dev.fail.lock() = false;
     let err = core
         .handle(req(
@@ -371,6 +372,7 @@ async fn a_failed_response_record_after_a_write_fails_the_request_and_the_write_
         EngineError::Unavailable(m) => assert!(m.starts_with("audit: "), "{m}"),
         other => panic!("unexpected {other:?}"),
     }
+    assert_eq!(audit_failures(&core), (0.0, 1.0));
     let records = dev.records();
     assert_eq!(records.len(), before + 1, "only the request record");
     assert_eq!(records[before]["type"], "request");
@@ -556,6 +558,8 @@ async fn a_read_is_recorded_with_its_response_and_withheld_if_that_fails() {
         other => panic!("the read was answered without its records: {other:?}"),
     }
     assert!(!err.to_string().contains(SECRET));
+    // Neither the read's request record nor its response record was written.
+    assert_eq!(audit_failures(&core), (1.0, 1.0));
     assert_eq!(
         dev.records().len(),
         2,
@@ -734,4 +738,20 @@ async fn records_name_the_mount_and_the_remote_address_and_keep_tuned_keys_in_cl
         .unwrap();
     assert_eq!(lookup["request"]["mount_point"], "auth/token/");
     assert_eq!(lookup["request"]["mount_type"], "token");
+}
+
+/// `(vault.audit.log_request_failure, vault.audit.log_response_failure)` now.
+fn audit_failures(core: &Core) -> (f64, f64) {
+    let snapshot = core.metrics();
+    let value = |name: &str| {
+        let family = snapshot.families.iter().find(|f| f.name == name).unwrap();
+        match family.samples[0].value {
+            crate::metrics::SampleValue::Number(v) => v,
+            crate::metrics::SampleValue::Summary { .. } => panic!("{name} is a summary"),
+        }
+    };
+    (
+        value("vault.audit.log_request_failure"),
+        value("vault.audit.log_response_failure"),
+    )
 }

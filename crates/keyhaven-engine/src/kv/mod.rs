@@ -1,4 +1,6 @@
-//! The KV version 2 secrets engine, compatible with Vault/OpenBao's `kv-v2`.
+//! The KV secrets engine: version 2, compatible with Vault/OpenBao's `kv-v2`, described
+//! here, and version 1 ([`v1`]: one plain path per secret), which a `kv` mount without
+//! `options.version` gets.
 //!
 //! Endpoints, relative to the mount: `config`, `data/<path>`, `metadata/<path>` (and
 //! `LIST metadata[/<prefix>]`), `delete/<path>`, `undelete/<path>`, `destroy/<path>` and
@@ -36,6 +38,7 @@ mod data;
 mod json;
 mod metadata;
 mod record;
+mod v1;
 mod versions;
 
 use std::sync::Arc;
@@ -61,17 +64,35 @@ pub const MAX_ATTEMPTS: usize = 16;
 
 const CONFIG_KEY: &str = "config";
 
-/// Build a KV v2 backend for a mount. Refuses any `options.version` but `"2"`.
+/// Which KV version a mount's options select: none, `""` or `"1"` is version 1 (as in
+/// Vault, a `kv` mount without a version is version 1), `"2"` version 2.
+pub fn version(options: &Map<String, Value>) -> Result<u8, EngineError> {
+    match options.get("version") {
+        None | Some(Value::Null) => Ok(1),
+        Some(Value::String(s)) => match s.trim() {
+            "" | "1" => Ok(1),
+            "2" => Ok(2),
+            _ => Err(invalid_version()),
+        },
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(1) => Ok(1),
+            Some(2) => Ok(2),
+            _ => Err(invalid_version()),
+        },
+        Some(_) => Err(invalid_version()),
+    }
+}
+
+fn invalid_version() -> EngineError {
+    EngineError::invalid("invalid kv version in options: use \"1\" or \"2\"")
+}
+
+/// Build the KV backend of a mount: version 1 or 2, as its options say ([`version`]).
 pub fn factory(ctx: BackendContext) -> Result<Arc<dyn Backend>, EngineError> {
-    let supported = match ctx.options.get("version") {
-        Some(Value::String(s)) => s.trim() == "2",
-        Some(Value::Number(n)) => n.as_u64() == Some(2),
-        _ => false,
-    };
-    if !supported {
-        return Err(EngineError::invalid(
-            "the kv engine supports version 2 only: mount it as \"kv-v2\" or with options version=2",
-        ));
+    if version(&ctx.options)? == 1 {
+        return Ok(Arc::new(v1::KvV1Backend {
+            storage: ctx.storage,
+        }));
     }
     Ok(Arc::new(KvBackend {
         storage: ctx.storage,

@@ -465,9 +465,16 @@ impl TokenStore {
     /// Delete expired tokens (and their subtrees), and finish revocations that were
     /// interrupted. Returns how many trees were removed.
     pub async fn sweep_expired(&self) -> Result<usize, EngineError> {
+        Ok(self.sweep_expired_and_count().await?.0)
+    }
+
+    /// [`TokenStore::sweep_expired`], also counting the tokens that remain live (for
+    /// `vault.token.count`): `(removed, live)`.
+    pub(crate) async fn sweep_expired_and_count(&self) -> Result<(usize, usize), EngineError> {
         let now = self.clock.unix_seconds();
         let mut after: Option<String> = None;
         let mut due = Vec::new();
+        let mut live = 0usize;
         loop {
             let page = self
                 .storage
@@ -476,7 +483,9 @@ impl TokenStore {
             for h in &page {
                 if let Some(bytes) = self.storage.get(&Self::id_key(h)).await? {
                     let e: TokenEntry = serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
-                    if !e.live(now) {
+                    if e.live(now) {
+                        live += 1;
+                    } else {
                         due.push(h.clone());
                     }
                 }
@@ -489,7 +498,7 @@ impl TokenStore {
         for h in &due {
             self.revoke_tree(h).await?;
         }
-        Ok(due.len())
+        Ok((due.len(), live))
     }
 }
 

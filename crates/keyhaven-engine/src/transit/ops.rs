@@ -23,9 +23,6 @@ use crate::request::{BatchFailure, Response};
 /// Vault's message for versions below `min_decryption_version` (or trimmed away).
 pub const TOO_OLD: &str = "ciphertext or signature version is disallowed by policy (too old)";
 
-/// The most bytes `random` returns in one call (Vault's limit).
-pub const MAX_RANDOM_BYTES: u64 = 128 * 1024;
-
 type Item = Result<Map<String, Value>, EngineError>;
 
 /// A base64 (standard, padded) parameter, decoded; the result is zeroized on drop.
@@ -658,39 +655,8 @@ pub(crate) fn random(
     b: Option<&str>,
     data: &Map<String, Value>,
 ) -> Result<Response, EngineError> {
-    let is_source = |s: &str| matches!(s, "platform" | "seal" | "all");
-    let url_bytes = match (a, b) {
-        (None, None) => None,
-        (Some(s), None) if is_source(s) => None,
-        (Some(n), None) => Some(n),
-        (Some(s), Some(n)) if is_source(s) => Some(n),
-        _ => return Err(EngineError::invalid("invalid random source")),
-    };
-    let bytes = match url_bytes {
-        Some(n) => n
-            .parse::<u64>()
-            .map_err(|_| EngineError::invalid("error parsing url-set byte count"))?,
-        None => params::uint(data, "bytes")?.unwrap_or(32),
-    };
-    if bytes == 0 || bytes > MAX_RANDOM_BYTES {
-        return Err(EngineError::invalid(format!(
-            "bytes must be between 1 and {MAX_RANDOM_BYTES}"
-        )));
-    }
-    let mut buf = vec![0u8; usize::try_from(bytes).unwrap_or(32)];
-    fill_random(&mut buf).map_err(|_| EngineError::Crypto(CryptoOp::Random))?;
-    let out = match params::string(data, "format")?.unwrap_or("base64") {
-        "base64" => Base64::Standard.encode(&buf),
-        "hex" => hex::encode(&buf),
-        other => {
-            return Err(EngineError::invalid(format!(
-                "unsupported encoding format {other:?}; must be \"hex\" or \"base64\""
-            )));
-        }
-    };
-    let mut m = Map::new();
-    m.insert("random_bytes".into(), Value::String(out));
-    Ok(Response::data(m))
+    // The same endpoint as `sys/tools/random`, with OpenBao's limits and messages.
+    crate::sys_tools::random(a, b, data)
 }
 
 /// `hash[/<alg>]`.
