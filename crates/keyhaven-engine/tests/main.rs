@@ -9,6 +9,7 @@ mod core;
 mod kubernetes;
 mod kv;
 mod policy;
+mod recovery;
 mod token;
 mod token_valid;
 mod transit;
