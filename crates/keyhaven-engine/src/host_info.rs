@@ -146,6 +146,7 @@ fn disks() -> Value {
         };
         let fstype = read("/proc/self/mounts")
             .lines()
+            .rev()
             .filter_map(|l| {
                 let mut f = l.split_whitespace();
                 let _dev = f.next()?;
@@ -153,7 +154,7 @@ fn disks() -> Value {
                 let kind = f.next()?;
                 (mount == "/").then(|| kind.to_owned())
             })
-            .last()
+            .next()
             .unwrap_or_default();
         let total = s.f_blocks.saturating_mul(s.f_frsize);
         let free = s.f_bavail.saturating_mul(s.f_frsize);

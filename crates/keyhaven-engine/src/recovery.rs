@@ -192,7 +192,7 @@ fn add_share(progress: &mut Vec<Share>, share: Share, during: &str) -> Result<()
     Ok(())
 }
 
-fn nonce_from<'a>(data: &'a Map<String, Value>, flavor: Flavor) -> Result<&'a str, EngineError> {
+fn nonce_from(data: &Map<String, Value>, flavor: Flavor) -> Result<&str, EngineError> {
     params::string(data, "nonce")?
         .filter(|s| !s.is_empty())
         .ok_or_else(|| match flavor {
@@ -909,85 +909,6 @@ impl Core {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_encoded_token_decodes_with_its_otp_only() {
-        let token = "khs.abcdefghijklmnopqrstuvwxyz0123ABCDEF";
-        let otp = "0123456789abcdefghijklmnopqrstuvwxyzABCD";
-        assert_eq!(token.len(), otp.len());
-        let encoded = encode_token(token, otp).unwrap();
-        assert!(!encoded.ends_with('='));
-        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(&encoded)
-            .unwrap();
-        let back: Vec<u8> = bytes.iter().zip(otp.bytes()).map(|(a, b)| a ^ b).collect();
-        assert_eq!(back, token.as_bytes());
-        assert!(encode_token(token, "short").is_err());
-    }
-
-    #[test]
-    fn generated_otps_have_the_token_length_and_differ() {
-        let a = generate_otp().unwrap();
-        let b = generate_otp().unwrap();
-        assert_eq!(a.len(), otp_length());
-        assert_eq!(otp_length(), 40);
-        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
-        assert_ne!(*a, *b);
-    }
-
-    #[test]
-    fn rotation_is_due_by_count_or_age_when_enabled() {
-        let status = |encryptions, installed_unix| barrier::KeyStatus {
-            term: 1,
-            installed_unix,
-            encryptions,
-        };
-        let c = RotationConfig {
-            enabled: true,
-            max_operations: MIN_OPERATIONS,
-            interval_secs: MIN_INTERVAL_SECS,
-        };
-        assert!(!c.due(status(MIN_OPERATIONS - 1, 1000), 1000));
-        assert!(c.due(status(MIN_OPERATIONS, 1000), 1000));
-        assert!(!c.due(status(0, 1000), 1000 + 86_399));
-        assert!(c.due(status(0, 1000), 1000 + 86_400));
-        let off = RotationConfig {
-            enabled: false,
-            ..c
-        };
-        assert!(!off.due(status(MAX_OPERATIONS, 0), 10_000_000));
-        let never_by_age = RotationConfig {
-            interval_secs: 0,
-            ..c
-        };
-        assert!(!never_by_age.due(status(0, 0), i64::MAX));
-    }
-
-    #[test]
-    fn rotation_config_checks_its_bounds() {
-        let base = RotationConfig::default();
-        let with = |v: Value| base.updated(v.as_object().unwrap());
-        assert!(with(json!({"max_operations": 999_999})).is_err());
-        assert!(with(json!({"max_operations": MAX_OPERATIONS + 1})).is_err());
-        assert!(with(json!({"interval": "1h"})).is_err());
-        let c = with(json!({"max_operations": 2_000_000, "interval": "48h", "enabled": false}))
-            .unwrap();
-        assert_eq!(
-            c,
-            RotationConfig {
-                enabled: false,
-                max_operations: 2_000_000,
-                interval_secs: 48 * 3600
-            }
-        );
-        assert_eq!(c.to_data()["interval"], json!("48h0m0s"));
-        assert_eq!(base.to_data()["interval"], json!(0));
-    }
-}
-
 impl Core {
     /// Serve the recovery routes of `sys/` (see [`crate::sys::ROUTES`]).
     pub(crate) async fn handle_recovery(
@@ -997,7 +918,7 @@ impl Core {
         op: crate::request::Operation,
         req: &crate::request::Request,
     ) -> Result<crate::request::Response, EngineError> {
-        use crate::request::Operation::{Create, Delete, List, Read, Update};
+        use crate::request::Operation::{Create, Delete, Read, Update};
         use crate::request::Response;
         let d = &req.data;
         let data = |map: Map<String, Value>| Ok(Response::data(map));
@@ -1091,7 +1012,86 @@ impl Core {
                 out.insert("nodes".to_owned(), json!([node]));
                 data(out)
             }
-            (_, List) | _ => Err(EngineError::UnsupportedOperation),
+            _ => Err(EngineError::UnsupportedOperation),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encoded_token_decodes_with_its_otp_only() {
+        let token = "khs.abcdefghijklmnopqrstuvwxyz0123ABCDEF";
+        let otp = "0123456789abcdefghijklmnopqrstuvwxyzABCD";
+        assert_eq!(token.len(), otp.len());
+        let encoded = encode_token(token, otp).unwrap();
+        assert!(!encoded.ends_with('='));
+        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(&encoded)
+            .unwrap();
+        let back: Vec<u8> = bytes.iter().zip(otp.bytes()).map(|(a, b)| a ^ b).collect();
+        assert_eq!(back, token.as_bytes());
+        assert!(encode_token(token, "short").is_err());
+    }
+
+    #[test]
+    fn generated_otps_have_the_token_length_and_differ() {
+        let a = generate_otp().unwrap();
+        let b = generate_otp().unwrap();
+        assert_eq!(a.len(), otp_length());
+        assert_eq!(otp_length(), 40);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(*a, *b);
+    }
+
+    #[test]
+    fn rotation_is_due_by_count_or_age_when_enabled() {
+        let status = |encryptions, installed_unix| barrier::KeyStatus {
+            term: 1,
+            installed_unix,
+            encryptions,
+        };
+        let c = RotationConfig {
+            enabled: true,
+            max_operations: MIN_OPERATIONS,
+            interval_secs: MIN_INTERVAL_SECS,
+        };
+        assert!(!c.due(status(MIN_OPERATIONS - 1, 1000), 1000));
+        assert!(c.due(status(MIN_OPERATIONS, 1000), 1000));
+        assert!(!c.due(status(0, 1000), 1000 + 86_399));
+        assert!(c.due(status(0, 1000), 1000 + 86_400));
+        let off = RotationConfig {
+            enabled: false,
+            ..c
+        };
+        assert!(!off.due(status(MAX_OPERATIONS, 0), 10_000_000));
+        let never_by_age = RotationConfig {
+            interval_secs: 0,
+            ..c
+        };
+        assert!(!never_by_age.due(status(0, 0), i64::MAX));
+    }
+
+    #[test]
+    fn rotation_config_checks_its_bounds() {
+        let base = RotationConfig::default();
+        let with = |v: Value| base.updated(v.as_object().unwrap());
+        assert!(with(json!({"max_operations": 999_999})).is_err());
+        assert!(with(json!({"max_operations": MAX_OPERATIONS + 1})).is_err());
+        assert!(with(json!({"interval": "1h"})).is_err());
+        let c = with(json!({"max_operations": 2_000_000, "interval": "48h", "enabled": false}))
+            .unwrap();
+        assert_eq!(
+            c,
+            RotationConfig {
+                enabled: false,
+                max_operations: 2_000_000,
+                interval_secs: 48 * 3600
+            }
+        );
+        assert_eq!(c.to_data()["interval"], json!("48h0m0s"));
+        assert_eq!(base.to_data()["interval"], json!(0));
     }
 }
