@@ -51,6 +51,41 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("GET", "sys/key-status", None),
         ("GET", "sys/internal/specs/openapi", None),
         ("PUT", "sys/seal", None),
+        // Operator recovery (the token-less sys/rekey/* and sys/generate-root/* are
+        // authorized by key shares, not tokens: not in this matrix).
+        ("GET", "sys/rotate/root/init", None),
+        (
+            "PUT",
+            "sys/rotate/root/init",
+            Some(json!({"secret_shares": 1, "secret_threshold": 1})),
+        ),
+        ("DELETE", "sys/rotate/root/init", None),
+        (
+            "PUT",
+            "sys/rotate/root/update",
+            Some(json!({"key": "00", "nonce": "x"})),
+        ),
+        ("GET", "sys/rotate/root/verify", None),
+        ("DELETE", "sys/rotate/root/verify", None),
+        ("GET", "sys/rotate/root/backup", None),
+        ("GET", "sys/rekey/backup", None),
+        ("GET", "sys/generate-root-token/attempt", None),
+        ("PUT", "sys/generate-root-token/attempt", Some(json!({}))),
+        ("DELETE", "sys/generate-root-token/attempt", None),
+        (
+            "PUT",
+            "sys/generate-root-token/update",
+            Some(json!({"key": "00", "nonce": "x"})),
+        ),
+        ("PUT", "sys/rotate/keyring", None),
+        ("GET", "sys/rotate/keyring/config", None),
+        (
+            "PUT",
+            "sys/rotate/keyring/config",
+            Some(json!({"enabled": false})),
+        ),
+        ("GET", "sys/host-info", None),
+        ("GET", "sys/ha-status", None),
         ("GET", "secret/data/app", None),
         (
             "POST",

@@ -344,31 +344,75 @@ const SESSION_V1_TOOLS: &[&[&str]] = &[
 struct OpenBaoDev {
     child: std::process::Child,
     addr: String,
+    /// The unseal key the dev server prints on its standard output at start.
+    unseal_key: String,
+    /// A second listener answering the token-less `sys/rekey/*` and
+    /// `sys/generate-root/*` (OpenBao disables them by default), when asked for.
+    legacy_addr: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl OpenBaoDev {
     fn start() -> OpenBaoDev {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let home = std::env::temp_dir();
-        let child = Command::new(bao_bin())
-            .args([
-                "server",
-                "-dev",
-                "-dev-root-token-id=root",
-                &format!("-dev-listen-address={listen}"),
-            ])
+        Self::start_with(false)
+    }
+
+    /// With `legacy`, a second listener with `disable_unauthed_rekey_endpoints` and
+    /// `disable_unauthed_generate_root_endpoints` set to false.
+    fn start_with(legacy: bool) -> OpenBaoDev {
+        use std::io::BufRead as _;
+        let listen = format!("127.0.0.1:{}", free_port());
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "server".to_owned(),
+            "-dev".to_owned(),
+            "-dev-root-token-id=root".to_owned(),
+            format!("-dev-listen-address={listen}"),
+        ];
+        let legacy_addr = legacy.then(|| {
+            let second = format!("127.0.0.1:{}", free_port());
+            let config = dir.path().join("listener.hcl");
+            std::fs::write(
+                &config,
+                format!(
+                    "listener \"tcp\" {{\n  address = \"{second}\"\n  tls_disable = true\n  \
+                     disable_unauthed_rekey_endpoints = false\n  \
+                     disable_unauthed_generate_root_endpoints = false\n}}\n"
+                ),
+            )
+            .unwrap();
+            args.push(format!("-config={}", config.display()));
+            format!("http://{second}")
+        });
+        let mut child = Command::new(bao_bin())
+            .args(&args)
             .env_clear()
-            .env("HOME", home)
+            .env("HOME", dir.path())
             .env("PATH", "/usr/bin:/bin")
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // The unseal key is printed once at start; keep reading the rest so the server
+        // never blocks on a full pipe.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(key) = line.strip_prefix("Unseal Key: ") {
+                    let _ = tx.send(key.trim().to_owned());
+                }
+            }
+        });
         let addr = format!("http://{listen}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while crate::support::call_status(&format!("{addr}/v1/sys/health")) != Some(200) {
@@ -378,7 +422,25 @@ impl OpenBaoDev {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        OpenBaoDev { child, addr }
+        let unseal_key = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("OpenBao dev server printed no unseal key");
+        if let Some(second) = &legacy_addr {
+            while crate::support::call_status(&format!("{second}/v1/sys/health")) != Some(200) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the second listener did not start"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        OpenBaoDev {
+            child,
+            addr,
+            unseal_key,
+            legacy_addr,
+            _dir: dir,
+        }
     }
 }
 
@@ -1138,4 +1200,560 @@ fn tuning_and_a_one_use_token_behave_as_on_openbao() {
     );
     let tune = bao.data(&["read", "-format=json", "sys/mounts/kvt/tune"]);
     assert!(tune.get("passthrough_request_headers").is_none(), "{tune}");
+}
+
+/// One server in the recovery comparison: its addresses, the values the session learned
+/// from it (replaced by labels in the transcript) and the transcript so far.
+struct Side {
+    /// The main listener.
+    addr: String,
+    /// A listener answering the token-less `sys/rekey/*`.
+    legacy_addr: String,
+    root: String,
+    learned: Vec<(String, String)>,
+    /// Each step: its arguments, the address it ran at, its outcome, and whether only
+    /// its exit code is compared. Normalized at the end, with everything learned.
+    steps: Vec<(Vec<String>, String, Outcome, bool)>,
+}
+
+/// Fields whose values differ between the two servers by nature (top level of a JSON
+/// answer): they are compared by presence.
+const SERVER_FIELDS: &[&str] = &[
+    "version",
+    "build_date",
+    "commit_date",
+    "storage_type",
+    "otp_length",
+];
+
+/// Table lines whose values differ by nature.
+const SERVER_LINES: &[&str] = &["OTP Length", "Install Time", "Encryption Count"];
+
+impl Side {
+    fn learn(&mut self, value: &str, label: &str) {
+        if !value.is_empty() && !self.learned.iter().any(|(v, _)| v == value) {
+            self.learned.push((value.to_owned(), label.to_owned()));
+            // Longer values first, so a value containing another is replaced whole.
+            self.learned
+                .sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+        }
+    }
+
+    fn substitute(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for (value, label) in &self.learned {
+            out = out.replace(value.as_str(), label);
+        }
+        out
+    }
+
+    fn normalized(&self, o: &Outcome, addr: &str) -> String {
+        let stdout = self.substitute(&o.stdout);
+        let stdout = match serde_json::from_str::<Value>(&stdout) {
+            Ok(mut v) => {
+                normalize_json(&mut v);
+                if let Some(map) = v.as_object_mut() {
+                    // A sealed OpenBao leaves its cluster's name and id out (keyhaven
+                    // reports them): not part of this comparison.
+                    map.remove("cluster_name");
+                    map.remove("cluster_id");
+                    for (k, val) in map.iter_mut() {
+                        if SERVER_FIELDS.contains(&k.as_str()) {
+                            *val = Value::String("<server>".into());
+                        }
+                        // The unseal nonce is the server's own.
+                        if k == "nonce" && val.as_str().is_some_and(|n| n.len() == 36) {
+                            *val = Value::String("<unseal-nonce>".into());
+                        }
+                    }
+                }
+                serde_json::to_string_pretty(&v).unwrap()
+            }
+            Err(_) => stdout
+                .lines()
+                .map(|l| match SERVER_LINES.iter().find(|p| l.starts_with(**p)) {
+                    Some(p) => format!("{p} <server>"),
+                    None => l.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        let stderr = self.substitute(&o.stderr).replace(addr, "<addr>");
+        format!(
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            o.code,
+            stdout.trim_end(),
+            stderr.trim_end()
+        )
+    }
+
+    fn record(
+        &mut self,
+        addr: &str,
+        token: Option<&str>,
+        args: &[&str],
+        exit_only: bool,
+    ) -> Outcome {
+        let o = Bao::new(addr, token).run(args);
+        let copy = Outcome {
+            code: o.code,
+            stdout: o.stdout.clone(),
+            stderr: o.stderr.clone(),
+        };
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        self.steps.push((args, addr.to_owned(), copy, exit_only));
+        o
+    }
+
+    /// Run `bao args` at `addr` with `token`; its outcome is compared.
+    fn step(&mut self, addr: &str, token: Option<&str>, args: &[&str]) -> Outcome {
+        self.record(addr, token, args, false)
+    }
+
+    /// Like [`Side::step`], comparing the exit code only (the servers' error texts
+    /// differ).
+    fn step_exit(&mut self, addr: &str, token: Option<&str>, args: &[&str]) -> Outcome {
+        self.record(addr, token, args, true)
+    }
+
+    /// The normalized transcript.
+    fn transcript(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|(args, addr, o, exit_only)| {
+                let shown = if *exit_only {
+                    format!("exit {}", o.code)
+                } else {
+                    self.normalized(o, addr)
+                };
+                format!("$ bao {}\n{shown}", self.substitute(&args.join(" ")))
+            })
+            .collect()
+    }
+}
+
+fn json_of(o: &Outcome) -> Value {
+    serde_json::from_str(&o.stdout).unwrap_or_else(|_| panic!("not JSON: {}{}", o.stdout, o.stderr))
+}
+
+fn str_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The recovery session: `bao operator rekey` (token-less, on the legacy listener),
+/// `operator rotate-keys` with verification, sealing and unsealing with the new shares,
+/// `operator generate-root` with a generated OTP and `-decode`, the decoded root
+/// token at work (`operator rotate`), and the keyring rotation configuration.
+/// Returns every secret the session saw, for the leak check.
+fn recovery_session(side: &mut Side, unseal_key: &str) -> Vec<String> {
+    let (main, legacy, root) = (
+        side.addr.clone(),
+        side.legacy_addr.clone(),
+        side.root.clone(),
+    );
+    let root = Some(root.as_str());
+    side.learn(unseal_key, "<unseal-key>");
+    let mut secrets = vec![unseal_key.to_owned()];
+
+    // The token-less rekey, 1 share -> 3 of threshold 2.
+    side.step(&legacy, None, &["operator", "rekey", "-status"]);
+    let init = side.step(
+        &legacy,
+        None,
+        &[
+            "operator",
+            "rekey",
+            "-init",
+            "-key-shares=3",
+            "-key-threshold=2",
+            "-format=json",
+        ],
+    );
+    let nonce = json_of(&init)["nonce"].as_str().unwrap().to_owned();
+    side.learn(&nonce, "<nonce-1>");
+    side.step(
+        &legacy,
+        None,
+        &[
+            "operator",
+            "rekey",
+            "-init",
+            "-key-shares=3",
+            "-key-threshold=2",
+        ],
+    );
+    side.step(
+        &legacy,
+        None,
+        &["operator", "rekey", "-nonce=wrong", unseal_key],
+    );
+    side.step(&legacy, None, &["operator", "rekey", "-cancel"]);
+    side.step(&legacy, None, &["operator", "rekey", "-status"]);
+    let init = side.step(
+        &legacy,
+        None,
+        &[
+            "operator",
+            "rekey",
+            "-init",
+            "-key-shares=3",
+            "-key-threshold=2",
+            "-format=json",
+        ],
+    );
+    let nonce = json_of(&init)["nonce"].as_str().unwrap().to_owned();
+    side.learn(&nonce, "<nonce-2>");
+    let done = side.step(
+        &legacy,
+        None,
+        &[
+            "operator",
+            "rekey",
+            &format!("-nonce={nonce}"),
+            "-format=json",
+            unseal_key,
+        ],
+    );
+    let done = json_of(&done);
+    assert_eq!(done["complete"], true, "{done}");
+    let keys = str_list(&done["keys_base64"]);
+    for (i, (b64, hex)) in keys.iter().zip(str_list(&done["keys"])).enumerate() {
+        side.learn(b64, &format!("<key-{i}>"));
+        side.learn(&hex, &format!("<key-{i}-hex>"));
+        secrets.push(b64.clone());
+        secrets.push(hex);
+    }
+    side.step(&legacy, None, &["operator", "rekey", "-status"]);
+
+    // The authenticated rotation with verification: 3/2 -> 2/2.
+    let init = side.step(
+        &main,
+        root,
+        &[
+            "operator",
+            "rotate-keys",
+            "-init",
+            "-key-shares=2",
+            "-key-threshold=2",
+            "-verify",
+            "-format=json",
+        ],
+    );
+    let nonce = json_of(&init)["nonce"].as_str().unwrap().to_owned();
+    side.learn(&nonce, "<nonce-3>");
+    side.step(&main, root, &["operator", "rotate-keys", "-status"]);
+    let nonce_flag = format!("-nonce={nonce}");
+    side.step(
+        &main,
+        root,
+        &["operator", "rotate-keys", &nonce_flag, &keys[0]],
+    );
+    side.step(
+        &main,
+        root,
+        &["operator", "rotate-keys", &nonce_flag, &keys[0]],
+    );
+    let issued = side.step(
+        &main,
+        root,
+        &[
+            "operator",
+            "rotate-keys",
+            &nonce_flag,
+            "-format=json",
+            &keys[2],
+        ],
+    );
+    let issued = json_of(&issued);
+    let new_keys = str_list(&issued["keys_base64"]);
+    for (i, (b64, hex)) in new_keys.iter().zip(str_list(&issued["keys"])).enumerate() {
+        side.learn(b64, &format!("<new-key-{i}>"));
+        side.learn(&hex, &format!("<new-key-{i}-hex>"));
+        secrets.push(b64.clone());
+        secrets.push(hex);
+    }
+    let vnonce = issued["verification_nonce"].as_str().unwrap().to_owned();
+    side.learn(&vnonce, "<verification-nonce>");
+    side.step(
+        &main,
+        root,
+        &["operator", "rotate-keys", "-verify", "-status"],
+    );
+    let vflag = format!("-nonce={vnonce}");
+    side.step(
+        &main,
+        root,
+        &[
+            "operator",
+            "rotate-keys",
+            "-verify",
+            "-nonce=wrong",
+            &new_keys[0],
+        ],
+    );
+    side.step(
+        &main,
+        root,
+        &["operator", "rotate-keys", "-verify", &vflag, &new_keys[0]],
+    );
+    side.step(
+        &main,
+        root,
+        &["operator", "rotate-keys", "-verify", &vflag, &new_keys[1]],
+    );
+    side.step(&main, root, &["operator", "rotate-keys", "-status"]);
+
+    // Sealed: the old shares no longer open, the new ones do.
+    side.step(&main, root, &["operator", "seal"]);
+    side.step_exit(&main, None, &["operator", "unseal", &keys[0]]);
+    let old = side.step_exit(&main, None, &["operator", "unseal", &keys[1]]);
+    assert_eq!(old.code, 2, "the old shares still unseal: {}", old.stdout);
+    side.step(
+        &main,
+        None,
+        &["operator", "unseal", "-reset", "-format=json"],
+    );
+    side.step(
+        &main,
+        None,
+        &["operator", "unseal", "-format=json", &new_keys[1]],
+    );
+    let open = side.step(
+        &main,
+        None,
+        &["operator", "unseal", "-format=json", &new_keys[0]],
+    );
+    assert_eq!(json_of(&open)["sealed"], false);
+
+    // Root generation with an OTP from the CLI.
+    side.step(&main, root, &["operator", "generate-root", "-status"]);
+    let otp = side.step(&main, root, &["operator", "generate-root", "-generate-otp"]);
+    let otp = otp.stdout.trim().to_owned();
+    assert!(!otp.is_empty());
+    side.learn(&otp, "<otp>");
+    secrets.push(otp.clone());
+    let otp_flag = format!("-otp={otp}");
+    let init = side.step(
+        &main,
+        root,
+        &[
+            "operator",
+            "generate-root",
+            "-init",
+            &otp_flag,
+            "-format=json",
+        ],
+    );
+    let nonce = json_of(&init)["nonce"].as_str().unwrap().to_owned();
+    side.learn(&nonce, "<nonce-4>");
+    side.step(
+        &main,
+        root,
+        &["operator", "generate-root", "-init", &otp_flag],
+    );
+    // OpenBao answers a wrong nonce here with a 500; keyhaven with a 400.
+    side.step_exit(
+        &main,
+        root,
+        &["operator", "generate-root", "-nonce=wrong", &new_keys[0]],
+    );
+    let nonce_flag = format!("-nonce={nonce}");
+    side.step(
+        &main,
+        root,
+        &["operator", "generate-root", &nonce_flag, &new_keys[0]],
+    );
+    let done = side.step(
+        &main,
+        root,
+        &[
+            "operator",
+            "generate-root",
+            &nonce_flag,
+            "-format=json",
+            &new_keys[1],
+        ],
+    );
+    let encoded = json_of(&done)["encoded_token"].as_str().unwrap().to_owned();
+    side.learn(&encoded, "<encoded-token>");
+    let decoded = side.step(
+        &main,
+        root,
+        &[
+            "operator",
+            "generate-root",
+            &format!("-decode={encoded}"),
+            &otp_flag,
+        ],
+    );
+    let token = decoded.stdout.trim().to_owned();
+    assert!(!token.is_empty(), "{}", decoded.stderr);
+    side.learn(&token, "<generated-root-token>");
+    secrets.push(token.clone());
+    side.step(
+        &main,
+        Some(&token),
+        &["read", "-field=policies", "auth/token/lookup-self"],
+    );
+    side.step(&main, Some(&token), &["operator", "rotate"]);
+    side.step(&main, root, &["operator", "generate-root", "-status"]);
+    side.step(&main, root, &["operator", "generate-root", "-cancel"]);
+
+    // The keyring's automatic rotation.
+    side.step(
+        &main,
+        root,
+        &["read", "-format=json", "sys/rotate/keyring/config"],
+    );
+    side.step(
+        &main,
+        root,
+        &[
+            "write",
+            "sys/rotate/keyring/config",
+            "interval=48h",
+            "max_operations=2000000",
+        ],
+    );
+    side.step(
+        &main,
+        root,
+        &["write", "sys/rotate/keyring/config", "interval=1h"],
+    );
+    side.step(
+        &main,
+        root,
+        &["read", "-format=json", "sys/rotate/keyring/config"],
+    );
+    secrets
+}
+
+#[test]
+fn recovery_session_matches_openbao_and_leaks_no_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyhaven.toml");
+    let audit = dir.path().join("audit.log");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nbackend = \"sqlite\"\npath = \"{}\"\n[listener]\naddress = \"127.0.0.1:0\"\ntls_disable = true\ndisable_unauthed_rekey_endpoints = false\ndisable_unauthed_generate_root_endpoints = false\n[log]\nformat = \"json\"\nlevel = \"debug\"\n[[audit]]\ntype = \"file\"\npath = \"{}\"\n",
+            dir.path().join("kh.db").display(),
+            audit.display()
+        ),
+    )
+    .unwrap();
+    let server = TestServer::with_config(&config);
+    let (keys, root) = crate::support::init_unseal(&server.addr(), 1, 1);
+    let mut ours = Side {
+        addr: server.addr(),
+        legacy_addr: server.addr(),
+        root: root.clone(),
+        learned: vec![(root.clone(), "<root>".to_owned())],
+        steps: Vec::new(),
+    };
+    let mut secrets = recovery_session(&mut ours, &keys[0]);
+    secrets.push(root);
+
+    let openbao = OpenBaoDev::start_with(true);
+    let mut theirs = Side {
+        addr: openbao.addr.clone(),
+        legacy_addr: openbao.legacy_addr.clone().unwrap(),
+        root: "root".to_owned(),
+        learned: Vec::new(),
+        steps: Vec::new(),
+    };
+    recovery_session(&mut theirs, &openbao.unseal_key);
+    let (ours_t, theirs_t) = (ours.transcript(), theirs.transcript());
+    for (a, b) in ours_t.iter().zip(&theirs_t) {
+        assert_eq!(a, b, "keyhaven (left) and OpenBao (right) differ");
+    }
+    assert_eq!(ours_t.len(), theirs_t.len());
+
+    // No share, OTP or token reached the log, the audit log or the database in clear.
+    let logs = server.logs();
+    let mut files: Vec<(String, Vec<u8>)> = crate::support::files_under(dir.path())
+        .into_iter()
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    files.push(("server log".to_owned(), logs.into_bytes()));
+    assert!(
+        std::fs::metadata(&audit).unwrap().len() > 0,
+        "nothing was audited"
+    );
+    for secret in &secrets {
+        for (name, bytes) in &files {
+            assert!(
+                !crate::support::contains(bytes, secret.as_bytes()),
+                "{name} holds a secret of the recovery session"
+            );
+        }
+    }
+}
+
+/// With OpenBao's defaults, the token-less endpoints answer 405 on both servers.
+#[test]
+fn token_less_rekey_is_off_by_default_as_in_openbao() {
+    let server = TestServer::dev();
+    let openbao = OpenBaoDev::start();
+    let run = |addr: &str| {
+        [
+            ["operator", "rekey", "-status"],
+            ["operator", "rekey", "-cancel"],
+        ]
+        .iter()
+        .map(|args| normalize(&Bao::new(addr, None).run(args), addr))
+        .collect::<Vec<_>>()
+    };
+    let (ours, theirs) = (run(&server.addr()), run(&openbao.addr));
+    assert_eq!(ours, theirs);
+    assert!(ours[0].contains("Code: 405"), "{}", ours[0]);
+}
+
+/// `bao read sys/host-info` and `sys/ha-status`: the same fields as OpenBao's.
+#[test]
+fn host_info_and_ha_status_have_openbaos_shape() {
+    let server = TestServer::dev();
+    let openbao = OpenBaoDev::start();
+    let read = |addr: &str, token: &str, path: &str| {
+        let o = Bao::new(addr, Some(token)).run(&["read", "-format=json", path]);
+        assert_eq!(o.code, 0, "{path}: {}", o.stderr);
+        json_of(&o)
+    };
+    let (root, ours_addr) = (server.root_token(), server.addr());
+    let (ours, theirs) = (
+        read(&ours_addr, &root, "sys/ha-status"),
+        read(&openbao.addr, "root", "sys/ha-status"),
+    );
+    assert_eq!(key_set(&ours), key_set(&theirs));
+    let (a, b) = (&ours["data"]["nodes"][0], &theirs["data"]["nodes"][0]);
+    assert_eq!(key_set(a), key_set(b));
+    assert_eq!(a["active_node"], true);
+    assert_eq!(a["api_address"], ours_addr.as_str());
+    assert_eq!(ours["data"]["nodes"].as_array().unwrap().len(), 1);
+
+    let (ours, theirs) = (
+        read(&ours_addr, &root, "sys/host-info"),
+        read(&openbao.addr, "root", "sys/host-info"),
+    );
+    assert_eq!(key_set(&ours["data"]), key_set(&theirs["data"]));
+    assert_eq!(
+        key_set(&ours["data"]["host"]),
+        key_set(&theirs["data"]["host"])
+    );
+    assert_eq!(
+        key_set(&ours["data"]["memory"]),
+        key_set(&theirs["data"]["memory"])
+    );
+    for list in ["cpu", "cpu_times", "disk"] {
+        let (a, b) = (&ours["data"][list][0], &theirs["data"][list][0]);
+        assert_eq!(key_set(a), key_set(b), "{list}");
+    }
+    assert_eq!(
+        ours["data"]["host"]["hostname"],
+        theirs["data"]["host"]["hostname"]
+    );
 }

@@ -114,6 +114,14 @@ pub struct CoreOptions {
     pub limits: crate::backend::Limits,
     /// Where the engine counts requests, latencies and tokens (`sys/metrics`).
     pub metrics: Arc<Metrics>,
+    /// Answer the token-less `sys/rekey/*` (off by default, as in OpenBao 2.5+; the
+    /// authenticated `sys/rotate/root/*` always answers).
+    pub unauthenticated_rekey: bool,
+    /// Answer the token-less `sys/generate-root/*` (off by default; the authenticated
+    /// `sys/generate-root-token/*` always answers).
+    pub unauthenticated_generate_root: bool,
+    /// The API address this server is reached at, reported by `sys/ha-status`.
+    pub api_address: String,
 }
 
 enum State {
@@ -135,8 +143,10 @@ pub struct Core {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) options: CoreOptions,
     state: RwLock<State>,
-    /// Serialises init, unseal and seal.
-    op_lock: tokio::sync::Mutex<()>,
+    /// Serialises init, unseal and seal (and a rekey's commit).
+    pub(crate) op_lock: tokio::sync::Mutex<()>,
+    /// Rekey and root-generation attempts in progress (see [`crate::recovery`]).
+    pub(crate) recovery: parking_lot::Mutex<crate::recovery::Attempts>,
 }
 
 impl std::fmt::Debug for Core {
@@ -154,7 +164,7 @@ fn random_hex(n: usize) -> Result<String, EngineError> {
 }
 
 /// Decode an unseal share given as hex or base64.
-fn decode_share_bytes(text: &str) -> Result<Zeroizing<Vec<u8>>, EngineError> {
+pub(crate) fn decode_share_bytes(text: &str) -> Result<Zeroizing<Vec<u8>>, EngineError> {
     use base64::Engine as _;
     let text = text.trim();
     Ok(Zeroizing::new(
@@ -166,7 +176,7 @@ fn decode_share_bytes(text: &str) -> Result<Zeroizing<Vec<u8>>, EngineError> {
     ))
 }
 
-fn parse_share(bytes: &[u8]) -> Result<Share, EngineError> {
+pub(crate) fn parse_share(bytes: &[u8]) -> Result<Share, EngineError> {
     Share::from_bytes(bytes.to_vec())
         .map_err(|e| EngineError::invalid(format!("invalid unseal key share: {e}")))
 }
@@ -203,12 +213,52 @@ impl Core {
             options,
             state: RwLock::new(state),
             op_lock: tokio::sync::Mutex::new(()),
+            recovery: parking_lot::Mutex::new(crate::recovery::Attempts::default()),
         }))
     }
 
     /// The engine's clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// Raw storage, outside the barrier (the seal's records).
+    pub(crate) fn raw_store(&self) -> &Arc<dyn Store> {
+        &self.raw
+    }
+
+    /// `(shares, threshold)` of the seal configuration in force, once initialized.
+    pub(crate) fn seal_shares(&self) -> Option<(u8, u8)> {
+        match &*self.state.read() {
+            State::Uninitialized => None,
+            State::Sealed { config, .. } | State::Unsealed { config, .. } => {
+                Some((config.secret_shares, config.secret_threshold))
+            }
+        }
+    }
+
+    /// The seal configuration record with new share counts, for a rekey's commit.
+    pub(crate) fn rekeyed_seal_config(&self, n: u8, t: u8) -> Result<Vec<u8>, EngineError> {
+        let state = self.state.read();
+        let (State::Sealed { config, .. } | State::Unsealed { config, .. }) = &*state else {
+            return Err(EngineError::NotInitialized);
+        };
+        let config = SealConfig {
+            secret_shares: n,
+            secret_threshold: t,
+            ..config.clone()
+        };
+        serde_json::to_vec(&config).map_err(|_| EngineError::Encode("the seal configuration"))
+    }
+
+    /// Record new share counts in memory after a rekey's commit.
+    pub(crate) fn apply_seal_shares(&self, n: u8, t: u8) {
+        if let State::Sealed { config, .. } | State::Unsealed { config, .. } =
+            &mut *self.state.write()
+        {
+            config.secret_shares = n;
+            config.secret_threshold = t;
+        }
     }
 
     /// Whether requests are refused because the server is sealed (or not initialized).
@@ -269,7 +319,7 @@ impl Core {
             storage_type: None,
             t: config.map(|c| c.secret_threshold).unwrap_or(0),
             kind: "shamir".to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: crate::REPORTED_VERSION.to_owned(),
         }
     }
 
@@ -555,6 +605,7 @@ impl Core {
     }
 
     fn seal_locked(&self) {
+        self.recovery.lock().clear();
         let mut state = self.state.write();
         if let State::Unsealed { config, inner } = &*state {
             inner.barrier.seal();
@@ -617,6 +668,9 @@ impl Core {
         let Ok(inner) = self.unsealed() else {
             return Ok(());
         };
+        if let Err(e) = self.rotate_keyring_if_due(&inner).await {
+            tracing::warn!(target: "keyhaven::maintenance", error = %e, "automatic keyring rotation failed");
+        }
         let (removed, live) = inner.tokens.sweep_expired_and_count().await?;
         self.options.metrics.set_token_count(live);
         if removed > 0 {

@@ -35,7 +35,9 @@ pub use request::{BatchFailure, ClientToken, LeaseDuration, Operation, Request, 
 
 mod barrier;
 mod core;
+mod host_info;
 mod mounts;
+mod recovery;
 mod sys;
 mod sys_mounts;
 pub mod sys_tools;
@@ -44,3 +46,27 @@ mod token;
 pub use crate::barrier::KeyStatus;
 pub use crate::core::{Core, CoreOptions, InitParams, InitResult, SealStatus, UnsealInput};
 pub use crate::token::TokenEntry;
+
+/// The Vault-compatible API version keyhaven implements: the OpenBao release whose
+/// answers its wire behaviour is checked against.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! api_compat_version {
+    () => {
+        "2.7.2"
+    };
+}
+
+/// The Vault-compatible API version keyhaven implements (see [`REPORTED_VERSION`]).
+pub const API_COMPAT_VERSION: &str = api_compat_version!();
+
+/// The version `sys/seal-status`, `sys/health` and `sys/ha-status` report: the
+/// Vault-compatible API version, with keyhaven's own version as semantic-versioning
+/// build metadata (`2.7.2+keyhaven.0.1.0`). Clients that gate features on the server
+/// version (terraform-provider-vault, through hashicorp/go-version) compare the API
+/// version and ignore the metadata; people read both.
+pub const REPORTED_VERSION: &str = concat!(
+    api_compat_version!(),
+    "+keyhaven.",
+    env!("CARGO_PKG_VERSION")
+);

@@ -96,6 +96,34 @@ const CAPABILITY_FIELDS: &[Field] = &[
     ),
 ];
 
+const REKEY_INIT_FIELDS: &[Field] = &[
+    Field::uint("secret_shares", "Number of new unseal key shares.").required(),
+    Field::uint(
+        "secret_threshold",
+        "Shares needed to unseal with the new key.",
+    )
+    .required(),
+    Field::str_list("pgp_keys", "Not supported: refused when given."),
+    Field::bool("backup", "Not supported: refused when true."),
+    Field::bool(
+        "require_verification",
+        "Enter the new shares back before they replace the old ones.",
+    ),
+];
+
+const SHARE_FIELDS: &[Field] = &[
+    Field::str("key", "One unseal key share, hex or base64.").required(),
+    Field::str("nonce", "The nonce of the attempt.").required(),
+];
+
+const GENERATE_ROOT_FIELDS: &[Field] = &[
+    Field::str(
+        "otp",
+        "One-time password the new root token is XORed with; generated when empty.",
+    ),
+    Field::str("pgp_key", "Not supported: refused when given."),
+];
+
 const POLICY_FIELDS: &[Field] = &[
     Field::str("policy", "The policy text (HCL or JSON)."),
     Field::str("rules", "Legacy name of policy (sys/policy)."),
@@ -110,6 +138,96 @@ pub(crate) static ROUTES: &[Route] = &[
         .ops(Ops::WRITE)
         .sudo(),
     Route::new("key-status", "The keyring's current term.").pure(Ops::READ),
+    // Operator recovery (see `crate::recovery`). `rekey/*` and `generate-root/*` take no
+    // token (the shares authorize them) and answer only where enabled; the token-
+    // authenticated `rotate/root/*` and `generate-root-token/*` are the same flows.
+    Route::new("rotate/keyring", "Add a new keyring term for new writes.")
+        .ops(Ops::WRITE)
+        .sudo(),
+    Route::new(
+        "rotate/keyring/config",
+        "When the keyring rotates by itself: encryptions or age of the active term.",
+    )
+    .pure(Ops::READ)
+    .ops(Ops::WRITE)
+    .fields(&[
+        Field::bool("enabled", "Rotate automatically."),
+        Field::uint(
+            "max_operations",
+            "Encryptions with one term before rotation (1000000 to 3865470566).",
+        ),
+        Field::duration(
+            "interval",
+            "Age of a term before rotation (0: never; at least 24h).",
+        ),
+    ]),
+    Route::new(
+        "rotate/root/init",
+        "Start, read or cancel replacing the unseal key shares.",
+    )
+    .pure(Ops::READ)
+    .ops(Ops::WRITE.and(Ops::DELETE))
+    .fields(REKEY_INIT_FIELDS),
+    Route::new("rotate/root/update", "Enter a current unseal key share.")
+        .ops(Ops::WRITE)
+        .fields(SHARE_FIELDS),
+    Route::new("rotate/root/verify", "Enter a new unseal key share back.")
+        .pure(Ops::READ)
+        .ops(Ops::WRITE.and(Ops::DELETE))
+        .fields(SHARE_FIELDS),
+    Route::new("rotate/root/backup", "Backed-up shares: never kept.")
+        .pure(Ops::READ)
+        .ops(Ops::DELETE),
+    Route::new("rekey/init", "Start, read or cancel a rekey (no token).")
+        .pure(Ops::READ)
+        .ops(Ops::WRITE.and(Ops::DELETE))
+        .fields(REKEY_INIT_FIELDS)
+        .unauthenticated(),
+    Route::new(
+        "rekey/update",
+        "Enter a current unseal key share (no token).",
+    )
+    .ops(Ops::WRITE)
+    .fields(SHARE_FIELDS)
+    .unauthenticated(),
+    Route::new(
+        "rekey/verify",
+        "Enter a new unseal key share back (no token).",
+    )
+    .pure(Ops::READ)
+    .ops(Ops::WRITE.and(Ops::DELETE))
+    .fields(SHARE_FIELDS)
+    .unauthenticated(),
+    Route::new("rekey/backup", "Backed-up shares: never kept.")
+        .pure(Ops::READ)
+        .ops(Ops::DELETE),
+    Route::new(
+        "generate-root-token/attempt",
+        "Start, read or cancel generating a root token from unseal key shares.",
+    )
+    .pure(Ops::READ)
+    .ops(Ops::WRITE.and(Ops::DELETE))
+    .fields(GENERATE_ROOT_FIELDS),
+    Route::new("generate-root-token/update", "Enter an unseal key share.")
+        .ops(Ops::WRITE)
+        .fields(SHARE_FIELDS),
+    Route::new(
+        "generate-root/attempt",
+        "Start, read or cancel root token generation (no token).",
+    )
+    .pure(Ops::READ)
+    .ops(Ops::WRITE.and(Ops::DELETE))
+    .fields(GENERATE_ROOT_FIELDS)
+    .unauthenticated(),
+    Route::new(
+        "generate-root/update",
+        "Enter an unseal key share (no token).",
+    )
+    .ops(Ops::WRITE)
+    .fields(SHARE_FIELDS)
+    .unauthenticated(),
+    Route::new("host-info", "The machine the server runs on.").pure(Ops::READ),
+    Route::new("ha-status", "The cluster's nodes: this server alone.").pure(Ops::READ),
     Route::new("audit", "The enabled audit devices.")
         .pure(Ops::READ)
         .sudo(),
@@ -255,6 +373,25 @@ impl Core {
                 tracing::info!(target: "keyhaven::seal", term = status.term, "keyring rotated");
                 Ok(Response::no_content())
             }
+            (
+                "rotate/keyring"
+                | "rotate/keyring/config"
+                | "rotate/root/init"
+                | "rotate/root/update"
+                | "rotate/root/verify"
+                | "rotate/root/backup"
+                | "rekey/init"
+                | "rekey/update"
+                | "rekey/verify"
+                | "rekey/backup"
+                | "generate-root-token/attempt"
+                | "generate-root-token/update"
+                | "generate-root/attempt"
+                | "generate-root/update"
+                | "host-info"
+                | "ha-status",
+                _,
+            ) => self.handle_recovery(inner, br.route.pattern, op, req).await,
             ("key-status", _) => {
                 let s = inner.barrier.key_status()?;
                 let mut data = Map::new();

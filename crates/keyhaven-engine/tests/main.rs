@@ -11,6 +11,7 @@ mod kubernetes;
 mod kv;
 mod kv1;
 mod policy;
+mod recovery;
 mod telemetry;
 mod token;
 mod token_valid;

@@ -262,6 +262,12 @@ struct RawListener {
     max_json_array_element_count: Option<usize>,
     #[serde(default)]
     max_json_object_entry_count: Option<usize>,
+    /// OpenBao's listener option: `false` answers the token-less `sys/rekey/*`.
+    #[serde(default)]
+    disable_unauthed_rekey_endpoints: Option<bool>,
+    /// OpenBao's listener option: `false` answers the token-less `sys/generate-root/*`.
+    #[serde(default)]
+    disable_unauthed_generate_root_endpoints: Option<bool>,
 }
 
 /// A listener timeout: a duration such as `"10s"`, more than zero (a timeout cannot be
@@ -503,6 +509,12 @@ pub struct Config {
     pub limits: keyhaven_engine::Limits,
     /// Who may read `sys/metrics` (`[telemetry]`).
     pub telemetry: TelemetryConfig,
+    /// Answer the token-less `sys/rekey/*` (`listener.disable_unauthed_rekey_endpoints
+    /// = false`); off by default, as in OpenBao 2.5+.
+    pub unauthenticated_rekey: bool,
+    /// Answer the token-less `sys/generate-root/*`
+    /// (`listener.disable_unauthed_generate_root_endpoints = false`); off by default.
+    pub unauthenticated_generate_root: bool,
 }
 
 impl Config {
@@ -563,6 +575,9 @@ impl Config {
             ));
         }
         let listener_limits = listener_limits(&raw.listener, max_request_size)?;
+        let unauthenticated_rekey = raw.listener.disable_unauthed_rekey_endpoints == Some(false);
+        let unauthenticated_generate_root =
+            raw.listener.disable_unauthed_generate_root_endpoints == Some(false);
         let tls = match (
             raw.listener.tls_disable,
             raw.listener.tls_cert_file,
@@ -605,6 +620,8 @@ impl Config {
             telemetry: TelemetryConfig {
                 unauthenticated_metrics_access: raw.telemetry.unauthenticated_metrics_access,
             },
+            unauthenticated_rekey,
+            unauthenticated_generate_root,
         })
     }
 
@@ -624,6 +641,8 @@ impl Config {
             telemetry: TelemetryConfig {
                 unauthenticated_metrics_access: true,
             },
+            unauthenticated_rekey: false,
+            unauthenticated_generate_root: false,
         }
     }
 }
@@ -641,6 +660,23 @@ address = "127.0.0.1:8200"
 tls_cert_file = "/etc/keyhaven/tls.crt"
 tls_key_file = "/etc/keyhaven/tls.key"
 "#;
+
+    #[test]
+    fn the_token_less_recovery_endpoints_are_off_unless_enabled() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert!(!c.unauthenticated_rekey && !c.unauthenticated_generate_root);
+        let on = GOOD.replace(
+            "[listener]\n",
+            "[listener]\ndisable_unauthed_rekey_endpoints = false\ndisable_unauthed_generate_root_endpoints = false\n",
+        );
+        let c = Config::from_toml(&on).unwrap();
+        assert!(c.unauthenticated_rekey && c.unauthenticated_generate_root);
+        let off = GOOD.replace(
+            "[listener]\n",
+            "[listener]\ndisable_unauthed_rekey_endpoints = true\n",
+        );
+        assert!(!Config::from_toml(&off).unwrap().unauthenticated_rekey);
+    }
 
     #[test]
     fn the_documented_example_parses() {

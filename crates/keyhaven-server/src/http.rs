@@ -27,8 +27,10 @@ use crate::body::{self, BodyError, BodyLimits, Gate, Reservation};
 use crate::json_limits;
 use crate::listener::ConnHandle;
 
-/// Version reported by `sys/seal-status` and `sys/health`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Version reported by `sys/seal-status` and `sys/health`: the Vault-compatible API
+/// version with keyhaven's own as build metadata (see
+/// [`keyhaven_engine::REPORTED_VERSION`]).
+pub const VERSION: &str = keyhaven_engine::REPORTED_VERSION;
 
 /// Shared state of the HTTP layer.
 #[derive(Clone)]
@@ -553,6 +555,10 @@ impl WireShape {
         };
         match rest {
             "internal/specs/openapi" => WireShape::Raw,
+            // The token-less recovery endpoints answer with their status alone.
+            _ if rest.starts_with("rekey/") && rest != "rekey/backup" => WireShape::Raw,
+            _ if rest.starts_with("generate-root/") => WireShape::Raw,
+            "ha-status" => WireShape::TopLevel,
             "mounts"
             | "auth"
             | "audit"
@@ -949,6 +955,67 @@ mod tests {
         );
     }
 
+    /// hashicorp/go-version's patterns (`VersionRegexpRaw`, `SemverRegexpRaw`), which
+    /// terraform-provider-vault parses the server version with (`NewVersion`,
+    /// `NewSemver`) before comparing it with the Vault releases that gate its features.
+    const GO_VERSION_RE: &str = concat!(
+        r"v?([0-9]+(\.[0-9]+)*?)",
+        r"(-([0-9]+[0-9A-Za-z\-~]*(\.[0-9A-Za-z\-~]+)*)|(-?([A-Za-z\-~]+[0-9A-Za-z\-~]*(\.[0-9A-Za-z\-~]+)*)))?",
+        r"(\+([0-9A-Za-z\-~]+(\.[0-9A-Za-z\-~]+)*))?",
+        r"?"
+    );
+    const GO_SEMVER_RE: &str = concat!(
+        r"v?([0-9]+(\.[0-9]+)*?)",
+        r"(-([0-9]+[0-9A-Za-z\-~]*(\.[0-9A-Za-z\-~]+)*)|(-([A-Za-z\-~]+[0-9A-Za-z\-~]*(\.[0-9A-Za-z\-~]+)*)))?",
+        r"(\+([0-9A-Za-z\-~]+(\.[0-9A-Za-z\-~]+)*))?",
+        r"?"
+    );
+
+    /// What go-version makes of a version string: its numeric segments, prerelease and
+    /// metadata; `None` where it reports "Malformed version".
+    fn go_version(pattern: &str, v: &str) -> Option<(Vec<u64>, String, String)> {
+        let re = regex::Regex::new(&format!("^{pattern}$")).unwrap();
+        let c = re.captures(v)?;
+        let segments = c
+            .get(1)?
+            .as_str()
+            .split('.')
+            .map(|s| s.parse::<u64>().ok())
+            .collect::<Option<Vec<u64>>>()?;
+        let pre = c
+            .get(7)
+            .or_else(|| c.get(4))
+            .map_or("", |m| m.as_str())
+            .to_owned();
+        let meta = c.get(10).map_or("", |m| m.as_str()).to_owned();
+        Some((segments, pre, meta))
+    }
+
+    #[test]
+    fn the_reported_version_parses_as_the_vault_api_version_it_implements() {
+        // The patterns behave as go-version's do on its own examples.
+        assert!(go_version(GO_VERSION_RE, "1.2.3-beta+foo").is_some());
+        assert!(go_version(GO_VERSION_RE, "1.2.3beta").is_some());
+        assert!(go_version(GO_SEMVER_RE, "1.2.3beta").is_none());
+        assert!(go_version(GO_VERSION_RE, "0.1.0 keyhaven").is_none());
+        for pattern in [GO_VERSION_RE, GO_SEMVER_RE] {
+            let (segments, pre, meta) = go_version(pattern, VERSION).unwrap();
+            // No prerelease: a prerelease sorts below the release, and the provider would
+            // take the server for an older Vault.
+            assert_eq!(pre, "", "{VERSION}");
+            assert_eq!(
+                segments,
+                keyhaven_engine::API_COMPAT_VERSION
+                    .split('.')
+                    .map(|s| s.parse::<u64>().unwrap())
+                    .collect::<Vec<_>>()
+            );
+            // Newer than every Vault 1.x release the provider gates features on.
+            assert!(segments >= vec![2, 0, 0], "{segments:?}");
+            assert_eq!(meta, concat!("keyhaven.", env!("CARGO_PKG_VERSION")));
+        }
+    }
+
     #[test]
     fn legacy_sys_paths_answer_at_the_top_level_too() {
         for path in [
@@ -972,6 +1039,24 @@ mod tests {
             assert_eq!(WireShape::of(path), WireShape::Envelope, "{path}");
         }
         assert_eq!(WireShape::of("sys/internal/specs/openapi"), WireShape::Raw);
+        for path in [
+            "sys/rekey/init",
+            "sys/rekey/update",
+            "sys/rekey/verify",
+            "sys/generate-root/attempt",
+            "sys/generate-root/update",
+        ] {
+            assert_eq!(WireShape::of(path), WireShape::Raw, "{path}");
+        }
+        assert_eq!(WireShape::of("sys/ha-status"), WireShape::TopLevel);
+        for path in [
+            "sys/rekey/backup",
+            "sys/rotate/root/init",
+            "sys/generate-root-token/attempt",
+            "sys/host-info",
+        ] {
+            assert_eq!(WireShape::of(path), WireShape::Envelope, "{path}");
+        }
     }
 
     #[test]

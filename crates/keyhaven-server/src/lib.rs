@@ -245,6 +245,23 @@ pub async fn build(
         .map(|d| Arc::clone(d) as Arc<dyn AuditDevice>)
         .collect();
     let audit = Arc::new(AuditBroker::new(devices).with_clock(clock.clone()));
+    let listener =
+        TcpListener::bind(config.address)
+            .await
+            .map_err(|source| ServerError::Listen {
+                address: config.address,
+                source,
+            })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            address: config.address,
+            source,
+        })?;
+    let scheme = match config.tls {
+        TlsConfig::Disabled => "http",
+        TlsConfig::Files { .. } => "https",
+    };
     let core = Core::with_options(
         storage,
         clock,
@@ -253,6 +270,9 @@ pub async fn build(
             outbound: Some(outbound::shared()),
             limits: config.limits,
             metrics: Arc::default(),
+            unauthenticated_rekey: config.unauthenticated_rekey,
+            unauthenticated_generate_root: config.unauthenticated_generate_root,
+            api_address: format!("{scheme}://{local_addr}"),
         },
     )
     .await
@@ -297,19 +317,6 @@ pub async fn build(
         .with_json(config.listener_limits.json),
     };
     let router = http::router(state);
-    let listener =
-        TcpListener::bind(config.address)
-            .await
-            .map_err(|source| ServerError::Listen {
-                address: config.address,
-                source,
-            })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            address: config.address,
-            source,
-        })?;
     let limits = listener_limits(&config.listener_limits);
     Ok((
         Server {
