@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use keyhaven_client::{Client, ClientError, KvData, MetadataUpdate, Secret, VersionMetadata};
+use keyhaven_client::{Client, KvData, MetadataUpdate, Secret, VersionMetadata};
 use serde_json::{Map, Value};
 
 use crate::output;
@@ -212,18 +212,13 @@ async fn resolve(
                 "No secrets engine is mounted at the path \"{asked}/\""
             )));
         }
+        // The server answers 403 both for a path no mount serves and for a mount the
+        // token may not use (so that the answer does not reveal which mounts exist).
         Err(e) if e.status() == Some(403) => {
-            return Err(Failure::remote(
-                "checking the mount",
-                ClientError::Api {
-                    method: "GET",
-                    path: format!("sys/internal/ui/mounts/{asked}"),
-                    status: 403,
-                    errors: vec![format!(
-                        "preflight capability check returned 403, please ensure the token's policies grant access to path \"{asked}/\""
-                    )],
-                },
-            ));
+            return Err(Failure::NotFound(format!(
+                "No secrets engine is mounted at the path \"{asked}/\", or the token's \
+                 policies grant nothing under it"
+            )));
         }
         Err(e) => return Err(Failure::remote("checking the mount", e)),
     };

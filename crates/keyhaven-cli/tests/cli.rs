@@ -921,7 +921,9 @@ fn client_library_against_a_dev_server() {
             (pre.path.as_str(), pre.kind.as_str(), pre.kv_version),
             ("kv2/", "kv", 2)
         );
-        assert!(c.mount_preflight("nothing/here").await.unwrap().is_none());
+        // As OpenBao: an unknown mount is a 403, like a mount the token may not use.
+        let err = c.mount_preflight("nothing/here").await.unwrap_err();
+        assert_eq!(err.status(), Some(403), "{err}");
         let mut tune = Map::new();
         tune.insert("description".into(), json!("tuned"));
         c.tune_mount("kv2", &tune).await.unwrap();

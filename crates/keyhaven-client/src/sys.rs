@@ -262,7 +262,9 @@ impl Client {
     }
 
     /// `GET sys/internal/ui/mounts/<path>`: the mount that holds `path` and its KV
-    /// version, or `None` when no mount holds it (404).
+    /// version, or `None` when the server answers 404 (servers before the preflight
+    /// existed). keyhaven, like OpenBao, answers an unknown mount with 403, as it answers
+    /// a mount the token may not use: that is an error with status 403.
     pub async fn mount_preflight(&self, path: &str) -> Result<Option<MountPreflight>, ClientError> {
         let api_path = format!("sys/internal/ui/mounts/{}", path.trim_matches('/'));
         let Some(v) = self.read(&api_path, &[]).await? else {
