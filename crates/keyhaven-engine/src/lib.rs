@@ -33,11 +33,14 @@ pub use request::{BatchFailure, ClientToken, Operation, Request, Response};
 
 mod barrier;
 mod core;
+mod cubbyhole;
 mod mounts;
 mod sys;
 mod sys_mounts;
 mod token;
+mod wrapping;
 
 pub use crate::barrier::KeyStatus;
 pub use crate::core::{Core, CoreOptions, InitParams, InitResult, SealStatus, UnsealInput};
 pub use crate::token::TokenEntry;
+pub use crate::wrapping::WrapRequest;

@@ -113,6 +113,9 @@ pub struct Response {
     /// Set when items of a batch failed and the batch as a whole counts as failed
     /// (transit encrypt, decrypt, rewrap): `data` still holds every item's result.
     pub batch_failure: Option<BatchFailure>,
+    /// Set when the response was wrapped: the client gets this instead of the response,
+    /// which waits in the wrapping token's cubbyhole ([`crate::wrapping`]).
+    pub wrap_info: Option<keyhaven_types::wire::WrapInfo>,
 }
 
 /// Items of a batch failed. Vault answers such a batch with an error status and the
@@ -154,6 +157,7 @@ impl Response {
     pub fn is_empty(&self) -> bool {
         self.data.is_none()
             && self.auth.is_none()
+            && self.wrap_info.is_none()
             && self.warnings.is_empty()
             && self.batch_failure.is_none()
     }
@@ -169,6 +173,7 @@ impl fmt::Debug for Response {
             )
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
             .field("warnings", &self.warnings)
+            .field("wrap_info", &self.wrap_info)
             .finish()
     }
 }
