@@ -98,7 +98,15 @@ async fn walk() -> (
     kinds.sort();
     assert_eq!(
         kinds,
-        ["jwt", "kubernetes", "kv", "system", "token", "transit"],
+        [
+            "cubbyhole",
+            "jwt",
+            "kubernetes",
+            "kv",
+            "system",
+            "token",
+            "transit"
+        ],
         "every backend is walked"
     );
     (core, dev, root, walker, routes)

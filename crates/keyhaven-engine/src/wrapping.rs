@@ -330,6 +330,7 @@ impl Core {
 pub(crate) fn unwrap_with_stale_token(req: &Request) -> bool {
     req.path == "sys/wrapping/unwrap"
         && req.operation == Operation::Update
+        && req.token.is_some()
         && !req
             .data
             .get("token")
