@@ -331,10 +331,10 @@ pub(crate) fn unwrap_with_stale_token(req: &Request) -> bool {
     req.path == "sys/wrapping/unwrap"
         && req.operation == Operation::Update
         && req.token.is_some()
-        && !req
+        && req
             .data
             .get("token")
-            .is_some_and(|t| t.as_str().is_some_and(|s| !s.is_empty()))
+            .is_none_or(|t| t.as_str().is_none_or(str::is_empty))
 }
 
 pub(crate) fn stale_token_error() -> EngineError {
