@@ -307,8 +307,10 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 }
 
 /// Query parameters that carry secrets, by the paths they apply to (`auth/token` and
-/// below): in a URL they end up in proxy and access logs, so only the body may carry them.
-const SECRET_QUERY_PARAMETERS: &[(&str, &str)] = &[("auth/token", "token")];
+/// below; wrapping tokens under `sys/wrapping`): in a URL they end up in proxy and access
+/// logs, so only the body may carry them.
+const SECRET_QUERY_PARAMETERS: &[(&str, &str)] =
+    &[("auth/token", "token"), ("sys/wrapping", "token")];
 
 /// Refuse a query that carries a secret (any method), or, when the query is read (GET,
 /// LIST, DELETE), names a parameter twice: `?list=false&list=true` must not mean whatever
