@@ -130,6 +130,21 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ),
         ("GET", "sys/metrics?format=prometheus", None),
         ("GET", "sys/metrics", None),
+        ("POST", "sys/wrapping/wrap", Some(json!({"k": "v"}))),
+        (
+            "POST",
+            "sys/wrapping/unwrap",
+            Some(json!({"token": "khs.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA000000"})),
+        ),
+        (
+            "POST",
+            "sys/wrapping/rewrap",
+            Some(json!({"token": "khs.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA000000"})),
+        ),
+        ("GET", "cubbyhole/app", None),
+        ("POST", "cubbyhole/app", Some(json!({"k": "v"}))),
+        ("LIST", "cubbyhole", None),
+        ("DELETE", "cubbyhole/app", None),
         ("GET", "nomount/anything", None),
     ]
 }
@@ -139,6 +154,9 @@ fn allowed_for_default_policy(path: &str) -> bool {
     path.starts_with("auth/token/lookup-self")
         || path.starts_with("sys/capabilities-self")
         || path.starts_with("sys/tools/hash")
+        || path.starts_with("cubbyhole")
+        || path == "sys/wrapping/wrap"
+        || path == "sys/wrapping/unwrap"
 }
 
 struct Jwk {

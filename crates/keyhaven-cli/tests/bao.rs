@@ -1008,7 +1008,7 @@ fn mount_listings_have_openbaos_shape_with_sys_and_token_as_ordinary_mounts() {
     let openbao = OpenBaoDev::start();
     // Mounts OpenBao's dev server has that keyhaven does not implement: they are not
     // listed (no made-up entries). Everything keyhaven lists, OpenBao lists too.
-    let not_implemented = ["cubbyhole/", "identity/"];
+    let not_implemented = ["identity/"];
     for listing in ["sys/mounts", "sys/auth"] {
         let (status, ours) = call(
             "GET",
@@ -1095,6 +1095,11 @@ fn the_openapi_document_lists_what_openbao_lists_for_the_paths_both_serve() {
         "/sys/tools/random",
         "/sys/tools/random/{source}",
         "/sys/tools/random/{source}/{urlbytes}",
+        "/cubbyhole/{path}",
+        "/sys/wrapping/wrap",
+        "/sys/wrapping/unwrap",
+        "/sys/wrapping/lookup",
+        "/sys/wrapping/rewrap",
     ] {
         let (a, b) = (&ours["paths"][path], &theirs["paths"][path]);
         assert!(a.is_object(), "keyhaven lacks {path}");
@@ -1756,4 +1761,551 @@ fn host_info_and_ha_status_have_openbaos_shape() {
         ours["data"]["host"]["hostname"],
         theirs["data"]["host"]["hostname"]
     );
+}
+
+/// Values of a wrapping session that differ between servers and runs: tokens, accessors
+/// and creation times (their shapes are checked by the engine's tests).
+fn normalize_wrapping(o: &Outcome, addr: &str) -> String {
+    fn scrub(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                for (k, val) in map.iter_mut() {
+                    match k.as_str() {
+                        "token" | "accessor" | "client_token" | "creation_time"
+                        | "wrapped_accessor"
+                            if val.as_str().is_some_and(|s| !s.is_empty()) =>
+                        {
+                            *val = Value::String("<volatile>".into());
+                        }
+                        _ => scrub(val),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(scrub),
+            _ => {}
+        }
+    }
+    let stdout = match serde_json::from_str::<Value>(&o.stdout) {
+        Ok(mut v) => {
+            normalize_json(&mut v);
+            scrub(&mut v);
+            serde_json::to_string_pretty(&v).unwrap()
+        }
+        // Tables: times, and the values of a wrapped answer, one per line.
+        Err(_) => normalize_text(&o.stdout)
+            .lines()
+            .map(|line| {
+                let key = line.split_whitespace().next().unwrap_or_default();
+                match key {
+                    "wrapping_token:" | "wrapping_accessor:" | "wrapping_token_creation_time:" => {
+                        format!("{key} <volatile>")
+                    }
+                    _ => line.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    format!(
+        "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.code,
+        stdout.trim_end(),
+        o.stderr.replace(addr, "<addr>").trim_end()
+    )
+}
+
+/// The `wrap_info.token` of a `-format=json` answer.
+fn wrap_token(o: &Outcome) -> String {
+    let v: Value = serde_json::from_str(&o.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}{}", o.stdout, o.stderr));
+    v["wrap_info"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no wrap_info: {v}"))
+        .to_owned()
+}
+
+/// Response wrapping and the cubbyhole through `bao`: each step with its normalized
+/// outcome. Steps that need a wrapping token take it from an earlier step's answer.
+fn wrapping_transcript(addr: &str, token: &str) -> Vec<String> {
+    let bao = Bao::new(addr, Some(token));
+    let mut out = Vec::new();
+    let mut step = |bao: &Bao, args: &[&str]| -> Outcome {
+        let o = bao.run(args);
+        // Wrapping tokens in the command line differ between servers.
+        let shown: Vec<&str> = args
+            .iter()
+            .map(|a| {
+                if a.starts_with("token=") {
+                    "token=<wrapping token>"
+                } else if a.starts_with("khs.") || a.starts_with("s.") {
+                    "<wrapping token>"
+                } else {
+                    a
+                }
+            })
+            .collect();
+        out.push(format!(
+            "$ bao {}\n{}",
+            shown.join(" "),
+            normalize_wrapping(&o, addr)
+        ));
+        o
+    };
+    step(&bao, &["kv", "put", "secret/wrapped", "password=W1-secret"]);
+    // The issue's command: the secret is not printed, a wrapping token is.
+    let table = step(&bao, &["kv", "get", "-wrap-ttl=60s", "secret/wrapped"]);
+    assert!(!table.stdout.contains("W1-secret"), "{}", table.stdout);
+    let t1 = wrap_token(&step(
+        &bao,
+        &[
+            "kv",
+            "get",
+            "-format=json",
+            "-wrap-ttl=60s",
+            "secret/wrapped",
+        ],
+    ));
+    step(
+        &bao,
+        &[
+            "write",
+            "-format=json",
+            "sys/wrapping/lookup",
+            &format!("token={t1}"),
+        ],
+    );
+    step(&bao, &["unwrap", "-format=json", &t1]);
+    // Single use: the second unwrap fails, and so does a lookup.
+    step(&bao, &["unwrap", "-format=json", &t1]);
+    step(
+        &bao,
+        &["write", "sys/wrapping/lookup", &format!("token={t1}")],
+    );
+    // The wrapping token as the client's own token (BAO_TOKEN), no argument.
+    let t2 = wrap_token(&step(
+        &bao,
+        &[
+            "kv",
+            "get",
+            "-format=json",
+            "-wrap-ttl=2m",
+            "secret/wrapped",
+        ],
+    ));
+    let holder = Bao::new(addr, Some(&t2));
+    step(&holder, &["unwrap", "-format=json"]);
+    step(&holder, &["unwrap", "-format=json"]);
+    // sys/wrapping/wrap, lookup, rewrap.
+    let t3 = wrap_token(&step(
+        &bao,
+        &[
+            "write",
+            "-format=json",
+            "-wrap-ttl=3m",
+            "sys/wrapping/wrap",
+            "app=billing",
+            "key=K3",
+        ],
+    ));
+    step(
+        &bao,
+        &[
+            "write",
+            "-format=json",
+            "sys/wrapping/lookup",
+            &format!("token={t3}"),
+        ],
+    );
+    let t4 = wrap_token(&step(
+        &bao,
+        &[
+            "write",
+            "-format=json",
+            "sys/wrapping/rewrap",
+            &format!("token={t3}"),
+        ],
+    ));
+    step(&bao, &["unwrap", "-format=json", &t3]);
+    step(
+        &bao,
+        &[
+            "write",
+            "-format=json",
+            "sys/wrapping/lookup",
+            &format!("token={t4}"),
+        ],
+    );
+    step(&bao, &["unwrap", "-format=json", &t4]);
+    // The CLI wraps sys/wrapping/wrap for five minutes by default.
+    let t5 = wrap_token(&step(
+        &bao,
+        &["write", "-format=json", "sys/wrapping/wrap", "k=v"],
+    ));
+    step(&bao, &["unwrap", "-format=json", &t5]);
+    // A wrapped token creation: the token comes out of the unwrap.
+    let t6 = wrap_token(&step(
+        &bao,
+        &[
+            "token",
+            "create",
+            "-format=json",
+            "-wrap-ttl=60s",
+            "-policy=default",
+        ],
+    ));
+    step(&bao, &["unwrap", "-format=json", &t6]);
+    // The cubbyhole.
+    step(
+        &bao,
+        &["write", "cubbyhole/app/db", "user=u1", "password=C1"],
+    );
+    step(&bao, &["read", "-format=json", "cubbyhole/app/db"]);
+    step(&bao, &["list", "-format=json", "cubbyhole"]);
+    step(&bao, &["list", "-format=json", "cubbyhole/app"]);
+    step(&bao, &["delete", "cubbyhole/app/db"]);
+    step(&bao, &["read", "cubbyhole/app/db"]);
+    step(&bao, &["list", "cubbyhole"]);
+    out
+}
+
+#[test]
+fn wrapping_and_cubbyhole_session_matches_openbao() {
+    let server = TestServer::dev();
+    let ours = wrapping_transcript(&server.addr(), &server.root_token());
+    let openbao = OpenBaoDev::start();
+    let theirs = wrapping_transcript(&openbao.addr, "root");
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(a, b, "keyhaven (left) and OpenBao (right) differ");
+    }
+    assert!(
+        !server.logs().contains("W1-secret"),
+        "a wrapped secret reached the server log"
+    );
+}
+
+/// A cubbyhole is the token's own: another token, even root, sees nothing of it, and it
+/// is gone with the token.
+#[test]
+fn a_cubbyhole_belongs_to_its_token_alone_through_bao() {
+    let server = TestServer::dev();
+    let addr = server.addr();
+    let root = Bao::new(&addr, Some(&server.root_token()));
+    let created = root.run(&["token", "create", "-format=json", "-policy=default"]);
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let v: Value = serde_json::from_str(&created.stdout).unwrap();
+    let token = v["auth"]["client_token"].as_str().unwrap().to_owned();
+    let user = Bao::new(&addr, Some(&token));
+    let w = user.run(&["write", "cubbyhole/mine", "note=only-mine-77"]);
+    assert_eq!(w.code, 0, "{}", w.stderr);
+    let r = user.run(&["read", "-field=note", "cubbyhole/mine"]);
+    assert_eq!(
+        (r.code, r.stdout.trim()),
+        (0, "only-mine-77"),
+        "{}",
+        r.stderr
+    );
+    let theirs = root.run(&["read", "cubbyhole/mine"]);
+    assert_eq!(
+        theirs.code, 2,
+        "root read another token's cubbyhole: {}",
+        theirs.stdout
+    );
+    assert!(!theirs.stdout.contains("only-mine-77"));
+    assert_eq!(root.run(&["token", "revoke", &token]).code, 0);
+    // A new token cannot reach what the revoked one had.
+    let r = user.run(&["read", "cubbyhole/mine"]);
+    assert_eq!(r.code, 2);
+}
+
+/// Paths the server answers itself cannot be wrapped: asking gets a 400, never the
+/// answer in clear. A malformed TTL is a 400 naming the header.
+#[test]
+fn wrapping_what_cannot_be_wrapped_is_refused() {
+    let server = TestServer::dev();
+    let addr = server.addr();
+    let root = server.root_token();
+    for (method, path) in [
+        ("GET", "sys/health"),
+        ("GET", "sys/seal-status"),
+        ("GET", "sys/init"),
+        ("GET", "sys/leader"),
+        ("PUT", "sys/unseal"),
+        ("PUT", "sys/init"),
+    ] {
+        let (status, body) = call_with_headers(
+            method,
+            &format!("{addr}/v1/{path}"),
+            &[("X-Vault-Wrap-TTL", "60s")],
+            Some("{}"),
+        );
+        assert_eq!(status, 400, "{method} {path}: {body}");
+        let message = body["errors"][0].as_str().unwrap();
+        assert!(
+            message.contains("response wrapping is not available") && message.contains(path),
+            "{method} {path}: {message}"
+        );
+    }
+    for bad in ["abc", "-5", "10 minutes"] {
+        let (status, body) = call_with_headers(
+            "GET",
+            &format!("{addr}/v1/secret/data/x"),
+            &[("X-Vault-Wrap-TTL", bad), ("X-Vault-Token", &root)],
+            None,
+        );
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("X-Vault-Wrap-TTL"),
+            "{bad}: {body}"
+        );
+    }
+    // JWT-format wrapping tokens are not issued: refused, not answered in another format.
+    let (status, body) = call_with_headers(
+        "GET",
+        &format!("{addr}/v1/sys/mounts"),
+        &[
+            ("X-Vault-Wrap-TTL", "60s"),
+            ("X-Vault-Wrap-Format", "jwt"),
+            ("X-Vault-Token", &root),
+        ],
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("X-Vault-Wrap-Format")
+    );
+    // Through bao: the status command with a wrap TTL fails instead of printing.
+    let bao = Bao::new(&addr, Some(&root));
+    let out = bao.run(&["read", "-wrap-ttl=60s", "sys/seal-status"]);
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("response wrapping is not available"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// One HTTP call with extra headers and an optional raw JSON body.
+fn call_with_headers(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, Value) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut rb = client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    if let Some(b) = body {
+        rb = rb
+            .header("Content-Type", "application/json")
+            .body(b.to_owned());
+    }
+    let resp = rb.send().unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// `bao agent` with Kubernetes auto-auth writes wrapped tokens to its sink: with the
+/// sink's `wrap_ttl` the agent logs in and wraps the token with `sys/wrapping/wrap`;
+/// with the method's `wrap_ttl` it sends the login itself with `X-Vault-Wrap-TTL` and
+/// writes the login's `wrap_info`. Either way the sink's token unwraps, once, to a
+/// working token. The agent runs with `exit_after_auth`, under a time bound.
+#[test]
+fn agent_sink_with_wrap_ttl_writes_a_wrapped_token_that_unwraps_to_a_working_one() {
+    use k8s_issuer::{Alg, Issuer, sa_claims};
+    const ISS: &str = "https://kubernetes.default.svc.cluster.local";
+    let server = TestServer::dev();
+    let addr = server.addr();
+    let root = server.root_token();
+    let bao = Bao::new(&addr, Some(&root));
+    let issuer = Issuer::new(ISS);
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("keys.pem");
+    std::fs::write(&key_file, issuer.ec_public_pem()).unwrap();
+    for args in [
+        vec!["auth", "enable", "kubernetes"],
+        vec![
+            "write",
+            "auth/kubernetes/config",
+            &format!("pem_keys=@{}", key_file.display()),
+            &format!("issuer={ISS}"),
+        ],
+        vec![
+            "write",
+            "auth/kubernetes/role/app",
+            "bound_service_account_names=app",
+            "bound_service_account_namespaces=team-a",
+            "audience=keyhaven",
+            "token_policies=default",
+            "token_ttl=10m",
+        ],
+    ] {
+        let o = bao.run(&args);
+        assert_eq!(o.code, 0, "{args:?}: {}{}", o.stdout, o.stderr);
+    }
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the dev server under test uses the system clock"
+    )]
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    let jwt_file = dir.path().join("sa-token");
+    std::fs::write(
+        &jwt_file,
+        issuer.sign(
+            Alg::Es256,
+            &sa_claims(ISS, "team-a", "app", &["keyhaven"], now),
+        ),
+    )
+    .unwrap();
+    // A sink's wrap_ttl: the agent logs in, then wraps the token with sys/wrapping/wrap.
+    let info = run_agent(&addr, dir.path(), &jwt_file, "", "wrap_ttl = \"5m\"");
+    assert_eq!(info["ttl"], 300, "{info}");
+    assert_eq!(info["creation_path"], "sys/wrapping/wrap", "{info}");
+    let unwrapped = unwrap_as(&addr, info["token"].as_str().unwrap());
+    let client_token = unwrapped["data"]["token"].as_str().unwrap().to_owned();
+    check_login_token(&addr, &client_token);
+    // The method's wrap_ttl: the login itself is sent with X-Vault-Wrap-TTL, and the
+    // sink holds the login's wrap_info.
+    let info = run_agent(&addr, dir.path(), &jwt_file, "wrap_ttl = \"4m\"", "");
+    assert_eq!(info["ttl"], 240, "{info}");
+    assert_eq!(info["creation_path"], "auth/kubernetes/login", "{info}");
+    let unwrapped = unwrap_as(&addr, info["token"].as_str().unwrap());
+    assert_eq!(
+        unwrapped["auth"]["accessor"], info["wrapped_accessor"],
+        "{unwrapped}"
+    );
+    let login_token = unwrapped["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    check_login_token(&addr, &login_token);
+    // Single use: a second unwrap of the same sink token fails.
+    let twice = Bao::new(&addr, Some(info["token"].as_str().unwrap())).run(&["unwrap"]);
+    assert_eq!(twice.code, 2, "{}", twice.stdout);
+    assert!(
+        twice
+            .stderr
+            .contains("wrapping token is not valid or does not exist"),
+        "{}",
+        twice.stderr
+    );
+    for token in [&client_token, &login_token] {
+        assert!(!server.logs().contains(token.as_str()));
+    }
+}
+
+/// Run `bao agent` once (`exit_after_auth`) with Kubernetes auto-auth reading the token
+/// in `jwt_file`, the given extra lines in the method and the file sink; return what the
+/// sink holds. Bounded: an agent still running after 60 s is killed by its PID.
+fn run_agent(
+    addr: &str,
+    dir: &Path,
+    jwt_file: &Path,
+    method_extra: &str,
+    sink_extra: &str,
+) -> Value {
+    let sink = dir.join("sink");
+    let _ = std::fs::remove_file(&sink);
+    let config = dir.join("agent.hcl");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+exit_after_auth = true
+vault {{
+  address = "{addr}"
+}}
+auto_auth {{
+  method "kubernetes" {{
+    mount_path = "auth/kubernetes"
+    {method_extra}
+    config = {{
+      role = "app"
+      token_path = "{jwt}"
+    }}
+  }}
+  sink "file" {{
+    {sink_extra}
+    config = {{
+      path = "{sink}"
+    }}
+  }}
+}}
+"#,
+            jwt = jwt_file.display(),
+            sink = sink.display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Command::new(bao_bin())
+        .args(["agent", &format!("-config={}", config.display())])
+        .env_clear()
+        .env("HOME", dir)
+        .env("PATH", "/usr/bin:/bin")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            // Killed by its own PID (the child handle's), never by name.
+            let _ = agent.kill();
+            let _ = agent.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = agent.stderr.take() {
+        use std::io::Read as _;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the agent did not exit after auth: {status:?} {stderr}"
+    );
+    let written = std::fs::read_to_string(&sink).unwrap();
+    serde_json::from_str(&written)
+        .unwrap_or_else(|_| panic!("the sink does not hold wrap_info: {written}"))
+}
+
+/// `bao unwrap` with the wrapping token as the client's token.
+fn unwrap_as(addr: &str, wrapping: &str) -> Value {
+    let out = Bao::new(addr, Some(wrapping)).run(&["unwrap", "-format=json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// `token` is a working token of the Kubernetes login.
+fn check_login_token(addr: &str, token: &str) {
+    let lookup = Bao::new(addr, Some(token)).run(&["token", "lookup", "-format=json"]);
+    assert_eq!(lookup.code, 0, "{}", lookup.stderr);
+    let v: Value = serde_json::from_str(&lookup.stdout).unwrap();
+    assert_eq!(v["data"]["display_name"], "kubernetes-team-a-app");
+    assert_eq!(v["data"]["policies"], serde_json::json!(["default"]));
 }

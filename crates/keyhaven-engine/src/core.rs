@@ -33,6 +33,7 @@ use crate::policy::PolicyStore;
 use crate::request::{LeaseDuration, Operation, Request, Response};
 use crate::route::{self, Route};
 use crate::token::{self, TokenEntry, TokenStore};
+use crate::wrapping::WrapRequest;
 
 /// The persisted seal configuration (not secret).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -533,6 +534,13 @@ impl Core {
         self.options.audit.unseal(view.clone()).await?;
         let secrets = self.load_table(Table::Secrets, &view).await?;
         let auth = self.load_table(Table::Auth, &view).await?;
+        // Revoking a token destroys its cubbyhole.
+        if let Some(store) = secrets.mounted().iter().find_map(|m| match &m.handler {
+            Handler::Cubbyhole(store) => Some(store.clone()),
+            _ => None,
+        }) {
+            tokens.set_cubbyholes(store);
+        }
         Ok(Arc::new(Unsealed {
             barrier,
             tokens,
@@ -543,8 +551,9 @@ impl Core {
         }))
     }
 
-    /// Load a mount table. Its built-in mount (`sys/` or `auth/token/`) is an entry
-    /// like any other; storage written before built-in mounts were recorded gets one,
+    /// Load a mount table. Its built-in mounts (`sys/` and `cubbyhole/`, or
+    /// `auth/token/`) are entries like any other; storage written before a built-in mount
+    /// was recorded gets it,
     /// written back conditioned on the table being unchanged.
     async fn load_table(&self, table: Table, view: &Arc<dyn Store>) -> Result<Router, EngineError> {
         let raw = view.get(table.storage_key()).await?;
@@ -553,9 +562,14 @@ impl Core {
                 .map_err(|_| EngineError::Corrupt("mount table is malformed".to_owned()))?,
             None => Vec::new(),
         };
-        let builtin = mounts::Builtin::of_table(table);
-        if !entries.iter().any(|e| builtin.is(e)) {
-            entries.push(builtin.new_entry(self.clock.unix_seconds()));
+        let missing: Vec<_> = mounts::Builtin::of_table(table)
+            .iter()
+            .filter(|b| !entries.iter().any(|e| b.is(e)))
+            .collect();
+        if !missing.is_empty() {
+            for builtin in missing {
+                entries.push(builtin.new_entry(self.clock.unix_seconds()));
+            }
             let bytes =
                 serde_json::to_vec(&entries).map_err(|_| EngineError::Encode("the mount table"))?;
             let condition = match raw {
@@ -691,6 +705,18 @@ impl Core {
 
     /// Handle one API request: route, authenticate, authorize, audit, serve.
     pub async fn handle(&self, req: Request) -> Result<Response, EngineError> {
+        self.handle_wrapped(req, None).await
+    }
+
+    /// Handle one API request whose response the client may want wrapped (`wrap`, from
+    /// `X-Vault-Wrap-TTL`): a successful answer with content is then kept in a
+    /// single-use wrapping token's cubbyhole and the client gets `wrap_info` instead
+    /// ([`crate::wrapping`]).
+    pub async fn handle_wrapped(
+        &self,
+        req: Request,
+        wrap: Option<WrapRequest>,
+    ) -> Result<Response, EngineError> {
         let metrics = &self.options.metrics;
         let mut timing = RequestTiming {
             metrics,
@@ -720,6 +746,9 @@ impl Core {
                 Ok(entry) => Some(entry),
                 Err(err) => {
                     audit.log_request(None, &req, mount, Some(&err)).await?;
+                    if crate::wrapping::unwrap_with_stale_token(&req) {
+                        return Err(crate::wrapping::stale_token_error());
+                    }
                     return Err(err);
                 }
             }
@@ -787,7 +816,7 @@ impl Core {
         };
         let dispatched = Instant::now();
         let mut result = self
-            .dispatch(&inner, target.as_ref(), entry.as_ref(), sudo, &req)
+            .dispatch(&inner, target.as_ref(), entry.as_ref(), sudo, &req, wrap)
             .await;
         if let Some(t) = &target
             && let Some(timer) = t.mounted.timers.get(req.operation)
@@ -820,6 +849,16 @@ impl Core {
             let kind = auth.get("token_type").and_then(Value::as_str).unwrap_or("");
             metrics.token_created("token", "auth/token/", kind);
         }
+        // Wrapping: a successful answer with content goes to a wrapping token's
+        // cubbyhole (a rewrap answers `wrap_info` itself).
+        if let (Some(w), Ok(resp)) = (wrap, &result)
+            && resp.wrap_info.is_none()
+            && !resp.is_empty()
+        {
+            result = self
+                .wrap_response(&inner, &req.path, &req.id, resp, w.ttl)
+                .await;
+        }
         // A request that spent its token's final use revokes the token's tree now, with
         // any child it created (as Vault does).
         if let Some(entry) = &entry {
@@ -846,6 +885,7 @@ impl Core {
         entry: Option<&Arc<TokenEntry>>,
         sudo: bool,
         req: &Request,
+        wrap: Option<WrapRequest>,
     ) -> Result<Response, EngineError> {
         let Some(target) = target else {
             return Err(EngineError::NotFound(format!(
@@ -862,7 +902,23 @@ impl Core {
         let warnings = route::check_fields(br.route, &req.data)?;
         let mut resp = match &target.mounted.handler {
             Handler::Backend(backend) => backend.handle(br).await?,
+            Handler::System if br.route.pattern.starts_with("wrapping/") => {
+                self.handle_wrapping(inner, &br, entry, req, wrap).await?
+            }
             Handler::System => self.handle_sys(inner, &br, entry, req).await?,
+            Handler::Cubbyhole(store) => {
+                let entry = entry.ok_or(EngineError::PermissionDenied)?;
+                let resp = crate::cubbyhole::handle(store.as_ref(), entry, &br).await?;
+                // A write that raced the token's revocation must not leave data behind
+                // the revocation's deletion.
+                if matches!(br.operation, Operation::Create | Operation::Update)
+                    && inner.tokens.is_revoked(entry).await?
+                {
+                    crate::core::delete_prefix(store.as_ref(), &crate::cubbyhole::folder(entry))
+                        .await?;
+                }
+                resp
+            }
             Handler::Token => {
                 let entry = entry.ok_or(EngineError::PermissionDenied)?;
                 let presented = req.token.as_ref().map(|t| t.expose()).unwrap_or_default();

@@ -35,6 +35,7 @@ pub use request::{BatchFailure, ClientToken, LeaseDuration, Operation, Request, 
 
 mod barrier;
 mod core;
+mod cubbyhole;
 mod host_info;
 mod mounts;
 mod recovery;
@@ -42,6 +43,7 @@ mod sys;
 mod sys_mounts;
 pub mod sys_tools;
 mod token;
+mod wrapping;
 
 pub use crate::barrier::KeyStatus;
 pub use crate::core::{Core, CoreOptions, InitParams, InitResult, SealStatus, UnsealInput};
@@ -70,3 +72,4 @@ pub const REPORTED_VERSION: &str = concat!(
     "+keyhaven.",
     env!("CARGO_PKG_VERSION")
 );
+pub use crate::wrapping::WrapRequest;

@@ -105,7 +105,8 @@ impl MountEntry {
             deprecation_status: builtin.is_none().then(|| "supported".to_owned()),
             description: self.description.clone(),
             external_entropy_access: false,
-            local: false,
+            // A cubbyhole is per token, and tokens are local: OpenBao lists it local.
+            local: builtin == Some(Builtin::Cubbyhole),
             options: (!self.options.is_empty()).then(|| self.options.clone()),
             path: None,
             plugin_version: String::new(),
@@ -125,6 +126,8 @@ pub(crate) enum Builtin {
     System,
     /// `auth/token/`, in the auth table.
     Token,
+    /// `cubbyhole/`, in the secrets table: each token's private storage.
+    Cubbyhole,
 }
 
 impl Builtin {
@@ -132,15 +135,16 @@ impl Builtin {
         match kind {
             "system" => Some(Builtin::System),
             "token" => Some(Builtin::Token),
+            "cubbyhole" => Some(Builtin::Cubbyhole),
             _ => None,
         }
     }
 
-    /// The built-in mount of `table`.
-    pub(crate) fn of_table(table: Table) -> Builtin {
+    /// The built-in mounts of `table`.
+    pub(crate) fn of_table(table: Table) -> &'static [Builtin] {
         match table {
-            Table::Secrets => Builtin::System,
-            Table::Auth => Builtin::Token,
+            Table::Secrets => &[Builtin::System, Builtin::Cubbyhole],
+            Table::Auth => &[Builtin::Token],
         }
     }
 
@@ -160,6 +164,12 @@ impl Builtin {
                 "system",
             ),
             Builtin::Token => ("token/", "token", "token based credentials", "auth_token"),
+            Builtin::Cubbyhole => (
+                "cubbyhole/",
+                "cubbyhole",
+                "per-token private secret storage",
+                "cubbyhole",
+            ),
         };
         let uuid = uuid::Uuid::new_v4();
         let simple = uuid.simple().to_string();
@@ -298,6 +308,9 @@ pub(crate) fn instantiate(
         barrier,
         table.storage_prefix(&entry.uuid),
     )?);
+    if (table, Builtin::of(&entry.kind)) == (Table::Secrets, Some(Builtin::Cubbyhole)) {
+        return Ok(Handler::Cubbyhole(storage));
+    }
     let ctx = BackendContext {
         storage,
         clock,
@@ -338,6 +351,9 @@ pub(crate) enum Handler {
     System,
     /// `auth/token/`: the token store.
     Token,
+    /// `cubbyhole/`: every token's private storage, under the token's storage hash
+    /// ([`crate::cubbyhole`]).
+    Cubbyhole(Arc<dyn Store>),
     /// A secret engine or auth method.
     Backend(Arc<dyn Backend>),
 }
@@ -348,6 +364,7 @@ impl Handler {
         match self {
             Handler::System => crate::sys::ROUTES,
             Handler::Token => crate::token::ROUTES,
+            Handler::Cubbyhole(_) => crate::cubbyhole::ROUTES,
             Handler::Backend(b) => b.routes(),
         }
     }

@@ -120,6 +120,9 @@ pub struct Response {
     /// The envelope's `lease_duration` for a secret returned without a lease (KV version
     /// 1's refresh interval); `None` is 0.
     pub lease_duration: Option<LeaseDuration>,
+    /// Set when the response was wrapped: the client gets this instead of the response,
+    /// which waits in the wrapping token's cubbyhole ([`crate::wrapping`]).
+    pub wrap_info: Option<keyhaven_types::wire::WrapInfo>,
 }
 
 /// The `lease_duration` of a response that carries no lease.
@@ -181,6 +184,7 @@ impl Response {
     pub fn is_empty(&self) -> bool {
         self.data.is_none()
             && self.auth.is_none()
+            && self.wrap_info.is_none()
             && self.warnings.is_empty()
             && self.batch_failure.is_none()
     }
@@ -196,6 +200,7 @@ impl fmt::Debug for Response {
             )
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
             .field("warnings", &self.warnings)
+            .field("wrap_info", &self.wrap_info)
             .finish()
     }
 }

@@ -100,6 +100,7 @@ async fn walk() -> (
     assert_eq!(
         kinds,
         [
+            "cubbyhole",
             "jwt",
             "kubernetes",
             "kv",

@@ -129,6 +129,11 @@ const POLICY_FIELDS: &[Field] = &[
     Field::str("rules", "Legacy name of policy (sys/policy)."),
 ];
 
+const WRAPPING_FIELDS: &[Field] = &[Field::str(
+    "token",
+    "The wrapping token (or give it as the request's token).",
+)];
+
 /// Every path of the `sys/` mount that the engine serves.
 pub(crate) static ROUTES: &[Route] = &[
     Route::new("seal", "Seal: drop every key until unsealed again.")
@@ -306,6 +311,32 @@ pub(crate) static ROUTES: &[Route] = &[
         .pure(Ops::READ)
         .ops(Ops::WRITE.and(Ops::DELETE))
         .fields(POLICY_FIELDS),
+    Route::new(
+        "wrapping/wrap",
+        "Wrap the request's data in a wrapping token.",
+    )
+    .ops(Ops::WRITE)
+    .arbitrary_fields(),
+    Route::new(
+        "wrapping/unwrap",
+        "The response a wrapping token holds; spends the token.",
+    )
+    .ops(Ops::WRITE)
+    .fields(WRAPPING_FIELDS),
+    Route::new(
+        "wrapping/lookup",
+        "A wrapping token's creation path, time and TTL.",
+    )
+    .pure(Ops::READ)
+    .ops(Ops::WRITE)
+    .fields(WRAPPING_FIELDS)
+    .unauthenticated(),
+    Route::new(
+        "wrapping/rewrap",
+        "Move a wrapped response to a new wrapping token.",
+    )
+    .ops(Ops::WRITE)
+    .fields(WRAPPING_FIELDS),
     Route::new("policies/acl", "The ACL policies.").pure(Ops::READ.and(Ops::LIST)),
     Route::new("policies/acl/{name}", "An ACL policy.")
         .pure(Ops::READ)

@@ -16,3 +16,4 @@ mod telemetry;
 mod token;
 mod token_valid;
 mod transit;
+mod wrapping;

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{any, get};
 use keyhaven_engine::{
     ClientToken, Core, EngineError, InitParams, LeaseDuration, Operation, Request, Response,
-    SealStatus, UnsealInput,
+    SealStatus, UnsealInput, WrapRequest,
 };
 use keyhaven_types::ErrorCode;
 use keyhaven_types::wire::Health;
@@ -69,6 +69,71 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/{*path}", any(logical))
         .fallback(not_found)
         .with_state(state)
+        .layer(axum::middleware::from_fn(refuse_wrapping_of_server_paths))
+}
+
+/// The paths this layer answers itself, before (or without) the engine.
+const SERVER_PATHS: &[&str] = &[
+    "/v1/sys/init",
+    "/v1/sys/unseal",
+    "/v1/sys/seal-status",
+    "/v1/sys/health",
+    "/v1/sys/leader",
+];
+
+/// A request for wrapping is honoured or refused, never ignored: the paths the server
+/// answers itself (no token, often sealed) cannot wrap, so asking them to is a 400.
+/// (OpenBao answers them unwrapped; `sys/init` would hand out the root token and the
+/// unseal keys in clear.)
+async fn refuse_wrapping_of_server_paths(
+    req: HttpRequest,
+    next: axum::middleware::Next,
+) -> HttpResponse {
+    let path = req.uri().path();
+    if SERVER_PATHS.contains(&path.trim_end_matches('/')) {
+        match wrap_request(req.headers()) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                let message = format!(
+                    "response wrapping is not available for {}: the server answers it \
+                     itself; send the request without X-Vault-Wrap-TTL",
+                    path.trim_start_matches("/v1/")
+                );
+                return plain_error(StatusCode::BAD_REQUEST, &message, &new_request_id());
+            }
+            Err(message) => {
+                return plain_error(StatusCode::BAD_REQUEST, &message, &new_request_id());
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// The wrapping a request asks for with `X-Vault-Wrap-TTL` (and `X-Vault-Wrap-Format`).
+/// The error is the message of a 400 and names the header.
+fn wrap_request(headers: &HeaderMap) -> Result<Option<WrapRequest>, String> {
+    let Some(ttl) = headers.get("x-vault-wrap-ttl") else {
+        return Ok(None);
+    };
+    let ttl = ttl
+        .to_str()
+        .map_err(|_| "error parsing X-Vault-Wrap-TTL header: not a duration".to_owned())?;
+    let wrap = WrapRequest::from_header(ttl)?;
+    // Vault's JWT-format wrapping tokens are not issued: refuse rather than answer in
+    // another format than the one asked for. Other values mean the default, as in Vault.
+    if wrap.is_some()
+        && headers
+            .get("x-vault-wrap-format")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|f| f.trim().eq_ignore_ascii_case("jwt"))
+    {
+        return Err(
+            "X-Vault-Wrap-Format \"jwt\" is not supported: wrapping tokens are issued in the \
+             default format only"
+                .to_owned(),
+        );
+    }
+    Ok(wrap)
 }
 
 /// A random (version 4) UUID. Drawn from the thread's CSPRNG (seeded by the kernel), not
@@ -282,8 +347,10 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 }
 
 /// Query parameters that carry secrets, by the paths they apply to (`auth/token` and
-/// below): in a URL they end up in proxy and access logs, so only the body may carry them.
-const SECRET_QUERY_PARAMETERS: &[(&str, &str)] = &[("auth/token", "token")];
+/// below; wrapping tokens under `sys/wrapping`): in a URL they end up in proxy and access
+/// logs, so only the body may carry them.
+const SECRET_QUERY_PARAMETERS: &[(&str, &str)] =
+    &[("auth/token", "token"), ("sys/wrapping", "token")];
 
 /// Refuse a query that carries a secret (any method), or, when the query is read (GET,
 /// LIST, DELETE), names a parameter twice: `?list=false&list=true` must not mean whatever
@@ -364,6 +431,10 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
         }
     };
     let token = token_from(&parts.headers);
+    let wrap = match wrap_request(&parts.headers) {
+        Ok(w) => w,
+        Err(message) => return plain_error(StatusCode::BAD_REQUEST, &message, &request_id),
+    };
     // Larger bodies only for a valid token; the engine authenticates again (and uses up
     // a use) when it handles the request.
     let gate = Gate::Token {
@@ -397,7 +468,7 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
             .and_then(ConnHandle::peer),
     };
     let shape = WireShape::of(&request.path);
-    let result = state.core.handle(request).await;
+    let result = state.core.handle_wrapped(request, wrap).await;
     let resp = match result {
         Ok(resp) => envelope(resp, shape, &request_id),
         // A deleted KV version: Vault's 404 that still carries the version's metadata.
@@ -589,7 +660,7 @@ fn envelope(resp: Response, shape: WireShape, request_id: &str) -> HttpResponse 
     // the client asked for with `partial_failure_response_code`.
     let status = match resp.batch_failure {
         None => StatusCode::OK,
-        Some(f) => f
+        Some(f) if resp.wrap_info.is_none() => f
             .status_override
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(if f.internal {
@@ -597,6 +668,13 @@ fn envelope(resp: Response, shape: WireShape, request_id: &str) -> HttpResponse 
             } else {
                 StatusCode::BAD_REQUEST
             }),
+        Some(_) => StatusCode::OK,
+    };
+    // A wrapped answer is only the envelope with `wrap_info`, whatever the path.
+    let shape = if resp.wrap_info.is_some() {
+        WireShape::Envelope
+    } else {
+        shape
     };
     match shape {
         WireShape::Raw => {
@@ -630,6 +708,12 @@ impl serde::Serialize for Envelope<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;
         let resp = self.resp;
+        // As in Vault, a wrapped answer has no request id of its own in the body.
+        let request_id = if resp.wrap_info.is_some() {
+            ""
+        } else {
+            self.request_id
+        };
         let mut map = serializer.serialize_map(Some(8))?;
         map.serialize_entry("auth", &resp.auth)?;
         map.serialize_entry("data", &resp.data)?;
@@ -639,12 +723,12 @@ impl serde::Serialize for Envelope<'_> {
         )?;
         map.serialize_entry("lease_id", "")?;
         map.serialize_entry("renewable", &false)?;
-        map.serialize_entry("request_id", self.request_id)?;
+        map.serialize_entry("request_id", request_id)?;
         map.serialize_entry(
             "warnings",
             &(!resp.warnings.is_empty()).then_some(&resp.warnings),
         )?;
-        map.serialize_entry("wrap_info", &())?;
+        map.serialize_entry("wrap_info", &resp.wrap_info)?;
         map.end()
     }
 }
@@ -665,6 +749,11 @@ fn built_envelope(resp: Response, request_id: &str, top_level: bool) -> Value {
             body.insert(k.clone(), v.clone());
         }
     }
+    let request_id = if resp.wrap_info.is_some() {
+        ""
+    } else {
+        request_id
+    };
     body.insert("request_id".into(), Value::String(request_id.to_owned()));
     body.insert("lease_id".into(), Value::String(String::new()));
     body.insert("renewable".into(), Value::Bool(false));
@@ -676,7 +765,13 @@ fn built_envelope(resp: Response, request_id: &str, top_level: bool) -> Value {
         "data".into(),
         resp.data.map(Value::Object).unwrap_or(Value::Null),
     );
-    body.insert("wrap_info".into(), Value::Null);
+    body.insert(
+        "wrap_info".into(),
+        resp.wrap_info
+            .as_ref()
+            .and_then(|w| serde_json::to_value(w).ok())
+            .unwrap_or(Value::Null),
+    );
     body.insert(
         "warnings".into(),
         if resp.warnings.is_empty() {
@@ -1085,6 +1180,17 @@ mod tests {
             },
             || Response {
                 warnings: vec!["only a warning".into()],
+                ..Default::default()
+            },
+            || Response {
+                wrap_info: Some(keyhaven_types::wire::WrapInfo {
+                    token: "khs.wrapping".into(),
+                    accessor: "a1".into(),
+                    ttl: 60,
+                    creation_time: "2026-01-01T00:00:00Z".into(),
+                    creation_path: "secret/data/x".into(),
+                    wrapped_accessor: Some("a2".into()),
+                }),
                 ..Default::default()
             },
         ];

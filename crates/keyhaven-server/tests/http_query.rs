@@ -105,6 +105,9 @@ async fn token_in_query_string_accepted() {
         ("GET", format!("/v1/auth/token/lookup?%74oken={ROOT}")),
         ("POST", format!("/v1/auth/token/lookup?token={ROOT}")),
         ("POST", format!("/v1/auth/token/revoke?Token={ROOT}")),
+        // Wrapping tokens are secrets too.
+        ("GET", format!("/v1/sys/wrapping/lookup?token={ROOT}")),
+        ("POST", format!("/v1/sys/wrapping/unwrap?token={ROOT}")),
     ] {
         let (s, b) = send(&app, method, &uri, None).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {uri}: {b}");

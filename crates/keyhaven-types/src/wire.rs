@@ -277,6 +277,41 @@ impl fmt::Debug for TokenLookup {
     }
 }
 
+/// `wrap_info` of a wrapped response: where the response went instead of the body.
+///
+/// `token` is the single-use wrapping token, a secret: `Debug` does not show it. Fields
+/// in the order the server writes them (sorted).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrapInfo {
+    /// The wrapping token's accessor.
+    pub accessor: String,
+    /// The path of the wrapped request.
+    pub creation_path: String,
+    /// When the response was wrapped, RFC 3339.
+    pub creation_time: String,
+    /// The wrapping token. Secret.
+    pub token: String,
+    /// Seconds the wrapping token lives.
+    pub ttl: u64,
+    /// The accessor of the token the wrapped response carries (logins and token
+    /// creation); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped_accessor: Option<String>,
+}
+
+impl fmt::Debug for WrapInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WrapInfo")
+            .field("token", &"[REDACTED]")
+            .field("accessor", &self.accessor)
+            .field("ttl", &self.ttl)
+            .field("creation_time", &self.creation_time)
+            .field("creation_path", &self.creation_path)
+            .field("wrapped_accessor", &self.wrapped_accessor)
+            .finish()
+    }
+}
+
 /// Vault's response envelope, with `data` typed.
 ///
 /// The server streams its envelope without this type (it runs for every answered
@@ -301,7 +336,8 @@ pub struct Envelope<T> {
     pub lease_duration: u64,
     /// The payload.
     pub data: T,
-    /// Response wrapping information (keyhaven sends `null`).
+    /// Response wrapping information ([`WrapInfo`]); `null` for a response that was not
+    /// wrapped.
     #[serde(default)]
     pub wrap_info: Option<Value>,
     /// Warnings of the server; `null` when there are none.
@@ -561,5 +597,23 @@ mod tests {
         let shown = format!("{l:?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("acc"), "{shown}");
+    }
+
+    #[test]
+    fn wrap_info_debug_hides_the_wrapping_token() {
+        let info = WrapInfo {
+            accessor: "acc-1".into(),
+            creation_path: "secret/data/x".into(),
+            creation_time: "2026-01-01T00:00:00Z".into(),
+            token: "khs.WRAPPINGsecretTOKEN000000000000000".into(),
+            ttl: 60,
+            wrapped_accessor: None,
+        };
+        let shown = format!("{info:?}");
+        assert!(!shown.contains("WRAPPINGsecret"), "{shown}");
+        assert!(
+            shown.contains("acc-1") && shown.contains("[REDACTED]"),
+            "{shown}"
+        );
     }
 }

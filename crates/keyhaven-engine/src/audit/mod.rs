@@ -766,6 +766,29 @@ impl Serialize for ResponseBlock<'_> {
             if !r.warnings.is_empty() {
                 m.serialize_entry("warnings", &r.warnings)?;
             }
+            if let Some(wrap) = &r.wrap_info {
+                m.serialize_entry("wrap_info", &WrapInfoBlock(self.0, wrap))?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// The `wrap_info` of a wrapped response: the wrapping token and the accessors are
+/// hashed (the token would unwrap the response), the rest is kept.
+struct WrapInfoBlock<'a>(&'a HmacKey, &'a keyhaven_types::wire::WrapInfo);
+
+impl Serialize for WrapInfoBlock<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let (key, w) = (self.0, self.1);
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("accessor", &HashText::new(key, &w.accessor))?;
+        m.serialize_entry("creation_path", &w.creation_path)?;
+        m.serialize_entry("creation_time", &w.creation_time)?;
+        m.serialize_entry("token", &HashText::new(key, &w.token))?;
+        m.serialize_entry("ttl", &w.ttl)?;
+        if let Some(wrapped) = &w.wrapped_accessor {
+            m.serialize_entry("wrapped_accessor", &HashText::new(key, wrapped))?;
         }
         m.end()
     }

@@ -755,3 +755,51 @@ fn audit_failures(core: &Core) -> (f64, f64) {
         value("vault.audit.log_response_failure"),
     )
 }
+
+#[tokio::test]
+async fn wrapped_responses_are_recorded_with_the_wrapping_token_hashed() {
+    let dev = MemDevice::named("mem");
+    let (core, root) = core_with(vec![dev.clone()]).await;
+    core.handle(req(
+        Operation::Update,
+        "secret/data/app",
+        json!({"data": {"password": SECRET}}),
+        Some(&root),
+    ))
+    .await
+    .unwrap();
+    let wrapped = core
+        .handle_wrapped(
+            req(Operation::Read, "secret/data/app", json!({}), Some(&root)),
+            Some(crate::WrapRequest { ttl: 60 }),
+        )
+        .await
+        .unwrap();
+    let info = wrapped.wrap_info.unwrap();
+    let records = dev.records();
+    let record = records.last().unwrap();
+    let audit = &core.options.audit;
+    let logged = &record["response"]["wrap_info"];
+    assert_eq!(logged["token"], audit.hash("mem", &info.token).unwrap());
+    assert_eq!(
+        logged["accessor"],
+        audit.hash("mem", &info.accessor).unwrap()
+    );
+    assert_eq!(logged["creation_path"], "secret/data/app");
+    assert_eq!(logged["ttl"], 60);
+    // The wrapped data is not in the record of the wrapping request.
+    assert!(record["response"].get("data").is_none(), "{record}");
+    // Unwrapping with the token in the body: the token is hashed in the request, and
+    // the unwrapped secret in the response.
+    core.handle(req(
+        Operation::Update,
+        "sys/wrapping/unwrap",
+        json!({"token": info.token}),
+        Some(&root),
+    ))
+    .await
+    .unwrap();
+    let raw = dev.raw();
+    assert!(!contains(&raw, &info.token), "a wrapping token in clear");
+    assert!(!contains(&raw, SECRET), "a wrapped secret in clear");
+}

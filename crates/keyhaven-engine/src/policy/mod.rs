@@ -14,6 +14,8 @@
 //!   written or deleted; it is listed by `sys/policy`;
 //! - the `default` policy exists from the first unseal and cannot be deleted (it can be
 //!   edited, as in Vault);
+//! - the `response-wrapping` policy of wrapping tokens is built in like `root`: never
+//!   stored, readable, and it can be neither written nor deleted;
 //! - a policy change takes effect on the next request: the store drops every cached ACL
 //!   when a policy is written or deleted, and an ACL compiled while a change was under
 //!   way is used once but not cached.
@@ -50,7 +52,7 @@ const MAX_CACHED_ACLS: usize = 4096;
 const MAX_NAME_LEN: usize = 128;
 
 /// The built-in `default` policy, written at the first unseal (Vault's rules, less the
-/// paths of features keyhaven does not have: cubbyhole, identity, OIDC provider).
+/// paths of features keyhaven does not have: identity, OIDC provider).
 pub const DEFAULT_POLICY: &str = r#"# Allow tokens to look up their own properties
 path "auth/token/lookup-self" {
     capabilities = ["read"]
@@ -92,6 +94,11 @@ path "sys/leases/lookup" {
     capabilities = ["update"]
 }
 
+# Allow a token to manage its own cubbyhole
+path "cubbyhole/*" {
+    capabilities = ["create", "read", "update", "delete", "list"]
+}
+
 # Allow response wrapping of arbitrary values, and unwrapping
 path "sys/wrapping/wrap" {
     capabilities = ["update"]
@@ -108,6 +115,25 @@ path "sys/tools/hash" {
     capabilities = ["update"]
 }
 path "sys/tools/hash/*" {
+    capabilities = ["update"]
+}
+"#;
+
+/// The name of the built-in policy of wrapping tokens.
+pub const RESPONSE_WRAPPING: &str = "response-wrapping";
+
+/// The built-in policy of wrapping tokens (Vault's): read the wrapped response, unwrap,
+/// revoke itself.
+pub const RESPONSE_WRAPPING_POLICY: &str = r#"
+path "cubbyhole/response" {
+    capabilities = ["create", "read"]
+}
+
+path "sys/wrapping/unwrap" {
+    capabilities = ["update"]
+}
+
+path "auth/token/revoke-self" {
     capabilities = ["update"]
 }
 "#;
@@ -247,6 +273,11 @@ impl PolicyStore {
 
     /// The stored text and parsed form of policy `name`.
     async fn fetch(&self, name: &str) -> Result<Option<(String, Policy)>, EngineError> {
+        if name == RESPONSE_WRAPPING {
+            let policy = Policy::parse(RESPONSE_WRAPPING_POLICY)
+                .map_err(|_| EngineError::Internal("the response-wrapping policy"))?;
+            return Ok(Some((RESPONSE_WRAPPING_POLICY.to_owned(), policy)));
+        }
         let Some(bytes) = self.storage.get(&format!("{PREFIX}{name}")).await? else {
             return Ok(None);
         };
@@ -286,8 +317,10 @@ impl PolicyStore {
 
     /// Create or replace policy `name` (already normalised) with `text`.
     pub async fn write(&self, name: &str, text: &str) -> Result<(), EngineError> {
-        if name == "root" {
-            return Err(EngineError::invalid("cannot update \"root\" policy"));
+        if name == "root" || name == RESPONSE_WRAPPING {
+            return Err(EngineError::invalid(format!(
+                "cannot update {name:?} policy"
+            )));
         }
         Policy::parse(text).map_err(|e| EngineError::invalid(e.to_string()))?;
         let bytes = encode(name, text)?;
@@ -303,6 +336,11 @@ impl PolicyStore {
         match name {
             "root" => return Err(EngineError::invalid("cannot delete \"root\" policy")),
             "default" => return Err(EngineError::invalid("cannot delete default policy")),
+            RESPONSE_WRAPPING => {
+                return Err(EngineError::invalid(
+                    "cannot delete \"response-wrapping\" policy",
+                ));
+            }
             _ => {}
         }
         let _w = self.write_lock.lock().await;

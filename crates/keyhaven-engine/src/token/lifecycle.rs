@@ -317,6 +317,26 @@ impl TokenStore {
         ))
     }
 
+    /// Mint a wrapping token: an orphan with only the built-in `response-wrapping`
+    /// policy, one use, and `ttl` (at least a second, at most the system maximum) as both
+    /// its TTL and its hard limit. `path` is the wrapped request's path.
+    pub(crate) async fn create_wrapping(
+        &self,
+        ttl: u64,
+        path: &str,
+    ) -> Result<(String, TokenEntry), EngineError> {
+        let ttl = ttl.clamp(1, SYSTEM_MAX_TTL);
+        let params = CreateParams {
+            policies: vec![crate::policy::RESPONSE_WRAPPING.to_owned()],
+            ttl,
+            explicit_max_ttl: ttl,
+            num_uses: 1,
+            path: path.to_owned(),
+            ..CreateParams::default()
+        };
+        self.create(None, params).await
+    }
+
     /// Mark a token `revoking`: it stops working at once and takes no new children.
     async fn mark_revoking(&self, hash_hex: &str) -> Result<(), EngineError> {
         self.update_entry(hash_hex, |e| {
@@ -370,6 +390,11 @@ impl TokenStore {
         let Some(bytes) = self.storage.get(&key).await? else {
             return Ok(());
         };
+        // The cubbyhole goes first: if this stops half-way, the marked entry remains and
+        // the sweeper comes back for both.
+        if let Some(cubbyholes) = self.cubbyholes.get() {
+            crate::core::delete_prefix(cubbyholes.as_ref(), &format!("{hash_hex}/")).await?;
+        }
         let entry: TokenEntry = serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
         let mut ops = vec![
             Op::Delete { key },

@@ -202,6 +202,9 @@ pub struct TokenStore {
     /// keeps what it read from storage only if no change happened while it read, so the
     /// cache never brings back a revoked or outdated entry.
     epoch: AtomicU64,
+    /// The cubbyhole mount's storage: a token's cubbyhole is the folder named by its
+    /// storage hash, deleted when the token is revoked or expires.
+    cubbyholes: std::sync::OnceLock<Arc<dyn Store>>,
 }
 
 impl std::fmt::Debug for TokenStore {

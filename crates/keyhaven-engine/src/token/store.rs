@@ -54,7 +54,18 @@ impl TokenStore {
             hasher: HmacKey::new(salt),
             cache: RwLock::new(HashMap::new()),
             epoch: AtomicU64::new(0),
+            cubbyholes: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Set the storage of the cubbyhole mount, whose folder `<hash>/` each token owns.
+    pub(crate) fn set_cubbyholes(&self, store: Arc<dyn Store>) {
+        let _ = self.cubbyholes.set(store);
+    }
+
+    /// The storage of the cubbyhole mount, once set.
+    pub(crate) fn cubbyholes(&self) -> Option<&Arc<dyn Store>> {
+        self.cubbyholes.get()
     }
 
     /// Drop a changed entry from the cache, and keep lookups that read it before the
@@ -235,8 +246,17 @@ impl TokenStore {
         Ok(self.entry_by_hash(&hash).await?.map(|e| (hash, e)))
     }
 
+    /// Whether `entry`'s token no longer works: deleted, being revoked or expired.
+    pub(crate) async fn is_revoked(&self, entry: &TokenEntry) -> Result<bool, EngineError> {
+        let Some(bytes) = self.storage.get(&Self::id_key(&entry.hash)).await? else {
+            return Ok(true);
+        };
+        let stored: TokenEntry = serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
+        Ok(!stored.live(self.clock.unix_seconds()))
+    }
+
     /// Look up without consuming a use (for lookup/renew/revoke by value).
-    pub(super) async fn peek(&self, token: &str) -> Result<Option<Arc<TokenEntry>>, EngineError> {
+    pub(crate) async fn peek(&self, token: &str) -> Result<Option<Arc<TokenEntry>>, EngineError> {
         if token.is_empty() || token.len() > 512 {
             return Ok(None);
         }
