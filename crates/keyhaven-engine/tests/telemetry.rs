@@ -201,8 +201,8 @@ async fn requests_are_counted_by_class_mount_and_operation() {
         .unwrap();
     assert_eq!(
         logical.value,
-        SampleValue::Number(3.0),
-        "sys/, secret/, kv1/"
+        SampleValue::Number(4.0),
+        "sys/, cubbyhole/, secret/, kv1/"
     );
 
     // Metrics carry neither secrets nor tokens nor request paths.
