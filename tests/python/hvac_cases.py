@@ -78,6 +78,26 @@ def case_wrapping(env):
     return out
 
 
+def case_listing(env):
+    """Client.list (GET with list=True), and a client configured for a namespace."""
+    client = env.client()
+    for path in ("team/a", "team/b", "team/sub/c"):
+        client.secrets.kv.v2.create_or_update_secret(
+            path=path, secret={"k": "v"}, mount_point="secret"
+        )
+    out = {}
+    out["list"] = client.list("secret/metadata/team")["data"]["keys"]
+    out["list_missing"] = client.list("secret/metadata/nothing-here")
+    out["kv2_list"] = client.secrets.kv.v2.list_secrets(path="team", mount_point="secret")[
+        "data"
+    ]["keys"]
+    scoped = hvac.Client(url=env.addr, token=env.token, namespace="team-a", timeout=30)
+    out["namespaced_read"] = failure(
+        lambda: scoped.secrets.kv.v2.read_secret_version(path="team/a", mount_point="secret")
+    )
+    return out
+
+
 CASES = {name[len("case_"):]: f for name, f in globals().items() if name.startswith("case_")}
 
 

@@ -214,7 +214,14 @@ async fn resolve(
         }
         // The server answers 403 both for a path no mount serves and for a mount the
         // token may not use (so that the answer does not reveal which mounts exist).
-        Err(e) if e.status() == Some(403) => {
+        Err(keyhaven_client::ClientError::Api {
+            status: 403,
+            ref errors,
+            ..
+        }) if errors
+            .iter()
+            .any(|m| m.starts_with("preflight capability check")) =>
+        {
             return Err(Failure::NotFound(format!(
                 "No secrets engine is mounted at the path \"{asked}/\", or the token's \
                  policies grant nothing under it"

@@ -978,7 +978,8 @@ fn client_library_against_a_dev_server() {
         assert!(kv.read_metadata("team/app").await.unwrap().is_none());
 
         c.disable_mount("kv2").await.unwrap();
-        assert!(c.mount_preflight("kv2/team/app").await.unwrap().is_none());
+        let gone = c.mount_preflight("kv2/team/app").await.unwrap_err();
+        assert_eq!(gone.status(), Some(403), "{gone}");
 
         // Seal: health answers 503 and is not an error; unseal with the dev key.
         let term = c.key_status().await.unwrap().term;

@@ -129,3 +129,26 @@ fn hvac_wraps_unwraps_and_uses_the_cubbyhole() {
         "a wrapped secret reached the server log"
     );
 }
+
+#[test]
+fn hvac_lists_with_list_true_and_a_namespaced_client_is_refused() {
+    let server = TestServer::dev();
+    let r = run_case("listing", &server.addr(), &server.root_token());
+    // hvac's Client.list sends `GET …?list=True`.
+    assert_eq!(r["list"], json!(["a", "b", "sub/"]), "{r}");
+    assert_eq!(
+        r["list_missing"],
+        Value::Null,
+        "a 404 list is None in hvac: {r}"
+    );
+    assert_eq!(r["kv2_list"], json!(["a", "b", "sub/"]), "{r}");
+    // keyhaven has only the root namespace: never answered from the root.
+    assert_eq!(r["namespaced_read"]["error"], "InvalidRequest", "{r}");
+    assert!(
+        r["namespaced_read"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("team-a"),
+        "{r}"
+    );
+}
