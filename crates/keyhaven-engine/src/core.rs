@@ -841,6 +841,7 @@ impl Target {
             route: m.route,
             captures: m.captures,
             data: &req.data,
+            client_certs: &req.client_certs,
         })
     }
 

@@ -79,6 +79,11 @@ pub struct Request {
     pub data: Map<String, Value>,
     /// The token from `X-Vault-Token` or `Authorization: Bearer`.
     pub token: Option<ClientToken>,
+    /// The certificate chain the client presented in the TLS handshake, leaf first, DER
+    /// (empty without TLS or without a client certificate). The server checked only that
+    /// the client holds the leaf's private key; what the chain is worth, the `cert` auth
+    /// method decides.
+    pub client_certs: Vec<Vec<u8>>,
 }
 
 // Request data may hold secret values: print only their keys.
@@ -90,6 +95,7 @@ impl fmt::Debug for Request {
             .field("path", &self.path)
             .field("data_keys", &self.data.keys().collect::<Vec<_>>())
             .field("token", &self.token)
+            .field("client_certs", &self.client_certs.len())
             .finish()
     }
 }

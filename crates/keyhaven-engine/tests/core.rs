@@ -52,6 +52,7 @@ fn req(op: Operation, path: &str, data: Value, token: &str) -> Request {
         path: path.into(),
         data,
         token: Some(ClientToken::new(token.to_owned())),
+        client_certs: Vec::new(),
     }
 }
 

@@ -78,6 +78,7 @@ impl Env {
                 path: path.into(),
                 data,
                 token: token.map(|t| ClientToken::new(t.to_owned())),
+                client_certs: Vec::new(),
             })
             .await
     }

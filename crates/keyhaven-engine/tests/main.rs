@@ -12,3 +12,4 @@ mod policy;
 mod token;
 mod token_valid;
 mod transit;
+mod userpass_cert;

@@ -59,6 +59,7 @@ impl Env {
                 path: path.into(),
                 data,
                 token: Some(ClientToken::new(token.to_owned())),
+                client_certs: Vec::new(),
             })
             .await
     }

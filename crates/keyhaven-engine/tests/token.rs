@@ -107,6 +107,7 @@ impl Env {
                 path: path.into(),
                 data,
                 token: Some(ClientToken::new(token.to_owned())),
+                client_certs: Vec::new(),
             })
             .await
     }
@@ -437,6 +438,7 @@ async fn token_store_never_holds_tokens_in_clear() {
             path: "auth/token/create".into(),
             data: Map::new(),
             token: Some(ClientToken::new(root.to_owned())),
+            client_certs: Vec::new(),
         })
         .await
         .unwrap();

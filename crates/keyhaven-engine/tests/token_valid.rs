@@ -19,6 +19,7 @@ async fn call(core: &Core, path: &str, body: Value, token: &str) -> Result<Respo
         path: path.into(),
         data: body.as_object().cloned().unwrap_or_default(),
         token: Some(ClientToken::new(token.to_owned())),
+        client_certs: Vec::new(),
     })
     .await
 }

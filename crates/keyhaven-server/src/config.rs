@@ -225,6 +225,8 @@ struct RawListener {
     #[serde(default)]
     tls_disable: bool,
     #[serde(default)]
+    tls_disable_client_certs: bool,
+    #[serde(default)]
     max_request_size: Option<usize>,
     /// Durations such as `"10s"`.
     #[serde(default)]
@@ -406,6 +408,9 @@ pub enum TlsConfig {
         cert: PathBuf,
         /// Private key; must not be readable by group or others.
         key: PathBuf,
+        /// Ask clients for a certificate (for the `cert` auth method); on unless
+        /// `tls_disable_client_certs = true`.
+        client_certs: bool,
     },
     /// Plain HTTP. Only for dev mode or an explicit `tls_disable = true`.
     Disabled,
@@ -553,7 +558,11 @@ impl Config {
                     "listener.tls_disable = true cannot be combined with tls_cert_file/tls_key_file".into(),
                 ));
             }
-            (false, Some(cert), Some(key)) => TlsConfig::Files { cert, key },
+            (false, Some(cert), Some(key)) => TlsConfig::Files {
+                cert,
+                key,
+                client_certs: !raw.listener.tls_disable_client_certs,
+            },
             (false, _, _) => {
                 return Err(ConfigError::Invalid(
                     "listener needs tls_cert_file and tls_key_file, or tls_disable = true".into(),

@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 
 use crate::body::{self, BodyError, BodyLimits, Gate, Reservation};
 use crate::json_limits;
-use crate::listener::ConnHandle;
+use crate::listener::{ClientCerts, ConnHandle};
 
 /// Version reported by `sys/seal-status` and `sys/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -329,12 +329,18 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
             }
         }
     }
+    let client_certs = parts
+        .extensions
+        .get::<ClientCerts>()
+        .map(|c| c.0.as_ref().clone())
+        .unwrap_or_default();
     let request = Request {
         id: request_id.clone(),
         operation,
         path,
         data,
         token,
+        client_certs,
     };
     let shape = WireShape::of(&request.path);
     let result = state.core.handle(request).await;

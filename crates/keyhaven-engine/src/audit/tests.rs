@@ -117,6 +117,7 @@ pub(crate) fn req(op: Operation, path: &str, data: Value, token: Option<&str>) -
         path: path.into(),
         data,
         token: token.map(|t| ClientToken::new(t.to_owned())),
+        client_certs: Vec::new(),
     }
 }
 
