@@ -110,7 +110,11 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("LIST", "auth/cert/certs", None),
         ("DELETE", "auth/cert/certs/web", None),
         ("GET", "auth/cert/config", None),
-        ("POST", "auth/cert/config", Some(json!({"disable_binding": true}))),
+        (
+            "POST",
+            "auth/cert/config",
+            Some(json!({"disable_binding": true})),
+        ),
         ("GET", "nomount/anything", None),
     ]
 }

@@ -1041,13 +1041,13 @@ fn userpass_session_matches_openbao() {
 }
 
 /// A test CA and a client certificate it issued, as PEM files.
-struct ClientPki {
-    ca_pem: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
+pub(crate) struct ClientPki {
+    pub(crate) ca_pem: PathBuf,
+    pub(crate) client_cert: PathBuf,
+    pub(crate) client_key: PathBuf,
 }
 
-fn client_pki(dir: &Path, cn: &str) -> ClientPki {
+pub(crate) fn client_pki(dir: &Path, cn: &str) -> ClientPki {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -1075,7 +1075,10 @@ fn client_pki(dir: &Path, cn: &str) -> ClientPki {
 
 /// A keyhaven server on TLS (a self-signed server certificate for localhost), initialized
 /// and unsealed; returns it, its `https://localhost:…` address, the CA file and the root.
-fn tls_server(dir: &Path, extra_listener: &str) -> (TestServer, String, PathBuf, String) {
+pub(crate) fn tls_server(
+    dir: &Path,
+    extra_listener: &str,
+) -> (TestServer, String, PathBuf, String) {
     use std::os::unix::fs::PermissionsExt;
     let rcgen::CertifiedKey { cert, signing_key } =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
