@@ -1038,6 +1038,11 @@ fn userpass_session_matches_openbao() {
         assert_eq!(a, b, "keyhaven (left) and OpenBao (right) differ");
     }
     assert_eq!(ours.len(), USERPASS_SESSION.len());
+    // No password reached the server's log.
+    let logs = server.logs();
+    for password in ["first-Pa55", "second-Pa55", "third-Pa55"] {
+        assert!(!logs.contains(password), "a password is in the server log");
+    }
 }
 
 /// A test CA and a client certificate it issued, as PEM files.

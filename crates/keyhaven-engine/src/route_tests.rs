@@ -51,6 +51,8 @@ async fn walk() -> (
         ("sys/mounts/transit", "transit"),
         ("sys/auth/kubernetes", "kubernetes"),
         ("sys/auth/jwt", "jwt"),
+        ("sys/auth/userpass", "userpass"),
+        ("sys/auth/cert", "cert"),
     ] {
         ok(&core, Operation::Update, path, json!({"type": kind}), &root).await;
     }
@@ -98,7 +100,16 @@ async fn walk() -> (
     kinds.sort();
     assert_eq!(
         kinds,
-        ["jwt", "kubernetes", "kv", "system", "token", "transit"],
+        [
+            "cert",
+            "jwt",
+            "kubernetes",
+            "kv",
+            "system",
+            "token",
+            "transit",
+            "userpass"
+        ],
         "every backend is walked"
     );
     (core, dev, root, walker, routes)
@@ -208,6 +219,18 @@ async fn wrong_types_are_refused_naming_the_field_and_unknown_fields_warned_in_e
             json!({"user_claim": "sub", "bound_audiences": ["x"]}),
             "token_num_uses",
             json!(-1),
+        ),
+        (
+            "auth/userpass/users/u",
+            json!({"password": "pw"}),
+            "token_ttl",
+            json!("soon"),
+        ),
+        (
+            "auth/cert/config",
+            json!({"disable_binding": true}),
+            "ocsp_cache_size",
+            json!("big"),
         ),
         (
             "auth/token/create",
