@@ -23,7 +23,9 @@ struct Env {
 
 impl Env {
     async fn new() -> Env {
-        let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
+        let clock = Arc::new(ManualClock::new(
+            UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        ));
         let core = Core::with_options(
             Arc::new(MemStore::new()),
             clock.clone(),

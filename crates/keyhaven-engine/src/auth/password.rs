@@ -143,7 +143,7 @@ pub(crate) async fn hash(password: Password) -> Result<PasswordHash, EngineError
         t: ARGON2_T_COST,
         p: ARGON2_P_COST,
         salt: B64.encode(salt),
-        hash: B64.encode(&*digest),
+        hash: B64.encode(digest.as_slice()),
     })
 }
 
