@@ -664,6 +664,22 @@ tls_key_file = "/etc/keyhaven/tls.key"
     }
 
     #[test]
+    fn the_listener_asks_for_client_certificates_unless_told_not_to() {
+        let asks =
+            |c: &Config| matches!(c.tls, TlsConfig::Files { client_certs, .. } if client_certs);
+        assert!(asks(&Config::from_toml(GOOD).unwrap()));
+        let off = GOOD.replace("[listener]", "[listener]\ntls_disable_client_certs = true");
+        let c = Config::from_toml(&off).unwrap();
+        assert!(matches!(
+            c.tls,
+            TlsConfig::Files {
+                client_certs: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn tls_must_be_configured_or_explicitly_disabled() {
         let no_tls = GOOD.replace("tls_cert_file = \"/etc/keyhaven/tls.crt\"\n", "");
         assert!(Config::from_toml(&no_tls).is_err());
