@@ -262,6 +262,30 @@ async fn userpass_refuses_bad_writes_without_storing_them() {
     .await
     .unwrap_err();
     assert!(message(&err).contains("root policy"), "{err}");
+    for (field, value, want) in [
+        (
+            "token_bound_cidrs",
+            json!("10.0.0.0/8"),
+            "token_bound_cidrs is not supported",
+        ),
+        (
+            "token_explicit_max_ttl",
+            json!("1h"),
+            "token_explicit_max_ttl is not supported",
+        ),
+    ] {
+        let mut body = json!({ "password": "x" });
+        body[field] = value;
+        let err = write("auth/userpass/users/bob", body).await.unwrap_err();
+        assert_eq!(message(&err), want);
+    }
+    // Empty ones (as hvac sends them) restrict nothing and are accepted.
+    write(
+        "auth/userpass/users/dora",
+        json!({ "password": "x", "token_bound_cidrs": [], "token_explicit_max_ttl": 0 }),
+    )
+    .await
+    .unwrap();
     let err = write(
         "auth/userpass/users/nobody/password",
         json!({ "password": "x" }),

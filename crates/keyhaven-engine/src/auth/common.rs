@@ -38,6 +38,14 @@ pub(crate) const TOKEN_FIELDS: &[Field] = &[
     ),
     Field::bool("token_no_default_policy", "Leave out the default policy."),
     Field::str("token_type", "service or default-service."),
+    Field::str_list(
+        "token_bound_cidrs",
+        "Not supported: must be empty (a restriction is never dropped silently).",
+    ),
+    Field::duration(
+        "token_explicit_max_ttl",
+        "Not supported: must be 0 (a restriction is never dropped silently).",
+    ),
 ];
 
 /// The fields of a login.
@@ -173,6 +181,17 @@ pub(crate) struct TokenFields {
 impl TokenFields {
     /// Apply the token parameters present in `data`.
     pub(crate) fn update(&mut self, data: &Map<String, Value>) -> Result<(), EngineError> {
+        // Restrictions this server cannot enforce are refused, not stored and ignored.
+        if params::string_list(data, "token_bound_cidrs")?
+            .is_some_and(|v| v.iter().any(|c| !c.trim().is_empty()))
+        {
+            return Err(EngineError::invalid("token_bound_cidrs is not supported"));
+        }
+        if params::duration_secs(data, "token_explicit_max_ttl")?.is_some_and(|v| v > 0) {
+            return Err(EngineError::invalid(
+                "token_explicit_max_ttl is not supported",
+            ));
+        }
         let policies = match params::string_list(data, "token_policies")? {
             Some(p) => Some(p),
             None => params::string_list(data, "policies")?,
