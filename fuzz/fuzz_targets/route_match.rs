@@ -28,6 +28,8 @@ fn backends() -> &'static Vec<Arc<dyn Backend>> {
             transit::factory(ctx(Map::new())).unwrap(),
             auth::jwt::factory(ctx(Map::new())).unwrap(),
             auth::kubernetes::factory(ctx(Map::new())).unwrap(),
+            auth::userpass::factory(ctx(Map::new())).unwrap(),
+            auth::cert::factory(ctx(Map::new())).unwrap(),
         ]
     })
 }

@@ -145,6 +145,38 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("POST", "cubbyhole/app", Some(json!({"k": "v"}))),
         ("LIST", "cubbyhole", None),
         ("DELETE", "cubbyhole/app", None),
+        (
+            "POST",
+            "auth/userpass/users/evil",
+            Some(json!({"password": "x", "token_policies": "admin"})),
+        ),
+        ("GET", "auth/userpass/users/alice", None),
+        ("LIST", "auth/userpass/users", None),
+        ("DELETE", "auth/userpass/users/alice", None),
+        (
+            "POST",
+            "auth/userpass/users/alice/password",
+            Some(json!({"password": "taken-over"})),
+        ),
+        (
+            "POST",
+            "auth/userpass/users/alice/policies",
+            Some(json!({"token_policies": "admin"})),
+        ),
+        (
+            "POST",
+            "auth/cert/certs/evil",
+            Some(json!({"certificate": "x", "token_policies": "admin"})),
+        ),
+        ("GET", "auth/cert/certs/web", None),
+        ("LIST", "auth/cert/certs", None),
+        ("DELETE", "auth/cert/certs/web", None),
+        ("GET", "auth/cert/config", None),
+        (
+            "POST",
+            "auth/cert/config",
+            Some(json!({"disable_binding": true})),
+        ),
         ("GET", "nomount/anything", None),
     ]
 }
@@ -269,6 +301,37 @@ fn every_bad_credential_is_refused_on_every_route_and_audited() {
         json!({"policy": "path \"auth/token/create\" { capabilities = [\"update\"] }\npath \"secret/*\" { capabilities = [\"read\", \"update\", \"delete\", \"list\", \"patch\"] }"}),
     );
 
+    // People: a userpass user; machines with client certificates: a cert role.
+    ok("POST", "sys/auth/userpass", json!({"type": "userpass"}));
+    ok(
+        "POST",
+        "auth/userpass/users/alice",
+        json!({"password": "alice-Pa55", "token_policies": "team-a-ro"}),
+    );
+    ok("POST", "sys/auth/cert", json!({"type": "cert"}));
+    let client_ca = rcgen::generate_simple_self_signed(vec!["client-ca".to_owned()]).unwrap();
+    ok(
+        "POST",
+        "auth/cert/certs/web",
+        json!({"certificate": client_ca.cert.pem(), "token_policies": "team-a-ro"}),
+    );
+    let (s, b) = call(
+        "POST",
+        &v1("auth/userpass/login/alice"),
+        None,
+        Some(&json!({"password": "wrong"})),
+    );
+    assert_eq!(s, 400, "a wrong password: {b}");
+    assert_eq!(b["errors"], json!(["invalid username or password"]));
+    let (s, b) = call(
+        "POST",
+        &v1("auth/userpass/login/alice"),
+        None,
+        Some(&json!({"password": "alice-Pa55"})),
+    );
+    assert_eq!(s, 200, "valid login refused: {b}");
+    let user_token = b["auth"]["client_token"].as_str().unwrap().to_owned();
+
     // Workload identity: a test issuer with an ECDSA key, a role bound to team-a/app.
     let issuer = keypair();
     ok("POST", "sys/auth/kubernetes", json!({"type": "kubernetes"}));
@@ -321,12 +384,15 @@ fn every_bad_credential_is_refused_on_every_route_and_audited() {
         ("revoked parent", Some(orphaned_child)),
         ("under-privileged", Some(under.clone())),
         ("pod token (team-a-ro)", Some(pod_token.clone())),
+        ("userpass token (team-a-ro)", Some(user_token.clone())),
     ];
     let before = audit_records(dir.path()).len();
     let mut attempts = 0;
     for (label, token) in tokens.drain(..) {
         for (method, path, body) in routes() {
-            let limited = label.starts_with("under") || label.starts_with("pod");
+            let limited = label.starts_with("under")
+                || label.starts_with("pod")
+                || label.starts_with("userpass");
             if limited && allowed_for_default_policy(path) {
                 continue;
             }
@@ -410,6 +476,18 @@ fn every_bad_credential_is_refused_on_every_route_and_audited() {
     assert_eq!(status["sealed"], false);
     let (s, _) = call("GET", &v1("sys/policies/acl/evil"), Some(&root), None);
     assert_eq!(s, 404);
+    let (s, b) = call(
+        "POST",
+        &v1("auth/userpass/login/alice"),
+        None,
+        Some(&json!({"password": "alice-Pa55"})),
+    );
+    assert_eq!(s, 200, "alice's password was changed: {b}");
+    assert_eq!(b["auth"]["token_policies"], json!(["default", "team-a-ro"]));
+    let (s, _) = call("GET", &v1("auth/userpass/users/evil"), Some(&root), None);
+    assert_eq!(s, 404);
+    let (s, _) = call("GET", &v1("auth/cert/certs/web"), Some(&root), None);
+    assert_eq!(s, 200);
 
     // Every attempt is in the audit log, as a request record carrying the denial.
     let records = audit_records(dir.path());
@@ -438,6 +516,9 @@ fn every_bad_credential_is_refused_on_every_route_and_audited() {
         good.as_str(),
         "original",
         "original-v1",
+        user_token.as_str(),
+        "alice-Pa55",
+        "taken-over",
     ] {
         assert!(!text.contains(secret), "audit log holds a secret in clear");
     }

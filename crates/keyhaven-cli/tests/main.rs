@@ -14,6 +14,7 @@ mod authz;
 mod bao;
 mod cli;
 mod hvac;
+mod hvac_auth;
 mod identity_cli;
 mod limits;
 mod server;

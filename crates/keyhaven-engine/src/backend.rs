@@ -67,6 +67,8 @@ pub struct BackendRequest<'a> {
     pub captures: Captures<'a>,
     /// Body and query parameters.
     pub data: &'a Map<String, Value>,
+    /// The client's TLS certificate chain, leaf first, DER ([`crate::Request::client_certs`]).
+    pub client_certs: &'a [Vec<u8>],
 }
 
 impl<'a> BackendRequest<'a> {

@@ -1041,6 +1041,7 @@ impl Target {
             route: m.route,
             captures: m.captures,
             data: &req.data,
+            client_certs: &req.client_certs,
         })
     }
 

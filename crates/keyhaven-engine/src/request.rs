@@ -82,6 +82,11 @@ pub struct Request {
     /// The address the request came from (the TCP peer), for tokens bound to CIDRs and
     /// for audit records; `None` for requests made in-process.
     pub remote_addr: Option<std::net::IpAddr>,
+    /// The certificate chain the client presented in the TLS handshake, leaf first, DER
+    /// (empty without TLS or without a client certificate). The server checked only that
+    /// the client holds the leaf's private key; what the chain is worth, the `cert` auth
+    /// method decides.
+    pub client_certs: Vec<Vec<u8>>,
 }
 
 // Request data may hold secret values: print only their keys.
@@ -94,6 +99,7 @@ impl fmt::Debug for Request {
             .field("data_keys", &self.data.keys().collect::<Vec<_>>())
             .field("token", &self.token)
             .field("remote_addr", &self.remote_addr)
+            .field("client_certs", &self.client_certs.len())
             .finish()
     }
 }

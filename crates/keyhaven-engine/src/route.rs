@@ -574,6 +574,7 @@ pub async fn call(
             route: m.route,
             captures: m.captures,
             data,
+            client_certs: &[],
         })
         .await?;
     resp.warnings.extend(warnings);

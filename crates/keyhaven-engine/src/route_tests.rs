@@ -52,6 +52,8 @@ async fn walk() -> (
         ("sys/mounts/kv1", "kv"),
         ("sys/auth/kubernetes", "kubernetes"),
         ("sys/auth/jwt", "jwt"),
+        ("sys/auth/userpass", "userpass"),
+        ("sys/auth/cert", "cert"),
     ] {
         ok(&core, Operation::Update, path, json!({"type": kind}), &root).await;
     }
@@ -100,6 +102,7 @@ async fn walk() -> (
     assert_eq!(
         kinds,
         [
+            "cert",
             "cubbyhole",
             "jwt",
             "kubernetes",
@@ -107,7 +110,8 @@ async fn walk() -> (
             "kv",
             "system",
             "token",
-            "transit"
+            "transit",
+            "userpass"
         ],
         "every backend is walked"
     );
@@ -218,6 +222,18 @@ async fn wrong_types_are_refused_naming_the_field_and_unknown_fields_warned_in_e
             json!({"user_claim": "sub", "bound_audiences": ["x"]}),
             "token_num_uses",
             json!(-1),
+        ),
+        (
+            "auth/userpass/users/u",
+            json!({"password": "pw"}),
+            "token_ttl",
+            json!("soon"),
+        ),
+        (
+            "auth/cert/config",
+            json!({"disable_binding": true}),
+            "ocsp_cache_size",
+            json!("big"),
         ),
         (
             "auth/token/create",

@@ -53,6 +53,7 @@ fn req(op: Operation, path: &str, data: Value, token: &str) -> Request {
         data,
         token: Some(ClientToken::new(token.to_owned())),
         remote_addr: None,
+        client_certs: Vec::new(),
     }
 }
 

@@ -79,6 +79,7 @@ impl Env {
                 data,
                 token: token.map(|t| ClientToken::new(t.to_owned())),
                 remote_addr: None,
+                client_certs: Vec::new(),
             })
             .await
     }
@@ -98,6 +99,7 @@ impl Env {
                 data: Map::new(),
                 token: Some(ClientToken::new(token.to_owned())),
                 remote_addr: from.map(|a| a.parse().unwrap()),
+                client_certs: Vec::new(),
             })
             .await
     }
@@ -1275,6 +1277,7 @@ async fn tokens_of_a_role_bound_to_cidr_blocks_work_only_from_inside_them() {
             data: Map::new(),
             token: Some(ClientToken::new(token.clone())),
             remote_addr: Some("10.0.0.1".parse().unwrap()),
+            client_certs: Vec::new(),
         })
         .await
         .unwrap();

@@ -32,6 +32,7 @@ fn req(op: Operation, path: &str, data: Value, token: &str) -> Request {
         data: data.as_object().cloned().unwrap_or_default(),
         token: Some(ClientToken::new(token.to_owned())),
         remote_addr: None,
+        client_certs: Vec::new(),
     }
 }
 

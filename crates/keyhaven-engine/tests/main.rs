@@ -16,4 +16,5 @@ mod telemetry;
 mod token;
 mod token_valid;
 mod transit;
+mod userpass_cert;
 mod wrapping;

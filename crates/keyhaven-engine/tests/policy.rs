@@ -60,6 +60,7 @@ impl Env {
                 data,
                 token: Some(ClientToken::new(token.to_owned())),
                 remote_addr: None,
+                client_certs: Vec::new(),
             })
             .await
     }

@@ -69,6 +69,7 @@ fn req(op: Operation, path: &str, data: Value, token: Option<&str>) -> Request {
         data,
         token: token.map(|t| ClientToken::new(t.to_owned())),
         remote_addr: None,
+        client_certs: Vec::new(),
     }
 }
 

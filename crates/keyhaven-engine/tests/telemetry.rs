@@ -29,6 +29,7 @@ fn req(op: Operation, path: &str, data: Value, token: Option<&str>) -> Request {
         data: data.as_object().cloned().unwrap_or_default(),
         token: token.map(|t| ClientToken::new(t.to_owned())),
         remote_addr: None,
+        client_certs: Vec::new(),
     }
 }
 

@@ -108,6 +108,7 @@ impl Env {
                 data,
                 token: Some(ClientToken::new(token.to_owned())),
                 remote_addr: None,
+                client_certs: Vec::new(),
             })
             .await
     }
@@ -439,6 +440,7 @@ async fn token_store_never_holds_tokens_in_clear() {
             data: Map::new(),
             token: Some(ClientToken::new(root.to_owned())),
             remote_addr: None,
+            client_certs: Vec::new(),
         })
         .await
         .unwrap();

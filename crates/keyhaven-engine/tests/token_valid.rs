@@ -20,6 +20,7 @@ async fn call(core: &Core, path: &str, body: Value, token: &str) -> Result<Respo
         data: body.as_object().cloned().unwrap_or_default(),
         token: Some(ClientToken::new(token.to_owned())),
         remote_addr: None,
+        client_certs: Vec::new(),
     })
     .await
 }

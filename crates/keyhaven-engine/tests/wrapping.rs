@@ -33,6 +33,7 @@ fn request(op: Operation, path: &str, body: Value, token: Option<&str>) -> Reque
         data,
         token: token.map(|t| ClientToken::new(t.to_owned())),
         remote_addr: None,
+        client_certs: Vec::new(),
     }
 }
 

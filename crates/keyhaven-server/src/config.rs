@@ -244,6 +244,8 @@ struct RawListener {
     #[serde(default)]
     tls_disable: bool,
     #[serde(default)]
+    tls_disable_client_certs: bool,
+    #[serde(default)]
     max_request_size: Option<usize>,
     /// Durations such as `"10s"`.
     #[serde(default)]
@@ -431,6 +433,9 @@ pub enum TlsConfig {
         cert: PathBuf,
         /// Private key; must not be readable by group or others.
         key: PathBuf,
+        /// Ask clients for a certificate (for the `cert` auth method); on unless
+        /// `tls_disable_client_certs = true`.
+        client_certs: bool,
     },
     /// Plain HTTP. Only for dev mode or an explicit `tls_disable = true`.
     Disabled,
@@ -589,7 +594,11 @@ impl Config {
                     "listener.tls_disable = true cannot be combined with tls_cert_file/tls_key_file".into(),
                 ));
             }
-            (false, Some(cert), Some(key)) => TlsConfig::Files { cert, key },
+            (false, Some(cert), Some(key)) => TlsConfig::Files {
+                cert,
+                key,
+                client_certs: !raw.listener.tls_disable_client_certs,
+            },
             (false, _, _) => {
                 return Err(ConfigError::Invalid(
                     "listener needs tls_cert_file and tls_key_file, or tls_disable = true".into(),
@@ -735,6 +744,22 @@ tls_key_file = "/etc/keyhaven/tls.key"
         assert!(err.to_string().contains("tls_disabel"), "{err}");
         let err = Config::from_toml(&format!("colour = 1\n{GOOD}")).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn the_listener_asks_for_client_certificates_unless_told_not_to() {
+        let asks =
+            |c: &Config| matches!(c.tls, TlsConfig::Files { client_certs, .. } if client_certs);
+        assert!(asks(&Config::from_toml(GOOD).unwrap()));
+        let off = GOOD.replace("[listener]", "[listener]\ntls_disable_client_certs = true");
+        let c = Config::from_toml(&off).unwrap();
+        assert!(matches!(
+            c.tls,
+            TlsConfig::Files {
+                client_certs: false,
+                ..
+            }
+        ));
     }
 
     #[test]

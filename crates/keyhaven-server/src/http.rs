@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 
 use crate::body::{self, BodyError, BodyLimits, Gate, Reservation};
 use crate::json_limits;
-use crate::listener::ConnHandle;
+use crate::listener::{ClientCerts, ConnHandle};
 
 /// Version reported by `sys/seal-status` and `sys/health`: the Vault-compatible API
 /// version with keyhaven's own as build metadata (see
@@ -456,6 +456,11 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
             }
         }
     }
+    let client_certs = parts
+        .extensions
+        .get::<ClientCerts>()
+        .map(|c| c.0.as_ref().clone())
+        .unwrap_or_default();
     let request = Request {
         id: request_id.clone(),
         operation,
@@ -466,6 +471,7 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
             .extensions
             .get::<ConnHandle>()
             .and_then(ConnHandle::peer),
+        client_certs,
     };
     let shape = WireShape::of(&request.path);
     let result = state.core.handle_wrapped(request, wrap).await;
@@ -542,6 +548,7 @@ async fn metrics(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
             .extensions()
             .get::<ConnHandle>()
             .and_then(ConnHandle::peer),
+        client_certs: Vec::new(),
     };
     match state.core.handle(request).await {
         Ok(_) if format == "prometheus" => prometheus_response(&state.core, &request_id),

@@ -302,7 +302,11 @@ pub async fn build(
     };
     let tls = match &config.tls {
         TlsConfig::Disabled => None,
-        TlsConfig::Files { cert, key } => Some(tls::acceptor(cert, key)?),
+        TlsConfig::Files {
+            cert,
+            key,
+            client_certs,
+        } => Some(tls::acceptor(cert, key, *client_certs)?),
     };
     let state = http::AppState {
         core: core.clone(),

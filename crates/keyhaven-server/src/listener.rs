@@ -323,7 +323,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 struct ConnService {
     router: axum::Router,
     conn: Arc<Conn>,
+    client_certs: ClientCerts,
 }
+
+/// The certificate chain a TLS client presented, leaf first, DER (empty without TLS or
+/// without a client certificate). Only the client's possession of the leaf's key was
+/// checked ([`crate::tls::PossessionVerifier`]); every request of the connection carries
+/// it as an extension.
+#[derive(Clone, Default)]
+pub(crate) struct ClientCerts(pub(crate) Arc<Vec<Vec<u8>>>);
 
 type ServiceFuture = Pin<
     Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
@@ -337,6 +345,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
         let guard = self.conn.begin_request();
         req.extensions_mut().insert(ConnHandle(self.conn.clone()));
+        req.extensions_mut().insert(self.client_certs.clone());
         let router = self.router.clone();
         Box::pin(async move {
             let response = router.oneshot(req).await;
@@ -595,6 +604,7 @@ pub(crate) async fn serve(
             limits: limits.clone(),
             stopping: stopping.clone(),
             peer,
+            client_certs: ClientCerts::default(),
         };
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -640,6 +650,7 @@ struct ConnTask {
     limits: Limits,
     stopping: watch::Receiver<bool>,
     peer: SocketAddr,
+    client_certs: ClientCerts,
 }
 
 impl ConnTask {
@@ -671,6 +682,10 @@ impl ConnTask {
                         return;
                     }
                 };
+                if let Some(chain) = tls.get_ref().1.peer_certificates() {
+                    self.client_certs =
+                        ClientCerts(Arc::new(chain.iter().map(|c| c.to_vec()).collect()));
+                }
                 self.serve(tls).await;
             }
         }
@@ -687,6 +702,7 @@ impl ConnTask {
         let service = ConnService {
             router: self.router.clone(),
             conn: self.conn.clone(),
+            client_certs: self.client_certs.clone(),
         };
         let http = self.builder.serve_connection(io, service);
         tokio::pin!(http);

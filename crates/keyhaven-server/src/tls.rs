@@ -11,8 +11,13 @@ use tokio_rustls::TlsAcceptor;
 use crate::ServerError;
 
 /// Load a certificate chain and key and build an acceptor. Refuses a key file that
-/// group or others can read.
-pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError> {
+/// group or others can read. With `client_certs`, the handshake asks clients for a
+/// certificate (as Vault's listener does), without requiring one ([`PossessionVerifier`]).
+pub(crate) fn acceptor(
+    cert: &Path,
+    key: &Path,
+    client_certs: bool,
+) -> Result<TlsAcceptor, ServerError> {
     check_private(key)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| {
@@ -36,18 +41,82 @@ pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerErr
         ))
     })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            ServerError::Tls(format!(
-                "certificate and key do not form a usable pair: {e}"
-            ))
-        })?;
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let builder = if client_certs {
+        builder.with_client_cert_verifier(Arc::new(PossessionVerifier {
+            algorithms: provider.signature_verification_algorithms,
+        }))
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        ServerError::Tls(format!(
+            "certificate and key do not form a usable pair: {e}"
+        ))
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Asks for a client certificate without requiring one, and checks only that the client
+/// holds the leaf's private key (the handshake signature).
+///
+/// Which certificates are trusted is not known here: the `cert` auth method's roles name
+/// their CAs at run time, each for itself, so the chain is verified by the engine at
+/// login against the role's own CAs (a union of every role's CAs at the TLS layer would
+/// let a certificate of one role's CA pass for another's). A client that presents no
+/// certificate, or an untrusted one, still gets a connection: every other request is
+/// authorized by its token, as before.
+#[derive(Debug)]
+pub(crate) struct PossessionVerifier {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for PossessionVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 #[cfg(unix)]

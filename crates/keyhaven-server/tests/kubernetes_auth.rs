@@ -235,6 +235,7 @@ impl Env {
                 data,
                 token: token.map(|t| ClientToken::new(t.to_owned())),
                 remote_addr: None,
+                client_certs: Vec::new(),
             })
             .await
     }

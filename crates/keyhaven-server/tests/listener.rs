@@ -554,6 +554,7 @@ fn tls_files(dir: &std::path::Path) -> (TlsConfig, rustls::pki_types::Certificat
         TlsConfig::Files {
             cert: cert_path,
             key: key_path,
+            client_certs: true,
         },
         rustls::pki_types::CertificateDer::from(cert.der().to_vec()),
     )

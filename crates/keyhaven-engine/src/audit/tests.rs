@@ -118,6 +118,7 @@ pub(crate) fn req(op: Operation, path: &str, data: Value, token: Option<&str>) -
         data,
         token: token.map(|t| ClientToken::new(t.to_owned())),
         remote_addr: None,
+        client_certs: Vec::new(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! What the `kubernetes` and `jwt` auth methods share: the token fields of a role,
+//! What the auth methods share: the token fields of a role,
 //! role names, JSON records in the mount's storage, and refusing a login.
 
 use std::sync::Arc;
@@ -43,6 +43,10 @@ pub(crate) const TOKEN_FIELDS: &[Field] = &[
         "CIDR blocks the tokens work from (empty: anywhere).",
     ),
     Field::str_list("bound_cidrs", "Deprecated: token_bound_cidrs."),
+    Field::duration(
+        "token_explicit_max_ttl",
+        "Not supported: must be 0 (a restriction is never dropped silently).",
+    ),
 ];
 
 /// The fields of a login.
@@ -58,30 +62,53 @@ pub(crate) const fn role_method_routes(
     config: &'static [Field],
     role: &'static [Field],
 ) -> [Route; 4] {
+    role_method_routes_at(
+        config,
+        ("role", "role/{name}"),
+        role,
+        LOGIN_FIELDS,
+        "Exchange a signed token for a keyhaven token.",
+    )
+}
+
+/// [`role_method_routes`] with the roles under other paths (`certs`, `certs/{name}`)
+/// and another login: `roles` is the list path and the path of one role, which must
+/// capture `name` and agree with [`RoleMethod::ROLES`].
+pub(crate) const fn role_method_routes_at(
+    config: &'static [Field],
+    roles: (&'static str, &'static str),
+    role: &'static [Field],
+    login: &'static [Field],
+    login_summary: &'static str,
+) -> [Route; 4] {
     [
         Route::new("config", "The method's configuration.")
             .ops(Ops::READ)
             .ops(Ops::WRITE)
             .fields(config),
-        Route::new("role", "List the roles.").ops(Ops::LIST),
-        Route::new(
-            "role/{name}",
-            "A role: who may log in, and the token they get.",
-        )
-        .ops(Ops::READ)
-        .ops(Ops::WRITE.and(Ops::DELETE))
-        .fields(role)
-        .shared_fields(TOKEN_FIELDS),
-        Route::new("login", "Exchange a signed token for a keyhaven token.")
+        Route::new(roles.0, "List the roles.").ops(Ops::LIST),
+        Route::new(roles.1, "A role: who may log in, and the token they get.")
+            .ops(Ops::READ)
+            .ops(Ops::WRITE.and(Ops::DELETE))
+            .fields(role)
+            .shared_fields(TOKEN_FIELDS),
+        Route::new("login", login_summary)
             .ops(Ops::WRITE)
-            .fields(LOGIN_FIELDS)
+            .fields(login)
             .unauthenticated(),
     ]
 }
 
-/// What the jwt and kubernetes methods do on [`role_method_routes`].
+/// What a method does on [`role_method_routes`] (jwt, kubernetes) or
+/// [`role_method_routes_at`] (cert).
 #[async_trait]
 pub(crate) trait RoleMethod: Send + Sync {
+    /// The list path and the path of one role, as given to the route table.
+    const ROLES: (&'static str, &'static str) = ("role", "role/{name}");
+    /// The storage prefix of the roles.
+    const ROLE_PREFIX: &'static str = "role/";
+    /// Whether role names are lowercased (Vault's cert method does).
+    const LOWERCASE_NAMES: bool = false;
     /// The method's storage.
     fn storage(&self) -> &Arc<dyn Store>;
     /// `config`, read.
@@ -97,7 +124,7 @@ pub(crate) trait RoleMethod: Send + Sync {
         data: &Map<String, Value>,
     ) -> Result<Response, EngineError>;
     /// `login`.
-    async fn login(&self, data: &Map<String, Value>) -> Result<Response, EngineError>;
+    async fn login(&self, req: &BackendRequest<'_>) -> Result<Response, EngineError>;
 }
 
 /// Serve a request matched to one of [`role_method_routes`].
@@ -106,19 +133,26 @@ pub(crate) async fn handle_role_method<M: RoleMethod>(
     req: BackendRequest<'_>,
 ) -> Result<Response, EngineError> {
     use Operation::{Create, Delete, List, Read, Update};
+    let (roles, role) = M::ROLES;
     match (req.route.pattern, req.operation) {
         ("config", Read) => method.config_read().await,
         ("config", Create | Update) => method.config_write(req.data).await,
-        ("role", List) => list_roles(method.storage()).await,
-        ("login", Create | Update) => method.login(req.data).await,
-        ("role/{name}", op) => {
-            let name = req.capture("name");
+        (p, List) if p == roles => list_under(method.storage(), M::ROLE_PREFIX).await,
+        ("login", Create | Update) => method.login(&req).await,
+        (p, op) if p == role => {
+            let name = if M::LOWERCASE_NAMES {
+                req.capture("name").to_lowercase()
+            } else {
+                req.capture("name").to_owned()
+            };
+            let name = name.as_str();
             validate_role_name(name)?;
             match op {
                 Read => method.role_read(name).await,
                 Create | Update => method.role_write(name, req.data).await,
                 Delete => {
-                    method.storage().delete(&role_key(name)).await?;
+                    let key = format!("{}{name}", M::ROLE_PREFIX);
+                    method.storage().delete(&key).await?;
                     Ok(Response::no_content())
                 }
                 _ => Err(EngineError::UnsupportedOperation),
@@ -151,6 +185,12 @@ pub(crate) struct TokenFields {
 impl TokenFields {
     /// Apply the token parameters present in `data`.
     pub(crate) fn update(&mut self, data: &Map<String, Value>) -> Result<(), EngineError> {
+        // Restrictions this server cannot enforce are refused, not stored and ignored.
+        if params::duration_secs(data, "token_explicit_max_ttl")?.is_some_and(|v| v > 0) {
+            return Err(EngineError::invalid(
+                "token_explicit_max_ttl is not supported",
+            ));
+        }
         let policies = match params::string_list(data, "token_policies")? {
             Some(p) => Some(p),
             None => params::string_list(data, "policies")?,
@@ -235,6 +275,24 @@ impl TokenFields {
         out.insert("token_bound_cidrs".into(), json!(self.bound_cidrs));
     }
 
+    /// Add the token fields as the methods built into Vault (userpass, cert) show them:
+    /// the current names only.
+    pub(crate) fn to_api_current(&self, out: &mut Map<String, Value>) {
+        out.insert("token_bound_cidrs".into(), json!([]));
+        out.insert("token_explicit_max_ttl".into(), json!(0));
+        out.insert("token_max_ttl".into(), json!(self.max_ttl));
+        out.insert(
+            "token_no_default_policy".into(),
+            json!(self.no_default_policy),
+        );
+        out.insert("token_num_uses".into(), json!(self.num_uses));
+        out.insert("token_period".into(), json!(self.period));
+        out.insert("token_policies".into(), json!(self.policies));
+        out.insert("token_strictly_bind_ip".into(), json!(false));
+        out.insert("token_ttl".into(), json!(self.ttl));
+        out.insert("token_type".into(), json!("default"));
+    }
+
     /// The grant of a successful login, before metadata and display name.
     pub(crate) fn grant(&self) -> LoginGrant {
         LoginGrant {
@@ -299,13 +357,16 @@ pub(crate) async fn save<T: Serialize>(
     Ok(())
 }
 
-/// `LIST role`: the role names, or a 404 when there are none.
-pub(crate) async fn list_roles(store: &Arc<dyn Store>) -> Result<Response, EngineError> {
+/// The names stored under `prefix` (`role/`, `user/`), or a 404 when there are none.
+pub(crate) async fn list_under(
+    store: &Arc<dyn Store>,
+    prefix: &str,
+) -> Result<Response, EngineError> {
     let mut keys: Vec<String> = Vec::new();
     let mut after: Option<String> = None;
     loop {
         let page = store
-            .list_page("role/", after.as_deref(), MAX_LIST_PAGE)
+            .list_page(prefix, after.as_deref(), MAX_LIST_PAGE)
             .await?;
         let last = page.len() < MAX_LIST_PAGE;
         after = page.last().cloned();
@@ -371,7 +432,8 @@ pub(crate) fn finish_login(
     }
 }
 
-fn printable(s: &str) -> String {
+/// A bounded, printable prefix of a caller's input, for logs.
+pub(crate) fn printable(s: &str) -> String {
     s.chars()
         .take(128)
         .map(|c| if c.is_control() { '?' } else { c })

@@ -406,7 +406,8 @@ impl RoleMethod for JwtAuth {
         Ok(Response::no_content())
     }
 
-    async fn login(&self, data: &Map<String, Value>) -> Result<Response, EngineError> {
+    async fn login(&self, req: &BackendRequest<'_>) -> Result<Response, EngineError> {
+        let data = req.data;
         let parsed = self.load_parsed().await?;
         let default_role = parsed.as_ref().map(|p| p.config.default_role.as_str());
         let (role, jwt) = common::login_params(data, default_role)?;

@@ -422,7 +422,8 @@ impl RoleMethod for KubernetesAuth {
         Ok(resp)
     }
 
-    async fn login(&self, data: &Map<String, Value>) -> Result<Response, EngineError> {
+    async fn login(&self, req: &BackendRequest<'_>) -> Result<Response, EngineError> {
+        let data = req.data;
         let (role, jwt) = common::login_params(data, None)?;
         let result = KubernetesAuth::login(self, &role, &jwt).await;
         finish_login("kubernetes", &role, result)

@@ -2,9 +2,12 @@
 //! need (Kubernetes TokenReview, OIDC discovery), which the server provides so that the
 //! engine itself knows no HTTP.
 
+pub mod cert;
 mod common;
 pub mod jwt;
 pub mod kubernetes;
+pub mod password;
+pub mod userpass;
 pub mod validator;
 
 use std::collections::BTreeMap;
