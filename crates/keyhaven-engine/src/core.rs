@@ -826,12 +826,11 @@ impl Core {
         if let Ok(resp) = &mut result
             && let Some(grant) = resp.login.take()
         {
+            let untuned = MountConfig::default();
             let tuned = target
                 .as_ref()
-                .map(|t| &t.mounted.entry.config)
-                .cloned()
-                .unwrap_or_default();
-            match inner.tokens.login(&grant, &req.path, &tuned).await {
+                .map_or(&untuned, |t| &t.mounted.entry.config);
+            match inner.tokens.login(&grant, &req.path, tuned).await {
                 Ok(auth) => {
                     if let Some(t) = &target {
                         let mount = format!("auth/{}", t.mounted.entry.path);
