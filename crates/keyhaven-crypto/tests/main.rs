@@ -12,4 +12,5 @@ mod no_leak;
 mod shamir;
 mod transit;
 mod wycheproof_aead;
+mod wycheproof_ecdsa;
 mod wycheproof_hkdf;

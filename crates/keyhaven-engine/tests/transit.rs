@@ -261,6 +261,14 @@ async fn every_key_type_round_trips() {
         ("ecdsa-p256", json!({})),
         ("ecdsa-p256", json!({"marshaling_algorithm": "jws"})),
         ("ecdsa-p384", json!({})),
+        // Any hash on either curve, as Vault allows.
+        ("ecdsa-p256", json!({"hash_algorithm": "sha2-384"})),
+        (
+            "ecdsa-p256",
+            json!({"hash_algorithm": "sha2-512", "marshaling_algorithm": "jws"}),
+        ),
+        ("ecdsa-p384", json!({"hash_algorithm": "sha2-256"})),
+        ("ecdsa-p384", json!({"hash_algorithm": "sha3-512"})),
         ("rsa-2048", json!({})),
         (
             "rsa-2048",

@@ -147,13 +147,10 @@ impl KeyType {
         self.is_aead()
     }
 
-    /// The hash a signature uses when the request names none: SHA2-256 as in Vault, except
-    /// for P-384, whose provider signs with SHA2-384 (or SHA3-384) only.
+    /// The hash a signature uses when the request names none: SHA2-256, as in Vault, for
+    /// every key type (P-384 included).
     pub const fn default_signature_hash(self) -> HashAlgorithm {
-        match self {
-            KeyType::EcdsaP384 => HashAlgorithm::Sha2_384,
-            _ => HashAlgorithm::Sha2_256,
-        }
+        HashAlgorithm::Sha2_256
     }
 
     fn aead(self) -> Option<(&'static AeadAlg, usize)> {
@@ -790,7 +787,15 @@ impl VersionKey {
                     Marshaling::Asn1 => asn1,
                     Marshaling::Jws => fixed,
                 };
-                self.check_ecdsa_hash(opts.hash)?;
+                if !self.ecdsa_native_hash(opts.hash) {
+                    let digest = ecdsa_digest(opts, input)?;
+                    return super::ecdsa::sign_digest(
+                        self.kind,
+                        self.key.expose_secret(),
+                        &digest,
+                        opts.marshaling,
+                    );
+                }
                 let sig = if opts.prehashed {
                     let d = import_digest(opts.hash, input)?;
                     pair.sign_digest(&d)
@@ -828,15 +833,22 @@ impl VersionKey {
     ) -> Result<bool, CryptoError> {
         let alg: &'static dyn signature::VerificationAlgorithm = match self.kind {
             KeyType::Ed25519 => &signature::ED25519,
-            KeyType::EcdsaP256 | KeyType::EcdsaP384 => {
-                self.check_ecdsa_hash(opts.hash)?;
-                match (self.kind, opts.marshaling) {
-                    (KeyType::EcdsaP256, Marshaling::Asn1) => &signature::ECDSA_P256_SHA256_ASN1,
-                    (KeyType::EcdsaP256, Marshaling::Jws) => &signature::ECDSA_P256_SHA256_FIXED,
-                    (_, Marshaling::Asn1) => &signature::ECDSA_P384_SHA384_ASN1,
-                    (_, Marshaling::Jws) => &signature::ECDSA_P384_SHA384_FIXED,
-                }
+            KeyType::EcdsaP256 | KeyType::EcdsaP384 if !self.ecdsa_native_hash(opts.hash) => {
+                let digest = ecdsa_digest(opts, input)?;
+                return super::ecdsa::verify_digest(
+                    self.kind,
+                    &self.public,
+                    &digest,
+                    sig,
+                    opts.marshaling,
+                );
             }
+            KeyType::EcdsaP256 | KeyType::EcdsaP384 => match (self.kind, opts.marshaling) {
+                (KeyType::EcdsaP256, Marshaling::Asn1) => &signature::ECDSA_P256_SHA256_ASN1,
+                (KeyType::EcdsaP256, Marshaling::Jws) => &signature::ECDSA_P256_SHA256_FIXED,
+                (_, Marshaling::Asn1) => &signature::ECDSA_P384_SHA384_ASN1,
+                (_, Marshaling::Jws) => &signature::ECDSA_P384_SHA384_FIXED,
+            },
             KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
                 match (opts.padding, opts.hash) {
                     (RsaPadding::Pss, HashAlgorithm::Sha2_256) => {
@@ -872,13 +884,24 @@ impl VersionKey {
         Ok(ok)
     }
 
-    fn check_ecdsa_hash(&self, hash: HashAlgorithm) -> Result<(), CryptoError> {
-        match (self.kind, hash) {
+    /// Whether aws-lc-rs signs this key's curve with `hash` (its own hash); other hashes go
+    /// through [`super::ecdsa`].
+    fn ecdsa_native_hash(&self, hash: HashAlgorithm) -> bool {
+        matches!(
+            (self.kind, hash),
             (KeyType::EcdsaP256, HashAlgorithm::Sha2_256)
-            | (KeyType::EcdsaP384, HashAlgorithm::Sha2_384) => Ok(()),
-            (KeyType::EcdsaP256, _) => Err(invalid("ecdsa-p256 keys sign with sha2-256 only")),
-            _ => Err(invalid("ecdsa-p384 keys sign with sha2-384 only")),
-        }
+                | (KeyType::EcdsaP384, HashAlgorithm::Sha2_384)
+        )
+    }
+}
+
+/// The digest an ECDSA signature covers: `input` itself when prehashed (it must be as long
+/// as the hash's output), else its hash.
+fn ecdsa_digest(opts: &SignOptions, input: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if opts.prehashed {
+        Ok(import_digest(opts.hash, input)?.as_ref().to_vec())
+    } else {
+        opts.hash.digest(input)
     }
 }
 
@@ -1012,6 +1035,14 @@ mod tests {
             (KeyType::Ed25519, HashAlgorithm::Sha2_256),
             (KeyType::EcdsaP256, HashAlgorithm::Sha2_256),
             (KeyType::EcdsaP384, HashAlgorithm::Sha2_384),
+            (KeyType::EcdsaP256, HashAlgorithm::Sha2_384),
+            (KeyType::EcdsaP256, HashAlgorithm::Sha2_512),
+            (KeyType::EcdsaP256, HashAlgorithm::Sha1),
+            (KeyType::EcdsaP256, HashAlgorithm::Sha3_256),
+            (KeyType::EcdsaP384, HashAlgorithm::Sha2_256),
+            (KeyType::EcdsaP384, HashAlgorithm::Sha2_224),
+            (KeyType::EcdsaP384, HashAlgorithm::Sha1),
+            (KeyType::EcdsaP384, HashAlgorithm::Sha3_384),
             (KeyType::Rsa2048, HashAlgorithm::Sha2_256),
             (KeyType::Rsa2048, HashAlgorithm::Sha2_512),
         ] {
@@ -1041,7 +1072,58 @@ mod tests {
             assert!(k.public_key().is_some());
         }
         let p256 = VersionKey::generate(KeyType::EcdsaP256, KeyOptions::default(), 0).unwrap();
-        assert!(p256.sign(&opts(HashAlgorithm::Sha2_512), b"m").is_err());
+        assert!(p256.sign(&opts(HashAlgorithm::Sha3_224), b"m").is_err());
+    }
+
+    /// Signatures made with a hash other than the curve's own verify under aws-lc-rs's
+    /// verifiers of those pairs (an independent implementation), and only under the hash
+    /// they were made with.
+    #[test]
+    fn ecdsa_with_another_hash_verifies_under_an_independent_implementation() {
+        let cases: [(
+            KeyType,
+            HashAlgorithm,
+            &'static signature::EcdsaVerificationAlgorithm,
+        ); 5] = [
+            (
+                KeyType::EcdsaP256,
+                HashAlgorithm::Sha1,
+                &signature::ECDSA_P256_SHA1_ASN1,
+            ),
+            (
+                KeyType::EcdsaP256,
+                HashAlgorithm::Sha2_384,
+                &signature::ECDSA_P256_SHA384_ASN1,
+            ),
+            (
+                KeyType::EcdsaP256,
+                HashAlgorithm::Sha2_512,
+                &signature::ECDSA_P256_SHA512_ASN1,
+            ),
+            (
+                KeyType::EcdsaP384,
+                HashAlgorithm::Sha2_256,
+                &signature::ECDSA_P384_SHA256_ASN1,
+            ),
+            (
+                KeyType::EcdsaP384,
+                HashAlgorithm::Sha2_512,
+                &signature::ECDSA_P384_SHA512_ASN1,
+            ),
+        ];
+        for (kind, hash, alg) in cases {
+            let k = VersionKey::generate(kind, KeyOptions::default(), 0).unwrap();
+            let sig = k.sign(&opts(hash), b"message").unwrap();
+            let public = signature::UnparsedPublicKey::new(alg, k.public_key_bytes());
+            assert!(public.verify(b"message", &sig).is_ok(), "{kind} {hash:?}");
+            assert!(public.verify(b"messagf", &sig).is_err());
+            let other = if hash == HashAlgorithm::Sha2_512 {
+                HashAlgorithm::Sha2_384
+            } else {
+                HashAlgorithm::Sha2_512
+            };
+            assert!(!k.verify(&opts(other), b"message", &sig).unwrap());
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! * [`KeyType`]: the Vault key types keyhaven offers and what each supports;
 //! * [`VersionKey`]: one version of a key, prepared once and reused across threads, with
 //!   AEAD encryption (random or convergent nonces, HKDF-SHA256 derivation per context),
-//!   RSA-OAEP, HMAC, and Ed25519 / ECDSA / RSA signatures;
+//!   RSA-OAEP, HMAC, and Ed25519 / ECDSA / RSA signatures (ECDSA with any hash on either
+//!   curve, as Vault allows: [`ecdsa_verify_digest`]);
 //! * [`codec`]: the `vault:v<N>:<base64>` envelope and strict base64.
 //!
 //! # Invariants
@@ -20,9 +21,11 @@
 //! * No I/O, no clock, no async.
 
 pub mod codec;
+mod ecdsa;
 mod key;
 
 pub use codec::Base64;
+pub use ecdsa::verify_digest as ecdsa_verify_digest;
 pub use key::{
     HMAC_KEY_LEN, HMAC_MAX_KEY_SIZE, HMAC_MIN_KEY_SIZE, HashAlgorithm, KeyOptions, KeyType,
     Marshaling, RsaPadding, SignOptions, VersionKey,
