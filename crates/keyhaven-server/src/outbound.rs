@@ -3,7 +3,10 @@
 //!
 //! Invariants:
 //! - HTTPS only (rustls with aws-lc-rs); a per-call CA given as PEM replaces the system
-//!   roots for that call, so a cluster CA never widens trust for other destinations;
+//!   roots for that call, so a cluster CA never widens trust for other destinations. As in
+//!   Go's crypto/x509 (which Vault and OpenBao use), a server certificate that *is* one of
+//!   the bundle's certificates is trusted too, within its validity and for the host
+//!   dialled ([`BundleVerifier`]);
 //! - bounded: connect and whole-request timeouts, no redirects, no proxy from the
 //!   environment, and a response body cap ([`MAX_RESPONSE_BYTES`]);
 //! - request bodies and bearer tokens are never logged; errors name the URL and the
@@ -16,6 +19,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keyhaven_engine::EngineError;
 use keyhaven_engine::auth::{Outbound, OutboundResponse};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
 
 /// The largest response body read, in bytes.
@@ -91,13 +100,18 @@ impl HttpOutbound {
         {
             return Ok(c.clone());
         }
-        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|_| unavailable(url, "the CA certificate is not valid PEM"))?;
         if certs.is_empty() {
             return Err(unavailable(url, "the CA bundle holds no certificate"));
         }
+        let tls = bundle_tls_config(certs).map_err(|e| {
+            tracing::warn!(target: "keyhaven::outbound", error = %e, "unusable CA bundle");
+            unavailable(url, "cannot build an HTTPS client for this CA")
+        })?;
         let client = builder()
-            .tls_certs_only(certs)
+            .tls_backend_preconfigured(tls)
             .build()
             .map_err(|_| unavailable(url, "cannot build an HTTPS client for this CA"))?;
         let mut cache = self.by_ca.lock().unwrap_or_else(PoisonError::into_inner);
@@ -148,6 +162,132 @@ impl HttpOutbound {
         tracing::debug!(target: "keyhaven::outbound", %url, status, "outbound request");
         Ok(OutboundResponse { status, body })
     }
+}
+
+/// The TLS client configuration for a per-call CA bundle: [`BundleVerifier`] over it,
+/// TLS 1.2 and 1.3, HTTP/2 or HTTP/1.1.
+fn bundle_tls_config(
+    certs: Vec<CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
+    if added == 0 {
+        return Err(rustls::Error::General(
+            "no certificate of the bundle can be a trust anchor".to_owned(),
+        ));
+    }
+    let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let verifier = BundleVerifier {
+        chain,
+        pinned: certs,
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Trust in a CA bundle as Go's crypto/x509 grants it: a chain to one of the bundle's
+/// certificates (WebPKI's rules), or a server certificate byte-identical to one of them.
+/// The second covers API servers that present a single self-signed certificate marked as
+/// a CA, which operators then give as `kubernetes_ca_cert`: WebPKI refuses a CA
+/// certificate as an end entity, Go (so Vault and OpenBao) accepts it. A pinned certificate
+/// must still be within its validity period and name the host dialled; the handshake
+/// signature is checked against its key as for any other certificate.
+#[derive(Debug)]
+struct BundleVerifier {
+    chain: Arc<WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for BundleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chained = self.chain.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        if chained.is_ok()
+            || !self
+                .pinned
+                .iter()
+                .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            return chained;
+        }
+        verify_pinned(end_entity, server_name, now)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The checks a pinned server certificate still gets: validity period and host name.
+fn verify_pinned(
+    der: &CertificateDer<'_>,
+    server_name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    use x509_parser::prelude::{ASN1Time, FromDer as _, X509Certificate};
+    let bad = || rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
+    let (rest, cert) = X509Certificate::from_der(der.as_ref()).map_err(|_| bad())?;
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    let at = i64::try_from(now.as_secs())
+        .ok()
+        .and_then(|secs| ASN1Time::from_timestamp(secs).ok())
+        .ok_or_else(bad)?;
+    let validity = cert.validity();
+    if at < validity.not_before {
+        return Err(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidYet,
+        ));
+    }
+    if at > validity.not_after {
+        return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+    }
+    webpki::EndEntityCert::try_from(der)
+        .map_err(|_| bad())?
+        .verify_is_valid_for_subject_name(server_name)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
 }
 
 fn check_url(url: &str) -> Result<(), EngineError> {

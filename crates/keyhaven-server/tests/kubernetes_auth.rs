@@ -113,19 +113,58 @@ impl Drop for FakeApiServer {
     }
 }
 
+/// How the fake API server's certificate is made.
+enum ServerCert {
+    /// A leaf for 127.0.0.1 issued by a fresh CA; `ca_pem` is the CA.
+    FromCa,
+    /// One self-signed certificate marked as a CA, for the given names and validity, that
+    /// the server presents itself (as some clusters' API servers do); `ca_pem` is it.
+    SelfSignedCa {
+        names: &'static [&'static str],
+        expired: bool,
+    },
+}
+
 async fn start_api_server(jwks_doc: Value) -> FakeApiServer {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
+    start_api_server_with(jwks_doc, ServerCert::FromCa).await
+}
+
+fn ca_params(names: &[&str]) -> rcgen::CertificateParams {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "test cluster CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf_params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+    params
+}
+
+async fn start_api_server_with(jwks_doc: Value, cert: ServerCert) -> FakeApiServer {
+    let (leaf_der, leaf_key, ca_pem) = match cert {
+        ServerCert::FromCa => {
+            let ca = rcgen::CertifiedIssuer::self_signed(
+                ca_params(&[]),
+                rcgen::KeyPair::generate().unwrap(),
+            )
             .unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+            let leaf_key = rcgen::KeyPair::generate().unwrap();
+            let leaf_params =
+                rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                    .unwrap();
+            let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+            (leaf.der().to_vec(), leaf_key, ca.pem())
+        }
+        ServerCert::SelfSignedCa { names, expired } => {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = ca_params(names);
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            let cert = params.self_signed(&key).unwrap();
+            (cert.der().to_vec(), key, cert.pem())
+        }
+    };
 
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -133,7 +172,7 @@ async fn start_api_server(jwks_doc: Value) -> FakeApiServer {
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(
-            vec![CertificateDer::from(leaf.der().to_vec())],
+            vec![CertificateDer::from(leaf_der)],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
         )
         .unwrap();
@@ -181,7 +220,7 @@ async fn start_api_server(jwks_doc: Value) -> FakeApiServer {
     });
     FakeApiServer {
         base,
-        ca_pem: ca.pem(),
+        ca_pem,
         seen,
         task,
     }
@@ -315,6 +354,83 @@ async fn token_review_over_https_with_the_cluster_ca() {
         assert!(
             matches!(r, Err(EngineError::PermissionDenied)),
             "{case}: {r:?}"
+        );
+    }
+}
+
+/// Some API servers present one self-signed certificate marked as a CA, and that
+/// certificate is what operators give as `kubernetes_ca_cert`. OpenBao (Go's crypto/x509)
+/// trusts a server certificate that is itself in the configured bundle; WebPKI alone would
+/// refuse a CA certificate as an end entity. The pin is exact: the same certificate, within
+/// its validity, for the host dialled.
+#[tokio::test]
+async fn a_self_signed_ca_certificate_of_the_api_server_is_trusted_as_given() {
+    let api = start_api_server_with(
+        json!({"keys": []}),
+        ServerCert::SelfSignedCa {
+            names: &["127.0.0.1", "localhost"],
+            expired: false,
+        },
+    )
+    .await;
+    let env = Env::new().await;
+    env.setup(json!({
+        "kubernetes_host": api.base,
+        "kubernetes_ca_cert": api.ca_pem,
+        "token_reviewer_jwt": REVIEWER,
+    }))
+    .await;
+    let auth = env.login("pod.app.valid").await.unwrap();
+    assert_eq!(auth["metadata"]["service_account_name"], "app");
+    assert_eq!(api.seen.lock().unwrap().len(), 1);
+
+    // Another self-signed CA certificate with the same subject and names is not the pin.
+    let impostor = start_api_server_with(
+        json!({"keys": []}),
+        ServerCert::SelfSignedCa {
+            names: &["127.0.0.1", "localhost"],
+            expired: false,
+        },
+    )
+    .await;
+    // A pinned certificate for other names, or out of its validity period, is refused.
+    let wrong_name = start_api_server_with(
+        json!({"keys": []}),
+        ServerCert::SelfSignedCa {
+            names: &["kubernetes.example"],
+            expired: false,
+        },
+    )
+    .await;
+    let expired = start_api_server_with(
+        json!({"keys": []}),
+        ServerCert::SelfSignedCa {
+            names: &["127.0.0.1"],
+            expired: true,
+        },
+    )
+    .await;
+    for (case, host, ca) in [
+        ("another certificate", &impostor.base, &api.ca_pem),
+        ("other names", &wrong_name.base, &wrong_name.ca_pem),
+        ("expired", &expired.base, &expired.ca_pem),
+    ] {
+        env.root(
+            Operation::Update,
+            "auth/kubernetes/config",
+            json!({"kubernetes_host": host, "kubernetes_ca_cert": ca, "token_reviewer_jwt": REVIEWER}),
+        )
+        .await;
+        let r = env.login("pod.app.valid").await;
+        assert!(
+            matches!(r, Err(EngineError::Unavailable(_))),
+            "{case}: {r:?}"
+        );
+    }
+    for server in [&impostor, &wrong_name, &expired] {
+        assert!(
+            server.seen.lock().unwrap().is_empty(),
+            "no request may reach an untrusted server"
         );
     }
 }
