@@ -372,6 +372,21 @@ impl OpenBaoDev {
     /// With `legacy`, a second listener with `disable_unauthed_rekey_endpoints` and
     /// `disable_unauthed_generate_root_endpoints` set to false.
     fn start_with(legacy: bool) -> OpenBaoDev {
+        let second = legacy.then(|| {
+            (
+                "http",
+                "  tls_disable = true\n  \
+                 disable_unauthed_rekey_endpoints = false\n  \
+                 disable_unauthed_generate_root_endpoints = false\n"
+                    .to_owned(),
+            )
+        });
+        Self::start_with_listener(second)
+    }
+
+    /// With a second listener: its scheme (`http` or `https`, whose host is then
+    /// `localhost`) and the body of its `listener "tcp"` block, without the address.
+    fn start_with_listener(second: Option<(&str, String)>) -> OpenBaoDev {
         use std::io::BufRead as _;
         let listen = format!("127.0.0.1:{}", free_port());
         let dir = tempfile::tempdir().unwrap();
@@ -381,20 +396,21 @@ impl OpenBaoDev {
             "-dev-root-token-id=root".to_owned(),
             format!("-dev-listen-address={listen}"),
         ];
-        let legacy_addr = legacy.then(|| {
-            let second = format!("127.0.0.1:{}", free_port());
+        let legacy_addr = second.map(|(scheme, body)| {
+            let port = free_port();
             let config = dir.path().join("listener.hcl");
             std::fs::write(
                 &config,
-                format!(
-                    "listener \"tcp\" {{\n  address = \"{second}\"\n  tls_disable = true\n  \
-                     disable_unauthed_rekey_endpoints = false\n  \
-                     disable_unauthed_generate_root_endpoints = false\n}}\n"
-                ),
+                format!("listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n{body}}}\n"),
             )
             .unwrap();
             args.push(format!("-config={}", config.display()));
-            format!("http://{second}")
+            let host = if scheme == "https" {
+                "localhost"
+            } else {
+                "127.0.0.1"
+            };
+            format!("{scheme}://{host}:{port}")
         });
         let mut child = Command::new(bao_bin())
             .args(&args)
@@ -430,7 +446,14 @@ impl OpenBaoDev {
             .recv_timeout(Duration::from_secs(10))
             .expect("OpenBao dev server printed no unseal key");
         if let Some(second) = &legacy_addr {
-            while crate::support::call_status(&format!("{second}/v1/sys/health")) != Some(200) {
+            // A TLS listener's certificate is the caller's: wait for the port to accept.
+            let ready = |url: &str| match url.strip_prefix("https://") {
+                Some(host) => {
+                    std::net::TcpStream::connect(host.replace("localhost", "127.0.0.1")).is_ok()
+                }
+                None => crate::support::call_status(&format!("{url}/v1/sys/health")) == Some(200),
+            };
+            while !ready(second) {
                 assert!(
                     Instant::now() < deadline,
                     "the second listener did not start"
@@ -2690,4 +2713,182 @@ fn cert_roles_and_plain_http_logins_match_openbao() {
         assert_eq!(a, b, "keyhaven (left) and OpenBao (right) differ");
     }
     assert_eq!(ours.len(), session.len());
+}
+
+/// ECDSA with a hash other than the curve's own (`sha2-384` on P-256, `sha2-256` on P-384,
+/// …), which Vault allows: keyhaven's signatures verify on OpenBao, which imports only the
+/// public key, and a signature under one hash does not verify under another.
+#[test]
+fn ecdsa_signatures_with_any_hash_verify_on_openbao() {
+    let server = TestServer::dev();
+    let ours = Bao::new(&server.addr(), Some(&server.root_token()));
+    let openbao = OpenBaoDev::start();
+    let theirs = Bao::new(&openbao.addr, Some("root"));
+    let ok = |bao: &Bao, args: &[&str]| {
+        let o = bao.run(args);
+        assert_eq!(
+            o.code,
+            0,
+            "bao {}: {}{}",
+            args.join(" "),
+            o.stdout,
+            o.stderr
+        );
+    };
+    for bao in [&ours, &theirs] {
+        ok(bao, &["secrets", "enable", "transit"]);
+    }
+    let input = "c2lnbiBtZSwgcGxlYXNl"; // "sign me, please"
+    for (kind, hashes) in [
+        (
+            "ecdsa-p256",
+            &["sha2-256", "sha2-384", "sha2-512", "sha1", "sha3-256"][..],
+        ),
+        (
+            "ecdsa-p384",
+            &["sha2-384", "sha2-256", "sha2-512", "sha2-224", "sha3-384"][..],
+        ),
+    ] {
+        let name = format!("sig-{kind}");
+        ok(
+            &ours,
+            &[
+                "write",
+                &format!("transit/keys/{name}"),
+                &format!("type={kind}"),
+            ],
+        );
+        let key = ours.data(&["read", "-format=json", &format!("transit/keys/{name}")]);
+        let pem = key["keys"]["1"]["public_key"].as_str().unwrap().to_owned();
+        ok(
+            &theirs,
+            &[
+                "write",
+                &format!("transit/keys/{name}/import"),
+                &format!("type={kind}"),
+                &format!("public_key={pem}"),
+            ],
+        );
+        for hash in hashes {
+            let signed = ours.data(&[
+                "write",
+                "-format=json",
+                &format!("transit/sign/{name}/{hash}"),
+                &format!("input={input}"),
+            ]);
+            let sig = signed["signature"].as_str().unwrap();
+            let verified = theirs.data(&[
+                "write",
+                "-format=json",
+                &format!("transit/verify/{name}/{hash}"),
+                &format!("input={input}"),
+                &format!("signature={sig}"),
+            ]);
+            assert_eq!(
+                verified["valid"], true,
+                "{kind} {hash}: OpenBao refuses keyhaven's signature"
+            );
+            let other = if *hash == "sha2-512" {
+                "sha2-256"
+            } else {
+                "sha2-512"
+            };
+            let crossed = theirs.data(&[
+                "write",
+                "-format=json",
+                &format!("transit/verify/{name}/{other}"),
+                &format!("input={input}"),
+                &format!("signature={sig}"),
+            ]);
+            assert_eq!(crossed["valid"], false, "{kind} {hash} verified as {other}");
+        }
+    }
+}
+
+/// `bao login -method=cert` over TLS, on keyhaven and on OpenBao (its dev server with a
+/// second, TLS listener on the same certificate): the same session gives the same exit
+/// codes and normalized outputs, refusals included.
+#[test]
+fn cert_logins_over_tls_match_openbao() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr, server_ca, root) = tls_server(dir.path(), "");
+    let pki = client_pki(dir.path(), "app.example.com");
+    let stranger_dir = dir.path().join("stranger");
+    std::fs::create_dir_all(&stranger_dir).unwrap();
+    let stranger = client_pki(&stranger_dir, "app.example.com");
+    let listener = format!(
+        "  tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n",
+        dir.path().join("tls.crt").display(),
+        dir.path().join("tls.key").display()
+    );
+    let openbao = OpenBaoDev::start_with_listener(Some(("https", listener)));
+    let openbao_tls = openbao.legacy_addr.clone().unwrap();
+
+    let ca_arg = format!("certificate=@{}", pki.ca_pem.display());
+    let cert = format!("-client-cert={}", pki.client_cert.display());
+    let key = format!("-client-key={}", pki.client_key.display());
+    let other_cert = format!("-client-cert={}", stranger.client_cert.display());
+    let other_key = format!("-client-key={}", stranger.client_key.display());
+    let admin: Vec<Vec<&str>> = vec![
+        vec!["auth", "enable", "cert"],
+        vec![
+            "write",
+            "auth/cert/certs/web",
+            &ca_arg,
+            "token_policies=web",
+            "allowed_common_names=*.example.com",
+        ],
+    ];
+    let login = |extra: &[&str], c: &str, k: &str| -> Vec<String> {
+        let mut v = vec!["login", "-no-store", "-format=json", "-method=cert"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        v.push(c.to_owned());
+        v.push(k.to_owned());
+        v.extend(extra.iter().map(|s| (*s).to_owned()));
+        v
+    };
+    let logins: Vec<Vec<String>> = vec![
+        login(&["name=web"], &cert, &key),
+        login(&[], &cert, &key),
+        login(&["name=other"], &cert, &key),
+        login(&[], &other_cert, &other_key),
+        vec!["write".into(), "auth/cert/login".into(), "name=web".into()],
+    ];
+    let env = vec![("BAO_CACERT".to_owned(), server_ca.display().to_string())];
+    let run = |addr: &str, token: &str| -> Vec<String> {
+        let as_admin = Bao {
+            env: env.clone(),
+            ..Bao::new(addr, Some(token))
+        };
+        let anon = Bao {
+            env: env.clone(),
+            ..Bao::new(addr, None)
+        };
+        let mut out: Vec<String> = admin
+            .iter()
+            .map(|args| {
+                format!(
+                    "$ bao {}\n{}",
+                    args.join(" "),
+                    normalize(&as_admin.run(args), addr)
+                )
+            })
+            .collect();
+        for args in &logins {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let o = anon.run(&args);
+            out.push(format!("$ bao {}\n{}", args.join(" "), normalize(&o, addr)));
+        }
+        out
+    };
+    let ours = run(&addr, &root);
+    let theirs = run(&openbao_tls, "root");
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(a, b, "keyhaven (left) and OpenBao (right) differ");
+    }
+    assert!(ours[2].contains("\"cert_name\": \"web\""), "{}", ours[2]);
+    drop(server);
 }
