@@ -769,8 +769,9 @@ impl Core {
             }
             let granted = inner.policies.acl_for(&entry.policies).await?;
             let sudo_route = route.is_some_and(|r| r.sudo);
+            let wrap_ttl = wrap.as_ref().map(|w| w.ttl);
             let mut allowed = granted
-                .authorize(req.operation, &req.path, &req.data, sudo_route)
+                .authorize_wrapped(req.operation, &req.path, &req.data, sudo_route, wrap_ttl)
                 .allowed;
             // A path that reaches its object under another name (a transit alias) must be
             // allowed on the object's own path too; the backend then gets that path.
@@ -781,7 +782,7 @@ impl Core {
                 allowed = req.path.strip_suffix(t.rel.as_str()).is_some_and(|mount| {
                     let path = format!("{mount}{canonical}");
                     granted
-                        .authorize(req.operation, &path, &req.data, sudo_route)
+                        .authorize_wrapped(req.operation, &path, &req.data, sudo_route, wrap_ttl)
                         .allowed
                 });
                 t.rel = canonical;

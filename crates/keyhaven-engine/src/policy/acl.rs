@@ -84,6 +84,10 @@ struct Perms {
     denied: HashMap<String, (Vec<Value>, Arc<str>)>,
     /// Parameter → the policy that requires it.
     required: Vec<(String, Arc<str>)>,
+    /// Wrapping TTL bounds in seconds (0: none), merged as Vault merges them: the
+    /// smallest non-zero bound of the policies wins, for each.
+    min_wrapping_ttl: u64,
+    max_wrapping_ttl: u64,
 }
 
 impl Perms {
@@ -252,6 +256,8 @@ impl Acl {
                             allowed_by: None,
                             denied: HashMap::new(),
                             required: Vec::new(),
+                            min_wrapping_ttl: 0,
+                            max_wrapping_ttl: 0,
                         });
                         index.insert((kind, key.clone()), i);
                         match kind {
@@ -368,6 +374,20 @@ impl Acl {
         data: &Map<String, Value>,
         root_protected: bool,
     ) -> Decision {
+        self.authorize_wrapped(op, path, data, root_protected, None)
+    }
+
+    /// [`Acl::authorize`] for a request that asks for its response to be wrapped with a
+    /// TTL of `wrap_ttl` seconds (`None`: not wrapped), which a rule's
+    /// `min_wrapping_ttl` / `max_wrapping_ttl` constrain.
+    pub fn authorize_wrapped(
+        &self,
+        op: Operation,
+        path: &str,
+        data: &Map<String, Value>,
+        root_protected: bool,
+        wrap_ttl: Option<u64>,
+    ) -> Decision {
         if self.root {
             return Decision::allow("root", None, "allowed by policy \"root\"".to_owned());
         }
@@ -418,6 +438,9 @@ impl Acl {
                      does not grant"
                 ),
             );
+        }
+        if let Some(d) = check_wrapping(perms, wrap_ttl) {
+            return d;
         }
         if matches!(
             op,
@@ -551,6 +574,43 @@ fn merge(p: &mut Perms, rule: &super::parse::Rule, policy: &Arc<str>) {
             p.required.push((r.clone(), policy.clone()));
         }
     }
+    for (merged, bound) in [
+        (&mut p.min_wrapping_ttl, rule.min_wrapping_ttl),
+        (&mut p.max_wrapping_ttl, rule.max_wrapping_ttl),
+    ] {
+        if bound > 0 && (*merged == 0 || bound < *merged) {
+            *merged = bound;
+        }
+    }
+}
+
+/// Vault's wrapping bounds; `None` when they pass. `wrap_ttl`: the TTL the request asks
+/// its response to be wrapped with, if any.
+fn check_wrapping(p: &Perms, wrap_ttl: Option<u64>) -> Option<Decision> {
+    let (min, max) = (p.min_wrapping_ttl, p.max_wrapping_ttl);
+    if min == 0 && max == 0 {
+        return None;
+    }
+    let glob = p.glob.as_ref();
+    let why = match wrap_ttl {
+        _ if min != 0 && max != 0 && max < min => format!(
+            "the merged wrapping bounds are contradictory (max_wrapping_ttl {max}s < \
+             min_wrapping_ttl {min}s)"
+        ),
+        None => "the response must be wrapped (X-Vault-Wrap-TTL)".to_owned(),
+        Some(ttl) if max != 0 && ttl > max => {
+            format!("the wrapping TTL {ttl}s is above max_wrapping_ttl {max}s")
+        }
+        Some(ttl) if ttl < min => {
+            format!("the wrapping TTL {ttl}s is below min_wrapping_ttl {min}s")
+        }
+        Some(_) => return None,
+    };
+    Some(Decision::deny(
+        None,
+        Some(glob),
+        format!("denied by rule path {glob:?}: {why}"),
+    ))
 }
 
 /// Vault's parameter checks; `None` when they pass.

@@ -8,10 +8,13 @@
 //! - `allowed_parameters` / `denied_parameters`: an object of parameter name → list of
 //!   values (an empty list means any value; `"*"` names every parameter);
 //! - `required_parameters`: a list of parameter names;
+//! - `min_wrapping_ttl` / `max_wrapping_ttl`: a request on the path must ask for its
+//!   response to be wrapped, with a TTL within the bounds (seconds or a Go duration; the
+//!   maximum may not be below the minimum);
 //! - `comment`: ignored.
 //!
-//! Vault keys keyhaven does not implement (`min_wrapping_ttl`, `max_wrapping_ttl`,
-//! `mfa_methods`, `pagination_limit`, `expiration`, `control_group`,
+//! Vault keys keyhaven does not implement (`mfa_methods`, `pagination_limit`,
+//! `expiration`, `control_group`,
 //! `list_scan_response_keys_filter_path`) are refused rather than ignored, so that a
 //! policy never silently grants more than its author meant (an ignored `expiration` would
 //! keep granting). Templated paths (`{{identity.…}}`) are refused for the same reason.
@@ -149,6 +152,10 @@ pub struct Rule {
     pub denied_parameters: HashMap<String, Vec<Value>>,
     /// Parameters a request must carry.
     pub required_parameters: Vec<String>,
+    /// The shortest wrapping TTL a request must ask for, in seconds (0: no bound).
+    pub min_wrapping_ttl: u64,
+    /// The longest wrapping TTL a request may ask for, in seconds (0: no bound).
+    pub max_wrapping_ttl: u64,
     /// Where the block starts, for HCL input.
     pub line: Option<usize>,
 }
@@ -409,9 +416,7 @@ fn json_rules(text: &str) -> Result<Vec<RawRule>, PolicyParseError> {
     Ok(out)
 }
 
-const UNSUPPORTED_KEYS: [&str; 7] = [
-    "min_wrapping_ttl",
-    "max_wrapping_ttl",
+const UNSUPPORTED_KEYS: [&str; 5] = [
     "mfa_methods",
     "pagination_limit",
     "expiration",
@@ -506,6 +511,7 @@ fn build_rule(raw: RawRule) -> Result<Rule, PolicyParseError> {
     let mut allowed = HashMap::new();
     let mut denied = HashMap::new();
     let mut required = Vec::new();
+    let (mut min_wrap, mut max_wrap) = (0u64, 0u64);
     let mut seen: Vec<&str> = Vec::new();
     let mut entries = raw.entries;
     // Validate every key first, so the error names the first bad one in order.
@@ -523,6 +529,8 @@ fn build_rule(raw: RawRule) -> Result<Rule, PolicyParseError> {
             | "allowed_parameters"
             | "denied_parameters"
             | "required_parameters"
+            | "min_wrapping_ttl"
+            | "max_wrapping_ttl"
             | "comment" => {}
             k if UNSUPPORTED_KEYS.contains(&k) => {
                 return Err(PolicyParseError::new(
@@ -538,7 +546,8 @@ fn build_rule(raw: RawRule) -> Result<Rule, PolicyParseError> {
                 return Err(PolicyParseError::new(
                     format!(
                         "path {}: unknown key {}; expected capabilities, \
-                         allowed_parameters, denied_parameters or required_parameters",
+                         allowed_parameters, denied_parameters, required_parameters, \
+                         min_wrapping_ttl or max_wrapping_ttl",
                         echo(&raw.path),
                         echo(k)
                     ),
@@ -608,8 +617,20 @@ fn build_rule(raw: RawRule) -> Result<Rule, PolicyParseError> {
                     .map(|s| s.to_lowercase())
                     .collect();
             }
+            "min_wrapping_ttl" => min_wrap = wrapping_ttl(&raw.path, &key, &value, line)?,
+            "max_wrapping_ttl" => max_wrap = wrapping_ttl(&raw.path, &key, &value, line)?,
             _ => {}
         }
+    }
+    if min_wrap != 0 && max_wrap != 0 && max_wrap < min_wrap {
+        return Err(PolicyParseError::new(
+            format!(
+                "path {}: max_wrapping_ttl cannot be less than min_wrapping_ttl",
+                echo(&raw.path)
+            ),
+            // OpenBao's message has no line.
+            None,
+        ));
     }
     if caps.contains(Caps::DENY) {
         // `deny` overrides everything in the rule, parameters included.
@@ -619,6 +640,8 @@ fn build_rule(raw: RawRule) -> Result<Rule, PolicyParseError> {
             allowed_parameters: HashMap::new(),
             denied_parameters: HashMap::new(),
             required_parameters: Vec::new(),
+            min_wrapping_ttl: 0,
+            max_wrapping_ttl: 0,
             line: raw.line,
         });
     }
@@ -628,6 +651,31 @@ fn build_rule(raw: RawRule) -> Result<Rule, PolicyParseError> {
         allowed_parameters: allowed,
         denied_parameters: denied,
         required_parameters: required,
+        min_wrapping_ttl: min_wrap,
+        max_wrapping_ttl: max_wrap,
         line: raw.line,
+    })
+}
+
+/// A wrapping TTL bound: whole seconds as a number, or a duration string (`90s`, `5m`).
+fn wrapping_ttl(
+    path: &str,
+    key: &str,
+    value: &Value,
+    line: Option<usize>,
+) -> Result<u64, PolicyParseError> {
+    let parsed = match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => crate::params::parse_duration(s),
+        _ => None,
+    };
+    parsed.ok_or_else(|| {
+        PolicyParseError::new(
+            format!(
+                "path {}: {key} must be a duration (seconds, or e.g. \"90s\")",
+                echo(path)
+            ),
+            line,
+        )
     })
 }

@@ -927,3 +927,147 @@ fn mount_access_is_any_grant_at_or_below_the_mount() {
     assert!(!a.has_mount_access("k/"), "kv/... is not below k/");
     assert!(Acl::root().has_mount_access("anything/"));
 }
+
+// ---- wrapping bounds ----
+
+#[test]
+fn wrapping_bounds_parse_as_durations_and_must_be_ordered() {
+    let p = Policy::parse(
+        r#"path "a" {
+          capabilities = ["read"]
+          min_wrapping_ttl = "30s"
+          max_wrapping_ttl = 600
+        }"#,
+    )
+    .unwrap();
+    assert_eq!(p.rules()[0].min_wrapping_ttl, 30);
+    assert_eq!(p.rules()[0].max_wrapping_ttl, 600);
+    let e = err(r#"path "a" {
+  min_wrapping_ttl = "5m"
+  max_wrapping_ttl = "1m"
+}"#);
+    assert!(
+        e.message()
+            .contains("max_wrapping_ttl cannot be less than min_wrapping_ttl"),
+        "{e}"
+    );
+    let e = err(r#"path "a" { min_wrapping_ttl = "soon" }"#);
+    assert!(
+        e.message().contains("min_wrapping_ttl must be a duration"),
+        "{e}"
+    );
+    let e = err(r#"path "a" { max_wrapping_ttl = true }"#);
+    assert!(
+        e.message().contains("max_wrapping_ttl must be a duration"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_rule_with_wrapping_bounds_allows_only_wrapped_requests_within_them() {
+    let a = acl(&[(
+        "p",
+        r#"path "secret/*" {
+          capabilities = ["read"]
+          min_wrapping_ttl = "30s"
+          max_wrapping_ttl = "5m"
+        }
+        path "other/*" { capabilities = ["read"] }"#,
+    )]);
+    let at =
+        |path: &str, ttl: Option<u64>| a.authorize_wrapped(Read, path, &Map::new(), false, ttl);
+    let d = at("secret/x", None);
+    assert!(!d.allowed);
+    assert!(d.reason.contains("must be wrapped"), "{}", d.reason);
+    assert!(at("secret/x", Some(30)).allowed);
+    assert!(at("secret/x", Some(300)).allowed);
+    let d = at("secret/x", Some(29));
+    assert!(
+        !d.allowed && d.reason.contains("below min_wrapping_ttl 30s"),
+        "{}",
+        d.reason
+    );
+    let d = at("secret/x", Some(301));
+    assert!(
+        !d.allowed && d.reason.contains("above max_wrapping_ttl 300s"),
+        "{}",
+        d.reason
+    );
+    // Other paths are not constrained; a wrapped request there is fine too.
+    assert!(at("other/x", None).allowed);
+    assert!(at("other/x", Some(5)).allowed);
+    // A maximum alone requires wrapping too (as Vault).
+    let max_only = acl(&[(
+        "p",
+        r#"path "s/*" {
+  capabilities = ["read"]
+  max_wrapping_ttl = 60
+}"#,
+    )]);
+    assert!(
+        !max_only
+            .authorize_wrapped(Read, "s/x", &Map::new(), false, None)
+            .allowed
+    );
+    assert!(
+        max_only
+            .authorize_wrapped(Read, "s/x", &Map::new(), false, Some(60))
+            .allowed
+    );
+    // Root is never constrained.
+    assert!(
+        Acl::root()
+            .authorize_wrapped(Read, "secret/x", &Map::new(), false, None)
+            .allowed
+    );
+}
+
+#[test]
+fn merged_wrapping_bounds_take_the_smallest_of_each_and_can_contradict() {
+    let a = acl(&[
+        (
+            "a",
+            r#"path "s/*" {
+  capabilities = ["read"]
+  min_wrapping_ttl = 60
+  max_wrapping_ttl = 600
+}"#,
+        ),
+        (
+            "b",
+            r#"path "s/*" {
+  capabilities = ["read"]
+  min_wrapping_ttl = 10
+  max_wrapping_ttl = 120
+}"#,
+        ),
+    ]);
+    let at = |ttl| {
+        a.authorize_wrapped(Read, "s/x", &Map::new(), false, Some(ttl))
+            .allowed
+    };
+    assert!(at(10) && at(120));
+    assert!(!at(9) && !at(121));
+    let c = acl(&[
+        (
+            "a",
+            r#"path "s/*" {
+  capabilities = ["read"]
+  min_wrapping_ttl = 300
+}"#,
+        ),
+        (
+            "b",
+            r#"path "s/*" {
+  capabilities = ["read"]
+  max_wrapping_ttl = 60
+}"#,
+        ),
+    ]);
+    let d = c.authorize_wrapped(Read, "s/x", &Map::new(), false, Some(60));
+    assert!(
+        !d.allowed && d.reason.contains("contradictory"),
+        "{}",
+        d.reason
+    );
+}
