@@ -108,7 +108,9 @@ impl RawConfig {
             .rsplit_once('/')
             .filter(|(m, n)| !m.is_empty() && !n.is_empty())
             .ok_or_else(|| {
-                invalid(format!("--key {key:?} is not MOUNT/NAME, e.g. transit/k8s-etcd"))
+                invalid(format!(
+                    "--key {key:?} is not MOUNT/NAME, e.g. transit/k8s-etcd"
+                ))
             })?;
         if key.contains(':') {
             return Err(invalid(format!("--key {key:?} must not contain ':'")));
@@ -116,7 +118,9 @@ impl RawConfig {
         let auth = match (self.token_file, self.login_role, self.jwt_file) {
             (Some(file), None, None) => {
                 if self.auth_mount.is_some() {
-                    return Err(invalid("--auth-mount goes with --login-role, not --token-file"));
+                    return Err(invalid(
+                        "--auth-mount goes with --login-role, not --token-file",
+                    ));
                 }
                 Auth::TokenFile(file)
             }
@@ -199,7 +203,10 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused_and_flags_override_the_file() {
         let err = toml::from_str::<RawConfig>("cache_sise = 3\n").unwrap_err();
-        assert!(err.message().contains("unknown field `cache_sise`"), "{err}");
+        assert!(
+            err.message().contains("unknown field `cache_sise`"),
+            "{err}"
+        );
         let file: RawConfig =
             toml::from_str("key = \"transit/old\"\ncache_size = 7\nrefresh_interval_ms = 200\n")
                 .unwrap();
@@ -214,19 +221,44 @@ mod tests {
     fn bad_combinations_are_refused_with_the_reason() {
         let mut both = flags();
         both.login_role = Some("r".into());
-        assert!(both.validate().unwrap_err().to_string().contains("exclude each other"));
+        assert!(
+            both.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("exclude each other")
+        );
         let mut login = flags();
         login.token_file = None;
         login.login_role = Some("r".into());
-        assert!(login.clone().validate().unwrap_err().to_string().contains("needs --jwt-file"));
+        assert!(
+            login
+                .clone()
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("needs --jwt-file")
+        );
         login.jwt_file = Some("/var/run/secrets/token".into());
         let config = login.validate().unwrap();
-        assert!(matches!(config.settings.auth, Auth::Login { ref mount, .. } if mount == "kubernetes"));
+        assert!(
+            matches!(config.settings.auth, Auth::Login { ref mount, .. } if mount == "kubernetes")
+        );
         let mut key = flags();
         key.key = Some("k8s".into());
-        assert!(key.validate().unwrap_err().to_string().contains("not MOUNT/NAME"));
+        assert!(
+            key.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not MOUNT/NAME")
+        );
         let mut metrics = flags();
         metrics.metrics_address = Some("0.0.0.0:9464".parse().unwrap());
-        assert!(metrics.validate().unwrap_err().to_string().contains("not a loopback"));
+        assert!(
+            metrics
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not a loopback")
+        );
     }
 }

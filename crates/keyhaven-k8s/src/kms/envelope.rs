@@ -246,7 +246,8 @@ pub fn is_fqdn(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    const TRANSIT: &str = "vault:v3:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7";
+    const TRANSIT: &str =
+        "vault:v3:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7";
 
     #[test]
     fn a_ciphertext_round_trips_and_names_its_version() {
@@ -264,21 +265,45 @@ mod tests {
             (b"vault:v1:AAAA", FormatError::Magic),
             (b"KH", FormatError::Format(0)),
             (b"KH\x02vault:v1:AAAA", FormatError::Format(2)),
-            (b"KH\x01vault:v0:AAAA", FormatError::Transit("bad version number")),
-            (b"KH\x01vault:v01:AAAA", FormatError::Transit("bad version number")),
-            (b"KH\x01vault:v1:AAA", FormatError::Transit("the base64 part has a bad length")),
-            (b"KH\x01vault:v1:AA*A", FormatError::Transit("the base64 part has bad characters")),
-            (b"KH\x01vault:v1:A===", FormatError::Transit("the base64 part has bad characters")),
-            (b"KH\x01vault:v1", FormatError::Transit("no ':' after the version")),
+            (
+                b"KH\x01vault:v0:AAAA",
+                FormatError::Transit("bad version number"),
+            ),
+            (
+                b"KH\x01vault:v01:AAAA",
+                FormatError::Transit("bad version number"),
+            ),
+            (
+                b"KH\x01vault:v1:AAA",
+                FormatError::Transit("the base64 part has a bad length"),
+            ),
+            (
+                b"KH\x01vault:v1:AA*A",
+                FormatError::Transit("the base64 part has bad characters"),
+            ),
+            (
+                b"KH\x01vault:v1:A===",
+                FormatError::Transit("the base64 part has bad characters"),
+            ),
+            (
+                b"KH\x01vault:v1",
+                FormatError::Transit("no ':' after the version"),
+            ),
             (b"KH\x01\xff\xfe", FormatError::Transit("not ASCII")),
         ];
         for (input, want) in cases {
             assert_eq!(parse(input).unwrap_err(), *want, "{input:?}");
         }
         let long = [b'K'; MAX_CIPHERTEXT + 1];
-        assert_eq!(parse(&long).unwrap_err(), FormatError::TooLong(MAX_CIPHERTEXT));
+        assert_eq!(
+            parse(&long).unwrap_err(),
+            FormatError::TooLong(MAX_CIPHERTEXT)
+        );
         let huge = format!("vault:v1:{}", "A".repeat(MAX_CIPHERTEXT));
-        assert_eq!(encode(&huge).unwrap_err(), FormatError::TooLong(MAX_CIPHERTEXT));
+        assert_eq!(
+            encode(&huge).unwrap_err(),
+            FormatError::TooLong(MAX_CIPHERTEXT)
+        );
     }
 
     #[test]
@@ -315,7 +340,14 @@ mod tests {
     fn annotation_keys_must_be_fqdns_and_fit_32_kib() {
         assert!(is_fqdn("transit-key.kms.keyhaven.io"));
         assert!(is_fqdn("version.encryption.remote.io."));
-        for bad in ["version", "Upper.example.com", "-a.example", "a..b", "a_b.example", ""] {
+        for bad in [
+            "version",
+            "Upper.example.com",
+            "-a.example",
+            "a..b",
+            "a_b.example",
+            "",
+        ] {
             assert!(!is_fqdn(bad), "{bad:?}");
         }
         assert!(check_annotations([("a.example", b"1".as_slice())]).is_ok());

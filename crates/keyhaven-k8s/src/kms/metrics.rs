@@ -129,9 +129,7 @@ impl Metrics {
                 );
             }
         }
-        out.push_str(
-            "# HELP keyhaven_kms_call_duration_seconds Time to answer a KMS v2 call.\n",
-        );
+        out.push_str("# HELP keyhaven_kms_call_duration_seconds Time to answer a KMS v2 call.\n");
         out.push_str("# TYPE keyhaven_kms_call_duration_seconds histogram\n");
         {
             let latency = self
@@ -167,7 +165,10 @@ impl Metrics {
             }
         }
         let gauge = |out: &mut String, name: &str, help: &str, kind: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
         gauge(
             &mut out,
@@ -273,7 +274,10 @@ pub async fn serve(
                         Ok(0) | Err(_) => break,
                         Ok(n) => len += n,
                     }
-                    if buf.get(..len).is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n")) {
+                    if buf
+                        .get(..len)
+                        .is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n"))
+                    {
                         break;
                     }
                 }
@@ -311,7 +315,11 @@ mod tests {
     fn calls_latency_and_cache_counters_are_rendered() {
         let m = Metrics::default();
         m.record(Method::Decrypt, tonic::Code::Ok, Duration::from_micros(30));
-        m.record(Method::Decrypt, tonic::Code::Unavailable, Duration::from_millis(2));
+        m.record(
+            Method::Decrypt,
+            tonic::Code::Unavailable,
+            Duration::from_millis(2),
+        );
         m.cache_hits.fetch_add(3, Ordering::Relaxed);
         let text = m.render(&Snapshot {
             healthy: true,
@@ -320,8 +328,12 @@ mod tests {
             deletion_allowed: false,
         });
         assert!(text.contains("keyhaven_kms_calls_total{method=\"Decrypt\",code=\"OK\"} 1"));
-        assert!(text.contains("keyhaven_kms_calls_total{method=\"Decrypt\",code=\"Unavailable\"} 1"));
-        assert!(text.contains("keyhaven_kms_call_duration_seconds_bucket{method=\"Decrypt\",le=\"0.00005\"} 1"));
+        assert!(
+            text.contains("keyhaven_kms_calls_total{method=\"Decrypt\",code=\"Unavailable\"} 1")
+        );
+        assert!(text.contains(
+            "keyhaven_kms_call_duration_seconds_bucket{method=\"Decrypt\",le=\"0.00005\"} 1"
+        ));
         assert!(text.contains("keyhaven_kms_call_duration_seconds_count{method=\"Decrypt\"} 2"));
         assert!(text.contains("keyhaven_kms_seed_cache_hits_total 3"));
         assert!(text.contains("keyhaven_kms_key_version 4"));

@@ -33,13 +33,15 @@ use crate::proto::kms::key_management_service_server::{
     KeyManagementService, KeyManagementServiceServer,
 };
 use crate::proto::kms::{
-    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, StatusRequest,
-    StatusResponse,
+    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, StatusRequest, StatusResponse,
 };
 use crate::socket::{self, SocketError};
 pub use config::{Config, RawConfig};
 use metrics::Method;
 pub use plugin::{Auth, Plugin, Settings};
+
+/// How long calls in flight may take to finish once the plugin is asked to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The version `Status` reports.
 pub const API_VERSION: &str = "v2";
@@ -92,7 +94,9 @@ impl Service {
     }
 
     fn done<T>(&self, method: Method, started: Instant, result: &Result<T, Status>) {
-        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
         self.plugin.metrics.record(method, code, started.elapsed());
         if let Err(status) = result {
             tracing::debug!(
@@ -217,15 +221,27 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         metrics = ?config.metrics_address,
         "KMS v2 plugin serving"
     );
-    let result = tonic::transport::Server::builder()
-        .add_service(KeyManagementServiceServer::from_arc(Arc::new(Service::new(
-            plugin.clone(),
-        ))))
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(KeyManagementServiceServer::from_arc(Arc::new(
+            Service::new(plugin.clone()),
+        )))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown,
-        )
-        .await;
+            async {
+                let _ = stopped.await;
+            },
+        );
+    tokio::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r,
+        () = shutdown => {
+            // The apiserver keeps its connection open: give calls in flight a bounded
+            // grace, then stop anyway.
+            let _ = stop.send(());
+            tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.unwrap_or(Ok(()))
+        }
+    };
     refresher.abort();
     if let Some(t) = metrics_task {
         t.abort();

@@ -137,7 +137,10 @@ impl KeyInfo {
             .and_then(Value::as_u64)
             .and_then(|v| u32::try_from(v).ok())
             .unwrap_or(1);
-        let state = data.get("state").and_then(Value::as_str).unwrap_or("enabled");
+        let state = data
+            .get("state")
+            .and_then(Value::as_str)
+            .unwrap_or("enabled");
         let encrypts = data
             .get("supports_encryption")
             .and_then(Value::as_bool)
@@ -281,7 +284,11 @@ impl Plugin {
             .state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key_id = state.key.as_ref().map(|k| k.key_id.clone()).unwrap_or_default();
+        let key_id = state
+            .key
+            .as_ref()
+            .map(|k| k.key_id.clone())
+            .unwrap_or_default();
         let healthz = match (&state.problem, &state.key) {
             (Some((_, reason)), _) => reason.clone(),
             (None, Some(k)) if k.unusable.is_some() => k.unusable.clone().unwrap_or_default(),
@@ -379,9 +386,10 @@ impl Plugin {
                     .is_some_and(|t| t.expose_secret() == token);
                 if same && session.client.is_some() {
                     session.refused = false;
-                    return session.client.clone().ok_or_else(|| {
-                        (Problem::Other, "no session".to_owned())
-                    });
+                    return session
+                        .client
+                        .clone()
+                        .ok_or_else(|| (Problem::Other, "no session".to_owned()));
                 }
                 SecretString::from(token.to_owned())
             }
@@ -392,9 +400,10 @@ impl Plugin {
             } => {
                 let due = session.renew_at.is_some_and(|at| Instant::now() >= at);
                 if session.client.is_some() && !due && !session.refused {
-                    return session.client.clone().ok_or_else(|| {
-                        (Problem::Other, "no session".to_owned())
-                    });
+                    return session
+                        .client
+                        .clone()
+                        .ok_or_else(|| (Problem::Other, "no session".to_owned()));
                 }
                 let jwt = tokio::fs::read_to_string(jwt_file).await.map_err(|e| {
                     (
@@ -411,7 +420,10 @@ impl Plugin {
                     } else {
                         problem
                     };
-                    (problem, format!("login at auth/{mount} as role {role} failed: {reason}"))
+                    (
+                        problem,
+                        format!("login at auth/{mount} as role {role} failed: {reason}"),
+                    )
                 })?;
                 let ttl = auth.auth.lease_duration;
                 session.renew_at = (ttl > 0).then(|| {
@@ -428,9 +440,10 @@ impl Plugin {
                 auth.auth.client_token
             }
         };
-        let client = self.base.with_token(&token).map_err(|e| {
-            (Problem::Credentials, format!("unusable token: {e}"))
-        })?;
+        let client = self
+            .base
+            .with_token(&token)
+            .map_err(|e| (Problem::Credentials, format!("unusable token: {e}")))?;
         session.client = Some(client.clone());
         session.token = Some(token);
         session.refused = false;
@@ -461,7 +474,10 @@ impl Plugin {
                 "transit key read"
             ),
         }
-        if previous.as_ref().is_none_or(|p| p.min_decryption < info.min_decryption) {
+        if previous
+            .as_ref()
+            .is_none_or(|p| p.min_decryption < info.min_decryption)
+        {
             let purged = self.cache.purge_below(info.min_decryption);
             if purged > 0 {
                 tracing::info!(
@@ -484,7 +500,9 @@ impl Plugin {
         {
             tracing::warn!(target: "keyhaven::kms", reason = %why, "KMS plugin unhealthy");
         }
-        if let Some((_, reason)) = &state.problem {
+        if let Some((problem, reason)) = &state.problem
+            && *problem != Problem::Starting
+        {
             tracing::info!(
                 target: "keyhaven::kms",
                 was = %reason,
@@ -585,11 +603,14 @@ impl Plugin {
             .and_then(|v| v.pointer("/data/ciphertext"))
             .and_then(Value::as_str)
             .ok_or_else(|| Status::internal("transit encrypt answered without a ciphertext"))?;
-        let ciphertext = envelope::encode(transit)
-            .map_err(|e| Status::internal(format!("transit encrypt's ciphertext is unusable: {e}")))?;
+        let ciphertext = envelope::encode(transit).map_err(|e| {
+            Status::internal(format!("transit encrypt's ciphertext is unusable: {e}"))
+        })?;
         let version = envelope::parse(&ciphertext)
             .map(|e| e.version)
-            .map_err(|e| Status::internal(format!("transit encrypt's ciphertext is unusable: {e}")))?;
+            .map_err(|e| {
+                Status::internal(format!("transit encrypt's ciphertext is unusable: {e}"))
+            })?;
         if version != key.latest {
             self.wake();
             return Err(Status::unavailable(format!(
@@ -608,13 +629,10 @@ impl Plugin {
         key_id: &str,
     ) -> Result<Zeroizing<Vec<u8>>, Status> {
         let env = envelope::parse(ciphertext).map_err(|e| {
-            Status::invalid_argument(format!(
-                "ciphertext is not one this plugin made: {e}"
-            ))
+            Status::invalid_argument(format!("ciphertext is not one this plugin made: {e}"))
         })?;
-        let id = KeyId::parse(key_id).map_err(|e| {
-            Status::invalid_argument(format!("key_id {key_id:?} is unknown: {e}"))
-        })?;
+        let id = KeyId::parse(key_id)
+            .map_err(|e| Status::invalid_argument(format!("key_id {key_id:?} is unknown: {e}")))?;
         if id.key != self.key_path {
             return Err(Status::invalid_argument(format!(
                 "key_id {key_id:?} names transit key {}; this plugin serves {}",
@@ -684,7 +702,11 @@ impl Plugin {
         let mut answer = answer.unwrap_or(Value::Null);
         let encoded = match answer.pointer_mut("/data/plaintext") {
             Some(Value::String(s)) => Zeroizing::new(std::mem::take(s)),
-            _ => return Err(Status::internal("transit decrypt answered without a plaintext")),
+            _ => {
+                return Err(Status::internal(
+                    "transit decrypt answered without a plaintext",
+                ));
+            }
         };
         drop(answer);
         let seed = B64
@@ -713,9 +735,15 @@ mod tests {
 
         let disabled = json!({"latest_version": 1, "keys": {"1": 5}, "state": "disabled"});
         let info = KeyInfo::from_data("transit/k", &disabled).unwrap();
-        assert_eq!(info.unusable.as_deref(), Some("transit key transit/k is disabled"));
+        assert_eq!(
+            info.unusable.as_deref(),
+            Some("transit key transit/k is disabled")
+        );
 
-        assert!(KeyInfo::from_data("transit/k", &json!({"latest_version": 3, "keys": {"1": 5}})).is_err());
+        assert!(
+            KeyInfo::from_data("transit/k", &json!({"latest_version": 3, "keys": {"1": 5}}))
+                .is_err()
+        );
         assert!(KeyInfo::from_data("transit/k", &json!({})).is_err());
     }
 }
