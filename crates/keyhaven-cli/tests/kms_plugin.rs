@@ -196,6 +196,12 @@ pub fn check_encrypt_response(
     .map_err(Refusal::Annotation)
 }
 
+/// The apiserver's DEK cache key: encrypted seed, key_id, sorted annotations.
+type DekCacheKey = (Vec<u8>, String, BTreeMap<String, Vec<u8>>);
+
+/// What Encrypt returned: ciphertext, key_id, annotations.
+type Wrapped = (Vec<u8>, String, HashMap<String, Vec<u8>>);
+
 /// A kube-apiserver's KMS v2 client side.
 pub struct FakeApiserver {
     rt: tokio::runtime::Runtime,
@@ -203,7 +209,7 @@ pub struct FakeApiserver {
     first_version: Option<String>,
     write: Option<WriteState>,
     /// Decrypted seeds by (ciphertext, key_id, sorted annotations).
-    dek_cache: HashMap<(Vec<u8>, String, BTreeMap<String, Vec<u8>>), Vec<u8>>,
+    dek_cache: HashMap<DekCacheKey, Vec<u8>>,
     /// Encrypt calls made (once per key_id change).
     pub encrypts: usize,
 }
@@ -382,10 +388,7 @@ impl FakeApiserver {
     }
 
     /// Raw Encrypt.
-    pub fn encrypt_raw(
-        &mut self,
-        plaintext: &[u8],
-    ) -> Result<(Vec<u8>, String, HashMap<String, Vec<u8>>), tonic::Status> {
+    pub fn encrypt_raw(&mut self, plaintext: &[u8]) -> Result<Wrapped, tonic::Status> {
         let r = self.rt.block_on(self.client.encrypt(EncryptRequest {
             plaintext: plaintext.to_vec(),
             uid: "uid-raw".into(),
@@ -1092,6 +1095,10 @@ path "transit/decrypt/k8s" { capabilities = ["update"] }
         })),
     );
     assert!(s == 204 || s == 200, "{b}");
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the JWT's iat/exp are wall-clock times the server checks"
+    )]
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

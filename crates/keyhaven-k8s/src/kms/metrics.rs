@@ -263,10 +263,7 @@ pub async fn serve(
             let mut buf = vec![0u8; 4096];
             let mut len = 0usize;
             let read = tokio::time::timeout(Duration::from_secs(5), async {
-                loop {
-                    let Some(free) = buf.get_mut(len..) else {
-                        break;
-                    };
+                while let Some(free) = buf.get_mut(len..) {
                     if free.is_empty() {
                         break;
                     }
