@@ -54,8 +54,9 @@ impl PluginProcess {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("run/kms.sock");
         let config = dir.path().join("kms.toml");
+        // A generous request timeout: a loaded test machine must not look like an outage.
         let mut text = opts.config.to_owned();
-        for default in ["refresh_interval_ms = 200", "request_timeout_ms = 1000"] {
+        for default in ["refresh_interval_ms = 200", "request_timeout_ms = 5000"] {
             let name = default.split(' ').next().unwrap();
             if !text.contains(name) {
                 text.push_str(default);
