@@ -188,10 +188,29 @@ fn check_socket_dir(socket: &Path) -> Result<(), KmsError> {
     Ok(())
 }
 
+/// Warns when the token or JWT file can be read by other users than its owner.
+fn warn_if_readable_by_others(auth: &Auth) {
+    let path = match auth {
+        Auth::TokenFile(p) => p,
+        Auth::Login { jwt_file, .. } => jwt_file,
+    };
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            target: "keyhaven::kms",
+            file = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the credentials file is readable by other users than its owner; make it 0600"
+        );
+    }
+}
+
 /// Runs the plugin until `shutdown` resolves: binds the socket (0600, a stale one
 /// replaced), reads the key once, then serves while the refresher runs.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), KmsError> {
     check_socket_dir(&config.socket)?;
+    warn_if_readable_by_others(&config.settings.auth);
     let plugin = Arc::new(Plugin::new(config.settings.clone())?);
     let metrics_listener = match config.metrics_address {
         Some(address) => Some(
