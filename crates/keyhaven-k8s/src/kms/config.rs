@@ -74,8 +74,17 @@ impl RawConfig {
         toml::from_str(&text).map_err(|e| invalid(format!("{}: {}", path.display(), e.message())))
     }
 
-    /// `self` with every field `over` sets replaced.
-    pub fn overlay(self, over: RawConfig) -> RawConfig {
+    /// `self` with every field `over` sets replaced. An authentication method in `over`
+    /// (a token file, or a login) replaces the one in `self` whole.
+    pub fn overlay(mut self, over: RawConfig) -> RawConfig {
+        if over.token_file.is_some() {
+            self.login_role = None;
+            self.jwt_file = None;
+            self.auth_mount = None;
+        }
+        if over.login_role.is_some() || over.jwt_file.is_some() {
+            self.token_file = None;
+        }
         RawConfig {
             socket: over.socket.or(self.socket),
             address: over.address.or(self.address),
@@ -215,6 +224,18 @@ mod tests {
         assert_eq!(config.settings.mount, "transit");
         assert_eq!(config.settings.cache_size, 7);
         assert_eq!(config.settings.refresh_interval, Duration::from_millis(200));
+
+        // A login given by flags replaces the file's token file, and the other way round.
+        let file: RawConfig = toml::from_str("token_file = \"/etc/token\"\n").unwrap();
+        let mut login = flags();
+        login.token_file = None;
+        login.login_role = Some("kms".into());
+        login.jwt_file = Some("/var/run/jwt".into());
+        let config = file.overlay(login).validate().unwrap();
+        assert!(matches!(config.settings.auth, Auth::Login { .. }));
+        let file: RawConfig = toml::from_str("login_role = \"kms\"\njwt_file = \"/j\"\n").unwrap();
+        let config = file.overlay(flags()).validate().unwrap();
+        assert_eq!(config.settings.auth, Auth::TokenFile("/etc/token".into()));
     }
 
     #[test]
