@@ -19,8 +19,8 @@ trap cleanup EXIT
 "$target/keyhaven" server --dev --dev-listen-address 127.0.0.1:0 --log-level warn >"$work/server.out" 2>&1 &
 server=$!; pids+=("$server")
 for _ in $(seq 100); do grep -q 'Root Token:' "$work/server.out" && break; sleep 0.1; done
-addr=$(awk -F': *' '/Api Address:/ {print $2}' "$work/server.out")
-token=$(awk -F': *' '/Root Token:/ {print $2}' "$work/server.out")
+addr=$(sed -n 's/^ *Api Address: *//p' "$work/server.out" | head -1)
+token=$(sed -n 's/^ *Root Token: *//p' "$work/server.out" | head -1)
 export KEYHAVEN_ADDR="$addr" KEYHAVEN_TOKEN="$token"
 "$target/keyhaven" secrets enable transit >/dev/null
 "$target/keyhaven" write -f transit/keys/k8s >/dev/null
