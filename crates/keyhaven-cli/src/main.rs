@@ -19,6 +19,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod args;
 mod audit_cmd;
 mod generic_cmd;
+mod kms_plugin_cmd;
 mod kv_cmd;
 mod login_cmd;
 mod mounts_cmd;
@@ -82,6 +83,8 @@ enum Command {
     Policy(policy_cmd::PolicyArgs),
     /// Manage transit keys; encrypt, decrypt, sign, verify and HMAC with them.
     Transit(transit_cmd::TransitArgs),
+    /// Serve the Kubernetes KMS v2 API on a unix socket with a transit key; `check` probes it.
+    KmsPlugin(kms_plugin_cmd::KmsPluginArgs),
 }
 
 fn main() -> ExitCode {
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::Delete(args) => return generic_cmd::run_delete(args),
         Command::Policy(args) => return policy_cmd::run(args),
         Command::Transit(args) => return transit_cmd::run(args),
+        Command::KmsPlugin(args) => return kms_plugin_cmd::run(args),
     };
     exit_code(result)
 }

@@ -16,6 +16,8 @@ mod cli;
 mod hvac;
 mod hvac_auth;
 mod identity_cli;
+mod kms_etcd;
+mod kms_plugin;
 mod limits;
 mod server;
 mod tls;
