@@ -6,5 +6,6 @@
 //! Both reach key material only through the server's API (ARCHITECTURE.md, invariant 4);
 //! the socket file, mode 0600, is their only access control ([`socket`]).
 
+pub mod csi;
 pub mod proto;
 pub mod socket;
