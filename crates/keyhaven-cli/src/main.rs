@@ -18,6 +18,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod args;
 mod audit_cmd;
+mod csi_provider_cmd;
 mod generic_cmd;
 mod kv_cmd;
 mod login_cmd;
@@ -82,6 +83,8 @@ enum Command {
     Policy(policy_cmd::PolicyArgs),
     /// Manage transit keys; encrypt, decrypt, sign, verify and HMAC with them.
     Transit(transit_cmd::TransitArgs),
+    /// Serve the Secrets Store CSI driver provider API on a unix socket.
+    CsiProvider(csi_provider_cmd::CsiProviderArgs),
 }
 
 fn main() -> ExitCode {
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::Delete(args) => return generic_cmd::run_delete(args),
         Command::Policy(args) => return policy_cmd::run(args),
         Command::Transit(args) => return transit_cmd::run(args),
+        Command::CsiProvider(args) => csi_provider_cmd::run(args),
     };
     exit_code(result)
 }

@@ -291,9 +291,39 @@ struct Out<'a> {
     _p: std::marker::PhantomData<&'a ()>,
 }
 
+/// The annotation prefix of a justified exception: `posture.keyhaven.io/allow-<check id>`
+/// on the object, with the reason as its value.
+pub const EXCEPTION_ANNOTATION_PREFIX: &str = "posture.keyhaven.io/allow-";
+
+/// The shortest reason an exception must give.
+pub const MIN_EXCEPTION_REASON: usize = 20;
+
+/// The reason of a justified exception to check `id` on `obj`: `Ok(())` if the object
+/// carries one, `Err(note)` if the annotation is there without a real reason.
+fn exception(obj: &Object, id: &str) -> Option<Result<(), String>> {
+    let key = format!("{EXCEPTION_ANNOTATION_PREFIX}{id}");
+    let reason = obj
+        .value
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(&key))?;
+    let reason = reason.as_str().map(str::trim).unwrap_or("");
+    if reason.chars().count() >= MIN_EXCEPTION_REASON {
+        Some(Ok(()))
+    } else {
+        Some(Err(format!(
+            " (annotation {key} ignored: its value must say why, in at least {MIN_EXCEPTION_REASON} characters)"
+        )))
+    }
+}
+
 impl Out<'_> {
-    fn push(&mut self, id: &str, obj: &Object, detail: &str, message: String) {
+    fn push(&mut self, id: &str, obj: &Object, detail: &str, mut message: String) {
         let Some(c) = check_by_id(id) else { return };
+        match exception(obj, id) {
+            Some(Ok(())) => return,
+            Some(Err(note)) => message.push_str(&note),
+            None => {}
+        }
         let identity = format!(
             "{}/{}/{}/{}",
             obj.kind,

@@ -235,3 +235,45 @@ fn kubeconfig_key_data_is_decoded() {
         "{f:?}"
     );
 }
+
+#[test]
+fn a_justified_exception_suppresses_only_its_own_check_on_its_own_object() {
+    let host_path = |y: &str| {
+        y.replace(
+            "          secret:\n            secretName: api-db",
+            "          hostPath:\n            path: /var/run/secrets-store-csi-providers",
+        )
+    };
+    let annotate = |y: &str, key: &str, reason: &str| {
+        y.replacen(
+            "kind: Deployment\nmetadata:\n  name: api\n",
+            &format!("kind: Deployment\nmetadata:\n  name: api\n  annotations:\n    {key}: {reason:?}\n"),
+            1,
+        )
+    };
+    let risky = host_path(HARDENED);
+    assert!(scan_yaml(&risky).contains(&"k8s-host-path".to_owned()));
+    // With a reason: gone, and nothing else is hidden.
+    let excepted = annotate(
+        &risky,
+        "posture.keyhaven.io/allow-k8s-host-path",
+        "the CSI driver finds provider sockets only in this host directory",
+    );
+    assert!(scan_yaml(&excepted).is_empty(), "{:?}", scan_yaml(&excepted));
+    let both = excepted.replace("allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true");
+    assert_eq!(scan_yaml(&both), ["k8s-privilege-escalation"]);
+    // An exception for another check does not cover this one.
+    let other = annotate(
+        &risky,
+        "posture.keyhaven.io/allow-k8s-host-network",
+        "the CSI driver finds provider sockets only in this host directory",
+    );
+    assert_eq!(scan_yaml(&other), ["k8s-host-path"]);
+    // An exception without a reason is ignored, and the finding says so.
+    let lazy = annotate(&risky, "posture.keyhaven.io/allow-k8s-host-path", "ok");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.yaml"), &lazy).unwrap();
+    let f = findings(dir.path());
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].1.contains("must say why"), "{f:?}");
+}
