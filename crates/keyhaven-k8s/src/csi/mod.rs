@@ -47,6 +47,8 @@ pub const DEFAULT_MAX_RESPONSE: usize = 4 * 1024 * 1024;
 pub const DEFAULT_AUDIENCE: &str = "keyhaven";
 /// The mount of the kubernetes auth method.
 pub const DEFAULT_AUTH_MOUNT: &str = "kubernetes";
+/// How many objects of one mount are read at the same time.
+const READ_CONCURRENCY: usize = 16;
 /// How many attempts a call gets when the server is unavailable.
 const ATTEMPTS: u32 = 3;
 /// The first backoff; doubled after each failed attempt.
@@ -583,11 +585,15 @@ impl Provider {
         client: &Client,
         spec: &MountSpec,
     ) -> Result<MountResponse, MountError> {
-        let reads = spec
-            .objects
-            .iter()
-            .map(|obj| self.read_object(client, spec, obj));
-        let results = futures::future::join_all(reads).await;
+        use futures::StreamExt as _;
+        // Objects are read concurrently, a bounded number at a time, in order.
+        // (By index: a closure over `&ObjectSpec` trips a higher-ranked lifetime limit of
+        // the Send check on the service's future.)
+        let results: Vec<_> = futures::stream::iter(0..spec.objects.len())
+            .map(|i| self.read_nth(client, spec, i))
+            .buffered(READ_CONCURRENCY)
+            .collect()
+            .await;
         let mut response = MountResponse::default();
         for (obj, result) in spec.objects.iter().zip(results) {
             let files = result?;
@@ -621,6 +627,18 @@ impl Provider {
             });
         }
         Ok(response)
+    }
+
+    async fn read_nth(
+        &self,
+        client: &Client,
+        spec: &MountSpec,
+        i: usize,
+    ) -> Result<Option<Vec<(String, Vec<u8>)>>, MountError> {
+        match spec.objects.get(i) {
+            Some(obj) => self.read_object(client, spec, obj).await,
+            None => Ok(None),
+        }
     }
 
     /// The files of one object, or `None` for an absent optional one.
