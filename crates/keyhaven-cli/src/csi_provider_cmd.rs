@@ -99,7 +99,8 @@ pub fn run(args: CsiProviderArgs) -> anyhow::Result<ExitCode> {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("invalid configuration {}", p.display()))?
+            toml::from_str(&text)
+                .with_context(|| format!("invalid configuration {}", p.display()))?
         }
     };
     let json = match file.log_format.as_deref() {
@@ -125,7 +126,9 @@ pub fn run(args: CsiProviderArgs) -> anyhow::Result<ExitCode> {
         address,
         ca_cert: args.ca_cert.or(file.ca_cert),
         allowed_addresses: file.allowed_addresses,
-        audience: file.audience.unwrap_or_else(|| csi::DEFAULT_AUDIENCE.to_owned()),
+        audience: file
+            .audience
+            .unwrap_or_else(|| csi::DEFAULT_AUDIENCE.to_owned()),
         auth_mount: file
             .auth_mount
             .unwrap_or_else(|| csi::DEFAULT_AUTH_MOUNT.to_owned()),

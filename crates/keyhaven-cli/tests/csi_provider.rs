@@ -101,7 +101,13 @@ impl ProviderProcess {
     fn start(dir: &Path, address: &str, config: Option<&str>) -> ProviderProcess {
         let socket = dir.join("providers/keyhaven.sock");
         let mut cmd = Command::new(keyhaven_bin());
-        cmd.args(["csi-provider", "--socket", socket.to_str().unwrap(), "--address", address]);
+        cmd.args([
+            "csi-provider",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--address",
+            address,
+        ]);
         if let Some(text) = config {
             let path = dir.join("csi.toml");
             std::fs::write(&path, text).unwrap();
@@ -130,7 +136,11 @@ impl ProviderProcess {
         let p = ProviderProcess { child, socket, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !p.socket.exists() {
-            assert!(Instant::now() < deadline, "provider did not start: {}", p.logs());
+            assert!(
+                Instant::now() < deadline,
+                "provider did not start: {}",
+                p.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let mode = std::fs::metadata(&p.socket).unwrap().permissions().mode() & 0o777;
@@ -235,11 +245,19 @@ impl Env {
     }
 
     fn put_secret(&self, path: &str, data: Value) {
-        self.ok("POST", &format!("secret/data/{path}"), json!({ "data": data }));
+        self.ok(
+            "POST",
+            &format!("secret/data/{path}"),
+            json!({ "data": data }),
+        );
     }
 
     /// Call `Mount` as the driver does.
-    fn mount_raw(&self, attributes: String, secrets: &str) -> Result<MountResponse, (String, String)> {
+    fn mount_raw(
+        &self,
+        attributes: String,
+        secrets: &str,
+    ) -> Result<MountResponse, (String, String)> {
         let socket = self.provider.socket.clone();
         self.rt.block_on(async move {
             let channel = keyhaven_k8s::socket::connect(&socket).await.unwrap();
@@ -251,12 +269,17 @@ impl Env {
                 .await
                 .unwrap()
                 .into_inner();
-            assert_eq!((version.version.as_str(), version.runtime_name.as_str()), ("v1alpha1", "keyhaven"));
+            assert_eq!(
+                (version.version.as_str(), version.runtime_name.as_str()),
+                ("v1alpha1", "keyhaven")
+            );
             client
                 .mount(MountRequest {
                     attributes,
                     secrets: secrets.to_owned(),
-                    target_path: "/var/lib/kubelet/pods/4b8f2a1c/volumes/kubernetes.io~csi/secrets/mount".into(),
+                    target_path:
+                        "/var/lib/kubelet/pods/4b8f2a1c/volumes/kubernetes.io~csi/secrets/mount"
+                            .into(),
                     permission: "420".into(),
                     current_object_version: Vec::new(),
                 })
@@ -268,7 +291,13 @@ impl Env {
 
     /// The attributes the driver sends: SPC parameters, then pod volume attributes over
     /// them, then the pod keys and the tokens.
-    fn attributes(&self, spc: &[(&str, &str)], pod_attrs: &[(&str, &str)], pod: Pod, tokens: Value) -> String {
+    fn attributes(
+        &self,
+        spc: &[(&str, &str)],
+        pod_attrs: &[(&str, &str)],
+        pod: Pod,
+        tokens: Value,
+    ) -> String {
         let mut a = BTreeMap::new();
         for (k, v) in spc.iter().chain(pod_attrs) {
             a.insert(k.to_string(), v.to_string());
@@ -276,10 +305,19 @@ impl Env {
         a.insert("secretProviderClass".into(), "app-secrets".into());
         a.insert("csi.storage.k8s.io/pod.name".into(), pod.name.into());
         a.insert("csi.storage.k8s.io/pod.namespace".into(), pod.ns.into());
-        a.insert("csi.storage.k8s.io/pod.uid".into(), "4b8f2a1c-3e5d-4c6b-8a9f-1d2e3f4a5b6c".into());
-        a.insert("csi.storage.k8s.io/serviceAccount.name".into(), pod.sa.into());
+        a.insert(
+            "csi.storage.k8s.io/pod.uid".into(),
+            "4b8f2a1c-3e5d-4c6b-8a9f-1d2e3f4a5b6c".into(),
+        );
+        a.insert(
+            "csi.storage.k8s.io/serviceAccount.name".into(),
+            pod.sa.into(),
+        );
         a.insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
-        a.insert("csi.storage.k8s.io/serviceAccount.tokens".into(), tokens.to_string());
+        a.insert(
+            "csi.storage.k8s.io/serviceAccount.tokens".into(),
+            tokens.to_string(),
+        );
         serde_json::to_string(&a).unwrap()
     }
 
@@ -288,15 +326,31 @@ impl Env {
     }
 
     /// Mount `objects` with role `role` as `pod`.
-    fn mount(&self, pod: Pod, role: &str, objects: &str) -> Result<MountResponse, (String, String)> {
-        let attrs = self.attributes(&[("roleName", role), ("objects", objects)], &[], pod, self.tokens(pod, "keyhaven", 3600));
+    fn mount(
+        &self,
+        pod: Pod,
+        role: &str,
+        objects: &str,
+    ) -> Result<MountResponse, (String, String)> {
+        let attrs = self.attributes(
+            &[("roleName", role), ("objects", objects)],
+            &[],
+            pod,
+            self.tokens(pod, "keyhaven", 3600),
+        );
         self.mount_raw(attrs, "null")
     }
 
     fn assert_no_marker_in_logs(&self) {
         let logs = self.provider.logs();
-        assert!(!logs.is_empty(), "the provider logged nothing at debug level");
-        assert!(!logs.contains(MARKER), "a secret value reached the provider's log:\n{logs}");
+        assert!(
+            !logs.is_empty(),
+            "the provider logged nothing at debug level"
+        );
+        assert!(
+            !logs.contains(MARKER),
+            "a secret value reached the provider's log:\n{logs}"
+        );
     }
 }
 
@@ -304,7 +358,11 @@ impl Env {
 /// `dir`, and return (path, mode, contents) read back from disk.
 fn write_like_the_driver(dir: &Path, r: &MountResponse) -> BTreeMap<String, (u32, Vec<u8>)> {
     for f in &r.files {
-        assert!(!f.path.starts_with('/') && !f.path.split('/').any(|e| e == ".." || e.is_empty()), "{}", f.path);
+        assert!(
+            !f.path.starts_with('/') && !f.path.split('/').any(|e| e == ".." || e.is_empty()),
+            "{}",
+            f.path
+        );
         assert!((0..=0o777).contains(&f.mode));
         let p = dir.join(&f.path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -322,7 +380,10 @@ fn write_like_the_driver(dir: &Path, r: &MountResponse) -> BTreeMap<String, (u32
 }
 
 fn versions(r: &MountResponse) -> BTreeMap<String, String> {
-    r.object_version.iter().map(|v| (v.id.clone(), v.version.clone())).collect()
+    r.object_version
+        .iter()
+        .map(|v| (v.id.clone(), v.version.clone()))
+        .collect()
 }
 
 const OBJECTS: &str = r#"
@@ -364,14 +425,37 @@ fn csi_a_pod_mounts_its_secrets_with_names_modes_and_versions() {
     let names: Vec<&str> = files.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        ["blob", "config/ca.crt", "config/host", "config/port", "db-password", "db.json", "dsn", "nonce"]
+        [
+            "blob",
+            "config/ca.crt",
+            "config/host",
+            "config/port",
+            "db-password",
+            "db.json",
+            "dsn",
+            "nonce"
+        ]
     );
     assert_eq!(files["db-password"], (0o600, MARKER.as_bytes().to_vec()));
-    assert_eq!(files["config/host"], (0o644, b"db.team-a.svc".to_vec()), "permission \"420\" is the default");
-    assert_eq!(files["config/ca.crt"].1, format!("cert-{MARKER}").into_bytes());
-    assert_eq!(files["dsn"].1, format!("postgres://app:{MARKER}@db:5432/app").into_bytes());
+    assert_eq!(
+        files["config/host"],
+        (0o644, b"db.team-a.svc".to_vec()),
+        "permission \"420\" is the default"
+    );
+    assert_eq!(
+        files["config/ca.crt"].1,
+        format!("cert-{MARKER}").into_bytes()
+    );
+    assert_eq!(
+        files["dsn"].1,
+        format!("postgres://app:{MARKER}@db:5432/app").into_bytes()
+    );
     assert_eq!(files["blob"].1, b"\x00\x01binary");
-    assert_eq!(files["nonce"].1.len(), 16, "PUT with secretArgs, hex-decoded");
+    assert_eq!(
+        files["nonce"].1.len(),
+        16,
+        "PUT with secretArgs, hex-decoded"
+    );
     let whole: Value = serde_json::from_slice(&files["db.json"].1).unwrap();
     assert_eq!(whole["data"]["username"], "app");
     // One version per object, the absent optional one included; none is a plain hash.
@@ -388,7 +472,11 @@ fn csi_a_pod_mounts_its_secrets_with_names_modes_and_versions() {
     // The optional object appears once its secret exists, with a new version.
     env.put_secret("app/missing", json!({"x": "now here"}));
     let r2 = env.mount(APP, "app", OBJECTS).unwrap();
-    assert!(r2.files.iter().any(|f| f.path == "not-there-yet" && f.contents == b"now here"));
+    assert!(
+        r2.files
+            .iter()
+            .any(|f| f.path == "not-there-yet" && f.contents == b"now here")
+    );
     assert_ne!(versions(&r2)["not-there-yet"], v["not-there-yet"]);
     env.assert_no_marker_in_logs();
 }
@@ -399,15 +487,29 @@ fn csi_rotation_changes_the_version_only_when_the_secret_changes() {
     let objects = "- {objectName: db-password, secretPath: secret/data/app/db, secretKey: password}\n- {objectName: host, secretPath: secret/data/app/config, secretKey: host}";
     let first = env.mount(APP, "app", objects).unwrap();
     let again = env.mount(APP, "app", objects).unwrap();
-    assert_eq!(versions(&first), versions(&again), "unchanged secrets keep their versions");
+    assert_eq!(
+        versions(&first),
+        versions(&again),
+        "unchanged secrets keep their versions"
+    );
     assert_eq!(first.files, again.files);
 
-    env.put_secret("app/db", json!({"username": "app", "password": "rotated-password"}));
+    env.put_secret(
+        "app/db",
+        json!({"username": "app", "password": "rotated-password"}),
+    );
     let rotated = env.mount(APP, "app", objects).unwrap();
     let (v1, v2) = (versions(&first), versions(&rotated));
-    assert_ne!(v1["db-password"], v2["db-password"], "a changed secret gets a new version");
+    assert_ne!(
+        v1["db-password"], v2["db-password"],
+        "a changed secret gets a new version"
+    );
     assert_eq!(v1["host"], v2["host"], "an unchanged one keeps it");
-    let f = rotated.files.iter().find(|f| f.path == "db-password").unwrap();
+    let f = rotated
+        .files
+        .iter()
+        .find(|f| f.path == "db-password")
+        .unwrap();
     assert_eq!(f.contents, b"rotated-password");
     // A changed object configuration is a new version even for the same content.
     let renamed_mode = "- {objectName: db-password, secretPath: secret/data/app/db, secretKey: password, filePermission: \"0400\"}";
@@ -419,7 +521,8 @@ fn csi_rotation_changes_the_version_only_when_the_secret_changes() {
 #[test]
 fn csi_authorization_comes_from_the_pods_own_token_only() {
     let env = Env::new();
-    let objects = "- {objectName: db-password, secretPath: secret/data/app/db, secretKey: password}";
+    let objects =
+        "- {objectName: db-password, secretPath: secret/data/app/db, secretKey: password}";
     // The control: the right pod reads (and its token is now cached).
     env.mount(APP, "app", objects).unwrap();
 
@@ -438,11 +541,21 @@ fn csi_authorization_comes_from_the_pods_own_token_only() {
         env.attributes(&spc("app"), &[], WEB, env.tokens(WEB, "keyhaven", 3600)),
         "other pod",
         "Unauthenticated",
-        &["role \"app\"", "bound_service_account_names=web", "bound_service_account_namespaces=team-b", "auth/kubernetes/role/app"],
+        &[
+            "role \"app\"",
+            "bound_service_account_names=web",
+            "bound_service_account_namespaces=team-b",
+            "auth/kubernetes/role/app",
+        ],
     );
     // A pod attribute overriding roleName gains nothing: the web pod with roleName=app.
     refused(
-        env.attributes(&spc("web"), &[("roleName", "app")], WEB, env.tokens(WEB, "keyhaven", 3600)),
+        env.attributes(
+            &spc("web"),
+            &[("roleName", "app")],
+            WEB,
+            env.tokens(WEB, "keyhaven", 3600),
+        ),
         "roleName override",
         "Unauthenticated",
         &["role \"app\""],
@@ -478,17 +591,42 @@ fn csi_authorization_comes_from_the_pods_own_token_only() {
     // A forged token with the app pod's claims, signed by another key: the cache (keyed
     // by the token itself) does not hand out the app pod's keyhaven token.
     let forged = json!({"keyhaven": {"token": pod_token(&keypair(), APP, "keyhaven", 3600), "expirationTimestamp": ""}});
-    refused(env.attributes(&spc("app"), &[], APP, forged), "forged", "Unauthenticated", &["refused"]);
+    refused(
+        env.attributes(&spc("app"), &[], APP, forged),
+        "forged",
+        "Unauthenticated",
+        &["refused"],
+    );
     // A path the role's policy denies.
     refused(
-        env.attributes(&[("roleName", "app"), ("objects", "- {objectName: t, secretPath: secret/data/web/api, secretKey: token}")], &[], APP, env.tokens(APP, "keyhaven", 3600)),
+        env.attributes(
+            &[
+                ("roleName", "app"),
+                (
+                    "objects",
+                    "- {objectName: t, secretPath: secret/data/web/api, secretKey: token}",
+                ),
+            ],
+            &[],
+            APP,
+            env.tokens(APP, "keyhaven", 3600),
+        ),
         "denied path",
         "PermissionDenied",
         &["secret/data/web/api"],
     );
     // vaultAddress that the operator did not allow.
     refused(
-        env.attributes(&[("roleName", "app"), ("objects", objects), ("vaultAddress", "https://attacker.example:8200")], &[], APP, env.tokens(APP, "keyhaven", 3600)),
+        env.attributes(
+            &[
+                ("roleName", "app"),
+                ("objects", objects),
+                ("vaultAddress", "https://attacker.example:8200"),
+            ],
+            &[],
+            APP,
+            env.tokens(APP, "keyhaven", 3600),
+        ),
         "vaultAddress",
         "InvalidArgument",
         &["allowed_addresses"],
@@ -505,25 +643,56 @@ fn csi_bad_input_is_refused_with_clear_errors() {
         code
     };
     assert_eq!(bad("- objectName: [", "not a YAML list"), "InvalidArgument");
-    bad("- {objectName: a, secretPath: secret/data/app/db}\n- {objectName: a, secretPath: secret/data/app/config}", "duplicate objectName");
-    bad("- {objectName: ../x, secretPath: secret/data/app/db}", "\"..\" element");
-    bad("- {objectName: /etc/x, secretPath: secret/data/app/db}", "relative");
-    bad("- {objectName: a, secretPath: secret/data/app/db, secretKey: nope}", "has no key \"nope\"");
-    bad("- {objectName: a, secretPath: secret/data/app/none, secretKey: x}", "optional: true");
+    bad(
+        "- {objectName: a, secretPath: secret/data/app/db}\n- {objectName: a, secretPath: secret/data/app/config}",
+        "duplicate objectName",
+    );
+    bad(
+        "- {objectName: ../x, secretPath: secret/data/app/db}",
+        "\"..\" element",
+    );
+    bad(
+        "- {objectName: /etc/x, secretPath: secret/data/app/db}",
+        "relative",
+    );
+    bad(
+        "- {objectName: a, secretPath: secret/data/app/db, secretKey: nope}",
+        "has no key \"nope\"",
+    );
+    bad(
+        "- {objectName: a, secretPath: secret/data/app/none, secretKey: x}",
+        "optional: true",
+    );
 
     // `secrets: null` and `{}` are both accepted.
-    let attrs = env.attributes(&[("roleName", "app"), ("objects", "- {objectName: a, secretPath: secret/data/app/db, secretKey: username}")], &[], APP, env.tokens(APP, "keyhaven", 3600));
+    let attrs = env.attributes(
+        &[
+            ("roleName", "app"),
+            (
+                "objects",
+                "- {objectName: a, secretPath: secret/data/app/db, secretKey: username}",
+            ),
+        ],
+        &[],
+        APP,
+        env.tokens(APP, "keyhaven", 3600),
+    );
     env.mount_raw(attrs.clone(), "null").unwrap();
     env.mount_raw(attrs.clone(), "{}").unwrap();
     let (code, msg) = env.mount_raw(attrs, "[\"x\"]").unwrap_err();
     assert_eq!(code, "InvalidArgument", "{msg}");
     let (code, msg) = env.mount_raw("not json".into(), "null").unwrap_err();
-    assert!(msg.contains("not a JSON object") && code == "InvalidArgument", "{msg}");
+    assert!(
+        msg.contains("not a JSON object") && code == "InvalidArgument",
+        "{msg}"
+    );
 
     // Over the 4 MiB receive limit: 9 files of 512 KiB.
     env.put_secret("app/big", json!({"v": "x".repeat(512 * 1024)}));
     let big: String = (0..9)
-        .map(|i| format!("- {{objectName: big{i}, secretPath: secret/data/app/big, secretKey: v}}\n"))
+        .map(|i| {
+            format!("- {{objectName: big{i}, secretPath: secret/data/app/big, secretKey: v}}\n")
+        })
         .collect();
     let code = bad(&big, "over the 4194304-byte limit");
     assert_eq!(code, "ResourceExhausted");
@@ -539,7 +708,16 @@ fn csi_an_allowed_vault_address_is_used_and_config_typos_are_refused() {
     }));
     let addr = other(&env.server.addr());
     let objects = "- {objectName: u, secretPath: secret/data/app/db, secretKey: username}";
-    let attrs = env.attributes(&[("roleName", "app"), ("objects", objects), ("vaultAddress", &addr)], &[], APP, env.tokens(APP, "keyhaven", 3600));
+    let attrs = env.attributes(
+        &[
+            ("roleName", "app"),
+            ("objects", objects),
+            ("vaultAddress", &addr),
+        ],
+        &[],
+        APP,
+        env.tokens(APP, "keyhaven", 3600),
+    );
     env.mount_raw(attrs, "null").unwrap();
 
     // An unknown configuration key stops the provider with a message naming it.
@@ -547,10 +725,19 @@ fn csi_an_allowed_vault_address_is_used_and_config_typos_are_refused() {
     let cfg = dir.path().join("csi.toml");
     std::fs::write(&cfg, "adress = \"http://127.0.0.1:1\"\n").unwrap();
     let out = Command::new(keyhaven_bin())
-        .args(["csi-provider", "--config", cfg.to_str().unwrap(), "--socket", dir.path().join("s.sock").to_str().unwrap()])
+        .args([
+            "csi-provider",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--socket",
+            dir.path().join("s.sock").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown field") && err.contains("adress"), "{err}");
+    assert!(
+        err.contains("unknown field") && err.contains("adress"),
+        "{err}"
+    );
 }

@@ -59,7 +59,11 @@ fn tools() -> PathBuf {
 }
 
 fn kustomize(base: &Path) -> String {
-    let out = Command::new(tools().join("kubectl")).arg("kustomize").arg(base).output().unwrap();
+    let out = Command::new(tools().join("kubectl"))
+        .arg("kustomize")
+        .arg(base)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "kubectl kustomize {}: {}",
@@ -85,7 +89,10 @@ fn deploy_renders_validates_and_passes_the_posture_scan() {
     let mut all = Vec::new();
     for base in ["", "example"] {
         let yaml = kustomize(&deploy.join(base));
-        let path = dir.path().join(format!("rendered-{}.yaml", if base.is_empty() { "deploy" } else { base }));
+        let path = dir.path().join(format!(
+            "rendered-{}.yaml",
+            if base.is_empty() { "deploy" } else { base }
+        ));
         std::fs::write(&path, &yaml).unwrap();
         all.extend(objects(&yaml));
         files.push(path);
@@ -110,7 +117,11 @@ fn deploy_renders_validates_and_passes_the_posture_scan() {
         .env("KUBERNETES_VERSIONS", KUBERNETES_VERSIONS)
         .output()
         .unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "schema validation failed:\n{report}");
     assert!(report.contains("0 failure(s)"), "{report}");
 
@@ -125,10 +136,23 @@ fn deploy_renders_validates_and_passes_the_posture_scan() {
     let pod = &sts["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let c = &pod["containers"][0];
-    assert!(c["readinessProbe"].is_object() && c["livenessProbe"].is_object() && c["resources"]["limits"].is_object());
+    assert!(
+        c["readinessProbe"].is_object()
+            && c["livenessProbe"].is_object()
+            && c["resources"]["limits"].is_object()
+    );
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "data");
-    assert!(pod["volumes"].as_array().unwrap().iter().any(|v| v["secret"]["secretName"] == "keyhaven-tls"));
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "data"
+    );
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "keyhaven-tls")
+    );
     let crb = find("ClusterRoleBinding", "keyhaven-auth-delegator");
     assert_eq!(crb["roleRef"]["name"], "system:auth-delegator");
     find("PodDisruptionBudget", "keyhaven");
@@ -138,7 +162,10 @@ fn deploy_renders_validates_and_passes_the_posture_scan() {
     assert_eq!(driver["spec"]["requiresRepublish"], true);
     let ds = find("DaemonSet", "keyhaven-csi-provider");
     let args = ds["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
-    assert!(args.contains("/var/run/secrets-store-csi-providers/keyhaven.sock"), "{args}");
+    assert!(
+        args.contains("/var/run/secrets-store-csi-providers/keyhaven.sock"),
+        "{args}"
+    );
 
     // The example SecretProviderClass is valid for the provider.
     let spc = find("SecretProviderClass", "app-secrets");
@@ -156,5 +183,10 @@ fn deploy_renders_validates_and_passes_the_posture_scan() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(v["findings"], serde_json::json!([]), "{stdout}");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -46,21 +46,35 @@ struct Signer {
 
 impl Signer {
     fn token(&self, pod: usize) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-        let n = self.serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let n = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (ns, sa) = (format!("bench-{}", pod % 5), format!("sa-{pod}"));
         let claims = json!({
             "iss": ISSUER, "sub": format!("system:serviceaccount:{ns}:{sa}"), "aud": ["keyhaven"],
             "iat": now - 5, "nbf": now - 5, "exp": now + 3600, "jti": format!("bench-{n}"),
             "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa, "uid": "u"}, "pod": {"name": format!("p-{pod}"), "uid": format!("pod-{pod}")}}
         });
-        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256), &claims, &self.key).unwrap()
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+            &claims,
+            &self.key,
+        )
+        .unwrap()
     }
 }
 
 fn request(token: &str, pod: usize) -> MountRequest {
     let objects: String = (0..10)
-        .map(|i| format!("- {{objectName: s{i}, secretPath: secret/data/bench/s{i}, secretKey: value}}\n"))
+        .map(|i| {
+            format!(
+                "- {{objectName: s{i}, secretPath: secret/data/bench/s{i}, secretKey: value}}\n"
+            )
+        })
         .collect();
     let attrs = json!({
         "roleName": "bench",
@@ -94,7 +108,9 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
 
 fn summary(phase: &str, mut lat: Vec<Duration>, wall: Duration) {
     lat.sort();
-    let q = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1].as_secs_f64() * 1e3;
+    let q = |p: f64| {
+        lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1].as_secs_f64() * 1e3
+    };
     println!(
         "{}",
         json!({"phase": phase, "mounts": lat.len(), "p50_ms": q(0.50), "p99_ms": q(0.99), "max_ms": q(1.0), "wall_s": wall.as_secs_f64()})
@@ -110,36 +126,67 @@ async fn main() {
     let identities: usize = arg("--identities").map_or(50, |v| v.parse().unwrap());
     let concurrency: usize = arg("--concurrency").map_or(8, |v| v.parse().unwrap());
     // The server's and the provider's process ids, whose CPU the throughput phase counts.
-    let pids: Vec<u32> = arg("--pids").map_or_else(Vec::new, |v| v.split(',').map(|p| p.parse().unwrap()).collect());
+    let pids: Vec<u32> = arg("--pids").map_or_else(Vec::new, |v| {
+        v.split(',').map(|p| p.parse().unwrap()).collect()
+    });
 
     // Setup: the issuer key, a role for every bench pod, ten secrets.
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut cc = ClientConfig::new(address);
     cc.token = Some(SecretString::from(root));
     let admin = Client::new(cc).unwrap();
-    let _ = admin.write("sys/auth/kubernetes", Some(&json!({"type": "kubernetes"}))).await;
-    admin.write("auth/kubernetes/config", Some(&json!({"pem_keys": [kp.public_key_pem()], "issuer": ISSUER}))).await.unwrap();
-    admin.write("sys/policies/acl/bench", Some(&json!({"policy": "path \"secret/data/bench/*\" { capabilities = [\"read\"] }"}))).await.unwrap();
+    let _ = admin
+        .write("sys/auth/kubernetes", Some(&json!({"type": "kubernetes"})))
+        .await;
+    admin
+        .write(
+            "auth/kubernetes/config",
+            Some(&json!({"pem_keys": [kp.public_key_pem()], "issuer": ISSUER})),
+        )
+        .await
+        .unwrap();
+    admin
+        .write(
+            "sys/policies/acl/bench",
+            Some(&json!({"policy": "path \"secret/data/bench/*\" { capabilities = [\"read\"] }"})),
+        )
+        .await
+        .unwrap();
     admin
         .write("auth/kubernetes/role/bench", Some(&json!({"bound_service_account_names": "sa-*", "bound_service_account_namespaces": "bench-*", "audience": "keyhaven", "token_policies": "bench", "token_ttl": "1h"})))
         .await
         .unwrap();
     for i in 0..10 {
-        admin.write(&format!("secret/data/bench/s{i}"), Some(&json!({"data": {"value": format!("value-{i}-{}", "x".repeat(64))}}))).await.unwrap();
+        admin
+            .write(
+                &format!("secret/data/bench/s{i}"),
+                Some(&json!({"data": {"value": format!("value-{i}-{}", "x".repeat(64))}})),
+            )
+            .await
+            .unwrap();
     }
     let signer = Arc::new(Signer {
         key: jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap(),
         serial: Default::default(),
     });
-    let channel = keyhaven_k8s::socket::connect(std::path::Path::new(&socket)).await.unwrap();
+    let channel = keyhaven_k8s::socket::connect(std::path::Path::new(&socket))
+        .await
+        .unwrap();
     let client = CsiDriverProviderClient::new(channel);
 
     // Warm-up (connections, first-touch).
     for _ in 0..20 {
-        client.clone().mount(request(&signer.token(0), 0)).await.unwrap();
+        client
+            .clone()
+            .mount(request(&signer.token(0), 0))
+            .await
+            .unwrap();
     }
 
-    let phase = |name: &'static str, n: usize, conc: usize, token_for: Arc<dyn Fn(usize) -> (String, usize) + Send + Sync>| {
+    let phase = |name: &'static str,
+                 n: usize,
+                 conc: usize,
+                 token_for: Arc<dyn Fn(usize) -> (String, usize) + Send + Sync>| {
         let client = client.clone();
         async move {
             let start = Instant::now();
@@ -156,7 +203,12 @@ async fn main() {
                         }
                         let (token, pod) = token_for(i);
                         let t = Instant::now();
-                        let r = client.clone().mount(request(&token, pod)).await.unwrap().into_inner();
+                        let r = client
+                            .clone()
+                            .mount(request(&token, pod))
+                            .await
+                            .unwrap()
+                            .into_inner();
                         lat.push(t.elapsed());
                         assert_eq!(r.files.len(), 10);
                     }
@@ -173,14 +225,26 @@ async fn main() {
     // Cold: tokens signed ahead (signing is the kubelet's cost, not the provider's).
     let cold: Arc<Vec<String>> = Arc::new((0..mounts).map(|i| signer.token(1000 + i)).collect());
     let c = cold.clone();
-    phase("cold", mounts, 1, Arc::new(move |i| (c[i].clone(), 1000 + i))).await;
+    phase(
+        "cold",
+        mounts,
+        1,
+        Arc::new(move |i| (c[i].clone(), 1000 + i)),
+    )
+    .await;
     let one = signer.token(1);
     phase("cached", mounts, 1, Arc::new(move |_| (one.clone(), 1))).await;
     let pods: Arc<Vec<String>> = Arc::new((0..identities).map(|p| signer.token(p)).collect());
     let p = pods.clone();
     let before = cpu_seconds(&pids);
     let n = mounts * 4;
-    phase("throughput", n, concurrency, Arc::new(move |i| (p[i % p.len()].clone(), i % p.len()))).await;
+    phase(
+        "throughput",
+        n,
+        concurrency,
+        Arc::new(move |i| (p[i % p.len()].clone(), i % p.len())),
+    )
+    .await;
     let cpu = cpu_seconds(&pids) - before;
     println!(
         "{}",

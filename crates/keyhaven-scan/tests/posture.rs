@@ -247,7 +247,9 @@ fn a_justified_exception_suppresses_only_its_own_check_on_its_own_object() {
     let annotate = |y: &str, key: &str, reason: &str| {
         y.replacen(
             "kind: Deployment\nmetadata:\n  name: api\n",
-            &format!("kind: Deployment\nmetadata:\n  name: api\n  annotations:\n    {key}: {reason:?}\n"),
+            &format!(
+                "kind: Deployment\nmetadata:\n  name: api\n  annotations:\n    {key}: {reason:?}\n"
+            ),
             1,
         )
     };
@@ -259,8 +261,15 @@ fn a_justified_exception_suppresses_only_its_own_check_on_its_own_object() {
         "posture.keyhaven.io/allow-k8s-host-path",
         "the CSI driver finds provider sockets only in this host directory",
     );
-    assert!(scan_yaml(&excepted).is_empty(), "{:?}", scan_yaml(&excepted));
-    let both = excepted.replace("allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true");
+    assert!(
+        scan_yaml(&excepted).is_empty(),
+        "{:?}",
+        scan_yaml(&excepted)
+    );
+    let both = excepted.replace(
+        "allowPrivilegeEscalation: false",
+        "allowPrivilegeEscalation: true",
+    );
     assert_eq!(scan_yaml(&both), ["k8s-privilege-escalation"]);
     // An exception for another check does not cover this one.
     let other = annotate(
