@@ -821,3 +821,132 @@ pub async fn serve(
     drop(socket);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn api(status: u16) -> ClientError {
+        ClientError::Api {
+            method: "GET",
+            path: "secret/data/x".into(),
+            status,
+            errors: Vec::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_errors_are_retried_with_backoff_and_writes_only_when_refused() {
+        let calls = AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let r: Result<(), _> = with_backoff(true, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(api(503)) }
+        })
+        .await;
+        assert_eq!(r.unwrap_err().status(), Some(503));
+        assert_eq!(calls.load(Ordering::SeqCst), ATTEMPTS);
+        assert_eq!(
+            start.elapsed(),
+            BACKOFF + BACKOFF * 2,
+            "200 ms, then 400 ms"
+        );
+
+        // Recovers on the second attempt.
+        let calls = AtomicU32::new(0);
+        let r = with_backoff(true, || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move { if n == 0 { Err(api(502)) } else { Ok(7) } }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 7);
+
+        // A refusal is final; a write that may have happened (500) is not repeated.
+        for (idempotent, status) in [(true, 403), (true, 404), (false, 500)] {
+            let calls = AtomicU32::new(0);
+            let _: Result<(), _> = with_backoff(idempotent, || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move { Err(api(status)) }
+            })
+            .await;
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "{status}");
+        }
+        let calls = AtomicU32::new(0);
+        let _: Result<(), _> = with_backoff(false, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(api(503)) }
+        })
+        .await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            ATTEMPTS,
+            "a sealed server refused the write"
+        );
+    }
+
+    #[test]
+    fn versions_are_keyed_stable_and_bound_to_content_and_config() {
+        let key = VersionKey::from_bytes(&[7u8; 32]).unwrap();
+        let files = vec![("a".to_owned(), b"secret".to_vec())];
+        let v = key.version("cfg", &files);
+        assert_eq!(v, key.version("cfg", &files), "stable");
+        assert_eq!(v.len(), 43, "base64url of 32 bytes");
+        assert_ne!(v, key.version("cfg2", &files), "bound to the configuration");
+        assert_ne!(
+            v,
+            key.version("cfg", &[("a".to_owned(), b"secreT".to_vec())])
+        );
+        assert_ne!(
+            v,
+            key.version("cfg", &[("b".to_owned(), b"secret".to_vec())])
+        );
+        let other = VersionKey::from_bytes(&[8u8; 32]).unwrap();
+        assert_ne!(
+            v,
+            other.version("cfg", &files),
+            "keyed: another key, another version"
+        );
+        let random = VersionKey::random().unwrap();
+        assert_ne!(v, random.version("cfg", &files));
+        assert!(matches!(
+            VersionKey::from_bytes(&[0u8; 31]),
+            Err(ProviderError::ShortKey(31))
+        ));
+        assert!(!format!("{key:?}").contains('7'));
+    }
+
+    #[test]
+    fn kv2_answers_are_unwrapped_and_keys_found() {
+        let obj = |selector: Selector| ObjectSpec {
+            name: "f".into(),
+            path: "secret/data/app".into(),
+            selector,
+            method: Method::Get,
+            args: serde_json::Map::new(),
+            mode: 0o644,
+            encoding: Encoding::Utf8,
+            optional: false,
+            config_digest_input: String::new(),
+        };
+        let kv2 = serde_json::json!({"data": {"data": {"user": "u", "n": 5}, "metadata": {"version": 1}}});
+        let files = object_files(&obj(Selector::AllKeys), &kv2).unwrap();
+        assert_eq!(
+            files,
+            [
+                ("f/n".to_owned(), b"5".to_vec()),
+                ("f/user".to_owned(), b"u".to_vec())
+            ]
+        );
+        let kv1 = serde_json::json!({"data": {"user": "u"}});
+        let files = object_files(&obj(Selector::Key("user".into())), &kv1).unwrap();
+        assert_eq!(files, [("f".to_owned(), b"u".to_vec())]);
+        let err = object_files(&obj(Selector::Key("nope".into())), &kv2).unwrap_err();
+        assert!(err.contains("no key \"nope\""), "{err}");
+        let bad_name = serde_json::json!({"data": {"../x": "v"}});
+        assert!(object_files(&obj(Selector::AllKeys), &bad_name).is_err());
+        let deleted =
+            serde_json::json!({"data": {"data": null, "metadata": {"deletion_time": "x"}}});
+        assert!(kv_data(&deleted).is_none());
+    }
+}

@@ -423,7 +423,7 @@ fn parse_file_permission(v: &Value) -> Result<u32, String> {
         // A YAML parser may read an unquoted `0640` as the number 640.
         Value::Number(n)
             if n.as_f64()
-                .is_some_and(|f| f >= 0.0 && f <= 777.0 && f.fract() == 0.0) =>
+                .is_some_and(|f| (0.0..=777.0).contains(&f) && f.fract() == 0.0) =>
         {
             format!("{}", n.as_f64().unwrap_or_default())
         }
