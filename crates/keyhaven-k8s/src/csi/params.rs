@@ -15,6 +15,7 @@ use std::fmt;
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::Value;
+use zeroize::Zeroize as _;
 
 /// The attribute that carries the pod's ServiceAccount tokens (CSIDriver `tokenRequests`).
 pub const TOKENS_ATTRIBUTE: &str = "csi.storage.k8s.io/serviceAccount.tokens";
@@ -288,17 +289,30 @@ struct RawToken {
 
 /// Parse a mount request's `attributes`, `secrets` and `permission`.
 pub fn parse(attributes: &str, secrets: &str, permission: &str) -> Result<MountSpec, ParamError> {
-    let attrs: HashMap<String, String> =
+    let mut attrs: HashMap<String, String> =
         serde_json::from_str(attributes).map_err(|e| ParamError::Attributes {
             line: e.line(),
             column: e.column(),
         })?;
-    let secrets: HashMap<String, String> = match secrets.trim() {
+    let mut secrets: HashMap<String, String> = match secrets.trim() {
         "" | "null" => HashMap::new(),
         s => serde_json::from_str::<Option<HashMap<String, String>>>(s)
             .map_err(|_| ParamError::Secrets)?
             .unwrap_or_default(),
     };
+    let spec = parse_maps(&attrs, &secrets, permission);
+    // The maps held copies of the pod's token: wipe them (the spec keeps its own, secret).
+    for v in attrs.values_mut().chain(secrets.values_mut()) {
+        v.zeroize();
+    }
+    spec
+}
+
+fn parse_maps(
+    attrs: &HashMap<String, String>,
+    secrets: &HashMap<String, String>,
+    permission: &str,
+) -> Result<MountSpec, ParamError> {
     let default_mode = parse_permission(permission)?;
     let get = |k: &str| attrs.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
 
