@@ -18,6 +18,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod args;
 mod audit_cmd;
+mod csi_provider_cmd;
 mod generic_cmd;
 mod kms_plugin_cmd;
 mod kv_cmd;
@@ -85,6 +86,8 @@ enum Command {
     Transit(transit_cmd::TransitArgs),
     /// Serve the Kubernetes KMS v2 API on a unix socket with a transit key; `check` probes it.
     KmsPlugin(kms_plugin_cmd::KmsPluginArgs),
+    /// Serve the Secrets Store CSI driver provider API on a unix socket.
+    CsiProvider(csi_provider_cmd::CsiProviderArgs),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
         Command::Policy(args) => return policy_cmd::run(args),
         Command::Transit(args) => return transit_cmd::run(args),
         Command::KmsPlugin(args) => return kms_plugin_cmd::run(args),
+        Command::CsiProvider(args) => csi_provider_cmd::run(args),
     };
     exit_code(result)
 }

@@ -13,6 +13,8 @@ mod audit;
 mod authz;
 mod bao;
 mod cli;
+mod csi_provider;
+mod deploy;
 mod hvac;
 mod hvac_auth;
 mod identity_cli;

@@ -7,5 +7,6 @@
 //! the socket file, mode 0600, is their only access control ([`socket`]).
 
 pub mod kms;
+pub mod csi;
 pub mod proto;
 pub mod socket;
