@@ -409,17 +409,18 @@ pub async fn rewrap_header(
     match replace_with {
         None => {
             for entry in &mut out.wrapped_keys {
-                if let Some(kek) = keks.iter().find(|k| k.matches(entry)) {
-                    if let Some(new) =
-                        kek.rewrap(entry, &aad)
-                            .await
-                            .map_err(|source| EnvelopeError::Kek {
-                                key: entry.label(),
-                                source,
-                            })?
-                    {
-                        *entry = new;
-                    }
+                let Some(kek) = keks.iter().find(|k| k.matches(entry)) else {
+                    continue;
+                };
+                let rewrapped = kek
+                    .rewrap(entry, &aad)
+                    .await
+                    .map_err(|source| EnvelopeError::Kek {
+                        key: entry.label(),
+                        source,
+                    })?;
+                if let Some(new) = rewrapped {
+                    *entry = new;
                 }
             }
         }
