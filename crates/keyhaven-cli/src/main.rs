@@ -18,6 +18,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod args;
 mod audit_cmd;
+mod envelope_cmd;
 mod generic_cmd;
 mod kv_cmd;
 mod login_cmd;
@@ -82,6 +83,9 @@ enum Command {
     Policy(policy_cmd::PolicyArgs),
     /// Manage transit keys; encrypt, decrypt, sign, verify and HMAC with them.
     Transit(transit_cmd::TransitArgs),
+    /// Encrypt and decrypt files and streams offline with data keys wrapped by transit
+    /// keys (exit codes: 3 corrupt, 4 not authorized, 5 server unreachable).
+    Envelope(envelope_cmd::EnvelopeArgs),
 }
 
 fn main() -> ExitCode {
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
         Command::Delete(args) => return generic_cmd::run_delete(args),
         Command::Policy(args) => return policy_cmd::run(args),
         Command::Transit(args) => return transit_cmd::run(args),
+        Command::Envelope(args) => return envelope_cmd::run(args),
     };
     exit_code(result)
 }

@@ -13,6 +13,7 @@ mod audit;
 mod authz;
 mod bao;
 mod cli;
+mod envelope;
 mod hvac;
 mod hvac_auth;
 mod identity_cli;

@@ -97,24 +97,29 @@ impl MessageKeys {
         aad
     }
 
+    /// Seals the plaintext in `buf` in place and appends the tag: `buf` becomes
+    /// `ciphertext ‖ tag`.
     pub(crate) fn seal_frame(
         &self,
         seq: u32,
         is_final: bool,
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, EnvelopeError> {
-        let len = u32::try_from(plaintext.len()).map_err(|_| EnvelopeError::TooLarge)?;
+        buf: &mut Vec<u8>,
+    ) -> Result<(), EnvelopeError> {
+        let len = u32::try_from(buf.len()).map_err(|_| EnvelopeError::TooLarge)?;
         let aad = self.frame_aad(seq, is_final, len);
-        Ok(self
+        let tag = self
             .content
-            .seal_with_nonce(&self.nonce(seq), &aad, plaintext)?)
+            .seal_in_place_detached(&self.nonce(seq), &aad, buf)?;
+        buf.extend_from_slice(&tag);
+        Ok(())
     }
 
+    /// Opens `ciphertext ‖ tag` in place; `sealed` becomes the plaintext.
     pub(crate) fn open_frame(
         &self,
         seq: u32,
         is_final: bool,
-        sealed: &[u8],
+        mut sealed: Vec<u8>,
     ) -> Result<Vec<u8>, EnvelopeError> {
         let len = sealed
             .len()
@@ -122,8 +127,11 @@ impl MessageKeys {
             .and_then(|l| u32::try_from(l).ok())
             .ok_or(EnvelopeError::FrameAuth { seq })?;
         let aad = self.frame_aad(seq, is_final, len);
-        self.content
-            .open_with_nonce(&self.nonce(seq), &aad, sealed)
-            .map_err(|_| EnvelopeError::FrameAuth { seq })
+        let n = self
+            .content
+            .open_in_place(&self.nonce(seq), &aad, &mut sealed)
+            .map_err(|_| EnvelopeError::FrameAuth { seq })?;
+        sealed.truncate(n);
+        Ok(sealed)
     }
 }

@@ -205,10 +205,11 @@ impl Encryptor {
             Ok(Some((seq, is_final, chunk)))
         };
         let keys = &self.keys;
-        let work = |(seq, is_final, chunk): (u32, bool, Vec<u8>)| {
-            let len = u32::try_from(chunk.len()).map_err(|_| EnvelopeError::TooLarge)?;
-            let sealed = keys.seal_frame(seq, is_final, &chunk)?;
-            Ok((frame_prefix(seq, is_final, len), sealed, chunk.len()))
+        let work = |(seq, is_final, mut chunk): (u32, bool, Vec<u8>)| {
+            let n = chunk.len();
+            let len = u32::try_from(n).map_err(|_| EnvelopeError::TooLarge)?;
+            keys.seal_frame(seq, is_final, &mut chunk)?;
+            Ok((frame_prefix(seq, is_final, len), chunk, n))
         };
         let consume = |(prefix, sealed, n): (Vec<u8>, Vec<u8>, usize)| {
             output.write_all(&prefix)?;
@@ -296,6 +297,20 @@ impl Decryptor {
         Self::with_data_key(header, &dek, opened_with, options)
     }
 
+    /// As [`Decryptor::open`], for a header already read (the body follows it).
+    ///
+    /// # Errors
+    ///
+    /// As [`Decryptor::open`].
+    pub async fn from_header(
+        header: Header,
+        keks: &[&dyn KekProvider],
+        options: Options,
+    ) -> Result<Self, EnvelopeError> {
+        let (dek, opened_with) = unwrap_any(&header, keks).await?;
+        Self::with_data_key(header, &dek, opened_with, options)
+    }
+
     fn with_data_key(
         header: Header,
         dek: &SecretKey,
@@ -359,7 +374,7 @@ impl Decryptor {
             Ok(Some(frame))
         };
         let keys = &self.keys;
-        let work = |f: crate::format::RawFrame| keys.open_frame(f.seq, f.is_final, &f.sealed);
+        let work = |f: crate::format::RawFrame| keys.open_frame(f.seq, f.is_final, f.sealed);
         let mut total: u64 = 0;
         let consume = |plain: Vec<u8>| {
             output.write_all(&plain)?;
@@ -453,19 +468,18 @@ pub async fn rewrap_header(
     Ok(out)
 }
 
+/// Up to `len` bytes of `input` (fewer only at its end), in a buffer with room for the
+/// tag so that the frame is sealed without another allocation.
 fn read_chunk<R: Read + ?Sized>(input: &mut R, len: usize) -> Result<Vec<u8>, EnvelopeError> {
-    let mut buf = vec![0u8; len];
-    let mut filled = 0;
-    while let Some(rest) = buf.get_mut(filled..).filter(|r| !r.is_empty()) {
-        match input.read(rest) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
+    let mut buf = Vec::with_capacity(len.saturating_add(crate::format::TAG_LEN));
+    let mut limited = input.take(len as u64);
+    loop {
+        match limited.read_to_end(&mut buf) {
+            Ok(_) => return Ok(buf),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(EnvelopeError::Io(e)),
         }
     }
-    buf.truncate(filled);
-    Ok(buf)
 }
 
 /// Runs `produce → work → consume` over items: `produce` and `consume` in order on the
