@@ -35,7 +35,7 @@ pub enum EnvelopeError {
     #[error("corrupt message: the header is truncated (while reading {0})")]
     TruncatedHeader(&'static str),
     /// The header or a frame is syntactically invalid.
-    #[error("corrupt message: malformed {0}")]
+    #[error("corrupt message: {0}")]
     Malformed(&'static str),
     /// The header names a format version this build does not read.
     #[error("unsupported envelope format version {0}")]

@@ -361,7 +361,7 @@ pub fn read_frame<R: Read + ?Sized>(
     let total = usize::try_from(len)
         .ok()
         .and_then(|l| l.checked_add(TAG_LEN))
-        .ok_or_else(|| malformed("frame length"))?;
+        .ok_or_else(|| malformed("a frame length is out of range"))?;
     let sealed = r
         .bytes(total, "a frame")
         .map_err(|e| truncated_or(e, expected_seq))?;
@@ -413,7 +413,7 @@ fn malformed(what: &'static str) -> EnvelopeError {
 
 fn truncated_or(e: EnvelopeError, seq: u32) -> EnvelopeError {
     match e {
-        EnvelopeError::Malformed(_) => EnvelopeError::Truncated { seq },
+        EnvelopeError::TruncatedHeader(_) => EnvelopeError::Truncated { seq },
         other => other,
     }
 }
@@ -426,7 +426,7 @@ impl<R: Read + ?Sized> Reader<'_, R> {
     fn fill(&mut self, buf: &mut [u8], what: &'static str) -> Result<(), EnvelopeError> {
         self.input.read_exact(buf).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                EnvelopeError::Malformed(what)
+                EnvelopeError::TruncatedHeader(what)
             } else {
                 EnvelopeError::Io(e)
             }
@@ -435,10 +435,7 @@ impl<R: Read + ?Sized> Reader<'_, R> {
 
     fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], EnvelopeError> {
         let mut a = [0u8; N];
-        self.fill(&mut a, what).map_err(|e| match e {
-            EnvelopeError::Malformed(w) => EnvelopeError::TruncatedHeader(w),
-            other => other,
-        })?;
+        self.fill(&mut a, what)?;
         Ok(a)
     }
 
@@ -462,12 +459,10 @@ impl<R: Read + ?Sized> Reader<'_, R> {
     fn string(&mut self, what: &'static str, max: usize) -> Result<String, EnvelopeError> {
         let len = usize::from(self.u16(what)?);
         if len > max {
-            return Err(EnvelopeError::Malformed(what));
+            return Err(EnvelopeError::Malformed("a string in the header is too long"));
         }
-        let bytes = self.bytes(len, what).map_err(|e| match e {
-            EnvelopeError::Malformed(w) => EnvelopeError::TruncatedHeader(w),
-            other => other,
-        })?;
-        String::from_utf8(bytes).map_err(|_| EnvelopeError::Malformed("a string is not UTF-8"))
+        let bytes = self.bytes(len, what)?;
+        String::from_utf8(bytes)
+            .map_err(|_| EnvelopeError::Malformed("a string in the header is not UTF-8"))
     }
 }
