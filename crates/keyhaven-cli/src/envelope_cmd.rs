@@ -190,7 +190,9 @@ pub fn run(args: EnvelopeArgs) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            output::failure(&Failure::local(format!("cannot start the async runtime: {e}")));
+            output::failure(&Failure::local(format!(
+                "cannot start the async runtime: {e}"
+            )));
             return ExitCode::from(1);
         }
     };
@@ -269,7 +271,8 @@ fn open_input(input: Option<&Path>) -> Result<(Box<dyn Read + Send>, Option<u64>
     match input.filter(|p| p.as_os_str() != "-") {
         None => Ok((Box::new(std::io::stdin()), None)),
         Some(p) => {
-            let f = File::open(p).map_err(|e| local(format!("cannot open {}: {e}", p.display())))?;
+            let f =
+                File::open(p).map_err(|e| local(format!("cannot open {}: {e}", p.display())))?;
             let len = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
             Ok((Box::new(f), len))
         }
@@ -323,12 +326,14 @@ impl Staged {
         let name = target
             .file_name()
             .ok_or_else(|| local(format!("invalid output path {}", target.display())))?;
-        // Unlikely to collide, and created with create_new, so never an existing file.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        // Unlikely to collide (std's per-process random hasher keys), and created with
+        // create_new, so never an existing file.
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let tag = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
         let temp = dir.join(format!(
-            ".{}.{}-{nanos}.partial",
+            ".{}.{}-{tag:016x}.partial",
             name.to_string_lossy(),
             std::process::id()
         ));
@@ -360,9 +365,13 @@ impl Staged {
             .file
             .take()
             .ok_or_else(|| local("the output file is closed"))?;
-        let file = file
-            .into_inner()
-            .map_err(|e| local(format!("cannot write {}: {}", self.target.display(), e.error())))?;
+        let file = file.into_inner().map_err(|e| {
+            local(format!(
+                "cannot write {}: {}",
+                self.target.display(),
+                e.error()
+            ))
+        })?;
         file.sync_all()
             .map_err(|e| local(format!("cannot write {}: {e}", self.target.display())))?;
         std::fs::rename(&self.temp, &self.target)
@@ -425,7 +434,9 @@ impl<W: Write> HoldBack<W> {
 
 async fn encrypt(client: &ClientArgs, a: EncryptArgs) -> Result<(), Fail> {
     if a.keys.is_empty() && a.local_keys.is_empty() {
-        return Err(local("give at least one --key MOUNT/NAME or --local-key FILE"));
+        return Err(local(
+            "give at least one --key MOUNT/NAME or --local-key FILE",
+        ));
     }
     let opts = options(a.io.threads)?;
     let context = parse_context(&a.context)?;
@@ -584,7 +595,10 @@ fn inspect(client: &ClientArgs, a: &InspectArgs) -> Result<(), Fail> {
                 ),
                 (
                     "algorithm".to_owned(),
-                    format!("0x{:04x} (AES-256-GCM, HKDF-SHA256, committing)", h.algorithm),
+                    format!(
+                        "0x{:04x} (AES-256-GCM, HKDF-SHA256, committing)",
+                        h.algorithm
+                    ),
                 ),
                 ("message_id".to_owned(), hex_string(&h.message_id)),
                 ("frame_size".to_owned(), h.frame_len.to_string()),
@@ -621,6 +635,10 @@ fn new_local_key(a: &NewLocalKeyArgs) -> Result<(), Fail> {
         .and_then(|()| f.sync_all())
         .map_err(|e| local(format!("cannot write {}: {e}", a.output.display())))?;
     let kek = LocalKek::from_hex(text.trim()).map_err(|e| local(e.to_string()))?;
-    output::line(&format!("local key {} written to {}", kek.id(), a.output.display()));
+    output::line(&format!(
+        "local key {} written to {}",
+        kek.id(),
+        a.output.display()
+    ));
     Ok(())
 }

@@ -90,24 +90,41 @@ fn local_keys_encrypt_decrypt_inspect_and_refuse_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let home = tempfile::tempdir().unwrap();
-    let r = |args: &[&str], stdin: Option<&[u8]>| run("http://127.0.0.1:9", "", home.path(), args, stdin);
+    let r = |args: &[&str], stdin: Option<&[u8]>| {
+        run("http://127.0.0.1:9", "", home.path(), args, stdin)
+    };
     let key = d.join("k.key");
     let o = r(&["new-local-key", "-o", s(&key)], None);
     assert_eq!(o.code, 0, "{o:?}");
     use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let pt = plaintext();
     std::fs::write(d.join("in"), &pt).unwrap();
 
     // File to file, and stdin to stdout.
     let o = r(
-        &["encrypt", "--local-key", s(&key), "--context", "app=billing", "-o", s(&d.join("enc")), s(&d.join("in"))],
+        &[
+            "encrypt",
+            "--local-key",
+            s(&key),
+            "--context",
+            "app=billing",
+            "-o",
+            s(&d.join("enc")),
+            s(&d.join("in")),
+        ],
         None,
     );
     assert_eq!(o.code, 0, "{o:?}");
     let enc = std::fs::read(d.join("enc")).unwrap();
     assert!(!contains(&enc, MARKER));
-    let o = r(&["decrypt", "--local-key", s(&key), s(&d.join("enc"))], None);
+    let o = r(
+        &["decrypt", "--local-key", s(&key), s(&d.join("enc"))],
+        None,
+    );
     assert_eq!(o.code, 0, "{o:?}");
     assert_eq!(o.stdout, pt);
     let o = r(&["encrypt", "--local-key", s(&key)], Some(&pt));
@@ -138,18 +155,55 @@ fn local_keys_encrypt_decrypt_inspect_and_refuse_corruption() {
     let last = bad.len() - 3;
     bad[last] ^= 0x10;
     std::fs::write(d.join("bad"), &bad).unwrap();
-    let o = r(&["decrypt", "--local-key", s(&key), s(&d.join("bad"))], None);
+    let o = r(
+        &["decrypt", "--local-key", s(&key), s(&d.join("bad"))],
+        None,
+    );
     assert_eq!(o.code, 3, "{o:?}");
     assert!(o.stdout.is_empty(), "plaintext written to stdout");
-    assert!(o.stderr.contains("corrupt message: frame 4"), "{}", o.stderr);
-    let o = r(&["decrypt", "--local-key", s(&key), "-o", s(&d.join("out")), s(&d.join("bad"))], None);
+    assert!(
+        o.stderr.contains("corrupt message: frame 4"),
+        "{}",
+        o.stderr
+    );
+    let o = r(
+        &[
+            "decrypt",
+            "--local-key",
+            s(&key),
+            "-o",
+            s(&d.join("out")),
+            s(&d.join("bad")),
+        ],
+        None,
+    );
     assert_eq!(o.code, 3, "{o:?}");
     // A truncated message and a message that is not an envelope.
     std::fs::write(d.join("short"), &enc[..enc.len() - 40]).unwrap();
-    let o = r(&["decrypt", "--local-key", s(&key), "-o", s(&d.join("out")), s(&d.join("short"))], None);
+    let o = r(
+        &[
+            "decrypt",
+            "--local-key",
+            s(&key),
+            "-o",
+            s(&d.join("out")),
+            s(&d.join("short")),
+        ],
+        None,
+    );
     assert_eq!(o.code, 3, "{o:?}");
     assert!(o.stderr.contains("truncated"), "{}", o.stderr);
-    let o = r(&["decrypt", "--local-key", s(&key), "-o", s(&d.join("out")), s(&d.join("in"))], None);
+    let o = r(
+        &[
+            "decrypt",
+            "--local-key",
+            s(&key),
+            "-o",
+            s(&d.join("out")),
+            s(&d.join("in")),
+        ],
+        None,
+    );
     assert_eq!(o.code, 3, "{o:?}");
     assert!(o.stderr.contains("not a keyhaven envelope"), "{}", o.stderr);
     only_files(d, &["k.key", "in", "enc", "bad", "short"]);
@@ -164,7 +218,12 @@ fn local_keys_encrypt_decrypt_inspect_and_refuse_corruption() {
 }
 
 fn post(server: &TestServer, token: &str, path: &str, body: Value) -> Value {
-    let (status, v) = call("POST", &format!("{}/v1/{path}", server.addr()), Some(token), Some(&body));
+    let (status, v) = call(
+        "POST",
+        &format!("{}/v1/{path}", server.addr()),
+        Some(token),
+        Some(&body),
+    );
     assert!(status < 300, "{path}: {status} {v}");
     v
 }
@@ -174,7 +233,12 @@ fn transit_keks_two_keys_disable_rotate_rewrap_and_authorization() {
     let server = TestServer::dev();
     let root = server.root_token();
     let addr = server.addr();
-    post(&server, &root, "sys/mounts/transit", json!({"type": "transit"}));
+    post(
+        &server,
+        &root,
+        "sys/mounts/transit",
+        json!({"type": "transit"}),
+    );
     post(&server, &root, "transit/keys/a", json!({}));
     post(&server, &root, "transit/keys/b", json!({}));
     let dir = tempfile::tempdir().unwrap();
@@ -184,7 +248,21 @@ fn transit_keks_two_keys_disable_rotate_rewrap_and_authorization() {
     let pt = plaintext();
     std::fs::write(d.join("in"), &pt).unwrap();
 
-    let o = r(&root, &["encrypt", "--key", "transit/a", "--key", "transit/b", "--context", "tenant=acme", "-o", s(&d.join("enc")), s(&d.join("in"))]);
+    let o = r(
+        &root,
+        &[
+            "encrypt",
+            "--key",
+            "transit/a",
+            "--key",
+            "transit/b",
+            "--context",
+            "tenant=acme",
+            "-o",
+            s(&d.join("enc")),
+            s(&d.join("in")),
+        ],
+    );
     assert_eq!(o.code, 0, "{o:?}");
     let o = r(&root, &["inspect", "--format", "json", s(&d.join("enc"))]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -195,7 +273,10 @@ fn transit_keks_two_keys_disable_rotate_rewrap_and_authorization() {
 
     // Disable a: b opens the message.
     post(&server, &root, "transit/keys/a/disable", json!({}));
-    let o = r(&root, &["decrypt", "-o", s(&d.join("out")), s(&d.join("enc"))]);
+    let o = r(
+        &root,
+        &["decrypt", "-o", s(&d.join("out")), s(&d.join("enc"))],
+    );
     assert_eq!(o.code, 0, "{o:?}");
     assert_eq!(std::fs::read(d.join("out")).unwrap(), pt);
     std::fs::remove_file(d.join("out")).unwrap();
@@ -203,7 +284,10 @@ fn transit_keks_two_keys_disable_rotate_rewrap_and_authorization() {
     // Rotate a, rewrap: a's entry moves to version 2, the body is copied unchanged.
     post(&server, &root, "transit/keys/a/enable", json!({}));
     post(&server, &root, "transit/keys/a/rotate", json!({}));
-    let o = r(&root, &["rewrap", "-o", s(&d.join("enc2")), s(&d.join("enc"))]);
+    let o = r(
+        &root,
+        &["rewrap", "-o", s(&d.join("enc2")), s(&d.join("enc"))],
+    );
     assert_eq!(o.code, 0, "{o:?}");
     let enc = std::fs::read(d.join("enc")).unwrap();
     let enc2 = std::fs::read(d.join("enc2")).unwrap();
@@ -214,16 +298,31 @@ fn transit_keks_two_keys_disable_rotate_rewrap_and_authorization() {
     assert_eq!(v["keys"][0]["version"], 2);
     assert_eq!(v["keys"][1]["version"], 1);
     // Only a's version 2 is usable now: b disabled, a's version 1 retired.
-    post(&server, &root, "transit/keys/a/config", json!({"min_decryption_version": 2}));
+    post(
+        &server,
+        &root,
+        "transit/keys/a/config",
+        json!({"min_decryption_version": 2}),
+    );
     post(&server, &root, "transit/keys/b/disable", json!({}));
-    let o = r(&root, &["decrypt", "-o", s(&d.join("out")), s(&d.join("enc2"))]);
+    let o = r(
+        &root,
+        &["decrypt", "-o", s(&d.join("out")), s(&d.join("enc2"))],
+    );
     assert_eq!(o.code, 0, "{o:?}");
     assert_eq!(std::fs::read(d.join("out")).unwrap(), pt);
     std::fs::remove_file(d.join("out")).unwrap();
     // The old message has no usable key any more: a server error, nothing written.
-    let o = r(&root, &["decrypt", "-o", s(&d.join("out")), s(&d.join("enc"))]);
+    let o = r(
+        &root,
+        &["decrypt", "-o", s(&d.join("out")), s(&d.join("enc"))],
+    );
     assert_eq!(o.code, 2, "{o:?}");
-    assert!(o.stderr.contains("transit:transit/a v1") && o.stderr.contains("disabled"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("transit:transit/a v1") && o.stderr.contains("disabled"),
+        "{}",
+        o.stderr
+    );
     post(&server, &root, "transit/keys/b/enable", json!({}));
 
     // A token that may encrypt but not decrypt: "not authorized", exit 4, nothing written.
@@ -233,11 +332,31 @@ fn transit_keks_two_keys_disable_rotate_rewrap_and_authorization() {
         "sys/policies/acl/enc-only",
         json!({"policy": "path \"transit/datakey/*\" { capabilities = [\"update\"] }\npath \"transit/encrypt/*\" { capabilities = [\"update\"] }"}),
     );
-    let t = post(&server, &root, "auth/token/create", json!({"policies": ["enc-only"]}));
+    let t = post(
+        &server,
+        &root,
+        "auth/token/create",
+        json!({"policies": ["enc-only"]}),
+    );
     let limited = t["auth"]["client_token"].as_str().unwrap().to_owned();
-    let o = r(&limited, &["encrypt", "--key", "transit/a", "--key", "transit/b", "-o", s(&d.join("enc3")), s(&d.join("in"))]);
+    let o = r(
+        &limited,
+        &[
+            "encrypt",
+            "--key",
+            "transit/a",
+            "--key",
+            "transit/b",
+            "-o",
+            s(&d.join("enc3")),
+            s(&d.join("in")),
+        ],
+    );
     assert_eq!(o.code, 0, "{o:?}");
-    let o = r(&limited, &["decrypt", "-o", s(&d.join("out")), s(&d.join("enc3"))]);
+    let o = r(
+        &limited,
+        &["decrypt", "-o", s(&d.join("out")), s(&d.join("enc3"))],
+    );
     assert_eq!(o.code, 4, "{o:?}");
     assert!(o.stderr.contains("not authorized"), "{}", o.stderr);
     let o = r(&limited, &["decrypt", s(&d.join("enc3"))]);
@@ -247,18 +366,39 @@ fn transit_keks_two_keys_disable_rotate_rewrap_and_authorization() {
     assert_eq!((o.code, o.stdout == pt), (0, true), "{}", o.stderr);
 
     // A server that cannot be reached: exit 5.
-    let o = run("http://127.0.0.1:9", &root, home.path(), &["decrypt", "-o", s(&d.join("out")), s(&d.join("enc3"))], None);
+    let o = run(
+        "http://127.0.0.1:9",
+        &root,
+        home.path(),
+        &["decrypt", "-o", s(&d.join("out")), s(&d.join("enc3"))],
+        None,
+    );
     assert_eq!(o.code, 5, "{o:?}");
     assert!(o.stderr.contains("server unreachable"), "{}", o.stderr);
 
     // A changed context: the wrapped keys no longer open (corrupt, exit 3).
-    let o = r(&root, &["encrypt", "--key", "transit/b", "--context", "tenant=acme", "-o", s(&d.join("ctx")), s(&d.join("in"))]);
+    let o = r(
+        &root,
+        &[
+            "encrypt",
+            "--key",
+            "transit/b",
+            "--context",
+            "tenant=acme",
+            "-o",
+            s(&d.join("ctx")),
+            s(&d.join("in")),
+        ],
+    );
     assert_eq!(o.code, 0, "{o:?}");
     let mut ctx = std::fs::read(d.join("ctx")).unwrap();
     let at = ctx.windows(4).position(|w| w == b"acme").unwrap();
     ctx[at..at + 4].copy_from_slice(b"evil");
     std::fs::write(d.join("ctx"), &ctx).unwrap();
-    let o = r(&root, &["decrypt", "-o", s(&d.join("out")), s(&d.join("ctx"))]);
+    let o = r(
+        &root,
+        &["decrypt", "-o", s(&d.join("out")), s(&d.join("ctx"))],
+    );
     assert_eq!(o.code, 3, "{o:?}");
     assert!(o.stderr.contains("encryption context"), "{}", o.stderr);
 

@@ -178,7 +178,11 @@ impl AeadKey {
     ) -> Result<[u8; TAG_LEN], CryptoError> {
         let tag = self
             .key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), in_out)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                in_out,
+            )
             .map_err(|_| CryptoError::Seal)?;
         self.seals.fetch_add(1, Ordering::Relaxed);
         let mut out = [0u8; TAG_LEN];
@@ -312,9 +316,15 @@ mod tests {
                 let n = k.open_in_place(&nonce, b"aad", &mut opened).unwrap();
                 assert_eq!(&opened[..n], &pt[..]);
                 let mut wrong = buf.clone();
-                assert_eq!(k.open_in_place(&nonce, b"other", &mut wrong), Err(DecryptError));
+                assert_eq!(
+                    k.open_in_place(&nonce, b"other", &mut wrong),
+                    Err(DecryptError)
+                );
                 assert!(wrong.iter().all(|b| *b == 0));
-                assert_eq!(k.open_in_place(&nonce, b"", &mut [0u8; 15]), Err(DecryptError));
+                assert_eq!(
+                    k.open_in_place(&nonce, b"", &mut [0u8; 15]),
+                    Err(DecryptError)
+                );
             }
         }
     }

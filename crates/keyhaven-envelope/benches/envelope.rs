@@ -49,7 +49,11 @@ fn bench(c: &mut Criterion) {
                 let mut n = [0u8; 12];
                 n[8..].copy_from_slice(&(i as u32).to_be_bytes());
                 let tag = key
-                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&b"aad"[..]), chunk)
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(n),
+                        Aad::from(&b"aad"[..]),
+                        chunk,
+                    )
                     .unwrap();
                 tags.push(tag);
             }
@@ -64,8 +68,12 @@ fn bench(c: &mut Criterion) {
             let mut n = [0u8; 12];
             n[8..].copy_from_slice(&(i as u32).to_be_bytes());
             let mut v = chunk.to_vec();
-            key.seal_in_place_append_tag(Nonce::assume_unique_for_key(n), Aad::from(&b"aad"[..]), &mut v)
-                .unwrap();
+            key.seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(n),
+                Aad::from(&b"aad"[..]),
+                &mut v,
+            )
+            .unwrap();
             v
         })
         .collect();
@@ -94,22 +102,31 @@ fn bench(c: &mut Criterion) {
             threads,
             ..Options::default()
         };
-        g.bench_with_input(BenchmarkId::new("envelope_encrypt", threads), &threads, |b, _| {
-            b.iter(|| {
-                let enc = block_on(Encryptor::new(&[&kek], EncryptionContext::new(), opts)).unwrap();
-                enc.encrypt(&data[..], std::io::sink()).unwrap()
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("envelope_encrypt", threads),
+            &threads,
+            |b, _| {
+                b.iter(|| {
+                    let enc =
+                        block_on(Encryptor::new(&[&kek], EncryptionContext::new(), opts)).unwrap();
+                    enc.encrypt(&data[..], std::io::sink()).unwrap()
+                })
+            },
+        );
         let enc = block_on(Encryptor::new(&[&kek], EncryptionContext::new(), opts)).unwrap();
         let mut message = Vec::with_capacity(SIZE + SIZE / 1000 + 4096);
         enc.encrypt(&data[..], &mut message).unwrap();
-        g.bench_with_input(BenchmarkId::new("envelope_decrypt", threads), &threads, |b, _| {
-            b.iter(|| {
-                let mut input = &message[..];
-                let dec = block_on(Decryptor::open(&mut input, &[&kek], opts)).unwrap();
-                dec.decrypt(input, std::io::sink()).unwrap()
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("envelope_decrypt", threads),
+            &threads,
+            |b, _| {
+                b.iter(|| {
+                    let mut input = &message[..];
+                    let dec = block_on(Decryptor::open(&mut input, &[&kek], opts)).unwrap();
+                    dec.decrypt(input, std::io::sink()).unwrap()
+                })
+            },
+        );
     }
     g.finish();
 }

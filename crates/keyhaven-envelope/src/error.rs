@@ -17,7 +17,9 @@ pub enum KekError {
     Unreachable(String),
     /// The wrapped data key does not open under this KEK: wrong key, or the wrapped key or
     /// the encryption context was changed.
-    #[error("the wrapped data key does not open (wrong key, or the key entry or the encryption context was changed)")]
+    #[error(
+        "the wrapped data key does not open (wrong key, or the key entry or the encryption context was changed)"
+    )]
     Rejected,
     /// Any other failure (the key is disabled, does not exist, a malformed answer…).
     #[error("{0}")]
@@ -44,19 +46,25 @@ pub enum EnvelopeError {
     #[error("unsupported envelope algorithm 0x{0:04x}")]
     UnsupportedAlgorithm(u16),
     /// The data key does not match the header's key commitment.
-    #[error("corrupt message: the data key from {0} does not match the key commitment (the wrapped key was swapped or the message was crafted)")]
+    #[error(
+        "corrupt message: the data key from {0} does not match the key commitment (the wrapped key was swapped or the message was crafted)"
+    )]
     Commitment(String),
     /// The header MAC does not verify: the header was changed.
     #[error("corrupt message: the header MAC does not verify (the header was changed)")]
     HeaderMac,
     /// A frame did not authenticate.
-    #[error("corrupt message: frame {seq} does not authenticate (changed, moved from another position or message, or the final marker was changed)")]
+    #[error(
+        "corrupt message: frame {seq} does not authenticate (changed, moved from another position or message, or the final marker was changed)"
+    )]
     FrameAuth {
         /// The frame's sequence number.
         seq: u32,
     },
     /// A frame is out of order (dropped, duplicated or reordered frames).
-    #[error("corrupt message: expected frame {expected}, found frame {found} (a frame was dropped, duplicated or reordered)")]
+    #[error(
+        "corrupt message: expected frame {expected}, found frame {found} (a frame was dropped, duplicated or reordered)"
+    )]
     FrameOrder {
         /// The sequence number expected.
         expected: u32,
@@ -64,7 +72,9 @@ pub enum EnvelopeError {
         found: u32,
     },
     /// The body ended before the final frame.
-    #[error("corrupt message: the body ends in or before frame {seq}, without a final frame (truncated)")]
+    #[error(
+        "corrupt message: the body ends in or before frame {seq}, without a final frame (truncated)"
+    )]
     Truncated {
         /// The frame being read.
         seq: u32,

@@ -266,7 +266,11 @@ impl Header {
             if total > MAX_CONTEXT_BYTES {
                 return Err(malformed("the encryption context is larger than 16 KiB"));
             }
-            if k.is_empty() || previous.as_ref().is_some_and(|p| p.as_bytes() >= k.as_bytes()) {
+            if k.is_empty()
+                || previous
+                    .as_ref()
+                    .is_some_and(|p| p.as_bytes() >= k.as_bytes())
+            {
                 return Err(malformed(
                     "the encryption context is not sorted, or has an empty or repeated key",
                 ));
@@ -292,7 +296,9 @@ impl Header {
             let version = u32::from_be_bytes(r.array("a wrapped key's version")?);
             let len = usize::from(r.u16("a wrapped key's length")?);
             if len == 0 || len > MAX_WRAPPED_LEN {
-                return Err(malformed("a wrapped key is empty or longer than 4096 bytes"));
+                return Err(malformed(
+                    "a wrapped key is empty or longer than 4096 bytes",
+                ));
             }
             let ciphertext = r.bytes(len, "a wrapped key")?;
             wrapped_keys.push(WrappedKey {
@@ -459,7 +465,9 @@ impl<R: Read + ?Sized> Reader<'_, R> {
     fn string(&mut self, what: &'static str, max: usize) -> Result<String, EnvelopeError> {
         let len = usize::from(self.u16(what)?);
         if len > max {
-            return Err(EnvelopeError::Malformed("a string in the header is too long"));
+            return Err(EnvelopeError::Malformed(
+                "a string in the header is too long",
+            ));
         }
         let bytes = self.bytes(len, what)?;
         String::from_utf8(bytes)

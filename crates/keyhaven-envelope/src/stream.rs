@@ -50,7 +50,9 @@ impl Options {
     }
 
     fn window(&self) -> usize {
-        self.threads.max(1).saturating_mul(self.window_per_thread.max(1))
+        self.threads
+            .max(1)
+            .saturating_mul(self.window_per_thread.max(1))
     }
 }
 
@@ -229,10 +231,13 @@ async fn data_key(
 ) -> Result<(SecretKey, Vec<WrappedKey>), EnvelopeError> {
     let (first, rest) = keks.split_first().ok_or(EnvelopeError::NoKek)?;
     let aad = wrap_aad(ALG_AES256GCM_HKDF_SHA256_COMMIT, context);
-    let (dek, entry) = first.generate(&aad).await.map_err(|source| EnvelopeError::Kek {
-        key: first.label(),
-        source,
-    })?;
+    let (dek, entry) = first
+        .generate(&aad)
+        .await
+        .map_err(|source| EnvelopeError::Kek {
+            key: first.label(),
+            source,
+        })?;
     let mut wrapped = vec![entry];
     for kek in rest {
         wrapped.push(
@@ -427,13 +432,13 @@ pub async fn rewrap_header(
                 let Some(kek) = keks.iter().find(|k| k.matches(entry)) else {
                     continue;
                 };
-                let rewrapped = kek
-                    .rewrap(entry, &aad)
-                    .await
-                    .map_err(|source| EnvelopeError::Kek {
-                        key: entry.label(),
-                        source,
-                    })?;
+                let rewrapped =
+                    kek.rewrap(entry, &aad)
+                        .await
+                        .map_err(|source| EnvelopeError::Kek {
+                            key: entry.label(),
+                            source,
+                        })?;
                 if let Some(new) = rewrapped {
                     *entry = new;
                 }

@@ -47,7 +47,10 @@ impl TransitKek {
                     "invalid key {key_ref:?}: expected MOUNT/NAME, e.g. transit/backup"
                 ))
             })?;
-        if trimmed.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        if trimmed
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
             return Err(KekError::Other(format!(
                 "invalid key {key_ref:?}: empty, . or .. path segment"
             )));
@@ -101,7 +104,11 @@ fn classify(e: ClientError) -> KekError {
     }
     match e.status() {
         Some(401 | 403) => KekError::NotAuthorized(e.to_string()),
-        Some(400) if e.api_errors().iter().any(|m| m.contains("decryption failed")) => {
+        Some(400)
+            if e.api_errors()
+                .iter()
+                .any(|m| m.contains("decryption failed")) =>
+        {
             KekError::Rejected
         }
         _ => KekError::Other(e.to_string()),

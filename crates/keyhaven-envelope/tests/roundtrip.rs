@@ -13,7 +13,12 @@ fn round_trips_from_empty_to_several_frames_plus_one_byte() {
     for threads in [1, 2, 3] {
         for &len in &sizes {
             let pt = plaintext(len);
-            let msg = encrypt(&[&k], context(&[("app", "x")]), options(frame, threads), &pt);
+            let msg = encrypt(
+                &[&k],
+                context(&[("app", "x")]),
+                options(frame, threads),
+                &pt,
+            );
             let back = decrypt(&[&k], options(frame, threads), &msg).unwrap();
             assert_eq!(back, pt, "size {len}, {threads} threads");
             // Decryption on another thread count gives the same result.
@@ -41,7 +46,10 @@ fn either_of_two_keks_opens_the_message_and_a_third_does_not() {
     assert_eq!(decrypt(&[&a], options(100, 1), &msg).unwrap(), pt);
     assert_eq!(decrypt(&[&b], options(100, 1), &msg).unwrap(), pt);
     let err = decrypt(&[&c], options(100, 1), &msg).unwrap_err();
-    assert!(matches!(&err, EnvelopeError::NoDataKey(a) if a.is_empty()), "{err:?}");
+    assert!(
+        matches!(&err, EnvelopeError::NoDataKey(a) if a.is_empty()),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("no key-encryption key"), "{err}");
 }
 

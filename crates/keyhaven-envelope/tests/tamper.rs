@@ -17,7 +17,12 @@ const FRAME: u32 = 16;
 fn message() -> (Vec<u8>, Vec<u8>) {
     let k = kek(1);
     let pt = plaintext(3 * FRAME as usize + 5);
-    let msg = encrypt(&[&k], context(&[("app", "billing")]), options(FRAME, 1), &pt);
+    let msg = encrypt(
+        &[&k],
+        context(&[("app", "billing")]),
+        options(FRAME, 1),
+        &pt,
+    );
     (pt, msg)
 }
 
@@ -111,9 +116,27 @@ fn dropped_duplicated_reordered_and_truncated_frames_are_refused() {
         for (what, bad) in &cases {
             let err = decrypt(&[&k], options(FRAME, threads), bad).unwrap_err();
             match (*what, &err) {
-                ("dropped", EnvelopeError::FrameOrder { expected: 2, found: 3 })
-                | ("duplicated", EnvelopeError::FrameOrder { expected: 3, found: 2 })
-                | ("reordered", EnvelopeError::FrameOrder { expected: 2, found: 3 })
+                (
+                    "dropped",
+                    EnvelopeError::FrameOrder {
+                        expected: 2,
+                        found: 3,
+                    },
+                )
+                | (
+                    "duplicated",
+                    EnvelopeError::FrameOrder {
+                        expected: 3,
+                        found: 2,
+                    },
+                )
+                | (
+                    "reordered",
+                    EnvelopeError::FrameOrder {
+                        expected: 2,
+                        found: 3,
+                    },
+                )
                 | ("final dropped", EnvelopeError::Truncated { seq: 4 }) => {}
                 _ => panic!("{what}: {err:?}"),
             }
@@ -124,7 +147,10 @@ fn dropped_duplicated_reordered_and_truncated_frames_are_refused() {
     let whole = build(&[0, 1, 2, 3]);
     for cut in whole.len() - f[3].len()..whole.len() {
         let err = decrypt(&[&k], options(FRAME, 1), &whole[..cut]).unwrap_err();
-        assert!(matches!(err, EnvelopeError::Truncated { seq: 4 }), "{cut}: {err:?}");
+        assert!(
+            matches!(err, EnvelopeError::Truncated { seq: 4 }),
+            "{cut}: {err:?}"
+        );
     }
     // Data after the final frame.
     let mut trailing = whole.clone();
@@ -230,7 +256,10 @@ fn a_message_with_two_different_data_keys_is_refused_by_the_commitment() {
         b"pay 100 to alice"
     );
     let err = decrypt(&[&k2], options(FRAME, 1), &msg).unwrap_err();
-    assert!(matches!(&err, EnvelopeError::Commitment(by) if by.starts_with("local:")), "{err:?}");
+    assert!(
+        matches!(&err, EnvelopeError::Commitment(by) if by.starts_with("local:")),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -247,6 +276,14 @@ fn errors_and_debug_output_carry_no_secrets() {
     let shown = format!("{err} {err:?} {k:?}");
     assert!(!shown.contains("MARKER"), "{shown}");
     assert!(!shown.contains(&"01".repeat(32)), "{shown}");
-    let enc = block_on(keyhaven_envelope::Encryptor::new(&[&k], context(&[]), Options::default())).unwrap();
-    assert!(!format!("{enc:?}").contains("SecretKey("), "Debug shows only the header");
+    let enc = block_on(keyhaven_envelope::Encryptor::new(
+        &[&k],
+        context(&[]),
+        Options::default(),
+    ))
+    .unwrap();
+    assert!(
+        !format!("{enc:?}").contains("SecretKey("),
+        "Debug shows only the header"
+    );
 }

@@ -75,7 +75,10 @@ fn build(i: usize, spec: &Spec) -> Value {
         let hexkey = hex::encode([*b; 32]);
         let kek = LocalKek::from_hex(&hexkey).unwrap();
         let nonce = [0x44u8 + j as u8; 12];
-        wrapped.push(kek.wrap_with_nonce(&SecretKey::from_bytes(dek), &aad, &nonce).unwrap());
+        wrapped.push(
+            kek.wrap_with_nonce(&SecretKey::from_bytes(dek), &aad, &nonce)
+                .unwrap(),
+        );
         kek_hex.push(json!({"key": hexkey, "key_id": kek.id(), "wrap_nonce": hex::encode(nonce)}));
     }
     let enc = Encryptor::from_parts(
@@ -150,7 +153,12 @@ fn golden_vectors_decrypt_with_each_of_their_keks() {
 #[test]
 fn golden_vectors_are_reproduced_byte_for_byte() {
     for (i, (spec, v)) in SPECS.iter().zip(load()).enumerate() {
-        assert_eq!(build(i, spec), v, "{}: the writer's output changed", spec.name);
+        assert_eq!(
+            build(i, spec),
+            v,
+            "{}: the writer's output changed",
+            spec.name
+        );
     }
 }
 
@@ -173,7 +181,10 @@ fn golden_vectors_match_the_documented_derivation() {
         // The MAC covers magic .. commitment, which ends right before the MAC.
         let auth_len = header.authenticated_bytes().len();
         assert_eq!(&message[auth_len - 32..auth_len], &commitment[..]);
-        let mac_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &okm(&dek, &msg_id, "header-mac", 32));
+        let mac_key = aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &okm(&dek, &msg_id, "header-mac", 32),
+        );
         let mac = aws_lc_rs::hmac::sign(&mac_key, &message[..auth_len]);
         assert_eq!(mac.as_ref(), &message[auth_len..auth_len + 32]);
         // Frame 1 starts after the wrapped keys.
@@ -181,7 +192,7 @@ fn golden_vectors_match_the_documented_derivation() {
         let body = &message[header_len..];
         let frame_len = v["frame_len"].as_u64().unwrap() as usize;
         let pt = h(&v, "plaintext");
-        let (is_final, len, sealed) = if &body[0..4] == [0xff; 4] {
+        let (is_final, len, sealed) = if body[0..4] == [0xff; 4] {
             assert_eq!(&body[4..8], &1u32.to_be_bytes());
             let len = u32::from_be_bytes(body[8..12].try_into().unwrap()) as usize;
             (true, len, &body[12..12 + len + 16])
@@ -201,7 +212,11 @@ fn golden_vectors_match_the_documented_derivation() {
         );
         let mut buf = sealed.to_vec();
         let plain = key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..]), &mut buf)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..]),
+                &mut buf,
+            )
             .unwrap();
         assert_eq!(plain, &pt[..len.min(pt.len())]);
     }
