@@ -12,6 +12,9 @@
 //! * [`Encryptor`] writes a header and a framed body from any [`std::io::Read`];
 //! * [`Decryptor`] opens the header (key commitment and header MAC checked) and decrypts
 //!   the frames into any [`std::io::Write`];
+//! * [`Encryptor::encrypt_async`], [`Decryptor::open_async`] and
+//!   [`Decryptor::decrypt_async`] do the same over tokio's `AsyncRead`/`AsyncWrite`, one
+//!   frame at a time on the calling task;
 //! * [`rewrap_header`] rewrites only the wrapped keys (after a KEK rotation);
 //! * [`DataKeyCache`] reuses a data key for many small messages within bounds.
 //!
@@ -22,8 +25,6 @@
 //!
 //! * Signatures: anyone who can unwrap the data key can also write a valid message.
 //! * Random access into the body and appending to a message.
-//! * Async byte streams: the KEK calls are async, the body is processed with blocking
-//!   `Read`/`Write` (run it on a blocking thread under an async runtime).
 //!
 //! # Invariants
 //!
@@ -34,6 +35,7 @@
 //!   MAC verified.
 #![forbid(unsafe_code)]
 
+mod asyncio;
 mod cache;
 mod error;
 pub mod format;

@@ -163,6 +163,10 @@ impl Encryptor {
         &self.header
     }
 
+    pub(crate) fn keys(&self) -> &MessageKeys {
+        &self.keys
+    }
+
     /// Writes the header and the encrypted frames of everything `input` yields to `output`;
     /// returns the number of plaintext bytes.
     ///
@@ -340,6 +344,10 @@ impl Decryptor {
     /// The verified header.
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    pub(crate) fn keys(&self) -> &MessageKeys {
+        &self.keys
     }
 
     /// The wrapped key that opened the message (`kind:ref vN`).

@@ -9,6 +9,7 @@
 
 mod support;
 
+mod asyncio;
 mod cache;
 mod memory;
 mod roundtrip;
