@@ -346,6 +346,20 @@ pub fn read_frame<R: Read + ?Sized>(
     frame_len: u32,
     expected_seq: u32,
 ) -> Result<RawFrame, EnvelopeError> {
+    read_frame_into(input, frame_len, expected_seq, Vec::new())
+}
+
+/// As [`read_frame`], reusing `buf` (any contents) for the frame's bytes.
+///
+/// # Errors
+///
+/// As [`read_frame`].
+pub fn read_frame_into<R: Read + ?Sized>(
+    input: &mut R,
+    frame_len: u32,
+    expected_seq: u32,
+    mut buf: Vec<u8>,
+) -> Result<RawFrame, EnvelopeError> {
     let mut r = Reader { input };
     let first = u32::from_be_bytes(r.frame_array(expected_seq)?);
     let (seq, is_final, len) = if first == FINAL_MARKER {
@@ -368,13 +382,14 @@ pub fn read_frame<R: Read + ?Sized>(
         .ok()
         .and_then(|l| l.checked_add(TAG_LEN))
         .ok_or_else(|| malformed("a frame length is out of range"))?;
-    let sealed = r
-        .bytes(total, "a frame")
+    // Resizing a reused buffer zero-fills only what it grows by.
+    buf.resize(total, 0);
+    r.fill(&mut buf, "a frame")
         .map_err(|e| truncated_or(e, expected_seq))?;
     Ok(RawFrame {
         seq,
         is_final,
-        sealed,
+        sealed: buf,
     })
 }
 

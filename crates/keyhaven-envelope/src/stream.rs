@@ -12,7 +12,7 @@ use crate::cache::DataKeyCache;
 use crate::error::{EnvelopeError, KekError};
 use crate::format::{
     ALG_AES256GCM_HKDF_SHA256_COMMIT, DEFAULT_FRAME_LEN, EncryptionContext, FINAL_MARKER, Header,
-    MAX_FRAME_LEN, MESSAGE_ID_LEN, WrappedKey, expect_end, frame_prefix, read_frame, wrap_aad,
+    MAX_FRAME_LEN, MESSAGE_ID_LEN, WrappedKey, expect_end, frame_prefix, read_frame_into, wrap_aad,
 };
 use crate::kek::KekProvider;
 use crate::keys::MessageKeys;
@@ -185,18 +185,20 @@ impl Encryptor {
         let mut lookahead: Option<Vec<u8>> = None;
         let mut done = false;
         let mut total: u64 = 0;
+        let pool = Pool::default();
+        let pool = &pool;
         let produce = || -> Result<Option<(u32, bool, Vec<u8>)>, EnvelopeError> {
             if done {
                 return Ok(None);
             }
             let chunk = match lookahead.take() {
                 Some(c) => c,
-                None => read_chunk(&mut input, frame_len)?,
+                None => read_chunk(&mut input, frame_len, pool.get())?,
             };
             let is_final = if chunk.len() < frame_len {
                 true
             } else {
-                let next = read_chunk(&mut input, frame_len)?;
+                let next = read_chunk(&mut input, frame_len, pool.get())?;
                 let last = next.is_empty();
                 if !last {
                     lookahead = Some(next);
@@ -221,6 +223,7 @@ impl Encryptor {
             output.write_all(&prefix)?;
             output.write_all(&sealed)?;
             total = total.saturating_add(n as u64);
+            pool.put(sealed);
             Ok(())
         };
         pipeline(&self.options, produce, work, consume)?;
@@ -371,6 +374,8 @@ impl Decryptor {
         let frame_len = self.header.frame_len;
         let mut seq: u32 = 0;
         let mut done = false;
+        let pool = Pool::default();
+        let pool = &pool;
         let produce = || -> Result<Option<_>, EnvelopeError> {
             if done {
                 return Ok(None);
@@ -379,7 +384,7 @@ impl Decryptor {
             if seq == FINAL_MARKER {
                 return Err(EnvelopeError::TooLarge);
             }
-            let frame = read_frame(&mut input, frame_len, seq)?;
+            let frame = read_frame_into(&mut input, frame_len, seq, pool.get())?;
             if frame.is_final {
                 expect_end(&mut input)?;
                 done = true;
@@ -392,6 +397,7 @@ impl Decryptor {
         let consume = |plain: Vec<u8>| {
             output.write_all(&plain)?;
             total = total.saturating_add(plain.len() as u64);
+            pool.put(plain);
             Ok(())
         };
         pipeline(&self.options, produce, work, consume)?;
@@ -481,18 +487,55 @@ pub async fn rewrap_header(
     Ok(out)
 }
 
-/// Up to `len` bytes of `input` (fewer only at its end), in a buffer with room for the
-/// tag so that the frame is sealed without another allocation.
-fn read_chunk<R: Read + ?Sized>(input: &mut R, len: usize) -> Result<Vec<u8>, EnvelopeError> {
-    let mut buf = Vec::with_capacity(len.saturating_add(crate::format::TAG_LEN));
-    let mut limited = input.take(len as u64);
-    loop {
-        match limited.read_to_end(&mut buf) {
-            Ok(_) => return Ok(buf),
+/// Buffers handed back by the writer for the reader to fill again: reused buffers are
+/// already initialized, so filling them costs one copy and no zeroing. At most
+/// [`POOL_MAX`] are kept; the pipeline's window bounds how many exist.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Vec<u8>>>);
+
+const POOL_MAX: usize = 64;
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn get(&self) -> Vec<u8> {
+        self.lock().pop().unwrap_or_default()
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        let mut bufs = self.lock();
+        if bufs.len() < POOL_MAX {
+            bufs.push(buf);
+        }
+    }
+}
+
+/// Up to `len` bytes of `input` (fewer only at its end) in `buf`, which keeps room for
+/// the tag so that the frame is sealed in place without another allocation.
+fn read_chunk<R: Read + ?Sized>(
+    input: &mut R,
+    len: usize,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, EnvelopeError> {
+    buf.reserve_exact(len.saturating_add(crate::format::TAG_LEN).saturating_sub(buf.len()));
+    // Resizing a reused buffer zero-fills only what it grows by.
+    buf.resize(len, 0);
+    let mut filled = 0;
+    while let Some(rest) = buf.get_mut(filled..).filter(|r| !r.is_empty()) {
+        match input.read(rest) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(EnvelopeError::Io(e)),
         }
     }
+    buf.truncate(filled);
+    Ok(buf)
 }
 
 /// Runs `produce → work → consume` over items: `produce` and `consume` in order on the
