@@ -522,7 +522,10 @@ fn read_chunk<R: Read + ?Sized>(
     len: usize,
     mut buf: Vec<u8>,
 ) -> Result<Vec<u8>, EnvelopeError> {
-    buf.reserve_exact(len.saturating_add(crate::format::TAG_LEN).saturating_sub(buf.len()));
+    buf.reserve_exact(
+        len.saturating_add(crate::format::TAG_LEN)
+            .saturating_sub(buf.len()),
+    );
     // Resizing a reused buffer zero-fills only what it grows by.
     buf.resize(len, 0);
     let mut filled = 0;
