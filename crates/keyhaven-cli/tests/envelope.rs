@@ -365,6 +365,48 @@ fn transit_keks_two_keys_disable_rotate_rewrap_and_authorization() {
     let o = r(&root, &["decrypt", s(&d.join("enc3"))]);
     assert_eq!((o.code, o.stdout == pt), (0, true), "{}", o.stderr);
 
+    // Replace the keys by transit/b and an offline recovery key: the recovery key alone
+    // opens the message with no server at all; the body is unchanged.
+    let recovery = d.join("recovery.key");
+    std::fs::write(&recovery, format!("{}\n", "5a".repeat(32))).unwrap();
+    let o = r(
+        &root,
+        &[
+            "rewrap",
+            "--key",
+            "transit/b",
+            "--local-key",
+            s(&recovery),
+            "-o",
+            s(&d.join("enc4")),
+            s(&d.join("enc3")),
+        ],
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    let o = r(&root, &["inspect", "--format", "json", s(&d.join("enc4"))]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        v["keys"][0],
+        json!({"kind": "transit", "key": "transit/b", "version": 1})
+    );
+    assert_eq!(v["keys"][1]["kind"], "local");
+    let enc3 = std::fs::read(d.join("enc3")).unwrap();
+    let enc4 = std::fs::read(d.join("enc4")).unwrap();
+    assert_eq!(enc3[enc3.len() - body..], enc4[enc4.len() - body..]);
+    let o = run(
+        "http://127.0.0.1:9",
+        "",
+        home.path(),
+        &["decrypt", "--local-key", s(&recovery), s(&d.join("enc4"))],
+        None,
+    );
+    assert_eq!((o.code, o.stdout == pt), (0, true), "{}", o.stderr);
+    let o = r(&root, &["decrypt", s(&d.join("enc4"))]);
+    assert_eq!((o.code, o.stdout == pt), (0, true), "{}", o.stderr);
+    std::fs::remove_file(&recovery).unwrap();
+    std::fs::remove_file(d.join("enc4")).unwrap();
+
     // A server that cannot be reached: exit 5.
     let o = run(
         "http://127.0.0.1:9",
