@@ -76,7 +76,8 @@ struct Io {
     /// The input file; stdin if absent or `-`.
     #[arg(value_name = "IN")]
     input: Option<PathBuf>,
-    /// Threads that encrypt or decrypt frames [default: the number of CPUs].
+    /// Threads that encrypt or decrypt frames [default: 1; more threads do not pay off
+    /// yet, see docs/BENCHMARKS.md].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
 }
@@ -216,7 +217,10 @@ pub fn run(args: EnvelopeArgs) -> ExitCode {
 }
 
 fn options(threads: Option<usize>) -> Result<Options, Fail> {
-    let mut o = Options::default();
+    let mut o = Options {
+        threads: 1,
+        ..Options::default()
+    };
     if let Some(t) = threads {
         if t == 0 || t > 256 {
             return Err(local("--threads must be between 1 and 256"));
