@@ -19,6 +19,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod args;
 mod audit_cmd;
 mod csi_provider_cmd;
+mod envelope_cmd;
 mod generic_cmd;
 mod kms_plugin_cmd;
 mod kv_cmd;
@@ -88,6 +89,9 @@ enum Command {
     KmsPlugin(kms_plugin_cmd::KmsPluginArgs),
     /// Serve the Secrets Store CSI driver provider API on a unix socket.
     CsiProvider(csi_provider_cmd::CsiProviderArgs),
+    /// Encrypt and decrypt files and streams offline with data keys wrapped by transit
+    /// keys (exit codes: 3 corrupt, 4 not authorized, 5 server unreachable).
+    Envelope(envelope_cmd::EnvelopeArgs),
 }
 
 fn main() -> ExitCode {
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
         Command::Transit(args) => return transit_cmd::run(args),
         Command::KmsPlugin(args) => return kms_plugin_cmd::run(args),
         Command::CsiProvider(args) => csi_provider_cmd::run(args),
+        Command::Envelope(args) => return envelope_cmd::run(args),
     };
     exit_code(result)
 }

@@ -27,6 +27,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("keyhaven-client", &["keyhaven-types", "keyhaven-crypto"]),
     ("keyhaven-k8s", &["keyhaven-client", "keyhaven-types"]),
+    (
+        "keyhaven-envelope",
+        &["keyhaven-crypto", "keyhaven-client", "keyhaven-types"],
+    ),
     ("keyhaven-scan", &["keyhaven-types"]),
     (
         "keyhaven-cli",
@@ -36,6 +40,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "keyhaven-types",
             "keyhaven-scan",
             "keyhaven-k8s",
+            "keyhaven-envelope",
             "keyhaven-crypto",
             "keyhaven-engine",
             "keyhaven-storage",

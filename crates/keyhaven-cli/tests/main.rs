@@ -15,6 +15,7 @@ mod bao;
 mod cli;
 mod csi_provider;
 mod deploy;
+mod envelope;
 mod hvac;
 mod hvac_auth;
 mod identity_cli;

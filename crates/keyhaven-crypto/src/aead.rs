@@ -162,6 +162,63 @@ impl AeadKey {
         }
     }
 
+    /// Encrypts `in_out` in place under a caller-supplied nonce and returns the tag.
+    ///
+    /// For bulk paths (the streaming envelope) that reuse their buffers: no allocation and
+    /// no copy. The caller must guarantee that `nonce` is never reused with this key.
+    ///
+    /// # Errors
+    ///
+    /// [`CryptoError::Seal`] if the input exceeds the algorithm's limits.
+    pub fn seal_in_place_detached(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], CryptoError> {
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                in_out,
+            )
+            .map_err(|_| CryptoError::Seal)?;
+        self.seals.fetch_add(1, Ordering::Relaxed);
+        let mut out = [0u8; TAG_LEN];
+        for (dst, src) in out.iter_mut().zip(tag.as_ref()) {
+            *dst = *src;
+        }
+        Ok(out)
+    }
+
+    /// Decrypts `ciphertext ‖ tag` in place under a caller-supplied nonce; on success the
+    /// plaintext is the first returned number of bytes of `in_out`.
+    ///
+    /// On failure `in_out` is zeroized (it may hold unauthenticated plaintext).
+    ///
+    /// # Errors
+    ///
+    /// [`DecryptError`] for every failure, including input shorter than a tag.
+    pub fn open_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> Result<usize, DecryptError> {
+        let result = self
+            .key
+            .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), in_out)
+            .map(|plain| plain.len());
+        match result {
+            Ok(len) => Ok(len),
+            Err(_) => {
+                in_out.zeroize();
+                Err(DecryptError)
+            }
+        }
+    }
+
     /// Writes `ciphertext ‖ tag` of `plaintext` into `out`, which must be exactly
     /// `plaintext.len() + TAG_LEN` bytes.
     ///
@@ -241,6 +298,34 @@ mod tests {
                 );
             }
             assert_eq!(k.seal_count(), 12);
+        }
+    }
+
+    #[test]
+    fn in_place_matches_the_allocating_calls() {
+        for alg in ALGS {
+            let k = key(alg);
+            let nonce = [3u8; 12];
+            for len in [0usize, 1, 17, 1000] {
+                let pt = vec![0x5a; len];
+                let mut buf = pt.clone();
+                let tag = k.seal_in_place_detached(&nonce, b"aad", &mut buf).unwrap();
+                buf.extend_from_slice(&tag);
+                assert_eq!(buf, k.seal_with_nonce(&nonce, b"aad", &pt).unwrap());
+                let mut opened = buf.clone();
+                let n = k.open_in_place(&nonce, b"aad", &mut opened).unwrap();
+                assert_eq!(&opened[..n], &pt[..]);
+                let mut wrong = buf.clone();
+                assert_eq!(
+                    k.open_in_place(&nonce, b"other", &mut wrong),
+                    Err(DecryptError)
+                );
+                assert!(wrong.iter().all(|b| *b == 0));
+                assert_eq!(
+                    k.open_in_place(&nonce, b"", &mut [0u8; 15]),
+                    Err(DecryptError)
+                );
+            }
         }
     }
 
