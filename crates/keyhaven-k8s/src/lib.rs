@@ -6,7 +6,7 @@
 //! Both reach key material only through the server's API (ARCHITECTURE.md, invariant 4);
 //! the socket file, mode 0600, is their only access control ([`socket`]).
 
-pub mod kms;
 pub mod csi;
+pub mod kms;
 pub mod proto;
 pub mod socket;
