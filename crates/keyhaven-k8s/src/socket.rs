@@ -2,12 +2,25 @@
 //! is more open (the file mode is the only access control), a stale socket left by a crash
 //! replaced, a live one or any other kind of file refused, and the file removed again when
 //! the service stops.
+//!
+//! Serving ([`incoming`], [`Limits`]): at most `max_connections` connections at a time; a
+//! connection that sends nothing within `first_byte_timeout` of being accepted, or nothing
+//! for `idle_timeout` later, is closed (gRPC clients reconnect), so stalled clients cannot
+//! hold every slot; each call must finish within `request_timeout`.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use tokio::net::UnixListener;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
 /// Why a socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +60,7 @@ pub struct BoundSocket {
 
 impl BoundSocket {
     /// The listener, taken once to serve on (e.g. through
-    /// `tokio_stream::wrappers::UnixListenerStream`); the file stays until `self` drops.
+    /// [`incoming`]); the file stays until `self` drops.
     pub fn take_listener(&mut self) -> Option<UnixListener> {
         self.listener.take()
     }
@@ -119,6 +132,130 @@ pub async fn bind(path: &Path) -> Result<BoundSocket, SocketError> {
     Ok(socket)
 }
 
+/// The limits a served socket enforces on its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// How long a new connection may stay silent before it is closed.
+    pub first_byte_timeout: Duration,
+    /// How long an established connection may stay silent before it is closed.
+    pub idle_timeout: Duration,
+    /// How long one call (its request body included) may take.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// 64 connections (one apiserver or CSI driver needs a few); 10 s to the first byte;
+    /// 5 minutes idle (the apiserver polls `Status` every 10–60 s); 30 s per call.
+    fn default() -> Self {
+        Limits {
+            max_connections: 64,
+            first_byte_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Limits {
+    /// A gRPC server builder with the per-call timeout.
+    pub fn server(&self) -> tonic::transport::Server {
+        tonic::transport::Server::builder().timeout(self.request_timeout)
+    }
+}
+
+/// The connections of `listener`, at most `limits.max_connections` open at once, each
+/// closed when its client stays silent too long (see [`Limits`]).
+pub fn incoming(
+    listener: UnixListener,
+    limits: Limits,
+) -> impl futures::Stream<Item = io::Result<Guarded>> + Send + 'static {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    futures::stream::unfold((listener, slots), move |(listener, slots)| async move {
+        let permit = Arc::clone(&slots).acquire_owned().await.ok()?;
+        let next = listener
+            .accept()
+            .await
+            .map(|(stream, _)| Guarded::new(stream, permit, limits));
+        Some((next, (listener, slots)))
+    })
+}
+
+/// A served connection: holds its slot until dropped, and fails its reads once the client
+/// has been silent past its deadline.
+#[derive(Debug)]
+pub struct Guarded {
+    stream: UnixStream,
+    _slot: OwnedSemaphorePermit,
+    deadline: Pin<Box<Sleep>>,
+    idle: Duration,
+}
+
+impl Guarded {
+    fn new(stream: UnixStream, slot: OwnedSemaphorePermit, limits: Limits) -> Guarded {
+        Guarded {
+            stream,
+            _slot: slot,
+            deadline: Box::pin(tokio::time::sleep(limits.first_byte_timeout)),
+            idle: limits.idle_timeout,
+        }
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let next = Instant::now() + self.idle;
+                    self.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client sent nothing for too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Guarded {
+    type ConnectInfo = <UnixStream as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
 /// A gRPC channel to a unix socket, as the kube-apiserver and the CSI driver dial it
 /// (plaintext HTTP/2, authority `localhost`).
 pub async fn connect(path: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
@@ -146,6 +283,60 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stalled clients (connected, silent) hold a slot only until their deadline: with
+    /// every slot taken by them, a real client is still served soon after.
+    #[tokio::test]
+    async fn stalled_clients_cannot_hold_every_connection_slot() {
+        use futures::StreamExt as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let mut bound = bind(&path).await.unwrap();
+        let limits = Limits {
+            max_connections: 2,
+            first_byte_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(1),
+        };
+        let mut conns = Box::pin(incoming(bound.take_listener().unwrap(), limits));
+        // The server side: echo one byte back on every connection, until it fails.
+        let server = tokio::spawn(async move {
+            while let Some(Ok(mut conn)) = conns.next().await {
+                tokio::spawn(async move {
+                    let mut b = [0u8; 1];
+                    while let Ok(1) = conn.read(&mut b).await {
+                        if conn.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let _stalled_a = UnixStream::connect(&path).await.unwrap();
+        let _stalled_b = UnixStream::connect(&path).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut real = UnixStream::connect(&path).await.unwrap();
+        real.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), real.read_exact(&mut b))
+            .await
+            .expect("served once the stalled clients timed out")
+            .unwrap();
+        assert_eq!(&b, b"x");
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "a slot was free early"
+        );
+        // An active client keeps its connection past the idle timeout.
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            real.write_all(b"y").await.unwrap();
+            real.read_exact(&mut b).await.unwrap();
+            assert_eq!(&b, b"y");
+        }
+        server.abort();
+    }
 
     #[tokio::test]
     async fn a_socket_is_created_0600_replaces_a_stale_one_and_refuses_a_live_one_or_a_file() {

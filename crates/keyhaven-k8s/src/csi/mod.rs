@@ -810,12 +810,11 @@ pub async fn serve(
     let service = CsiDriverProviderServer::new(Service(provider))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    tonic::transport::Server::builder()
+    let limits = crate::socket::Limits::default();
+    limits
+        .server()
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(crate::socket::incoming(listener, limits), shutdown)
         .await
         .map_err(ProviderError::Serve)?;
     drop(socket);

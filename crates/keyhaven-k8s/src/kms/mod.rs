@@ -241,16 +241,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         "KMS v2 plugin serving"
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let limits = socket::Limits::default();
+    let server = limits
+        .server()
         .add_service(KeyManagementServiceServer::from_arc(Arc::new(
             Service::new(plugin.clone()),
         )))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            async {
-                let _ = stopped.await;
-            },
-        );
+        .serve_with_incoming_shutdown(socket::incoming(listener, limits), async {
+            let _ = stopped.await;
+        });
     tokio::pin!(server);
     let result = tokio::select! {
         r = &mut server => r,
