@@ -246,29 +246,65 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped. Each connection gets
-/// one answer and is closed; a request that does not arrive within 5 s is dropped.
+/// Limits of the metrics listener: scrapers are few and their answers small.
+#[derive(Debug, Clone, Copy)]
+pub struct ScrapeLimits {
+    /// Connections served at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// How long one exchange (the request, then the answer) may take in all.
+    pub deadline: Duration,
+}
+
+impl Default for ScrapeLimits {
+    /// 8 connections (a Prometheus or two, and a person with curl); 5 s per exchange.
+    fn default() -> Self {
+        ScrapeLimits {
+            max_connections: 8,
+            deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped, within the default
+/// [`ScrapeLimits`]. Each connection gets one answer and is closed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     render: impl Fn() -> String + Send + Sync + 'static,
 ) {
+    serve_limited(listener, render, ScrapeLimits::default()).await;
+}
+
+/// [`serve`] within `limits`: at most `max_connections` at once, and a connection that
+/// has not sent its request and taken its answer within `deadline` is dropped, so silent
+/// or slow clients cannot keep the metrics from the scrapers that read them.
+pub async fn serve_limited(
+    listener: tokio::net::TcpListener,
+    render: impl Fn() -> String + Send + Sync + 'static,
+    limits: ScrapeLimits,
+) {
     let render = std::sync::Arc::new(render);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     loop {
+        let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let Ok((mut stream, _)) = listener.accept().await else {
+            drop(slot);
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let render = render.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0usize;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
+            let _slot = slot;
+            let _ = tokio::time::timeout(limits.deadline, async {
+                let mut buf = vec![0u8; 4096];
+                let mut len = 0usize;
                 while let Some(free) = buf.get_mut(len..) {
                     if free.is_empty() {
                         break;
                     }
                     match stream.read(free).await {
-                        Ok(0) | Err(_) => break,
+                        Ok(0) | Err(_) => return,
                         Ok(n) => len += n,
                     }
                     if buf
@@ -278,23 +314,20 @@ pub async fn serve(
                         break;
                     }
                 }
+                let head = buf.get(..len).unwrap_or_default();
+                let (status, body) = if head.starts_with(b"GET /metrics ") {
+                    ("200 OK", render())
+                } else {
+                    ("404 Not Found", "not found; try GET /metrics\n".to_owned())
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
             })
             .await;
-            if read.is_err() {
-                return;
-            }
-            let head = buf.get(..len).unwrap_or_default();
-            let (status, body) = if head.starts_with(b"GET /metrics ") {
-                ("200 OK", render())
-            } else {
-                ("404 Not Found", "not found; try GET /metrics\n".to_owned())
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
         });
     }
 }
@@ -335,5 +368,44 @@ mod tests {
         assert!(text.contains("keyhaven_kms_seed_cache_hits_total 3"));
         assert!(text.contains("keyhaven_kms_key_version 4"));
         assert!(text.contains("keyhaven_kms_healthy 1"));
+    }
+
+    /// Silent clients holding every slot are dropped at the deadline, and a scraper that
+    /// waited in the backlog is answered after them.
+    #[tokio::test]
+    async fn silent_clients_cannot_keep_the_metrics_from_a_scraper() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ScrapeLimits {
+            max_connections: 2,
+            deadline: Duration::from_millis(300),
+        };
+        let server = tokio::spawn(serve_limited(listener, || "up 1\n".to_owned(), limits));
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut scraper = tokio::net::TcpStream::connect(addr).await.unwrap();
+        scraper
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), scraper.read_to_string(&mut answer))
+            .await
+            .expect("the scraper is answered once the silent clients are dropped")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with("up 1\n"), "{answer}");
+        // The silent clients were closed by the server, not left open.
+        for mut s in silent {
+            let mut rest = Vec::new();
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+                .await
+                .expect("closed by the server")
+                .unwrap_or(0);
+            assert_eq!(n, 0);
+        }
+        server.abort();
     }
 }
