@@ -30,6 +30,7 @@ fn backends() -> &'static Vec<Arc<dyn Backend>> {
             auth::kubernetes::factory(ctx(Map::new())).unwrap(),
             auth::userpass::factory(ctx(Map::new())).unwrap(),
             auth::cert::factory(ctx(Map::new())).unwrap(),
+            auth::approle::factory(ctx(Map::new())).unwrap(),
         ]
     })
 }

@@ -1,4 +1,4 @@
-"""The userpass and cert auth methods through hvac, against a keyhaven server on TLS.
+"""The userpass, cert and approle auth methods through hvac, against a keyhaven server on TLS.
 
 Usage: hvac_auth.py ADDR SERVER_CA ROOT_TOKEN CLIENT_CA CLIENT_CERT CLIENT_KEY
 
@@ -94,6 +94,58 @@ def main() -> None:
     except hvac.exceptions.InvalidRequest as e:
         assert "no client certificate found" in str(e), e
     print("cert: a login without a certificate is refused")
+
+    # approle
+    admin.sys.enable_auth_method(method_type="approle")
+    admin.auth.approle.create_or_update_approle(
+        role_name="ci", token_policies=["web"], token_ttl="20m", secret_id_num_uses=2
+    )
+    role = admin.auth.approle.read_role(role_name="ci")["data"]
+    assert role["token_policies"] == ["web"], role
+    assert role["bind_secret_id"] is True, role
+    assert role["secret_id_num_uses"] == 2, role
+    assert admin.auth.approle.list_roles()["data"]["keys"] == ["ci"]
+    role_id = admin.auth.approle.read_role_id(role_name="ci")["data"]["role_id"]
+    generated = admin.auth.approle.generate_secret_id(
+        role_name="ci", metadata={"pipeline": "nightly"}
+    )["data"]
+    secret_id = generated["secret_id"]
+    accessors = admin.auth.approle.list_secret_id_accessors(role_name="ci")["data"]["keys"]
+    assert accessors == [generated["secret_id_accessor"]], accessors
+    looked = admin.auth.approle.read_secret_id(role_name="ci", secret_id=secret_id)["data"]
+    assert looked["metadata"] == {"pipeline": "nightly"}, looked
+    assert looked["secret_id_num_uses"] == 2, looked
+    print("approle: create_or_update_approle, read_role_id, generate_secret_id, lookups")
+
+    machine = hvac.Client(url=addr, verify=server_ca)
+    login = machine.auth.approle.login(role_id=role_id, secret_id=secret_id)
+    assert login["auth"]["metadata"] == {"role_name": "ci", "pipeline": "nightly"}, login
+    assert login["auth"]["lease_duration"] == 1200, login
+    assert machine.token == login["auth"]["client_token"]
+    me = machine.auth.token.lookup_self()["data"]
+    assert me["policies"] == ["default", "web"], me
+    print("approle: login, token works with the role's policies")
+
+    hvac.Client(url=addr, verify=server_ca).auth.approle.login(
+        role_id=role_id, secret_id=secret_id
+    )
+    try:
+        hvac.Client(url=addr, verify=server_ca).auth.approle.login(
+            role_id=role_id, secret_id=secret_id
+        )
+        raise AssertionError("a used-up secret id logged in")
+    except hvac.exceptions.InvalidRequest as e:
+        assert "invalid role or secret ID" in str(e), e
+    other = admin.auth.approle.generate_secret_id(role_name="ci")["data"]["secret_id"]
+    admin.auth.approle.destroy_secret_id(role_name="ci", secret_id=other)
+    try:
+        hvac.Client(url=addr, verify=server_ca).auth.approle.login(
+            role_id=role_id, secret_id=other
+        )
+        raise AssertionError("a destroyed secret id logged in")
+    except hvac.exceptions.InvalidRequest as e:
+        assert "invalid role or secret ID" in str(e), e
+    print("approle: a used-up or destroyed secret id is refused")
 
 
 if __name__ == "__main__":

@@ -177,6 +177,47 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
             "auth/cert/config",
             Some(json!({"disable_binding": true})),
         ),
+        (
+            "POST",
+            "auth/approle/role/evil",
+            Some(json!({"token_policies": "admin"})),
+        ),
+        ("GET", "auth/approle/role/ci", None),
+        ("LIST", "auth/approle/role", None),
+        ("DELETE", "auth/approle/role/ci", None),
+        ("GET", "auth/approle/role/ci/role-id", None),
+        (
+            "POST",
+            "auth/approle/role/ci/role-id",
+            Some(json!({"role_id": "taken-over"})),
+        ),
+        ("POST", "auth/approle/role/ci/secret-id", Some(json!({}))),
+        ("LIST", "auth/approle/role/ci/secret-id", None),
+        (
+            "POST",
+            "auth/approle/role/ci/custom-secret-id",
+            Some(json!({"secret_id": "chosen-by-an-attacker"})),
+        ),
+        (
+            "POST",
+            "auth/approle/role/ci/secret-id/lookup",
+            Some(json!({"secret_id": "x"})),
+        ),
+        (
+            "POST",
+            "auth/approle/role/ci/secret-id/destroy",
+            Some(json!({"secret_id": "x"})),
+        ),
+        (
+            "POST",
+            "auth/approle/role/ci/secret-id-accessor/lookup",
+            Some(json!({"secret_id_accessor": "x"})),
+        ),
+        (
+            "POST",
+            "auth/approle/role/ci/secret-id-accessor/destroy",
+            Some(json!({"secret_id_accessor": "x"})),
+        ),
         ("GET", "nomount/anything", None),
     ]
 }
@@ -309,6 +350,12 @@ fn every_bad_credential_is_refused_on_every_route_and_audited() {
         json!({"password": "alice-Pa55", "token_policies": "team-a-ro"}),
     );
     ok("POST", "sys/auth/cert", json!({"type": "cert"}));
+    ok("POST", "sys/auth/approle", json!({"type": "approle"}));
+    ok(
+        "POST",
+        "auth/approle/role/ci",
+        json!({"token_policies": "team-a-ro"}),
+    );
     let client_ca = rcgen::generate_simple_self_signed(vec!["client-ca".to_owned()]).unwrap();
     ok(
         "POST",

@@ -1,4 +1,4 @@
-//! The userpass and cert auth methods through hvac (PyPI `hvac`, pinned), the Python
+//! The userpass, cert and approle auth methods through hvac (PyPI `hvac`, pinned), the Python
 //! client most Vault users have: `tests/python/hvac_auth.py` runs against a keyhaven
 //! server on TLS with a client certificate.
 
@@ -75,6 +75,8 @@ fn userpass_and_cert_through_hvac() {
         "userpass: password change, list_user, delete_user",
         "cert: login, token works with the role's policies",
         "cert: a login without a certificate is refused",
+        "approle: login, token works with the role's policies",
+        "approle: a used-up or destroyed secret id is refused",
     ] {
         assert!(stdout.contains(step), "missing step {step:?}:\n{stdout}");
     }

@@ -69,6 +69,9 @@ pub struct BackendRequest<'a> {
     pub data: &'a Map<String, Value>,
     /// The client's TLS certificate chain, leaf first, DER ([`crate::Request::client_certs`]).
     pub client_certs: &'a [Vec<u8>],
+    /// The client's address (the TCP peer), when the transport has one
+    /// ([`crate::Request::remote_addr`]).
+    pub remote_addr: Option<std::net::IpAddr>,
 }
 
 impl<'a> BackendRequest<'a> {

@@ -59,6 +59,16 @@ impl Cidr {
         })
     }
 
+    /// The block's network address.
+    pub fn network(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The block's prefix length.
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix
+    }
+
     /// Whether `ip` is inside the block. An IPv4 address written as IPv6
     /// (`::ffff:10.0.0.1`, as dual-stack listeners report IPv4 peers) counts as IPv4.
     pub fn contains(&self, ip: IpAddr) -> bool {

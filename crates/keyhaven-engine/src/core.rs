@@ -1042,6 +1042,7 @@ impl Target {
             captures: m.captures,
             data: &req.data,
             client_certs: &req.client_certs,
+            remote_addr: req.remote_addr,
         })
     }
 

@@ -324,6 +324,7 @@ pub(crate) fn instantiate(
         (Table::Auth, "kubernetes") => crate::auth::kubernetes::factory(ctx),
         (Table::Auth, "jwt" | "oidc") => crate::auth::jwt::factory(ctx),
         (Table::Auth, "userpass") => crate::auth::userpass::factory(ctx),
+        (Table::Auth, "approle") => crate::auth::approle::factory(ctx),
         (Table::Auth, "cert") => crate::auth::cert::factory(ctx),
         (_, other) => Err(EngineError::invalid(format!(
             "unknown backend type {other:?}"
@@ -335,7 +336,7 @@ pub(crate) fn instantiate(
 /// Normalise an auth method type as `sys/auth` accepts it.
 pub fn normalize_auth_type(kind: &str) -> Result<String, EngineError> {
     match kind {
-        "kubernetes" | "jwt" | "oidc" | "userpass" | "cert" => Ok(kind.to_owned()),
+        "kubernetes" | "jwt" | "oidc" | "userpass" | "cert" | "approle" => Ok(kind.to_owned()),
         "token" => Err(EngineError::invalid(
             "the token auth method is built in and always mounted at auth/token/",
         )),

@@ -580,6 +580,7 @@ pub async fn call(
             captures: m.captures,
             data,
             client_certs: &[],
+            remote_addr: None,
         })
         .await?;
     resp.warnings.extend(warnings);

@@ -54,6 +54,7 @@ async fn walk() -> (
         ("sys/auth/jwt", "jwt"),
         ("sys/auth/userpass", "userpass"),
         ("sys/auth/cert", "cert"),
+        ("sys/auth/approle", "approle"),
     ] {
         ok(&core, Operation::Update, path, json!({"type": kind}), &root).await;
     }
@@ -102,6 +103,7 @@ async fn walk() -> (
     assert_eq!(
         kinds,
         [
+            "approle",
             "cert",
             "cubbyhole",
             "jwt",
@@ -228,6 +230,12 @@ async fn wrong_types_are_refused_naming_the_field_and_unknown_fields_warned_in_e
             json!({"password": "pw"}),
             "token_ttl",
             json!("soon"),
+        ),
+        (
+            "auth/approle/role/r",
+            json!({"bind_secret_id": true}),
+            "secret_id_num_uses",
+            json!("many"),
         ),
         (
             "auth/cert/config",

@@ -5,6 +5,7 @@
     clippy::panic,
     clippy::indexing_slicing
 )]
+mod approle;
 mod compat;
 mod core;
 mod kubernetes;

@@ -2,6 +2,7 @@
 //! need (Kubernetes TokenReview, OIDC discovery), which the server provides so that the
 //! engine itself knows no HTTP.
 
+pub mod approle;
 pub mod cert;
 mod common;
 pub mod jwt;
