@@ -414,8 +414,8 @@ fn match_pattern<'p>(pattern: &'static str, path: &'p str, list: bool) -> Option
     // A first segment that is literal must begin the path: most routes of a table fail
     // here, before the pattern is split (as the loop below would fail on that segment).
     // Its first byte alone rules out most of them without searching the pattern for '/'.
-    let lead = pattern.as_bytes()[0];
-    if lead != b'{' && path.as_bytes().first() != Some(&lead) {
+    let lead = pattern.as_bytes().first();
+    if lead != Some(&b'{') && path.as_bytes().first() != lead {
         return None;
     }
     let first = pattern.split_once('/').map_or(pattern, |(first, _)| first);

@@ -179,11 +179,11 @@ async fn role_id_and_secret_id_log_in_with_the_roles_policies() {
         .unwrap();
     assert_eq!(auth["policies"], json!(["default", "deploy"]));
     assert_eq!(auth["lease_duration"], json!(1200));
-    assert_eq!(auth["metadata"]["role_name"], json!("CI-Deploy"));
+    assert_eq!(auth["metadata"]["role_name"], json!("ci-deploy"));
     assert_eq!(auth["metadata"]["pipeline"], json!("nightly"));
     let token = auth["client_token"].as_str().unwrap().to_owned();
     let me = env.lookup_self(&token).await;
-    assert_eq!(me["meta"]["role_name"], json!("CI-Deploy"));
+    assert_eq!(me["meta"]["role_name"], json!("ci-deploy"));
 
     // Every wrong part gets the same answer.
     let wrong = [

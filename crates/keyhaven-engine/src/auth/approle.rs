@@ -60,8 +60,6 @@ pub fn factory(ctx: BackendContext) -> Result<Arc<dyn Backend>, EngineError> {
 /// A stored role.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Role {
-    /// The name as the caller wrote it (stored under its lowercase form).
-    name: String,
     role_id: String,
     bind_secret_id: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -355,13 +353,10 @@ impl Backend for AppRoleAuth {
             "role" if op == List => common::list_under(&self.storage, ROLE_PREFIX).await,
             "login" => self.login(req.data, req.remote_addr).await,
             pattern => {
-                let raw = req.capture("role_name");
-                let name = role_name(raw)?;
+                let name = role_name(req.capture("role_name"))?;
                 match (pattern, op) {
                     ("role/{role_name}", Read) => self.read_role(&name).await,
-                    ("role/{role_name}", Create | Update) => {
-                        self.write_role(raw, &name, op == Create, req.data).await
-                    }
+                    ("role/{role_name}", Create | Update) => self.write_role(&name, req.data).await,
                     ("role/{role_name}", Delete) => self.delete_role(&name).await,
                     ("role/{role_name}/role-id", Read) => {
                         let role = self.role(&name).await?;
@@ -467,12 +462,15 @@ impl AppRoleAuth {
         let mut out = Map::new();
         role.token.to_api_current(&mut out);
         out.insert("token_bound_cidrs".into(), json!(role.token.bound_cidrs));
-        out.insert("policies".into(), json!(role.token.policies));
-        out.insert("period".into(), json!(role.token.period));
         out.insert("bind_secret_id".into(), json!(role.bind_secret_id));
+        // OpenBao shows an unset list as null here (and token_bound_cidrs as []).
         out.insert(
             "secret_id_bound_cidrs".into(),
-            json!(role.secret_id_bound_cidrs),
+            if role.secret_id_bound_cidrs.is_empty() {
+                Value::Null
+            } else {
+                json!(role.secret_id_bound_cidrs)
+            },
         );
         out.insert("secret_id_num_uses".into(), json!(role.secret_id_num_uses));
         out.insert("secret_id_ttl".into(), json!(role.secret_id_ttl));
@@ -483,9 +481,7 @@ impl AppRoleAuth {
     /// Create a role, or update the fields given.
     async fn write_role(
         &self,
-        raw: &str,
         name: &str,
-        create: bool,
         data: &Map<String, Value>,
     ) -> Result<Response, EngineError> {
         let key = role_key(name);
@@ -494,7 +490,6 @@ impl AppRoleAuth {
         let mut role = match existing {
             Some(role) => role,
             None => Role {
-                name: raw.to_owned(),
                 role_id: String::new(),
                 bind_secret_id: true,
                 secret_id_bound_cidrs: Vec::new(),
@@ -544,7 +539,6 @@ impl AppRoleAuth {
                 "at least one constraint should be enabled on the role",
             ));
         }
-        let _ = create;
         self.store_role(name, &role, &old_role_id).await?;
         Ok(Response::no_content())
     }
@@ -564,10 +558,10 @@ impl AppRoleAuth {
             value: encode(role)?,
         }];
         if old_role_id != role.role_id {
-            if let Some(owner) = self.storage.get(&new_index).await? {
-                if owner != name.as_bytes() {
-                    return Err(EngineError::invalid("role_id already in use"));
-                }
+            if let Some(owner) = self.storage.get(&new_index).await?
+                && owner != name.as_bytes()
+            {
+                return Err(EngineError::invalid("role_id already in use"));
             }
             conditions.push(Condition::Absent {
                 key: new_index.clone(),
@@ -894,7 +888,7 @@ impl AppRoleAuth {
         grant.bound_cidrs = token_cidrs;
         grant.display_name = "approle".to_owned();
         grant.metadata = metadata;
-        grant.metadata.insert("role_name".into(), role.name.clone());
+        grant.metadata.insert("role_name".into(), name.clone());
         common::finish_login("approle", &name, Ok(grant))
     }
 
