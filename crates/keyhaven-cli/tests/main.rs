@@ -22,6 +22,8 @@ mod identity_cli;
 mod kms_etcd;
 mod kms_plugin;
 mod limits;
+mod seal;
+mod seal_transit;
 mod server;
 mod tls;
 mod transit_cli;

@@ -34,13 +34,21 @@ pub(crate) const SEAL_CONFIG_PATH: &str = "core/seal-config";
 pub(crate) const ROOT_KEY_PATH: &str = "core/root-key";
 /// Raw key of the keyring sealed by the root key.
 pub(crate) const KEYRING_PATH: &str = "core/keyring";
+/// Raw key of the recovery key's check value (auto-unseal only).
+pub(crate) const RECOVERY_KEY_PATH: &str = "core/recovery-key";
+/// What the recovery check value encrypts: a fixed text, so the record proves knowledge
+/// of the recovery key and carries nothing else.
+const RECOVERY_CHECK_TEXT: &[u8] = b"keyhaven recovery key check v1";
 
 /// The term number used for entries sealed directly with the root or unseal key.
 const SEAL_TERM: u32 = 0;
 const KEYRING_FORMAT: u8 = 1;
 
 fn is_reserved(key: &str) -> bool {
-    matches!(key, SEAL_CONFIG_PATH | ROOT_KEY_PATH | KEYRING_PATH)
+    matches!(
+        key,
+        SEAL_CONFIG_PATH | ROOT_KEY_PATH | KEYRING_PATH | RECOVERY_KEY_PATH
+    )
 }
 
 /// One keyring term.
@@ -193,6 +201,28 @@ pub(crate) fn open_root_key(
         }
         Err(_) => Ok(None),
     }
+}
+
+/// The recovery key's check value, for storage at [`RECOVERY_KEY_PATH`].
+pub(crate) fn seal_recovery_check(recovery: &SecretKey) -> Result<Vec<u8>, EngineError> {
+    let aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, recovery)
+        .map_err(|_| EngineError::Crypto(CryptoOp::KeySetup))?;
+    barrier::seal(SEAL_TERM, &aead, RECOVERY_KEY_PATH, RECOVERY_CHECK_TEXT)
+        .map_err(|_| EngineError::Crypto(CryptoOp::Encrypt))
+}
+
+/// Whether `candidate` opens the recovery check value `sealed`.
+pub(crate) fn recovery_check_opens(
+    candidate: &SecretBytes,
+    sealed: &[u8],
+) -> Result<bool, EngineError> {
+    let Ok(candidate) = SecretKey::from_slice(candidate.expose_secret()) else {
+        return Ok(false);
+    };
+    let aead = AeadKey::new(AeadAlgorithm::Aes256Gcm, &candidate)
+        .map_err(|_| EngineError::Crypto(CryptoOp::KeySetup))?;
+    Ok(barrier::open(&aead, RECOVERY_KEY_PATH, sealed)
+        .is_ok_and(|plain| keyhaven_crypto::ct_eq(&plain, RECOVERY_CHECK_TEXT)))
 }
 
 /// Key status as `sys/key-status` reports it.

@@ -32,6 +32,7 @@ use crate::mounts::{self, Handler, MountConfig, MountEntry, Mounted, Router, Tab
 use crate::policy::PolicyStore;
 use crate::request::{LeaseDuration, Operation, Request, Response};
 use crate::route::{self, Route};
+use crate::seal::{AutoSeal, SealSetup, SealedValue};
 use crate::token::{self, TokenEntry, TokenStore};
 use crate::wrapping::WrapRequest;
 
@@ -42,8 +43,51 @@ struct SealConfig {
     kind: String,
     secret_shares: u8,
     secret_threshold: u8,
+    /// Recovery shares under auto-unseal (0 under Shamir).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    recovery_shares: u8,
+    /// Recovery threshold under auto-unseal (0 under Shamir).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    recovery_threshold: u8,
     cluster_name: String,
     cluster_id: String,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
+impl SealConfig {
+    fn is_auto(&self) -> bool {
+        self.kind != SHAMIR
+    }
+
+    /// `(shares, threshold)` of the shares this seal takes: unseal key shares under
+    /// Shamir, recovery shares under auto-unseal.
+    fn share_counts(&self) -> (u8, u8) {
+        if self.is_auto() {
+            (self.recovery_shares, self.recovery_threshold)
+        } else {
+            (self.secret_shares, self.secret_threshold)
+        }
+    }
+}
+
+const SHAMIR: &str = "shamir";
+
+/// How the configured seal relates to the seal storage was initialized with.
+enum Mode {
+    /// Unseal key shares.
+    Shamir,
+    /// Auto-unseal through this seal; shares are recovery shares.
+    Auto(Arc<dyn AutoSeal>),
+    /// Storage is Shamir, the config names an auto seal: `sys/unseal` with `migrate`.
+    MigrateToAuto(Arc<dyn AutoSeal>),
+    /// Storage is sealed by this (now disabled) seal: `sys/unseal` with `migrate` and
+    /// recovery shares moves back to Shamir.
+    MigrateToShamir(Arc<dyn AutoSeal>),
+    /// The config cannot open this storage; says why.
+    Mismatch(String),
 }
 
 /// What `sys/seal-status` reports: the wire body itself. The engine leaves
@@ -52,8 +96,10 @@ pub use keyhaven_types::wire::SealStatus;
 
 /// The result of `sys/init`: shown once, never stored.
 pub struct InitResult {
-    /// Unseal key shares.
+    /// Unseal key shares (none under auto-unseal).
     pub shares: Vec<Share>,
+    /// Recovery key shares (auto-unseal only).
+    pub recovery_shares: Vec<Share>,
     /// The initial root token.
     pub root_token: SecretString,
 }
@@ -62,6 +108,7 @@ impl std::fmt::Debug for InitResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InitResult")
             .field("shares", &self.shares.len())
+            .field("recovery_shares", &self.recovery_shares.len())
             .finish_non_exhaustive()
     }
 }
@@ -75,10 +122,21 @@ pub struct InitParams {
     pub secret_threshold: u8,
 }
 
+/// Parameters of `sys/init` under auto-unseal.
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveryParams {
+    /// Number of shares to split the recovery key into.
+    pub recovery_shares: u8,
+    /// Recovery shares needed to authorize an operation.
+    pub recovery_threshold: u8,
+}
+
 /// A request to `sys/unseal`.
 pub enum UnsealInput {
     /// One share, as hex or base64 text.
     Key(SecretString),
+    /// One share of the *old* seal, for a pending seal migration (`migrate: true`).
+    Migrate(SecretString),
     /// Forget the shares entered so far.
     Reset,
 }
@@ -123,6 +181,8 @@ pub struct CoreOptions {
     pub unauthenticated_generate_root: bool,
     /// The API address this server is reached at, reported by `sys/ha-status`.
     pub api_address: String,
+    /// How the server is configured to seal (`[seal]`).
+    pub seal: SealSetup,
 }
 
 enum State {
@@ -148,6 +208,8 @@ pub struct Core {
     pub(crate) op_lock: tokio::sync::Mutex<()>,
     /// Rekey and root-generation attempts in progress (see [`crate::recovery`]).
     pub(crate) recovery: parking_lot::Mutex<crate::recovery::Attempts>,
+    /// Why the last auto-unseal attempt failed, for the log and `sys/seal-status`.
+    last_seal_error: RwLock<Option<String>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -156,6 +218,47 @@ impl std::fmt::Debug for Core {
             .field("sealed", &self.is_sealed())
             .finish_non_exhaustive()
     }
+}
+
+/// The checks `sys/init` makes of share counts, named as the request names them.
+fn check_share_counts(
+    shares_name: &str,
+    threshold_name: &str,
+    n: u8,
+    t: u8,
+) -> Result<(), EngineError> {
+    if n == 0 || t == 0 {
+        return Err(EngineError::invalid(format!(
+            "{shares_name} and {threshold_name} must be at least 1"
+        )));
+    }
+    if t > n {
+        return Err(EngineError::invalid(format!(
+            "{threshold_name} cannot be larger than {shares_name}"
+        )));
+    }
+    if n > 1 && t == 1 {
+        return Err(EngineError::invalid(format!(
+            "{threshold_name} must be greater than one for multiple shares"
+        )));
+    }
+    Ok(())
+}
+
+/// The root key sealed by `seal`, as the stored blob.
+async fn seal_with(seal: &dyn AutoSeal, root: &SecretKey) -> Result<Vec<u8>, EngineError> {
+    let value = seal
+        .encrypt(root.expose_secret(), barrier::ROOT_KEY_PATH.as_bytes())
+        .await
+        .map_err(|e| {
+            EngineError::Unavailable(format!(
+                "the {} seal cannot encrypt the root key: {e}",
+                seal.seal_type()
+            ))
+        })?;
+    value
+        .encode()
+        .map_err(|_| EngineError::Internal("the seal returned a value that cannot be stored"))
 }
 
 fn random_hex(n: usize) -> Result<String, EngineError> {
@@ -215,6 +318,7 @@ impl Core {
             state: RwLock::new(state),
             op_lock: tokio::sync::Mutex::new(()),
             recovery: parking_lot::Mutex::new(crate::recovery::Attempts::default()),
+            last_seal_error: RwLock::new(None),
         }))
     }
 
@@ -228,13 +332,22 @@ impl Core {
         &self.raw
     }
 
-    /// `(shares, threshold)` of the seal configuration in force, once initialized.
+    /// `(shares, threshold)` of the shares in force, once initialized: unseal key shares
+    /// under Shamir, recovery shares under auto-unseal.
     pub(crate) fn seal_shares(&self) -> Option<(u8, u8)> {
         match &*self.state.read() {
             State::Uninitialized => None,
             State::Sealed { config, .. } | State::Unsealed { config, .. } => {
-                Some((config.secret_shares, config.secret_threshold))
+                Some(config.share_counts())
             }
+        }
+    }
+
+    /// Whether storage is sealed by an auto seal (shares are recovery shares).
+    pub(crate) fn is_auto_sealed(&self) -> bool {
+        match &*self.state.read() {
+            State::Uninitialized => false,
+            State::Sealed { config, .. } | State::Unsealed { config, .. } => config.is_auto(),
         }
     }
 
@@ -244,11 +357,14 @@ impl Core {
         let (State::Sealed { config, .. } | State::Unsealed { config, .. }) = &*state else {
             return Err(EngineError::NotInitialized);
         };
-        let config = SealConfig {
-            secret_shares: n,
-            secret_threshold: t,
-            ..config.clone()
-        };
+        let mut config = config.clone();
+        if config.is_auto() {
+            config.recovery_shares = n;
+            config.recovery_threshold = t;
+        } else {
+            config.secret_shares = n;
+            config.secret_threshold = t;
+        }
         serde_json::to_vec(&config).map_err(|_| EngineError::Encode("the seal configuration"))
     }
 
@@ -257,8 +373,65 @@ impl Core {
         if let State::Sealed { config, .. } | State::Unsealed { config, .. } =
             &mut *self.state.write()
         {
-            config.secret_shares = n;
-            config.secret_threshold = t;
+            if config.is_auto() {
+                config.recovery_shares = n;
+                config.recovery_threshold = t;
+            } else {
+                config.secret_shares = n;
+                config.secret_threshold = t;
+            }
+        }
+    }
+
+    /// How the configured seal relates to `config` (what storage was initialized with).
+    fn mode_of(&self, config: Option<&SealConfig>) -> Mode {
+        let stored = config.map(|c| c.kind.as_str());
+        match (&self.options.seal, stored) {
+            (SealSetup::Shamir, None | Some(SHAMIR)) => Mode::Shamir,
+            (SealSetup::MigrateToShamir(_), None | Some(SHAMIR)) => Mode::Shamir,
+            (SealSetup::Auto(s), None) => Mode::Auto(s.clone()),
+            (SealSetup::Auto(s), Some(SHAMIR)) => Mode::MigrateToAuto(s.clone()),
+            (SealSetup::Auto(s), Some(kind)) if kind == s.seal_type() => Mode::Auto(s.clone()),
+            (SealSetup::MigrateToShamir(s), Some(kind)) if kind == s.seal_type() => {
+                Mode::MigrateToShamir(s.clone())
+            }
+            (SealSetup::Auto(s), Some(kind)) | (SealSetup::MigrateToShamir(s), Some(kind)) => {
+                Mode::Mismatch(format!(
+                    "storage is sealed by the {kind:?} seal but the configured seal is {:?}; \
+                     migrating between two auto seals is not supported: migrate to Shamir first",
+                    s.seal_type()
+                ))
+            }
+            (SealSetup::Shamir, Some(kind)) => Mode::Mismatch(format!(
+                "storage is sealed by the {kind:?} seal but the config has no [seal] of that \
+                 type; configure it (with disabled = true to migrate back to Shamir)"
+            )),
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        match &*self.state.read() {
+            State::Uninitialized => self.mode_of(None),
+            State::Sealed { config, .. } | State::Unsealed { config, .. } => {
+                self.mode_of(Some(config))
+            }
+        }
+    }
+
+    /// The seal type `sys/init` must be called for: `shamir` or the auto seal's type.
+    pub fn init_seal_type(&self) -> &'static str {
+        match &self.options.seal {
+            SealSetup::Auto(s) => s.seal_type(),
+            SealSetup::Shamir | SealSetup::MigrateToShamir(_) => SHAMIR,
+        }
+    }
+
+    /// Why the last auto-unseal attempt failed, if it did and the server is still sealed.
+    pub fn seal_error(&self) -> Option<String> {
+        if self.is_sealed() {
+            self.last_seal_error.read().clone()
+        } else {
+            None
         }
     }
 
@@ -291,6 +464,7 @@ impl Core {
 
     /// The seal status.
     pub fn seal_status(&self) -> SealStatus {
+        let mode = self.mode();
         let state = self.state.read();
         let (config, sealed, progress, nonce) = match &*state {
             State::Uninitialized => (None, true, 0, String::new()),
@@ -306,20 +480,27 @@ impl Core {
             ),
             State::Unsealed { config, .. } => (Some(config), false, 0, String::new()),
         };
+        let kind = match config {
+            Some(c) => c.kind.clone(),
+            None => self.init_seal_type().to_owned(),
+        };
+        let recovery_seal = kind != SHAMIR;
+        let (n, t) = config.map(SealConfig::share_counts).unwrap_or((0, 0));
         SealStatus {
             build_date: String::new(),
             cluster_id: config.map(|c| c.cluster_id.clone()).unwrap_or_default(),
             cluster_name: config.map(|c| c.cluster_name.clone()).unwrap_or_default(),
             initialized: config.is_some(),
-            migration: false,
-            n: config.map(|c| c.secret_shares).unwrap_or(0),
+            migration: sealed && matches!(mode, Mode::MigrateToAuto(_) | Mode::MigrateToShamir(_)),
+            n,
             nonce,
             progress,
-            recovery_seal: false,
+            recovery_seal,
+            recovery_seal_type: recovery_seal.then(|| SHAMIR.to_owned()),
             sealed,
             storage_type: None,
-            t: config.map(|c| c.secret_threshold).unwrap_or(0),
-            kind: "shamir".to_owned(),
+            t,
+            kind,
             version: crate::REPORTED_VERSION.to_owned(),
         }
     }
@@ -337,41 +518,110 @@ impl Core {
         root_id: Option<&str>,
     ) -> Result<InitResult, EngineError> {
         let (n, t) = (params.secret_shares, params.secret_threshold);
-        if n == 0 || t == 0 {
-            return Err(EngineError::invalid(
-                "secret_shares and secret_threshold must be at least 1",
-            ));
+        if let SealSetup::Auto(seal) = &self.options.seal {
+            return Err(EngineError::invalid(format!(
+                "parameters secret_shares,secret_threshold not applicable to seal type {}",
+                seal.seal_type()
+            )));
         }
-        if t > n {
-            return Err(EngineError::invalid(
-                "secret_threshold cannot be larger than secret_shares",
-            ));
-        }
-        if n > 1 && t == 1 {
-            return Err(EngineError::invalid(
-                "secret_threshold must be greater than one for multiple shares",
-            ));
-        }
+        check_share_counts("secret_shares", "secret_threshold", n, t)?;
         let _op = self.op_lock.lock().await;
         if self.is_initialized() {
             return Err(EngineError::AlreadyInitialized);
         }
-        let now = self.clock.unix_seconds();
         let unseal_key =
             SecretKey::generate().map_err(|_| EngineError::Crypto(CryptoOp::KeyGeneration))?;
         let root_key =
             SecretKey::generate().map_err(|_| EngineError::Crypto(CryptoOp::KeyGeneration))?;
         let shares = shamir::split(unseal_key.expose_secret(), t, n)
             .map_err(|e| EngineError::invalid(format!("cannot split the unseal key: {e}")))?;
-        let barrier = Barrier::new_for_init(self.raw.clone(), &root_key, Keyring::generate(now)?)?;
-
         let config = SealConfig {
-            kind: "shamir".to_owned(),
+            kind: SHAMIR.to_owned(),
             secret_shares: n,
             secret_threshold: t,
+            recovery_shares: 0,
+            recovery_threshold: 0,
             cluster_name: format!("keyhaven-cluster-{}", random_hex(4)?),
             cluster_id: uuid::Uuid::new_v4().to_string(),
         };
+        let records = vec![(
+            barrier::ROOT_KEY_PATH.to_owned(),
+            barrier::seal_root_key(&unseal_key, &root_key)?,
+        )];
+        let root_token = self
+            .commit_init(config, &root_key, root_id, records, false)
+            .await?;
+        tracing::info!(target: "keyhaven::seal", shares = n, threshold = t, "initialized");
+        Ok(InitResult {
+            shares,
+            recovery_shares: Vec::new(),
+            root_token,
+        })
+    }
+
+    /// `sys/init` under auto-unseal: the root key is sealed by the configured seal, a
+    /// recovery key is split into `recovery_shares`, and the server unseals itself.
+    pub async fn init_auto(&self, params: RecoveryParams) -> Result<InitResult, EngineError> {
+        let SealSetup::Auto(seal) = &self.options.seal else {
+            return Err(EngineError::invalid(
+                "parameters recovery_shares,recovery_threshold not applicable to seal type shamir",
+            ));
+        };
+        let (n, t) = (params.recovery_shares, params.recovery_threshold);
+        check_share_counts("recovery_shares", "recovery_threshold", n, t)?;
+        let _op = self.op_lock.lock().await;
+        if self.is_initialized() {
+            return Err(EngineError::AlreadyInitialized);
+        }
+        let root_key =
+            SecretKey::generate().map_err(|_| EngineError::Crypto(CryptoOp::KeyGeneration))?;
+        let recovery_key =
+            SecretKey::generate().map_err(|_| EngineError::Crypto(CryptoOp::KeyGeneration))?;
+        let recovery_shares = shamir::split(recovery_key.expose_secret(), t, n)
+            .map_err(|e| EngineError::invalid(format!("cannot split the recovery key: {e}")))?;
+        let sealed_root = seal_with(seal.as_ref(), &root_key).await?;
+        let config = SealConfig {
+            kind: seal.seal_type().to_owned(),
+            secret_shares: 0,
+            secret_threshold: 0,
+            recovery_shares: n,
+            recovery_threshold: t,
+            cluster_name: format!("keyhaven-cluster-{}", random_hex(4)?),
+            cluster_id: uuid::Uuid::new_v4().to_string(),
+        };
+        let records = vec![
+            (barrier::ROOT_KEY_PATH.to_owned(), sealed_root),
+            (
+                barrier::RECOVERY_KEY_PATH.to_owned(),
+                barrier::seal_recovery_check(&recovery_key)?,
+            ),
+        ];
+        drop(recovery_key);
+        let root_token = self
+            .commit_init(config, &root_key, None, records, true)
+            .await?;
+        tracing::info!(target: "keyhaven::seal", seal = seal.seal_type(), recovery_shares = n, recovery_threshold = t, "initialized and unsealed by the seal");
+        Ok(InitResult {
+            shares: Vec::new(),
+            recovery_shares,
+            root_token,
+        })
+    }
+
+    /// Write everything init creates in one raw transaction whose condition is "not
+    /// initialized yet", so a crash or a concurrent init leaves either nothing or a whole
+    /// install. `records` are the seal's own (the sealed root key, ...). With
+    /// `unseal_after`, the server is unsealed with `root_key` right away (auto-unseal).
+    async fn commit_init(
+        &self,
+        config: SealConfig,
+        root_key: &SecretKey,
+        root_id: Option<&str>,
+        records: Vec<(String, Vec<u8>)>,
+        unseal_after: bool,
+    ) -> Result<SecretString, EngineError> {
+        let now = self.clock.unix_seconds();
+        let barrier = Barrier::new_for_init(self.raw.clone(), root_key, Keyring::generate(now)?)?;
         let salt = token::new_salt()?;
         let tokens = TokenStore::with_salt(
             Arc::new(keyhaven_storage::MemStore::new()),
@@ -386,9 +636,6 @@ impl Core {
         let (salt_key, salt_value) = token::salt_entry(&salt);
         let mounts_value = serde_json::to_vec(&Vec::<MountEntry>::new())
             .map_err(|_| EngineError::Encode("the mount table"))?;
-
-        // Everything init writes is one raw transaction whose condition is "not initialized
-        // yet", so a crash or a concurrent init leaves either nothing or a whole install.
         let mut staged = token_entries;
         staged.push((salt_key, salt_value));
         staged.push((mounts::MOUNTS_PATH.to_owned(), mounts_value));
@@ -397,10 +644,9 @@ impl Core {
             let value = barrier.encrypt_entry(&key, &value)?;
             ops.push(Op::Put { key, value });
         }
-        ops.push(Op::Put {
-            key: barrier::ROOT_KEY_PATH.to_owned(),
-            value: barrier::seal_root_key(&unseal_key, &root_key)?,
-        });
+        for (key, value) in records {
+            ops.push(Op::Put { key, value });
+        }
         ops.push(Op::Put {
             key: barrier::KEYRING_PATH.to_owned(),
             value: barrier.sealed_keyring()?,
@@ -421,22 +667,28 @@ impl Core {
             TxOutcome::Committed => {}
             TxOutcome::ConditionFailed { .. } => return Err(EngineError::AlreadyInitialized),
         }
-        *self.state.write() = State::Sealed {
-            config,
-            progress: Vec::new(),
-            nonce: String::new(),
-        };
-        tracing::info!(target: "keyhaven::seal", shares = n, threshold = t, "initialized");
-        Ok(InitResult {
-            shares,
-            root_token: SecretString::from(root_token),
-        })
+        if unseal_after {
+            let inner = self.open(root_key).await?;
+            *self.state.write() = State::Unsealed { config, inner };
+        } else {
+            *self.state.write() = State::Sealed {
+                config,
+                progress: Vec::new(),
+                nonce: String::new(),
+            };
+        }
+        Ok(SecretString::from(root_token))
     }
 
     /// `sys/unseal`: take one share (or reset). Returns the status afterwards.
+    ///
+    /// Under auto-unseal the shares are recovery shares: at the threshold they must
+    /// reconstruct the recovery key, and the seal then decrypts the root key (the shares
+    /// alone cannot). With [`UnsealInput::Migrate`], the shares of the old seal complete
+    /// a pending seal migration.
     pub async fn unseal(&self, input: UnsealInput) -> Result<SealStatus, EngineError> {
         let _op = self.op_lock.lock().await;
-        let key_text = match input {
+        let (key_text, migrate) = match input {
             UnsealInput::Reset => {
                 if let State::Sealed {
                     progress, nonce, ..
@@ -447,7 +699,8 @@ impl Core {
                 }
                 return Ok(self.seal_status());
             }
-            UnsealInput::Key(k) => k,
+            UnsealInput::Key(k) => (k, false),
+            UnsealInput::Migrate(k) => (k, true),
         };
         if !self.is_initialized() {
             return Err(EngineError::NotInitialized);
@@ -457,6 +710,24 @@ impl Core {
         let bytes = decode_share_bytes(secrecy::ExposeSecret::expose_secret(&key_text))?;
         if !self.is_sealed() {
             return Ok(self.seal_status());
+        }
+        let mode = self.mode();
+        match (&mode, migrate) {
+            (Mode::Mismatch(why), _) => {
+                return Err(EngineError::invalid(format!("cannot unseal: {why}")));
+            }
+            (Mode::MigrateToAuto(_) | Mode::MigrateToShamir(_), false) => {
+                return Err(EngineError::invalid(
+                    "a seal migration is pending: unseal with migrate=true and the shares of \
+                     the old seal (unseal keys, or recovery keys when leaving an auto seal)",
+                ));
+            }
+            (Mode::Shamir | Mode::Auto(_), true) => {
+                return Err(EngineError::invalid(
+                    "migrate was given but no seal migration is pending",
+                ));
+            }
+            _ => {}
         }
         let share = parse_share(&bytes)?;
         let (combined, threshold) = {
@@ -489,36 +760,265 @@ impl Core {
                 *nonce = uuid::Uuid::new_v4().to_string();
             }
             progress.push(share);
-            if progress.len() < usize::from(config.secret_threshold) {
+            let (_, threshold) = config.share_counts();
+            if progress.len() < usize::from(threshold) {
                 drop(state);
                 return Ok(self.seal_status());
             }
             let combined = shamir::combine(progress);
             progress.clear();
             nonce.clear();
-            (combined, config.secret_threshold)
+            (combined, threshold)
+        };
+        let what = match &mode {
+            Mode::Shamir | Mode::MigrateToAuto(_) => "unseal key",
+            _ => "recovery key",
         };
         let wrong = || {
             EngineError::invalid(format!(
-                "unseal failed: the {threshold} shares provided do not reconstruct the unseal key; progress was reset"
+                "unseal failed: the {threshold} shares provided do not reconstruct the {what}; progress was reset"
             ))
         };
-        let unseal_key = combined.map_err(|_| wrong())?;
-        let sealed_root = self
-            .raw
-            .get(barrier::ROOT_KEY_PATH)
-            .await?
-            .ok_or_else(|| EngineError::Corrupt("the sealed root key is missing".to_owned()))?;
-        let root_key = barrier::open_root_key(&unseal_key, &sealed_root)?.ok_or_else(wrong)?;
+        let key = combined.map_err(|_| wrong())?;
+        let (root_key, new_config) = match &mode {
+            Mode::Shamir => {
+                let sealed_root = self.sealed_root_record().await?;
+                let root = barrier::open_root_key(&key, &sealed_root)?.ok_or_else(wrong)?;
+                (root, None)
+            }
+            Mode::Auto(seal) => {
+                if !self.recovery_key_matches(&key).await? {
+                    return Err(wrong());
+                }
+                (self.root_from_seal(seal.as_ref()).await?, None)
+            }
+            Mode::MigrateToAuto(seal) => {
+                let (root, config) = self.migrate_to_auto(seal.as_ref(), &key).await?;
+                match root {
+                    Some(root) => (root, Some(config)),
+                    None => return Err(wrong()),
+                }
+            }
+            Mode::MigrateToShamir(seal) => {
+                if !self.recovery_key_matches(&key).await? {
+                    return Err(wrong());
+                }
+                let (root, config) = self.migrate_to_shamir(seal.as_ref(), &key).await?;
+                (root, Some(config))
+            }
+            Mode::Mismatch(_) => return Err(EngineError::Internal("unseal under a seal mismatch")),
+        };
+        drop(key);
         let inner = self.open(&root_key).await?;
         let mut state = self.state.write();
         if let State::Sealed { config, .. } = &*state {
-            let config = config.clone();
+            let config = new_config.unwrap_or_else(|| config.clone());
             *state = State::Unsealed { config, inner };
         }
         drop(state);
         tracing::info!(target: "keyhaven::seal", "unsealed");
         Ok(self.seal_status())
+    }
+
+    async fn sealed_root_record(&self) -> Result<Vec<u8>, EngineError> {
+        self.raw
+            .get(barrier::ROOT_KEY_PATH)
+            .await?
+            .ok_or_else(|| EngineError::Corrupt("the sealed root key is missing".to_owned()))
+    }
+
+    /// Whether `candidate` is the recovery key (opens the stored check value).
+    pub(crate) async fn recovery_key_matches(
+        &self,
+        candidate: &keyhaven_crypto::SecretBytes,
+    ) -> Result<bool, EngineError> {
+        let check = self
+            .raw
+            .get(barrier::RECOVERY_KEY_PATH)
+            .await?
+            .ok_or_else(|| EngineError::Corrupt("the recovery key check is missing".to_owned()))?;
+        barrier::recovery_check_opens(candidate, &check)
+    }
+
+    /// The root key, decrypted by `seal` from the stored blob.
+    async fn root_from_seal(&self, seal: &dyn AutoSeal) -> Result<SecretKey, EngineError> {
+        let record = self.sealed_root_record().await?;
+        let blob = SealedValue::decode(&record)
+            .map_err(|e| EngineError::Corrupt(format!("the sealed root key: {e}")))?;
+        if blob.seal_type != seal.seal_type() {
+            return Err(EngineError::Corrupt(format!(
+                "the root key is sealed by the {:?} seal, not by the configured {:?} seal",
+                blob.seal_type,
+                seal.seal_type()
+            )));
+        }
+        let plain = seal
+            .decrypt(&blob, barrier::ROOT_KEY_PATH.as_bytes())
+            .await
+            .map_err(|e| {
+                EngineError::Unavailable(format!(
+                    "the {} seal cannot decrypt the root key: {e}",
+                    seal.seal_type()
+                ))
+            })?;
+        SecretKey::from_slice(&plain).map_err(|_| {
+            EngineError::Corrupt("the sealed root key has the wrong length".to_owned())
+        })
+    }
+
+    /// Unseal through the configured auto seal. `Ok(false)` when there is nothing to do
+    /// (not initialized, or not configured for auto-unseal); `Ok(true)` once unsealed;
+    /// an error (also kept for [`Core::seal_error`]) says why the seal did not answer.
+    pub async fn auto_unseal(&self) -> Result<bool, EngineError> {
+        let seal = match self.mode() {
+            Mode::Auto(seal) => seal,
+            Mode::Mismatch(why) => {
+                *self.last_seal_error.write() = Some(why.clone());
+                return Err(EngineError::invalid(why));
+            }
+            _ => return Ok(false),
+        };
+        let _op = self.op_lock.lock().await;
+        if !self.is_initialized() {
+            return Ok(false);
+        }
+        if !self.is_sealed() {
+            return Ok(true);
+        }
+        let opened = match self.root_from_seal(seal.as_ref()).await {
+            Ok(root) => self.open(&root).await,
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(inner) => {
+                let mut state = self.state.write();
+                if let State::Sealed { config, .. } = &*state {
+                    let config = config.clone();
+                    *state = State::Unsealed { config, inner };
+                }
+                drop(state);
+                *self.last_seal_error.write() = None;
+                tracing::info!(target: "keyhaven::seal", seal = seal.seal_type(), "unsealed by the seal");
+                Ok(true)
+            }
+            Err(e) => {
+                *self.last_seal_error.write() = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Shamir → auto: the unseal key must open the root key; the root key is then sealed
+    /// by `seal`, the unseal key becomes the recovery key (its shares are the recovery
+    /// shares from now on, and they no longer open the root key), all in one transaction.
+    async fn migrate_to_auto(
+        &self,
+        seal: &dyn AutoSeal,
+        unseal_key: &keyhaven_crypto::SecretBytes,
+    ) -> Result<(Option<SecretKey>, SealConfig), EngineError> {
+        let old = self.sealed_root_record().await?;
+        let config = self.current_config()?;
+        let Some(root) = barrier::open_root_key(unseal_key, &old)? else {
+            return Ok((None, config));
+        };
+        let recovery = SecretKey::from_slice(unseal_key.expose_secret())
+            .map_err(|_| EngineError::Corrupt("the unseal key has the wrong length".to_owned()))?;
+        let sealed_root = seal_with(seal, &root).await?;
+        let new_config = SealConfig {
+            kind: seal.seal_type().to_owned(),
+            secret_shares: 0,
+            secret_threshold: 0,
+            recovery_shares: config.secret_shares,
+            recovery_threshold: config.secret_threshold,
+            ..config
+        };
+        let tx = Transaction {
+            conditions: vec![Condition::Equals {
+                key: barrier::ROOT_KEY_PATH.to_owned(),
+                value: old,
+            }],
+            ops: vec![
+                Op::Put {
+                    key: barrier::ROOT_KEY_PATH.to_owned(),
+                    value: sealed_root,
+                },
+                Op::Put {
+                    key: barrier::RECOVERY_KEY_PATH.to_owned(),
+                    value: barrier::seal_recovery_check(&recovery)?,
+                },
+                Op::Put {
+                    key: barrier::SEAL_CONFIG_PATH.to_owned(),
+                    value: serde_json::to_vec(&new_config)
+                        .map_err(|_| EngineError::Encode("the seal configuration"))?,
+                },
+            ],
+        };
+        self.commit_migration(tx).await?;
+        tracing::info!(target: "keyhaven::seal", to = seal.seal_type(), "seal migrated from shamir: the unseal key shares are now recovery shares");
+        Ok((Some(root), new_config))
+    }
+
+    /// Auto → Shamir: with the recovery key checked, the seal decrypts the root key once
+    /// more; the root key is then sealed under the recovery key, which becomes the unseal
+    /// key (the recovery shares are the unseal shares from now on).
+    async fn migrate_to_shamir(
+        &self,
+        seal: &dyn AutoSeal,
+        recovery_key: &keyhaven_crypto::SecretBytes,
+    ) -> Result<(SecretKey, SealConfig), EngineError> {
+        let old = self.sealed_root_record().await?;
+        let config = self.current_config()?;
+        let root = self.root_from_seal(seal).await?;
+        let unseal_key = SecretKey::from_slice(recovery_key.expose_secret()).map_err(|_| {
+            EngineError::Corrupt("the recovery key has the wrong length".to_owned())
+        })?;
+        let new_config = SealConfig {
+            kind: SHAMIR.to_owned(),
+            secret_shares: config.recovery_shares,
+            secret_threshold: config.recovery_threshold,
+            recovery_shares: 0,
+            recovery_threshold: 0,
+            ..config
+        };
+        let tx = Transaction {
+            conditions: vec![Condition::Equals {
+                key: barrier::ROOT_KEY_PATH.to_owned(),
+                value: old,
+            }],
+            ops: vec![
+                Op::Put {
+                    key: barrier::ROOT_KEY_PATH.to_owned(),
+                    value: barrier::seal_root_key(&unseal_key, &root)?,
+                },
+                Op::Delete {
+                    key: barrier::RECOVERY_KEY_PATH.to_owned(),
+                },
+                Op::Put {
+                    key: barrier::SEAL_CONFIG_PATH.to_owned(),
+                    value: serde_json::to_vec(&new_config)
+                        .map_err(|_| EngineError::Encode("the seal configuration"))?,
+                },
+            ],
+        };
+        self.commit_migration(tx).await?;
+        tracing::info!(target: "keyhaven::seal", from = seal.seal_type(), "seal migrated to shamir: the recovery shares are now unseal key shares");
+        Ok((root, new_config))
+    }
+
+    async fn commit_migration(&self, tx: Transaction) -> Result<(), EngineError> {
+        match self.raw.transact(tx).await? {
+            TxOutcome::Committed => Ok(()),
+            TxOutcome::ConditionFailed { .. } => Err(EngineError::invalid(
+                "the sealed root key changed meanwhile (another server migrated?); nothing was written",
+            )),
+        }
+    }
+
+    fn current_config(&self) -> Result<SealConfig, EngineError> {
+        match &*self.state.read() {
+            State::Uninitialized => Err(EngineError::NotInitialized),
+            State::Sealed { config, .. } | State::Unsealed { config, .. } => Ok(config.clone()),
+        }
     }
 
     /// Build the unsealed state from the root key: keyring, token store, policies, mounts.

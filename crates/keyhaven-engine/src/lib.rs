@@ -39,6 +39,7 @@ mod cubbyhole;
 mod host_info;
 mod mounts;
 mod recovery;
+pub mod seal;
 mod sys;
 mod sys_mounts;
 pub mod sys_tools;
@@ -46,7 +47,9 @@ mod token;
 mod wrapping;
 
 pub use crate::barrier::KeyStatus;
-pub use crate::core::{Core, CoreOptions, InitParams, InitResult, SealStatus, UnsealInput};
+pub use crate::core::{
+    Core, CoreOptions, InitParams, InitResult, RecoveryParams, SealStatus, UnsealInput,
+};
 pub use crate::token::TokenEntry;
 
 /// The Vault-compatible API version keyhaven implements: the OpenBao release whose

@@ -81,6 +81,9 @@ struct Rekey {
 
 struct PendingRekey {
     unseal_key: SecretKey,
+    /// The record the rekey replaces: the sealed root key (Shamir) or the recovery key
+    /// check (auto-unseal).
+    record_path: &'static str,
     /// The root key sealed under the new unseal key, to be written on verification.
     sealed_root: Vec<u8>,
     /// The root-key record the new one replaces (the commit's condition).
@@ -354,20 +357,45 @@ impl Core {
             )
         };
         let (combined, nonce, n, t, verify) = combined;
+        let what = if self.is_auto_sealed() {
+            "recovery key"
+        } else {
+            "unseal key"
+        };
         let wrong = || {
             EngineError::invalid(format!(
-                "the {required} shares provided do not reconstruct the unseal key; progress was reset"
+                "the {required} shares provided do not reconstruct the {what}; progress was reset"
             ))
         };
         let unseal_key = combined.map_err(|_| wrong())?;
-        let (root_key, previous) = self.open_root_with(&unseal_key).await?.ok_or_else(wrong)?;
-        drop(unseal_key);
         let new_key =
             SecretKey::generate().map_err(|_| EngineError::Crypto(CryptoOp::KeyGeneration))?;
         let new_shares = shamir::split(new_key.expose_secret(), t, n)
             .map_err(|e| EngineError::invalid(format!("cannot split the new unseal key: {e}")))?;
-        let sealed_root = barrier::seal_root_key(&new_key, &root_key)?;
-        drop(root_key);
+        // Under auto-unseal the shares are recovery shares: a rekey replaces the recovery
+        // key (its check value); the root key stays sealed by the seal.
+        let (record_path, previous, sealed_root) = if self.is_auto_sealed() {
+            if !self.recovery_key_matches(&unseal_key).await? {
+                return Err(wrong());
+            }
+            let previous = self
+                .raw_store()
+                .get(barrier::RECOVERY_KEY_PATH)
+                .await?
+                .ok_or_else(|| {
+                    EngineError::Corrupt("the recovery key check is missing".to_owned())
+                })?;
+            (
+                barrier::RECOVERY_KEY_PATH,
+                previous,
+                barrier::seal_recovery_check(&new_key)?,
+            )
+        } else {
+            let (root_key, previous) = self.open_root_with(&unseal_key).await?.ok_or_else(wrong)?;
+            let sealed = barrier::seal_root_key(&new_key, &root_key)?;
+            (barrier::ROOT_KEY_PATH, previous, sealed)
+        };
+        drop(unseal_key);
         let (keys, keys_b64) = share_lists(&new_shares);
         drop(new_shares);
         let mut out = Map::new();
@@ -388,6 +416,7 @@ impl Core {
                 .ok_or_else(|| EngineError::invalid(format!("the {noun} was cancelled")))?;
             rekey.pending = Some(PendingRekey {
                 unseal_key: new_key,
+                record_path,
                 sealed_root,
                 previous,
                 nonce: verification_nonce.clone(),
@@ -404,7 +433,8 @@ impl Core {
             }
             attempts.rekey = None;
         }
-        self.commit_rekey(previous, sealed_root, n, t).await?;
+        self.commit_rekey(record_path, previous, sealed_root, n, t)
+            .await?;
         Ok(out)
     }
 
@@ -412,6 +442,7 @@ impl Core {
     /// condition that the record is still the one the old shares opened.
     async fn commit_rekey(
         &self,
+        record_path: &str,
         previous: Vec<u8>,
         sealed_root: Vec<u8>,
         n: u8,
@@ -422,12 +453,12 @@ impl Core {
         let config = self.rekeyed_seal_config(n, t)?;
         let tx = Transaction {
             conditions: vec![Condition::Equals {
-                key: barrier::ROOT_KEY_PATH.to_owned(),
+                key: record_path.to_owned(),
                 value: previous,
             }],
             ops: vec![
                 Op::Put {
-                    key: barrier::ROOT_KEY_PATH.to_owned(),
+                    key: record_path.to_owned(),
                     value: sealed_root,
                 },
                 Op::Put {
@@ -514,7 +545,7 @@ impl Core {
         self.unsealed()?;
         let share = share_from(data)?;
         let nonce = nonce_from(data, flavor)?;
-        let (previous, sealed_root, n, t) = {
+        let (record_path, previous, sealed_root, n, t) = {
             let mut attempts = self.recovery.lock();
             let Some(rekey) = attempts.rekey.as_mut() else {
                 return Err(EngineError::invalid(match flavor {
@@ -558,9 +589,16 @@ impl Core {
                 return Err(EngineError::Internal("verification state vanished"));
             };
             attempts.rekey = None;
-            (pending.previous, pending.sealed_root, n, t)
+            (
+                pending.record_path,
+                pending.previous,
+                pending.sealed_root,
+                n,
+                t,
+            )
         };
-        self.commit_rekey(previous, sealed_root, n, t).await?;
+        self.commit_rekey(record_path, previous, sealed_root, n, t)
+            .await?;
         let mut out = Map::new();
         out.insert("complete".to_owned(), json!(true));
         out.insert("nonce".to_owned(), json!(nonce));
@@ -669,13 +707,24 @@ impl Core {
             root.progress.clear();
             (combined, root.otp.clone(), root.nonce.clone())
         };
+        let what = if self.is_auto_sealed() {
+            "recovery key"
+        } else {
+            "unseal key"
+        };
         let wrong = || {
             EngineError::invalid(format!(
-                "the {required} shares provided do not reconstruct the unseal key; progress was reset"
+                "the {required} shares provided do not reconstruct the {what}; progress was reset"
             ))
         };
         let unseal_key = combined.map_err(|_| wrong())?;
-        self.open_root_with(&unseal_key).await?.ok_or_else(wrong)?;
+        if self.is_auto_sealed() {
+            if !self.recovery_key_matches(&unseal_key).await? {
+                return Err(wrong());
+            }
+        } else {
+            self.open_root_with(&unseal_key).await?.ok_or_else(wrong)?;
+        }
         drop(unseal_key);
         {
             let mut attempts = self.recovery.lock();

@@ -6,6 +6,7 @@
     clippy::indexing_slicing
 )]
 mod approle;
+mod auto_seal;
 mod compat;
 mod core;
 mod kubernetes;

@@ -72,6 +72,11 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     telemetry: RawTelemetry,
+    #[serde(default)]
+    seal: Option<crate::seal_config::RawSeal>,
+    /// Do not lock the process's memory against swapping (OpenBao's top-level key).
+    #[serde(default)]
+    disable_mlock: bool,
 }
 
 /// The `[telemetry]` table: who may read `sys/metrics`.
@@ -520,6 +525,11 @@ pub struct Config {
     /// Answer the token-less `sys/generate-root/*`
     /// (`listener.disable_unauthed_generate_root_endpoints = false`); off by default.
     pub unauthenticated_generate_root: bool,
+    /// How the root key is sealed (`[seal]`); Shamir shares by default.
+    pub seal: crate::seal_config::SealSettings,
+    /// `disable_mlock = true`: do not lock memory against swapping. Off by default for a
+    /// config file; dev mode does not lock (as OpenBao's).
+    pub disable_mlock: bool,
 }
 
 impl Config {
@@ -616,7 +626,10 @@ impl Config {
         };
         let audit = audit_devices(raw.audit)?;
         let limits = limits(raw.limits)?;
+        let seal = crate::seal_config::seal_settings(raw.seal)?;
         Ok(Config {
+            seal,
+            disable_mlock: raw.disable_mlock,
             storage,
             address,
             tls,
@@ -652,6 +665,8 @@ impl Config {
             },
             unauthenticated_rekey: false,
             unauthenticated_generate_root: false,
+            seal: crate::seal_config::SealSettings::default(),
+            disable_mlock: true,
         }
     }
 }

@@ -15,8 +15,8 @@ use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{any, get};
 use keyhaven_engine::{
-    ClientToken, Core, EngineError, InitParams, LeaseDuration, Operation, Request, Response,
-    SealStatus, UnsealInput, WrapRequest,
+    ClientToken, Core, EngineError, InitParams, LeaseDuration, Operation, RecoveryParams, Request,
+    Response, SealStatus, UnsealInput, WrapRequest,
 };
 use keyhaven_types::ErrorCode;
 use keyhaven_types::wire::Health;
@@ -856,36 +856,84 @@ async fn init(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
             );
         }
     }
-    let params = (|| -> Result<InitParams, EngineError> {
-        Ok(InitParams {
-            secret_shares: u8_param(&data, "secret_shares")?
-                .ok_or_else(|| EngineError::invalid("missing parameter \"secret_shares\""))?,
-            secret_threshold: u8_param(&data, "secret_threshold")?
-                .ok_or_else(|| EngineError::invalid("missing parameter \"secret_threshold\""))?,
-        })
-    })();
-    let params = match params {
-        Ok(p) => p,
-        Err(e) => return error_response(&e, &request_id),
+    // As OpenBao: each seal takes its own family of parameters and refuses the other.
+    let seal_type = state.core.init_seal_type();
+    let auto = seal_type != "shamir";
+    // Clients send the other family's fields as zeros (the bao CLI does): only a value
+    // is refused.
+    let given = |k: &str| {
+        data.get(k)
+            .is_some_and(|v| !v.is_null() && v != &json!(0) && v != &json!(""))
     };
-    match state.core.init(params).await {
+    let wrong_family: Vec<&str> = if auto {
+        ["secret_shares", "secret_threshold"]
+    } else {
+        ["recovery_shares", "recovery_threshold"]
+    }
+    .into_iter()
+    .filter(|k| given(k))
+    .collect();
+    if !wrong_family.is_empty() {
+        return plain_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "parameters {} not applicable to seal type {seal_type}",
+                wrong_family.join(",")
+            ),
+            &request_id,
+        );
+    }
+    let result = if auto {
+        let params = (|| -> Result<RecoveryParams, EngineError> {
+            Ok(RecoveryParams {
+                recovery_shares: u8_param(&data, "recovery_shares")?
+                    .ok_or_else(|| EngineError::invalid("missing parameter \"recovery_shares\""))?,
+                recovery_threshold: u8_param(&data, "recovery_threshold")?.ok_or_else(|| {
+                    EngineError::invalid("missing parameter \"recovery_threshold\"")
+                })?,
+            })
+        })();
+        match params {
+            Ok(p) => state.core.init_auto(p).await,
+            Err(e) => return error_response(&e, &request_id),
+        }
+    } else {
+        let params = (|| -> Result<InitParams, EngineError> {
+            Ok(InitParams {
+                secret_shares: u8_param(&data, "secret_shares")?
+                    .ok_or_else(|| EngineError::invalid("missing parameter \"secret_shares\""))?,
+                secret_threshold: u8_param(&data, "secret_threshold")?.ok_or_else(|| {
+                    EngineError::invalid("missing parameter \"secret_threshold\"")
+                })?,
+            })
+        })();
+        match params {
+            Ok(p) => state.core.init(p).await,
+            Err(e) => return error_response(&e, &request_id),
+        }
+    };
+    match result {
         Ok(result) => {
             use base64::Engine as _;
-            let hex_keys: Vec<String> = result
-                .shares
-                .iter()
-                .map(|s| hex::encode(s.as_bytes()))
-                .collect();
-            let b64_keys: Vec<String> = result
-                .shares
-                .iter()
-                .map(|s| base64::engine::general_purpose::STANDARD.encode(s.as_bytes()))
-                .collect();
-            let body = json!({
+            let lists = |shares: &[keyhaven_crypto::shamir::Share]| {
+                let hex: Vec<String> = shares.iter().map(|s| hex::encode(s.as_bytes())).collect();
+                let b64: Vec<String> = shares
+                    .iter()
+                    .map(|s| base64::engine::general_purpose::STANDARD.encode(s.as_bytes()))
+                    .collect();
+                (hex, b64)
+            };
+            let (hex_keys, b64_keys) = lists(&result.shares);
+            let mut body = json!({
                 "keys": hex_keys,
                 "keys_base64": b64_keys,
                 "root_token": result.root_token.expose_secret(),
             });
+            if auto && let Some(map) = body.as_object_mut() {
+                let (hex_rec, b64_rec) = lists(&result.recovery_shares);
+                map.insert("recovery_keys".into(), json!(hex_rec));
+                map.insert("recovery_keys_base64".into(), json!(b64_rec));
+            }
             json_response(StatusCode::OK, &body, &request_id)
         }
         Err(e) => error_response(&e, &request_id),
@@ -914,12 +962,19 @@ async fn unseal(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
         Ok(d) => d,
         Err(resp) => return resp,
     };
+    let migrate = match keyhaven_engine::params::boolean(&data, "migrate") {
+        Ok(m) => m.unwrap_or(false),
+        Err(e) => return error_response(&e, &request_id),
+    };
     let input = match (
         keyhaven_engine::params::boolean(&data, "reset"),
         keyhaven_engine::params::string(&data, "key"),
     ) {
         (Err(e), _) | (_, Err(e)) => return error_response(&e, &request_id),
         (Ok(Some(true)), _) => UnsealInput::Reset,
+        (_, Ok(Some(k))) if !k.is_empty() && migrate => {
+            UnsealInput::Migrate(SecretString::from(k.to_owned()))
+        }
         (_, Ok(Some(k))) if !k.is_empty() => UnsealInput::Key(SecretString::from(k.to_owned())),
         _ => {
             return plain_error(
@@ -929,13 +984,6 @@ async fn unseal(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
             );
         }
     };
-    if data.get("migrate").is_some_and(|v| v == &json!(true)) {
-        return plain_error(
-            StatusCode::BAD_REQUEST,
-            "seal migration is not supported",
-            &request_id,
-        );
-    }
     match state.core.unseal(input).await {
         Ok(s) => json_response(
             StatusCode::OK,

@@ -13,6 +13,8 @@ pub mod http;
 pub mod json_limits;
 mod listener;
 pub mod outbound;
+pub mod seal;
+pub mod seal_config;
 mod tls;
 
 use std::net::SocketAddr;
@@ -27,6 +29,7 @@ use tokio::net::TcpListener;
 pub use config::{
     Config, ConfigError, ListenerLimits, LogFormat, StorageConfig, TelemetryConfig, TlsConfig,
 };
+pub use seal_config::{SealKind, SealSettings};
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.
 #[doc(hidden)]
@@ -107,6 +110,8 @@ pub struct Server {
     core: Arc<Core>,
     /// Closed (close record written) after the last request.
     audit_files: Vec<Arc<audit_file::FileDevice>>,
+    /// Background work of the seal (token renewal), stopped at shutdown.
+    seal_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -141,6 +146,9 @@ impl Server {
         });
         listener::serve(self.listener, self.tls, self.router, self.limits, shutdown).await;
         maintenance.abort();
+        for task in &self.seal_tasks {
+            task.abort();
+        }
         for device in &self.audit_files {
             device.close().await;
         }
@@ -262,6 +270,11 @@ pub async fn build(
         TlsConfig::Disabled => "http",
         TlsConfig::Files { .. } => "https",
     };
+    let (seal, seal_tasks) = if dev.is_some() {
+        (keyhaven_engine::seal::SealSetup::Shamir, Vec::new())
+    } else {
+        seal::setup(&config.seal)
+    };
     let core = Core::with_options(
         storage,
         clock,
@@ -273,10 +286,20 @@ pub async fn build(
             unauthenticated_rekey: config.unauthenticated_rekey,
             unauthenticated_generate_root: config.unauthenticated_generate_root,
             api_address: format!("{scheme}://{local_addr}"),
+            seal,
         },
     )
     .await
     .map_err(ServerError::Engine)?;
+    if core.is_initialized() {
+        let status = core.seal_status();
+        if status.migration {
+            tracing::warn!(target: "keyhaven::seal", from = %status.kind, to = config.seal.type_name(), "a seal migration is pending: unseal with migrate=true and the shares of the old seal");
+        }
+        // Auto-unseal in the background (the listener answers, sealed, meanwhile); the
+        // loop ends at once when there is nothing to do.
+        tokio::spawn(seal::auto_unseal_loop(core.clone()));
+    }
     let creds = match &dev {
         Some(opts) => {
             use secrecy::ExposeSecret;
@@ -331,6 +354,7 @@ pub async fn build(
             local_addr,
             core,
             audit_files,
+            seal_tasks,
         },
         creds,
     ))

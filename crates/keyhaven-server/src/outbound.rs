@@ -164,6 +164,34 @@ impl HttpOutbound {
     }
 }
 
+/// A client for the transit seal: bounded like the others, trusting `ca_pem` (a PEM
+/// bundle) instead of the system roots when given. Plain `http://` is allowed, as the
+/// seal's address is the operator's choice (the server warns about it at start).
+pub(crate) fn seal_client(ca_pem: Option<&str>) -> Result<reqwest::Client, String> {
+    let builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("keyhaven/", env!("CARGO_PKG_VERSION")));
+    let builder = match ca_pem {
+        None => builder,
+        Some(pem) => {
+            let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| "the CA certificate is not valid PEM".to_owned())?;
+            if certs.is_empty() {
+                return Err("the CA bundle holds no certificate".to_owned());
+            }
+            let tls = bundle_tls_config(certs).map_err(|e| format!("unusable CA bundle: {e}"))?;
+            builder.tls_backend_preconfigured(tls)
+        }
+    };
+    builder
+        .build()
+        .map_err(|_| "cannot build the HTTPS client".to_owned())
+}
+
 /// The TLS client configuration for a per-call CA bundle: [`BundleVerifier`] over it,
 /// TLS 1.2 and 1.3, HTTP/2 or HTTP/1.1.
 fn bundle_tls_config(

@@ -49,9 +49,12 @@ pub struct SealStatus {
     /// Shares entered so far in the current attempt.
     #[serde(default)]
     pub progress: u8,
-    /// Whether the seal uses recovery keys (never, for keyhaven).
+    /// Whether the seal uses recovery keys (auto-unseal).
     #[serde(default)]
     pub recovery_seal: bool,
+    /// The type of the recovery seal (`shamir`) under auto-unseal; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_seal_type: Option<String>,
     /// Whether the server is sealed.
     pub sealed: bool,
     /// Storage backend type (`sqlite`, `inmem`, …). `None` when the one reporting does
@@ -410,6 +413,7 @@ mod tests {
             nonce: "nonce".into(),
             progress: 2,
             recovery_seal: false,
+            recovery_seal_type: None,
             sealed: true,
             storage_type: Some("sqlite".into()),
             t: 3,

@@ -132,6 +132,14 @@ impl TestServer {
         server
     }
 
+    /// A server started by `command` (which must run `keyhaven server --config …` with
+    /// JSON logs, possibly through a wrapper that `exec`s it).
+    pub fn with_command(command: Command) -> TestServer {
+        let mut server = Self::spawn_command(command);
+        server.wait_listening();
+        server
+    }
+
     fn spawn(args: &[&str]) -> TestServer {
         let mut command = Command::new(keyhaven_bin());
         command.args(args);
