@@ -165,11 +165,17 @@ impl PasswordPolicy {
                 keyhaven_crypto::fill_random(&mut random)
                     .map_err(|_| EngineError::Crypto(CryptoOp::Random))?;
                 for chunk in random.chunks_exact(4) {
-                    let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                    let Ok(bytes) = <[u8; 4]>::try_from(chunk) else {
+                        continue;
+                    };
+                    let v = u32::from_le_bytes(bytes);
                     if v >= zone {
                         continue;
                     }
-                    candidate.push(self.charset[(v % n) as usize]);
+                    let Some(c) = self.charset.get((v % n) as usize) else {
+                        continue;
+                    };
+                    candidate.push(*c);
                     if candidate.len() == self.length {
                         break;
                     }
