@@ -8,7 +8,8 @@
 //! they verify, and a later failure exits with code 3 and says how much was written.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, IsTerminal as _, Read, Write};
+use std::io::{BufReader, BufWriter, IoSlice, IsTerminal as _, Read, Write};
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -271,9 +272,24 @@ fn parse_context(pairs: &[String]) -> Result<EncryptionContext, Fail> {
     Ok(ctx)
 }
 
+/// A handle on file descriptor 0 or 1 of its own, so that large reads and writes go
+/// straight to the kernel instead of through std's stdin buffer or stdout line buffer.
+fn std_stream(fd: std::os::fd::BorrowedFd<'_>, what: &str) -> Result<File, Fail> {
+    fd.try_clone_to_owned()
+        .map(File::from)
+        .map_err(|e| local(format!("cannot use {what}: {e}")))
+}
+
+fn stdout_file() -> Result<File, Fail> {
+    std_stream(std::io::stdout().as_fd(), "stdout")
+}
+
 fn open_input(input: Option<&Path>) -> Result<(Box<dyn Read + Send>, Option<u64>), Fail> {
     match input.filter(|p| p.as_os_str() != "-") {
-        None => Ok((Box::new(std::io::stdin()), None)),
+        None => Ok((
+            Box::new(std_stream(std::io::stdin().as_fd(), "stdin")?),
+            None,
+        )),
         Some(p) => {
             let f =
                 File::open(p).map_err(|e| local(format!("cannot open {}: {e}", p.display())))?;
@@ -281,6 +297,20 @@ fn open_input(input: Option<&Path>) -> Result<(Box<dyn Read + Send>, Option<u64>
             Ok((Box::new(f), len))
         }
     }
+}
+
+/// Whether reading `len` bytes shows a progress bar (large inputs, stderr a terminal).
+fn shows_progress(len: Option<u64>) -> bool {
+    matches!(len, Some(len) if len >= PROGRESS_MIN) && std::io::stderr().is_terminal()
+}
+
+/// IN as a regular file, when it is one and no progress bar is shown: the encryptor and
+/// decryptor then read it with positional reads from all their threads.
+fn positional_input(input: Option<&Path>) -> Option<File> {
+    let path = input.filter(|p| p.as_os_str() != "-")?;
+    let file = File::open(path).ok()?;
+    let meta = file.metadata().ok().filter(std::fs::Metadata::is_file)?;
+    (!shows_progress(Some(meta.len()))).then_some(file)
 }
 
 /// Counts bytes read into a progress bar.
@@ -299,7 +329,7 @@ impl<R: Read> Read for Progress<R> {
 
 fn with_progress(reader: Box<dyn Read + Send>, len: Option<u64>) -> Box<dyn Read + Send> {
     match len {
-        Some(len) if len >= PROGRESS_MIN && std::io::stderr().is_terminal() => {
+        Some(len) if shows_progress(Some(len)) => {
             let bar = indicatif::ProgressBar::new(len);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -420,6 +450,25 @@ impl<W: Write> Write for HoldBack<W> {
         Ok(buf.len())
     }
 
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        if !self.streaming {
+            let len: usize = bufs.iter().map(|b| b.len()).sum();
+            if self.held.len() + len <= HOLD_BACK {
+                for b in bufs {
+                    self.held.extend_from_slice(b);
+                }
+                return Ok(len);
+            }
+            self.streaming = true;
+            self.inner.write_all(&self.held)?;
+            self.written += self.held.len() as u64;
+            self.held = Vec::new();
+        }
+        let n = self.inner.write_vectored(bufs)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         if self.streaming {
             self.inner.flush()?;
@@ -451,19 +500,30 @@ async fn encrypt(client: &ClientArgs, a: EncryptArgs) -> Result<(), Fail> {
         .map(|k| k as &dyn KekProvider)
         .chain(locals.iter().map(|k| k as &dyn KekProvider))
         .collect();
-    let (input, len) = open_input(a.io.input.as_deref())?;
+    let file = positional_input(a.io.input.as_deref());
+    let (input, len) = match file {
+        Some(_) => (None, None),
+        None => {
+            let (input, len) = open_input(a.io.input.as_deref())?;
+            (Some(input), len)
+        }
+    };
     let enc = Encryptor::new(&keks, context, opts).await?;
-    let input = with_progress(input, len);
-    let input = BufReader::with_capacity(1 << 20, input);
+    // No BufReader or BufWriter: the encryptor reads about 1 MiB at a time straight into
+    // the buffer it seals in place, and writes each batch of frames with one vectored call.
+    let run = |out: &mut dyn Write| match (&file, input) {
+        (Some(f), _) => enc.encrypt_file(f, out),
+        (None, Some(input)) => enc.encrypt(with_progress(input, len), out),
+        (None, None) => Err(EnvelopeError::InvalidArgument("no input".into())),
+    };
     match &a.io.output {
         Some(out) => {
             let mut staged = Staged::create(out)?;
-            enc.encrypt(input, staged.writer()?)?;
+            run(staged.writer()?)?;
             staged.commit()
         }
         None => {
-            let stdout = std::io::stdout();
-            enc.encrypt(input, BufWriter::with_capacity(1 << 20, stdout.lock()))?;
+            run(&mut stdout_file()?)?;
             Ok(())
         }
     }
@@ -489,24 +549,42 @@ async fn open(
 
 async fn decrypt(client: &ClientArgs, a: DecryptArgs) -> Result<(), Fail> {
     let opts = options(a.io.threads)?;
+    if let Some(file) = positional_input(a.io.input.as_deref()) {
+        let dec = open(
+            client,
+            &a.local_keys,
+            &mut BufReader::with_capacity(64 << 10, &file),
+            opts,
+        )
+        .await?;
+        return write_plaintext(a.io.output.as_deref(), |out| dec.decrypt_file(&file, out));
+    }
     let (input, len) = open_input(a.io.input.as_deref())?;
     let mut input = BufReader::with_capacity(1 << 20, with_progress(input, len));
     let dec = open(client, &a.local_keys, &mut input, opts).await?;
-    match &a.io.output {
+    write_plaintext(a.io.output.as_deref(), |out| dec.decrypt(input, out))
+}
+
+/// Runs `decrypt` into OUT (through a temporary file) or into stdout (held back up to
+/// [`HOLD_BACK`]).
+fn write_plaintext(
+    output: Option<&Path>,
+    decrypt: impl FnOnce(&mut dyn Write) -> Result<u64, EnvelopeError>,
+) -> Result<(), Fail> {
+    match output {
         Some(out) => {
             let mut staged = Staged::create(out)?;
-            dec.decrypt(input, staged.writer()?)?;
+            decrypt(staged.writer()?)?;
             staged.commit()
         }
         None => {
-            let stdout = std::io::stdout();
             let mut held = HoldBack {
-                inner: BufWriter::with_capacity(1 << 20, stdout.lock()),
+                inner: stdout_file()?,
                 held: Vec::new(),
                 streaming: false,
                 written: 0,
             };
-            match dec.decrypt(input, &mut held) {
+            match decrypt(&mut held) {
                 Ok(_) => held
                     .finish()
                     .map_err(|e| local(format!("cannot write to stdout: {e}"))),
