@@ -3,7 +3,8 @@
 //!
 //! Output goes to `-o OUT` through a temporary file next to OUT, renamed into place only
 //! after the whole message verified (decrypt) or was written (encrypt, rewrap); on failure
-//! the temporary file is removed and OUT is untouched. On stdout, `decrypt` holds back up
+//! the temporary file is removed and OUT is untouched. An OUT that exists and is not a
+//! regular file (a device such as /dev/null, a FIFO) is written in place, like stdout. On stdout, `decrypt` holds back up
 //! to 64 MiB of plaintext until the final frame verified; beyond that it streams frames as
 //! they verify, and a later failure exits with code 3 and says how much was written.
 
@@ -31,9 +32,10 @@ Exit codes:
   4  not authorized: the server refused the token
   5  the server could not be reached
 
-Nothing is written to -o OUT unless the whole message verified. On stdout, decrypt holds
-back up to 64 MiB; a larger message streams verified frames and, if a later frame fails,
-exits 3 after some verified plaintext was written: check the exit code.";
+Nothing is written to -o OUT unless the whole message verified. On stdout (or an OUT that
+is a device or FIFO), decrypt holds back up to 64 MiB; a larger message streams verified
+frames and, if a later frame fails, exits 3 after some verified plaintext was written:
+check the exit code.";
 
 /// Stdout hold-back of `decrypt`.
 const HOLD_BACK: usize = 64 << 20;
@@ -516,16 +518,36 @@ async fn encrypt(client: &ClientArgs, a: EncryptArgs) -> Result<(), Fail> {
         (None, Some(input)) => enc.encrypt(with_progress(input, len), out),
         (None, None) => Err(EnvelopeError::InvalidArgument("no input".into())),
     };
-    match &a.io.output {
-        Some(out) => {
-            let mut staged = Staged::create(out)?;
-            run(staged.writer()?)?;
-            staged.commit()
-        }
+    match a.io.output.as_deref() {
+        Some(out) => match special_output(out)? {
+            Some(mut device) => {
+                run(&mut device)?;
+                Ok(())
+            }
+            None => {
+                let mut staged = Staged::create(out)?;
+                run(staged.writer()?)?;
+                staged.commit()
+            }
+        },
         None => {
             run(&mut stdout_file()?)?;
             Ok(())
         }
+    }
+}
+
+/// OUT opened for writing in place when it exists and is not a regular file (a device
+/// such as /dev/null, a FIFO): such a target cannot be replaced by a renamed temporary
+/// file, so it is written like stdout.
+fn special_output(out: &Path) -> Result<Option<File>, Fail> {
+    match std::fs::metadata(out) {
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => std::fs::OpenOptions::new()
+            .write(true)
+            .open(out)
+            .map(Some)
+            .map_err(|e| local(format!("cannot open {}: {e}", out.display()))),
+        _ => Ok(None),
     }
 }
 
@@ -565,22 +587,32 @@ async fn decrypt(client: &ClientArgs, a: DecryptArgs) -> Result<(), Fail> {
     write_plaintext(a.io.output.as_deref(), |out| dec.decrypt(input, out))
 }
 
-/// Runs `decrypt` into OUT (through a temporary file) or into stdout (held back up to
-/// [`HOLD_BACK`]).
+/// Runs `decrypt` into OUT (through a temporary file) or into stdout or a device or FIFO
+/// named by OUT (held back up to [`HOLD_BACK`]).
 fn write_plaintext(
     output: Option<&Path>,
     decrypt: impl FnOnce(&mut dyn Write) -> Result<u64, EnvelopeError>,
 ) -> Result<(), Fail> {
-    match output {
-        Some(out) => {
+    let device = match output {
+        Some(out) => special_output(out)?,
+        None => None,
+    };
+    match (output, device) {
+        (Some(out), None) => {
             let mut staged = Staged::create(out)?;
             decrypt(staged.writer()?)?;
             staged.commit()
         }
-        None => {
+        (_, device) => {
+            let inner = match device {
+                Some(device) => device,
+                None => stdout_file()?,
+            };
             let mut held = HoldBack {
-                inner: stdout_file()?,
-                held: Vec::new(),
+                inner,
+                // Reserved once: growing by doubling would copy and fault in twice as
+                // many pages.
+                held: Vec::with_capacity(HOLD_BACK),
                 streaming: false,
                 written: 0,
             };
@@ -632,12 +664,15 @@ async fn rewrap(client: &ClientArgs, a: RewrapArgs) -> Result<(), Fail> {
             .and_then(|()| out.flush())
             .map_err(|e| local(format!("cannot write the output: {e}")))
     };
-    match &a.io.output {
-        Some(out) => {
-            let mut staged = Staged::create(out)?;
-            copy(staged.writer()?, &mut input)?;
-            staged.commit()
-        }
+    match a.io.output.as_deref() {
+        Some(out) => match special_output(out)? {
+            Some(mut device) => copy(&mut device, &mut input),
+            None => {
+                let mut staged = Staged::create(out)?;
+                copy(staged.writer()?, &mut input)?;
+                staged.commit()
+            }
+        },
         None => {
             let stdout = std::io::stdout();
             copy(&mut BufWriter::new(stdout.lock()), &mut input)
