@@ -13,8 +13,13 @@ use serde::Deserialize;
 use crate::Error;
 use crate::validate::Validator;
 
-/// The built-in rules, embedded at compile time.
-pub const DEFAULT_RULES: &str = include_str!("../rules/default.toml");
+/// The built-in rules, embedded at compile time: the core formats and generic detectors
+/// (`default.toml`), then credential formats of hosted services by family (`services.toml`).
+pub const DEFAULT_RULES: &str = concat!(
+    include_str!("../rules/default.toml"),
+    "\n",
+    include_str!("../rules/services.toml")
+);
 
 /// Largest window a rule may ask for on either side of a keyword hit, in bytes. The
 /// streaming reader keeps at least twice this much overlap between chunks.
@@ -308,11 +313,20 @@ impl Rule {
     }
 }
 
-fn build_regex(rule: &str, pattern: &str) -> Result<Regex, Error> {
-    regex::bytes::RegexBuilder::new(pattern)
-        .size_limit(16 * 1024 * 1024)
-        .dfa_size_limit(16 * 1024 * 1024)
-        .build()
+/// Compile a rule regex in ASCII mode (`\b`, `\w`, `\s` and `(?i)` on ASCII only, as in
+/// gitleaks' Go RE2), which keeps the lazy DFA usable on non-ASCII input: a Unicode word
+/// boundary makes it give up and fall back to a slower engine. Patterns that need Unicode
+/// (`\p{…}` classes) are compiled with it.
+pub(crate) fn build_regex(rule: &str, pattern: &str) -> Result<Regex, Error> {
+    let build = |unicode: bool| {
+        regex::bytes::RegexBuilder::new(pattern)
+            .unicode(unicode)
+            .size_limit(16 * 1024 * 1024)
+            .dfa_size_limit(16 * 1024 * 1024)
+            .build()
+    };
+    build(false)
+        .or_else(|_| build(true))
         .map_err(|source| Error::RuleRegex {
             rule: rule.to_owned(),
             source: Box::new(source),
@@ -463,7 +477,7 @@ mod tests {
     #[test]
     fn builtin_rules_compile() {
         let set = RuleSet::builtin().unwrap();
-        assert!(set.rules.len() >= 30);
+        assert!(set.rules.len() >= 200, "{} rules", set.rules.len());
         assert!(set.always.is_empty(), "every built-in rule has keywords");
         for r in &set.rules {
             assert!(!r.spec.examples.is_empty(), "{} has no examples", r.spec.id);
