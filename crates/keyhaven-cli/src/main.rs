@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod admission_cmd;
 mod args;
 mod audit_cmd;
 mod csi_provider_cmd;
@@ -92,6 +93,9 @@ enum Command {
     /// Encrypt and decrypt files and streams offline with data keys wrapped by transit
     /// keys (exit codes: 3 corrupt, 4 not authorized, 5 server unreachable).
     Envelope(envelope_cmd::EnvelopeArgs),
+    /// The validating admission webhook (`serve`) and its offline decision on a file
+    /// (`review`: exit 0 allowed, 1 denied, 2 error).
+    Admission(admission_cmd::AdmissionArgs),
 }
 
 fn main() -> ExitCode {
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         Command::KmsPlugin(args) => return kms_plugin_cmd::run(args),
         Command::CsiProvider(args) => csi_provider_cmd::run(args),
         Command::Envelope(args) => return envelope_cmd::run(args),
+        Command::Admission(args) => return admission_cmd::run(args),
     };
     exit_code(result)
 }
@@ -172,7 +177,12 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     let clap_code = u8::try_from(e.exit_code()).unwrap_or(1);
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::from(clap_code),
-        _ if std::env::args_os().nth(1).is_some_and(|a| a == "scan") => ExitCode::from(clap_code),
+        _ if std::env::args_os()
+            .nth(1)
+            .is_some_and(|a| a == "scan" || a == "admission") =>
+        {
+            ExitCode::from(clap_code)
+        }
         _ => ExitCode::from(1),
     }
 }

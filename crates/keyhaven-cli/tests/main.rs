@@ -8,6 +8,7 @@
 
 mod support;
 
+mod admission;
 mod architecture;
 mod audit;
 mod authz;
