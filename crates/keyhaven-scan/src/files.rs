@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use globset::GlobSet;
 use indicatif::ProgressBar;
@@ -116,7 +117,13 @@ fn path_rule_findings(engine: &Engine, path: &str, commit: Option<&str>) -> Vec<
 
 impl Pipeline {
     /// Scan an in-memory input (a small file, a blob, stdin).
-    fn scan_data(&self, data: &[u8], path: &str, commit: Option<&str>) -> Partial {
+    fn scan_data(
+        &self,
+        data: &[u8],
+        path: &str,
+        commit: Option<&str>,
+        scratch: &mut Scratch,
+    ) -> Partial {
         let mut p = Partial {
             bytes: data.len() as u64,
             ..Partial::default()
@@ -128,7 +135,7 @@ impl Pipeline {
             return p;
         }
         if self.secrets {
-            let matches = self.engine.scan_bytes(data, path, commit);
+            let matches = self.engine.scan_bytes_with(data, path, commit, scratch);
             p.findings = to_findings(&self.engine, matches, path, commit);
             p.findings
                 .extend(path_rule_findings(&self.engine, path, commit));
@@ -172,7 +179,7 @@ impl Pipeline {
             data.clear();
             let r = file.read_to_end(&mut data);
             let p = match r {
-                Ok(_) => self.scan_data(&data, &display, None),
+                Ok(_) => self.scan_data(&data, &display, None, scratch),
                 Err(e) => Partial {
                     error: Some(format!("{display}: {}", e.kind())),
                     ..Partial::default()
@@ -290,10 +297,11 @@ impl Pipeline {
         progress: Option<&ProgressBar>,
     ) -> ScanResult {
         let job = || {
+            let slots = WorkerScratch::new();
             files
                 .par_iter()
-                .map_init(Scratch::default, |scratch, (path, len)| {
-                    let p = self.scan_file(path, scratch);
+                .map(|(path, len)| {
+                    let p = slots.with(|scratch| self.scan_file(path, scratch));
                     if let Some(pb) = progress {
                         pb.inc(*len);
                     }
@@ -313,7 +321,7 @@ impl Pipeline {
         let mut head = Vec::new();
         let cap = k8s::MAX_MANIFEST_BYTES as u64;
         let part = match reader.take(cap).read_to_end(&mut head) {
-            Ok(n) if (n as u64) < cap => self.scan_data(&head, name, None),
+            Ok(n) if (n as u64) < cap => self.scan_data(&head, name, None, &mut Scratch::default()),
             Ok(_) => {
                 // Larger than any manifest: stream the rest with the head in front.
                 let mut chained = std::io::Cursor::new(head).chain(reader);
@@ -357,12 +365,13 @@ impl Pipeline {
             pb.set_length(blobs.len() as u64);
         }
         let job = || {
+            let slots = WorkerScratch::new();
             blobs
                 .par_iter()
                 .map_init(
                     || sync.to_thread_local(),
                     |repo, b| {
-                        let p = self.scan_blob(repo, b, repo_path);
+                        let p = slots.with(|scratch| self.scan_blob(repo, b, repo_path, scratch));
                         if let Some(pb) = progress {
                             pb.inc(1);
                         }
@@ -393,7 +402,13 @@ impl Pipeline {
         self.finish(parts)
     }
 
-    fn scan_blob(&self, repo: &gix::Repository, b: &git::BlobRef, repo_path: &Path) -> Partial {
+    fn scan_blob(
+        &self,
+        repo: &gix::Repository,
+        b: &git::BlobRef,
+        repo_path: &Path,
+        scratch: &mut Scratch,
+    ) -> Partial {
         let data = match git::read_blob(repo, b.id, repo_path) {
             Ok(d) => d,
             Err(e) => {
@@ -403,7 +418,7 @@ impl Pipeline {
                 };
             }
         };
-        let mut p = self.scan_data(&data, &b.path, b.commit.as_deref());
+        let mut p = self.scan_data(&data, &b.path, b.commit.as_deref(), scratch);
         p.objects.clear();
         if let Some(old_id) = b.old {
             let Ok(old) = git::read_blob(repo, old_id, repo_path) else {
@@ -419,6 +434,32 @@ impl Pipeline {
             });
         }
         p
+    }
+}
+
+/// One [`Scratch`] per worker thread of the current rayon pool, kept for the whole scan
+/// (rayon's `map_init` would make one per split of the work, each with cold regex caches).
+struct WorkerScratch(Vec<Mutex<Scratch>>);
+
+impl WorkerScratch {
+    fn new() -> WorkerScratch {
+        WorkerScratch(
+            (0..rayon::current_num_threads().max(1))
+                .map(|_| Mutex::new(Scratch::per_thread()))
+                .collect(),
+        )
+    }
+
+    /// Run `f` with the calling worker's scratch. Each worker only ever locks its own
+    /// slot, so the lock is never contended; a thread outside the pool gets a fresh one.
+    fn with<T>(&self, f: impl FnOnce(&mut Scratch) -> T) -> T {
+        match rayon::current_thread_index().and_then(|i| self.0.get(i)) {
+            Some(slot) => {
+                let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                f(&mut guard)
+            }
+            None => f(&mut Scratch::default()),
+        }
     }
 }
 

@@ -91,6 +91,55 @@ fn line_of(doc: &str, doc_line: u64, needle: &str) -> u64 {
     }
 }
 
+/// Line of `key` inside the mapping `field` (e.g. `data`) of a document: the first line
+/// after the `field:` header (YAML, block style) or `"field"` (JSON) that starts with the
+/// key (`key:`, `"key":`, `'key':`) and is indented deeper than the header. Falls back to
+/// the header's line (flow style, `data: {a: b}`), then to `fallback`.
+fn key_line(doc: &str, doc_line: u64, field: &str, key: &str, fallback: u64) -> u64 {
+    let starts_with_key = |t: &str, k: &str| {
+        for (open, close) in [("", ""), ("\"", "\""), ("'", "'")] {
+            if let Some(rest) = t
+                .strip_prefix(open)
+                .and_then(|r| r.strip_prefix(k))
+                .and_then(|r| r.strip_prefix(close))
+                && rest.trim_start().starts_with(':')
+            {
+                return true;
+            }
+        }
+        false
+    };
+    let mut header: Option<(usize, u64)> = None;
+    for (n, line) in (doc_line..).zip(doc.lines()) {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        match header {
+            None => {
+                if starts_with_key(trimmed, field) {
+                    header = Some((indent, n));
+                }
+            }
+            Some((h_indent, h_line)) => {
+                if trimmed.is_empty() || trimmed.starts_with('#') {
+                    continue;
+                }
+                if indent <= h_indent {
+                    // Left the block without finding the key; another `field:` may follow.
+                    header = starts_with_key(trimmed, field).then_some((indent, n));
+                    if header.is_none() {
+                        return h_line;
+                    }
+                    continue;
+                }
+                if starts_with_key(trimmed, key) {
+                    return n;
+                }
+            }
+        }
+    }
+    header.map_or(fallback, |(_, l)| l)
+}
+
 fn parse_docs(path: &str, text: &str) -> Vec<(u64, String, Value)> {
     let mut out = Vec::new();
     let trimmed = text.trim_start();
@@ -250,36 +299,27 @@ impl Ctx<'_> {
         if literal.is_empty() {
             return;
         }
-        let mut key_material = Vec::new();
-        for (field, k, val) in &literal {
-            key_material.extend_from_slice(field.as_bytes());
-            key_material.push(b'.');
-            key_material.extend_from_slice(k.as_bytes());
-            key_material.push(b'=');
-            key_material.extend_from_slice(val.as_bytes());
-            key_material.push(b'\n');
-        }
-        let keys: Vec<&str> = literal.iter().map(|(_, k, _)| k.as_str()).collect();
-        let line = line_of(doc, doc_line, "kind: Secret");
-        let f = self.finding(
-            "k8s-secret-manifest",
-            "Kubernetes Secret with literal data committed",
-            Severity::High,
-            line,
-            format!(
-                "Secret {}{} has literal values for {}",
-                ns.map(|n| format!("{n}/")).unwrap_or_default(),
-                name,
-                keys.join(", ")
-            ),
-            "keep Secret values out of the repository: use a keyhaven reference, SealedSecret or ExternalSecret",
-            Vec::new(),
-            key_material,
+        let object_line = line_of(doc, doc_line, "kind: Secret");
+        let who = format!(
+            "{}{}",
+            ns.map(|n| format!("{n}/")).unwrap_or_default(),
+            name
         );
-        self.out.findings.push(f);
         for (field, k, val) in literal {
+            // One finding per value, at the value's own line.
+            let line = key_line(doc, doc_line, &field, &k, object_line);
+            let f = self.finding(
+                "k8s-secret-manifest",
+                "Kubernetes Secret with literal data committed",
+                Severity::High,
+                line,
+                format!("Secret {who} has a literal value for {field}.{k}"),
+                "keep Secret values out of the repository: use a keyhaven reference, SealedSecret or ExternalSecret",
+                Vec::new(),
+                format!("{field}.{k}={val}").into_bytes(),
+            );
+            self.out.findings.push(f);
             if field == "data" {
-                let line = line_of(doc, doc_line, &format!("{k}:"));
                 self.decode_rescan(val.as_bytes(), &format!("data.{k}"), line, 1);
             }
         }

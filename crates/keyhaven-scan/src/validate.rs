@@ -31,6 +31,10 @@ pub enum Validator {
     Password,
     /// Generic secret: not a UUID, not code, mixes letters and digits.
     GenericSecret,
+    /// A value assigned to a key that can only hold a password (`ansible_password`,
+    /// `ansible_become_pass`…): any value of at least 4 characters that is not code, a
+    /// variable reference or a boolean, printable ASCII; symbols are not required.
+    PlainPassword,
 }
 
 impl Validator {
@@ -48,6 +52,7 @@ impl Validator {
             Validator::DockerAuth => docker_auth(s),
             Validator::Password => password(s),
             Validator::GenericSecret => generic_secret(s),
+            Validator::PlainPassword => plain_password(s),
         }
     }
 }
@@ -197,6 +202,18 @@ fn password(s: &[u8]) -> bool {
     symbol && (lower || upper) && classes >= 3 && distinct(s) >= 6
 }
 
+fn plain_password(s: &[u8]) -> bool {
+    let lower = s.to_ascii_lowercase();
+    s.len() >= 4
+        && s.iter().all(u8::is_ascii_graphic)
+        && !looks_like_code(s)
+        && !matches!(s.first(), Some(b'$' | b'%' | b'!' | b'&' | b'*'))
+        && !matches!(
+            lower.as_slice(),
+            b"true" | b"false" | b"null" | b"none" | b"omit" | b"undef" | b"undefined"
+        )
+}
+
 fn is_uuid(s: &[u8]) -> bool {
     s.len() == 36
         && s.iter().enumerate().all(|(i, b)| {
@@ -209,7 +226,7 @@ fn is_uuid(s: &[u8]) -> bool {
 }
 
 fn generic_secret(s: &[u8]) -> bool {
-    if is_uuid(s) || looks_like_code(s) {
+    if is_uuid(s) || looks_like_code(s) || !s.iter().all(u8::is_ascii_graphic) {
         return false;
     }
     let letters = s.iter().any(u8::is_ascii_alphabetic);
@@ -334,6 +351,17 @@ mod tests {
         assert!(!password(b"$DB_PASSWORD"));
         assert!(!password(b"::std::option::Option<"));
         assert!(!password(b"abcdefgh"));
+    }
+
+    #[test]
+    fn plain_passwords() {
+        assert!(plain_password(b"winter2024"));
+        assert!(plain_password(b"vagrant"));
+        assert!(!plain_password(b"$ANSIBLE_PW"));
+        assert!(!plain_password(b"!vault"));
+        assert!(!plain_password(b"lookup('env','PW')"));
+        assert!(!plain_password(b"none"));
+        assert!(!plain_password(b"abc"));
     }
 
     #[test]

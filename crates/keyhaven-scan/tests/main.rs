@@ -13,4 +13,5 @@ mod corpus;
 mod git_history;
 mod pathological;
 mod posture;
+mod precision;
 mod rules;

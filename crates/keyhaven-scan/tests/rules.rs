@@ -28,6 +28,38 @@ fn every_rule_example_fires_and_negatives_do_not() {
 }
 
 #[test]
+fn context_rules_need_their_context() {
+    // A rule tagged "context" matches a generic-looking value only next to one of the
+    // service's names: each example fires (checked above), and the secret it yields,
+    // assigned to a neutral name, does not fire that rule.
+    let e = engine();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (idx, rule) in e.rules.rules.iter().enumerate() {
+        if !rule.spec.tags.iter().any(|t| t == "context") {
+            continue;
+        }
+        for ex in &rule.spec.examples {
+            let text = expand_example(ex);
+            for m in e.scan_bytes(text.as_bytes(), "example.txt", None) {
+                if m.rule != idx {
+                    continue;
+                }
+                let secret = String::from_utf8_lossy(&m.secret).into_owned();
+                for bare in [format!("value = {secret}\n"), format!("{secret}\n")] {
+                    if fired(&e, &bare).contains(&rule.spec.id) {
+                        failures.push(format!("{}: fires without context: {bare}", rule.spec.id));
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 50, "only {checked} context examples checked");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
 fn committed_examples_are_broken() {
     // The rules file itself must not trigger the scanner (so the repository scans clean).
     let e = engine();
