@@ -1,6 +1,7 @@
 //! The envelope header and frame parsers (docs/envelope-format.md). First byte even:
-//! arbitrary bytes as a message; the header parser and the frame reader never panic, and
-//! an accepted header re-encodes to exactly the bytes it consumed. First byte odd: a valid
+//! arbitrary bytes as a message; the header parser and the frame reader never panic, an
+//! accepted header re-encodes to exactly the bytes it consumed, and the decryptor's batch
+//! frame parser agrees with the frame reader on every frame. First byte odd: a valid
 //! message (under a fixed local key, plaintext from the input) after up to 8 byte edits
 //! taken from the input; decryption never panics, and whenever it succeeds it yields the
 //! original plaintext.
@@ -11,9 +12,10 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use keyhaven_crypto::SecretKey;
-use keyhaven_envelope::format::{read_frame, wrap_aad};
+use keyhaven_envelope::format::{parse_frame_prefix, read_frame, wrap_aad};
 use keyhaven_envelope::{
-    Decryptor, EncryptionContext, Encryptor, Header, KekProvider, LocalKek, Options,
+    Decryptor, EncryptionContext, Encryptor, EnvelopeError, Header, KekProvider, LocalKek,
+    Options,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -45,11 +47,24 @@ fuzz_target!(|data: &[u8]| {
         let consumed = rest.len() - input.len();
         assert_eq!(header.encode(), rest[..consumed]);
         for seq in 1..=64 {
+            // The batch parser of the decryptor agrees with the frame reader.
+            let parsed = parse_frame_prefix(input, header.frame_len, seq);
             match read_frame(&mut input, header.frame_len, seq) {
-                Ok(f) if f.is_final => break,
-                Ok(_) => {}
+                Ok(f) => {
+                    let p = parsed.unwrap().unwrap();
+                    assert_eq!(p.is_final, f.is_final);
+                    assert_eq!(p.len + 16, f.sealed.len());
+                    if f.is_final {
+                        break;
+                    }
+                }
                 Err(e) => {
                     assert!(!e.to_string().is_empty());
+                    match parsed {
+                        Ok(None) => assert!(matches!(e, EnvelopeError::Truncated { .. })),
+                        Ok(Some(_)) => panic!("the batch parser accepted a frame: {e}"),
+                        Err(p) => assert_eq!(p.to_string(), e.to_string()),
+                    }
                     break;
                 }
             }

@@ -3,12 +3,14 @@
 //!
 //! Output goes to `-o OUT` through a temporary file next to OUT, renamed into place only
 //! after the whole message verified (decrypt) or was written (encrypt, rewrap); on failure
-//! the temporary file is removed and OUT is untouched. On stdout, `decrypt` holds back up
+//! the temporary file is removed and OUT is untouched. An OUT that exists and is not a
+//! regular file (a device such as /dev/null, a FIFO) is written in place, like stdout. On stdout, `decrypt` holds back up
 //! to 64 MiB of plaintext until the final frame verified; beyond that it streams frames as
 //! they verify, and a later failure exits with code 3 and says how much was written.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, IsTerminal as _, Read, Write};
+use std::io::{BufReader, BufWriter, IoSlice, IsTerminal as _, Read, Write};
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -30,9 +32,10 @@ Exit codes:
   4  not authorized: the server refused the token
   5  the server could not be reached
 
-Nothing is written to -o OUT unless the whole message verified. On stdout, decrypt holds
-back up to 64 MiB; a larger message streams verified frames and, if a later frame fails,
-exits 3 after some verified plaintext was written: check the exit code.";
+Nothing is written to -o OUT unless the whole message verified. On stdout (or an OUT that
+is a device or FIFO), decrypt holds back up to 64 MiB; a larger message streams verified
+frames and, if a later frame fails, exits 3 after some verified plaintext was written:
+check the exit code.";
 
 /// Stdout hold-back of `decrypt`.
 const HOLD_BACK: usize = 64 << 20;
@@ -271,9 +274,24 @@ fn parse_context(pairs: &[String]) -> Result<EncryptionContext, Fail> {
     Ok(ctx)
 }
 
+/// A handle on file descriptor 0 or 1 of its own, so that large reads and writes go
+/// straight to the kernel instead of through std's stdin buffer or stdout line buffer.
+fn std_stream(fd: std::os::fd::BorrowedFd<'_>, what: &str) -> Result<File, Fail> {
+    fd.try_clone_to_owned()
+        .map(File::from)
+        .map_err(|e| local(format!("cannot use {what}: {e}")))
+}
+
+fn stdout_file() -> Result<File, Fail> {
+    std_stream(std::io::stdout().as_fd(), "stdout")
+}
+
 fn open_input(input: Option<&Path>) -> Result<(Box<dyn Read + Send>, Option<u64>), Fail> {
     match input.filter(|p| p.as_os_str() != "-") {
-        None => Ok((Box::new(std::io::stdin()), None)),
+        None => Ok((
+            Box::new(std_stream(std::io::stdin().as_fd(), "stdin")?),
+            None,
+        )),
         Some(p) => {
             let f =
                 File::open(p).map_err(|e| local(format!("cannot open {}: {e}", p.display())))?;
@@ -281,6 +299,20 @@ fn open_input(input: Option<&Path>) -> Result<(Box<dyn Read + Send>, Option<u64>
             Ok((Box::new(f), len))
         }
     }
+}
+
+/// Whether reading `len` bytes shows a progress bar (large inputs, stderr a terminal).
+fn shows_progress(len: Option<u64>) -> bool {
+    matches!(len, Some(len) if len >= PROGRESS_MIN) && std::io::stderr().is_terminal()
+}
+
+/// IN as a regular file, when it is one and no progress bar is shown: the encryptor and
+/// decryptor then read it with positional reads from all their threads.
+fn positional_input(input: Option<&Path>) -> Option<File> {
+    let path = input.filter(|p| p.as_os_str() != "-")?;
+    let file = File::open(path).ok()?;
+    let meta = file.metadata().ok().filter(std::fs::Metadata::is_file)?;
+    (!shows_progress(Some(meta.len()))).then_some(file)
 }
 
 /// Counts bytes read into a progress bar.
@@ -299,7 +331,7 @@ impl<R: Read> Read for Progress<R> {
 
 fn with_progress(reader: Box<dyn Read + Send>, len: Option<u64>) -> Box<dyn Read + Send> {
     match len {
-        Some(len) if len >= PROGRESS_MIN && std::io::stderr().is_terminal() => {
+        Some(len) if shows_progress(Some(len)) => {
             let bar = indicatif::ProgressBar::new(len);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -420,6 +452,25 @@ impl<W: Write> Write for HoldBack<W> {
         Ok(buf.len())
     }
 
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        if !self.streaming {
+            let len: usize = bufs.iter().map(|b| b.len()).sum();
+            if self.held.len() + len <= HOLD_BACK {
+                for b in bufs {
+                    self.held.extend_from_slice(b);
+                }
+                return Ok(len);
+            }
+            self.streaming = true;
+            self.inner.write_all(&self.held)?;
+            self.written += self.held.len() as u64;
+            self.held = Vec::new();
+        }
+        let n = self.inner.write_vectored(bufs)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         if self.streaming {
             self.inner.flush()?;
@@ -451,21 +502,52 @@ async fn encrypt(client: &ClientArgs, a: EncryptArgs) -> Result<(), Fail> {
         .map(|k| k as &dyn KekProvider)
         .chain(locals.iter().map(|k| k as &dyn KekProvider))
         .collect();
-    let (input, len) = open_input(a.io.input.as_deref())?;
-    let enc = Encryptor::new(&keks, context, opts).await?;
-    let input = with_progress(input, len);
-    let input = BufReader::with_capacity(1 << 20, input);
-    match &a.io.output {
-        Some(out) => {
-            let mut staged = Staged::create(out)?;
-            enc.encrypt(input, staged.writer()?)?;
-            staged.commit()
-        }
+    let file = positional_input(a.io.input.as_deref());
+    let (input, len) = match file {
+        Some(_) => (None, None),
         None => {
-            let stdout = std::io::stdout();
-            enc.encrypt(input, BufWriter::with_capacity(1 << 20, stdout.lock()))?;
+            let (input, len) = open_input(a.io.input.as_deref())?;
+            (Some(input), len)
+        }
+    };
+    let enc = Encryptor::new(&keks, context, opts).await?;
+    // No BufReader or BufWriter: the encryptor reads about 1 MiB at a time straight into
+    // the buffer it seals in place, and writes each batch of frames with one vectored call.
+    let run = |out: &mut dyn Write| match (&file, input) {
+        (Some(f), _) => enc.encrypt_file(f, out),
+        (None, Some(input)) => enc.encrypt(with_progress(input, len), out),
+        (None, None) => Err(EnvelopeError::InvalidArgument("no input".into())),
+    };
+    match a.io.output.as_deref() {
+        Some(out) => match special_output(out)? {
+            Some(mut device) => {
+                run(&mut device)?;
+                Ok(())
+            }
+            None => {
+                let mut staged = Staged::create(out)?;
+                run(staged.writer()?)?;
+                staged.commit()
+            }
+        },
+        None => {
+            run(&mut stdout_file()?)?;
             Ok(())
         }
+    }
+}
+
+/// OUT opened for writing in place when it exists and is not a regular file (a device
+/// such as /dev/null, a FIFO): such a target cannot be replaced by a renamed temporary
+/// file, so it is written like stdout.
+fn special_output(out: &Path) -> Result<Option<File>, Fail> {
+    match std::fs::metadata(out) {
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => std::fs::OpenOptions::new()
+            .write(true)
+            .open(out)
+            .map(Some)
+            .map_err(|e| local(format!("cannot open {}: {e}", out.display()))),
+        _ => Ok(None),
     }
 }
 
@@ -489,24 +571,52 @@ async fn open(
 
 async fn decrypt(client: &ClientArgs, a: DecryptArgs) -> Result<(), Fail> {
     let opts = options(a.io.threads)?;
+    if let Some(file) = positional_input(a.io.input.as_deref()) {
+        let dec = open(
+            client,
+            &a.local_keys,
+            &mut BufReader::with_capacity(64 << 10, &file),
+            opts,
+        )
+        .await?;
+        return write_plaintext(a.io.output.as_deref(), |out| dec.decrypt_file(&file, out));
+    }
     let (input, len) = open_input(a.io.input.as_deref())?;
     let mut input = BufReader::with_capacity(1 << 20, with_progress(input, len));
     let dec = open(client, &a.local_keys, &mut input, opts).await?;
-    match &a.io.output {
-        Some(out) => {
+    write_plaintext(a.io.output.as_deref(), |out| dec.decrypt(input, out))
+}
+
+/// Runs `decrypt` into OUT (through a temporary file) or into stdout or a device or FIFO
+/// named by OUT (held back up to [`HOLD_BACK`]).
+fn write_plaintext(
+    output: Option<&Path>,
+    decrypt: impl FnOnce(&mut dyn Write) -> Result<u64, EnvelopeError>,
+) -> Result<(), Fail> {
+    let device = match output {
+        Some(out) => special_output(out)?,
+        None => None,
+    };
+    match (output, device) {
+        (Some(out), None) => {
             let mut staged = Staged::create(out)?;
-            dec.decrypt(input, staged.writer()?)?;
+            decrypt(staged.writer()?)?;
             staged.commit()
         }
-        None => {
-            let stdout = std::io::stdout();
+        (_, device) => {
+            let inner = match device {
+                Some(device) => device,
+                None => stdout_file()?,
+            };
             let mut held = HoldBack {
-                inner: BufWriter::with_capacity(1 << 20, stdout.lock()),
-                held: Vec::new(),
+                inner,
+                // Reserved once: growing by doubling would copy and fault in twice as
+                // many pages.
+                held: Vec::with_capacity(HOLD_BACK),
                 streaming: false,
                 written: 0,
             };
-            match dec.decrypt(input, &mut held) {
+            match decrypt(&mut held) {
                 Ok(_) => held
                     .finish()
                     .map_err(|e| local(format!("cannot write to stdout: {e}"))),
@@ -554,12 +664,15 @@ async fn rewrap(client: &ClientArgs, a: RewrapArgs) -> Result<(), Fail> {
             .and_then(|()| out.flush())
             .map_err(|e| local(format!("cannot write the output: {e}")))
     };
-    match &a.io.output {
-        Some(out) => {
-            let mut staged = Staged::create(out)?;
-            copy(staged.writer()?, &mut input)?;
-            staged.commit()
-        }
+    match a.io.output.as_deref() {
+        Some(out) => match special_output(out)? {
+            Some(mut device) => copy(&mut device, &mut input),
+            None => {
+                let mut staged = Staged::create(out)?;
+                copy(staged.writer()?, &mut input)?;
+                staged.commit()
+            }
+        },
         None => {
             let stdout = std::io::stdout();
             copy(&mut BufWriter::new(stdout.lock()), &mut input)

@@ -217,6 +217,50 @@ fn local_keys_encrypt_decrypt_inspect_and_refuse_corruption() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("3  the message is corrupt"));
 }
 
+#[test]
+fn an_output_that_is_a_fifo_is_written_in_place_not_replaced() {
+    use std::os::unix::fs::FileTypeExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let home = tempfile::tempdir().unwrap();
+    let r = |args: &[&str], stdin: Option<&[u8]>| {
+        run("http://127.0.0.1:9", "", home.path(), args, stdin)
+    };
+    let key = d.join("k.key");
+    assert_eq!(r(&["new-local-key", "-o", s(&key)], None).code, 0);
+    let pt = plaintext();
+    std::fs::write(d.join("in"), &pt).unwrap();
+    let fifo = d.join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    // A reader drains the FIFO while the command writes to it.
+    let drain = |path: std::path::PathBuf| std::thread::spawn(move || std::fs::read(path).unwrap());
+    let reader = drain(fifo.clone());
+    let o = r(
+        &[
+            "encrypt",
+            "--local-key",
+            s(&key),
+            "-o",
+            s(&fifo),
+            s(&d.join("in")),
+        ],
+        None,
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    let message = reader.join().unwrap();
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    let reader = drain(fifo.clone());
+    let o = r(
+        &["decrypt", "--local-key", s(&key), "-o", s(&fifo), "-"],
+        Some(&message),
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(reader.join().unwrap() == pt);
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    only_files(d, &["k.key", "in", "fifo"]);
+}
+
 fn post(server: &TestServer, token: &str, path: &str, body: Value) -> Value {
     let (status, v) = call(
         "POST",

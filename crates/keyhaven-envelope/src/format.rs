@@ -393,6 +393,82 @@ pub fn read_frame_into<R: Read + ?Sized>(
     })
 }
 
+/// A frame's header, parsed from the start of a buffer by [`parse_frame_prefix`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramePrefix {
+    /// Whether this is the final frame.
+    pub is_final: bool,
+    /// Bytes before the ciphertext: 4 for a regular frame, 12 for the final one.
+    pub prefix_len: usize,
+    /// Ciphertext bytes (the plaintext length), without the tag.
+    pub len: usize,
+}
+
+impl FramePrefix {
+    /// The whole frame's length: prefix, ciphertext and tag.
+    pub fn total_len(&self) -> usize {
+        self.prefix_len + self.len + TAG_LEN
+    }
+}
+
+/// Parses the frame with sequence number `expected_seq` at the start of `bytes`, which
+/// may hold less than the whole frame: `Ok(None)` means more bytes are needed (at the end
+/// of the input, that is [`EnvelopeError::Truncated`]). The checks and their order are
+/// those of [`read_frame`].
+///
+/// # Errors
+///
+/// [`EnvelopeError::Malformed`] for a final frame longer than the frame size,
+/// [`EnvelopeError::FrameOrder`] for a sequence number other than `expected_seq`.
+pub fn parse_frame_prefix(
+    bytes: &[u8],
+    frame_len: u32,
+    expected_seq: u32,
+) -> Result<Option<FramePrefix>, EnvelopeError> {
+    let word = |at: usize| -> Option<u32> {
+        let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        Some(u32::from_be_bytes(b))
+    };
+    let Some(first) = word(0) else {
+        return Ok(None);
+    };
+    let (seq, is_final, len, prefix_len) = if first == FINAL_MARKER {
+        let (Some(seq), Some(len)) = (word(4), word(8)) else {
+            return Ok(None);
+        };
+        if len > frame_len {
+            return Err(malformed("the final frame is longer than the frame size"));
+        }
+        (seq, true, len, 12)
+    } else {
+        (first, false, frame_len, 4)
+    };
+    if seq != expected_seq {
+        return Err(EnvelopeError::FrameOrder {
+            expected: expected_seq,
+            found: seq,
+        });
+    }
+    let len = usize::try_from(len).map_err(|_| malformed("a frame length is out of range"))?;
+    let prefix = FramePrefix {
+        is_final,
+        prefix_len,
+        len,
+    };
+    Ok((bytes.len() >= prefix.total_len()).then_some(prefix))
+}
+
+/// Writes the frame header of frame `seq` into `out`; returns its length (4 or 12).
+pub fn encode_frame_prefix(seq: u32, is_final: bool, len: u32, out: &mut [u8; 12]) -> usize {
+    let regular = [seq];
+    let last = [FINAL_MARKER, seq, len];
+    let words: &[u32] = if is_final { &last } else { &regular };
+    for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&w.to_be_bytes());
+    }
+    words.len() * 4
+}
+
 /// Checks that `input` has nothing after the final frame.
 ///
 /// # Errors

@@ -11,7 +11,10 @@ use keyhaven_crypto::{AeadAlgorithm, AeadKey, HmacKey, NONCE_LEN, SecretKey, ct_
 use zeroize::Zeroizing;
 
 use crate::error::EnvelopeError;
-use crate::format::{COMMITMENT_LEN, HEADER_MAC_LEN, MESSAGE_ID_LEN};
+use crate::format::{COMMITMENT_LEN, HEADER_MAC_LEN, MESSAGE_ID_LEN, TAG_LEN};
+
+const FRAME_AAD_LABEL: &[u8] = b"keyhaven-envelope/v1 frame";
+const FRAME_AAD_LEN: usize = FRAME_AAD_LABEL.len() + MESSAGE_ID_LEN + 4 + 1 + 4;
 
 /// The keys of one message.
 pub(crate) struct MessageKeys {
@@ -87,14 +90,56 @@ impl MessageKeys {
     }
 
     /// `"keyhaven-envelope/v1 frame" ‖ message id ‖ seq u32 ‖ final u8 ‖ length u32`.
-    fn frame_aad(&self, seq: u32, is_final: bool, len: u32) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(26 + MESSAGE_ID_LEN + 9);
-        aad.extend_from_slice(b"keyhaven-envelope/v1 frame");
-        aad.extend_from_slice(&self.message_id);
-        aad.extend_from_slice(&seq.to_be_bytes());
-        aad.push(u8::from(is_final));
-        aad.extend_from_slice(&len.to_be_bytes());
+    fn frame_aad(&self, seq: u32, is_final: bool, len: u32) -> [u8; FRAME_AAD_LEN] {
+        let mut aad = [0u8; FRAME_AAD_LEN];
+        let parts: [&[u8]; 5] = [
+            FRAME_AAD_LABEL,
+            &self.message_id,
+            &seq.to_be_bytes(),
+            &[u8::from(is_final)],
+            &len.to_be_bytes(),
+        ];
+        let mut rest = &mut aad[..];
+        for part in parts {
+            let (head, tail) = rest.split_at_mut(part.len());
+            head.copy_from_slice(part);
+            rest = tail;
+        }
         aad
+    }
+
+    /// Seals the plaintext `frame` of frame `seq` in place; returns the tag.
+    pub(crate) fn seal_in_place(
+        &self,
+        seq: u32,
+        is_final: bool,
+        frame: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], EnvelopeError> {
+        let len = u32::try_from(frame.len()).map_err(|_| EnvelopeError::TooLarge)?;
+        let aad = self.frame_aad(seq, is_final, len);
+        Ok(self
+            .content
+            .seal_in_place_detached(&self.nonce(seq), &aad, frame)?)
+    }
+
+    /// Opens `ciphertext ‖ tag` of frame `seq` in place: on success the first
+    /// `sealed.len() − 16` bytes are the plaintext; on failure `sealed` is wiped.
+    pub(crate) fn open_in_place(
+        &self,
+        seq: u32,
+        is_final: bool,
+        sealed: &mut [u8],
+    ) -> Result<(), EnvelopeError> {
+        let len = sealed
+            .len()
+            .checked_sub(TAG_LEN)
+            .and_then(|l| u32::try_from(l).ok())
+            .ok_or(EnvelopeError::FrameAuth { seq })?;
+        let aad = self.frame_aad(seq, is_final, len);
+        self.content
+            .open_in_place(&self.nonce(seq), &aad, sealed)
+            .map_err(|_| EnvelopeError::FrameAuth { seq })?;
+        Ok(())
     }
 
     /// Seals the plaintext in `buf` in place and appends the tag: `buf` becomes
@@ -123,7 +168,7 @@ impl MessageKeys {
     ) -> Result<Vec<u8>, EnvelopeError> {
         let len = sealed
             .len()
-            .checked_sub(crate::format::TAG_LEN)
+            .checked_sub(TAG_LEN)
             .and_then(|l| u32::try_from(l).ok())
             .ok_or(EnvelopeError::FrameAuth { seq })?;
         let aad = self.frame_aad(seq, is_final, len);

@@ -12,14 +12,17 @@
 //! * [`Encryptor`] writes a header and a framed body from any [`std::io::Read`];
 //! * [`Decryptor`] opens the header (key commitment and header MAC checked) and decrypts
 //!   the frames into any [`std::io::Write`];
+//! * [`Encryptor::encrypt_file`] and [`Decryptor::decrypt_file`] do the same from a
+//!   regular file that every worker thread reads at its own offsets;
 //! * [`Encryptor::encrypt_async`], [`Decryptor::open_async`] and
 //!   [`Decryptor::decrypt_async`] do the same over tokio's `AsyncRead`/`AsyncWrite`, one
 //!   frame at a time on the calling task;
 //! * [`rewrap_header`] rewrites only the wrapped keys (after a KEK rotation);
 //! * [`DataKeyCache`] reuses a data key for many small messages within bounds.
 //!
-//! Frames are sealed and opened on several threads with a bounded number in flight, so
-//! memory does not grow with the input.
+//! Frames travel in batches of about 1 MiB, each read with one call, sealed or opened in
+//! place and written with one vectored call, on several threads with a bounded number of
+//! batches in flight, so memory does not grow with the input (docs/design/0014).
 //!
 //! # Non-goals
 //!

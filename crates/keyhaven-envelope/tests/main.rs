@@ -1,5 +1,5 @@
 //! Tests of the envelope library: round trips, tampering, key commitment, golden vectors,
-//! the data-key cache and bounded memory.
+//! the data-key cache, regular files read at their offsets, and bounded memory.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,6 +11,7 @@ mod support;
 
 mod asyncio;
 mod cache;
+mod files;
 mod memory;
 mod roundtrip;
 mod tamper;

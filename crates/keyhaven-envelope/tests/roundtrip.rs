@@ -84,3 +84,90 @@ fn the_context_is_public_and_authenticated() {
     let pairs: Vec<_> = header.context.iter().collect();
     assert_eq!(pairs, [("purpose", "backup"), ("tenant", "acme")]);
 }
+
+/// Hands out at most 1 to 7 bytes per read.
+struct Trickle<'a> {
+    data: &'a [u8],
+    step: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.step = self.step % 7 + 1;
+        let n = self.step.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+/// Takes at most 1000 bytes per (vectored) write, cutting slices anywhere.
+struct Stingy(Vec<u8>);
+
+impl std::io::Write for Stingy {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(1000);
+        self.0.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let mut left = 1000;
+        for b in bufs {
+            let n = b.len().min(left);
+            self.0.extend_from_slice(&b[..n]);
+            left -= n;
+        }
+        Ok(1000 - left)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn batches_of_frames_round_trip_across_their_boundaries_with_short_reads_and_writes() {
+    use keyhaven_envelope::{Decryptor, Encryptor};
+    let k = kek(1);
+    let frame = 64usize;
+    // Frames travel in batches of 256 at this frame size: sizes around one and two
+    // batches, including a final frame that starts at a batch's end (decryption carries
+    // its first bytes over to the next batch).
+    let batch = 256 * frame;
+    let sizes = [
+        batch - 1,
+        batch,
+        batch + 1,
+        batch + frame,
+        2 * batch,
+        2 * batch + 5,
+    ];
+    for threads in [1, 2] {
+        for &len in &sizes {
+            let pt = plaintext(len);
+            let opts = options(frame as u32, threads);
+            let enc = block_on(Encryptor::new(&[&k], context(&[]), opts)).unwrap();
+            let mut msg = Stingy(Vec::new());
+            let n = enc
+                .encrypt(Trickle { data: &pt, step: 0 }, &mut msg)
+                .unwrap();
+            assert_eq!(n, len as u64);
+            // The same bytes as through a plain reader and writer, but for the message id.
+            let plain = encrypt(&[&k], context(&[]), opts, &pt);
+            assert_eq!(msg.0.len(), plain.len(), "size {len}");
+            let mut input = Trickle {
+                data: &msg.0,
+                step: 3,
+            };
+            let dec = block_on(Decryptor::open(&mut input, &[&k], opts)).unwrap();
+            let mut back = Stingy(Vec::new());
+            assert_eq!(dec.decrypt(input, &mut back).unwrap(), len as u64);
+            assert!(back.0 == pt, "size {len}, {threads} threads");
+            assert_eq!(
+                decrypt(&[&k], options(frame as u32, 1), &msg.0).unwrap(),
+                pt
+            );
+        }
+    }
+}

@@ -287,3 +287,39 @@ fn errors_and_debug_output_carry_no_secrets() {
         "Debug shows only the header"
     );
 }
+
+#[test]
+fn frame_surgery_at_a_batch_boundary_is_refused() {
+    // 16-byte frames travel in batches of 256: cut, drop and flip around the first
+    // boundary, with one and two threads.
+    let k = kek(1);
+    let pt = plaintext(600 * FRAME as usize + 3);
+    let msg = encrypt(&[&k], context(&[]), options(FRAME, 1), &pt);
+    let (_, hl) = split(&msg);
+    let regular = 4 + FRAME as usize + 16;
+    let frame_at = |seq: usize| hl + (seq - 1) * regular;
+    let mut dropped = msg[..frame_at(256)].to_vec();
+    dropped.extend_from_slice(&msg[frame_at(257)..]);
+    let cut = msg[..frame_at(257)].to_vec();
+    let mut flipped = msg.clone();
+    flipped[frame_at(300) + 10] ^= 1;
+    for threads in [1, 2] {
+        let opts = options(FRAME, threads);
+        assert_eq!(decrypt(&[&k], opts, &msg).unwrap(), pt);
+        assert!(matches!(
+            decrypt(&[&k], opts, &dropped).unwrap_err(),
+            EnvelopeError::FrameOrder {
+                expected: 256,
+                found: 257
+            }
+        ));
+        assert!(matches!(
+            decrypt(&[&k], opts, &cut).unwrap_err(),
+            EnvelopeError::Truncated { seq: 257 }
+        ));
+        assert!(matches!(
+            decrypt(&[&k], opts, &flipped).unwrap_err(),
+            EnvelopeError::FrameAuth { seq: 300 }
+        ));
+    }
+}
