@@ -17,6 +17,8 @@
 #              with `cargo build --release --workspace --bin keyhaven` when missing)
 #   DIR        where the 1 GiB input goes (default /dev/shm/keyhaven-envelope-bench)
 #   REPEATS    runs per command line, the best one is kept (default 5)
+#   RAW_AEAD   the built raw_aead bench binary (default: run it through
+#              `cargo bench --workspace --bench raw_aead`)
 #
 # GB/s = 10^9 bytes/s of plaintext, over wall time and over CPU time (user + sys of the
 # process, from /usr/bin/time; the raw figures use the thread's CPU time). On a shared
@@ -34,7 +36,11 @@ size=$((1 << 30))
 if [ ! -x "$keyhaven" ]; then
   (cd "$here" && cargo build --release --workspace --bin keyhaven)
 fi
-raw_out="$(cd "$here" && cargo bench --workspace --bench raw_aead 2>/dev/null)"
+if [ -n "${RAW_AEAD:-}" ]; then
+  raw_out="$("$RAW_AEAD" --bench)"
+else
+  raw_out="$(cd "$here" && cargo bench --workspace --bench raw_aead 2>/dev/null)"
+fi
 
 mkdir -p "$dir"
 trap 'rm -rf "$dir"' EXIT

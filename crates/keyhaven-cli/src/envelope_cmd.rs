@@ -79,8 +79,8 @@ struct Io {
     /// The input file; stdin if absent or `-`.
     #[arg(value_name = "IN")]
     input: Option<PathBuf>,
-    /// Threads that encrypt or decrypt frames [default: 1; more threads do not pay off
-    /// yet, see docs/BENCHMARKS.md].
+    /// Threads that encrypt or decrypt frames (and read a regular input file)
+    /// [default: the number of cores, at most 8].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
 }
@@ -220,8 +220,9 @@ pub fn run(args: EnvelopeArgs) -> ExitCode {
 }
 
 fn options(threads: Option<usize>) -> Result<Options, Fail> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let mut o = Options {
-        threads: 1,
+        threads: cores.min(8),
         ..Options::default()
     };
     if let Some(t) = threads {
