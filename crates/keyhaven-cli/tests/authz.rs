@@ -45,6 +45,15 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
             Some(json!({"policy": "path \"*\" { capabilities = [\"sudo\"] }"})),
         ),
         ("DELETE", "sys/policies/acl/team-a-ro", None),
+        ("LIST", "sys/policies/password", None),
+        (
+            "PUT",
+            "sys/policies/password/evil",
+            Some(json!({"policy": "length = 8\nrule \"charset\" {\n charset = \"a\"\n}\n"})),
+        ),
+        ("GET", "sys/policies/password/strong", None),
+        ("GET", "sys/policies/password/strong/generate", None),
+        ("DELETE", "sys/policies/password/strong", None),
         ("GET", "sys/audit", None),
         ("POST", "sys/audit-hash/file", Some(json!({"input": "x"}))),
         ("PUT", "sys/rotate", None),
@@ -330,6 +339,11 @@ fn every_bad_credential_is_refused_on_every_route_and_audited() {
         json!({"data": {"password": "original"}}),
     );
     ok("POST", "sys/mounts/kv1", json!({"type": "kv"}));
+    ok(
+        "PUT",
+        "sys/policies/password/strong",
+        json!({"policy": "length = 16\nrule \"charset\" {\n charset = \"abcdefghijklmnopqrstuvwxyz0123456789\"\n}\n"}),
+    );
     ok("POST", "kv1/app", json!({"password": "original-v1"}));
     ok(
         "PUT",

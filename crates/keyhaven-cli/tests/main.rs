@@ -22,6 +22,7 @@ mod identity_cli;
 mod kms_etcd;
 mod kms_plugin;
 mod limits;
+mod postgres;
 mod server;
 mod tls;
 mod transit_cli;

@@ -35,6 +35,9 @@ use crate::route::{self, Route};
 use crate::token::{self, TokenEntry, TokenStore};
 use crate::wrapping::WrapRequest;
 
+/// How often, at most, maintenance counts the stored tokens for `vault.token.count`.
+const TOKEN_COUNT_EVERY_SECS: i64 = 600;
+
 /// The persisted seal configuration (not secret).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SealConfig {
@@ -685,8 +688,11 @@ impl Core {
         if let Err(e) = self.rotate_keyring_if_due(&inner).await {
             tracing::warn!(target: "keyhaven::maintenance", error = %e, "automatic keyring rotation failed");
         }
-        let (removed, live) = inner.tokens.sweep_expired_and_count().await?;
-        self.options.metrics.set_token_count(live);
+        let removed = inner.tokens.sweep_expired().await?;
+        // Counting reads every token's name: not on every tick.
+        if let Some(count) = inner.tokens.count_if_due(TOKEN_COUNT_EVERY_SECS).await? {
+            self.options.metrics.set_token_count(count);
+        }
         if removed > 0 {
             tracing::info!(target: "keyhaven::tokens", removed, "expired tokens removed");
         }

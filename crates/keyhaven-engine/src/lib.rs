@@ -21,6 +21,7 @@ mod error;
 pub mod kv;
 pub mod metrics;
 pub mod params;
+pub mod password_policy;
 pub mod policy;
 mod request;
 pub mod route;

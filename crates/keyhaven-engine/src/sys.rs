@@ -342,6 +342,19 @@ pub(crate) static ROUTES: &[Route] = &[
         .pure(Ops::READ)
         .ops(Ops::WRITE.and(Ops::DELETE))
         .fields(POLICY_FIELDS),
+    Route::new("policies/password", "The password policies.").pure(Ops::LIST),
+    Route::new("policies/password/{name}", "A password policy.")
+        .pure(Ops::READ)
+        .ops(Ops::WRITE.and(Ops::DELETE))
+        .fields(&[Field::str(
+            "policy",
+            "The policy: HCL or JSON with `length` and `rule \"charset\"` blocks, optionally base64-encoded.",
+        )]),
+    Route::new(
+        "policies/password/{name}/generate",
+        "A password generated from a password policy.",
+    )
+    .pure(Ops::READ),
     // Tools and telemetry (crate::sys_tools, crate::metrics).
     Route::new(
         "tools/random/{source?}/{urlbytes?}",
@@ -478,6 +491,12 @@ impl Core {
                     None => Err(EngineError::UnsupportedOperation),
                     Some(name) => inner.policies.one(op, name, &req.data, legacy).await,
                 }
+            }
+            ("policies/password", _) => self.list_password_policies(inner).await,
+            ("policies/password/{name}" | "policies/password/{name}/generate", _) => {
+                let name = br.captures.get("name").unwrap_or_default();
+                let generate = br.route.pattern.ends_with("/generate");
+                self.password_policy(inner, op, name, generate, req).await
             }
             ("tools/random/{source?}/{urlbytes?}", _) => crate::sys_tools::random(
                 br.captures.get("source"),

@@ -1121,3 +1121,198 @@ async fn the_fields_bao_token_create_sends_draw_no_warning() {
         .unwrap();
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
+
+/// A store that counts the entries read, to see how much work a sweep does.
+#[derive(Debug)]
+struct CountingReads {
+    inner: MemStore,
+    gets: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl keyhaven_storage::Store for CountingReads {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, keyhaven_storage::StorageError> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), keyhaven_storage::StorageError> {
+        self.inner.put(key, value).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), keyhaven_storage::StorageError> {
+        self.inner.delete(key).await
+    }
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, keyhaven_storage::StorageError> {
+        self.inner.list_page(prefix, after, limit).await
+    }
+    async fn transact(
+        &self,
+        tx: keyhaven_storage::Transaction,
+    ) -> Result<keyhaven_storage::TxOutcome, keyhaven_storage::StorageError> {
+        self.inner.transact(tx).await
+    }
+}
+
+impl Env {
+    async fn accessor_exists(&self, accessor: &str) -> bool {
+        self.call(
+            Operation::Update,
+            "auth/token/lookup-accessor",
+            json!({"accessor": accessor}),
+            &self.root,
+        )
+        .await
+        .is_ok()
+    }
+}
+
+#[tokio::test]
+async fn the_sweeper_reads_what_expires_not_every_token() {
+    let store = Arc::new(CountingReads {
+        inner: MemStore::new(),
+        gets: Default::default(),
+    });
+    let e = env_on(store.clone()).await;
+    let mut live = Vec::new();
+    for _ in 0..150 {
+        live.push(e.create(json!({"ttl": "2h"}), &e.root).await.1);
+    }
+    let (_, short) = e.create(json!({"ttl": "60s"}), &e.root).await;
+    // The first maintenance also counts the tokens (names only).
+    e.core.maintenance().await.unwrap();
+    e.clock.advance(Duration::from_secs(61));
+    let before = store.gets.load(std::sync::atomic::Ordering::Relaxed);
+    e.core.maintenance().await.unwrap();
+    let reads = store.gets.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(
+        reads < 40,
+        "a sweep with one token due read {reads} entries (150 live tokens)"
+    );
+    assert!(
+        !e.accessor_exists(&short).await,
+        "the expired token remains"
+    );
+    assert!(e.accessor_exists(&live[0]).await);
+    assert!(e.accessor_exists(&live[149]).await);
+    e.clock.advance(Duration::from_secs(2 * 3600));
+    e.core.maintenance().await.unwrap();
+    for a in [&live[0], &live[77], &live[149]] {
+        assert!(!e.accessor_exists(a).await, "an expired token remains");
+    }
+}
+
+#[tokio::test]
+async fn a_renewed_token_outlives_its_first_expiry_and_is_swept_at_its_new_one() {
+    let e = env().await;
+    let (t, accessor) = e
+        .create(json!({"ttl": "60s", "renewable": true}), &e.root)
+        .await;
+    e.clock.advance(Duration::from_secs(50));
+    e.ok(
+        Operation::Update,
+        "auth/token/renew-self",
+        json!({"increment": "1h"}),
+        &t,
+    )
+    .await;
+    e.clock.advance(Duration::from_secs(30));
+    e.core.maintenance().await.unwrap();
+    assert!(e.works(&t).await, "the sweeper revoked a renewed token");
+    e.clock.advance(Duration::from_secs(3600));
+    e.core.maintenance().await.unwrap();
+    assert!(!e.works(&t).await);
+    assert!(
+        !e.accessor_exists(&accessor).await,
+        "the renewed token was not swept at its new expiry"
+    );
+}
+
+#[tokio::test]
+async fn children_revoked_with_their_parent_leave_no_index_behind() {
+    let store = Arc::new(MemStore::new());
+    let e = env_on(store.clone()).await;
+    let (parent, _) = e.create(json!({"ttl": "1h"}), &e.root).await;
+    let (_, child) = e.create(json!({"ttl": "30m"}), &parent).await;
+    e.ok(
+        Operation::Update,
+        "auth/token/revoke-self",
+        json!({}),
+        &parent,
+    )
+    .await;
+    assert!(!e.accessor_exists(&child).await);
+    use keyhaven_storage::Store as _;
+    for prefix in ["core/token/expire/", "core/token/revoking/"] {
+        let left = store.list_page(prefix, None, 100).await.unwrap();
+        assert!(left.is_empty(), "{prefix}: {left:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_installation_without_the_index_is_indexed_at_unseal() {
+    use keyhaven_storage::Store as _;
+    let store = Arc::new(MemStore::new());
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let core = Core::new(store.clone(), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let init = core
+        .init(InitParams {
+            secret_shares: 1,
+            secret_threshold: 1,
+        })
+        .await
+        .unwrap();
+    let share = hex::encode(init.shares[0].as_bytes());
+    let unseal = |core: Arc<Core>, share: String| async move {
+        core.unseal(UnsealInput::Key(SecretString::from(share)))
+            .await
+            .unwrap();
+    };
+    unseal(core.clone(), share.clone()).await;
+    let e = Env {
+        core: core.clone(),
+        clock: clock.clone(),
+        root: init.root_token.expose_secret().to_owned(),
+    };
+    let (_, short) = e.create(json!({"ttl": "60s"}), &e.root).await;
+    let (_, long) = e.create(json!({"ttl": "2h"}), &e.root).await;
+    // As an installation from before the index: no index entries, no marker.
+    core.seal().await;
+    for name in store
+        .list_page("core/token/expire/", None, 100)
+        .await
+        .unwrap()
+    {
+        store
+            .delete(&format!("core/token/expire/{name}"))
+            .await
+            .unwrap();
+    }
+    store.delete("core/token/expire-index").await.unwrap();
+    unseal(core.clone(), share).await;
+    assert_eq!(
+        store
+            .list_page("core/token/expire/", None, 100)
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "both tokens indexed at unseal"
+    );
+    assert!(
+        store
+            .get("core/token/expire-index")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    clock.advance(Duration::from_secs(61));
+    core.maintenance().await.unwrap();
+    assert!(!e.accessor_exists(&short).await);
+    assert!(e.accessor_exists(&long).await);
+}

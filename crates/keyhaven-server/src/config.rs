@@ -72,6 +72,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     telemetry: RawTelemetry,
+    #[serde(default)]
+    ha: Option<RawHa>,
 }
 
 /// The `[telemetry]` table: who may read `sys/metrics`.
@@ -203,15 +205,150 @@ fn audit_devices(
     Ok(out)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     backend: String,
     #[serde(default)]
     path: Option<PathBuf>,
+    /// PostgreSQL: a libpq connection string (URL or key=value); the PG* environment
+    /// variables when absent.
+    #[serde(default)]
+    connection_url: Option<String>,
+    /// PostgreSQL: the schema holding keyhaven's tables.
+    #[serde(default)]
+    schema: Option<String>,
+    /// PostgreSQL: most connections in the pool.
+    #[serde(default)]
+    max_connections: Option<u32>,
+    /// PostgreSQL: PEM roots that verify the database's certificate (sslmode=verify-full).
+    #[serde(default)]
+    tls_ca_file: Option<PathBuf>,
     /// MiB of stored values kept in memory for reads; 0 turns the cache off.
     #[serde(default)]
     cache_size_mb: Option<u32>,
+}
+
+impl std::fmt::Debug for RawStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `connection_url` may hold a password.
+        f.debug_struct("RawStorage")
+            .field("backend", &self.backend)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `[ha]` table. High availability is not available yet: `enabled = true` is refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHa {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    api_address: Option<String>,
+    #[serde(default)]
+    cluster_address: Option<String>,
+}
+
+/// Default of `storage.max_connections` (PostgreSQL).
+pub const DEFAULT_PG_CONNECTIONS: u32 = 16;
+/// Largest `storage.max_connections` accepted.
+const MAX_PG_CONNECTIONS: u32 = 1024;
+
+/// A connection string from the PG* environment variables libpq reads (`PGHOST`,
+/// `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`), for a
+/// `storage.connection_url` left out.
+fn pg_env_connection() -> Option<String> {
+    let quote = |v: String| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut parts = Vec::new();
+    for (var, key) in [
+        ("PGHOST", "host"),
+        ("PGPORT", "port"),
+        ("PGUSER", "user"),
+        ("PGPASSWORD", "password"),
+        ("PGDATABASE", "dbname"),
+        ("PGSSLMODE", "sslmode"),
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            if key == "sslmode" {
+                parts.push(format!("sslmode={v}"));
+            } else {
+                parts.push(format!("{key}={}", quote(v)));
+            }
+        }
+    }
+    parts
+        .iter()
+        .any(|p| p.starts_with("host="))
+        .then(|| parts.join(" "))
+}
+
+fn postgres_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
+    if raw.cache_size_mb.is_some() {
+        return Err(ConfigError::Invalid(
+            "storage.cache_size_mb is for the sqlite backend: the postgresql backend keeps no \
+             read cache"
+                .into(),
+        ));
+    }
+    if raw.path.is_some() {
+        return Err(ConfigError::Invalid(
+            "storage.path is for the sqlite backend; postgresql takes connection_url".into(),
+        ));
+    }
+    let url = match raw.connection_url {
+        Some(url) => url,
+        None => pg_env_connection().ok_or_else(|| {
+            ConfigError::Invalid(
+                "storage.connection_url is required for the postgresql backend (or set PGHOST \
+                 and the other PG* environment variables)"
+                    .into(),
+            )
+        })?,
+    };
+    let checked = keyhaven_storage_sql::check_connection_string(&url)
+        .map_err(|e| ConfigError::Invalid(format!("storage.connection_url: {e}")))?;
+    let verify = match checked.sslmode {
+        Some(keyhaven_storage_sql::PgSslMode::VerifyFull) => true,
+        Some(keyhaven_storage_sql::PgSslMode::Disable) => false,
+        None if checked.local_only => false,
+        None => {
+            return Err(ConfigError::Invalid(
+                "storage.connection_url names a database on another machine: add \
+                 sslmode=verify-full (with storage.tls_ca_file), or sslmode=disable if the \
+                 network is protected"
+                    .into(),
+            ));
+        }
+    };
+    let tls_ca_file = match (verify, raw.tls_ca_file) {
+        (true, None) => {
+            return Err(ConfigError::Invalid(
+                "storage.tls_ca_file is required with sslmode=verify-full".into(),
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(ConfigError::Invalid(
+                "storage.tls_ca_file is set but the connection does not use TLS: add \
+                 sslmode=verify-full to storage.connection_url"
+                    .into(),
+            ));
+        }
+        (_, ca) => ca,
+    };
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_PG_CONNECTIONS);
+    if !(1..=MAX_PG_CONNECTIONS).contains(&max_connections) {
+        return Err(ConfigError::Invalid(format!(
+            "storage.max_connections {max_connections}: use 1 to {MAX_PG_CONNECTIONS}"
+        )));
+    }
+    Ok(StorageConfig::Postgres {
+        connection: secrecy::SecretString::from(checked.conninfo),
+        schema: raw.schema.unwrap_or_else(|| "keyhaven".to_owned()),
+        max_connections: max_connections as usize,
+        tls_ca_file,
+    })
 }
 
 /// Default of `storage.cache_size_mb`.
@@ -401,7 +538,7 @@ struct RawLog {
 }
 
 /// Where data lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum StorageConfig {
     /// Embedded SQLite database file.
     Sqlite {
@@ -412,7 +549,56 @@ pub enum StorageConfig {
     },
     /// In memory; only dev mode uses it.
     Memory,
+    /// A PostgreSQL database, used by this server alone.
+    Postgres {
+        /// The connection string, without `sslmode` (may hold a password).
+        connection: secrecy::SecretString,
+        /// The schema holding keyhaven's tables.
+        schema: String,
+        /// Most connections in the pool.
+        max_connections: usize,
+        /// PEM roots for `sslmode=verify-full`; `None`: no TLS.
+        tls_ca_file: Option<PathBuf>,
+    },
 }
+
+impl PartialEq for StorageConfig {
+    fn eq(&self, other: &Self) -> bool {
+        use secrecy::ExposeSecret as _;
+        match (self, other) {
+            (
+                StorageConfig::Sqlite { path, cache_bytes },
+                StorageConfig::Sqlite {
+                    path: p,
+                    cache_bytes: c,
+                },
+            ) => path == p && cache_bytes == c,
+            (StorageConfig::Memory, StorageConfig::Memory) => true,
+            (
+                StorageConfig::Postgres {
+                    connection,
+                    schema,
+                    max_connections,
+                    tls_ca_file,
+                },
+                StorageConfig::Postgres {
+                    connection: c,
+                    schema: s,
+                    max_connections: m,
+                    tls_ca_file: t,
+                },
+            ) => {
+                connection.expose_secret() == c.expose_secret()
+                    && schema == s
+                    && max_connections == m
+                    && tls_ca_file == t
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for StorageConfig {}
 
 impl StorageConfig {
     /// The name `sys/seal-status` reports.
@@ -420,6 +606,7 @@ impl StorageConfig {
         match self {
             StorageConfig::Sqlite { .. } => "sqlite",
             StorageConfig::Memory => "inmem",
+            StorageConfig::Postgres { .. } => "postgresql",
         }
     }
 }
@@ -551,7 +738,31 @@ impl Config {
                 "unsupported config version {v}; this server reads version 1"
             )));
         }
-        let storage = match raw.storage.backend.as_str() {
+        if let Some(ha) = &raw.ha
+            && ha.enabled
+        {
+            return Err(ConfigError::Invalid(format!(
+                "ha.enabled: high availability is not available in this release (api_address {}, \
+                 cluster_address {}); run one server per database",
+                ha.api_address.as_deref().unwrap_or("unset"),
+                ha.cluster_address.as_deref().unwrap_or("unset")
+            )));
+        }
+        if raw.storage.backend != "postgresql"
+            && (raw.storage.connection_url.is_some()
+                || raw.storage.schema.is_some()
+                || raw.storage.max_connections.is_some()
+                || raw.storage.tls_ca_file.is_some())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "storage.connection_url, schema, max_connections and tls_ca_file are for the \
+                 postgresql backend, not {:?}",
+                raw.storage.backend
+            )));
+        }
+        let backend = raw.storage.backend.clone();
+        let storage = match backend.as_str() {
+            "postgresql" => postgres_storage(raw.storage)?,
             "sqlite" => StorageConfig::Sqlite {
                 path: raw.storage.path.ok_or_else(|| {
                     ConfigError::Invalid("storage.path is required for the sqlite backend".into())
@@ -560,7 +771,7 @@ impl Config {
             },
             other => {
                 return Err(ConfigError::Invalid(format!(
-                    "unknown storage.backend {other:?}; supported: \"sqlite\""
+                    "unknown storage.backend {other:?}; supported: \"sqlite\", \"postgresql\""
                 )));
             }
         };
@@ -702,13 +913,127 @@ tls_key_file = "/etc/keyhaven/tls.key"
     }
 
     #[test]
+    fn postgresql_connections_verify_the_server_or_stay_on_this_machine() {
+        let with = |storage: &str| {
+            Config::from_toml(&format!(
+                "[storage]\nbackend = \"postgresql\"\n{storage}\n[listener]\naddress = \"127.0.0.1:1\"\ntls_disable = true\n"
+            ))
+        };
+        // Local without sslmode: plain; sslmode taken out of what the driver sees.
+        let c =
+            with("connection_url = \"host=127.0.0.1 user=kh password='p w' dbname=kh\"").unwrap();
+        let StorageConfig::Postgres {
+            connection,
+            schema,
+            max_connections,
+            tls_ca_file,
+        } = &c.storage
+        else {
+            panic!("{:?}", c.storage)
+        };
+        use secrecy::ExposeSecret as _;
+        assert_eq!(
+            connection.expose_secret(),
+            "host=127.0.0.1 user=kh password='p w' dbname=kh"
+        );
+        assert_eq!(
+            (schema.as_str(), *max_connections, tls_ca_file),
+            ("keyhaven", 16, &None)
+        );
+        assert_eq!(c.storage.type_name(), "postgresql");
+        assert!(
+            !format!("{c:?}").contains("p w"),
+            "the password is in Debug output"
+        );
+        let c = with(
+            "connection_url = \"postgresql://kh@db.example.com/kh?sslmode=verify-full&connect_timeout=5\"\ntls_ca_file = \"/etc/ca.pem\"\nschema = \"kh2\"\nmax_connections = 4",
+        )
+        .unwrap();
+        let StorageConfig::Postgres {
+            connection,
+            schema,
+            max_connections,
+            tls_ca_file,
+        } = &c.storage
+        else {
+            panic!()
+        };
+        assert_eq!(
+            connection.expose_secret(),
+            "postgresql://kh@db.example.com/kh?connect_timeout=5"
+        );
+        assert_eq!(schema, "kh2");
+        assert_eq!(*max_connections, 4);
+        assert_eq!(tls_ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+        for (storage, want) in [
+            (
+                "connection_url = \"host=db.example.com\"",
+                "another machine",
+            ),
+            (
+                "connection_url = \"host=db.example.com sslmode=prefer\"",
+                "sslmode=prefer does not check",
+            ),
+            (
+                "connection_url = \"host=localhost sslmode=verify-ca\"",
+                "sslmode=verify-ca does not check",
+            ),
+            (
+                "connection_url = \"host=localhost sslmode=bogus\"",
+                "disable or verify-full",
+            ),
+            (
+                "connection_url = \"host=localhost sslmode=verify-full\"",
+                "tls_ca_file is required",
+            ),
+            (
+                "connection_url = \"host=localhost\"\ntls_ca_file = \"/ca.pem\"",
+                "does not use TLS",
+            ),
+            (
+                "connection_url = \"host=localhost\"\nmax_connections = 0",
+                "max_connections",
+            ),
+            (
+                "connection_url = \"host=localhost\"\ncache_size_mb = 8",
+                "no read cache",
+            ),
+            (
+                "connection_url = \"host=localhost port=notaport\"",
+                "not a PostgreSQL connection string",
+            ),
+        ] {
+            let err = with(storage).unwrap_err().to_string();
+            assert!(err.contains(want), "{storage}: {err}");
+        }
+        let err = Config::from_toml(&GOOD.replace(
+            "[listener]",
+            "connection_url = \"host=localhost\"\n[listener]",
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("for the postgresql backend"),
+            "{err}"
+        );
+        let err = Config::from_toml(&format!(
+            "{GOOD}\n[ha]\nenabled = true\napi_address = \"https://kh-0:8200\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("high availability is not available"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_read_cache_is_sized_in_mib_and_can_be_turned_off() {
         let with = |line: &str| {
             Config::from_toml(&GOOD.replace("[listener]", &format!("{line}\n[listener]")))
         };
         let bytes = |c: Config| match c.storage {
             StorageConfig::Sqlite { cache_bytes, .. } => cache_bytes,
-            StorageConfig::Memory => unreachable!(),
+            _ => unreachable!(),
         };
         assert_eq!(bytes(with("cache_size_mb = 0").unwrap()), 0);
         assert_eq!(bytes(with("cache_size_mb = 256").unwrap()), 256 << 20);

@@ -107,6 +107,8 @@ pub struct Server {
     core: Arc<Core>,
     /// Closed (close record written) after the last request.
     audit_files: Vec<Arc<audit_file::FileDevice>>,
+    /// PostgreSQL: this server's hold on the database; serving stops if it is lost.
+    storage_lock: Option<keyhaven_storage_sql::ExclusiveLock>,
 }
 
 impl Server {
@@ -139,10 +141,42 @@ impl Server {
                 }
             }
         });
+        // Losing the database lock ends serving: another server may take the database.
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shutdown = {
+            let lost = lost.clone();
+            let mut lock = self.storage_lock;
+            async move {
+                match lock.as_mut() {
+                    Some(lock) => {
+                        tokio::select! {
+                            () = shutdown => {}
+                            () = lock.lost() => lost.store(true, std::sync::atomic::Ordering::Release),
+                        }
+                    }
+                    None => shutdown.await,
+                }
+                // Held until the last request is answered.
+                lock
+            }
+        };
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+        let shutdown = async move {
+            let lock = shutdown.await;
+            let _ = held_tx.send(lock);
+        };
         listener::serve(self.listener, self.tls, self.router, self.limits, shutdown).await;
+        drop(held_rx);
         maintenance.abort();
         for device in &self.audit_files {
             device.close().await;
+        }
+        if lost.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ServerError::Storage(
+                keyhaven_storage::StorageError::unavailable(
+                    "the database session holding this server's lock ended; stopped serving",
+                ),
+            ));
         }
         Ok(())
     }
@@ -205,9 +239,72 @@ pub(crate) fn create_private_dirs(dir: &std::path::Path) -> std::io::Result<()> 
         .create(dir)
 }
 
-fn open_storage(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+/// Roots for `sslmode=verify-full`, from a PEM file.
+fn pg_tls(ca_file: &std::path::Path) -> Result<keyhaven_storage_sql::PgTls, ServerError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let shown = ca_file.display();
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| ServerError::Tls(format!("storage.tls_ca_file {shown}: {e}")))?;
+    for cert in certs {
+        let cert =
+            cert.map_err(|e| ServerError::Tls(format!("storage.tls_ca_file {shown}: {e}")))?;
+        roots.add(cert).map_err(|e| {
+            ServerError::Tls(format!(
+                "storage.tls_ca_file {shown}: unusable certificate: {e}"
+            ))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(ServerError::Tls(format!(
+            "storage.tls_ca_file {shown}: no certificate in the file"
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(keyhaven_storage_sql::PgTls::VerifyFull(Arc::new(config)))
+}
+
+/// Open the configured storage; for PostgreSQL, also take the database for this server
+/// alone (a second server on the same schema is refused).
+async fn open_storage(
+    config: &Config,
+) -> Result<(Arc<dyn Store>, Option<keyhaven_storage_sql::ExclusiveLock>), ServerError> {
     match &config.storage {
+        StorageConfig::Postgres {
+            connection,
+            schema,
+            max_connections,
+            tls_ca_file,
+        } => {
+            use secrecy::ExposeSecret as _;
+            let mut options = keyhaven_storage_sql::PgOptions::default();
+            options.schema.clone_from(schema);
+            options.pool_size = *max_connections;
+            if let Some(ca) = tls_ca_file {
+                options.tls = pg_tls(ca)?;
+            }
+            let store = keyhaven_storage_sql::PgStore::connect(connection.expose_secret(), options)
+                .await
+                .map_err(ServerError::Storage)?;
+            let lock = store.hold_exclusive().await.map_err(ServerError::Storage)?;
+            Ok((Arc::new(store), Some(lock)))
+        }
+        other => Ok((open_local_storage(other)?, None)),
+    }
+}
+
+fn open_local_storage(storage: &StorageConfig) -> Result<Arc<dyn Store>, ServerError> {
+    match storage {
         StorageConfig::Memory => Ok(Arc::new(MemStore::new())),
+        StorageConfig::Postgres { .. } => Err(ServerError::Storage(
+            keyhaven_storage::StorageError::unavailable("postgresql is opened asynchronously"),
+        )),
         StorageConfig::Sqlite { path, cache_bytes } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 create_private_dirs(dir).map_err(|e| {
@@ -235,7 +332,7 @@ pub async fn build(
     if dev.is_some() && !config.address.ip().is_loopback() {
         return Err(ServerError::DevNotLoopback(config.address));
     }
-    let storage = open_storage(config)?;
+    let (storage, storage_lock) = open_storage(config).await?;
     let mut audit_files = Vec::with_capacity(config.audit.len());
     for device in &config.audit {
         audit_files.push(audit_file::FileDevice::start(device.clone())?);
@@ -331,6 +428,7 @@ pub async fn build(
             local_addr,
             core,
             audit_files,
+            storage_lock,
         },
         creds,
     ))
@@ -349,7 +447,7 @@ mod tests {
             path: tmp.path().join("a/b/keyhaven.db"),
             cache_bytes: 0,
         };
-        let store = open_storage(&config).unwrap();
+        let store = open_local_storage(&config.storage).unwrap();
         drop(store);
         for dir in ["a", "a/b"] {
             let mode = std::fs::metadata(tmp.path().join(dir))

@@ -27,5 +27,8 @@ mod postgres;
 mod sqlite;
 
 #[cfg(feature = "postgres")]
-pub use postgres::{PgOptions, PgStore};
+pub use postgres::{
+    ExclusiveLock, PgConnectionString, PgOptions, PgSslMode, PgStore, PgTls,
+    check_connection_string,
+};
 pub use sqlite::{ConnectionRole, ConnectionSettings, SqliteOptions, SqliteStore, WriteStats};

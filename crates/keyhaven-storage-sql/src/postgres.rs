@@ -16,6 +16,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +39,27 @@ const MIGRATIONS: &[&str] = &[
     )",
 ];
 
+/// How a [`PgStore`] protects its connections to the database.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum PgTls {
+    /// Plain TCP or a unix socket (libpq's `sslmode=disable`).
+    #[default]
+    Disable,
+    /// TLS, with the server's certificate verified against the configuration's roots and
+    /// its name against the host connected to (libpq's `sslmode=verify-full`).
+    VerifyFull(Arc<rustls::ClientConfig>),
+}
+
+impl std::fmt::Debug for PgTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PgTls::Disable => "Disable",
+            PgTls::VerifyFull(_) => "VerifyFull",
+        })
+    }
+}
+
 /// Tuning and placement of a [`PgStore`]. Change single fields on a default value.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -53,6 +75,8 @@ pub struct PgOptions {
     pub max_retries: u32,
     /// How long to wait for a pooled connection (default 10 s).
     pub acquire_timeout: Duration,
+    /// TLS to the database (default: none).
+    pub tls: PgTls,
 }
 
 impl Default for PgOptions {
@@ -62,6 +86,7 @@ impl Default for PgOptions {
             pool_size: 16,
             max_retries: 64,
             acquire_timeout: Duration::from_secs(10),
+            tls: PgTls::Disable,
         }
     }
 }
@@ -115,8 +140,8 @@ impl Statements {
 /// A [`Store`] in a PostgreSQL database.
 ///
 /// Connect once per process with [`PgStore::connect`] and share it through an `Arc`.
-/// Connections are plain TCP or unix sockets (no TLS yet): run keyhaven next to its
-/// database or over a protected network.
+/// Connections are plain TCP, unix sockets, or TLS with the server verified
+/// ([`PgTls::VerifyFull`]).
 pub struct PgStore {
     pool: Pool,
     sql: Statements,
@@ -202,10 +227,157 @@ fn quote_schema(schema: &str) -> Result<String, StorageError> {
     Ok(format!("\"{schema}\""))
 }
 
+/// libpq's `sslmode`, of the values keyhaven accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgSslMode {
+    /// `disable`: no TLS.
+    Disable,
+    /// `verify-full`: TLS, the certificate checked against trusted roots and the host name.
+    VerifyFull,
+}
+
+/// A connection string as keyhaven uses it: its `sslmode` taken out (keyhaven applies
+/// it, with its own TLS), what it asked for, and whether every host is on this machine.
+pub struct PgConnectionString {
+    /// The connection string without `sslmode`.
+    pub conninfo: String,
+    /// The `sslmode` it gave, if any.
+    pub sslmode: Option<PgSslMode>,
+    /// Every host is a unix socket or a loopback address.
+    pub local_only: bool,
+}
+
+impl std::fmt::Debug for PgConnectionString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connection string may hold a password.
+        f.debug_struct("PgConnectionString")
+            .field("sslmode", &self.sslmode)
+            .field("local_only", &self.local_only)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Check a libpq-style connection string (URL or `key=value` form) for keyhaven. Errors
+/// name what is wrong and never repeat the string (it may hold a password).
+///
+/// `sslmode` may only be `disable` or `verify-full`: `allow`, `prefer` and `require`
+/// accept any certificate and `verify-ca` any host name, which let a machine in the
+/// middle read every stored ciphertext and the database password.
+pub fn check_connection_string(text: &str) -> Result<PgConnectionString, String> {
+    let text = text.trim();
+    let mut sslmode_value = None;
+    let conninfo = if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        match text.split_once('?') {
+            None => text.to_owned(),
+            Some((base, query)) => {
+                let mut kept = Vec::new();
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    match pair.split_once('=') {
+                        Some(("sslmode", v)) => sslmode_value = Some(v.to_owned()),
+                        _ => kept.push(pair),
+                    }
+                }
+                if kept.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+        }
+    } else {
+        let mut kept = Vec::new();
+        for word in text.split_whitespace() {
+            match word.split_once('=') {
+                Some(("sslmode", v)) => sslmode_value = Some(v.trim_matches('\'').to_owned()),
+                _ => kept.push(word),
+            }
+        }
+        if sslmode_value.is_some() {
+            kept.join(" ")
+        } else {
+            text.to_owned()
+        }
+    };
+    let sslmode = match sslmode_value.as_deref() {
+        None => None,
+        Some("disable") => Some(PgSslMode::Disable),
+        Some("verify-full") => Some(PgSslMode::VerifyFull),
+        Some(weak @ ("allow" | "prefer" | "require" | "verify-ca")) => {
+            return Err(format!(
+                "sslmode={weak} does not check whom it talks to; use sslmode=verify-full (with \
+                 storage.tls_ca_file), or sslmode=disable for a database on this machine or a \
+                 protected network"
+            ));
+        }
+        Some(_) => {
+            return Err("sslmode must be disable or verify-full".to_owned());
+        }
+    };
+    let config: tokio_postgres::Config = conninfo
+        .parse()
+        .map_err(|e: tokio_postgres::Error| format!("not a PostgreSQL connection string: {e}"))?;
+    if config.get_hosts().is_empty() {
+        return Err("the connection string names no host".to_owned());
+    }
+    let local_only = config.get_hosts().iter().all(|host| match host {
+        tokio_postgres::config::Host::Unix(_) => true,
+        tokio_postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    }) && config
+        .get_hostaddrs()
+        .iter()
+        .all(std::net::IpAddr::is_loopback);
+    Ok(PgConnectionString {
+        conninfo,
+        sslmode,
+        local_only,
+    })
+}
+
+/// How often the session holding an [`ExclusiveLock`] is checked.
+const LOCK_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A schema held by this process alone ([`PgStore::hold_exclusive`]); released when
+/// dropped.
+#[derive(Debug)]
+pub struct ExclusiveLock {
+    lost: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ExclusiveLock {
+    /// Resolves once the session holding the lock has ended (the lock is gone).
+    pub async fn lost(&mut self) {
+        let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+}
+
+impl Drop for ExclusiveLock {
+    fn drop(&mut self) {
+        // Ends the session, which releases the lock.
+        self.task.abort();
+    }
+}
+
 /// A stable advisory-lock id for migrating `schema` (FNV-1a of the name).
 fn migration_lock_id(schema: &str) -> i64 {
+    lock_id(b"keyhaven-migrate:", schema)
+}
+
+/// A stable advisory-lock id held by the one server using `schema`.
+fn exclusive_lock_id(schema: &str) -> i64 {
+    lock_id(b"keyhaven-active:", schema)
+}
+
+fn lock_id(purpose: &[u8], schema: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in b"keyhaven-migrate:".iter().chain(schema.as_bytes()) {
+    for byte in purpose.iter().chain(schema.as_bytes()) {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -222,14 +394,21 @@ impl PgStore {
     /// [`StorageError::SchemaTooNew`] if a newer keyhaven migrated the schema.
     pub async fn connect(config: &str, options: PgOptions) -> Result<PgStore, StorageError> {
         let schema = quote_schema(&options.schema)?;
-        let pg_config: tokio_postgres::Config = config.parse().map_err(fail)?;
-        let manager = Manager::from_config(
-            pg_config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let mut pg_config: tokio_postgres::Config = config.parse().map_err(fail)?;
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &options.tls {
+            PgTls::Disable => {
+                pg_config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Manager::from_config(pg_config, NoTls, manager_config)
+            }
+            PgTls::VerifyFull(client) => {
+                pg_config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**client).clone());
+                Manager::from_config(pg_config, tls, manager_config)
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .wait_timeout(Some(options.acquire_timeout))
@@ -244,6 +423,50 @@ impl PgStore {
         };
         store.migrate(&schema).await?;
         Ok(store)
+    }
+
+    /// Hold this schema for this process alone, until the returned lock is dropped or its
+    /// session ends: a PostgreSQL session-level advisory lock on a connection taken out of
+    /// the pool. A second holder is refused at once. [`ExclusiveLock::lost`] resolves if
+    /// the session ends (the database restarted, the connection dropped): the lock is gone
+    /// then, and the caller must stop writing.
+    pub async fn hold_exclusive(&self) -> Result<ExclusiveLock, StorageError> {
+        let object = self.pool.get().await.map_err(fail)?;
+        let client = deadpool_postgres::Object::take(object);
+        let row = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1)",
+                &[&exclusive_lock_id(&self.schema)],
+            )
+            .await
+            .map_err(fail)?;
+        let held: bool = row.try_get(0).map_err(fail)?;
+        if !held {
+            return Err(StorageError::unavailable(format!(
+                "another keyhaven server is active on this database (schema {:?}): run one \
+                 server per database",
+                self.schema
+            )));
+        }
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LOCK_CHECK_INTERVAL).await;
+                let alive = !client.is_closed()
+                    && tokio::time::timeout(LOCK_CHECK_INTERVAL, client.simple_query("SELECT 1"))
+                        .await
+                        .is_ok_and(|r| r.is_ok());
+                if !alive {
+                    tracing::error!(
+                        target: "keyhaven::storage",
+                        "the database session holding this server's lock ended"
+                    );
+                    let _ = tx.send(true);
+                    return;
+                }
+            }
+        });
+        Ok(ExclusiveLock { lost: rx, task })
     }
 
     /// The PostgreSQL schema this store uses.

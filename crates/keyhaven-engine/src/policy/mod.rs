@@ -25,7 +25,7 @@
 //! called (by the future cross-replica invalidation) or the server restarts.
 
 mod acl;
-mod parse;
+pub(crate) mod parse;
 
 use std::collections::HashMap;
 use std::sync::Arc;

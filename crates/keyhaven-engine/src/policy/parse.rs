@@ -212,7 +212,7 @@ pub(crate) fn echo(s: &str) -> String {
     format!("{:?}…", s.get(..end).unwrap_or_default())
 }
 
-fn line_of(text: &str, span: Option<Range<usize>>) -> Option<usize> {
+pub(crate) fn line_of(text: &str, span: Option<Range<usize>>) -> Option<usize> {
     let start = span?.start;
     let before = text.get(..start)?;
     Some(before.bytes().filter(|b| *b == b'\n').count() + 1)
@@ -299,7 +299,10 @@ fn hcl_rules(text: &str) -> Result<Vec<RawRule>, PolicyParseError> {
 }
 
 /// An HCL literal as JSON; anything computed (variables, templates, calls) is refused.
-fn expr_value(expr: &Expression, line: Option<usize>) -> Result<Value, PolicyParseError> {
+pub(crate) fn expr_value(
+    expr: &Expression,
+    line: Option<usize>,
+) -> Result<Value, PolicyParseError> {
     Ok(match expr {
         Expression::Null(_) => Value::Null,
         Expression::Bool(b) => Value::Bool(*b.value()),

@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 
 use super::roles::normalize_policies;
 use super::{
-    ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, SYSTEM_MAX_TTL, TokenEntry, TokenStore, corrupt,
-    ttl_from,
+    ACCESSOR_PREFIX, EXPIRE_PREFIX, ID_PREFIX, INDEX_MARKER, PARENT_PREFIX, REVOKING_PREFIX,
+    SYSTEM_MAX_TTL, TokenEntry, TokenStore, corrupt, expire_key, parse_expire_name, ttl_from,
 };
 use crate::auth::LoginGrant;
 use crate::error::{CryptoOp, EngineError};
@@ -251,7 +251,7 @@ impl TokenStore {
         let Some(parent) = parent else {
             entry.creation_ttl = ttl_from(now, entry.expire_time);
             entry.renewable = p.renewable && entry.expire_time.is_some();
-            let ops = vec![
+            let mut ops = vec![
                 Op::Put {
                     key: Self::id_key(&hash),
                     value: serde_json::to_vec(&entry)
@@ -259,6 +259,12 @@ impl TokenStore {
                 },
                 accessor_op,
             ];
+            if let Some(exp) = entry.expire_time {
+                ops.push(Op::Put {
+                    key: expire_key(exp, &hash),
+                    value: Vec::new(),
+                });
+            }
             // Unconditional: it commits or fails with an error.
             let _ = self
                 .storage
@@ -290,23 +296,30 @@ impl TokenStore {
             };
             entry.creation_ttl = ttl_from(now, entry.expire_time);
             entry.renewable = p.renewable && entry.expire_time.is_some();
+            let mut ops = vec![
+                Op::Put {
+                    key: Self::id_key(&hash),
+                    value: serde_json::to_vec(&entry)
+                        .map_err(|_| EngineError::Encode("a token entry"))?,
+                },
+                accessor_op.clone(),
+                Op::Put {
+                    key: format!("{PARENT_PREFIX}{}/{hash}", parent.hash),
+                    value: Vec::new(),
+                },
+            ];
+            if let Some(exp) = entry.expire_time {
+                ops.push(Op::Put {
+                    key: expire_key(exp, &hash),
+                    value: Vec::new(),
+                });
+            }
             let tx = Transaction {
                 conditions: vec![keyhaven_storage::Condition::Equals {
                     key: parent_key.clone(),
                     value: parent_bytes,
                 }],
-                ops: vec![
-                    Op::Put {
-                        key: Self::id_key(&hash),
-                        value: serde_json::to_vec(&entry)
-                            .map_err(|_| EngineError::Encode("a token entry"))?,
-                    },
-                    accessor_op.clone(),
-                    Op::Put {
-                        key: format!("{PARENT_PREFIX}{}/{hash}", parent.hash),
-                        value: Vec::new(),
-                    },
-                ],
+                ops,
             };
             if self.storage.transact(tx).await? == keyhaven_storage::TxOutcome::Committed {
                 return Ok((token, entry));
@@ -407,6 +420,14 @@ impl TokenStore {
                 key: format!("{PARENT_PREFIX}{parent}/{hash_hex}"),
             });
         }
+        if let Some(exp) = entry.expire_time {
+            ops.push(Op::Delete {
+                key: expire_key(exp, hash_hex),
+            });
+        }
+        ops.push(Op::Delete {
+            key: format!("{REVOKING_PREFIX}{hash_hex}"),
+        });
         // Unconditional: it commits or fails with an error.
         let _ = self
             .storage
@@ -489,17 +510,126 @@ impl TokenStore {
 
     /// Delete expired tokens (and their subtrees), and finish revocations that were
     /// interrupted. Returns how many trees were removed.
+    ///
+    /// Reads only the revocations begun and the expiry index up to now: an idle server
+    /// does two short listings, however many tokens it holds.
     pub async fn sweep_expired(&self) -> Result<usize, EngineError> {
-        Ok(self.sweep_expired_and_count().await?.0)
+        let mut removed = 0;
+        for hash in self.list_all(REVOKING_PREFIX).await? {
+            if self.storage.get(&Self::id_key(&hash)).await?.is_some() {
+                self.revoke_tree(&hash).await?;
+                removed += 1;
+            } else {
+                self.storage
+                    .delete(&format!("{REVOKING_PREFIX}{hash}"))
+                    .await?;
+            }
+        }
+        let now = self.clock.unix_seconds();
+        // Small pages: the first is usually all an idle sweep reads.
+        const PAGE: usize = 64;
+        let mut after: Option<String> = None;
+        'pages: loop {
+            let page = self
+                .storage
+                .list_page(EXPIRE_PREFIX, after.as_deref(), PAGE)
+                .await?;
+            for name in &page {
+                let Some((at, hash)) = parse_expire_name(name) else {
+                    // Not written by this store: left alone, and not read again.
+                    tracing::warn!(target: "keyhaven::tokens", "malformed expiry index entry skipped");
+                    continue;
+                };
+                if at > now {
+                    break 'pages;
+                }
+                let index_key = format!("{EXPIRE_PREFIX}{name}");
+                let stored = match self.storage.get(&Self::id_key(hash)).await? {
+                    Some(bytes) => {
+                        Some(serde_json::from_slice::<TokenEntry>(&bytes).map_err(|_| corrupt())?)
+                    }
+                    None => None,
+                };
+                match stored {
+                    Some(e) if !e.live(now) => {
+                        self.revoke_tree(hash).await?;
+                        removed += 1;
+                    }
+                    // Renewed since this time was indexed: its current expiry is (or, after
+                    // an interrupted write, is now) in the index too.
+                    Some(e) => {
+                        if let Some(exp) = e.expire_time {
+                            self.storage.put(&expire_key(exp, hash), Vec::new()).await?;
+                        }
+                    }
+                    None => {}
+                }
+                self.storage.delete(&index_key).await?;
+            }
+            if page.len() < PAGE {
+                break;
+            }
+            after = page.last().cloned();
+        }
+        Ok(removed)
     }
 
-    /// [`TokenStore::sweep_expired`], also counting the tokens that remain live (for
-    /// `vault.token.count`): `(removed, live)`.
-    pub(crate) async fn sweep_expired_and_count(&self) -> Result<(usize, usize), EngineError> {
+    /// `auth/token/tidy`: walk every entry, revoke what is expired or was being revoked,
+    /// and restore missing index entries of the rest. Returns how many trees were removed.
+    pub async fn tidy(&self) -> Result<usize, EngineError> {
+        let removed = self.sweep_expired().await?;
         let now = self.clock.unix_seconds();
-        let mut after: Option<String> = None;
         let mut due = Vec::new();
-        let mut live = 0usize;
+        self.for_each_entry(|e| {
+            if !e.live(now) {
+                due.push(e.hash.clone());
+            }
+        })
+        .await?;
+        for h in &due {
+            self.revoke_tree(h).await?;
+        }
+        self.index_entries(false).await?;
+        Ok(removed + due.len())
+    }
+
+    /// Index every stored entry (installations from before the index), then mark the
+    /// index complete.
+    pub(super) async fn build_expiry_index(&self) -> Result<(), EngineError> {
+        let n = self.index_entries(true).await?;
+        self.storage.put(INDEX_MARKER, b"1".to_vec()).await?;
+        if n > 0 {
+            tracing::info!(target: "keyhaven::tokens", tokens = n, "token expiry index built");
+        }
+        Ok(())
+    }
+
+    /// Put the index entries of every stored entry that lacks them (all of them when
+    /// `blind`, without reading the index first). Returns how many entries were seen.
+    async fn index_entries(&self, blind: bool) -> Result<usize, EngineError> {
+        let mut keys = Vec::new();
+        let mut seen = 0usize;
+        self.for_each_entry(|e| {
+            seen += 1;
+            if let Some(exp) = e.expire_time {
+                keys.push(expire_key(exp, &e.hash));
+            }
+            if e.revoking {
+                keys.push(format!("{REVOKING_PREFIX}{}", e.hash));
+            }
+        })
+        .await?;
+        for key in keys {
+            if blind || self.storage.get(&key).await?.is_none() {
+                self.storage.put(&key, Vec::new()).await?;
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Call `f` with every stored entry, one page at a time.
+    async fn for_each_entry(&self, mut f: impl FnMut(&TokenEntry)) -> Result<(), EngineError> {
+        let mut after: Option<String> = None;
         loop {
             let page = self
                 .storage
@@ -507,23 +637,61 @@ impl TokenStore {
                 .await?;
             for h in &page {
                 if let Some(bytes) = self.storage.get(&Self::id_key(h)).await? {
-                    let e: TokenEntry = serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
-                    if e.live(now) {
-                        live += 1;
-                    } else {
-                        due.push(h.clone());
+                    let mut e: TokenEntry =
+                        serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
+                    if e.hash.is_empty() {
+                        e.hash.clone_from(h);
                     }
+                    f(&e);
                 }
             }
             if page.len() < 1000 {
-                break;
+                return Ok(());
             }
             after = page.last().cloned();
         }
-        for h in &due {
-            self.revoke_tree(h).await?;
+    }
+
+    /// Every name under `prefix` (a flat folder), page by page.
+    async fn list_all(&self, prefix: &str) -> Result<Vec<String>, EngineError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .storage
+                .list_page(prefix, after.as_deref(), 1000)
+                .await?;
+            out.extend(page.iter().cloned());
+            if page.len() < 1000 {
+                return Ok(out);
+            }
+            after = page.last().cloned();
         }
-        Ok((due.len(), live))
+    }
+
+    /// How many tokens are stored (names only, no entry is read), at most once per
+    /// `every` seconds of the engine's clock: `None` when counted more recently.
+    pub(crate) async fn count_if_due(&self, every: i64) -> Result<Option<usize>, EngineError> {
+        use std::sync::atomic::Ordering;
+        let now = self.clock.unix_seconds();
+        let last = self.counted_at.load(Ordering::Acquire);
+        if last != i64::MIN && now.saturating_sub(last) < every {
+            return Ok(None);
+        }
+        self.counted_at.store(now, Ordering::Release);
+        let mut count = 0usize;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .storage
+                .list_page(ID_PREFIX, after.as_deref(), 1000)
+                .await?;
+            count += page.len();
+            if page.len() < 1000 {
+                return Ok(Some(count));
+            }
+            after = page.last().cloned();
+        }
     }
 }
 

@@ -13,7 +13,15 @@
 //! - `core/token/accessor/<accessor>`: the hash, so accessors can look up and revoke;
 //! - `core/token/parent/<parent hash>/<child hash>`: the token tree, so revoking a
 //!   parent revokes its children;
-//! - `core/token/role/<name>`: token roles.
+//! - `core/token/role/<name>`: token roles;
+//! - `core/token/expire/<expiry, 20 digits>.<hash>`: the expiry index, ordered by time,
+//!   one empty entry per token with an expiry, written in the same transaction as the
+//!   entry (a renewal adds the new time; a stale time is dropped when the sweeper
+//!   reaches it);
+//! - `core/token/revoking/<hash>`: tokens whose revocation has begun, written with the
+//!   mark and deleted with the entry;
+//! - `core/token/expire-index`: present once every entry is in the index (installations
+//!   from before the index are indexed once, at their first unseal).
 //!
 //! Entries are cached in memory, except limited-use entries and entries being revoked.
 //! A write drops the entry from the cache, and a lookup that read storage while a write
@@ -22,8 +30,11 @@
 //! a lookup.
 //!
 //! Expiry is checked on every lookup against the engine's clock, so an expired token stops
-//! working at once; [`TokenStore::sweep_expired`] (periodic maintenance and
-//! `auth/token/tidy`) deletes expired entries later and finishes interrupted revocations.
+//! working at once; [`TokenStore::sweep_expired`] (periodic maintenance) deletes expired
+//! entries later and finishes interrupted revocations. It reads the expiry index up to
+//! the present and the revocations begun, so its work is proportional to what expires,
+//! not to how many tokens exist. `auth/token/tidy` ([`TokenStore::tidy`]) walks every
+//! entry instead, and restores index entries that are missing.
 //! A child's expiry never exceeds its parent's, at creation or renewal. Revoking a token
 //! revokes its whole subtree, except through `revoke-orphan`, which needs root or sudo
 //! and leaves the children as orphans.
@@ -77,6 +88,23 @@ const ID_PREFIX: &str = "core/token/id/";
 const ACCESSOR_PREFIX: &str = "core/token/accessor/";
 const PARENT_PREFIX: &str = "core/token/parent/";
 const ROLE_PREFIX: &str = "core/token/role/";
+const EXPIRE_PREFIX: &str = "core/token/expire/";
+const REVOKING_PREFIX: &str = "core/token/revoking/";
+const INDEX_MARKER: &str = "core/token/expire-index";
+
+/// The expiry index's key for a token expiring at `expiry` (Unix seconds).
+fn expire_key(expiry: i64, hash_hex: &str) -> String {
+    format!("{EXPIRE_PREFIX}{:020}.{hash_hex}", expiry.max(0))
+}
+
+/// The expiry and hash of an expiry index name (the part after the prefix).
+fn parse_expire_name(name: &str) -> Option<(i64, &str)> {
+    let (time, hash) = name.split_once('.')?;
+    if time.len() != 20 || hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((time.parse().ok()?, hash))
+}
 
 /// The longest any non-root token lives without renewal, and the default TTL: 32 days,
 /// as Vault's `max_lease_ttl`.
@@ -205,6 +233,8 @@ pub struct TokenStore {
     /// The cubbyhole mount's storage: a token's cubbyhole is the folder named by its
     /// storage hash, deleted when the token is revoked or expires.
     cubbyholes: std::sync::OnceLock<Arc<dyn Store>>,
+    /// When the stored tokens were last counted (engine clock), for `vault.token.count`.
+    counted_at: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for TokenStore {

@@ -387,9 +387,9 @@ impl TokenStore {
         Ok(Response::no_content())
     }
 
-    /// `auth/token/tidy`: remove expired tokens now.
+    /// `auth/token/tidy`: remove expired tokens now, and repair the expiry index.
     async fn handle_tidy(&self) -> Result<Response, EngineError> {
-        let n = self.sweep_expired().await?;
+        let n = self.tidy().await?;
         Ok(Response {
             warnings: vec![format!("removed {n} expired tokens")],
             ..Default::default()

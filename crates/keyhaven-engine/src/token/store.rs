@@ -12,7 +12,10 @@ use keyhaven_types::token;
 use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
-use super::{ACCESSOR_PREFIX, ID_PREFIX, SALT_PATH, TokenEntry, TokenStore, corrupt};
+use super::{
+    ACCESSOR_PREFIX, ID_PREFIX, INDEX_MARKER, REVOKING_PREFIX, SALT_PATH, TokenEntry, TokenStore,
+    corrupt, expire_key,
+};
 use crate::clock::Clock;
 use crate::error::{CryptoOp, EngineError};
 
@@ -44,7 +47,11 @@ impl TokenStore {
                 .await?
                 .ok_or_else(|| EngineError::Corrupt("the token salt is missing".to_owned()))?,
         );
-        Ok(Self::with_salt(storage, clock, &salt))
+        let store = Self::with_salt(storage, clock, &salt);
+        if store.storage.get(INDEX_MARKER).await?.is_none() {
+            store.build_expiry_index().await?;
+        }
+        Ok(store)
     }
 
     pub(crate) fn with_salt(storage: Arc<dyn Store>, clock: Arc<dyn Clock>, salt: &[u8]) -> Self {
@@ -55,6 +62,7 @@ impl TokenStore {
             cache: RwLock::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             cubbyholes: std::sync::OnceLock::new(),
+            counted_at: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
@@ -156,16 +164,42 @@ impl TokenStore {
                 return Ok(None);
             };
             let mut entry: TokenEntry = serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
+            let (old_expiry, old_revoking) = (entry.expire_time, entry.revoking);
             if !change(&mut entry)? {
                 return Ok(Some(entry));
             }
             let new =
                 serde_json::to_vec(&entry).map_err(|_| EngineError::Encode("a token entry"))?;
-            if self
-                .storage
-                .compare_and_swap(&key, Some(&bytes), Some(new))
-                .await?
+            let mut ops = vec![keyhaven_storage::Op::Put {
+                key: key.clone(),
+                value: new,
+            }];
+            // The indexes follow the entry in the same transaction: a new expiry is
+            // indexed (the old one is dropped when the sweeper reaches it), and a
+            // revocation begun is listed until the entry is gone.
+            if let Some(exp) = entry
+                .expire_time
+                .filter(|_| entry.expire_time != old_expiry)
             {
+                ops.push(keyhaven_storage::Op::Put {
+                    key: expire_key(exp, hash_hex),
+                    value: Vec::new(),
+                });
+            }
+            if entry.revoking && !old_revoking {
+                ops.push(keyhaven_storage::Op::Put {
+                    key: format!("{REVOKING_PREFIX}{hash_hex}"),
+                    value: Vec::new(),
+                });
+            }
+            let tx = keyhaven_storage::Transaction {
+                conditions: vec![keyhaven_storage::Condition::Equals {
+                    key: key.clone(),
+                    value: bytes,
+                }],
+                ops,
+            };
+            if self.storage.transact(tx).await? == keyhaven_storage::TxOutcome::Committed {
                 self.forget_hex(hash_hex)?;
                 return Ok(Some(entry));
             }
