@@ -21,6 +21,7 @@ mod args;
 mod audit_cmd;
 mod csi_provider_cmd;
 mod envelope_cmd;
+mod fix;
 mod generic_cmd;
 mod kms_plugin_cmd;
 mod kv_cmd;
@@ -52,12 +53,22 @@ struct ServerCli {
     args: server_cmd::ServerArgs,
 }
 
+/// `keyhaven scan`: the scanner's options and those of `--fix`.
+#[derive(Debug, clap::Args)]
+struct ScanCmd {
+    #[command(flatten)]
+    scan: keyhaven_scan::cli::ScanArgs,
+    #[command(flatten)]
+    fix: fix::FixArgs,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
     Server(server_cmd::ServerArgs),
-    /// Find hardcoded secrets and risky Kubernetes manifests.
-    Scan(keyhaven_scan::cli::ScanArgs),
+    /// Find hardcoded secrets and risky Kubernetes manifests; with --fix, move them into
+    /// keyhaven.
+    Scan(ScanCmd),
     /// Initialize, unseal, seal and rotate the server's keys.
     Operator(operator_cmd::OperatorArgs),
     /// Show the seal status of the server (exit 0 unsealed, 2 sealed, 1 error).
@@ -108,7 +119,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Server(args) => server_cmd::run(args),
-        Command::Scan(args) => Ok(keyhaven_scan::cli::run(args)),
+        Command::Scan(args) if args.fix.fix => Ok(fix::run(&args.scan, &args.fix)),
+        Command::Scan(args) => Ok(keyhaven_scan::cli::run(args.scan)),
         Command::Operator(args) => return operator_cmd::run(args),
         Command::Status(args) => return status_cmd::run(args),
         Command::Kv(args) => return kv_cmd::run(args),

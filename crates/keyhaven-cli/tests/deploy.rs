@@ -21,12 +21,12 @@ const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 /// requiresRepublish, bound pod tokens) and the newest schema set of the pinned package.
 const KUBERNETES_VERSIONS: &str = "1.30.0 1.37.0";
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The venv's bin directory, installed on first use.
-fn tools() -> PathBuf {
+pub(crate) fn tools() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let venv = repo_root().join("target/deploy-venv");

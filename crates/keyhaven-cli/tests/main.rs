@@ -24,6 +24,7 @@ mod kms_etcd;
 mod kms_plugin;
 mod limits;
 mod postgres;
+mod scan_fix;
 mod server;
 mod tls;
 mod transit_cli;
