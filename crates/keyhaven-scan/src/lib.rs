@@ -101,6 +101,7 @@ pub mod internal {
                     fix: None,
                     references: Vec::new(),
                     decoded_from: None,
+                    field: None,
                     secret: Some(crate::Secret::new(tail.into_bytes())),
                     fingerprint: String::new(),
                 }
