@@ -2,7 +2,7 @@
 of each Kubernetes version named in KUBERNETES_VERSIONS (strict: unknown fields fail).
 
 Kinds without a published schema are skipped with a note on stdout: custom resources
-(SecretProviderClass) and configuration files that are not API objects
+(SecretProviderClass, ExternalSecret, SecretStore) and configuration files that are not API objects
 (EncryptionConfiguration, read by the kube-apiserver from disk). Exit status 1 if any
 object fails, with one line per failure on stderr."""
 
@@ -15,6 +15,8 @@ import yaml
 NO_SCHEMA = {
     ("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass"): "a CRD of the Secrets Store CSI driver",
     ("apiserver.config.k8s.io/v1", "EncryptionConfiguration"): "a kube-apiserver file, not an API object",
+    ("external-secrets.io/v1", "ExternalSecret"): "a CRD of the External Secrets Operator",
+    ("external-secrets.io/v1", "SecretStore"): "a CRD of the External Secrets Operator",
 }
 
 versions = os.environ.get("KUBERNETES_VERSIONS", "1.37.0").split()

@@ -16,10 +16,12 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod admission_cmd;
 mod args;
 mod audit_cmd;
 mod csi_provider_cmd;
 mod envelope_cmd;
+mod fix;
 mod generic_cmd;
 mod kms_plugin_cmd;
 mod kv_cmd;
@@ -51,12 +53,22 @@ struct ServerCli {
     args: server_cmd::ServerArgs,
 }
 
+/// `keyhaven scan`: the scanner's options and those of `--fix`.
+#[derive(Debug, clap::Args)]
+struct ScanCmd {
+    #[command(flatten)]
+    scan: keyhaven_scan::cli::ScanArgs,
+    #[command(flatten)]
+    fix: fix::FixArgs,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
     Server(server_cmd::ServerArgs),
-    /// Find hardcoded secrets and risky Kubernetes manifests.
-    Scan(keyhaven_scan::cli::ScanArgs),
+    /// Find hardcoded secrets and risky Kubernetes manifests; with --fix, move them into
+    /// keyhaven.
+    Scan(ScanCmd),
     /// Initialize, unseal, seal and rotate the server's keys.
     Operator(operator_cmd::OperatorArgs),
     /// Show the seal status of the server (exit 0 unsealed, 2 sealed, 1 error).
@@ -92,6 +104,9 @@ enum Command {
     /// Encrypt and decrypt files and streams offline with data keys wrapped by transit
     /// keys (exit codes: 3 corrupt, 4 not authorized, 5 server unreachable).
     Envelope(envelope_cmd::EnvelopeArgs),
+    /// The validating admission webhook (`serve`) and its offline decision on a file
+    /// (`review`: exit 0 allowed, 1 denied, 2 error).
+    Admission(admission_cmd::AdmissionArgs),
 }
 
 fn main() -> ExitCode {
@@ -104,7 +119,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Server(args) => server_cmd::run(args),
-        Command::Scan(args) => Ok(keyhaven_scan::cli::run(args)),
+        Command::Scan(args) if args.fix.fix => Ok(fix::run(&args.scan, &args.fix)),
+        Command::Scan(args) => Ok(keyhaven_scan::cli::run(args.scan)),
         Command::Operator(args) => return operator_cmd::run(args),
         Command::Status(args) => return status_cmd::run(args),
         Command::Kv(args) => return kv_cmd::run(args),
@@ -122,6 +138,7 @@ fn main() -> ExitCode {
         Command::KmsPlugin(args) => return kms_plugin_cmd::run(args),
         Command::CsiProvider(args) => csi_provider_cmd::run(args),
         Command::Envelope(args) => return envelope_cmd::run(args),
+        Command::Admission(args) => return admission_cmd::run(args),
     };
     exit_code(result)
 }
@@ -172,7 +189,12 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     let clap_code = u8::try_from(e.exit_code()).unwrap_or(1);
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::from(clap_code),
-        _ if std::env::args_os().nth(1).is_some_and(|a| a == "scan") => ExitCode::from(clap_code),
+        _ if std::env::args_os()
+            .nth(1)
+            .is_some_and(|a| a == "scan" || a == "admission") =>
+        {
+            ExitCode::from(clap_code)
+        }
         _ => ExitCode::from(1),
     }
 }

@@ -26,7 +26,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("keyhaven-client", &["keyhaven-types", "keyhaven-crypto"]),
-    ("keyhaven-k8s", &["keyhaven-client", "keyhaven-types"]),
+    (
+        "keyhaven-k8s",
+        &["keyhaven-client", "keyhaven-types", "keyhaven-scan"],
+    ),
     (
         "keyhaven-envelope",
         &["keyhaven-crypto", "keyhaven-client", "keyhaven-types"],
@@ -51,7 +54,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
 /// External crates that mark a layer: only the listed crates of ours may use them.
 const LAYER_CRATES: &[(&str, &[&str])] = &[
     ("axum", &["keyhaven-server"]),
-    ("hyper", &["keyhaven-server"]),
+    // The admission webhook serves HTTPS with hyper directly (design note 0013).
+    ("hyper", &["keyhaven-server", "keyhaven-k8s"]),
     ("tonic", &["keyhaven-k8s"]),
     ("rusqlite", &["keyhaven-storage-sql"]),
     ("tokio-postgres", &["keyhaven-storage-sql"]),

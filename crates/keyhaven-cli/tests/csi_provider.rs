@@ -19,16 +19,16 @@ use serde_json::{Value, json};
 
 use crate::support::{TestServer, call, keyhaven_bin};
 
-const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+pub(crate) const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// A value planted in the secrets; it must never reach the provider's log.
 const MARKER: &str = "Marker-CSI-7f3c9a1e5b";
 
-struct Key {
-    private_pem: String,
-    public_pem: String,
+pub(crate) struct Key {
+    pub(crate) private_pem: String,
+    pub(crate) public_pem: String,
 }
 
-fn keypair() -> Key {
+pub(crate) fn keypair() -> Key {
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     Key {
         private_pem: kp.serialize_pem(),
@@ -49,10 +49,10 @@ fn now() -> i64 {
 
 /// A pod: namespace, ServiceAccount, name.
 #[derive(Clone, Copy)]
-struct Pod {
-    ns: &'static str,
-    sa: &'static str,
-    name: &'static str,
+pub(crate) struct Pod {
+    pub(crate) ns: &'static str,
+    pub(crate) sa: &'static str,
+    pub(crate) name: &'static str,
 }
 
 const APP: Pod = Pod {
@@ -66,7 +66,7 @@ const WEB: Pod = Pod {
     name: "web-5c2b",
 };
 
-fn pod_token(key: &Key, pod: Pod, aud: &str, exp_offset: i64) -> String {
+pub(crate) fn pod_token(key: &Key, pod: Pod, aud: &str, exp_offset: i64) -> String {
     let now = now();
     let claims = json!({
         "iss": ISSUER,
@@ -91,14 +91,14 @@ fn pod_token(key: &Key, pod: Pod, aud: &str, exp_offset: i64) -> String {
 }
 
 /// The running provider process; killed on drop.
-struct ProviderProcess {
+pub(crate) struct ProviderProcess {
     child: Child,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ProviderProcess {
-    fn start(dir: &Path, address: &str, config: Option<&str>) -> ProviderProcess {
+    pub(crate) fn start(dir: &Path, address: &str, config: Option<&str>) -> ProviderProcess {
         let socket = dir.join("providers/keyhaven.sock");
         let mut cmd = Command::new(keyhaven_bin());
         cmd.args([

@@ -21,12 +21,12 @@ const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 /// requiresRepublish, bound pod tokens) and the newest schema set of the pinned package.
 const KUBERNETES_VERSIONS: &str = "1.30.0 1.37.0";
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The venv's bin directory, installed on first use.
-fn tools() -> PathBuf {
+pub(crate) fn tools() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let venv = repo_root().join("target/deploy-venv");
@@ -87,7 +87,7 @@ fn deploy_renders_validates_and_passes_the_posture_scan() {
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
     let mut all = Vec::new();
-    for base in ["", "example"] {
+    for base in ["", "example", "admission"] {
         let yaml = kustomize(&deploy.join(base));
         let path = dir.path().join(format!(
             "rendered-{}.yaml",
@@ -166,6 +166,52 @@ fn deploy_renders_validates_and_passes_the_posture_scan() {
         args.contains("/var/run/secrets-store-csi-providers/keyhaven.sock"),
         "{args}"
     );
+
+    // The admission webhook: its own hardened Deployment of 2, a PDB, and a webhook
+    // configuration that fails closed, quickly, and leaves out kube-system and itself.
+    let hook = find("Deployment", "keyhaven-admission");
+    assert_eq!(hook["spec"]["replicas"], 2);
+    let pod = &hook["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
+    let args = c["args"].to_string();
+    for flag in ["--listen=", "--tls-cert=", "--tls-key=", "--policy="] {
+        assert!(args.contains(flag), "{args}");
+    }
+    assert_eq!(
+        find("PodDisruptionBudget", "keyhaven-admission")["spec"]["minAvailable"],
+        1
+    );
+    find("Service", "keyhaven-admission");
+    let vwc = find("ValidatingWebhookConfiguration", "keyhaven-admission");
+    let w = &vwc["webhooks"][0];
+    assert_eq!(w["sideEffects"], "None");
+    assert_eq!(w["failurePolicy"], "Fail");
+    assert_eq!(w["admissionReviewVersions"], serde_json::json!(["v1"]));
+    assert!(w["timeoutSeconds"].as_u64().unwrap() <= 10);
+    assert_eq!(w["clientConfig"]["service"]["path"], "/validate");
+    let excluded = w["namespaceSelector"]["matchExpressions"][0]["values"].to_string();
+    assert!(excluded.contains("kube-system") && excluded.contains("keyhaven-admission"));
+    assert!(
+        w["matchConditions"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty())
+    );
+    let resources = w["rules"].to_string();
+    for r in [
+        "pods/ephemeralcontainers",
+        "deployments",
+        "cronjobs",
+        "clusterrolebindings",
+        "configmaps",
+        "secrets",
+    ] {
+        assert!(resources.contains(r), "{r} not in {resources}");
+    }
 
     // The example SecretProviderClass is valid for the provider.
     let spc = find("SecretProviderClass", "app-secrets");

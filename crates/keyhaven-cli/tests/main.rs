@@ -8,6 +8,7 @@
 
 mod support;
 
+mod admission;
 mod architecture;
 mod audit;
 mod authz;
@@ -23,6 +24,7 @@ mod kms_etcd;
 mod kms_plugin;
 mod limits;
 mod postgres;
+mod scan_fix;
 mod seal;
 mod seal_transit;
 mod server;

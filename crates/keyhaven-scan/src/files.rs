@@ -84,6 +84,7 @@ fn to_findings(
                 fix: Some(FIX_SECRET.to_owned()),
                 references: Vec::new(),
                 decoded_from: None,
+                field: None,
                 fingerprint: fingerprint(id, path, &m.secret),
                 secret: Some(Secret::new(m.secret)),
             })
@@ -109,6 +110,7 @@ fn path_rule_findings(engine: &Engine, path: &str, commit: Option<&str>) -> Vec<
             fix: Some(FIX_SECRET.to_owned()),
             references: Vec::new(),
             decoded_from: None,
+            field: None,
             secret: None,
             fingerprint: fingerprint(&rule.spec.id, path, path.as_bytes()),
         })

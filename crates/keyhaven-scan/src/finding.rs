@@ -84,6 +84,9 @@ pub struct Finding {
     pub references: Vec<(&'static str, &'static str)>,
     /// Set when the secret was found in decoded content (e.g. `data.password`).
     pub decoded_from: Option<String>,
+    /// The field path inside the object (`spec.containers[0].securityContext.privileged`),
+    /// for findings on Kubernetes objects.
+    pub field: Option<String>,
     /// The secret, for secret findings.
     pub secret: Option<Secret>,
     /// Stable fingerprint: rule, path and value (or object identity).

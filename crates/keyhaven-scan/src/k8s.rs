@@ -219,6 +219,27 @@ pub fn scan_manifest(
     ctx.out
 }
 
+/// Scan one already parsed object as `scan_manifest` scans each object of a file: the
+/// secret findings (Secret literals, ConfigMap credentials, env literals, kubeconfig
+/// data) and, if posture checks apply to its kind, the object itself.
+pub fn scan_object(
+    engine: &Engine,
+    path: &str,
+    value: &Value,
+    max_decode_depth: usize,
+) -> ManifestScan {
+    let mut ctx = Ctx {
+        engine,
+        path,
+        commit: None,
+        max_depth: max_decode_depth,
+        budget: DECODE_BUDGET,
+        out: ManifestScan::default(),
+    };
+    ctx.object(value, "", 1);
+    ctx.out
+}
+
 impl Ctx<'_> {
     #[allow(clippy::too_many_arguments, reason = "a finding has many fields")]
     fn finding(
@@ -230,6 +251,7 @@ impl Ctx<'_> {
         message: String,
         fix: &str,
         references: Vec<(&'static str, &'static str)>,
+        field: String,
         secret: Vec<u8>,
     ) -> Finding {
         Finding {
@@ -245,6 +267,7 @@ impl Ctx<'_> {
             fix: Some(fix.to_owned()),
             references,
             decoded_from: None,
+            field: Some(field),
             fingerprint: fingerprint(rule_id, self.path, &secret),
             secret: Some(Secret::new(secret)),
         }
@@ -259,6 +282,9 @@ impl Ctx<'_> {
                 self.kubeconfig(v, doc, doc_line);
             }
             _ => {}
+        }
+        if kind == "ConfigMap" {
+            self.config_map(v, doc, doc_line, &name, namespace.as_deref());
         }
         if let Some(spec) = posture::pod_spec(kind, v) {
             self.env_literals(spec, doc, doc_line, kind, &name);
@@ -316,6 +342,7 @@ impl Ctx<'_> {
                 format!("Secret {who} has a literal value for {field}.{k}"),
                 "keep Secret values out of the repository: use a keyhaven reference, SealedSecret or ExternalSecret",
                 Vec::new(),
+                format!("{field}.{k}"),
                 format!("{field}.{k}={val}").into_bytes(),
             );
             self.out.findings.push(f);
@@ -376,6 +403,7 @@ impl Ctx<'_> {
                 fix: Some("remove the credential, rotate it, and load it at run time".to_owned()),
                 references: Vec::new(),
                 decoded_from: Some(origin.to_owned()),
+                field: Some(origin.to_owned()),
                 fingerprint: fingerprint(&id, self.path, &m.secret),
                 secret: Some(Secret::new(m.secret)),
             });
@@ -391,13 +419,57 @@ impl Ctx<'_> {
         }
     }
 
+    /// A ConfigMap value that a secret rule matches, or a credential-named key with a
+    /// literal value: credentials belong in a Secret (or keyhaven), not a ConfigMap.
+    fn config_map(&mut self, v: &Value, doc: &str, doc_line: u64, name: &str, ns: Option<&str>) {
+        let Some(data) = v.get("data").and_then(Value::as_object) else {
+            return;
+        };
+        let object = format!("{}{name}", ns.map(|n| format!("{n}/")).unwrap_or_default());
+        for (key, value) in data {
+            let Some(text) = value.as_str() else { continue };
+            let matched = self
+                .engine
+                .scan_bytes(text.as_bytes(), self.path, self.commit)
+                .into_iter()
+                .next();
+            let (what, secret) = match matched {
+                Some(m) => {
+                    let Some(rule) = self.engine.rules.rules.get(m.rule) else {
+                        continue;
+                    };
+                    (rule.spec.description.clone(), m.secret)
+                }
+                None if sensitive_env_name(key) && literal_secret_value(text) => (
+                    "a credential-named key with a literal value".to_owned(),
+                    text.as_bytes().to_vec(),
+                ),
+                None => continue,
+            };
+            let line = line_of(doc, doc_line, &format!("{key}:"));
+            let f = self.finding(
+                "k8s-configmap-credential",
+                "ConfigMap holds a credential",
+                Severity::High,
+                line,
+                format!("ConfigMap {object} key {key} holds {what}"),
+                "move the value into keyhaven (mounted with the keyhaven CSI provider) or a Secret, and reference it",
+                vec![("kubescape", "C-0012")],
+                format!("data.{key}"),
+                secret,
+            );
+            self.out.findings.push(f);
+        }
+    }
+
     fn env_literals(&mut self, spec: &Value, doc: &str, doc_line: u64, kind: &str, obj: &str) {
-        for c in posture::containers(spec) {
+        let base = posture::pod_spec_path(kind).unwrap_or("spec");
+        for (cpath, c) in posture::containers_with_paths(spec) {
             let cname = s(c, "name").unwrap_or("");
             let Some(env) = c.get("env").and_then(Value::as_array) else {
                 continue;
             };
-            for e in env {
+            for (i, e) in env.iter().enumerate() {
                 let (Some(name), Some(value)) = (s(e, "name"), s(e, "value")) else {
                     continue;
                 };
@@ -413,6 +485,7 @@ impl Ctx<'_> {
                     format!("{kind} {obj} container {cname} sets {name} to a literal value"),
                     "reference a Secret through a mounted volume (or a keyhaven CSI volume) instead of a literal value",
                     vec![("kube-linter", "env-var-secret"), ("kubescape", "C-0012"), ("polaris", "sensitiveContainerEnvVar")],
+                    format!("{base}.{cpath}.env[{i}].value"),
                     value.as_bytes().to_vec(),
                 );
                 self.out.findings.push(f);

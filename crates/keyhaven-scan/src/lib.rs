@@ -20,6 +20,7 @@ pub mod cli;
 pub mod engine;
 pub mod files;
 pub mod finding;
+pub mod fix;
 pub mod git;
 pub mod gitleaks;
 pub mod k8s;
@@ -62,5 +63,80 @@ pub mod internal {
         let scanned = crate::k8s::scan_manifest(engine, "fuzz.yaml", data, None, 2);
         let posture = crate::posture::check(&scanned.objects);
         scanned.findings.len() + posture.len() + engine.scan_bytes(data, "fuzz.yaml", None).len()
+    }
+
+    /// Plan `--fix` on arbitrary bytes as each config format and as a manifest, with a
+    /// finding on every line; the rewritten texts must parse where the input did.
+    pub fn fix_plan_bytes(data: &[u8]) -> usize {
+        use crate::fix::{Ctx, Plan, Target, config, diff, k8s};
+        let Ok(text) = std::str::from_utf8(data) else {
+            return 0;
+        };
+        let ctx = Ctx {
+            mount: "secret".into(),
+            path_template: "<namespace>/<name>".into(),
+            reference: "${<var>}".into(),
+        };
+        let findings: Vec<crate::Finding> = (1u64..)
+            .zip(text.lines())
+            .map(|(line, l)| {
+                let tail: String = l
+                    .chars()
+                    .rev()
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                crate::Finding {
+                    rule_id: "fuzz".into(),
+                    description: "fuzz".into(),
+                    severity: crate::Severity::High,
+                    category: crate::Category::Secret,
+                    path: "dir/fuzz".into(),
+                    line,
+                    column: 1,
+                    commit: None,
+                    message: String::new(),
+                    fix: None,
+                    references: Vec::new(),
+                    decoded_from: None,
+                    field: None,
+                    secret: Some(crate::Secret::new(tail.into_bytes())),
+                    fingerprint: String::new(),
+                }
+            })
+            .collect();
+        let refs: Vec<&crate::Finding> = findings.iter().collect();
+        let mut plan = Plan::default();
+        for (name, format) in [
+            ("dir/.env", config::Format::Env),
+            ("dir/a.properties", config::Format::Properties),
+            ("dir/a.ini", config::Format::Ini),
+            ("dir/a.yaml", config::Format::Yaml),
+        ] {
+            config::fix(
+                &ctx,
+                &mut plan,
+                std::path::Path::new(name),
+                name,
+                text,
+                format,
+                &refs,
+            );
+        }
+        for target in [Target::Csi, Target::ExternalSecrets] {
+            let m = k8s::Manifest {
+                path: "dir/m.yaml".into(),
+                display: "dir/m.yaml".into(),
+                text: text.to_owned(),
+                findings: refs.clone(),
+            };
+            k8s::fix(&ctx, target, &mut plan, std::slice::from_ref(&m));
+        }
+        plan.files
+            .iter()
+            .map(|f| diff::unified(&f.display, &f.before, &f.after).len())
+            .sum()
     }
 }

@@ -137,6 +137,17 @@ pub const CHECKS: &[Check] = &[
         ],
     },
     Check {
+        id: "k8s-writable-root-fs",
+        title: "Container root filesystem is writable",
+        severity: Severity::Low,
+        fix: "set securityContext.readOnlyRootFilesystem: true and mount an emptyDir where the container must write",
+        refs: &[
+            ("kube-linter", "no-read-only-root-fs"),
+            ("checkov", "CKV_K8S_22"),
+            ("kubescape", "C-0017"),
+        ],
+    },
+    Check {
         id: "k8s-automount-sa-token",
         title: "Service account token mounted although no RBAC binding needs it",
         severity: Severity::Low,
@@ -268,6 +279,33 @@ pub fn pod_spec<'a>(kind: &str, v: &'a Value) -> Option<&'a Value> {
     }
 }
 
+/// The field path of a workload kind's pod spec (`spec.template.spec` for a Deployment).
+pub fn pod_spec_path(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => Some("spec"),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
+        | "Job" => Some("spec.template.spec"),
+        "CronJob" => Some("spec.jobTemplate.spec.template.spec"),
+        _ => None,
+    }
+}
+
+/// All containers of a pod spec with their path inside it (`containers[0]`).
+pub fn containers_with_paths(spec: &Value) -> impl Iterator<Item = (String, &Value)> {
+    ["initContainers", "containers", "ephemeralContainers"]
+        .into_iter()
+        .filter_map(|k| spec.get(k).and_then(Value::as_array).map(|a| (k, a)))
+        .flat_map(|(k, a)| {
+            a.iter()
+                .enumerate()
+                .map(move |(i, c)| (format!("{k}[{i}]"), c))
+        })
+}
+
 /// All containers of a pod spec (init, regular and ephemeral).
 pub fn containers(spec: &Value) -> impl Iterator<Item = &Value> {
     ["initContainers", "containers", "ephemeralContainers"]
@@ -288,7 +326,30 @@ fn bool_at(v: &Value, ptr: &str) -> Option<bool> {
 
 struct Out<'a> {
     findings: Vec<Finding>,
+    exempted: Vec<Exempted>,
     _p: std::marker::PhantomData<&'a ()>,
+}
+
+/// A check that an object's justified exception annotation waived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exempted {
+    /// The check id.
+    pub check: &'static str,
+    /// `Kind namespace/name` of the object.
+    pub object: String,
+    /// The field path the check would have named.
+    pub field: String,
+    /// The reason the annotation gives.
+    pub reason: String,
+}
+
+/// What the posture checks found over a set of objects.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Findings (exceptions without a reason included, with a note).
+    pub findings: Vec<Finding>,
+    /// Findings waived by a justified exception annotation.
+    pub exempted: Vec<Exempted>,
 }
 
 /// The annotation prefix of a justified exception: `posture.keyhaven.io/allow-<check id>`
@@ -298,17 +359,18 @@ pub const EXCEPTION_ANNOTATION_PREFIX: &str = "posture.keyhaven.io/allow-";
 /// The shortest reason an exception must give.
 pub const MIN_EXCEPTION_REASON: usize = 20;
 
-/// The reason of a justified exception to check `id` on `obj`: `Ok(())` if the object
-/// carries one, `Err(note)` if the annotation is there without a real reason.
-fn exception(obj: &Object, id: &str) -> Option<Result<(), String>> {
+/// The reason of a justified exception to check `id` on `object`: `Ok(reason)` if the
+/// object carries one, `Err(note)` if the annotation is there without a real reason.
+///
+/// The same annotation waives a check in `keyhaven scan` and in `keyhaven admission`.
+pub fn exception(object: &Value, id: &str) -> Option<Result<String, String>> {
     let key = format!("{EXCEPTION_ANNOTATION_PREFIX}{id}");
-    let reason = obj
-        .value
+    let reason = object
         .pointer("/metadata/annotations")
         .and_then(|a| a.get(&key))?;
     let reason = reason.as_str().map(str::trim).unwrap_or("");
     if reason.chars().count() >= MIN_EXCEPTION_REASON {
-        Some(Ok(()))
+        Some(Ok(reason.to_owned()))
     } else {
         Some(Err(format!(
             " (annotation {key} ignored: its value must say why, in at least {MIN_EXCEPTION_REASON} characters)"
@@ -317,10 +379,26 @@ fn exception(obj: &Object, id: &str) -> Option<Result<(), String>> {
 }
 
 impl Out<'_> {
-    fn push(&mut self, id: &str, obj: &Object, detail: &str, mut message: String) {
+    fn push(&mut self, id: &str, obj: &Object, detail: &str, field: String, mut message: String) {
         let Some(c) = check_by_id(id) else { return };
-        match exception(obj, id) {
-            Some(Ok(())) => return,
+        match exception(&obj.value, id) {
+            Some(Ok(reason)) => {
+                self.exempted.push(Exempted {
+                    check: c.id,
+                    object: format!(
+                        "{} {}{}",
+                        obj.kind,
+                        obj.namespace
+                            .as_deref()
+                            .map(|n| format!("{n}/"))
+                            .unwrap_or_default(),
+                        obj.name
+                    ),
+                    field,
+                    reason,
+                });
+                return;
+            }
             Some(Err(note)) => message.push_str(&note),
             None => {}
         }
@@ -344,6 +422,7 @@ impl Out<'_> {
             fix: Some(c.fix.to_owned()),
             references: c.refs.to_vec(),
             decoded_from: None,
+            field: Some(field),
             secret: None,
             fingerprint: fingerprint(c.id, &obj.path, identity.as_bytes()),
         });
@@ -418,8 +497,15 @@ fn describe_subjects(subjects: &[&Value]) -> String {
 
 /// Run every posture check over the objects of one scan.
 pub fn check(objects: &[Object]) -> Vec<Finding> {
+    check_objects(objects).findings
+}
+
+/// Run every posture check over `objects`, keeping the findings that justified
+/// exceptions waived apart.
+pub fn check_objects(objects: &[Object]) -> Checked {
     let mut out = Out {
         findings: Vec::new(),
+        exempted: Vec::new(),
         _p: std::marker::PhantomData,
     };
     let mut roles: HashMap<(String, String), RoleRisk> = HashMap::new();
@@ -442,6 +528,7 @@ pub fn check(objects: &[Object]) -> Vec<Finding> {
                         "rbac-secrets-access",
                         obj,
                         "",
+                        "rules".to_owned(),
                         format!("{} {} can read Secrets", obj.kind, obj.name),
                     );
                 }
@@ -450,6 +537,7 @@ pub fn check(objects: &[Object]) -> Vec<Finding> {
                         "rbac-wildcard",
                         obj,
                         "",
+                        "rules".to_owned(),
                         format!("{} {} uses `*` in verbs or resources", obj.kind, obj.name),
                     );
                 }
@@ -507,12 +595,15 @@ pub fn check(objects: &[Object]) -> Vec<Finding> {
 
     for (ns, (workload, has_policy)) in &namespaces {
         if let (Some(w), false) = (workload, has_policy) {
-            out.push("k8s-no-network-policy", w, ns, format!(
+            out.push("k8s-no-network-policy", w, ns, "metadata.namespace".to_owned(), format!(
                 "namespace {ns} has workloads ({} {} first) but no NetworkPolicy in the scanned manifests",
                 w.kind, w.name));
         }
     }
-    out.findings
+    Checked {
+        findings: out.findings,
+        exempted: out.exempted,
+    }
 }
 
 fn bindings(
@@ -550,7 +641,7 @@ fn bindings(
     let who = describe_subjects(&subjects);
     let cluster_wide = obj.kind == "ClusterRoleBinding";
     if cluster_wide && (risk.secrets || risk.wildcard) {
-        out.push("rbac-cluster-wide-secrets", obj, "", format!(
+        out.push("rbac-cluster-wide-secrets", obj, "", "roleRef".to_owned(), format!(
             "ClusterRoleBinding {} grants {role_kind} {role_name} (reads Secrets or uses wildcards) cluster-wide to {who}",
             obj.name));
     }
@@ -559,10 +650,12 @@ fn bindings(
             "rbac-cluster-admin-binding",
             obj,
             "",
+            "roleRef.name".to_owned(),
             format!("{} {} binds {role_name} to {who}", obj.kind, obj.name),
         );
     }
-    for s in &subjects {
+    for (i, s) in subjects.iter().enumerate() {
+        let field = format!("subjects[{i}]");
         let kind = s.get("kind").and_then(Value::as_str).unwrap_or("");
         let name = s.get("name").and_then(Value::as_str).unwrap_or("");
         if kind == "ServiceAccount" && name == "default" {
@@ -570,6 +663,7 @@ fn bindings(
                 "rbac-default-service-account",
                 obj,
                 name,
+                field.clone(),
                 format!(
                     "{} {} binds {role_kind} {role_name} to the default ServiceAccount",
                     obj.kind, obj.name
@@ -585,6 +679,7 @@ fn bindings(
                 "rbac-system-group-binding",
                 obj,
                 name,
+                field.clone(),
                 format!(
                     "{} {} binds {role_kind} {role_name} to {kind} {name}",
                     obj.kind, obj.name
@@ -602,20 +697,28 @@ fn pod_checks(
     bound_sas: &BTreeSet<(String, String)>,
 ) {
     let label = format!("{} {}", obj.kind, obj.name);
+    let base = pod_spec_path(&obj.kind).unwrap_or("spec");
     for (field, id) in [
         ("hostNetwork", "k8s-host-network"),
         ("hostPID", "k8s-host-pid"),
         ("hostIPC", "k8s-host-ipc"),
     ] {
         if spec.get(field).and_then(Value::as_bool) == Some(true) {
-            out.push(id, obj, "", format!("{label} sets {field}: true"));
+            out.push(
+                id,
+                obj,
+                "",
+                format!("{base}.{field}"),
+                format!("{label} sets {field}: true"),
+            );
         }
     }
-    for vol in spec
+    for (i, vol) in spec
         .get("volumes")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
+        .enumerate()
     {
         if let Some(hp) = vol.get("hostPath") {
             let p = hp.get("path").and_then(Value::as_str).unwrap_or("?");
@@ -624,6 +727,7 @@ fn pod_checks(
                 "k8s-host-path",
                 obj,
                 vname,
+                format!("{base}.volumes[{i}].hostPath"),
                 format!("{label} mounts hostPath {p}"),
             );
         }
@@ -640,7 +744,7 @@ fn pod_checks(
         != Some(false)
         && !needs_token
     {
-        out.push("k8s-automount-sa-token", obj, "", format!(
+        out.push("k8s-automount-sa-token", obj, "", format!("{base}.automountServiceAccountToken"), format!(
             "{label} mounts the token of ServiceAccount {sa}, which no scanned binding grants anything"));
     }
     let pod_sc = spec.get("securityContext");
@@ -648,8 +752,9 @@ fn pod_checks(
     let pod_user = pod_sc
         .and_then(|s| s.get("runAsUser"))
         .and_then(Value::as_i64);
-    for c in containers(spec) {
+    for (cpath, c) in containers_with_paths(spec) {
         let cname = c.get("name").and_then(Value::as_str).unwrap_or("?");
+        let cpath = format!("{base}.{cpath}");
         let sc = c.get("securityContext");
         let at = |p: &str| sc.and_then(|s| bool_at(s, p));
         if at("/privileged") == Some(true) {
@@ -657,6 +762,7 @@ fn pod_checks(
                 "k8s-privileged",
                 obj,
                 cname,
+                format!("{cpath}.securityContext.privileged"),
                 format!("{label} container {cname} is privileged"),
             );
         }
@@ -665,15 +771,22 @@ fn pod_checks(
                 "k8s-privilege-escalation",
                 obj,
                 cname,
+                format!("{cpath}.securityContext.allowPrivilegeEscalation"),
                 format!("{label} container {cname} does not set allowPrivilegeEscalation: false"),
             );
         }
-        let added = str_list(sc.and_then(|s| s.pointer("/capabilities/add")));
+        // NET_BIND_SERVICE is the one capability the restricted Pod Security Standard
+        // lets a container add.
+        let added: Vec<&str> = str_list(sc.and_then(|s| s.pointer("/capabilities/add")))
+            .into_iter()
+            .filter(|c| !c.eq_ignore_ascii_case("NET_BIND_SERVICE"))
+            .collect();
         if !added.is_empty() {
             out.push(
                 "k8s-added-capabilities",
                 obj,
                 cname,
+                format!("{cpath}.securityContext.capabilities.add"),
                 format!(
                     "{label} container {cname} adds capabilities {}",
                     added.join(", ")
@@ -686,8 +799,19 @@ fn pod_checks(
             .or(pod_user);
         let non_root = at("/runAsNonRoot").or(pod_non_root);
         if user == Some(0) || (non_root != Some(true) && user.is_none_or(|u| u == 0)) {
-            out.push("k8s-run-as-root", obj, cname, format!(
+            out.push("k8s-run-as-root", obj, cname, format!("{cpath}.securityContext.runAsNonRoot"), format!(
                 "{label} container {cname} may run as root (runAsNonRoot not true, no non-zero runAsUser)"));
+        }
+        // Ephemeral (debug) containers cannot set a read-only root or limits.
+        let ephemeral = cpath.contains(".ephemeralContainers[");
+        if !ephemeral && at("/readOnlyRootFilesystem") != Some(true) {
+            out.push(
+                "k8s-writable-root-fs",
+                obj,
+                cname,
+                format!("{cpath}.securityContext.readOnlyRootFilesystem"),
+                format!("{label} container {cname} does not set readOnlyRootFilesystem: true"),
+            );
         }
         let env_secret = c
             .get("env")
@@ -705,17 +829,20 @@ fn pod_checks(
                 "k8s-secret-in-env",
                 obj,
                 cname,
+                format!("{cpath}.env"),
                 format!("{label} container {cname} reads a Secret into environment variables"),
             );
         }
         let limits = c.pointer("/resources/limits");
-        if limits.and_then(|l| l.get("memory")).is_none()
-            || limits.and_then(|l| l.get("cpu")).is_none()
+        if !ephemeral
+            && (limits.and_then(|l| l.get("memory")).is_none()
+                || limits.and_then(|l| l.get("cpu")).is_none())
         {
             out.push(
                 "k8s-no-resource-limits",
                 obj,
                 cname,
+                format!("{cpath}.resources.limits"),
                 format!("{label} container {cname} lacks a CPU or memory limit"),
             );
         }

@@ -1,0 +1,756 @@
+//! `keyhaven admission`: a ValidatingAdmissionWebhook that runs the checks of
+//! `keyhaven scan` (the posture checks and the secret rules, the same code) on what is
+//! about to be stored in the cluster, and the offline `admission review` of a file that
+//! gives the same answer.
+//!
+//! A request is decoded with bounds ([`MAX_REVIEW_BYTES`], serde_json's nesting limit) and
+//! refused with an error naming what is wrong; then its object is checked and each
+//! finding handled as the [`Policy`] says: `enforce` denies (403, naming the check, the
+//! field path and the fix), `warn` adds an admission warning (under 120 characters),
+//! `audit` records it in `auditAnnotations`. A justified exception annotation
+//! (`posture.keyhaven.io/allow-<check>`, with a reason of 20 characters or more) waives a
+//! check and is recorded; an annotation without a reason waives nothing.
+//!
+//! What is checked: Pods (the `ephemeralcontainers` subresource too), every kind that
+//! embeds a pod template, RBAC objects, ConfigMaps and Secrets. Other kinds, other
+//! subresources, DELETE and CONNECT are allowed. On UPDATE, a finding the old object
+//! already had is not enforced (it is warned about): an object admitted before a policy
+//! change can still be scaled, relabelled or have its finalizers removed.
+//!
+//! Evaluation has no side effects: a `dryRun` request gets the same answer and changes
+//! nothing.
+
+pub mod policy;
+pub mod server;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use keyhaven_scan::engine::{Engine, EngineOptions};
+use keyhaven_scan::k8s::{self, Object};
+use keyhaven_scan::posture;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub use policy::{Mode, Policy};
+
+/// Largest AdmissionReview accepted: the apiserver stores objects up to 3 MiB, and an
+/// UPDATE carries the object twice.
+pub const MAX_REVIEW_BYTES: usize = 7 * 1024 * 1024;
+
+/// Admission warnings are kept under this many characters (the apiserver truncates long
+/// ones; kubectl prints each on a line).
+pub const MAX_WARNING_CHARS: usize = 119;
+
+/// Largest value of one audit annotation.
+const MAX_ANNOTATION_CHARS: usize = 2000;
+
+/// The only AdmissionReview version served (registered as `admissionReviewVersions: [v1]`).
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+
+/// Why a review could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// Over [`MAX_REVIEW_BYTES`].
+    #[error("the review is {0} bytes, over the limit of {MAX_REVIEW_BYTES} bytes")]
+    TooLarge(usize),
+    /// Not UTF-8 JSON (or YAML, for a plain manifest).
+    #[error("the review is not valid JSON: {0}")]
+    NotJson(String),
+    /// Nested deeper than the parser allows.
+    #[error("the review is nested too deeply (more than 128 levels)")]
+    TooDeep,
+    /// Not `admission.k8s.io/v1`.
+    #[error("unsupported apiVersion `{0}`: only admission.k8s.io/v1 AdmissionReview is served")]
+    ApiVersion(String),
+    /// Not `kind: AdmissionReview`.
+    #[error("unsupported kind `{0}`: expected AdmissionReview")]
+    Kind(String),
+    /// A field the apiserver always sends is missing or malformed.
+    #[error("invalid AdmissionReview: {0}")]
+    Invalid(&'static str),
+    /// A plain manifest that cannot be parsed.
+    #[error("the manifest cannot be parsed: {0}")]
+    Manifest(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<RequestIn>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GroupVersionKind {
+    #[serde(default)]
+    kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    kind: GroupVersionKind,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    object: Option<Value>,
+    #[serde(default)]
+    old_object: Option<Value>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+/// One finding and what the policy made of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// Check (or secret rule) id.
+    pub check: String,
+    /// Field path in the object.
+    pub field: String,
+    /// What is wrong (never a secret value).
+    pub message: String,
+    /// The check's title.
+    pub title: String,
+    /// How to fix it.
+    pub fix: String,
+    /// The mode applied.
+    pub mode: Mode,
+}
+
+/// A decision on one request.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// `request.uid`, echoed.
+    pub uid: String,
+    /// Whether the request is allowed.
+    pub allowed: bool,
+    /// The HTTP-like status code on deny (403), or 400 for a request that cannot be judged.
+    pub code: Option<u16>,
+    /// The message on deny.
+    pub message: Option<String>,
+    /// Admission warnings.
+    pub warnings: Vec<String>,
+    /// Audit annotations.
+    pub audit: BTreeMap<String, String>,
+    /// The findings.
+    pub hits: Vec<Hit>,
+    /// Operation, kind, namespace, name (for logs).
+    pub operation: String,
+    /// The object's kind.
+    pub kind: String,
+    /// The object's namespace.
+    pub namespace: String,
+    /// The object's name (`generateName*` when not yet named).
+    pub name: String,
+    /// Whether the request was a dry run.
+    pub dry_run: bool,
+    /// Why no check ran, when none did (exempt namespace, label, operation...).
+    pub skipped: Option<String>,
+}
+
+impl Decision {
+    fn new(uid: String, operation: String, dry_run: bool) -> Decision {
+        Decision {
+            uid,
+            allowed: true,
+            code: None,
+            message: None,
+            warnings: Vec::new(),
+            audit: BTreeMap::new(),
+            hits: Vec::new(),
+            operation,
+            kind: String::new(),
+            namespace: String::new(),
+            name: String::new(),
+            dry_run,
+            skipped: None,
+        }
+    }
+
+    /// The AdmissionReview response object.
+    pub fn to_review(&self) -> Value {
+        let mut response = serde_json::Map::new();
+        response.insert("uid".to_owned(), json!(self.uid));
+        response.insert("allowed".to_owned(), json!(self.allowed));
+        if let (Some(code), Some(message)) = (self.code, &self.message) {
+            response.insert(
+                "status".to_owned(),
+                json!({
+                    "code": code,
+                    "reason": if code == 403 { "Forbidden" } else { "BadRequest" },
+                    "message": message,
+                }),
+            );
+        }
+        if !self.warnings.is_empty() {
+            response.insert("warnings".to_owned(), json!(self.warnings));
+        }
+        if !self.audit.is_empty() {
+            response.insert("auditAnnotations".to_owned(), json!(self.audit));
+        }
+        json!({ "apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response })
+    }
+
+    /// `allowed`, `denied` or `error` (a request that could not be judged).
+    pub fn outcome(&self) -> &'static str {
+        match (self.allowed, self.code) {
+            (true, _) => "allowed",
+            (false, Some(403)) => "denied",
+            (false, _) => "error",
+        }
+    }
+}
+
+/// The evaluator: the scanner's rules and the policy.
+pub struct Admission {
+    engine: Engine,
+    policy: Policy,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Kinds whose pods are checked.
+fn is_workload(kind: &str) -> bool {
+    posture::pod_spec_path(kind).is_some()
+}
+
+fn is_rbac(kind: &str) -> bool {
+    matches!(
+        kind,
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding"
+    )
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Classify a serde_json error.
+fn json_error(e: &serde_json::Error) -> ReviewError {
+    let text = e.to_string();
+    if text.contains("recursion limit") {
+        ReviewError::TooDeep
+    } else {
+        ReviewError::NotJson(text)
+    }
+}
+
+impl Admission {
+    /// An evaluator with the built-in secret rules.
+    pub fn new(policy: Policy) -> Result<Admission, keyhaven_scan::Error> {
+        let rules = keyhaven_scan::rules::RuleSet::builtin()?;
+        Ok(Admission {
+            engine: Engine::new(rules, EngineOptions::default()),
+            policy,
+        })
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Decode and judge an AdmissionReview as the apiserver sends it.
+    pub fn review(&self, body: &[u8]) -> Result<Decision, ReviewError> {
+        if body.len() > MAX_REVIEW_BYTES {
+            return Err(ReviewError::TooLarge(body.len()));
+        }
+        let review: ReviewIn = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+        if review.kind != "AdmissionReview" {
+            return Err(ReviewError::Kind(truncate(&review.kind, 64)));
+        }
+        if review.api_version != API_VERSION {
+            return Err(ReviewError::ApiVersion(truncate(&review.api_version, 64)));
+        }
+        let request = review.request.ok_or(ReviewError::Invalid("no request"))?;
+        if request.uid.is_empty() {
+            return Err(ReviewError::Invalid("request.uid is missing"));
+        }
+        Ok(self.judge(request))
+    }
+
+    /// `keyhaven admission review FILE`: an AdmissionReview (JSON), or a plain manifest
+    /// (YAML or JSON, one or more documents, each judged as a CREATE).
+    pub fn review_file(&self, data: &[u8]) -> Result<Vec<Decision>, ReviewError> {
+        if data.len() > MAX_REVIEW_BYTES {
+            return Err(ReviewError::TooLarge(data.len()));
+        }
+        let text = std::str::from_utf8(data)
+            .map_err(|_| ReviewError::Manifest("the file is not UTF-8 text".to_owned()))?;
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('{') {
+            let v: Value = serde_json::from_str(text).map_err(|e| json_error(&e))?;
+            if v.get("kind").and_then(Value::as_str) == Some("AdmissionReview") {
+                return self.review(data).map(|d| vec![d]);
+            }
+            return Ok(self.manifest_objects(vec![v]));
+        }
+        let mut docs = Vec::new();
+        for doc in split_yaml(text) {
+            if doc.lines().all(|l| {
+                let l = l.trim();
+                l.is_empty() || l.starts_with('#')
+            }) {
+                continue;
+            }
+            let v: Value = serde_saphyr::from_str(doc).map_err(|e| {
+                let msg = e.to_string();
+                ReviewError::Manifest(truncate(msg.lines().next().unwrap_or(""), 300))
+            })?;
+            if v.get("kind").and_then(Value::as_str) == Some("AdmissionReview") {
+                let bytes = serde_json::to_vec(&v).map_err(|e| json_error(&e))?;
+                return self.review(&bytes).map(|d| vec![d]);
+            }
+            docs.push(v);
+        }
+        if docs.is_empty() {
+            return Err(ReviewError::Manifest("no document in the file".to_owned()));
+        }
+        Ok(self.manifest_objects(docs))
+    }
+
+    fn manifest_objects(&self, docs: Vec<Value>) -> Vec<Decision> {
+        let mut objects = Vec::new();
+        for v in docs {
+            if v.get("kind").and_then(Value::as_str) == Some("List") {
+                if let Some(Value::Array(items)) = v.get("items") {
+                    objects.extend(items.iter().cloned());
+                }
+            } else {
+                objects.push(v);
+            }
+        }
+        objects
+            .into_iter()
+            .map(|object| {
+                let kind = object
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                self.judge(RequestIn {
+                    uid: String::new(),
+                    kind: GroupVersionKind { kind },
+                    sub_resource: None,
+                    name: None,
+                    namespace: None,
+                    operation: "CREATE".to_owned(),
+                    object: Some(object),
+                    old_object: None,
+                    dry_run: None,
+                })
+            })
+            .collect()
+    }
+
+    fn judge(&self, req: RequestIn) -> Decision {
+        let mut d = Decision::new(req.uid, req.operation, req.dry_run.unwrap_or(false));
+        d.kind = req.kind.kind;
+        let sub = req.sub_resource.unwrap_or_default();
+        if !matches!(d.operation.as_str(), "CREATE" | "UPDATE") {
+            d.skipped = Some(format!("operation {} is not checked", d.operation));
+            return d;
+        }
+        if !sub.is_empty() && sub != "ephemeralcontainers" {
+            d.skipped = Some(format!("subresource {sub} is not checked"));
+            return d;
+        }
+        let Some(object) = req.object else {
+            d.allowed = false;
+            d.code = Some(400);
+            d.message = Some(format!(
+                "invalid AdmissionReview: request.object is missing on {}",
+                d.operation
+            ));
+            return d;
+        };
+        if let Some(k) = object.get("kind").and_then(Value::as_str) {
+            k.clone_into(&mut d.kind);
+        }
+        let meta = object.get("metadata");
+        let meta_str = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
+        d.namespace = meta_str("namespace")
+            .map(str::to_owned)
+            .or(req.namespace)
+            .unwrap_or_default();
+        d.name = meta_str("name")
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .or(req.name.filter(|n| !n.is_empty()))
+            .or_else(|| meta_str("generateName").map(|g| format!("{g}*")))
+            .unwrap_or_default();
+
+        if self.policy.exempt_namespaces.contains(&d.namespace) {
+            let why = format!("namespace {} is exempt", d.namespace);
+            d.audit.insert("exempted".to_owned(), why.clone());
+            d.skipped = Some(why);
+            return d;
+        }
+        if let Some(labels) = meta.and_then(|m| m.get("labels")) {
+            for (k, v) in &self.policy.exempt_labels {
+                if labels.get(k).and_then(Value::as_str) == Some(v.as_str()) {
+                    let why = format!("label {k}={v} is exempt");
+                    d.audit.insert("exempted".to_owned(), why.clone());
+                    d.skipped = Some(why);
+                    return d;
+                }
+            }
+        }
+
+        let (mut hits, exempted) = self.findings(&d.kind, &d.namespace, &d.name, &object);
+        if let (true, Some(old)) = (d.operation == "UPDATE", &req.old_object) {
+            let (old_hits, _) = self.findings(&d.kind, &d.namespace, &d.name, old);
+            let before: BTreeSet<(&str, &str)> = old_hits
+                .iter()
+                .map(|h| (h.check.as_str(), h.field.as_str()))
+                .collect();
+            for h in &mut hits {
+                if h.mode == Mode::Enforce && before.contains(&(h.check.as_str(), h.field.as_str()))
+                {
+                    h.mode = Mode::Warn;
+                    h.title.push_str(" (already so before this update)");
+                }
+            }
+        }
+        self.decide(&mut d, hits, exempted);
+        d
+    }
+
+    fn decide(&self, d: &mut Decision, hits: Vec<Hit>, exempted: Vec<(String, String, String)>) {
+        let object = if d.namespace.is_empty() {
+            format!("{} {}", d.kind, d.name)
+        } else {
+            format!("{} {}/{}", d.kind, d.namespace, d.name)
+        };
+        let list = |mode: Mode| -> Vec<&Hit> { hits.iter().filter(|h| h.mode == mode).collect() };
+        let denied = list(Mode::Enforce);
+        if !denied.is_empty() {
+            let mut msg = format!(
+                "keyhaven admission denied {object}: {} check{} failed",
+                denied.len(),
+                if denied.len() == 1 { "" } else { "s" }
+            );
+            for (i, h) in denied.iter().enumerate() {
+                let _ = write!(
+                    msg,
+                    "; ({}) [{}] {}: {}. Fix: {}",
+                    i + 1,
+                    h.check,
+                    h.field,
+                    h.message,
+                    h.fix
+                );
+            }
+            d.allowed = false;
+            d.code = Some(403);
+            d.message = Some(msg);
+        }
+        for h in list(Mode::Warn) {
+            let w = format!("[{}] {}: {}", h.check, h.field, h.title);
+            let w = truncate(&w, MAX_WARNING_CHARS);
+            if !d.warnings.contains(&w) {
+                d.warnings.push(w);
+            }
+        }
+        let mut annotate = |key: &str, items: Vec<String>| {
+            if !items.is_empty() {
+                d.audit.insert(
+                    key.to_owned(),
+                    truncate(&items.join(", "), MAX_ANNOTATION_CHARS),
+                );
+            }
+        };
+        let at = |hs: Vec<&Hit>| -> Vec<String> {
+            hs.iter()
+                .map(|h| format!("{}@{}", h.check, h.field))
+                .collect()
+        };
+        annotate("denied", at(denied));
+        annotate("warned", at(list(Mode::Warn)));
+        annotate("audited", at(list(Mode::Audit)));
+        annotate(
+            "exempted",
+            exempted
+                .into_iter()
+                .map(|(check, field, reason)| format!("{check}@{field}: {reason}"))
+                .collect(),
+        );
+        d.hits = hits;
+    }
+
+    /// Every finding on `object` with the policy's mode (off ones dropped), and the
+    /// findings justified exceptions waived: (check, field, reason).
+    #[allow(clippy::type_complexity, reason = "a private helper's pair")]
+    fn findings(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        object: &Value,
+    ) -> (Vec<Hit>, Vec<(String, String, String)>) {
+        let mut hits = Vec::new();
+        let mut exempted = Vec::new();
+        let push = |hits: &mut Vec<Hit>,
+                    exempted: &mut Vec<(String, String, String)>,
+                    check: &str,
+                    field: String,
+                    mut message: String,
+                    title: String,
+                    fix: String,
+                    waivable: bool| {
+            let mode = self.policy.mode(check);
+            if mode == Mode::Off {
+                return;
+            }
+            // Posture findings come with their exception already applied.
+            match posture::exception(object, check).filter(|_| waivable) {
+                Some(Ok(reason)) => {
+                    exempted.push((check.to_owned(), field, reason));
+                    return;
+                }
+                Some(Err(note)) => message.push_str(&note),
+                None => {}
+            }
+            if hits
+                .iter()
+                .any(|h: &Hit| h.check == check && h.field == field)
+            {
+                return;
+            }
+            hits.push(Hit {
+                check: check.to_owned(),
+                field,
+                message,
+                title,
+                fix,
+                mode,
+            });
+        };
+
+        if kind == "Secret" {
+            if self
+                .policy
+                .keyhaven_namespaces
+                .iter()
+                .any(|n| n == namespace)
+            {
+                push(
+                    &mut hits,
+                    &mut exempted,
+                    policy::KEYHAVEN_NAMESPACE_SECRET,
+                    "metadata.namespace".to_owned(),
+                    format!("namespace {namespace} keeps its secrets in keyhaven, not in Secrets"),
+                    "Secret in a namespace whose secrets must come from keyhaven".to_owned(),
+                    "store the values in keyhaven and mount them with the keyhaven CSI provider (SecretProviderClass)".to_owned(),
+                    true,
+                );
+            }
+            return (hits, exempted);
+        }
+        let workload = is_workload(kind);
+        if !(workload || is_rbac(kind) || kind == "ConfigMap") {
+            return (hits, exempted);
+        }
+
+        // The scanner's object pass: env literals, ConfigMap credentials.
+        let scanned = k8s::scan_object(&self.engine, "admission", object, 2);
+        let mut secret_fields = BTreeSet::new();
+        for f in scanned.findings {
+            let field = f.field.clone().unwrap_or_default();
+            secret_fields.insert(field.clone());
+            let fix = f.fix.clone().unwrap_or_default();
+            push(
+                &mut hits,
+                &mut exempted,
+                &f.rule_id,
+                field,
+                f.message,
+                f.description,
+                fix,
+                true,
+            );
+        }
+        if kind == "ConfigMap" {
+            return (hits, exempted);
+        }
+
+        // The posture checks, on this one object (as the scanner parsed it).
+        let mut objects: Vec<Object> = scanned.objects;
+        for o in &mut objects {
+            if o.namespace.is_none() && !namespace.is_empty() {
+                o.namespace = Some(namespace.to_owned());
+            }
+            if o.name.is_empty() {
+                name.clone_into(&mut o.name);
+            }
+        }
+        let checked = posture::check_objects(&objects);
+        for f in checked.findings {
+            let field = f.field.clone().unwrap_or_default();
+            let fix = f.fix.clone().unwrap_or_default();
+            push(
+                &mut hits,
+                &mut exempted,
+                &f.rule_id,
+                field,
+                f.message,
+                f.description,
+                fix,
+                false,
+            );
+        }
+        for e in checked.exempted {
+            exempted.push((e.check.to_owned(), e.field, e.reason));
+        }
+
+        // The secret rules over every string of the object, with its field path.
+        let mut leaves = Vec::new();
+        string_leaves(object, &mut String::new(), &mut leaves, 0);
+        for (field, text) in leaves {
+            if secret_fields.contains(&field) {
+                continue;
+            }
+            for m in self.engine.scan_bytes(text.as_bytes(), "admission", None) {
+                let Some(rule) = self.engine.rules.rules.get(m.rule) else {
+                    continue;
+                };
+                push(
+                    &mut hits,
+                    &mut exempted,
+                    &rule.spec.id,
+                    field.clone(),
+                    format!("{} in {field}", rule.spec.description),
+                    rule.spec.description.clone(),
+                    "remove the credential, rotate it, and load it at run time from keyhaven (CSI volume) or a Secret".to_owned(),
+                    true,
+                );
+            }
+        }
+        (hits, exempted)
+    }
+}
+
+/// Strings of a value worth scanning, with their field paths. Server-maintained metadata
+/// (managed fields, kubectl's copy of the last applied object) is skipped: it repeats
+/// the object.
+fn string_leaves<'a>(
+    v: &'a Value,
+    path: &mut String,
+    out: &mut Vec<(String, &'a str)>,
+    depth: usize,
+) {
+    if depth > 64 {
+        return;
+    }
+    match v {
+        Value::String(s) if s.len() >= 8 => out.push((path.clone(), s)),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                let _ = write!(path, "[{i}]");
+                string_leaves(item, path, out, depth + 1);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                if (depth == 1 && path == "metadata" && k == "managedFields")
+                    || k == "kubectl.kubernetes.io/last-applied-configuration"
+                {
+                    continue;
+                }
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                string_leaves(item, path, out, depth + 1);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Split YAML text into documents at `---` lines.
+fn split_yaml(text: &str) -> Vec<&str> {
+    let mut docs = Vec::new();
+    let mut start = 0usize;
+    let mut offset = 0usize;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_end();
+        if t == "---" || t.starts_with("--- ") || t == "..." {
+            if let Some(doc) = text.get(start..offset) {
+                docs.push(doc);
+            }
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    if let Some(doc) = text.get(start..) {
+        docs.push(doc);
+    }
+    docs
+}
+
+/// Entry point for the fuzz target: decode and judge arbitrary bytes as a review and as a
+/// review file; a decision must have the response shape the apiserver needs.
+#[doc(hidden)]
+#[allow(
+    clippy::panic,
+    reason = "a broken invariant is what the fuzzer looks for"
+)]
+pub fn fuzz_review(data: &[u8]) -> bool {
+    static ADMISSION: std::sync::OnceLock<Option<Admission>> = std::sync::OnceLock::new();
+    let Some(admission) = ADMISSION.get_or_init(|| Admission::new(Policy::default()).ok()) else {
+        return false;
+    };
+    let check = |d: &Decision| {
+        let r = d.to_review();
+        if r.pointer("/response/uid") != Some(&Value::String(d.uid.clone())) {
+            panic!("uid not echoed");
+        }
+        if !d.allowed && (d.code.is_none() || d.message.is_none()) {
+            panic!("a denial without a status");
+        }
+        if d.warnings
+            .iter()
+            .any(|w| w.chars().count() > MAX_WARNING_CHARS)
+        {
+            panic!("a warning over the limit");
+        }
+    };
+    let reviewed = admission.review(data).inspect(check).is_ok();
+    let filed = match admission.review_file(data) {
+        Ok(ds) => {
+            ds.iter().for_each(check);
+            true
+        }
+        Err(_) => false,
+    };
+    reviewed || filed
+}
