@@ -13,7 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use keyhaven_engine::{ClientToken, Core, InitParams, ManualClock, Operation, Request, UnsealInput};
+use keyhaven_engine::{
+    ClientToken, Core, InitParams, ManualClock, Operation, Request, UnsealInput,
+};
 use keyhaven_storage::MemStore;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
