@@ -7,8 +7,14 @@
 //!   the share of one core it takes at one run per 30 s;
 //! - `maintenance()` with the short token due;
 //! - seal + unseal (unseal loads no token: the expiry index is read lazily).
+//!
 //! Run it on a quiet machine; it prints one table.
-#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
