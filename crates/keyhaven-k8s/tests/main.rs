@@ -7,3 +7,4 @@
 )]
 
 mod admission;
+mod admission_limits;
