@@ -70,22 +70,16 @@ impl PasswordPolicy {
     /// Parse policy text (HCL, JSON, or either base64-encoded). The error names what is
     /// wrong and repeats at most a short excerpt of the text.
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::parse_text(&decode_text(text))
+    }
+
+    /// Parse policy text already decoded from base64 ([`decode_text`]).
+    fn parse_text(text: &str) -> Result<Self, String> {
         if text.len() > MAX_POLICY_BYTES {
             return Err(format!(
                 "the policy is larger than {MAX_POLICY_BYTES} bytes"
             ));
         }
-        let decoded;
-        let text = match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
-            Ok(bytes) if !text.trim().is_empty() => match String::from_utf8(bytes) {
-                Ok(s) => {
-                    decoded = s;
-                    decoded.as_str()
-                }
-                Err(_) => text,
-            },
-            _ => text,
-        };
         let raw = if text.trim_start().starts_with('{') {
             raw_from_json(text)?
         } else {
@@ -194,6 +188,18 @@ impl PasswordPolicy {
         Err(EngineError::invalid(format!(
             "unable to generate a password from the policy in {MAX_CANDIDATES} attempts: are the rules impossible?"
         )))
+    }
+}
+
+/// Policy text as given, or decoded when it came base64-encoded (as OpenBao accepts, and
+/// keeps, it).
+fn decode_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.trim().is_empty() || text.len() > MAX_POLICY_BYTES * 2 {
+        return text.into();
+    }
+    match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
+        Ok(bytes) => String::from_utf8(bytes).map_or(text.into(), Into::into),
+        Err(_) => text.into(),
     }
 }
 
@@ -451,12 +457,8 @@ impl Core {
                 if raw.is_empty() {
                     return Err(EngineError::invalid("missing policy"));
                 }
-                // Kept as given, or decoded when it came base64-encoded (as OpenBao keeps it).
-                let text = match base64::engine::general_purpose::STANDARD.decode(raw.trim()) {
-                    Ok(bytes) => String::from_utf8(bytes).unwrap_or_else(|_| raw.to_owned()),
-                    Err(_) => raw.to_owned(),
-                };
-                let policy = PasswordPolicy::parse(&text).map_err(|e| {
+                let text = decode_text(raw).into_owned();
+                let policy = PasswordPolicy::parse_text(&text).map_err(|e| {
                     if e == LENGTH_ERROR {
                         EngineError::invalid(e)
                     } else {

@@ -147,31 +147,26 @@ impl Server {
             }
         });
         // Losing the database lock ends serving: another server may take the database.
+        // The lock itself is held here until the last request is answered.
+        let lock = self.storage_lock;
+        let lock_lost = lock.as_ref().map(keyhaven_storage_sql::ExclusiveLock::lost);
         let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shutdown = {
             let lost = lost.clone();
-            let mut lock = self.storage_lock;
             async move {
-                match lock.as_mut() {
-                    Some(lock) => {
+                match lock_lost {
+                    Some(lock_lost) => {
                         tokio::select! {
                             () = shutdown => {}
-                            () = lock.lost() => lost.store(true, std::sync::atomic::Ordering::Release),
+                            () = lock_lost => lost.store(true, std::sync::atomic::Ordering::Release),
                         }
                     }
                     None => shutdown.await,
                 }
-                // Held until the last request is answered.
-                lock
             }
         };
-        let (held_tx, held_rx) = tokio::sync::oneshot::channel();
-        let shutdown = async move {
-            let lock = shutdown.await;
-            let _ = held_tx.send(lock);
-        };
         listener::serve(self.listener, self.tls, self.router, self.limits, shutdown).await;
-        drop(held_rx);
+        drop(lock);
         maintenance.abort();
         for task in &self.seal_tasks {
             task.abort();

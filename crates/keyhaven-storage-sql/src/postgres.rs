@@ -352,9 +352,13 @@ pub struct ExclusiveLock {
 }
 
 impl ExclusiveLock {
-    /// Resolves once the session holding the lock has ended (the lock is gone).
-    pub async fn lost(&mut self) {
-        let _ = self.lost.wait_for(|lost| *lost).await;
+    /// A future that resolves once the session holding the lock has ended (the lock is
+    /// gone); it does not hold the lock.
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut lost = self.lost.clone();
+        async move {
+            let _ = lost.wait_for(|lost| *lost).await;
+        }
     }
 }
 

@@ -580,8 +580,11 @@ impl TokenStore {
         let removed = self.sweep_expired().await?;
         let now = self.clock.unix_seconds();
         let mut due = Vec::new();
+        let mut keys = Vec::new();
         self.for_each_entry(|e| {
-            if !e.live(now) {
+            if e.live(now) {
+                keys.extend(index_keys(e));
+            } else {
                 due.push(e.hash.clone());
             }
         })
@@ -589,42 +592,32 @@ impl TokenStore {
         for h in &due {
             self.revoke_tree(h).await?;
         }
-        self.index_entries(false).await?;
+        for key in keys {
+            if self.storage.get(&key).await?.is_none() {
+                self.storage.put(&key, Vec::new()).await?;
+            }
+        }
         Ok(removed + due.len())
     }
 
     /// Index every stored entry (installations from before the index), then mark the
     /// index complete.
     pub(super) async fn build_expiry_index(&self) -> Result<(), EngineError> {
-        let n = self.index_entries(true).await?;
-        self.storage.put(INDEX_MARKER, b"1".to_vec()).await?;
-        if n > 0 {
-            tracing::info!(target: "keyhaven::tokens", tokens = n, "token expiry index built");
-        }
-        Ok(())
-    }
-
-    /// Put the index entries of every stored entry that lacks them (all of them when
-    /// `blind`, without reading the index first). Returns how many entries were seen.
-    async fn index_entries(&self, blind: bool) -> Result<usize, EngineError> {
         let mut keys = Vec::new();
         let mut seen = 0usize;
         self.for_each_entry(|e| {
             seen += 1;
-            if let Some(exp) = e.expire_time {
-                keys.push(expire_key(exp, &e.hash));
-            }
-            if e.revoking {
-                keys.push(format!("{REVOKING_PREFIX}{}", e.hash));
-            }
+            keys.extend(index_keys(e));
         })
         .await?;
         for key in keys {
-            if blind || self.storage.get(&key).await?.is_none() {
-                self.storage.put(&key, Vec::new()).await?;
-            }
+            self.storage.put(&key, Vec::new()).await?;
         }
-        Ok(seen)
+        self.storage.put(INDEX_MARKER, b"1".to_vec()).await?;
+        if seen > 0 {
+            tracing::info!(target: "keyhaven::tokens", tokens = seen, "token expiry index built");
+        }
+        Ok(())
     }
 
     /// Call `f` with every stored entry, one page at a time.
@@ -693,6 +686,14 @@ impl TokenStore {
             after = page.last().cloned();
         }
     }
+}
+
+/// The index entries an entry should have: its expiry, and its revocation if begun.
+fn index_keys(e: &TokenEntry) -> impl Iterator<Item = String> + '_ {
+    e.expire_time
+        .map(|exp| expire_key(exp, &e.hash))
+        .into_iter()
+        .chain(e.revoking.then(|| format!("{REVOKING_PREFIX}{}", e.hash)))
 }
 
 /// `at + secs`, refusing what a timestamp cannot hold.
