@@ -47,6 +47,25 @@ pub trait Backend: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Revoke the secret of an expired or revoked lease (drop the database user). An
+    /// error leaves the lease in place, to be retried with backoff; revoking a secret
+    /// that is already gone must succeed. The default refuses: a backend that returns
+    /// [`crate::SecretGrant`]s implements it.
+    async fn revoke_secret(&self, _lease: &LeaseRef<'_>) -> Result<(), EngineError> {
+        Err(EngineError::UnsupportedOperation)
+    }
+
+    /// Extend the secret of a lease to `expire_time` (Unix seconds), which the core
+    /// already capped by the lease's maximum (run the renew statements). The default
+    /// refuses.
+    async fn renew_secret(
+        &self,
+        _lease: &LeaseRef<'_>,
+        _expire_time: u64,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::invalid("lease is not renewable"))
+    }
+
     /// Scheduled work (automatic rotation, scheduled deletion), run periodically by the
     /// core; decisions use the engine's clock. The default does nothing.
     async fn tick(&self) -> Result<(), EngineError> {
@@ -79,6 +98,21 @@ impl<'a> BackendRequest<'a> {
     pub fn capture(&self, name: &str) -> &'a str {
         self.captures.must(name)
     }
+}
+
+/// A lease as its backend sees it at renewal or revocation.
+#[derive(Debug)]
+pub struct LeaseRef<'a> {
+    /// The lease id.
+    pub lease_id: &'a str,
+    /// The path relative to the mount of the request that created it (`creds/ro`).
+    pub path: &'a str,
+    /// What the backend stored with it ([`crate::SecretGrant::internal`]).
+    pub internal: &'a Map<String, Value>,
+    /// When it was issued, Unix seconds.
+    pub issue_time: u64,
+    /// When it expires now, Unix seconds.
+    pub expire_time: u64,
 }
 
 /// What a backend is built from when its mount is loaded.

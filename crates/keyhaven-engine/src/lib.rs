@@ -29,10 +29,12 @@ pub mod route;
 mod route_tests;
 pub mod transit;
 
-pub use backend::{Backend, BackendContext, BackendRequest, Limits};
+pub use backend::{Backend, BackendContext, BackendRequest, LeaseRef, Limits};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{CryptoOp, EngineError};
-pub use request::{BatchFailure, ClientToken, LeaseDuration, Operation, Request, Response};
+pub use request::{
+    BatchFailure, ClientToken, LeaseDuration, LeaseGrant, Operation, Request, Response, SecretGrant,
+};
 
 mod barrier;
 mod core;

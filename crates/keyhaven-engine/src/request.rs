@@ -129,6 +129,39 @@ pub struct Response {
     /// Set when the response was wrapped: the client gets this instead of the response,
     /// which waits in the wrapping token's cubbyhole ([`crate::wrapping`]).
     pub wrap_info: Option<keyhaven_types::wire::WrapInfo>,
+    /// Set by a backend that returns a secret with a lifetime (database credentials): the
+    /// core registers a lease for it, bound to the requesting token, and fills
+    /// [`Response::lease`].
+    pub secret: Option<SecretGrant>,
+    /// The lease the core registered for [`Response::secret`]: the envelope's
+    /// `lease_id`, `lease_duration` and `renewable`.
+    pub lease: Option<LeaseGrant>,
+}
+
+/// A secret with a lifetime, as a backend returns it: the core turns it into a lease.
+pub struct SecretGrant {
+    /// The TTL the backend asks for, in seconds; 0 means the mount's default lease TTL.
+    pub ttl: u64,
+    /// The most the lease may live from its issue, across renewals, in seconds; 0 means
+    /// the mount's maximum lease TTL. The mount's maximum caps it either way.
+    pub max_ttl: u64,
+    /// Whether the lease may be renewed ([`crate::backend::Backend::renew_secret`]).
+    pub renewable: bool,
+    /// What the backend needs to renew or revoke the secret later (a user name, the
+    /// role, the statements): stored with the lease behind the barrier, handed back to
+    /// the backend, never returned to a client. Keep secret values out of it.
+    pub internal: Map<String, Value>,
+}
+
+/// A lease registered for a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// The lease id: the request path, `/`, and 24 random characters.
+    pub lease_id: String,
+    /// Seconds until it expires.
+    pub duration: u64,
+    /// Whether it may be renewed.
+    pub renewable: bool,
 }
 
 /// The `lease_duration` of a response that carries no lease.
@@ -207,6 +240,8 @@ impl fmt::Debug for Response {
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
             .field("warnings", &self.warnings)
             .field("wrap_info", &self.wrap_info)
+            .field("secret", &self.secret.as_ref().map(|_| "<lease pending>"))
+            .field("lease", &self.lease)
             .finish()
     }
 }

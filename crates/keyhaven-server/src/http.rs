@@ -724,12 +724,21 @@ impl serde::Serialize for Envelope<'_> {
         let mut map = serializer.serialize_map(Some(8))?;
         map.serialize_entry("auth", &resp.auth)?;
         map.serialize_entry("data", &resp.data)?;
-        map.serialize_entry(
-            "lease_duration",
-            &resp.lease_duration.map_or(0, LeaseDuration::seconds),
-        )?;
-        map.serialize_entry("lease_id", "")?;
-        map.serialize_entry("renewable", &false)?;
+        match &resp.lease {
+            Some(lease) => {
+                map.serialize_entry("lease_duration", &lease.duration)?;
+                map.serialize_entry("lease_id", &lease.lease_id)?;
+                map.serialize_entry("renewable", &lease.renewable)?;
+            }
+            None => {
+                map.serialize_entry(
+                    "lease_duration",
+                    &resp.lease_duration.map_or(0, LeaseDuration::seconds),
+                )?;
+                map.serialize_entry("lease_id", "")?;
+                map.serialize_entry("renewable", &false)?;
+            }
+        }
         map.serialize_entry("request_id", request_id)?;
         map.serialize_entry(
             "warnings",
@@ -762,12 +771,17 @@ fn built_envelope(resp: Response, request_id: &str, top_level: bool) -> Value {
         request_id
     };
     body.insert("request_id".into(), Value::String(request_id.to_owned()));
-    body.insert("lease_id".into(), Value::String(String::new()));
-    body.insert("renewable".into(), Value::Bool(false));
-    body.insert(
-        "lease_duration".into(),
-        json!(resp.lease_duration.map_or(0, LeaseDuration::seconds)),
-    );
+    let (lease_id, renewable, duration) = match &resp.lease {
+        Some(l) => (l.lease_id.clone(), l.renewable, json!(l.duration)),
+        None => (
+            String::new(),
+            false,
+            json!(resp.lease_duration.map_or(0, LeaseDuration::seconds)),
+        ),
+    };
+    body.insert("lease_id".into(), Value::String(lease_id));
+    body.insert("renewable".into(), Value::Bool(renewable));
+    body.insert("lease_duration".into(), duration);
     body.insert(
         "data".into(),
         resp.data.map(Value::Object).unwrap_or(Value::Null),
