@@ -61,7 +61,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn renew_secret(
         &self,
         _lease: &LeaseRef<'_>,
-        _expire_time: u64,
+        _expire_time: i64,
     ) -> Result<(), EngineError> {
         Err(EngineError::invalid("lease is not renewable"))
     }
