@@ -19,6 +19,7 @@ pub mod cidr;
 pub mod clock;
 mod error;
 pub mod kv;
+pub mod lease;
 pub mod metrics;
 pub mod params;
 pub mod password_policy;
