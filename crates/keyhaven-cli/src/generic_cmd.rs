@@ -236,7 +236,7 @@ fn has_content(answer: &Value) -> bool {
 }
 
 /// Print an answer: its lease, `data` and `auth` rows, one field, or the JSON.
-fn print_answer(
+pub(crate) fn print_answer(
     mut answer: Value,
     known: &[String],
     field: Option<&str>,

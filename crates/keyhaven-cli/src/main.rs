@@ -25,6 +25,7 @@ mod fix;
 mod generic_cmd;
 mod kms_plugin_cmd;
 mod kv_cmd;
+mod lease_cmd;
 mod login_cmd;
 mod mounts_cmd;
 mod operator_cmd;
@@ -93,6 +94,8 @@ enum Command {
     List(generic_cmd::ListArgs),
     /// Delete any API path.
     Delete(generic_cmd::DeleteArgs),
+    /// Look up, renew and revoke leases (database credentials).
+    Lease(lease_cmd::LeaseArgs),
     /// Write, read, list and delete ACL policies, and explain decisions.
     Policy(policy_cmd::PolicyArgs),
     /// Manage transit keys; encrypt, decrypt, sign, verify and HMAC with them.
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
         Command::Write(args) => return generic_cmd::run_write(args),
         Command::List(args) => return generic_cmd::run_list(args),
         Command::Delete(args) => return generic_cmd::run_delete(args),
+        Command::Lease(args) => return lease_cmd::run(args),
         Command::Policy(args) => return policy_cmd::run(args),
         Command::Transit(args) => return transit_cmd::run(args),
         Command::KmsPlugin(args) => return kms_plugin_cmd::run(args),

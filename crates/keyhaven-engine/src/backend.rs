@@ -61,7 +61,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn renew_secret(
         &self,
         _lease: &LeaseRef<'_>,
-        _expire_time: u64,
+        _expire_time: i64,
     ) -> Result<(), EngineError> {
         Err(EngineError::invalid("lease is not renewable"))
     }
@@ -110,9 +110,9 @@ pub struct LeaseRef<'a> {
     /// What the backend stored with it ([`crate::SecretGrant::internal`]).
     pub internal: &'a Map<String, Value>,
     /// When it was issued, Unix seconds.
-    pub issue_time: u64,
+    pub issue_time: i64,
     /// When it expires now, Unix seconds.
-    pub expire_time: u64,
+    pub expire_time: i64,
 }
 
 /// What a backend is built from when its mount is loaded.

@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{AuditBroker, AuditMount};
 use crate::auth::Outbound;
-use crate::backend::BackendRequest;
+use crate::backend::{Backend, BackendRequest};
 use crate::barrier::{self, Barrier, Keyring};
 use crate::clock::Clock;
 use crate::error::{CryptoOp, EngineError};
@@ -147,6 +147,7 @@ pub enum UnsealInput {
 pub(crate) struct Unsealed {
     pub(crate) barrier: Arc<Barrier>,
     pub(crate) tokens: TokenStore,
+    pub(crate) leases: Arc<crate::lease::LeaseStore>,
     pub(crate) policies: PolicyStore,
     /// Secret engines, routed from the path's root.
     pub(crate) secrets: RwLock<Arc<Router>>,
@@ -1035,6 +1036,11 @@ impl Core {
         );
         let view: Arc<dyn Store> = barrier.clone();
         let tokens = TokenStore::load(view.clone(), self.clock.clone()).await?;
+        let leases = Arc::new(crate::lease::LeaseStore::new(
+            view.clone(),
+            self.clock.clone(),
+        ));
+        tokens.set_leases(leases.clone());
         let policies = PolicyStore::load(view.clone()).await?;
         self.options.audit.unseal(view.clone()).await?;
         let secrets = self.load_table(Table::Secrets, &view).await?;
@@ -1049,6 +1055,7 @@ impl Core {
         Ok(Arc::new(Unsealed {
             barrier,
             tokens,
+            leases,
             policies,
             secrets: RwLock::new(Arc::new(secrets)),
             auth: RwLock::new(Arc::new(auth)),
@@ -1195,6 +1202,8 @@ impl Core {
         // Counting reads every token's name: not on every tick.
         if let Some(count) = inner.tokens.count_if_due(TOKEN_COUNT_EVERY_SECS).await? {
             self.options.metrics.set_token_count(count);
+            let (leases, irrevocable) = inner.leases.count().await?;
+            self.options.metrics.set_lease_counts(leases, irrevocable);
         }
         if removed > 0 {
             tracing::info!(target: "keyhaven::tokens", removed, "expired tokens removed");
@@ -1410,7 +1419,23 @@ impl Core {
         }
         let warnings = route::check_fields(br.route, &req.data)?;
         let mut resp = match &target.mounted.handler {
-            Handler::Backend(backend) => backend.handle(br).await?,
+            Handler::Backend(backend) => {
+                let rel = br.path;
+                let mut resp = backend.handle(br).await?;
+                if let Some(grant) = resp.secret.take() {
+                    let origin = crate::lease::LeaseOrigin {
+                        path: &req.path,
+                        mount: &target.mounted.entry,
+                        backend,
+                        rel,
+                    };
+                    resp.lease = Some(
+                        self.register_lease(inner, origin, entry.map(AsRef::as_ref), grant)
+                            .await?,
+                    );
+                }
+                resp
+            }
             Handler::System if br.route.pattern.starts_with("wrapping/") => {
                 self.handle_wrapping(inner, &br, entry, req, wrap).await?
             }
@@ -1513,6 +1538,16 @@ struct Target {
     /// The route `rel` matched for an operation, once matched: the same path and
     /// operation match the same route again, so only its captures need taking again.
     route: Option<(Operation, &'static Route)>,
+}
+
+/// The backend mounted where `path` (from the API root) leads, and the path inside its
+/// mount.
+pub(crate) fn backend_at(inner: &Unsealed, path: &str) -> Option<(Arc<dyn Backend>, String)> {
+    let target = Target::resolve(inner, path)?;
+    match &target.mounted.handler {
+        Handler::Backend(b) => Some((b.clone(), target.rel)),
+        _ => None,
+    }
 }
 
 impl Target {

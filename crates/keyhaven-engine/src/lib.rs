@@ -20,6 +20,7 @@ pub mod clock;
 pub mod database;
 mod error;
 pub mod kv;
+pub mod lease;
 pub mod metrics;
 pub mod params;
 pub mod password_policy;

@@ -105,6 +105,12 @@ pub struct Metrics {
     /// Tokens created, by (auth method, mount point, token type). Changed only when a
     /// token is issued.
     token_creation: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// Leases at the last count; negative until one ran.
+    lease_count: AtomicI64,
+    /// Irrevocable leases at the last count; negative until one ran.
+    irrevocable_leases: AtomicI64,
+    /// Leases revoked, and revocation attempts that failed.
+    lease_revocations: (AtomicU64, AtomicU64),
 }
 
 impl Default for Metrics {
@@ -120,6 +126,9 @@ impl Default for Metrics {
             barrier_transaction: Timer::default(),
             token_count: AtomicI64::new(-1),
             token_creation: Mutex::new(BTreeMap::new()),
+            lease_count: AtomicI64::new(-1),
+            irrevocable_leases: AtomicI64::new(-1),
+            lease_revocations: (AtomicU64::new(0), AtomicU64::new(0)),
         }
     }
 }
@@ -153,6 +162,29 @@ impl Metrics {
     pub(crate) fn set_token_count(&self, live: usize) {
         self.token_count
             .store(i64::try_from(live).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_lease_counts(&self, leases: usize, irrevocable: usize) {
+        self.lease_count
+            .store(i64::try_from(leases).unwrap_or(i64::MAX), Ordering::Relaxed);
+        self.set_irrevocable_leases(irrevocable);
+    }
+
+    pub(crate) fn set_irrevocable_leases(&self, irrevocable: usize) {
+        self.irrevocable_leases.store(
+            i64::try_from(irrevocable).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A lease was revoked.
+    pub(crate) fn lease_revoked(&self) {
+        self.lease_revocations.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An attempt to revoke an expired lease failed.
+    pub(crate) fn lease_revoke_failed(&self) {
+        self.lease_revocations.1.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A token was issued by `auth_method` mounted at `mount_point`.
@@ -350,11 +382,35 @@ impl Metrics {
                 })
                 .collect(),
         });
+        for (name, help, value) in [
+            (
+                "vault.expire.num_leases",
+                "Leases waiting to expire, counted by the last periodic maintenance run.",
+                &self.lease_count,
+            ),
+            (
+                "vault.expire.num_irrevocable_leases",
+                "Leases whose revocation failed too often; kept and listed by sys/leases?type=irrevocable.",
+                &self.irrevocable_leases,
+            ),
+        ] {
+            let n = value.load(Ordering::Relaxed);
+            if n >= 0 {
+                #[allow(clippy::cast_precision_loss, reason = "a count")]
+                f.push(one(name, help, Gauge, SampleValue::Number(n as f64)));
+            }
+        }
         f.push(one(
-            "vault.expire.num_leases",
-            "Leases waiting to expire (keyhaven issues no leases yet: always 0).",
-            Gauge,
-            SampleValue::Number(0.0),
+            "vault.expire.lease_expiration",
+            "Leases revoked (at expiry, by request, or with their token).",
+            Counter,
+            count_value(self.lease_revocations.0.load(Ordering::Relaxed)),
+        ));
+        f.push(one(
+            "vault.expire.lease_expiration.error",
+            "Attempts to revoke an expired lease that failed (each is retried).",
+            Counter,
+            count_value(self.lease_revocations.1.load(Ordering::Relaxed)),
         ));
         f.push(Family {
             name: "vault.core.mount_table.num_entries".to_owned(),

@@ -136,6 +136,9 @@ pub struct Response {
     /// The lease the core registered for [`Response::secret`]: the envelope's
     /// `lease_id`, `lease_duration` and `renewable`.
     pub lease: Option<LeaseGrant>,
+    /// The work was accepted and goes on after the answer (an asynchronous lease
+    /// revocation): `202 Accepted`, as Vault answers.
+    pub accepted: bool,
 }
 
 /// A secret with a lifetime, as a backend returns it: the core turns it into a lease.
@@ -226,6 +229,8 @@ impl Response {
             && self.wrap_info.is_none()
             && self.warnings.is_empty()
             && self.batch_failure.is_none()
+            && self.lease.is_none()
+            && !self.accepted
     }
 }
 

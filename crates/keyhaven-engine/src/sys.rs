@@ -134,6 +134,40 @@ const WRAPPING_FIELDS: &[Field] = &[Field::str(
     "The wrapping token (or give it as the request's token).",
 )];
 
+const LEASE_ID_FIELDS: &[Field] = &[Field::str("lease_id", "The lease id.")];
+
+const RENEW_FIELDS: &[Field] = &[
+    Field::str("lease_id", "The lease id (wins over the one in the path)."),
+    Field::duration(
+        "increment",
+        "The TTL asked for, from now (0: the lease's original TTL).",
+    ),
+];
+
+const SYNC_FIELDS: &[Field] = &[Field::bool(
+    "sync",
+    "Revoke before answering (204); false: answer 202 and revoke in the background.",
+)
+.default("true")];
+
+const REVOKE_FIELDS: &[Field] = &[
+    Field::str("lease_id", "The lease id (wins over the one in the path)."),
+    Field::bool(
+        "sync",
+        "Revoke before answering (204); false: answer 202 and revoke in the background.",
+    )
+    .default("true"),
+];
+
+const IRREVOCABLE_FIELDS: &[Field] = &[
+    Field::str("type", "Must be irrevocable.").required(),
+    Field::str(
+        "limit",
+        "The most leases listed (default 10000; none: all).",
+    ),
+    Field::bool("include_child_namespaces", "Accepted for compatibility."),
+];
+
 /// Every path of the `sys/` mount that the engine serves.
 pub(crate) static ROUTES: &[Route] = &[
     Route::new("seal", "Seal: drop every key until unsealed again.")
@@ -355,6 +389,82 @@ pub(crate) static ROUTES: &[Route] = &[
         "A password generated from a password policy.",
     )
     .pure(Ops::READ),
+    // Leases (crate::lease).
+    Route::new("leases/lookup", "A lease's issue and expiry times.")
+        .ops(Ops::WRITE)
+        .fields(LEASE_ID_FIELDS),
+    Route::new(
+        "leases/lookup/{prefix+}",
+        "The lease ids and folders under a prefix.",
+    )
+    .pure(Ops::LIST)
+    .sudo(),
+    Route::new("leases/renew", "Extend a lease.")
+        .ops(Ops::WRITE)
+        .fields(RENEW_FIELDS),
+    Route::new("leases/renew/{url_lease_id+}", "Extend a lease.")
+        .ops(Ops::WRITE)
+        .fields(RENEW_FIELDS),
+    Route::new("renew", "Extend a lease (older path).")
+        .ops(Ops::WRITE)
+        .fields(RENEW_FIELDS),
+    Route::new("renew/{url_lease_id+}", "Extend a lease (older path).")
+        .ops(Ops::WRITE)
+        .fields(RENEW_FIELDS),
+    Route::new("leases/revoke", "Revoke a lease and its secret.")
+        .ops(Ops::WRITE)
+        .fields(REVOKE_FIELDS),
+    Route::new("leases/revoke/{url_lease_id+}", "Revoke a lease and its secret.")
+        .ops(Ops::WRITE)
+        .fields(REVOKE_FIELDS),
+    Route::new("revoke", "Revoke a lease and its secret (older path).")
+        .ops(Ops::WRITE)
+        .fields(REVOKE_FIELDS),
+    Route::new(
+        "revoke/{url_lease_id+}",
+        "Revoke a lease and its secret (older path).",
+    )
+    .ops(Ops::WRITE)
+    .fields(REVOKE_FIELDS),
+    Route::new(
+        "leases/revoke-prefix/{prefix+}",
+        "Revoke every lease under a prefix.",
+    )
+    .ops(Ops::WRITE)
+    .fields(SYNC_FIELDS)
+    .sudo(),
+    Route::new(
+        "revoke-prefix/{prefix+}",
+        "Revoke every lease under a prefix (older path).",
+    )
+    .ops(Ops::WRITE)
+    .fields(SYNC_FIELDS)
+    .sudo(),
+    Route::new(
+        "leases/revoke-force/{prefix+}",
+        "Remove every lease under a prefix, even where the secret cannot be revoked.",
+    )
+    .ops(Ops::WRITE)
+    .sudo(),
+    Route::new(
+        "revoke-force/{prefix+}",
+        "Remove every lease under a prefix, even where the secret cannot be revoked (older path).",
+    )
+    .ops(Ops::WRITE)
+    .sudo(),
+    Route::new(
+        "leases/tidy",
+        "Repair the lease indexes; leases of revoked tokens become due.",
+    )
+    .ops(Ops::WRITE),
+    Route::new("leases", "The irrevocable leases.")
+        .pure(Ops::READ)
+        .fields(IRREVOCABLE_FIELDS)
+        .sudo(),
+    Route::new("leases/count", "How many leases are irrevocable, by mount.")
+        .pure(Ops::READ)
+        .fields(IRREVOCABLE_FIELDS)
+        .sudo(),
     // Tools and telemetry (crate::sys_tools, crate::metrics).
     Route::new(
         "tools/random/{source?}/{urlbytes?}",
@@ -505,6 +615,49 @@ impl Core {
             ),
             ("tools/hash/{urlalgorithm?}", _) => {
                 crate::sys_tools::hash(br.captures.get("urlalgorithm"), &req.data)
+            }
+            ("leases/lookup", _) => {
+                let id = params::string(&req.data, "lease_id")?.unwrap_or_default();
+                self.lease_lookup(inner, id).await
+            }
+            ("leases/lookup/{prefix+}", _) => {
+                self.lease_list(inner, br.captures.get("prefix").unwrap_or_default())
+                    .await
+            }
+            (
+                "leases/renew" | "leases/renew/{url_lease_id+}" | "renew" | "renew/{url_lease_id+}",
+                _,
+            ) => {
+                let id = lease_id_of(br, req)?;
+                let increment = params::duration_secs(&req.data, "increment")?.unwrap_or(0);
+                self.lease_renew(inner, &id, increment).await
+            }
+            (
+                "leases/revoke"
+                | "leases/revoke/{url_lease_id+}"
+                | "revoke"
+                | "revoke/{url_lease_id+}",
+                _,
+            ) => {
+                let id = lease_id_of(br, req)?;
+                let sync = params::boolean(&req.data, "sync")?.unwrap_or(true);
+                self.lease_revoke(inner, &id, sync).await
+            }
+            ("leases/revoke-prefix/{prefix+}" | "revoke-prefix/{prefix+}", _) => {
+                let sync = params::boolean(&req.data, "sync")?.unwrap_or(true);
+                let prefix = br.captures.get("prefix").unwrap_or_default();
+                self.lease_revoke_prefix(inner, prefix, sync, false).await
+            }
+            ("leases/revoke-force/{prefix+}" | "revoke-force/{prefix+}", _) => {
+                let prefix = br.captures.get("prefix").unwrap_or_default();
+                self.lease_revoke_prefix(inner, prefix, true, true).await
+            }
+            ("leases/tidy", _) => self.lease_tidy(inner).await,
+            ("leases" | "leases/count", _) => {
+                let kind = params::string(&req.data, "type")?.unwrap_or_default();
+                let limit = params::string(&req.data, "limit")?.unwrap_or_default();
+                let count = br.route.pattern == "leases/count";
+                self.irrevocable_leases(inner, kind, limit, count).await
             }
             ("metrics", _) => self.metrics_response(&req.data),
             _ => Err(EngineError::UnsupportedOperation),
@@ -816,4 +969,16 @@ fn openapi_path(route: &Route, kind: &str, tag: &str) -> Value {
         );
     }
     Value::Object(item)
+}
+
+/// The lease id of a renew or revoke: the body's `lease_id`, else the one in the path.
+fn lease_id_of(br: &BackendRequest<'_>, req: &Request) -> Result<String, EngineError> {
+    match params::string(&req.data, "lease_id")?.filter(|s| !s.is_empty()) {
+        Some(id) => Ok(id.to_owned()),
+        None => Ok(br
+            .captures
+            .get("url_lease_id")
+            .unwrap_or_default()
+            .to_owned()),
+    }
 }

@@ -297,6 +297,17 @@ impl Core {
             // Vault answers success when disabling a path that is not mounted.
             return Ok(Response::no_content());
         };
+        // As in Vault, the mount's leases are revoked first; if a secret cannot be
+        // revoked the mount stays, so nothing outlives what could revoke it.
+        if table == Table::Secrets {
+            self.revoke_mount_leases(inner, &entry.path)
+                .await
+                .map_err(|e| {
+                    EngineError::invalid(format!(
+                        "failed to revoke the mount's leases; the mount stays: {e}"
+                    ))
+                })?;
+        }
         let remaining: Vec<Mounted> = current
             .mounted()
             .iter()

@@ -668,6 +668,7 @@ fn envelope(resp: Response, shape: WireShape, request_id: &str) -> HttpResponse 
     // the client's mistake, 500 when only internal faults failed items, or the status
     // the client asked for with `partial_failure_response_code`.
     let status = match resp.batch_failure {
+        None if resp.accepted => StatusCode::ACCEPTED,
         None => StatusCode::OK,
         Some(f) if resp.wrap_info.is_none() => f
             .status_override

@@ -98,8 +98,13 @@ pub struct DevCredentials {
     pub root_token: SecretString,
 }
 
-/// How often the server runs the engine's scheduled work.
-const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often the server runs the engine's scheduled work (token expiry, key and static
+/// credential rotation, scheduled deletion); OpenBao polls its rotation queue as often.
+const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often the lease scheduler looks for expired leases. A pass with nothing due reads
+/// one short page of the expiry index.
+const LEASE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A server bound to its address and ready to serve.
 pub struct Server {
@@ -147,6 +152,26 @@ impl Server {
                 }
             }
         });
+        let core = self.core.clone();
+        let leases = tokio::spawn(async move {
+            let mut every = tokio::time::interval(LEASE_INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                match core.expire_leases().await {
+                    // A full pass: more may be due already.
+                    Ok(pass)
+                        if pass.revoked + pass.failed >= keyhaven_engine::lease::SWEEP_BATCH =>
+                    {
+                        every.reset_immediately();
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(target: "keyhaven::server", error = %e, "lease expiry failed");
+                    }
+                }
+            }
+        });
         // Losing the database lock ends serving: another server may take the database.
         // The lock itself is held here until the last request is answered.
         let lock = self.storage_lock;
@@ -169,6 +194,7 @@ impl Server {
         listener::serve(self.listener, self.tls, self.router, self.limits, shutdown).await;
         drop(lock);
         maintenance.abort();
+        leases.abort();
         for task in &self.seal_tasks {
             task.abort();
         }

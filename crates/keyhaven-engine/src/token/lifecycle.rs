@@ -403,8 +403,11 @@ impl TokenStore {
         let Some(bytes) = self.storage.get(&key).await? else {
             return Ok(());
         };
-        // The cubbyhole goes first: if this stops half-way, the marked entry remains and
-        // the sweeper comes back for both.
+        // The cubbyhole and the leases go first: if this stops half-way, the marked entry
+        // remains and the sweeper comes back for all.
+        if let Some(leases) = self.leases.get() {
+            leases.expire_token_leases(hash_hex).await?;
+        }
         if let Some(cubbyholes) = self.cubbyholes.get() {
             crate::core::delete_prefix(cubbyholes.as_ref(), &format!("{hash_hex}/")).await?;
         }

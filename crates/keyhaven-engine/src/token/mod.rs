@@ -233,6 +233,8 @@ pub struct TokenStore {
     /// The cubbyhole mount's storage: a token's cubbyhole is the folder named by its
     /// storage hash, deleted when the token is revoked or expires.
     cubbyholes: std::sync::OnceLock<Arc<dyn Store>>,
+    /// The leases: a revoked token's leases are made due, for the scheduler to revoke.
+    leases: std::sync::OnceLock<Arc<crate::lease::LeaseStore>>,
     /// When the stored tokens were last counted (engine clock), for `vault.token.count`.
     counted_at: std::sync::atomic::AtomicI64,
 }

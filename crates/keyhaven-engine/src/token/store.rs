@@ -62,6 +62,7 @@ impl TokenStore {
             cache: RwLock::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             cubbyholes: std::sync::OnceLock::new(),
+            leases: std::sync::OnceLock::new(),
             counted_at: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
@@ -69,6 +70,16 @@ impl TokenStore {
     /// Set the storage of the cubbyhole mount, whose folder `<hash>/` each token owns.
     pub(crate) fn set_cubbyholes(&self, store: Arc<dyn Store>) {
         let _ = self.cubbyholes.set(store);
+    }
+
+    /// Set the lease store, whose leases of a token end with it.
+    pub(crate) fn set_leases(&self, leases: Arc<crate::lease::LeaseStore>) {
+        let _ = self.leases.set(leases);
+    }
+
+    /// Whether an entry (live or not) is stored under this storage hash.
+    pub(crate) async fn exists_hash(&self, hash_hex: &str) -> Result<bool, EngineError> {
+        Ok(self.storage.get(&Self::id_key(hash_hex)).await?.is_some())
     }
 
     /// The storage of the cubbyhole mount, once set.
