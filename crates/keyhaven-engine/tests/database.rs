@@ -147,6 +147,7 @@ fn obj(v: Value) -> Map<String, Value> {
 }
 
 const T0: u64 = 1_700_000_000;
+const T0I: i64 = 1_700_000_000;
 
 fn mount() -> Db {
     let fake = Arc::new(Fake::default());
@@ -343,8 +344,8 @@ async fn creds_issue_a_lease_whose_revocation_outlives_the_role() {
         lease_id: "database/creds/ro/abc",
         path: "creds/ro",
         internal: &secret.internal,
-        issue_time: T0,
-        expire_time: T0 + 3600,
+        issue_time: T0I,
+        expire_time: T0I + 3600,
     };
     db.backend.revoke_secret(&lease).await.unwrap();
     assert_eq!(
@@ -360,7 +361,7 @@ async fn creds_issue_a_lease_whose_revocation_outlives_the_role() {
     assert!(err.to_string().contains("connection reset"), "{err}");
     db.fake.set_fail(None);
     // Renewal needs the role.
-    assert!(db.backend.renew_secret(&lease, T0 + 7200).await.is_err());
+    assert!(db.backend.renew_secret(&lease, T0I + 7200).await.is_err());
 }
 
 #[tokio::test]
@@ -385,10 +386,10 @@ async fn renewal_extends_the_database_validity_with_the_buffer() {
         lease_id: "database/creds/ro/x",
         path: "creds/ro",
         internal: &secret.internal,
-        issue_time: T0,
-        expire_time: T0 + 60,
+        issue_time: T0I,
+        expire_time: T0I + 60,
     };
-    db.backend.renew_secret(&lease, T0 + 600).await.unwrap();
+    db.backend.renew_secret(&lease, T0I + 600).await.unwrap();
     assert_eq!(
         db.fake.calls().last().unwrap(),
         &Call::Renew {

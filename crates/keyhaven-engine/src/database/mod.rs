@@ -582,7 +582,7 @@ impl Backend for DatabaseBackend {
     async fn renew_secret(
         &self,
         lease: &LeaseRef<'_>,
-        expire_time: u64,
+        expire_time: i64,
     ) -> Result<(), EngineError> {
         let internal = lease.internal;
         let text = |k: &str| internal.get(k).and_then(Value::as_str).unwrap_or("");
@@ -597,7 +597,11 @@ impl Backend for DatabaseBackend {
         conn.renew_user(
             &role.renew_statements,
             text("username"),
-            &expiration_text(expire_time.saturating_add(EXPIRATION_BUFFER)),
+            &expiration_text(
+                u64::try_from(expire_time)
+                    .unwrap_or(0)
+                    .saturating_add(EXPIRATION_BUFFER),
+            ),
         )
         .await
         .map_err(plugin_failure)
