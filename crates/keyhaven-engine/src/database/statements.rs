@@ -106,8 +106,9 @@ enum Quote<'a> {
     Dollar(&'a str),
 }
 
-/// Calls `on_byte(index, in_quotes)` for every byte of `sql`, tracking quotes.
-fn scan(sql: &str, mut on_byte: impl FnMut(usize, bool)) {
+/// Calls `on_byte(index, in_quotes)` for every byte of `sql`, tracking quotes; dollar
+/// quotes (`$$ … $$`) count only when `dollar` is set.
+fn scan(sql: &str, dollar: bool, mut on_byte: impl FnMut(usize, bool)) {
     let bytes = sql.as_bytes();
     let mut state = Quote::None;
     let mut i = 0;
@@ -122,7 +123,7 @@ fn scan(sql: &str, mut on_byte: impl FnMut(usize, bool)) {
                     state = Quote::Double;
                     on_byte(i, true);
                 }
-                b'$' => match dollar_tag(sql, i) {
+                b'$' if dollar => match dollar_tag(sql, i) {
                     Some(tag) => {
                         for k in i..i + tag.len() {
                             on_byte(k, true);
@@ -170,10 +171,11 @@ fn dollar_tag(sql: &str, at: usize) -> Option<&str> {
     if ok { sql.get(at..at + end + 2) } else { None }
 }
 
-/// Whether `sql` holds the word `END` outside quotes: a block to run as it is.
+/// Whether `sql` holds the word `END` outside single and double quotes (a dollar-quoted
+/// body counts: `DO $$ BEGIN … END $$`): a block to run as it is.
 pub fn is_multiline(sql: &str) -> bool {
     let mut bare = Vec::with_capacity(sql.len());
-    scan(sql, |i, quoted| {
+    scan(sql, false, |i, quoted| {
         let b = sql.as_bytes().get(i).copied().unwrap_or(b' ');
         bare.push(if quoted { b' ' } else { b.to_ascii_uppercase() });
     });
@@ -188,7 +190,7 @@ pub fn is_multiline(sql: &str) -> bool {
 /// `sql` split on `;` outside quotes, each part trimmed, empty parts dropped.
 pub fn split(sql: &str) -> Vec<String> {
     let mut cuts = Vec::new();
-    scan(sql, |i, quoted| {
+    scan(sql, true, |i, quoted| {
         if !quoted && sql.as_bytes().get(i) == Some(&b';') {
             cuts.push(i);
         }
