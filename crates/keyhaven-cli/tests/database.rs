@@ -545,3 +545,145 @@ fn bao_static_role_rotates_an_existing_users_password() {
 
     assert_no_plaintext(&server, dir.path(), &audit, &[initial, p1, p2, f1, f2]);
 }
+
+/// Whether PostgreSQL has a role named `user`.
+fn role_exists(db: &TestDb, user: &str) -> bool {
+    db.sql(&format!(
+        "SELECT count(*) FROM pg_roles WHERE rolname = '{}'",
+        user.replace('\'', "''")
+    )) == "1"
+}
+
+/// Wait up to `secs` for `cond`.
+fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn bao_leases_of_database_credentials_drop_the_user() {
+    let Some(admin) = pg_url() else { return };
+    let mut db = TestDb::new(&admin, "lease");
+    db.sql("CREATE TABLE granted (id int)");
+    let server = TestServer::dev();
+    let root = server.root_token();
+    let bao = Bao::new(&server.addr(), Some(&root));
+    ok(&bao.run(&["secrets", "enable", "database"]), "enable");
+    ok(
+        &bao.run(&[
+            "write",
+            "database/config/pg",
+            "plugin_name=postgresql-database-plugin",
+            &format!("connection_url={}", db.url_as("postgres")),
+            "allowed_roles=*",
+        ]),
+        "config",
+    );
+    let creation = "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT SELECT ON granted TO \"{{name}}\";";
+    for (role, ttl) in [("ro", "1h"), ("short", "3s")] {
+        ok(
+            &bao.run(&[
+                "write",
+                &format!("database/roles/{role}"),
+                "db_name=pg",
+                &format!("creation_statements={creation}"),
+                &format!("default_ttl={ttl}"),
+                "max_ttl=24h",
+            ]),
+            "role",
+        );
+    }
+    let issue = |bao: &Bao, role: &str| {
+        let v = ok(
+            &bao.run(&["read", "-format=json", &format!("database/creds/{role}")]),
+            "creds",
+        );
+        let user = v["data"]["username"].as_str().unwrap().to_owned();
+        (v["lease_id"].as_str().unwrap().to_owned(), user, v)
+    };
+
+    // A lease comes with the credentials; revoking it drops the user.
+    let (lease, user, v) = issue(&bao, "ro");
+    db.roles.push(user.clone());
+    assert!(lease.starts_with("database/creds/ro/"), "{v}");
+    assert_eq!(v["lease_duration"], 3600);
+    assert_eq!(v["renewable"], true);
+    assert!(db.sql_as(&user, "SELECT count(*) FROM granted").is_ok());
+    // Renewal moves the database's own expiry.
+    let renewed = ok(
+        &bao.run(&["lease", "renew", "-format=json", "-increment=2h", &lease]),
+        "renew",
+    );
+    assert_eq!(renewed["lease_duration"], 7200, "{renewed}");
+    let now: u64 = db
+        .sql("SELECT floor(extract(epoch FROM now()))::bigint")
+        .parse()
+        .unwrap();
+    let until: u64 = db
+        .sql(&format!(
+            "SELECT extract(epoch FROM rolvaliduntil)::bigint FROM pg_roles WHERE rolname = '{user}'"
+        ))
+        .parse()
+        .unwrap();
+    assert!(
+        until + 60 >= now + 7205 && until <= now + 7205,
+        "{until} vs {now}"
+    );
+    // `bao lease revoke` queues the revocation (sync=false); the scheduler runs it.
+    ok(&bao.run(&["lease", "revoke", &lease]), "revoke");
+    eventually(30, "the revoked lease's user dropped", || {
+        !role_exists(&db, &user)
+    });
+    let login = db.sql_as(&user, "SELECT 1").unwrap_err();
+    assert!(login.contains("does not exist"), "{login}");
+
+    // revoke-prefix drops every user of the role.
+    let users: Vec<String> = (0..3).map(|_| issue(&bao, "ro").1).collect();
+    db.roles.extend(users.iter().cloned());
+    assert!(users.iter().all(|u| role_exists(&db, u)));
+    ok(
+        &bao.run(&["lease", "revoke", "-prefix", "database/creds/ro"]),
+        "revoke-prefix",
+    );
+    eventually(30, "every user of the prefix dropped", || {
+        users.iter().all(|u| !role_exists(&db, u))
+    });
+
+    // A lease that expires is revoked by the server on its own.
+    let (_, short_user, v) = issue(&bao, "short");
+    db.roles.push(short_user.clone());
+    assert_eq!(v["lease_duration"], 3);
+    eventually(30, "the expired lease's user dropped", || {
+        !role_exists(&db, &short_user)
+    });
+
+    // A revocation the database refuses is kept and tried again with backoff: the user
+    // owns a table, so DROP ROLE fails until the table is gone.
+    let (lease, stuck, _) = issue(&bao, "short");
+    db.roles.push(stuck.clone());
+    db.sql(&format!(
+        "CREATE TABLE blocker (id int); ALTER TABLE blocker OWNER TO \"{stuck}\""
+    ));
+    let refused = bao.run(&["lease", "revoke", "-sync", &lease]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("cannot be dropped"),
+        "{}",
+        refused.stderr
+    );
+    // Past its expiry, the scheduler's attempt fails too: the lease and the user stay.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(role_exists(&db, &stuck));
+    let lookup = ok(
+        &bao.run(&["lease", "lookup", "-format=json", &lease]),
+        "lookup",
+    );
+    assert_eq!(lookup["data"]["id"], lease.as_str());
+    db.sql("DROP TABLE blocker");
+    eventually(90, "the stuck user dropped on retry", || {
+        !role_exists(&db, &stuck)
+    });
+}
