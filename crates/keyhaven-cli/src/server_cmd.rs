@@ -41,7 +41,15 @@ pub struct ServerArgs {
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid log filter")?;
+    // tokio-postgres logs every statement it runs at debug level; those of the database
+    // engine carry passwords (`ALTER ROLE … PASSWORD '…'`). Capped whatever the filter.
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .context("invalid log filter")?
+        .add_directive(
+            "tokio_postgres=info"
+                .parse()
+                .context("invalid built-in log directive")?,
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

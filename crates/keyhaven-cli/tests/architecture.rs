@@ -58,7 +58,11 @@ const LAYER_CRATES: &[(&str, &[&str])] = &[
     ("hyper", &["keyhaven-server", "keyhaven-k8s"]),
     ("tonic", &["keyhaven-k8s"]),
     ("rusqlite", &["keyhaven-storage-sql"]),
-    ("tokio-postgres", &["keyhaven-storage-sql"]),
+    // The server holds the PostgreSQL plugin of the `database/` secrets engine.
+    (
+        "tokio-postgres",
+        &["keyhaven-storage-sql", "keyhaven-server"],
+    ),
     (
         "reqwest",
         &["keyhaven-client", "keyhaven-k8s", "keyhaven-server"],

@@ -47,7 +47,7 @@ pub(crate) fn bao_bin() -> PathBuf {
     .clone()
 }
 
-struct Bao {
+pub(crate) struct Bao {
     bin: PathBuf,
     addr: String,
     token: Option<String>,
@@ -56,14 +56,14 @@ struct Bao {
     env: Vec<(String, String)>,
 }
 
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Outcome {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Bao {
-    fn new(addr: &str, token: Option<&str>) -> Bao {
+    pub(crate) fn new(addr: &str, token: Option<&str>) -> Bao {
         Bao {
             bin: bao_bin(),
             addr: addr.to_owned(),
@@ -73,7 +73,7 @@ impl Bao {
         }
     }
 
-    fn run(&self, args: &[&str]) -> Outcome {
+    pub(crate) fn run(&self, args: &[&str]) -> Outcome {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args)
             .env_clear()

@@ -15,6 +15,7 @@ mod authz;
 mod bao;
 mod cli;
 mod csi_provider;
+mod database;
 mod deploy;
 mod envelope;
 mod hvac;

@@ -16,7 +16,7 @@ const DEFAULT_URL: &str = "host=127.0.0.1 user=postgres dbname=postgres";
 
 // Saying that the tests were skipped is the point of this message.
 #[allow(clippy::print_stderr)]
-fn pg_url() -> Option<String> {
+pub(crate) fn pg_url() -> Option<String> {
     match std::env::var("KEYHAVEN_TEST_PG") {
         Ok(v) if v == "1" => Some(DEFAULT_URL.to_owned()),
         Ok(v) if !v.is_empty() => Some(v),
@@ -28,7 +28,7 @@ fn pg_url() -> Option<String> {
 }
 
 /// `psql` on the test database; panics on failure.
-fn psql(url: &str, sql: &str) -> String {
+pub(crate) fn psql(url: &str, sql: &str) -> String {
     let out = Command::new("psql")
         .args([url, "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()

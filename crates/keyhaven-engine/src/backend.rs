@@ -128,6 +128,9 @@ pub struct BackendContext {
     /// Outbound HTTPS for auth methods that call other services (TokenReview, OIDC
     /// discovery); `None` when the server provides none.
     pub outbound: Option<Arc<dyn crate::auth::Outbound>>,
+    /// Database drivers for the `database/` secrets engine; `None` when the server
+    /// provides none.
+    pub database: Option<Arc<dyn crate::database::plugin::DatabasePlugins>>,
     /// Bounds on what one request may ask of the backend.
     pub limits: Limits,
 }

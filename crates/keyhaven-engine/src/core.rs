@@ -173,6 +173,8 @@ pub struct CoreOptions {
     pub audit: Arc<AuditBroker>,
     /// Outbound HTTPS for auth methods (TokenReview, OIDC discovery).
     pub outbound: Option<Arc<dyn Outbound>>,
+    /// Database drivers for the `database/` secrets engine.
+    pub database: Option<Arc<dyn crate::database::plugin::DatabasePlugins>>,
     /// Bounds on what one request may ask of a backend.
     pub limits: crate::backend::Limits,
     /// Where the engine counts requests, latencies and tokens (`sys/metrics`).
@@ -1111,6 +1113,7 @@ impl Core {
                 view.clone(),
                 self.clock.clone(),
                 self.options.outbound.clone(),
+                self.options.database.clone(),
                 self.options.limits,
             )?;
             mounted.push(Mounted {

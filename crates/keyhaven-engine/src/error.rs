@@ -66,6 +66,11 @@ pub enum EngineError {
     /// value).
     #[error("the version was deleted or destroyed")]
     VersionGone(Box<serde_json::Map<String, serde_json::Value>>),
+    /// The backend could not do what was asked, for a reason the caller may read (a
+    /// database refused a statement, a role is not allowed on its connection). Vault
+    /// answers these with 500 and the message, and clients show it.
+    #[error("{0}")]
+    Failed(String),
     /// A dependency is temporarily unavailable.
     #[error("{0}")]
     Unavailable(String),
@@ -126,7 +131,8 @@ impl EngineError {
             EngineError::Corrupt(_)
             | EngineError::Crypto(_)
             | EngineError::Encode(_)
-            | EngineError::Internal(_) => ErrorCode::Internal,
+            | EngineError::Internal(_)
+            | EngineError::Failed(_) => ErrorCode::Internal,
             EngineError::Unavailable(_) => ErrorCode::Unavailable,
         }
     }

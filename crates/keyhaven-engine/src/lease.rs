@@ -538,7 +538,7 @@ impl Core {
         let store = &inner.leases;
         let now = self.clock.unix_seconds();
         let mut due = Vec::new();
-        const PAGE: usize = 256;
+        const PAGE: usize = 64;
         let mut after: Option<String> = None;
         'pages: loop {
             let page = store

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod backend;
 pub mod cidr;
 pub mod clock;
+pub mod database;
 mod error;
 pub mod kv;
 pub mod lease;

@@ -255,6 +255,7 @@ pub fn normalize_type(
             Ok(("kv".to_owned(), options))
         }
         "transit" => Ok(("transit".to_owned(), options)),
+        "database" => Ok(("database".to_owned(), options)),
         other => Err(EngineError::invalid(format!(
             "unknown backend type {other:?}"
         ))),
@@ -297,6 +298,7 @@ pub(crate) fn instantiate(
     barrier: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     outbound: Option<Arc<dyn crate::auth::Outbound>>,
+    database: Option<Arc<dyn crate::database::plugin::DatabasePlugins>>,
     limits: Limits,
 ) -> Result<Handler, EngineError> {
     match (table, Builtin::of(&entry.kind)) {
@@ -305,7 +307,7 @@ pub(crate) fn instantiate(
         _ => {}
     }
     let storage: Arc<dyn Store> = Arc::new(ScopedStore::new(
-        barrier,
+        barrier.clone(),
         table.storage_prefix(&entry.uuid),
     )?);
     if (table, Builtin::of(&entry.kind)) == (Table::Secrets, Some(Builtin::Cubbyhole)) {
@@ -316,11 +318,21 @@ pub(crate) fn instantiate(
         clock,
         options: entry.options.clone(),
         outbound,
+        database,
         limits,
     };
     let backend = match (table, entry.kind.as_str()) {
         (Table::Secrets, "kv") => crate::kv::factory(ctx),
         (Table::Secrets, "transit") => crate::transit::factory(ctx),
+        (Table::Secrets, "database") => {
+            // The engine reads the password policies (`sys/policies/password/*`), and
+            // nothing else outside its mount.
+            let policies: Arc<dyn Store> = Arc::new(ScopedStore::new(
+                barrier,
+                crate::password_policy::STORAGE_PREFIX.to_owned(),
+            )?);
+            crate::database::factory_with(ctx, Some(policies))
+        }
         (Table::Auth, "kubernetes") => crate::auth::kubernetes::factory(ctx),
         (Table::Auth, "jwt" | "oidc") => crate::auth::jwt::factory(ctx),
         (Table::Auth, "userpass") => crate::auth::userpass::factory(ctx),

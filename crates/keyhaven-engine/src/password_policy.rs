@@ -371,7 +371,21 @@ fn rule_of(kind: &str, fields: &Map<String, Value>) -> Result<RawRule, String> {
 }
 
 /// Where password policies live in the barrier view.
-const STORAGE_PREFIX: &str = "core/password_policy/";
+pub(crate) const STORAGE_PREFIX: &str = "core/password_policy/";
+
+/// The text of the stored policy `name`, from a view scoped to [`STORAGE_PREFIX`].
+pub(crate) async fn stored_text(
+    policies: &Arc<dyn keyhaven_storage::Store>,
+    name: &str,
+) -> Result<Option<String>, EngineError> {
+    let Some(bytes) = policies.get(name).await? else {
+        return Ok(None);
+    };
+    let stored: StoredPolicy = serde_json::from_slice(&bytes).map_err(|_| {
+        EngineError::Corrupt(format!("password policy {} is malformed", echo(name)))
+    })?;
+    Ok(Some(stored.policy))
+}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredPolicy {

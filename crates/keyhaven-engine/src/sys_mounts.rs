@@ -256,6 +256,7 @@ impl Core {
             view,
             self.clock.clone(),
             self.options.outbound.clone(),
+            self.options.database.clone(),
             self.options.limits,
         )?;
         let mut all = current.mounted().to_vec();

@@ -113,6 +113,7 @@ fn mount_on(probe: Probe) -> Kv {
         clock: Arc::new(clock.clone()),
         options: options(),
         outbound: None,
+        database: None,
         limits: Default::default(),
     };
     let backend = kv::factory(ctx).unwrap();
@@ -263,6 +264,7 @@ async fn factory_builds_the_version_the_options_name() {
             clock: clock.clone(),
             options: obj(options.clone()),
             outbound: None,
+            database: None,
             limits: Default::default(),
         };
         match (kv::factory(ctx), version) {

@@ -9,6 +9,7 @@ mod approle;
 mod auto_seal;
 mod compat;
 mod core;
+mod database;
 mod kubernetes;
 mod kv;
 mod kv1;

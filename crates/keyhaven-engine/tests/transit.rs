@@ -85,6 +85,7 @@ fn setup_with(limits: Limits) -> T {
         clock: Arc::new(clock.clone()),
         options: Map::new(),
         outbound: None,
+        database: None,
         limits,
     })
     .unwrap();
@@ -1241,6 +1242,7 @@ async fn a_new_instance_reads_keys_back_from_storage() {
         clock: Arc::new(t.clock.clone()),
         options: Map::new(),
         outbound: None,
+        database: None,
         limits: Default::default(),
     })
     .unwrap();

@@ -176,7 +176,9 @@ fn error_response(err: &EngineError, request_id: &str) -> HttpResponse {
     let code = err.code();
     let status =
         StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let message = if status.is_server_error() && code != ErrorCode::Sealed {
+    // A backend's `Failed` is a 500 whose reason is the caller's to read, as in Vault.
+    let shown = code == ErrorCode::Sealed || matches!(err, EngineError::Failed(_));
+    let message = if status.is_server_error() && !shown {
         tracing::error!(target: "keyhaven::http", request_id, error = %err, source = ?std::error::Error::source(err), "request failed");
         match code {
             ErrorCode::Unavailable => format!("service unavailable; request id {request_id}"),

@@ -9,6 +9,7 @@
 pub mod audit_file;
 pub mod body;
 pub mod config;
+pub mod database_pg;
 pub mod http;
 pub mod json_limits;
 mod listener;
@@ -399,6 +400,7 @@ pub async fn build(
         CoreOptions {
             audit,
             outbound: Some(outbound::shared()),
+            database: Some(database_pg::shared()),
             limits: config.limits,
             metrics: Arc::default(),
             unauthenticated_rekey: config.unauthenticated_rekey,

@@ -561,6 +561,7 @@ impl ErrorText {
             | EngineError::PreconditionFailed(_)
             | EngineError::Forbidden(_)
             | EngineError::Corrupt(_)
+            | EngineError::Failed(_)
             | EngineError::Unavailable(_) => ErrorText::Hashed(e.to_string()),
         }
     }
