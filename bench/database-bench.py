@@ -263,17 +263,25 @@ class Loader:
     def __init__(self, srv, seconds=None, count=None):
         self.srv, self.seconds, self.count = srv, seconds, count
         self.lock = threading.Lock()
-        self.asked = 0
+        self.asked = self.attempts = 0
         self.lat, self.codes, self.errors, self.creds = [], {}, [], []
 
     def take(self):
         if self.count is None:
             return time.perf_counter() < self.t_end
         with self.lock:
-            if self.asked >= self.count:
+            # asked = credentials received + requests in flight; a failed request gives its
+            # place back, up to 5 attempts per credential in all
+            if self.asked >= self.count or self.attempts >= 5 * self.count:
                 return False
             self.asked += 1
+            self.attempts += 1
             return True
+
+    def failed(self):
+        if self.count is not None:
+            with self.lock:
+                self.asked -= 1
 
     def worker(self):
         lat, codes, creds, errors = [], {}, [], []
@@ -291,10 +299,13 @@ class Loader:
                     lat.append(t1 - t0)
                     j = json.loads(data)
                     creds.append((j["data"]["username"], j["lease_id"], j.get("lease_duration"), t0, t1))
-                elif len(errors) < 5:
-                    errors.append(f"{r.status} {data[:300]!r}")
+                else:
+                    self.failed()
+                    if len(errors) < 5:
+                        errors.append(f"{r.status} {data[:300]!r}")
             except (OSError, http.client.HTTPException, ValueError, KeyError) as e:
                 codes["exception"] = codes.get("exception", 0) + 1
+                self.failed()
                 if len(errors) < 5:
                     errors.append(repr(e))
                 conn.close()
@@ -442,13 +453,17 @@ def issue_count(srv, n):
     if len(creds) != n:
         raise StepFailed(f"{srv.name}: asked for {n} credentials, got {len(creds)}; codes {ld.codes}; "
                          f"samples {ld.errors[:3]}")
-    return creds, time.time() - t0
+    errs = sum(v for k, v in ld.codes.items() if k != "200")
+    if errs:
+        print(f"    {srv.name}: {errs} failed requests while issuing {n} ({ld.codes}); samples {ld.errors[:3]}",
+              flush=True)
+    return creds, time.time() - t0, errs
 
 
 def expiry_run(srv, rep, raw, rows):
     srv.set_ttl(f"{REVOKE_TTL}s")
     try:
-        creds, t_issue = issue_count(srv, N_REVOKE)
+        creds, t_issue, issue_errs = issue_count(srv, N_REVOKE)
     finally:
         srv.set_ttl("1h")
     names = [c[0] for c in creds]
@@ -465,7 +480,7 @@ def expiry_run(srv, rep, raw, rows):
     with pg() as c:
         left = count_roles(c, names)
     rec = dict(phase="expiry", server=srv.name, rep=rep, n=N_REVOKE, ttl_s=REVOKE_TTL, lease_durations=sorted(durs),
-               issue_s=t_issue, issued_before_first_expiry=ok,
+               issue_s=t_issue, issue_errors=issue_errs, issued_before_first_expiry=ok,
                from_last_expiry_s=None if gone is None else gone - last_exp,
                from_first_expiry_s=None if gone is None else gone - first_exp,
                first_drop_after_first_expiry_s=next((t - first_exp for t, k in steps if k < N_REVOKE), None),
@@ -488,7 +503,7 @@ def expiry_run(srv, rep, raw, rows):
 
 
 def prefix_run(srv, rep, raw, rows):
-    creds, t_issue = issue_count(srv, N_REVOKE)
+    creds, t_issue, issue_errs = issue_count(srv, N_REVOKE)
     names = [c[0] for c in creds]
     pid = srv.proc.pid
     s0 = proc_ticks(pid)
@@ -501,7 +516,8 @@ def prefix_run(srv, rep, raw, rows):
     s1 = proc_ticks(pid)
     with pg() as c:
         left = count_roles(c, names)
-    rec = dict(phase="revoke_prefix", server=srv.name, rep=rep, n=N_REVOKE, issue_s=t_issue, status=status,
+    rec = dict(phase="revoke_prefix", server=srv.name, rep=rep, n=N_REVOKE, issue_s=t_issue, issue_errors=issue_errs,
+               status=status,
                body=j if status not in (200, 204) else None, call_s=t_call,
                gone_s=None if gone is None else gone - t0, left_at_deadline=left, server_cpu_s=(s1 - s0) / HZ)
     if left:
@@ -532,6 +548,7 @@ def report(rows, notes, failures):
          f"{notes['start_load'][1]:.2f}/{notes['start_load'][2]:.2f}, at end {notes['end_load'][0]:.2f}/"
          f"{notes['end_load'][1]:.2f}/{notes['end_load'][2]:.2f}; wall {notes['wall_s']:.0f}s", ""]
     pgr = rows.get(("pg_direct", "postgresql"))
+    err_lines = []
     if ("issue", SERVER_NAMES[0]) in rows or pgr:
         L += ["Issue rate (medians of the runs; min-max in brackets):", "",
               "| who | creds/s (wall) | per server CPU-s | server cores | p50 ms | p99 ms | errors | of the pgbench limit | loadgen cores | machine busy cores |",
@@ -550,19 +567,30 @@ def report(rows, notes, failures):
             L.append(f"| PostgreSQL direct (pgbench, CREATE ROLE + GRANT) | {mm([x['rps'] for x in pgr])} | - | - | "
                      f"avg {med([x['avg_latency_ms'] for x in pgr]):.2f} | - | {sum(x['failed'] for x in pgr)} | 1.00 | - | "
                      f"{med([x['machine_busy_cores'] for x in pgr]):.2f} |")
+        for n in SERVER_NAMES:
+            r = rows.get(("issue", n)) or []
+            if any(x["errors"] for x in r):
+                tot = {}
+                for x in r:
+                    for k, v in x["codes"].items():
+                        tot[k] = tot.get(k, 0) + v
+                sample = next(x["error_samples"][0] for x in r if x["error_samples"])
+                err_lines.append(f"{n} answers: {tot}; first error: {sample[:300]}")
         p1 = rows.get(("pg_direct_c1", "postgresql"))
         if p1:
             L.append(f"| PostgreSQL direct, 1 connection (serial) | {mm([x['rps'] for x in p1])} | - | - | "
                      f"avg {med([x['avg_latency_ms'] for x in p1]):.2f} | - | {sum(x['failed'] for x in p1)} | "
                      f"{med([x['rps'] for x in p1]) / med([x['rps'] for x in pgr]):.2f} | - | "
                      f"{med([x['machine_busy_cores'] for x in p1]):.2f} |")
+    if err_lines:
+        L += [""] + err_lines
     for ph, title in [("expiry", f"Mass expiry of {N_REVOKE} leases (TTL {REVOKE_TTL}s)"),
                       ("revoke_prefix", f"revoke-prefix of {N_REVOKE} live leases (sync)")]:
         if not any((ph, n) in rows for n in SERVER_NAMES):
             continue
         L += ["", f"{title}:", ""]
         if ph == "expiry":
-            L += ["| server | issue 1,000 s | all roles gone after the last expiry, s | after the first expiry, s | first role gone after the first expiry, s | left at deadline | server CPU s |",
+            L += [f"| server | issue {N_REVOKE:,} s | all roles gone after the last expiry, s | after the first expiry, s | first role gone after the first expiry, s | left at deadline | server CPU s |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         else:
             L += ["| server | call returned, s | all roles gone, s | left at deadline | server CPU s |",
