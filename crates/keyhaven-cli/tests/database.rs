@@ -640,6 +640,18 @@ fn bao_leases_of_database_credentials_drop_the_user() {
     let login = db.sql_as(&user, "SELECT 1").unwrap_err();
     assert!(login.contains("does not exist"), "{login}");
 
+    // Revoking the token that read the credentials drops the user.
+    let child = ok(&bao.run(&["token", "create", "-format=json"]), "token create");
+    let child_token = child["auth"]["client_token"].as_str().unwrap().to_owned();
+    let as_child = Bao::new(&server.addr(), Some(&child_token));
+    let (_, child_user, _) = issue(&as_child, "ro");
+    db.roles.push(child_user.clone());
+    assert!(role_exists(&db, &child_user));
+    ok(&bao.run(&["token", "revoke", &child_token]), "token revoke");
+    eventually(30, "the child token's user dropped", || {
+        !role_exists(&db, &child_user)
+    });
+
     // revoke-prefix drops every user of the role.
     let users: Vec<String> = (0..3).map(|_| issue(&bao, "ro").1).collect();
     db.roles.extend(users.iter().cloned());
