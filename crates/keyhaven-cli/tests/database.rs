@@ -664,6 +664,32 @@ fn bao_leases_of_database_credentials_drop_the_user() {
         users.iter().all(|u| !role_exists(&db, u))
     });
 
+    // keyhaven's own CLI reads credentials as bao does, and revokes their lease.
+    let kh = |args: &[&str]| {
+        let out = std::process::Command::new(crate::support::keyhaven_bin())
+            .args(args)
+            .env("KEYHAVEN_ADDR", server.addr())
+            .env("KEYHAVEN_TOKEN", &root)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = kh(&["read", "database/creds/ro"]);
+    let row = |key: &str| {
+        table
+            .lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no {key} row: {table}"))
+    };
+    let (kh_lease, kh_user) = (row("lease_id"), row("username"));
+    db.roles.push(kh_user.clone());
+    assert!(kh_lease.starts_with("database/creds/ro/"), "{table}");
+    assert!(!row("password").is_empty());
+    assert!(role_exists(&db, &kh_user));
+    kh(&["lease", "revoke", "--sync", &kh_lease]);
+    assert!(!role_exists(&db, &kh_user));
+
     // A lease that expires is revoked by the server on its own.
     let (_, short_user, v) = issue(&bao, "short");
     db.roles.push(short_user.clone());
