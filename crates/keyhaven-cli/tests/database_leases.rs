@@ -202,3 +202,102 @@ fn revoking_the_token_that_read_credentials_drops_the_user() {
     eventually(20, "the token's user dropped", || !db.role_exists(&user));
     assert!(db.role_exists(&other), "another token's user stays");
 }
+
+/// `keyhaven ARGS` against `addr` with `token`; (exit code, stdout, stderr).
+fn kh(addr: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::support::keyhaven_bin())
+        .args(args)
+        .env_remove("VAULT_TOKEN")
+        .env_remove("VAULT_ADDR")
+        .env("KEYHAVEN_ADDR", addr)
+        .env("KEYHAVEN_TOKEN", token)
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn keyhaven_read_and_lease_commands_issue_renew_and_revoke_credentials() {
+    let Some(admin) = pg_url() else { return };
+    let db = Db::new(&admin, "kc");
+    let server = TestServer::dev();
+    let root = server.root_token();
+    set_up(&Bao::new(&server.addr(), Some(&root)), &db);
+    let addr = server.addr();
+
+    // The table shows the lease rows first, as `bao read` does.
+    let (code, out, err) = kh(&addr, &root, &["read", "database/creds/kc-long"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<(&str, &str)> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .map(|(k, v)| (k, v.trim()))
+        .collect();
+    assert_eq!(rows[0].0, "lease_id", "{out}");
+    assert_eq!(rows[1], ("lease_duration", "1h"), "{out}");
+    assert_eq!(rows[2], ("lease_renewable", "true"), "{out}");
+    let lease = rows[0].1.to_owned();
+    let user = rows
+        .iter()
+        .find(|(k, _)| *k == "username")
+        .unwrap()
+        .1
+        .to_owned();
+    assert!(db.role_exists(&user));
+
+    let (code, out, err) = kh(
+        &addr,
+        &root,
+        &["lease", "renew", "--increment", "30m", &lease],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("lease_duration") && out.contains("30m"),
+        "{out}"
+    );
+    let (code, out, err) = kh(
+        &addr,
+        &root,
+        &["lease", "lookup", "--format", "json", &lease],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["data"]["id"], lease.as_str());
+    assert!(v["data"]["last_renewal"].is_string(), "{v}");
+
+    let (code, out, err) = kh(&addr, &root, &["lease", "revoke", "--sync", &lease]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Success! Revoked lease"), "{out}");
+    assert!(!db.role_exists(&user));
+
+    // A prefix, and the errors a user sees.
+    let users: Vec<String> = (0..2)
+        .map(|_| issue(&Bao::new(&addr, Some(&root)), "kc-long").1)
+        .collect();
+    let (code, _, err) = kh(
+        &addr,
+        &root,
+        &[
+            "lease",
+            "revoke",
+            "--prefix",
+            "--sync",
+            "database/creds/kc-long",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(users.iter().all(|u| !db.role_exists(u)));
+    let (code, _, err) = kh(&addr, &root, &["lease", "renew", &lease]);
+    assert_ne!(code, 0);
+    assert!(err.contains("lease not found"), "{err}");
+    let (code, _, err) = kh(&addr, &root, &["lease", "revoke", "--force", &lease]);
+    assert_ne!(code, 0, "--force needs --prefix");
+    assert!(err.contains("--prefix"), "{err}");
+}
