@@ -641,7 +641,10 @@ fn bao_leases_of_database_credentials_drop_the_user() {
     assert!(login.contains("does not exist"), "{login}");
 
     // Revoking the token that read the credentials drops the user.
-    let child = ok(&bao.run(&["token", "create", "-format=json"]), "token create");
+    let child = ok(
+        &bao.run(&["token", "create", "-format=json"]),
+        "token create",
+    );
     let child_token = child["auth"]["client_token"].as_str().unwrap().to_owned();
     let as_child = Bao::new(&server.addr(), Some(&child_token));
     let (_, child_user, _) = issue(&as_child, "ro");
@@ -672,7 +675,11 @@ fn bao_leases_of_database_credentials_drop_the_user() {
             .env("KEYHAVEN_TOKEN", &root)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let table = kh(&["read", "database/creds/ro"]);
@@ -724,4 +731,89 @@ fn bao_leases_of_database_credentials_drop_the_user() {
     eventually(90, "the stuck user dropped on retry", || {
         !role_exists(&db, &stuck)
     });
+}
+
+#[test]
+fn bao_database_connections_over_tls_verify_the_certificate() {
+    let Some(admin) = pg_url() else { return };
+    // The machine's PostgreSQL serves TLS with Debian's self-signed certificate for
+    // `localhost` (see `postgres.rs`).
+    assert_eq!(
+        psql(&admin, "SHOW ssl"),
+        "on",
+        "the test database serves no TLS"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("db-ca.pem");
+    std::fs::copy(psql(&admin, "SHOW ssl_cert_file"), &ca).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let db = TestDb::new(&admin, "tls");
+
+    let server = TestServer::dev();
+    let bao = Bao::new(&server.addr(), Some(&server.root_token()));
+    ok(&bao.run(&["secrets", "enable", "database"]), "enable");
+    let write = |url: String| {
+        bao.run(&[
+            "write",
+            "database/config/pg",
+            "plugin_name=postgresql-database-plugin",
+            &format!("connection_url={url}"),
+            "allowed_roles=*",
+        ])
+    };
+    let url = |host: &str, mode: &str, ca: &Path| {
+        format!(
+            "host={host} user=postgres dbname={} application_name=kh_dbe_tls sslmode={mode} sslrootcert={}",
+            db.name,
+            ca.display()
+        )
+    };
+    // Another CA, or a name the certificate does not hold: refused, nothing stored.
+    for bad in [
+        url("localhost", "verify-full", &other_ca),
+        url("127.0.0.1", "verify-full", &ca),
+    ] {
+        let o = write(bad);
+        assert!(o.stderr.contains("Code: 400"), "{}", o.stderr);
+        assert!(
+            o.stderr.contains("error creating database object")
+                && o.stderr.to_lowercase().contains("certificate"),
+            "{}",
+            o.stderr
+        );
+    }
+    // Modes that check nothing are refused by name.
+    let o = write(url("localhost", "require", &ca));
+    assert!(o.stderr.contains("sslmode=require"), "{}", o.stderr);
+    assert_ne!(bao.run(&["read", "database/config/pg"]).code, 0);
+
+    ok(
+        &write(url("localhost", "verify-full", &ca)),
+        "config over TLS",
+    );
+    ok(
+        &bao.run(&[
+            "write",
+            "database/roles/ro",
+            "db_name=pg",
+            "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        ]),
+        "role",
+    );
+    let creds = ok(
+        &bao.run(&["read", "-format=json", "database/creds/ro"]),
+        "creds",
+    );
+    let user = creds["data"]["username"].as_str().unwrap().to_owned();
+    let mut db = db;
+    db.roles.push(user.clone());
+    assert!(role_exists(&db, &user));
+    let tls = psql(
+        &admin,
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE s.ssl AND a.application_name = 'kh_dbe_tls'",
+    );
+    assert_ne!(tls, "0", "the engine's connections do not use TLS");
 }
