@@ -302,7 +302,8 @@ fn bao_issues_postgres_users_with_exactly_the_granted_rights() {
     let user = creds["data"]["username"].as_str().unwrap().to_owned();
     let password = creds["data"]["password"].as_str().unwrap().to_owned();
     db.roles.push(user.clone());
-    assert!(user.starts_with("v-token-ro-"), "{user}");
+    // OpenBao's default template, with the root token's display name.
+    assert!(user.starts_with("v-root-ro-"), "{user}");
     assert!(user.len() <= 63);
     assert_eq!(password.len(), 20);
 
@@ -649,6 +650,7 @@ fn bao_leases_of_database_credentials_drop_the_user() {
     let as_child = Bao::new(&server.addr(), Some(&child_token));
     let (_, child_user, _) = issue(&as_child, "ro");
     db.roles.push(child_user.clone());
+    assert!(child_user.starts_with("v-token-ro-"), "{child_user}");
     assert!(role_exists(&db, &child_user));
     ok(&bao.run(&["token", "revoke", &child_token]), "token revoke");
     eventually(30, "the child token's user dropped", || {

@@ -49,12 +49,13 @@ impl Db {
         ) == "1"
     }
 
-    /// Users of this test (their names carry the role names `<tag>-…`).
+    /// Users of this test (their names carry the role names `<tag>-…` after the token's
+    /// display name).
     fn users(&self) -> Vec<String> {
         psql(
             &self.admin,
             &format!(
-                "SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-token-{}-%'",
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%-{}-%'",
                 self.tag
             ),
         )
