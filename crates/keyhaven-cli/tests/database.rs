@@ -707,6 +707,41 @@ fn bao_leases_of_database_credentials_drop_the_user() {
         !role_exists(&db, &short_user)
     });
 
+    // A database that cannot be reached when a lease expires: its revocation is retried
+    // until it can. A second connection, `pg2`, is pointed at a closed port once its user
+    // exists.
+    let pg2 = |url: &str, verify: &str| {
+        bao.run(&[
+            "write",
+            "database/config/pg2",
+            "plugin_name=postgresql-database-plugin",
+            &format!("connection_url={url}"),
+            "allowed_roles=*",
+            &format!("verify_connection={verify}"),
+        ])
+    };
+    let good_url = db.url_as("postgres");
+    ok(&pg2(&good_url, "true"), "config pg2");
+    ok(
+        &bao.run(&[
+            "write",
+            "database/roles/short2",
+            "db_name=pg2",
+            &format!("creation_statements={creation}"),
+            "default_ttl=3s",
+        ]),
+        "role short2",
+    );
+    let (_, unreachable_user, _) = issue(&bao, "short2");
+    db.roles.push(unreachable_user.clone());
+    ok(
+        &pg2(
+            "host=127.0.0.1 port=1 user=postgres dbname=postgres",
+            "false",
+        ),
+        "config pg2 unreachable",
+    );
+
     // A revocation the database refuses is kept and tried again with backoff: the user
     // owns a table, so DROP ROLE fails until the table is gone.
     let (lease, stuck, _) = issue(&bao, "short");
@@ -729,10 +764,18 @@ fn bao_leases_of_database_credentials_drop_the_user() {
         "lookup",
     );
     assert_eq!(lookup["data"]["id"], lease.as_str());
+    assert!(role_exists(&db, &unreachable_user));
+    // Both causes go away; the next attempts drop both users.
     db.sql("DROP TABLE blocker");
+    ok(&pg2(&good_url, "true"), "config pg2 back");
     eventually(90, "the stuck user dropped on retry", || {
         !role_exists(&db, &stuck)
     });
+    eventually(
+        90,
+        "the unreachable database's user dropped on retry",
+        || !role_exists(&db, &unreachable_user),
+    );
 }
 
 #[test]
