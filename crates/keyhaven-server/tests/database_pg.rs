@@ -3,9 +3,7 @@
 //! gone user succeeds), and errors that never quote the password. Run when
 //! `KEYHAVEN_TEST_PG` is set (a connection string, or `1` for the local default).
 
-use keyhaven_engine::database::plugin::{
-    Connection, ConnectionConfig, PasswordAuthentication, SecretText,
-};
+use keyhaven_engine::database::plugin::{ConnectionConfig, PasswordAuthentication, SecretText};
 use keyhaven_server::database_pg;
 use tokio_postgres::NoTls;
 
