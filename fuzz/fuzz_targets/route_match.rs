@@ -19,6 +19,7 @@ fn backends() -> &'static Vec<Arc<dyn Backend>> {
             clock: Arc::new(ManualClock::new(std::time::UNIX_EPOCH)),
             options,
             outbound: None,
+            database: None,
             limits: Default::default(),
         };
         let mut v2 = Map::new();
@@ -31,6 +32,7 @@ fn backends() -> &'static Vec<Arc<dyn Backend>> {
             auth::userpass::factory(ctx(Map::new())).unwrap(),
             auth::cert::factory(ctx(Map::new())).unwrap(),
             auth::approle::factory(ctx(Map::new())).unwrap(),
+            keyhaven_engine::database::factory(ctx(Map::new())).unwrap(),
         ]
     })
 }

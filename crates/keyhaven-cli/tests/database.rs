@@ -302,7 +302,8 @@ fn bao_issues_postgres_users_with_exactly_the_granted_rights() {
     let user = creds["data"]["username"].as_str().unwrap().to_owned();
     let password = creds["data"]["password"].as_str().unwrap().to_owned();
     db.roles.push(user.clone());
-    assert!(user.starts_with("v-token-ro-"), "{user}");
+    // OpenBao's default template, with the root token's display name.
+    assert!(user.starts_with("v-root-ro-"), "{user}");
     assert!(user.len() <= 63);
     assert_eq!(password.len(), 20);
 
@@ -640,6 +641,22 @@ fn bao_leases_of_database_credentials_drop_the_user() {
     let login = db.sql_as(&user, "SELECT 1").unwrap_err();
     assert!(login.contains("does not exist"), "{login}");
 
+    // Revoking the token that read the credentials drops the user.
+    let child = ok(
+        &bao.run(&["token", "create", "-format=json"]),
+        "token create",
+    );
+    let child_token = child["auth"]["client_token"].as_str().unwrap().to_owned();
+    let as_child = Bao::new(&server.addr(), Some(&child_token));
+    let (_, child_user, _) = issue(&as_child, "ro");
+    db.roles.push(child_user.clone());
+    assert!(child_user.starts_with("v-token-ro-"), "{child_user}");
+    assert!(role_exists(&db, &child_user));
+    ok(&bao.run(&["token", "revoke", &child_token]), "token revoke");
+    eventually(30, "the child token's user dropped", || {
+        !role_exists(&db, &child_user)
+    });
+
     // revoke-prefix drops every user of the role.
     let users: Vec<String> = (0..3).map(|_| issue(&bao, "ro").1).collect();
     db.roles.extend(users.iter().cloned());
@@ -652,6 +669,36 @@ fn bao_leases_of_database_credentials_drop_the_user() {
         users.iter().all(|u| !role_exists(&db, u))
     });
 
+    // keyhaven's own CLI reads credentials as bao does, and revokes their lease.
+    let kh = |args: &[&str]| {
+        let out = std::process::Command::new(crate::support::keyhaven_bin())
+            .args(args)
+            .env("KEYHAVEN_ADDR", server.addr())
+            .env("KEYHAVEN_TOKEN", &root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = kh(&["read", "database/creds/ro"]);
+    let row = |key: &str| {
+        table
+            .lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no {key} row: {table}"))
+    };
+    let (kh_lease, kh_user) = (row("lease_id"), row("username"));
+    db.roles.push(kh_user.clone());
+    assert!(kh_lease.starts_with("database/creds/ro/"), "{table}");
+    assert!(!row("password").is_empty());
+    assert!(role_exists(&db, &kh_user));
+    kh(&["lease", "revoke", "--sync", &kh_lease]);
+    assert!(!role_exists(&db, &kh_user));
+
     // A lease that expires is revoked by the server on its own.
     let (_, short_user, v) = issue(&bao, "short");
     db.roles.push(short_user.clone());
@@ -659,6 +706,41 @@ fn bao_leases_of_database_credentials_drop_the_user() {
     eventually(30, "the expired lease's user dropped", || {
         !role_exists(&db, &short_user)
     });
+
+    // A database that cannot be reached when a lease expires: its revocation is retried
+    // until it can. A second connection, `pg2`, is pointed at a closed port once its user
+    // exists.
+    let pg2 = |url: &str, verify: &str| {
+        bao.run(&[
+            "write",
+            "database/config/pg2",
+            "plugin_name=postgresql-database-plugin",
+            &format!("connection_url={url}"),
+            "allowed_roles=*",
+            &format!("verify_connection={verify}"),
+        ])
+    };
+    let good_url = db.url_as("postgres");
+    ok(&pg2(&good_url, "true"), "config pg2");
+    ok(
+        &bao.run(&[
+            "write",
+            "database/roles/short2",
+            "db_name=pg2",
+            &format!("creation_statements={creation}"),
+            "default_ttl=3s",
+        ]),
+        "role short2",
+    );
+    let (_, unreachable_user, _) = issue(&bao, "short2");
+    db.roles.push(unreachable_user.clone());
+    ok(
+        &pg2(
+            "host=127.0.0.1 port=1 user=postgres dbname=postgres",
+            "false",
+        ),
+        "config pg2 unreachable",
+    );
 
     // A revocation the database refuses is kept and tried again with backoff: the user
     // owns a table, so DROP ROLE fails until the table is gone.
@@ -682,8 +764,101 @@ fn bao_leases_of_database_credentials_drop_the_user() {
         "lookup",
     );
     assert_eq!(lookup["data"]["id"], lease.as_str());
+    assert!(role_exists(&db, &unreachable_user));
+    // Both causes go away; the next attempts drop both users.
     db.sql("DROP TABLE blocker");
+    ok(&pg2(&good_url, "true"), "config pg2 back");
     eventually(90, "the stuck user dropped on retry", || {
         !role_exists(&db, &stuck)
     });
+    eventually(
+        90,
+        "the unreachable database's user dropped on retry",
+        || !role_exists(&db, &unreachable_user),
+    );
+}
+
+#[test]
+fn bao_database_connections_over_tls_verify_the_certificate() {
+    let Some(admin) = pg_url() else { return };
+    // The machine's PostgreSQL serves TLS with Debian's self-signed certificate for
+    // `localhost` (see `postgres.rs`).
+    assert_eq!(
+        psql(&admin, "SHOW ssl"),
+        "on",
+        "the test database serves no TLS"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("db-ca.pem");
+    std::fs::copy(psql(&admin, "SHOW ssl_cert_file"), &ca).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let db = TestDb::new(&admin, "tls");
+
+    let server = TestServer::dev();
+    let bao = Bao::new(&server.addr(), Some(&server.root_token()));
+    ok(&bao.run(&["secrets", "enable", "database"]), "enable");
+    let write = |url: String| {
+        bao.run(&[
+            "write",
+            "database/config/pg",
+            "plugin_name=postgresql-database-plugin",
+            &format!("connection_url={url}"),
+            "allowed_roles=*",
+        ])
+    };
+    let url = |host: &str, mode: &str, ca: &Path| {
+        format!(
+            "host={host} user=postgres dbname={} application_name=kh_dbe_tls sslmode={mode} sslrootcert={}",
+            db.name,
+            ca.display()
+        )
+    };
+    // Another CA, or a name the certificate does not hold: refused, nothing stored.
+    for bad in [
+        url("localhost", "verify-full", &other_ca),
+        url("127.0.0.1", "verify-full", &ca),
+    ] {
+        let o = write(bad);
+        assert!(o.stderr.contains("Code: 400"), "{}", o.stderr);
+        assert!(
+            o.stderr.contains("error creating database object")
+                && o.stderr.to_lowercase().contains("certificate"),
+            "{}",
+            o.stderr
+        );
+    }
+    // Modes that check nothing are refused by name.
+    let o = write(url("localhost", "require", &ca));
+    assert!(o.stderr.contains("sslmode=require"), "{}", o.stderr);
+    assert_ne!(bao.run(&["read", "database/config/pg"]).code, 0);
+
+    ok(
+        &write(url("localhost", "verify-full", &ca)),
+        "config over TLS",
+    );
+    ok(
+        &bao.run(&[
+            "write",
+            "database/roles/ro",
+            "db_name=pg",
+            "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        ]),
+        "role",
+    );
+    let creds = ok(
+        &bao.run(&["read", "-format=json", "database/creds/ro"]),
+        "creds",
+    );
+    let user = creds["data"]["username"].as_str().unwrap().to_owned();
+    let mut db = db;
+    db.roles.push(user.clone());
+    assert!(role_exists(&db, &user));
+    let tls = psql(
+        &admin,
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE s.ssl AND a.application_name = 'kh_dbe_tls'",
+    );
+    assert_ne!(tls, "0", "the engine's connections do not use TLS");
 }

@@ -16,6 +16,7 @@ mod bao;
 mod cli;
 mod csi_provider;
 mod database;
+mod database_leases;
 mod deploy;
 mod envelope;
 mod hvac;

@@ -91,6 +91,9 @@ pub struct BackendRequest<'a> {
     /// The client's address (the TCP peer), when the transport has one
     /// ([`crate::Request::remote_addr`]).
     pub remote_addr: Option<std::net::IpAddr>,
+    /// The requesting token's display name (`""` without a token), as Vault hands it to
+    /// backends (database usernames start with it).
+    pub display_name: &'a str,
 }
 
 impl<'a> BackendRequest<'a> {

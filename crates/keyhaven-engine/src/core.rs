@@ -1411,9 +1411,10 @@ impl Core {
                 req.path
             )));
         };
-        let Some(br) = target.request(req) else {
+        let Some(mut br) = target.request(req) else {
             return Err(EngineError::NotFound("unsupported path".to_owned()));
         };
+        br.display_name = entry.map_or("", |e| e.display_name.as_str());
         if !br.route.ops.contains(br.operation) {
             return Err(EngineError::UnsupportedOperation);
         }
@@ -1587,6 +1588,7 @@ impl Target {
             data: &req.data,
             client_certs: &req.client_certs,
             remote_addr: req.remote_addr,
+            display_name: "",
         })
     }
 

@@ -453,10 +453,7 @@ impl Core {
         .min(max_ttl);
         let mut max_expire = now.saturating_add(secs(max_ttl));
         // A lease never outlives its token.
-        if let Some(t) = token
-            && !t.is_root()
-            && let Some(exp) = t.expire_time
-        {
+        if let Some(exp) = token.and_then(|t| t.expire_time) {
             max_expire = max_expire.min(exp);
         }
         let expire_time = now.saturating_add(secs(ttl)).min(max_expire);
@@ -464,7 +461,7 @@ impl Core {
             lease_id: format!("{}/{}", path.trim_end_matches('/'), random_suffix()?),
             path: path.to_owned(),
             mount: mount.to_owned(),
-            token: token.filter(|t| !t.is_root()).map(|t| t.hash.clone()),
+            token: token.map(|t| t.hash.clone()),
             issue_time: now,
             expire_time,
             last_renewal: None,

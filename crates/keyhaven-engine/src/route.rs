@@ -581,6 +581,7 @@ pub async fn call(
             data,
             client_certs: &[],
             remote_addr: None,
+            display_name: "",
         })
         .await?;
     resp.warnings.extend(warnings);

@@ -518,3 +518,35 @@ async fn role_ids_can_be_chosen_are_unique_and_go_with_their_role() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn tidy_removes_expired_secret_ids_and_keeps_live_ones() {
+    let env = Env::new().await;
+    env.root_call(
+        Operation::Update,
+        "auth/approle/role/r",
+        json!({"secret_id_ttl": "10m"}),
+    )
+    .await;
+    let role_id = env.role_id("r").await;
+    let (_, old_accessor) = env.secret_id("r", json!({"ttl": "1m"})).await;
+    let (live, live_accessor) = env.secret_id("r", json!({})).await;
+    env.clock.advance(Duration::from_secs(61));
+    let r = env
+        .root_call(Operation::Update, "auth/approle/tidy/secret-id", json!({}))
+        .await;
+    assert!(r.accepted, "202, as Vault answers");
+    assert!(
+        r.warnings[0].contains("1 expired or orphaned"),
+        "{:?}",
+        r.warnings
+    );
+    let listed = env
+        .data(Operation::List, "auth/approle/role/r/secret-id", json!({}))
+        .await;
+    assert_eq!(listed["keys"], json!([live_accessor]));
+    assert_ne!(old_accessor, live_accessor);
+    env.login(json!({"role_id": role_id, "secret_id": live}), None)
+        .await
+        .unwrap();
+}

@@ -13,6 +13,7 @@ mod database;
 mod kubernetes;
 mod kv;
 mod kv1;
+mod leases;
 mod policy;
 mod recovery;
 mod telemetry;

@@ -255,11 +255,20 @@ impl PgConnection {
             .transaction()
             .await
             .map_err(|e| PluginError::new(reason(&e)))?;
+        // PostgreSQL quotes the statement in some errors (`syntax error at or near "…"`):
+        // the password (or its verifier) never goes back out in one.
+        let scrub = |e: &tokio_postgres::Error| {
+            let mut text = reason(e);
+            for (key, value) in values {
+                if *key == "password" && !value.is_empty() {
+                    text = text.replace(value, "<redacted>");
+                }
+            }
+            PluginError::new(text)
+        };
         for query in &queries {
             let sql = zeroize::Zeroizing::new(statements::substitute(query, values));
-            tx.batch_execute(&sql)
-                .await
-                .map_err(|e| PluginError::new(reason(&e)))?;
+            tx.batch_execute(&sql).await.map_err(|e| scrub(&e))?;
         }
         tx.commit().await.map_err(|e| PluginError::new(reason(&e)))
     }

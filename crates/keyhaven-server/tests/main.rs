@@ -6,6 +6,7 @@
     clippy::indexing_slicing
 )]
 
+mod database_pg;
 mod http_query;
 mod kubernetes_auth;
 mod listener;

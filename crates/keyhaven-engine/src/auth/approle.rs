@@ -180,7 +180,7 @@ const LOGIN_FIELDS: &[Field] = &[
     Field::str("secret_id", "A secret id of the role (when it binds one)."),
 ];
 
-static ROUTES: [Route; 10] = [
+static ROUTES: [Route; 11] = [
     Route::new("role", "List the roles.").ops(Ops::LIST),
     Route::new(
         "role/{role_name}",
@@ -229,6 +229,11 @@ static ROUTES: [Route; 10] = [
     )
     .ops(Ops::WRITE.and(Ops::DELETE))
     .fields(BY_ACCESSOR_FIELDS),
+    Route::new(
+        "tidy/secret-id",
+        "Delete expired secret ids and accessors whose secret id is gone.",
+    )
+    .ops(Ops::WRITE),
     Route::new("login", "Exchange a role id and a secret id for a token.")
         .ops(Ops::WRITE)
         .fields(LOGIN_FIELDS)
@@ -352,6 +357,16 @@ impl Backend for AppRoleAuth {
         match req.route.pattern {
             "role" if op == List => common::list_under(&self.storage, ROLE_PREFIX).await,
             "login" => self.login(req.data, req.remote_addr).await,
+            "tidy/secret-id" => {
+                let removed = self.tidy().await?;
+                Ok(Response {
+                    warnings: vec![format!(
+                        "Tidy operation completed: {removed} expired or orphaned secret id entries removed."
+                    )],
+                    accepted: true,
+                    ..Response::default()
+                })
+            }
             pattern => {
                 let name = role_name(req.capture("role_name"))?;
                 match (pattern, op) {
@@ -752,6 +767,36 @@ impl AppRoleAuth {
                 common::printable(accessor)
             ))),
         }
+    }
+
+    /// Delete every expired secret id (with its accessor) and every accessor whose
+    /// secret id is gone. Returns how many entries went.
+    async fn tidy(&self) -> Result<usize, EngineError> {
+        let mut removed = 0;
+        for role in common::keys_under(&self.storage, "secret_id/").await? {
+            let role = role.trim_end_matches('/');
+            // Accessors first: one written after this listing is not looked at, so a
+            // secret id created meanwhile keeps its accessor.
+            let accessors = common::keys_under(&self.storage, &accessor_prefix(role)).await?;
+            let mut live_accessors = std::collections::HashSet::new();
+            for hmac in common::keys_under(&self.storage, &format!("secret_id/{role}/")).await? {
+                match self.live_entry(role, &hmac).await? {
+                    Some((_, entry)) => {
+                        live_accessors.insert(entry.accessor);
+                    }
+                    None => removed += 1,
+                }
+            }
+            for accessor in accessors {
+                let key = accessor_key(role, &accessor);
+                // Expired secret ids took their accessors with them above.
+                if !live_accessors.contains(&accessor) && self.storage.get(&key).await?.is_some() {
+                    self.storage.delete(&key).await?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// A live entry, or `None` (an expired one is deleted on the way).

@@ -357,11 +357,11 @@ pub(crate) async fn save<T: Serialize>(
     Ok(())
 }
 
-/// The names stored under `prefix` (`role/`, `user/`), or a 404 when there are none.
-pub(crate) async fn list_under(
+/// Every name stored under `prefix`, page by page.
+pub(crate) async fn keys_under(
     store: &Arc<dyn Store>,
     prefix: &str,
-) -> Result<Response, EngineError> {
+) -> Result<Vec<String>, EngineError> {
     let mut keys: Vec<String> = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -372,9 +372,17 @@ pub(crate) async fn list_under(
         after = page.last().cloned();
         keys.extend(page);
         if last || after.is_none() {
-            break;
+            return Ok(keys);
         }
     }
+}
+
+/// The names stored under `prefix` (`role/`, `user/`), or a 404 when there are none.
+pub(crate) async fn list_under(
+    store: &Arc<dyn Store>,
+    prefix: &str,
+) -> Result<Response, EngineError> {
+    let keys = keys_under(store, prefix).await?;
     if keys.is_empty() {
         return Err(EngineError::NotFound(String::new()));
     }

@@ -518,7 +518,7 @@ impl Backend for DatabaseBackend {
                         self.storage.delete(&format!("{ROLE_PREFIX}{name}")).await?;
                         Ok(Response::no_content())
                     }
-                    ("creds/{name}", Read) => self.creds(name).await,
+                    ("creds/{name}", Read) => self.creds(name, req.display_name).await,
                     ("static-roles/{name}", Read) => self.read_static_role(name).await,
                     ("static-roles/{name}", Create | Update) => {
                         self.write_static_role(name, req.data).await
@@ -1095,7 +1095,7 @@ impl DatabaseBackend {
         Ok(Response::no_content())
     }
 
-    async fn creds(&self, name: &str) -> Result<Response, EngineError> {
+    async fn creds(&self, name: &str, display_name: &str) -> Result<Response, EngineError> {
         let Some(role) = load::<Role>(&self.storage, &format!("{ROLE_PREFIX}{name}")).await? else {
             return Err(EngineError::invalid(format!("unknown role: {name}")));
         };
@@ -1127,9 +1127,7 @@ impl DatabaseBackend {
         let user = username::generate(
             template.as_ref(),
             &username::Inputs {
-                // The requesting token's display name is not passed to backends; every
-                // token reads as OpenBao's root token does.
-                display_name: "token",
+                display_name,
                 role_name: name,
                 unix_millis,
             },

@@ -1,0 +1,304 @@
+//! Leases of database credentials across a restart, and with the token that read them:
+//! a SQLite server stopped while a lease runs revokes it at expiry once it is back and
+//! unsealed; revoking the token that read credentials drops the user.
+//!
+//! Run when `KEYHAVEN_TEST_PG` is set (see `postgres.rs`).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::bao::{Bao, Outcome};
+use crate::postgres::{pg_url, psql};
+use crate::support::{TestServer, init_unseal, sqlite_config, unseal};
+
+/// A database and the users the server made in it, dropped at the end.
+struct Db {
+    admin: String,
+    name: String,
+    /// The role names' prefix, which starts the users' names too.
+    tag: String,
+}
+
+impl Db {
+    fn new(admin: &str, tag: &str) -> Db {
+        let name = format!("kh_dbl_{tag}_{}", std::process::id());
+        psql(
+            admin,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
+        psql(admin, &format!("CREATE DATABASE {name}"));
+        Db {
+            admin: admin.to_owned(),
+            name,
+            tag: tag.to_owned(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("host=127.0.0.1 user=postgres dbname={}", self.name)
+    }
+
+    fn role_exists(&self, user: &str) -> bool {
+        psql(
+            &self.admin,
+            &format!(
+                "SELECT count(*) FROM pg_roles WHERE rolname = '{}'",
+                user.replace('\'', "''")
+            ),
+        ) == "1"
+    }
+
+    /// Users of this test (their names carry the role names `<tag>-…` after the token's
+    /// display name).
+    fn users(&self) -> Vec<String> {
+        psql(
+            &self.admin,
+            &format!(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%-{}-%'",
+                self.tag
+            ),
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        for user in self.users() {
+            let _ = std::process::Command::new("psql")
+                .args([
+                    &self.admin,
+                    "-X",
+                    "-c",
+                    &format!("DROP OWNED BY \"{user}\"; DROP ROLE IF EXISTS \"{user}\""),
+                ])
+                .output();
+        }
+        let _ = std::process::Command::new("psql")
+            .args([
+                &self.admin,
+                "-X",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+fn ok(o: &Outcome, what: &str) -> Value {
+    assert_eq!(o.code, 0, "{what}: {}{}", o.stdout, o.stderr);
+    serde_json::from_str(&o.stdout).unwrap_or(Value::Null)
+}
+
+fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn set_up(bao: &Bao, db: &Db) {
+    ok(&bao.run(&["secrets", "enable", "database"]), "enable");
+    ok(
+        &bao.run(&[
+            "write",
+            "database/config/pg",
+            "plugin_name=postgresql-database-plugin",
+            &format!("connection_url={}", db.url()),
+            &format!("allowed_roles={}-*", db.tag),
+        ]),
+        "config",
+    );
+    let creation =
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';";
+    for (role, ttl) in [("long", "1h"), ("short", "6s")] {
+        ok(
+            &bao.run(&[
+                "write",
+                &format!("database/roles/{}-{role}", db.tag),
+                "db_name=pg",
+                &format!("creation_statements={creation}"),
+                &format!("default_ttl={ttl}"),
+            ]),
+            "role",
+        );
+    }
+}
+
+fn issue(bao: &Bao, role: &str) -> (String, String) {
+    let v = ok(
+        &bao.run(&["read", "-format=json", &format!("database/creds/{role}")]),
+        "creds",
+    );
+    (
+        v["lease_id"].as_str().unwrap().to_owned(),
+        v["data"]["username"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn a_lease_is_revoked_at_expiry_after_a_restart() {
+    let Some(admin) = pg_url() else { return };
+    let db = Db::new(&admin, "rs");
+    let dir = tempfile::tempdir().unwrap();
+    let config = sqlite_config(dir.path());
+    let server = TestServer::with_config(&config);
+    let (keys, root) = init_unseal(&server.addr(), 1, 1);
+    let bao = Bao::new(&server.addr(), Some(&root));
+    set_up(&bao, &db);
+    let (_, short) = issue(&bao, "rs-short");
+    let (long_lease, long) = issue(&bao, "rs-long");
+    assert!(db.role_exists(&short) && db.role_exists(&long));
+
+    // Down across the short lease's expiry: nobody revokes it meanwhile.
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(db.role_exists(&short), "no server, no revocation");
+
+    let server = TestServer::with_config(&config);
+    unseal(&server.addr(), &keys);
+    eventually(20, "the expired lease revoked after the restart", || {
+        !db.role_exists(&short)
+    });
+    assert!(db.role_exists(&long), "the live lease stays");
+    // The lease of the long user is still known, with its TTL counted from its issue.
+    let bao = Bao::new(&server.addr(), Some(&root));
+    let lookup = ok(
+        &bao.run(&["lease", "lookup", "-format=json", &long_lease]),
+        "lookup",
+    );
+    let ttl = lookup["data"]["ttl"].as_i64().unwrap();
+    assert!(ttl > 3500 && ttl < 3600, "{lookup}");
+    ok(
+        &bao.run(&["lease", "revoke", "-sync", &long_lease]),
+        "revoke",
+    );
+    assert!(!db.role_exists(&long));
+}
+
+#[test]
+fn revoking_the_token_that_read_credentials_drops_the_user() {
+    let Some(admin) = pg_url() else { return };
+    let db = Db::new(&admin, "tk");
+    let server = TestServer::dev();
+    let root = server.root_token();
+    let bao = Bao::new(&server.addr(), Some(&root));
+    set_up(&bao, &db);
+    let created = ok(
+        &bao.run(&["token", "create", "-format=json", "-ttl=1h"]),
+        "token create",
+    );
+    let token = created["auth"]["client_token"].as_str().unwrap().to_owned();
+    let as_token = Bao::new(&server.addr(), Some(&token));
+    let (_, user) = issue(&as_token, "tk-long");
+    let (_, other) = issue(&bao, "tk-long");
+    assert!(db.role_exists(&user));
+
+    ok(&bao.run(&["token", "revoke", &token]), "token revoke");
+    eventually(20, "the token's user dropped", || !db.role_exists(&user));
+    assert!(db.role_exists(&other), "another token's user stays");
+}
+
+/// `keyhaven ARGS` against `addr` with `token`; (exit code, stdout, stderr).
+fn kh(addr: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::support::keyhaven_bin())
+        .args(args)
+        .env_remove("VAULT_TOKEN")
+        .env_remove("VAULT_ADDR")
+        .env("KEYHAVEN_ADDR", addr)
+        .env("KEYHAVEN_TOKEN", token)
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn keyhaven_read_and_lease_commands_issue_renew_and_revoke_credentials() {
+    let Some(admin) = pg_url() else { return };
+    let db = Db::new(&admin, "kc");
+    let server = TestServer::dev();
+    let root = server.root_token();
+    set_up(&Bao::new(&server.addr(), Some(&root)), &db);
+    let addr = server.addr();
+
+    // The table shows the lease rows first, as `bao read` does.
+    let (code, out, err) = kh(&addr, &root, &["read", "database/creds/kc-long"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<(&str, &str)> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .map(|(k, v)| (k, v.trim()))
+        .collect();
+    assert_eq!(rows[0].0, "lease_id", "{out}");
+    assert_eq!(rows[1], ("lease_duration", "1h"), "{out}");
+    assert_eq!(rows[2], ("lease_renewable", "true"), "{out}");
+    let lease = rows[0].1.to_owned();
+    let user = rows
+        .iter()
+        .find(|(k, _)| *k == "username")
+        .unwrap()
+        .1
+        .to_owned();
+    assert!(db.role_exists(&user));
+
+    let (code, out, err) = kh(
+        &addr,
+        &root,
+        &["lease", "renew", "--increment", "30m", &lease],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("lease_duration") && out.contains("30m"),
+        "{out}"
+    );
+    let (code, out, err) = kh(
+        &addr,
+        &root,
+        &["lease", "lookup", "--format", "json", &lease],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["data"]["id"], lease.as_str());
+    assert!(v["data"]["last_renewal"].is_string(), "{v}");
+
+    let (code, out, err) = kh(&addr, &root, &["lease", "revoke", "--sync", &lease]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Success! Revoked lease"), "{out}");
+    assert!(!db.role_exists(&user));
+
+    // A prefix, and the errors a user sees.
+    let users: Vec<String> = (0..2)
+        .map(|_| issue(&Bao::new(&addr, Some(&root)), "kc-long").1)
+        .collect();
+    let (code, _, err) = kh(
+        &addr,
+        &root,
+        &[
+            "lease",
+            "revoke",
+            "--prefix",
+            "--sync",
+            "database/creds/kc-long",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(users.iter().all(|u| !db.role_exists(u)));
+    let (code, _, err) = kh(&addr, &root, &["lease", "renew", &lease]);
+    assert_ne!(code, 0);
+    assert!(err.contains("lease not found"), "{err}");
+    let (code, _, err) = kh(&addr, &root, &["lease", "revoke", "--force", &lease]);
+    assert_ne!(code, 0, "--force needs --prefix");
+    assert!(err.contains("--prefix"), "{err}");
+}
