@@ -302,3 +302,68 @@ fn keyhaven_read_and_lease_commands_issue_renew_and_revoke_credentials() {
     assert_ne!(code, 0, "--force needs --prefix");
     assert!(err.contains("--prefix"), "{err}");
 }
+
+/// PostgreSQL refuses the second of two concurrent GRANTs on one table ("tuple
+/// concurrently updated"): credentials issued and revoked at the same time, with a pool
+/// of several connections, must all succeed.
+#[test]
+fn concurrent_issues_and_revocations_of_one_role_all_succeed() {
+    let Some(admin) = pg_url() else { return };
+    let db = Db::new(&admin, "cc");
+    psql(&db.url(), "CREATE TABLE granted (id int)");
+    let server = TestServer::dev();
+    let root = server.root_token();
+    let bao = Bao::new(&server.addr(), Some(&root));
+    ok(&bao.run(&["secrets", "enable", "database"]), "enable");
+    ok(
+        &bao.run(&[
+            "write",
+            "database/config/pg",
+            "plugin_name=postgresql-database-plugin",
+            &format!("connection_url={}", db.url()),
+            "allowed_roles=cc-*",
+            "max_open_connections=8",
+        ]),
+        "config",
+    );
+    ok(
+        &bao.run(&[
+            "write",
+            "database/roles/cc-ro",
+            "db_name=pg",
+            "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT SELECT ON granted TO \"{{name}}\";",
+        ]),
+        "role",
+    );
+    let url = format!("{}/v1/database/creds/cc-ro", server.addr());
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, root) = (url.clone(), root.clone());
+            std::thread::spawn(move || {
+                (0..4)
+                    .map(|_| crate::support::call("GET", &url, Some(&root), None))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut users = Vec::new();
+    for t in threads {
+        for (status, body) in t.join().unwrap() {
+            assert_eq!(status, 200, "{body}");
+            users.push(body["data"]["username"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(users.len(), 32);
+    assert!(users.iter().all(|u| db.role_exists(u)));
+    ok(
+        &bao.run(&[
+            "lease",
+            "revoke",
+            "-sync",
+            "-prefix",
+            "database/creds/cc-ro",
+        ]),
+        "revoke-prefix",
+    );
+    assert!(users.iter().all(|u| !db.role_exists(u)));
+}

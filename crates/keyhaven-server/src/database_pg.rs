@@ -199,6 +199,7 @@ impl DatabasePlugins for PgPlugins {
         Ok(Arc::new(PgConnection {
             pool,
             scram: config.password_authentication == PasswordAuthentication::ScramSha256,
+            serial: tokio::sync::Mutex::new(()),
         }))
     }
 }
@@ -206,6 +207,12 @@ impl DatabasePlugins for PgPlugins {
 struct PgConnection {
     pool: Pool,
     scram: bool,
+    /// Held by every statement batch that changes users or grants. PostgreSQL refuses
+    /// the second of two concurrent `GRANT`s or `REVOKE`s on one object ("tuple
+    /// concurrently updated": both rewrite its catalog row), so, as OpenBao's plugin
+    /// does, one configuration changes one user at a time; the pool still serves
+    /// `verify` beside it.
+    serial: tokio::sync::Mutex<()>,
 }
 
 /// `"ident"`, with inner quotes doubled.
@@ -250,6 +257,7 @@ impl PgConnection {
         if queries.is_empty() {
             return Err(PluginError::new("empty statements"));
         }
+        let _serial = self.serial.lock().await;
         let mut client = self.client().await?;
         let tx = client
             .transaction()
@@ -275,31 +283,30 @@ impl PgConnection {
 
     /// OpenBao's default revocation: revoke what the user was granted, then drop it.
     async fn default_revoke(&self, username: &str) -> Result<(), PluginError> {
+        let _serial = self.serial.lock().await;
         let client = self.client().await?;
-        let exists: bool = client
+        // One round trip for what the statements depend on.
+        let row = client
             .query_one(
-                "SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1)",
+                "SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1), \
+                 current_database()::text, \
+                 ARRAY(SELECT DISTINCT table_schema::text FROM \
+                 information_schema.role_column_grants WHERE grantee = $1 UNION SELECT \
+                 DISTINCT table_schema::text FROM information_schema.role_table_grants \
+                 WHERE grantee = $1)",
                 &[&username],
             )
             .await
-            .and_then(|row| row.try_get(0))
             .map_err(|e| PluginError::new(reason(&e)))?;
+        let exists: bool = row.try_get(0).map_err(|e| PluginError::new(reason(&e)))?;
         if !exists {
             return Ok(());
         }
+        let database: String = row.try_get(1).map_err(|e| PluginError::new(reason(&e)))?;
+        let schemas: Vec<String> = row.try_get(2).map_err(|e| PluginError::new(reason(&e)))?;
         let user = quote_ident(username);
         let mut revokes = Vec::new();
-        let schemas = client
-            .query(
-                "SELECT DISTINCT table_schema FROM information_schema.role_column_grants \
-                 WHERE grantee = $1 UNION SELECT DISTINCT table_schema FROM \
-                 information_schema.role_table_grants WHERE grantee = $1",
-                &[&username],
-            )
-            .await
-            .map_err(|e| PluginError::new(reason(&e)))?;
-        for row in schemas {
-            let schema: String = row.try_get(0).map_err(|e| PluginError::new(reason(&e)))?;
+        for schema in schemas {
             let schema = quote_ident(&schema);
             revokes.push(format!(
                 "REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA {schema} FROM {user}"
@@ -313,18 +320,40 @@ impl PgConnection {
             "REVOKE ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA public FROM {user}"
         ));
         revokes.push(format!("REVOKE USAGE ON SCHEMA public FROM {user}"));
-        let database: String = client
-            .query_one("SELECT current_database()", &[])
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(|e| PluginError::new(reason(&e)))?;
         revokes.push(format!(
             "REVOKE CONNECT ON DATABASE {} FROM {user}",
             quote_ident(&database)
         ));
-        // Outside a transaction, carrying on after a failure, as OpenBao does.
+        // First all of it in one transaction (one commit, so one flush of the
+        // database's log rather than one per statement). If anything fails, it is rolled
+        // back and done OpenBao's way below: each statement on its own, carrying on
+        // after a failure, so that as much as possible is revoked and the error reported.
+        {
+            let mut client = client;
+            let batch = format!("{}; DROP ROLE IF EXISTS {user}", revokes.join("; "));
+            let done = match client.transaction().await {
+                Ok(tx) => match tx.batch_execute(&batch).await {
+                    Ok(()) => tx.commit().await.is_ok(),
+                    Err(_) => false,
+                },
+                Err(_) => false,
+            };
+            if done {
+                return Ok(());
+            }
+            self.default_revoke_each(&client, &user, &revokes).await
+        }
+    }
+
+    /// OpenBao's default revocation, statement by statement outside a transaction.
+    async fn default_revoke_each(
+        &self,
+        client: &deadpool_postgres::Object,
+        user: &str,
+        revokes: &[String],
+    ) -> Result<(), PluginError> {
         let mut failures = Vec::new();
-        for sql in &revokes {
+        for sql in revokes {
             if let Err(e) = client.batch_execute(sql).await {
                 failures.push(reason(&e));
             }
