@@ -227,6 +227,76 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
             "auth/approle/role/ci/secret-id-accessor/destroy",
             Some(json!({"secret_id_accessor": "x"})),
         ),
+        ("POST", "auth/approle/tidy/secret-id", Some(json!({}))),
+        // Leases.
+        (
+            "PUT",
+            "sys/leases/lookup",
+            Some(json!({"lease_id": "database/creds/ro/x"})),
+        ),
+        ("LIST", "sys/leases/lookup/database/creds/", None),
+        (
+            "PUT",
+            "sys/leases/renew",
+            Some(json!({"lease_id": "database/creds/ro/x"})),
+        ),
+        (
+            "PUT",
+            "sys/renew",
+            Some(json!({"lease_id": "database/creds/ro/x"})),
+        ),
+        (
+            "PUT",
+            "sys/leases/revoke",
+            Some(json!({"lease_id": "database/creds/ro/x"})),
+        ),
+        ("PUT", "sys/leases/revoke/database/creds/ro/x", None),
+        (
+            "PUT",
+            "sys/revoke",
+            Some(json!({"lease_id": "database/creds/ro/x"})),
+        ),
+        ("PUT", "sys/leases/revoke-prefix/database", None),
+        ("PUT", "sys/revoke-prefix/database", None),
+        ("PUT", "sys/leases/revoke-force/database", None),
+        ("PUT", "sys/revoke-force/database", None),
+        ("PUT", "sys/leases/tidy", None),
+        ("GET", "sys/leases?type=irrevocable", None),
+        ("GET", "sys/leases/count?type=irrevocable", None),
+        // The database secrets engine.
+        (
+            "POST",
+            "database/config/evil",
+            Some(
+                json!({"plugin_name": "postgresql-database-plugin", "connection_url": "postgresql://127.0.0.1:1/x", "verify_connection": false, "allowed_roles": "*"}),
+            ),
+        ),
+        ("GET", "database/config/pg", None),
+        ("LIST", "database/config", None),
+        ("DELETE", "database/config/pg", None),
+        ("POST", "database/reset/pg", None),
+        ("POST", "database/rotate-root/pg", None),
+        (
+            "POST",
+            "database/roles/evil",
+            Some(
+                json!({"db_name": "pg", "creation_statements": "CREATE ROLE \"{{name}}\" SUPERUSER;"}),
+            ),
+        ),
+        ("GET", "database/roles/ro", None),
+        ("LIST", "database/roles", None),
+        ("DELETE", "database/roles/ro", None),
+        ("GET", "database/creds/ro", None),
+        (
+            "POST",
+            "database/static-roles/evil",
+            Some(json!({"db_name": "pg", "username": "postgres", "rotation_period": "1h"})),
+        ),
+        ("GET", "database/static-roles/app", None),
+        ("LIST", "database/static-roles", None),
+        ("DELETE", "database/static-roles/app", None),
+        ("GET", "database/static-creds/app", None),
+        ("POST", "database/rotate-role/app", None),
         ("GET", "nomount/anything", None),
     ]
 }
@@ -239,6 +309,9 @@ fn allowed_for_default_policy(path: &str) -> bool {
         || path.starts_with("cubbyhole")
         || path == "sys/wrapping/wrap"
         || path == "sys/wrapping/unwrap"
+        // The default policy lets a token renew and look up a lease whose id it knows.
+        || path == "sys/leases/renew"
+        || path == "sys/leases/lookup"
 }
 
 struct Jwk {
@@ -364,6 +437,18 @@ fn every_bad_credential_is_refused_on_every_route_and_audited() {
         json!({"password": "alice-Pa55", "token_policies": "team-a-ro"}),
     );
     ok("POST", "sys/auth/cert", json!({"type": "cert"}));
+    // A database engine whose connection is never opened (no login reaches it).
+    ok("POST", "sys/mounts/database", json!({"type": "database"}));
+    ok(
+        "POST",
+        "database/config/pg",
+        json!({"plugin_name": "postgresql-database-plugin", "connection_url": "postgresql://127.0.0.1:1/none", "verify_connection": false, "allowed_roles": "*"}),
+    );
+    ok(
+        "POST",
+        "database/roles/ro",
+        json!({"db_name": "pg", "creation_statements": "CREATE ROLE \"{{name}}\";"}),
+    );
     ok("POST", "sys/auth/approle", json!({"type": "approle"}));
     ok(
         "POST",
