@@ -21,14 +21,14 @@ use crate::postgres::{pg_url, psql};
 use crate::support::{TestServer, contains, files_under, init_unseal};
 
 /// A database of this test's own (and the roles it made), dropped at the end.
-struct TestDb {
+pub(crate) struct TestDb {
     admin_url: String,
     name: String,
-    roles: Vec<String>,
+    pub(crate) roles: Vec<String>,
 }
 
 impl TestDb {
-    fn new(admin_url: &str, tag: &str) -> TestDb {
+    pub(crate) fn new(admin_url: &str, tag: &str) -> TestDb {
         let name = format!("kh_dbe_{tag}_{}", std::process::id());
         psql(
             admin_url,
@@ -43,11 +43,11 @@ impl TestDb {
     }
 
     /// A connection string to this database as `user`.
-    fn url_as(&self, user: &str) -> String {
+    pub(crate) fn url_as(&self, user: &str) -> String {
         format!("host=127.0.0.1 user={user} dbname={}", self.name)
     }
 
-    fn sql(&self, sql: &str) -> String {
+    pub(crate) fn sql(&self, sql: &str) -> String {
         psql(&self.url_as("postgres"), sql)
     }
 
@@ -139,7 +139,7 @@ fn scram_matches(verifier: &str, password: &str) -> bool {
         && server.as_ref() == b64.decode(server_key).unwrap().as_slice()
 }
 
-fn ok(o: &Outcome, what: &str) -> Value {
+pub(crate) fn ok(o: &Outcome, what: &str) -> Value {
     assert_eq!(o.code, 0, "{what}: {}{}", o.stdout, o.stderr);
     if o.stdout.trim().is_empty() {
         Value::Null
@@ -548,7 +548,7 @@ fn bao_static_role_rotates_an_existing_users_password() {
 }
 
 /// Whether PostgreSQL has a role named `user`.
-fn role_exists(db: &TestDb, user: &str) -> bool {
+pub(crate) fn role_exists(db: &TestDb, user: &str) -> bool {
     db.sql(&format!(
         "SELECT count(*) FROM pg_roles WHERE rolname = '{}'",
         user.replace('\'', "''")
@@ -556,7 +556,7 @@ fn role_exists(db: &TestDb, user: &str) -> bool {
 }
 
 /// Wait up to `secs` for `cond`.
-fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {
         assert!(Instant::now() < deadline, "{what}: not within {secs} s");

@@ -4,100 +4,49 @@
 //!
 //! Run when `KEYHAVEN_TEST_PG` is set (see `postgres.rs`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::bao::{Bao, Outcome};
+use crate::bao::Bao;
+use crate::database::{TestDb, eventually, ok, role_exists};
 use crate::postgres::{pg_url, psql};
 use crate::support::{TestServer, init_unseal, sqlite_config, unseal};
 
-/// A database and the users the server made in it, dropped at the end.
+/// A database of the test's own ([`TestDb`]), and the users the server made in it,
+/// dropped at the end.
 struct Db {
-    admin: String,
-    name: String,
+    db: TestDb,
     /// The role names' prefix, which starts the users' names too.
     tag: String,
 }
 
 impl Db {
     fn new(admin: &str, tag: &str) -> Db {
-        let name = format!("kh_dbl_{tag}_{}", std::process::id());
-        psql(
-            admin,
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        );
-        psql(admin, &format!("CREATE DATABASE {name}"));
         Db {
-            admin: admin.to_owned(),
-            name,
+            db: TestDb::new(admin, &format!("lease_{tag}")),
             tag: tag.to_owned(),
         }
     }
 
     fn url(&self) -> String {
-        format!("host=127.0.0.1 user=postgres dbname={}", self.name)
+        self.db.url_as("postgres")
     }
 
     fn role_exists(&self, user: &str) -> bool {
-        psql(
-            &self.admin,
-            &format!(
-                "SELECT count(*) FROM pg_roles WHERE rolname = '{}'",
-                user.replace('\'', "''")
-            ),
-        ) == "1"
-    }
-
-    /// Users of this test (their names carry the role names `<tag>-…` after the token's
-    /// display name).
-    fn users(&self) -> Vec<String> {
-        psql(
-            &self.admin,
-            &format!(
-                "SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%-{}-%'",
-                self.tag
-            ),
-        )
-        .lines()
-        .map(str::to_owned)
-        .collect()
+        role_exists(&self.db, user)
     }
 }
 
 impl Drop for Db {
     fn drop(&mut self) {
-        for user in self.users() {
-            let _ = std::process::Command::new("psql")
-                .args([
-                    &self.admin,
-                    "-X",
-                    "-c",
-                    &format!("DROP OWNED BY \"{user}\"; DROP ROLE IF EXISTS \"{user}\""),
-                ])
-                .output();
-        }
-        let _ = std::process::Command::new("psql")
-            .args([
-                &self.admin,
-                "-X",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .output();
-    }
-}
-
-fn ok(o: &Outcome, what: &str) -> Value {
-    assert_eq!(o.code, 0, "{what}: {}{}", o.stdout, o.stderr);
-    serde_json::from_str(&o.stdout).unwrap_or(Value::Null)
-}
-
-fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(250));
+        // Users of this test: their names carry the role names `<tag>-…` after the
+        // token's display name. `TestDb` drops them with the database.
+        let users = self.db.sql(&format!(
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%-{}-%'",
+            self.tag
+        ));
+        self.db.roles.extend(users.lines().map(str::to_owned));
     }
 }
 

@@ -1620,6 +1620,22 @@ impl Target {
     }
 }
 
+/// Every name directly under `prefix` (keys and `folder/`s), page by page.
+pub(crate) async fn list_all(store: &dyn Store, prefix: &str) -> Result<Vec<String>, EngineError> {
+    const PAGE: usize = keyhaven_storage::MAX_LIST_PAGE;
+    let mut names = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_page(prefix, after.as_deref(), PAGE).await?;
+        let last = page.len() < PAGE;
+        after = page.last().cloned();
+        names.extend(page);
+        if last || after.is_none() {
+            return Ok(names);
+        }
+    }
+}
+
 /// Delete every key under `prefix`, folder by folder.
 pub(crate) async fn delete_prefix(store: &dyn Store, prefix: &str) -> Result<(), EngineError> {
     const PAGE: usize = 1000;

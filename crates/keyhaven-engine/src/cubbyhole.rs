@@ -87,7 +87,7 @@ pub(crate) async fn handle(
                 "" => folder,
                 p => format!("{folder}{p}/"),
             };
-            let keys = list_all(store, &dir).await?;
+            let keys = crate::core::list_all(store, &dir).await?;
             if keys.is_empty() {
                 return Err(EngineError::NotFound(String::new()));
             }
@@ -143,18 +143,4 @@ pub(crate) async fn write(
     let bytes = serde_json::to_vec(data).map_err(|_| EngineError::Encode("a cubbyhole entry"))?;
     store.put(&format!("{folder}{path}"), bytes).await?;
     Ok(())
-}
-
-async fn list_all(store: &dyn Store, dir: &str) -> Result<Vec<String>, EngineError> {
-    const PAGE: usize = 1000;
-    let mut keys = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.list_page(dir, after.as_deref(), PAGE).await?;
-        keys.extend(page.iter().cloned());
-        if page.len() < PAGE {
-            return Ok(keys);
-        }
-        after = page.last().cloned();
-    }
 }

@@ -323,22 +323,9 @@ impl LeaseStore {
         Ok(())
     }
 
-    /// Every name under `prefix`, page by page.
+    /// Every name under `prefix`.
     async fn list_all(&self, prefix: &str) -> Result<Vec<String>, EngineError> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .storage
-                .list_page(prefix, after.as_deref(), 1000)
-                .await?;
-            let n = page.len();
-            after = page.last().cloned();
-            out.extend(page);
-            if n < 1000 {
-                return Ok(out);
-            }
-        }
+        crate::core::list_all(self.storage.as_ref(), prefix).await
     }
 
     /// Every lease id under `prefix` (a folder of the id tree, ending in `/`, or `""`).
@@ -847,17 +834,7 @@ impl Core {
         inner: &Unsealed,
         mount_path: &str,
     ) -> Result<(), EngineError> {
-        let prefix = mount_path.trim_end_matches('/');
-        if prefix.is_empty()
-            || inner
-                .leases
-                .ids_under(&format!("{prefix}/"))
-                .await?
-                .is_empty()
-        {
-            return Ok(());
-        }
-        self.lease_revoke_prefix(inner, prefix, true, false)
+        self.lease_revoke_prefix(inner, mount_path, true, false)
             .await
             .map(|_| ())
     }

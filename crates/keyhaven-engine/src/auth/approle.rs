@@ -773,13 +773,16 @@ impl AppRoleAuth {
     /// secret id is gone. Returns how many entries went.
     async fn tidy(&self) -> Result<usize, EngineError> {
         let mut removed = 0;
-        for role in common::keys_under(&self.storage, "secret_id/").await? {
+        for role in crate::core::list_all(self.storage.as_ref(), "secret_id/").await? {
             let role = role.trim_end_matches('/');
             // Accessors first: one written after this listing is not looked at, so a
             // secret id created meanwhile keeps its accessor.
-            let accessors = common::keys_under(&self.storage, &accessor_prefix(role)).await?;
+            let accessors =
+                crate::core::list_all(self.storage.as_ref(), &accessor_prefix(role)).await?;
             let mut live_accessors = std::collections::HashSet::new();
-            for hmac in common::keys_under(&self.storage, &format!("secret_id/{role}/")).await? {
+            for hmac in
+                crate::core::list_all(self.storage.as_ref(), &format!("secret_id/{role}/")).await?
+            {
                 match self.live_entry(role, &hmac).await? {
                     Some((_, entry)) => {
                         live_accessors.insert(entry.accessor);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use keyhaven_storage::{MAX_LIST_PAGE, Store};
+use keyhaven_storage::Store;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -357,32 +357,12 @@ pub(crate) async fn save<T: Serialize>(
     Ok(())
 }
 
-/// Every name stored under `prefix`, page by page.
-pub(crate) async fn keys_under(
-    store: &Arc<dyn Store>,
-    prefix: &str,
-) -> Result<Vec<String>, EngineError> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .list_page(prefix, after.as_deref(), MAX_LIST_PAGE)
-            .await?;
-        let last = page.len() < MAX_LIST_PAGE;
-        after = page.last().cloned();
-        keys.extend(page);
-        if last || after.is_none() {
-            return Ok(keys);
-        }
-    }
-}
-
 /// The names stored under `prefix` (`role/`, `user/`), or a 404 when there are none.
 pub(crate) async fn list_under(
     store: &Arc<dyn Store>,
     prefix: &str,
 ) -> Result<Response, EngineError> {
-    let keys = keys_under(store, prefix).await?;
+    let keys = crate::core::list_all(store.as_ref(), prefix).await?;
     if keys.is_empty() {
         return Err(EngineError::NotFound(String::new()));
     }

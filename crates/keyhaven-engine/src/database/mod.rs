@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use keyhaven_storage::{MAX_LIST_PAGE, Store};
+use keyhaven_storage::Store;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -643,20 +643,8 @@ impl DatabaseBackend {
     }
 
     async fn keys(&self, prefix: &str) -> Result<Vec<String>, EngineError> {
-        let mut keys = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .storage
-                .list_page(prefix, after.as_deref(), MAX_LIST_PAGE)
-                .await?;
-            let last = page.len() < MAX_LIST_PAGE;
-            after = page.last().cloned();
-            keys.extend(page.into_iter().filter(|k| !k.ends_with('/')));
-            if last || after.is_none() {
-                break;
-            }
-        }
+        let mut keys = crate::core::list_all(self.storage.as_ref(), prefix).await?;
+        keys.retain(|k| !k.ends_with('/'));
         Ok(keys)
     }
 

@@ -518,7 +518,7 @@ impl TokenStore {
     /// does two short listings, however many tokens it holds.
     pub async fn sweep_expired(&self) -> Result<usize, EngineError> {
         let mut removed = 0;
-        for hash in self.list_all(REVOKING_PREFIX).await? {
+        for hash in crate::core::list_all(self.storage.as_ref(), REVOKING_PREFIX).await? {
             if self.storage.get(&Self::id_key(&hash)).await?.is_some() {
                 self.revoke_tree(&hash).await?;
                 removed += 1;
@@ -643,23 +643,6 @@ impl TokenStore {
             }
             if page.len() < 1000 {
                 return Ok(());
-            }
-            after = page.last().cloned();
-        }
-    }
-
-    /// Every name under `prefix` (a flat folder), page by page.
-    async fn list_all(&self, prefix: &str) -> Result<Vec<String>, EngineError> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .storage
-                .list_page(prefix, after.as_deref(), 1000)
-                .await?;
-            out.extend(page.iter().cloned());
-            if page.len() < 1000 {
-                return Ok(out);
             }
             after = page.last().cloned();
         }
