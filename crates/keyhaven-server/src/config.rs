@@ -244,7 +244,7 @@ impl std::fmt::Debug for RawStorage {
     }
 }
 
-/// The `[ha]` table. High availability is not available yet: `enabled = true` is refused.
+/// The `[ha]` table: several replicas over one PostgreSQL database.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHa {
@@ -254,6 +254,97 @@ struct RawHa {
     api_address: Option<String>,
     #[serde(default)]
     cluster_address: Option<String>,
+    #[serde(default)]
+    lock_ttl: Option<String>,
+    #[serde(default)]
+    tls_ca_file: Option<PathBuf>,
+}
+
+/// Default of `ha.lock_ttl`: OpenBao's lock TTL.
+pub const DEFAULT_HA_LOCK_TTL: Duration = Duration::from_secs(15);
+
+/// High availability (`[ha] enabled = true`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaConfig {
+    /// Where clients reach this replica (`ha.api_address`): the address standbys
+    /// redirect to and `sys/leader` reports.
+    pub api_address: String,
+    /// Where other replicas forward requests to (`ha.cluster_address`; the API address
+    /// when unset, forwarding then goes through the API listener).
+    pub cluster_address: String,
+    /// How long a leadership lasts without renewal (`ha.lock_ttl`, default 15 s): how
+    /// long a paused or partitioned active keeps the others waiting.
+    pub lock_ttl: Duration,
+    /// Roots that other replicas' TLS certificates are checked against when forwarding
+    /// (`ha.tls_ca_file`, PEM); the system's roots when unset.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// An `http://` or `https://` URL with a host and nothing after the authority but `/`.
+fn ha_address(key: &str, text: &str) -> Result<String, ConfigError> {
+    let text = text.trim().trim_end_matches('/');
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "ha.{key} {text:?} must start with https:// (or http:// for a listener with \
+                 tls_disable)"
+            ))
+        })?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || rest.contains(char::is_whitespace)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "ha.{key} {text:?} must be scheme://host:port, without a path"
+        )));
+    }
+    Ok(text.to_owned())
+}
+
+fn ha_config(raw: Option<RawHa>, backend: &str) -> Result<Option<HaConfig>, ConfigError> {
+    let Some(raw) = raw.filter(|ha| ha.enabled) else {
+        return Ok(None);
+    };
+    if backend != "postgresql" {
+        return Err(ConfigError::Invalid(format!(
+            "ha.enabled needs storage.backend = \"postgresql\" (the replicas share one \
+             database); {backend:?} serves one server"
+        )));
+    }
+    let api_address = ha_address(
+        "api_address",
+        raw.api_address.as_deref().ok_or_else(|| {
+            ConfigError::Invalid(
+                "ha.api_address is required with ha.enabled: the address clients and the \
+                 other replicas reach this one at (e.g. \"https://keyhaven-0.keyhaven:8200\")"
+                    .into(),
+            )
+        })?,
+    )?;
+    let cluster_address = match raw.cluster_address.as_deref() {
+        Some(text) => ha_address("cluster_address", text)?,
+        None => api_address.clone(),
+    };
+    let lock_ttl = match raw.lock_ttl.as_deref() {
+        None => DEFAULT_HA_LOCK_TTL,
+        Some(text) => {
+            let ttl = humantime::parse_duration(text).map_err(|e| {
+                ConfigError::Invalid(format!("ha.lock_ttl {text:?}: {e} (e.g. \"15s\")"))
+            })?;
+            if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(300) {
+                return Err(ConfigError::Invalid(
+                    "ha.lock_ttl must be between 1s and 300s".into(),
+                ));
+            }
+            ttl
+        }
+    };
+    Ok(Some(HaConfig {
+        api_address,
+        cluster_address,
+        lock_ttl,
+        tls_ca_file: raw.tls_ca_file,
+    }))
 }
 
 /// Default of `storage.max_connections` (PostgreSQL).
@@ -688,6 +779,8 @@ pub enum LogFormat {
 pub struct Config {
     /// Storage.
     pub storage: StorageConfig,
+    /// High availability (`[ha]`), PostgreSQL only; `None`: a single server.
+    pub ha: Option<HaConfig>,
     /// Listen address.
     pub address: SocketAddr,
     /// TLS.
@@ -748,16 +841,7 @@ impl Config {
                 "unsupported config version {v}; this server reads version 1"
             )));
         }
-        if let Some(ha) = &raw.ha
-            && ha.enabled
-        {
-            return Err(ConfigError::Invalid(format!(
-                "ha.enabled: high availability is not available in this release (api_address {}, \
-                 cluster_address {}); run one server per database",
-                ha.api_address.as_deref().unwrap_or("unset"),
-                ha.cluster_address.as_deref().unwrap_or("unset")
-            )));
-        }
+        let ha = ha_config(raw.ha, &raw.storage.backend)?;
         if raw.storage.backend != "postgresql"
             && (raw.storage.connection_url.is_some()
                 || raw.storage.schema.is_some()
@@ -840,6 +924,7 @@ impl Config {
         let seal = crate::seal_config::seal_settings(raw.seal)?;
         Ok(Config {
             seal,
+            ha,
             disable_mlock: raw.disable_mlock,
             storage,
             address,
@@ -862,6 +947,7 @@ impl Config {
     pub fn dev(address: SocketAddr) -> Config {
         Config {
             storage: StorageConfig::Memory,
+            ha: None,
             address,
             tls: TlsConfig::Disabled,
             max_request_size: DEFAULT_MAX_REQUEST_SIZE,
@@ -925,6 +1011,59 @@ tls_key_file = "/etc/keyhaven/tls.key"
         );
         assert!(matches!(c.tls, TlsConfig::Files { .. }));
         assert_eq!(c.max_request_size, DEFAULT_MAX_REQUEST_SIZE);
+    }
+
+    #[test]
+    fn high_availability_needs_postgresql_and_an_api_address() {
+        let with = |ha: &str| {
+            Config::from_toml(&format!(
+                "[storage]\nbackend = \"postgresql\"\nconnection_url = \"host=127.0.0.1\"\n\
+                 [listener]\naddress = \"127.0.0.1:1\"\ntls_disable = true\n[ha]\n{ha}\n"
+            ))
+        };
+        let c = with("enabled = true\napi_address = \"https://kh-0.kh:8200/\"").unwrap();
+        assert_eq!(
+            c.ha,
+            Some(HaConfig {
+                api_address: "https://kh-0.kh:8200".to_owned(),
+                cluster_address: "https://kh-0.kh:8200".to_owned(),
+                lock_ttl: DEFAULT_HA_LOCK_TTL,
+                tls_ca_file: None,
+            })
+        );
+        let c = with(
+            "enabled = true\napi_address = \"https://a:8200\"\ncluster_address = \"https://a:8201\"\n\
+             lock_ttl = \"3s\"\ntls_ca_file = \"/etc/ca.pem\"",
+        )
+        .unwrap();
+        let ha = c.ha.unwrap();
+        assert_eq!(ha.cluster_address, "https://a:8201");
+        assert_eq!(ha.lock_ttl, Duration::from_secs(3));
+        assert_eq!(ha.tls_ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(with("enabled = false").unwrap().ha, None);
+        for (ha, wanted) in [
+            ("enabled = true", "ha.api_address is required"),
+            (
+                "enabled = true\napi_address = \"kh-0:8200\"",
+                "must start with https://",
+            ),
+            (
+                "enabled = true\napi_address = \"https://kh-0:8200/v1\"",
+                "without a path",
+            ),
+            (
+                "enabled = true\napi_address = \"https://a:1\"\nlock_ttl = \"100ms\"",
+                "between 1s and 300s",
+            ),
+            (
+                "enabled = true\napi_address = \"https://a:1\"\nlock_ttl = \"soon\"",
+                "ha.lock_ttl \"soon\"",
+            ),
+            ("enabled = true\nleader = true", "unknown field `leader`"),
+        ] {
+            let err = with(ha).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{ha}: {err}");
+        }
     }
 
     #[test]
@@ -1035,8 +1174,7 @@ tls_key_file = "/etc/keyhaven/tls.key"
         ))
         .unwrap_err();
         assert!(
-            err.to_string()
-                .contains("high availability is not available"),
+            err.to_string().contains("ha.enabled needs storage.backend"),
             "{err}"
         );
     }

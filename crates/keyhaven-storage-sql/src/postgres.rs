@@ -24,6 +24,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
 
+use crate::pg_ha::Fence;
 use keyhaven_storage::listing::{PageBuilder, Step, prefix_upper_bound};
 use keyhaven_storage::{
     Condition, Op, StorageError, Store, Transaction, TxOutcome, validate_key, validate_prefix,
@@ -36,6 +37,19 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE {schema}.kv (
         key   BYTEA PRIMARY KEY,
         value BYTEA NOT NULL
+    )",
+    // 2: high availability, the one leadership row (see `pg_ha`). `term` grows by one at
+    // every change of leader; writes of an active replica check it (fencing).
+    "CREATE TABLE {schema}.ha_leader (
+        id              SMALLINT PRIMARY KEY CHECK (id = 1),
+        term            BIGINT NOT NULL,
+        holder          TEXT NOT NULL,
+        api_address     TEXT NOT NULL,
+        cluster_address TEXT NOT NULL,
+        backend_pid     INTEGER NOT NULL,
+        backend_start   TIMESTAMPTZ NOT NULL,
+        valid_until     TIMESTAMPTZ NOT NULL,
+        acquired_at     TIMESTAMPTZ NOT NULL
     )",
 ];
 
@@ -77,6 +91,10 @@ pub struct PgOptions {
     pub acquire_timeout: Duration,
     /// TLS to the database (default: none).
     pub tls: PgTls,
+    /// The `application_name` of every connection (default `keyhaven`). With high
+    /// availability each replica names its connections `keyhaven/<node id>`, so that a
+    /// replica taking over can end the sessions of a stalled predecessor.
+    pub application_name: String,
 }
 
 impl Default for PgOptions {
@@ -87,6 +105,7 @@ impl Default for PgOptions {
             max_retries: 64,
             acquire_timeout: Duration::from_secs(10),
             tls: PgTls::Disable,
+            application_name: "keyhaven".to_owned(),
         }
     }
 }
@@ -98,6 +117,7 @@ struct Statements {
     upsert_many: String,
     delete_many: String,
     list: String,
+    fence: String,
 }
 
 impl Statements {
@@ -111,6 +131,11 @@ impl Statements {
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
             ),
             delete_many: format!("DELETE FROM {kv} WHERE key = ANY($1::bytea[])"),
+            // A key-share lock: renewals (no-key updates) pass, a takeover (which locks
+            // the row FOR UPDATE first) waits for every write in flight, and a write that
+            // starts after a takeover sees the new term (or fails to serialize, and is
+            // retried and then sees it).
+            fence: format!("SELECT term FROM {schema}.ha_leader WHERE id = 1 FOR KEY SHARE"),
             // One index probe per child: from the first key of a child, the next probe
             // starts past it (`key || 0x00`) or, for a folder, past the whole folder
             // (`prefix || head || '0'`, '0' being '/' + 1). $1 lower bound, $2 upper
@@ -143,10 +168,11 @@ impl Statements {
 /// Connections are plain TCP, unix sockets, or TLS with the server verified
 /// ([`PgTls::VerifyFull`]).
 pub struct PgStore {
-    pool: Pool,
+    pub(crate) pool: Pool,
     sql: Statements,
     schema: String,
     max_retries: u32,
+    pub(crate) fence: Arc<Fence>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -162,6 +188,8 @@ impl std::fmt::Debug for PgStore {
 enum Failure {
     Pool(PoolError),
     Db(tokio_postgres::Error),
+    /// The fence refused the write (high availability: not the active replica).
+    Fenced,
 }
 
 impl From<PoolError> for Failure {
@@ -180,7 +208,7 @@ impl Failure {
     fn code(&self) -> Option<&SqlState> {
         match self {
             Failure::Db(err) | Failure::Pool(PoolError::Backend(err)) => err.code(),
-            Failure::Pool(_) => None,
+            Failure::Pool(_) | Failure::Fenced => None,
         }
     }
 
@@ -203,6 +231,7 @@ impl Failure {
             Failure::Pool(PoolError::Closed) => StorageError::Closed,
             Failure::Pool(err) => StorageError::unavailable(err),
             Failure::Db(err) => StorageError::unavailable(err),
+            Failure::Fenced => StorageError::Fenced,
         }
     }
 }
@@ -399,6 +428,7 @@ impl PgStore {
     pub async fn connect(config: &str, options: PgOptions) -> Result<PgStore, StorageError> {
         let schema = quote_schema(&options.schema)?;
         let mut pg_config: tokio_postgres::Config = config.parse().map_err(fail)?;
+        pg_config.application_name(&options.application_name);
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -424,6 +454,7 @@ impl PgStore {
             sql: Statements::new(&schema),
             schema: options.schema.clone(),
             max_retries: options.max_retries,
+            fence: Arc::new(Fence::default()),
         };
         store.migrate(&schema).await?;
         Ok(store)
@@ -538,12 +569,30 @@ impl PgStore {
 
     /// One attempt at `tx` in a SERIALIZABLE transaction.
     async fn transact_once(&self, tx: &Transaction) -> Result<TxOutcome, Failure> {
+        let term = self.fence.term();
+        if term < 0 {
+            // A standby: it writes nothing.
+            return Err(Failure::Fenced);
+        }
         let mut client = self.pool.get().await?;
         let db = client
             .build_transaction()
             .isolation_level(IsolationLevel::Serializable)
             .start()
             .await?;
+        if term != crate::pg_ha::UNFENCED {
+            // The first statement, so the transaction's snapshot is taken with the lock.
+            let stmt = db.prepare_cached(&self.sql.fence).await?;
+            let current: Option<i64> = match db.query_opt(&stmt, &[]).await? {
+                Some(row) => Some(row.try_get(0)?),
+                None => None,
+            };
+            if current != Some(term) {
+                drop(db);
+                self.fence.fenced_out(term);
+                return Err(Failure::Fenced);
+            }
+        }
         if !tx.conditions.is_empty() {
             let keys: Vec<&[u8]> = tx.conditions.iter().map(|c| c.key().as_bytes()).collect();
             let stmt = db.prepare_cached(&self.sql.select_many).await?;

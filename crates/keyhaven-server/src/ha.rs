@@ -1,0 +1,579 @@
+//! High availability: the election loop of one replica, and how a standby answers.
+//!
+//! - [`Election::run`] polls the leadership row ([`keyhaven_storage_sql::HaSession`]): a
+//!   standby tries to take it, the active renews it. Winning promotes the engine (it loads
+//!   its state from the database); losing it, failing to renew it for a whole TTL, a
+//!   fenced write, `sys/step-down`, or a seal demote it.
+//! - [`forward`] is the outermost layer of the router: on a standby every request but
+//!   the few it answers itself (`sys/health`, `sys/leader`, `sys/seal-status`,
+//!   `sys/unseal`, `sys/init`, `sys/seal`) is forwarded to the active, and its status,
+//!   headers and body relayed. `X-Vault-No-Request-Forwarding` asks for a 307 to the
+//!   active instead. A request forwarded once is never forwarded again.
+//!
+//! See `docs/ha.md` and `docs/design/0017-postgresql-ha.md`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse as _, Response};
+use keyhaven_engine::Core;
+use keyhaven_engine::ha::{HaControl, HaStatus, Leader, Role};
+use keyhaven_storage_sql::{HaNode, HaSession, LeaderInfo};
+use parking_lot::RwLock;
+
+/// How often a standby looks for a free leadership (and the active renews it, when the
+/// TTL allows): a killed active is replaced within about this long.
+const POLL: Duration = Duration::from_millis(500);
+/// How long a replica that stepped down, or failed to become active, waits before
+/// competing again (OpenBao: 10 s).
+const STEP_DOWN_PAUSE: Duration = Duration::from_secs(10);
+/// Marks a forwarded request; its value is the forwarding replica's node id.
+pub(crate) const FORWARDED_BY: &str = "x-keyhaven-forwarded-by";
+/// How long a forwarded request may take at the active.
+const MAX_FORWARD_WAIT: Duration = Duration::from_secs(90);
+
+/// One replica's part in the election, and what it knows of the cluster.
+pub struct Election {
+    node: HaNode,
+    ttl: Duration,
+    session: tokio::sync::Mutex<HaSession>,
+    view: RwLock<View>,
+    step_down: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct View {
+    /// The term this replica holds, while active.
+    term: Option<i64>,
+    /// The active replica, as last read.
+    leader: Option<LeaderInfo>,
+}
+
+impl std::fmt::Debug for Election {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Election")
+            .field("node", &self.node.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HaControl for Election {
+    fn step_down(&self) {
+        self.step_down.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn status(&self) -> HaStatus {
+        let view = self.view.read();
+        HaStatus {
+            api_address: self.node.api_address.clone(),
+            cluster_address: self.node.cluster_address.clone(),
+            is_self: view.term.is_some(),
+            leader: view.leader.as_ref().map(|l| Leader {
+                api_address: l.api_address.clone(),
+                cluster_address: l.cluster_address.clone(),
+                active_since: l.active_since.clone(),
+            }),
+        }
+    }
+}
+
+impl Election {
+    /// The election of `node` over `session`.
+    pub fn new(session: HaSession, ttl: Duration) -> Election {
+        Election {
+            node: session.node().clone(),
+            ttl,
+            session: tokio::sync::Mutex::new(session),
+            view: RwLock::new(View::default()),
+            step_down: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// This replica.
+    pub fn node(&self) -> &HaNode {
+        &self.node
+    }
+
+    /// The active replica, as last read (`None` when this replica is active or none is).
+    pub fn leader(&self) -> Option<LeaderInfo> {
+        let view = self.view.read();
+        if view.term.is_some() {
+            return None;
+        }
+        view.leader.clone()
+    }
+
+    /// Forget the term held and the leader last read (this replica was it).
+    fn forget(&self) {
+        let mut view = self.view.write();
+        view.term = None;
+        view.leader = None;
+    }
+
+    /// Give up the leadership if held (shutdown).
+    pub async fn release(&self, core: &Core) {
+        let term = self.view.read().term;
+        self.forget();
+        if let Some(term) = term {
+            core.demote().await;
+            if let Err(e) = self.session.lock().await.release(term).await {
+                tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "could not release the leadership; it expires after ha.lock_ttl");
+            }
+        }
+    }
+
+    /// The election loop; runs until the task is aborted.
+    pub async fn run(self: Arc<Self>, core: Arc<Core>) {
+        let fence = self.session.lock().await.fence().clone();
+        let renew_every = (self.ttl / 3).min(Duration::from_secs(1)).max(POLL);
+        let mut last_renewed = Instant::now();
+        let mut next_renewal = Instant::now();
+        let mut compete_after = Instant::now();
+        let mut last_error: Option<String> = None;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(POLL) => {}
+                () = self.wake.notified() => {}
+                () = fence.lost() => {}
+            }
+            let mut session = self.session.lock().await;
+            let held = self.view.read().term;
+            match (core.role(), held) {
+                (Role::Active, Some(term)) => {
+                    if self.step_down.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(target: "keyhaven::ha", "sys/step-down: giving up the leadership");
+                        self.forget();
+                        core.demote().await;
+                        if let Err(e) = session.release(term).await {
+                            tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "could not release the leadership; it expires after ha.lock_ttl");
+                        }
+                        compete_after = Instant::now() + STEP_DOWN_PAUSE;
+                        continue;
+                    }
+                    if fence.current_term() != Some(term) {
+                        // A write found another replica active.
+                        self.forget();
+                        core.demote().await;
+                        continue;
+                    }
+                    if Instant::now() < next_renewal {
+                        continue;
+                    }
+                    match session.renew(term).await {
+                        Ok(true) => {
+                            last_renewed = Instant::now();
+                            next_renewal = last_renewed + renew_every;
+                            last_error = None;
+                        }
+                        Ok(false) => {
+                            tracing::error!(target: "keyhaven::ha", term, "the leadership was lost (another replica holds it, or this replica's database session ended)");
+                            self.forget();
+                            core.demote().await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "cannot renew the leadership");
+                            if last_renewed.elapsed() >= self.ttl {
+                                // Another replica may hold it by now: stop serving.
+                                tracing::error!(target: "keyhaven::ha", "no renewal for ha.lock_ttl: standing down");
+                                fence.refuse_writes();
+                                self.forget();
+                                core.demote().await;
+                            }
+                        }
+                    }
+                }
+                (Role::Active, None) => {
+                    // Promoted without a term (cannot happen): never serve unfenced.
+                    core.demote().await;
+                }
+                (role, Some(term)) => {
+                    // Sealed (or demoted) while holding the leadership: hand it over.
+                    self.forget();
+                    if role == Role::Standby {
+                        core.demote().await;
+                    }
+                    if let Err(e) = session.release(term).await {
+                        tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "could not release the leadership; it expires after ha.lock_ttl");
+                    }
+                }
+                (Role::Standby, None) => {
+                    self.step_down.store(false, Ordering::Release);
+                    if Instant::now() >= compete_after {
+                        match session.try_acquire().await {
+                            Ok(Some(term)) => {
+                                self.view.write().term = Some(term);
+                                match core.promote().await {
+                                    Ok(true) => {
+                                        last_renewed = Instant::now();
+                                        next_renewal = last_renewed + renew_every;
+                                        // The row names this replica now (for sys/leader).
+                                        let me = session.leader().await.ok().flatten();
+                                        self.view.write().leader = me;
+                                        continue;
+                                    }
+                                    Ok(false) => {}
+                                    Err(e) => {
+                                        tracing::error!(target: "keyhaven::ha", error = %e, "won the leadership but cannot become active; handing it over");
+                                        compete_after = Instant::now() + STEP_DOWN_PAUSE;
+                                    }
+                                }
+                                self.forget();
+                                if let Err(e) = session.release(term).await {
+                                    tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "could not release the leadership");
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                let text = keyhaven_storage_sql::describe(&e);
+                                if last_error.as_deref() != Some(text.as_str()) {
+                                    tracing::warn!(target: "keyhaven::ha", error = %text, "cannot reach the leadership row");
+                                    last_error = Some(text);
+                                }
+                            }
+                        }
+                    }
+                    match session.leader().await {
+                        Ok(leader) => self.view.write().leader = leader,
+                        Err(_) => self.view.write().leader = None,
+                    }
+                }
+                (Role::Sealed, None) => {
+                    self.step_down.store(false, Ordering::Release);
+                    // Another replica may have initialized the database meanwhile.
+                    if let Err(e) = core.refresh_initialized().await {
+                        tracing::debug!(target: "keyhaven::ha", error = %e, "cannot read the seal configuration");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Paths a standby answers itself (`sys/seal` too, see [`seal_standby`]).
+fn answered_locally(path: &str) -> bool {
+    matches!(
+        path.trim_end_matches('/'),
+        "/v1/sys/health"
+            | "/v1/sys/leader"
+            | "/v1/sys/seal-status"
+            | "/v1/sys/unseal"
+            | "/v1/sys/init"
+    )
+}
+
+fn is_seal(method: &Method, path: &str) -> bool {
+    path.trim_end_matches('/') == "/v1/sys/seal" && matches!(*method, Method::PUT | Method::POST)
+}
+
+/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1), and
+/// `host`, which names this replica.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+/// A JSON error body as the API answers.
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "errors": [message] }).to_string();
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// How a standby reaches the active.
+pub struct Forwarder {
+    core: Arc<Core>,
+    election: Arc<Election>,
+    client: reqwest::Client,
+    max_request_size: usize,
+}
+
+impl Forwarder {
+    /// A forwarder trusting `roots` (PEM) for the active's certificate, or the system's.
+    pub fn new(
+        core: Arc<Core>,
+        election: Arc<Election>,
+        roots: Option<&[u8]>,
+        max_request_size: usize,
+    ) -> Result<Forwarder, String> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("keyhaven/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = roots {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("ha.tls_ca_file: {e}"))?;
+            if certs.is_empty() {
+                return Err("ha.tls_ca_file: no certificate in the file".to_owned());
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("cannot build the forwarding client: {e}"))?;
+        Ok(Forwarder {
+            core,
+            election,
+            client,
+            max_request_size,
+        })
+    }
+}
+
+/// The router's outermost layer: forward on a standby.
+pub(crate) async fn forward(
+    axum::extract::State(fw): axum::extract::State<Arc<Forwarder>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if fw.core.role() != Role::Standby || answered_locally(req.uri().path()) {
+        return next.run(req).await;
+    }
+    if is_seal(req.method(), req.uri().path()) {
+        let token = crate::http::token_from(req.headers());
+        return seal_standby(&fw, token).await;
+    }
+    if req.headers().contains_key(FORWARDED_BY) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica is a standby but was forwarded a request as the active one; the \
+             leadership is changing: retry",
+        );
+    }
+    let Some(leader) = fw.election.leader() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no active keyhaven replica found",
+        );
+    };
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", axum::http::uri::PathAndQuery::as_str)
+        .to_owned();
+    if req
+        .headers()
+        .get("x-vault-no-request-forwarding")
+        .is_some_and(|v| !v.is_empty())
+    {
+        let location = format!("{}{path_and_query}", leader.api_address);
+        let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            resp.headers_mut()
+                .insert(axum::http::header::LOCATION, value);
+        }
+        return resp;
+    }
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, fw.max_request_size).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than listener.max_request_size, or could not be read",
+            );
+        }
+    };
+    let url = format!("{}{path_and_query}", leader.cluster_address);
+    let method = match reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method"),
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in &parts.headers {
+        if hop_by_hop(name) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            reqwest::header::HeaderName::from_bytes(name.as_str().as_bytes()),
+            reqwest::header::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    if let Ok(v) = reqwest::header::HeaderValue::from_str(&fw.election.node().id) {
+        headers.insert(FORWARDED_BY, v);
+    }
+    let sent = fw
+        .client
+        .request(method, &url)
+        .headers(headers)
+        .body(body)
+        .timeout(MAX_FORWARD_WAIT)
+        .send()
+        .await;
+    let upstream = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(target: "keyhaven::ha", active = %leader.cluster_address, error = %e.without_url(), "cannot forward to the active replica");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this replica is a standby and cannot reach the active replica: retry",
+            );
+        }
+    };
+    relay(upstream, parts.method == Method::HEAD)
+}
+
+/// The active's answer, as this replica's: status, end-to-end headers, and the body as
+/// it arrives.
+fn relay(upstream: reqwest::Response, head: bool) -> Response {
+    let status =
+        StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::new();
+    for (name, value) in upstream.headers() {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) && !hop_by_hop(&n)
+        {
+            headers.append(n, v);
+        }
+    }
+    let body = if head {
+        Body::empty()
+    } else {
+        let stream = futures::stream::unfold(Some(upstream), |state| async move {
+            let mut upstream = state?;
+            match upstream.chunk().await {
+                Ok(Some(chunk)) => Some((Ok::<_, std::io::Error>(chunk), Some(upstream))),
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e.without_url())), None)),
+            }
+        });
+        Body::from_stream(stream)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// `sys/seal` on a standby seals this replica: the active checks the token (root, or
+/// `sudo` and `update` on `sys/seal`), as if the call were its own.
+async fn seal_standby(fw: &Forwarder, token: Option<keyhaven_engine::ClientToken>) -> Response {
+    let Some(leader) = fw.election.leader() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no active keyhaven replica found to check the token",
+        );
+    };
+    let Some(token) = token else {
+        return error(StatusCode::FORBIDDEN, "permission denied");
+    };
+    let Ok(token) = reqwest::header::HeaderValue::from_str(token.expose()) else {
+        return error(StatusCode::FORBIDDEN, "permission denied");
+    };
+    let url = format!("{}/v1/sys/capabilities-self", leader.cluster_address);
+    let sent = fw
+        .client
+        .post(&url)
+        .header("x-vault-token", token)
+        .header(FORWARDED_BY, fw.election.node().id.as_str())
+        .json(&serde_json::json!({ "paths": ["sys/seal"] }))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    let caps: Vec<String> = match sent {
+        Ok(r) if r.status().is_success() => r
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| {
+                v.pointer("/data/capabilities")
+                    .or_else(|| v.pointer("/capabilities"))
+                    .cloned()
+            })
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+        Ok(r) if r.status() == reqwest::StatusCode::FORBIDDEN => Vec::new(),
+        Ok(_) | Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this replica is a standby and cannot reach the active replica to check the token",
+            );
+        }
+    };
+    let allowed = caps.iter().any(|c| c == "root")
+        || (caps.iter().any(|c| c == "sudo") && caps.iter().any(|c| c == "update"));
+    if !allowed {
+        return error(StatusCode::FORBIDDEN, "permission denied");
+    }
+    fw.core.seal().await;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_answers_status_and_seal_calls_itself() {
+        for path in [
+            "/v1/sys/health",
+            "/v1/sys/leader",
+            "/v1/sys/seal-status",
+            "/v1/sys/unseal",
+            "/v1/sys/init",
+            "/v1/sys/health/",
+        ] {
+            assert!(answered_locally(path), "{path}");
+        }
+        assert!(is_seal(&Method::PUT, "/v1/sys/seal"));
+        assert!(is_seal(&Method::POST, "/v1/sys/seal/"));
+        assert!(!is_seal(&Method::GET, "/v1/sys/seal"));
+        for path in [
+            "/v1/secret/data/a",
+            "/v1/sys/step-down",
+            "/v1/sys/mounts",
+            "/v1/sys/sealx",
+            "/v1/auth/token/lookup-self",
+        ] {
+            assert!(!answered_locally(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn connection_headers_are_not_forwarded() {
+        for name in [
+            "connection",
+            "host",
+            "transfer-encoding",
+            "content-length",
+            "te",
+        ] {
+            assert!(hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in [
+            "x-vault-token",
+            "content-type",
+            "x-vault-wrap-ttl",
+            "x-vault-request",
+        ] {
+            assert!(!hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+    }
+}
