@@ -504,6 +504,11 @@ impl PgStore {
         Ok(ExclusiveLock { lost: rx, task })
     }
 
+    /// How this store's writes are fenced (high availability).
+    pub fn fence(&self) -> &Arc<Fence> {
+        &self.fence
+    }
+
     /// The PostgreSQL schema this store uses.
     pub fn schema(&self) -> &str {
         &self.schema
