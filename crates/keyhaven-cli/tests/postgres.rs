@@ -42,13 +42,13 @@ pub(crate) fn psql(url: &str, sql: &str) -> String {
 }
 
 /// A schema of this test's own, dropped at the end.
-struct Schema {
+pub(crate) struct Schema {
     url: String,
-    name: String,
+    pub(crate) name: String,
 }
 
 impl Schema {
-    fn new(url: &str, tag: &str) -> Schema {
+    pub(crate) fn new(url: &str, tag: &str) -> Schema {
         let name = format!("kh_e2e_{tag}_{}", std::process::id());
         psql(url, &format!("DROP SCHEMA IF EXISTS {name} CASCADE"));
         Schema {

@@ -32,6 +32,11 @@ const POLL: Duration = Duration::from_millis(500);
 const STEP_DOWN_PAUSE: Duration = Duration::from_secs(10);
 /// Marks a forwarded request; its value is the forwarding replica's node id.
 pub(crate) const FORWARDED_BY: &str = "x-keyhaven-forwarded-by";
+/// Marks a standby's refusal of a forwarded request (it did not handle it).
+const NOT_ACTIVE: &str = "x-keyhaven-not-active";
+/// How long a standby holds a request while no replica is active (a fail-over takes
+/// about one poll when the active died).
+const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How long a forwarded request may take at the active.
 const MAX_FORWARD_WAIT: Duration = Duration::from_secs(90);
 
@@ -43,6 +48,15 @@ pub struct Election {
     view: RwLock<View>,
     step_down: AtomicBool,
     wake: tokio::sync::Notify,
+}
+
+/// The election loop's clocks.
+struct Timers {
+    renew_every: Duration,
+    last_renewed: Instant,
+    next_renewal: Instant,
+    compete_after: Instant,
+    last_error: Option<String>,
 }
 
 #[derive(Default)]
@@ -131,11 +145,13 @@ impl Election {
     /// The election loop; runs until the task is aborted.
     pub async fn run(self: Arc<Self>, core: Arc<Core>) {
         let fence = self.session.lock().await.fence().clone();
-        let renew_every = (self.ttl / 3).min(Duration::from_secs(1)).max(POLL);
-        let mut last_renewed = Instant::now();
-        let mut next_renewal = Instant::now();
-        let mut compete_after = Instant::now();
-        let mut last_error: Option<String> = None;
+        let mut timers = Timers {
+            renew_every: (self.ttl / 3).min(Duration::from_secs(1)).max(POLL),
+            last_renewed: Instant::now(),
+            next_renewal: Instant::now(),
+            compete_after: Instant::now(),
+            last_error: None,
+        };
         loop {
             tokio::select! {
                 () = tokio::time::sleep(POLL) => {}
@@ -143,6 +159,32 @@ impl Election {
                 () = fence.lost() => {}
             }
             let mut session = self.session.lock().await;
+            self.step(&core, &mut session, &fence, &mut timers).await;
+            if core.role() == Role::Standby && self.view.read().term.is_none() {
+                // Where to forward to (also right after this replica lost the lead).
+                let leader = session.leader().await.ok().flatten();
+                self.view.write().leader = leader;
+            }
+        }
+    }
+
+    /// One round of the election.
+    async fn step(
+        &self,
+        core: &Core,
+        session: &mut HaSession,
+        fence: &keyhaven_storage_sql::Fence,
+        timers: &mut Timers,
+    ) {
+        let Timers {
+            renew_every,
+            last_renewed,
+            next_renewal,
+            compete_after,
+            last_error,
+        } = timers;
+        let renew_every = *renew_every;
+        {
             let held = self.view.read().term;
             match (core.role(), held) {
                 (Role::Active, Some(term)) => {
@@ -153,23 +195,23 @@ impl Election {
                         if let Err(e) = session.release(term).await {
                             tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "could not release the leadership; it expires after ha.lock_ttl");
                         }
-                        compete_after = Instant::now() + STEP_DOWN_PAUSE;
-                        continue;
+                        *compete_after = Instant::now() + STEP_DOWN_PAUSE;
+                        return;
                     }
                     if fence.current_term() != Some(term) {
                         // A write found another replica active.
                         self.forget();
                         core.demote().await;
-                        continue;
+                        return;
                     }
-                    if Instant::now() < next_renewal {
-                        continue;
+                    if Instant::now() < *next_renewal {
+                        return;
                     }
                     match session.renew(term).await {
                         Ok(true) => {
-                            last_renewed = Instant::now();
-                            next_renewal = last_renewed + renew_every;
-                            last_error = None;
+                            *last_renewed = Instant::now();
+                            *next_renewal = *last_renewed + renew_every;
+                            *last_error = None;
                         }
                         Ok(false) => {
                             tracing::error!(target: "keyhaven::ha", term, "the leadership was lost (another replica holds it, or this replica's database session ended)");
@@ -204,23 +246,23 @@ impl Election {
                 }
                 (Role::Standby, None) => {
                     self.step_down.store(false, Ordering::Release);
-                    if Instant::now() >= compete_after {
+                    if Instant::now() >= *compete_after {
                         match session.try_acquire().await {
                             Ok(Some(term)) => {
                                 self.view.write().term = Some(term);
                                 match core.promote().await {
                                     Ok(true) => {
-                                        last_renewed = Instant::now();
-                                        next_renewal = last_renewed + renew_every;
+                                        *last_renewed = Instant::now();
+                                        *next_renewal = *last_renewed + renew_every;
                                         // The row names this replica now (for sys/leader).
                                         let me = session.leader().await.ok().flatten();
                                         self.view.write().leader = me;
-                                        continue;
+                                        return;
                                     }
                                     Ok(false) => {}
                                     Err(e) => {
                                         tracing::error!(target: "keyhaven::ha", error = %e, "won the leadership but cannot become active; handing it over");
-                                        compete_after = Instant::now() + STEP_DOWN_PAUSE;
+                                        *compete_after = Instant::now() + STEP_DOWN_PAUSE;
                                     }
                                 }
                                 self.forget();
@@ -233,14 +275,10 @@ impl Election {
                                 let text = keyhaven_storage_sql::describe(&e);
                                 if last_error.as_deref() != Some(text.as_str()) {
                                     tracing::warn!(target: "keyhaven::ha", error = %text, "cannot reach the leadership row");
-                                    last_error = Some(text);
+                                    *last_error = Some(text);
                                 }
                             }
                         }
-                    }
-                    match session.leader().await {
-                        Ok(leader) => self.view.write().leader = leader,
-                        Err(_) => self.view.write().leader = None,
                     }
                 }
                 (Role::Sealed, None) => {
@@ -357,13 +395,16 @@ pub(crate) async fn forward(
         return seal_standby(&fw, token).await;
     }
     if req.headers().contains_key(FORWARDED_BY) {
-        return error(
+        let mut resp = error(
             StatusCode::SERVICE_UNAVAILABLE,
             "this replica is a standby but was forwarded a request as the active one; the \
              leadership is changing: retry",
         );
+        resp.headers_mut()
+            .insert(NOT_ACTIVE, HeaderValue::from_static("standby"));
+        return resp;
     }
-    let Some(leader) = fw.election.leader() else {
+    let Some(leader) = await_leader(&fw.election, None).await else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no active keyhaven replica found",
@@ -397,7 +438,6 @@ pub(crate) async fn forward(
             );
         }
     };
-    let url = format!("{}{path_and_query}", leader.cluster_address);
     let method = match reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) {
         Ok(m) => m,
         Err(_) => return error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method"),
@@ -417,25 +457,67 @@ pub(crate) async fn forward(
     if let Ok(v) = reqwest::header::HeaderValue::from_str(&fw.election.node().id) {
         headers.insert(FORWARDED_BY, v);
     }
-    let sent = fw
-        .client
-        .request(method, &url)
-        .headers(headers)
-        .body(body)
-        .timeout(MAX_FORWARD_WAIT)
-        .send()
-        .await;
-    let upstream = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(target: "keyhaven::ha", active = %leader.cluster_address, error = %e.without_url(), "cannot forward to the active replica");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "this replica is a standby and cannot reach the active replica: retry",
-            );
+    let mut leader = leader;
+    loop {
+        let url = format!("{}{path_and_query}", leader.cluster_address);
+        let sent = fw
+            .client
+            .request(method.clone(), &url)
+            .headers(headers.clone())
+            .body(body.clone())
+            .timeout(MAX_FORWARD_WAIT)
+            .send()
+            .await;
+        match sent {
+            // The replica it went to is no longer active and did not handle it: send it
+            // to the one that is.
+            Ok(upstream) if upstream.headers().contains_key(NOT_ACTIVE) => {
+                match await_leader(&fw.election, Some(&leader.cluster_address)).await {
+                    Some(next) => leader = next,
+                    None => return relay(upstream, parts.method == Method::HEAD),
+                }
+            }
+            Ok(upstream) => return relay(upstream, parts.method == Method::HEAD),
+            // Not delivered (the active just died): safe to send again, to its successor.
+            Err(e) if e.is_connect() => {
+                tracing::debug!(target: "keyhaven::ha", active = %leader.cluster_address, error = %e.without_url(), "the active replica refused the connection; waiting for its successor");
+                match await_leader(&fw.election, Some(&leader.cluster_address)).await {
+                    Some(next) => leader = next,
+                    None => {
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "this replica is a standby and cannot reach the active replica: retry",
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target: "keyhaven::ha", active = %leader.cluster_address, error = %e.without_url(), "cannot forward to the active replica");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this replica is a standby and cannot reach the active replica: retry",
+                );
+            }
         }
-    };
-    relay(upstream, parts.method == Method::HEAD)
+    }
+}
+
+/// The active replica (other than at `not`), waiting up to [`LEADER_WAIT`] while the
+/// leadership changes hands.
+async fn await_leader(election: &Election, not: Option<&str>) -> Option<LeaderInfo> {
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        if let Some(leader) = election
+            .leader()
+            .filter(|l| not != Some(l.cluster_address.as_str()))
+        {
+            return Some(leader);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// The active's answer, as this replica's: status, end-to-end headers, and the body as

@@ -190,6 +190,9 @@ enum Failure {
     Db(tokio_postgres::Error),
     /// The fence refused the write (high availability: not the active replica).
     Fenced,
+    /// `COMMIT` failed: whether the transaction committed is unknown unless PostgreSQL
+    /// said it rolled back.
+    Commit(tokio_postgres::Error),
 }
 
 impl From<PoolError> for Failure {
@@ -207,9 +210,28 @@ impl From<tokio_postgres::Error> for Failure {
 impl Failure {
     fn code(&self) -> Option<&SqlState> {
         match self {
-            Failure::Db(err) | Failure::Pool(PoolError::Backend(err)) => err.code(),
+            Failure::Db(err) | Failure::Commit(err) | Failure::Pool(PoolError::Backend(err)) => {
+                err.code()
+            }
             Failure::Pool(_) | Failure::Fenced => None,
         }
+    }
+
+    /// The connection was dead before the statement ran (the database restarted, or
+    /// ended the session): nothing was done, and another connection may succeed. A
+    /// failed `COMMIT` is never one of these: the transaction may have committed.
+    fn is_lost_connection(&self) -> bool {
+        let err = match self {
+            Failure::Db(err) | Failure::Pool(PoolError::Backend(err)) => err,
+            Failure::Pool(_) | Failure::Fenced | Failure::Commit(_) => return false,
+        };
+        err.is_closed()
+            || matches!(
+                err.code(),
+                Some(code) if *code == SqlState::ADMIN_SHUTDOWN
+                    || *code == SqlState::CRASH_SHUTDOWN
+                    || *code == SqlState::CANNOT_CONNECT_NOW
+            )
     }
 
     fn is_retryable(&self) -> bool {
@@ -230,7 +252,7 @@ impl Failure {
         match self {
             Failure::Pool(PoolError::Closed) => StorageError::Closed,
             Failure::Pool(err) => StorageError::unavailable(err),
-            Failure::Db(err) => StorageError::unavailable(err),
+            Failure::Db(err) | Failure::Commit(err) => StorageError::unavailable(err),
             Failure::Fenced => StorageError::Fenced,
         }
     }
@@ -612,7 +634,7 @@ impl PgStore {
             if let Some(index) = failed {
                 // Commit the read-only transaction so that a serialization failure
                 // (the read was not consistent) surfaces and the attempt is retried.
-                db.commit().await?;
+                db.commit().await.map_err(Failure::Commit)?;
                 return Ok(TxOutcome::ConditionFailed { index });
             }
         }
@@ -642,8 +664,15 @@ impl PgStore {
             let stmt = db.prepare_cached(&self.sql.upsert_many).await?;
             db.execute(&stmt, &[&put_keys, &put_values]).await?;
         }
-        db.commit().await?;
+        db.commit().await.map_err(Failure::Commit)?;
         Ok(TxOutcome::Committed)
+    }
+
+    async fn get_once(&self, key: &str) -> Result<Option<Vec<u8>>, Failure> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(&self.sql.get).await?;
+        let row = client.query_opt(&stmt, &[&key.as_bytes()]).await?;
+        Ok(row.map(|row| row.try_get(0)).transpose()?)
     }
 
     async fn write(&self, tx: Transaction) -> Result<TxOutcome, StorageError> {
@@ -655,11 +684,20 @@ impl PgStore {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
                 }
+                Err(failure)
+                    if failure.is_lost_connection() && attempt < LOST_CONNECTION_RETRIES =>
+                {
+                    attempt += 1;
+                }
                 Err(failure) => return Err(failure.into_storage()),
             }
         }
     }
 }
+
+/// How often a call is sent again on another connection when the first was found dead
+/// (after a database restart every pooled connection is).
+const LOST_CONNECTION_RETRIES: u32 = 4;
 
 /// Exponential backoff with jitter: up to 1 ms × 2^attempt, capped at 50 ms.
 fn backoff(attempt: u32) -> Duration {
@@ -672,13 +710,17 @@ fn backoff(attempt: u32) -> Duration {
 impl Store for PgStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         validate_key(key)?;
-        let client = self.pool.get().await.map_err(fail)?;
-        let stmt = client.prepare_cached(&self.sql.get).await.map_err(fail)?;
-        let row = client
-            .query_opt(&stmt, &[&key.as_bytes()])
-            .await
-            .map_err(fail)?;
-        row.map(|row| row.try_get(0)).transpose().map_err(fail)
+        let mut attempt = 0;
+        loop {
+            match self.get_once(key).await {
+                Err(failure)
+                    if failure.is_lost_connection() && attempt < LOST_CONNECTION_RETRIES =>
+                {
+                    attempt += 1;
+                }
+                other => return other.map_err(Failure::into_storage),
+            }
+        }
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
@@ -725,12 +767,26 @@ impl Store for PgStore {
         // One more row than names: the key equal to the prefix yields no name.
         let rows = i64::try_from(limit.min(keyhaven_storage::MAX_LIST_PAGE) + 1)
             .map_err(StorageError::unavailable)?;
-        let client = self.pool.get().await.map_err(fail)?;
-        let stmt = client.prepare_cached(&self.sql.list).await.map_err(fail)?;
-        let found = client
-            .query(&stmt, &[&lower.as_bytes(), &upper, &start, &rows])
-            .await
-            .map_err(fail)?;
+        let mut attempt = 0;
+        let found = loop {
+            let once = async {
+                let client = self.pool.get().await?;
+                let stmt = client.prepare_cached(&self.sql.list).await?;
+                Ok::<_, Failure>(
+                    client
+                        .query(&stmt, &[&lower.as_bytes(), &upper, &start, &rows])
+                        .await?,
+                )
+            };
+            match once.await {
+                Err(failure)
+                    if failure.is_lost_connection() && attempt < LOST_CONNECTION_RETRIES =>
+                {
+                    attempt += 1;
+                }
+                other => break other.map_err(Failure::into_storage)?,
+            }
+        };
         for row in found {
             let key: &[u8] = row.try_get(0).map_err(fail)?;
             let key = std::str::from_utf8(key).map_err(|_| StorageError::Corrupt {

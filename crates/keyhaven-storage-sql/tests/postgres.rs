@@ -320,3 +320,41 @@ async fn pg_a_dead_leaders_session_frees_the_leadership_at_once_and_release_hand
     drop((a, ha_a, ha_b, ha_c));
     schema.drop_schema().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_calls_survive_the_database_ending_every_session() {
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::new(&url);
+    let mut options = schema.options();
+    options.application_name = format!("keyhaven/{}", schema.name);
+    let store = Arc::new(PgStore::connect(&schema.url, options).await.unwrap());
+    store.put("a/1", b"v".to_vec()).await.unwrap();
+    // Several pooled connections, all about to be ended.
+    let reads: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.get("a/1").await.unwrap() })
+        })
+        .collect();
+    for r in reads {
+        assert_eq!(r.await.unwrap(), Some(b"v".to_vec()));
+    }
+    let db = schema.client().await;
+    let ended = db
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("keyhaven/{}", schema.name)],
+        )
+        .await
+        .unwrap();
+    assert!(!ended.is_empty());
+    // Reads, writes and listings right afterwards are answered, not failed.
+    assert_eq!(store.get("a/1").await.unwrap(), Some(b"v".to_vec()));
+    store.put("a/2", b"w".to_vec()).await.unwrap();
+    assert_eq!(
+        store.list_page("a/", None, 100).await.unwrap(),
+        vec!["1".to_owned(), "2".to_owned()]
+    );
+    drop(store);
+    schema.drop_schema().await;
+}
