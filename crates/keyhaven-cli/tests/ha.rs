@@ -475,3 +475,26 @@ fn a_paused_active_is_fenced_and_a_standby_seals_itself() {
     assert_eq!(one_active(&[&r0.addr, &r1.addr]), 0);
     assert_eq!(kv_read(&r1.addr, &root, "new-leader").0, 200);
 }
+
+#[test]
+fn the_bao_cli_sessions_through_a_standby_match_openbao() {
+    let Some(url) = pg_url() else { return };
+    let schema = Schema::new(&url, "habao");
+    let dir = tempfile::tempdir().unwrap();
+    let r0 = start_replica(dir.path(), "r0", &url, &schema.name, "15s");
+    let (keys, root) = init_unseal(&r0.addr, 1, 1);
+    let r1 = start_replica(dir.path(), "r1", &url, &schema.name, "15s");
+    unseal(&r1.addr, &keys);
+    assert_eq!(one_active(&[&r0.addr, &r1.addr]), 0);
+    let openbao = crate::bao::OpenBaoDev::start();
+    for session in [crate::bao::SESSION, crate::bao::SESSION_V1_TOOLS] {
+        let ours = crate::bao::transcript_of(session, &r1.addr, &root);
+        let theirs = crate::bao::transcript_of(session, &openbao.addr, "root");
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert_eq!(a, b, "keyhaven's standby (left) and OpenBao (right) differ");
+        }
+        assert_eq!(ours.len(), session.len());
+    }
+    // Every call went through the standby.
+    assert_eq!(health(&r1.addr), Some(429));
+}
