@@ -462,9 +462,79 @@ fn a_paused_active_is_fenced_and_a_standby_seals_itself() {
     assert_eq!(health(&r0.addr), Some(503));
     assert_eq!(health(&r1.addr), Some(200));
 
-    // sys/step-down hands over to a standby (r0 again, once unsealed).
+    // The client's address crosses a standby, vouched for by an HMAC only replicas can
+    // make: a token bound to 127.0.0.2 works from there through the standby (which
+    // itself reaches the active from 127.0.0.1), not from 127.0.0.1, and a header forged
+    // by a client is ignored.
+    for (path, body) in [
+        ("sys/auth/approle", json!({"type": "approle"})),
+        (
+            "auth/approle/role/bound",
+            json!({"token_bound_cidrs": ["127.0.0.2/32"], "token_policies": ["default"]}),
+        ),
+    ] {
+        let (s, b) = call(
+            "POST",
+            &format!("{}/v1/{path}", r1.addr),
+            Some(&root),
+            Some(&body),
+        );
+        assert!(s == 200 || s == 204, "{path}: {b}");
+    }
+    let (_, b) = call(
+        "GET",
+        &format!("{}/v1/auth/approle/role/bound/role-id", r1.addr),
+        Some(&root),
+        None,
+    );
+    let role_id = b["data"]["role_id"].as_str().unwrap().to_owned();
+    let (_, b) = call(
+        "POST",
+        &format!("{}/v1/auth/approle/role/bound/secret-id", r1.addr),
+        Some(&root),
+        None,
+    );
+    let secret_id = b["data"]["secret_id"].as_str().unwrap().to_owned();
+    let client_from = |from: &str| {
+        reqwest::blocking::Client::builder()
+            .local_address(from.parse::<std::net::IpAddr>().unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    // r0 (sealed above) is unsealed again below; r1 is active here, so r0 is the standby
+    // once unsealed.
     unseal(&r0.addr, &keys);
     assert_eq!(one_active(&[&r0.addr, &r1.addr]), 1);
+    let login = client_from("127.0.0.2")
+        .post(format!("{}/v1/auth/approle/login", r0.addr))
+        .json(&json!({"role_id": role_id, "secret_id": secret_id}))
+        .send()
+        .unwrap();
+    assert_eq!(login.status().as_u16(), 200);
+    let login: Value = login.json().unwrap();
+    let bound = login["auth"]["client_token"].as_str().unwrap().to_owned();
+    let lookup_from = |from: &str, addr: &str, forged: Option<&str>| -> u16 {
+        let mut rb = client_from(from)
+            .get(format!("{addr}/v1/auth/token/lookup-self"))
+            .header("X-Vault-Token", &bound);
+        if let Some(value) = forged {
+            rb = rb.header("X-Keyhaven-Forwarded-For", value);
+        }
+        rb.send().unwrap().status().as_u16()
+    };
+    assert_eq!(lookup_from("127.0.0.2", &r0.addr, None), 200);
+    assert_eq!(lookup_from("127.0.0.1", &r0.addr, None), 403);
+    assert_eq!(lookup_from("127.0.0.2", &r1.addr, None), 200);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let forged = format!("127.0.0.2 {now} {}", "ab".repeat(32));
+    assert_eq!(lookup_from("127.0.0.1", &r1.addr, Some(&forged)), 403);
+    assert_eq!(lookup_from("127.0.0.1", &r0.addr, Some(&forged)), 403);
+
+    // sys/step-down hands over to the standby.
     let (s, b) = call(
         "PUT",
         &format!("{}/v1/sys/step-down", r0.addr),

@@ -508,6 +508,23 @@ impl Core {
         Ok(())
     }
 
+    /// High availability: the key that authenticates what a standby adds to the requests
+    /// it forwards (the client's address), derived from the root key, which every
+    /// unsealed replica holds. `None` while sealed, or without high availability.
+    pub fn forwarding_key(&self) -> Option<keyhaven_crypto::HmacKey> {
+        let root = self.standby_root.lock();
+        let root = root.as_ref()?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        keyhaven_crypto::hkdf_sha256(
+            root.expose_secret(),
+            b"keyhaven",
+            b"keyhaven ha request forwarding v1",
+            key.as_mut_slice(),
+        )
+        .ok()?;
+        Some(keyhaven_crypto::HmacKey::new(key.as_slice()))
+    }
+
     /// The election of a high-availability server, if this is one.
     pub fn ha(&self) -> Option<&Arc<dyn crate::ha::HaControl>> {
         self.options.ha.as_ref()

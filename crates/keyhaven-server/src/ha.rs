@@ -32,6 +32,11 @@ const POLL: Duration = Duration::from_millis(500);
 const STEP_DOWN_PAUSE: Duration = Duration::from_secs(10);
 /// Marks a forwarded request; its value is the forwarding replica's node id.
 pub(crate) const FORWARDED_BY: &str = "x-keyhaven-forwarded-by";
+/// The client's address as a standby saw it: `<ip> <unix seconds> <hex HMAC>`, the HMAC
+/// under [`Core::forwarding_key`] of the address, the time, the method and the path.
+pub(crate) const FORWARDED_FOR: &str = "x-keyhaven-forwarded-for";
+/// How far the time in [`FORWARDED_FOR`] may be from the active's clock.
+const FORWARDED_FOR_SKEW: u64 = 60;
 /// Marks a standby's refusal of a forwarded request (it did not handle it).
 const NOT_ACTIVE: &str = "x-keyhaven-not-active";
 /// How long a standby holds a request while no replica is active (a fail-over takes
@@ -325,7 +330,76 @@ fn hop_by_hop(name: &HeaderName) -> bool {
             | "upgrade"
             | "host"
             | "content-length"
+            | "x-keyhaven-forwarded-for"
+            | "x-keyhaven-forwarded-by"
     )
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn forwarded_for_message(ip: &str, at: &str, method: &str, path_and_query: &str) -> Vec<u8> {
+    format!("{ip}\n{at}\n{method}\n{path_and_query}").into_bytes()
+}
+
+/// The [`FORWARDED_FOR`] value a standby sends for a client at `ip`.
+fn forwarded_for(
+    key: &keyhaven_crypto::HmacKey,
+    ip: std::net::IpAddr,
+    method: &str,
+    path_and_query: &str,
+) -> String {
+    let ip = ip.to_string();
+    let at = unix_now().to_string();
+    let tag = key.sign(&forwarded_for_message(&ip, &at, method, path_and_query));
+    format!("{ip} {at} {}", hex::encode(tag))
+}
+
+/// The parts of a [`FORWARDED_FOR`] value: address text, time text and the HMAC, or
+/// `None` when it is not three space-separated fields with a 32-byte hex tag.
+pub(crate) fn parse_forwarded_for(value: &str) -> Option<(&str, &str, Vec<u8>)> {
+    let mut parts = value.split(' ');
+    let (ip, at, tag) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || tag.len() != 64 {
+        return None;
+    }
+    Some((ip, at, hex::decode(tag).ok()?))
+}
+
+/// The client's address: what a standby vouched for in [`FORWARDED_FOR`] when its HMAC
+/// and time check out, else the connection's peer. A header anyone else wrote is
+/// ignored.
+pub(crate) fn client_addr(
+    core: &Core,
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &axum::http::Uri,
+    peer: Option<std::net::IpAddr>,
+) -> Option<std::net::IpAddr> {
+    let Some(value) = headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok()) else {
+        return peer;
+    };
+    let vouched = (|| {
+        let (ip, at, tag) = parse_forwarded_for(value)?;
+        let when: u64 = at.parse().ok()?;
+        if unix_now().abs_diff(when) > FORWARDED_FOR_SKEW {
+            return None;
+        }
+        let key = core.forwarding_key()?;
+        let path = uri
+            .path_and_query()
+            .map_or("/", axum::http::uri::PathAndQuery::as_str);
+        key.verify(&forwarded_for_message(ip, at, method.as_str(), path), &tag)
+            .then(|| ip.parse().ok())
+            .flatten()
+    })();
+    if vouched.is_none() {
+        tracing::debug!(target: "keyhaven::ha", ?peer, "ignored an X-Keyhaven-Forwarded-For header that does not check out");
+    }
+    vouched.or(peer)
 }
 
 /// A JSON error body as the API answers.
@@ -456,6 +530,16 @@ pub(crate) async fn forward(
     }
     if let Ok(v) = reqwest::header::HeaderValue::from_str(&fw.election.node().id) {
         headers.insert(FORWARDED_BY, v);
+    }
+    let peer = parts
+        .extensions
+        .get::<crate::listener::ConnHandle>()
+        .and_then(crate::listener::ConnHandle::peer);
+    if let (Some(key), Some(ip)) = (fw.core.forwarding_key(), peer) {
+        let value = forwarded_for(&key, ip, parts.method.as_str(), &path_and_query);
+        if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+            headers.insert(FORWARDED_FOR, v);
+        }
     }
     let mut leader = leader;
     loop {
@@ -635,6 +719,24 @@ mod tests {
             "/v1/auth/token/lookup-self",
         ] {
             assert!(!answered_locally(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_values_have_three_fields_and_a_full_tag() {
+        let tag = "0f".repeat(32);
+        let value = format!("10.1.2.3 1700000000 {tag}");
+        let (ip, at, bytes) = parse_forwarded_for(&value).unwrap();
+        assert_eq!((ip, at, bytes.len()), ("10.1.2.3", "1700000000", 32));
+        for bad in [
+            String::new(),
+            "10.1.2.3".to_owned(),
+            "10.1.2.3 1700000000".to_owned(),
+            format!("10.1.2.3 1700000000 {}", "0f".repeat(31)),
+            format!("10.1.2.3 1700000000 {tag} extra"),
+            format!("10.1.2.3 1700000000 {}", "zz".repeat(32)),
+        ] {
+            assert!(parse_forwarded_for(&bad).is_none(), "{bad:?}");
         }
     }
 

@@ -469,10 +469,16 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
         path,
         data,
         token,
-        remote_addr: parts
-            .extensions
-            .get::<ConnHandle>()
-            .and_then(ConnHandle::peer),
+        remote_addr: crate::ha::client_addr(
+            &state.core,
+            &parts.headers,
+            &parts.method,
+            &parts.uri,
+            parts
+                .extensions
+                .get::<ConnHandle>()
+                .and_then(ConnHandle::peer),
+        ),
         client_certs,
     };
     let shape = WireShape::of(&request.path);
@@ -546,10 +552,15 @@ async fn metrics(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
         path: "sys/metrics".to_owned(),
         data,
         token: token_from(req.headers()),
-        remote_addr: req
-            .extensions()
-            .get::<ConnHandle>()
-            .and_then(ConnHandle::peer),
+        remote_addr: crate::ha::client_addr(
+            &state.core,
+            req.headers(),
+            req.method(),
+            req.uri(),
+            req.extensions()
+                .get::<ConnHandle>()
+                .and_then(ConnHandle::peer),
+        ),
         client_certs: Vec::new(),
     };
     match state.core.handle(request).await {

@@ -40,6 +40,11 @@ pub mod internal {
 
     use crate::audit_file::{VerifyError, VerifyReport};
 
+    /// Whether an `X-Keyhaven-Forwarded-For` value parses (address, time, HMAC).
+    pub fn forwarded_for_parses(value: &str) -> bool {
+        crate::ha::parse_forwarded_for(value).is_some()
+    }
+
     /// The lines the file audit device writes for `records` (JSON objects), as a new chain.
     pub fn audit_chain(records: &[&[u8]]) -> Vec<u8> {
         crate::audit_file::new_chain(records)
