@@ -335,10 +335,8 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+fn unix_now(core: &Core) -> u64 {
+    u64::try_from(core.clock().unix_seconds()).unwrap_or(0)
 }
 
 fn forwarded_for_message(ip: &str, at: &str, method: &str, path_and_query: &str) -> Vec<u8> {
@@ -347,13 +345,14 @@ fn forwarded_for_message(ip: &str, at: &str, method: &str, path_and_query: &str)
 
 /// The [`FORWARDED_FOR`] value a standby sends for a client at `ip`.
 fn forwarded_for(
+    core: &Core,
     key: &keyhaven_crypto::HmacKey,
     ip: std::net::IpAddr,
     method: &str,
     path_and_query: &str,
 ) -> String {
     let ip = ip.to_string();
-    let at = unix_now().to_string();
+    let at = unix_now(core).to_string();
     let tag = key.sign(&forwarded_for_message(&ip, &at, method, path_and_query));
     format!("{ip} {at} {}", hex::encode(tag))
 }
@@ -385,7 +384,7 @@ pub(crate) fn client_addr(
     let vouched = (|| {
         let (ip, at, tag) = parse_forwarded_for(value)?;
         let when: u64 = at.parse().ok()?;
-        if unix_now().abs_diff(when) > FORWARDED_FOR_SKEW {
+        if unix_now(core).abs_diff(when) > FORWARDED_FOR_SKEW {
             return None;
         }
         let key = core.forwarding_key()?;
@@ -536,7 +535,7 @@ pub(crate) async fn forward(
         .get::<crate::listener::ConnHandle>()
         .and_then(crate::listener::ConnHandle::peer);
     if let (Some(key), Some(ip)) = (fw.core.forwarding_key(), peer) {
-        let value = forwarded_for(&key, ip, parts.method.as_str(), &path_and_query);
+        let value = forwarded_for(&fw.core, &key, ip, parts.method.as_str(), &path_and_query);
         if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
             headers.insert(FORWARDED_FOR, v);
         }
