@@ -14,9 +14,9 @@ replica with one key share, every replica unsealed, KV v2 mounted at secret/. Th
             interleaved between the systems: writes per wall second, per CPU-second of the
             active replica, of all three replicas, and of the PostgreSQL backends connected
             to the database (utime+stime from /proc/<pid>/stat);
-  failover  ROUNDS rounds per system, interleaved: light write load (a write every POLL_MS
-            to the active and to each standby), kill -9 of the active, then a new write to
-            each surviving replica every POLL_MS (each on a fresh connection with a
+  failover  ROUNDS rounds per system, interleaved: light write load (for 2 s, a write every
+            LOAD_MS to the active and to each standby), kill -9 of the active, then a new write
+            to each surviving replica every POLL_MS (each on a fresh connection with a
             WRITE_TIMEOUT s timeout, several in flight): time from the kill to the first
             2xx answer to a write *sent after the kill*, through any survivor and through
             the survivor that stays a standby; the killed replica is then restarted,
@@ -48,6 +48,7 @@ CONC = int(E["CONCURRENCY"])
 ROUNDS = int(E["ROUNDS"])
 FORWARD_N = int(E["FORWARD_N"])
 POLL = float(E["POLL_MS"]) / 1000
+LOAD_EVERY = max(1, round(float(E["LOAD_MS"]) / float(E["POLL_MS"])))  # before the kill: a write every LOAD_MS
 WRITE_TIMEOUT = float(E["WRITE_TIMEOUT"])
 FAILOVER_DEADLINE = float(E["FAILOVER_DEADLINE"])
 PHASES = E["PHASES"].split()
@@ -613,12 +614,15 @@ def failover_round(cl, rnd, raw, rows):
     t_kill = [None]
 
     def ticker():
-        nxt = time.monotonic()
+        nxt, n = time.monotonic(), 0
         while not stop.is_set():
-            for p in probes.values():
-                p.tick()
-            if t_kill[0] is None:
-                load.tick()
+            if t_kill[0] is not None:
+                for p in probes.values():
+                    p.tick()
+            elif n % LOAD_EVERY == 0:
+                for p in list(probes.values()) + [load]:
+                    p.tick()
+            n += 1
             nxt += POLL
             time.sleep(max(0.0, nxt - time.monotonic()))
 
@@ -732,12 +736,13 @@ def report(rows, notes, failures):
          f"{notes['end_load'][2]:.2f}; wall {notes['wall_s']:.0f} s", ""]
     fo = {s: rows.get(("failover", s)) for s in SYSTEMS}
     if any(fo.values()):
-        L += [f"Failover: kill -9 of the active under light write load; a write to each survivor every "
-              f"{POLL * 1000:.0f} ms (timeout {WRITE_TIMEOUT} s); time from the kill to the first 2xx answer to "
+        L += [f"Failover: kill -9 of the active under light write load (a write every {E['LOAD_MS']} ms to each "
+              f"replica); then a write to each survivor every {POLL * 1000:.0f} ms (timeout {WRITE_TIMEOUT} s); time from the kill to the first 2xx answer to "
               f"a write sent after it:", "",
               "| system | rounds | first write ok, any survivor: median (min-max) s | through the survivor that "
-              "stays standby: median (min-max) s | new active's health 200 after, median s |",
-              "|---|---:|---:|---:|---:|"]
+              "stays standby: median (min-max) s | new active's health 200 after, median s | load before the "
+              "kill, writes/s |",
+              "|---|---:|---:|---:|---:|---:|"]
         for s in SYSTEMS:
             r = fo.get(s) or []
             if not r:
@@ -748,7 +753,7 @@ def report(rows, notes, failures):
                 return ("-" if not v else mm(v, "{:.2f}")) + (f" ({miss} none within {FAILOVER_DEADLINE:.0f} s)"
                                                               if miss else "")
             L.append(f"| {s} | {len(r)} | {col('first_ok_any_s')} | {col('first_ok_via_standby_s')} | "
-                     f"{col('new_active_health_200_s')} |")
+                     f"{col('new_active_health_200_s')} | {med([x['pre_kill_ok_writes_2s'] / 2 for x in r]):.0f} |")
         L.append("")
         for s in SYSTEMS:
             for x in fo.get(s) or []:

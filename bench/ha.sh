@@ -9,10 +9,11 @@
 #               s, REPEATS runs interleaved: per wall second, per CPU-second of the active
 #               (utime+stime from /proc/<pid>/stat), with the CPU of all replicas and of the
 #               PostgreSQL backends connected to $PGDATABASE;
-#   - failover: kill -9 of the active under light write load, time to the first successful
-#               write sent after the kill through a surviving replica (a write every POLL_MS
-#               to each, WRITE_TIMEOUT s timeout), ROUNDS rounds interleaved; the killed
-#               replica is restarted and unsealed between rounds.
+#   - failover: kill -9 of the active under light write load (a write every LOAD_MS to each
+#               replica), then the time to the first successful write sent after the kill
+#               through a surviving replica (a write every POLL_MS to each, WRITE_TIMEOUT s
+#               timeout), ROUNDS rounds interleaved; the killed replica is restarted and
+#               unsealed between rounds.
 #
 # PostgreSQL: $PGHOST must be loopback; trust auth as $PGUSER. The script uses the database
 # $PGDATABASE (created when missing, and then dropped at the end): keyhaven's tables in the
@@ -28,7 +29,7 @@
 #
 # Knobs (environment variables):
 #   DURATION=10  WARMUP=2  REPEATS=3  CONCURRENCY=16  FORWARD_N=2000  ROUNDS=3
-#   POLL_MS=10  WRITE_TIMEOUT=0.5  FAILOVER_DEADLINE=60  PHASES="forward write failover"
+#   POLL_MS=10  LOAD_MS=50  WRITE_TIMEOUT=0.5  FAILOVER_DEADLINE=60  PHASES="forward write failover"
 #   SYSTEMS="keyhaven openbao"  KH_LOCK_TTL=15s  PORT=18400
 #   OB_MAX_IDLE= (OpenBao's max_idle_connections; unset = its default)
 #   PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres PGDATABASE=khbench_ha
@@ -50,7 +51,7 @@ KEYHAVEN=${KEYHAVEN:-$CARGO_TARGET_DIR/release/keyhaven}
 BUILD=${BUILD:-0}
 export DURATION=${DURATION:-10} WARMUP=${WARMUP:-2} REPEATS=${REPEATS:-3}
 export CONCURRENCY=${CONCURRENCY:-16} FORWARD_N=${FORWARD_N:-2000} ROUNDS=${ROUNDS:-3}
-export POLL_MS=${POLL_MS:-10} WRITE_TIMEOUT=${WRITE_TIMEOUT:-0.5}
+export POLL_MS=${POLL_MS:-10} LOAD_MS=${LOAD_MS:-50} WRITE_TIMEOUT=${WRITE_TIMEOUT:-0.5}
 export FAILOVER_DEADLINE=${FAILOVER_DEADLINE:-60}
 export PHASES=${PHASES:-"forward write failover"} SYSTEMS=${SYSTEMS:-"keyhaven openbao"}
 export KH_LOCK_TTL=${KH_LOCK_TTL:-15s} PORT=${PORT:-18400} NICE=${NICE:-0}
