@@ -58,6 +58,7 @@ PGHOST, PGPORT, PGUSER, PGDB = E["PGHOST"], int(E["PGPORT"]), E["PGUSER"], E["PG
 KH_SCHEMA, OB_PREFIX = E["KH_SCHEMA"], E["OB_TABLE_PREFIX"]
 KH_LOCK_TTL = E["KH_LOCK_TTL"]
 OB_MAX_IDLE = E.get("OB_MAX_IDLE", "")  # OpenBao's max_idle_connections; unset = its default
+OB_EXTRA = E.get("OB_EXTRA", "")  # more top-level lines for OpenBao's configuration
 NICE = ["nice", "-n", E["NICE"]] if E["NICE"] != "0" else []
 HZ = os.sysconf("SC_CLK_TCK")
 HOST = "127.0.0.1"  # loopback only, on purpose
@@ -290,7 +291,7 @@ class Replica:
                 f'  cluster_address = "{HOST}:{self.cluster_port}"\n  tls_disable = true\n}}\n'
                 f'api_addr = "http://{HOST}:{self.port}"\n'
                 f'cluster_addr = "https://{HOST}:{self.cluster_port}"\n'
-                f'disable_mlock = true\nlog_level = "warn"\n')
+                f'disable_mlock = true\nlog_level = "warn"\n' + (OB_EXTRA + "\n" if OB_EXTRA else ""))
 
     def argv(self):
         if self.system == "keyhaven":
@@ -729,7 +730,7 @@ def pgall(r, key, f):
 def report(rows, notes, failures):
     L = [f"keyhaven {E['KEYHAVEN_VERSION']} (built from {E['KEYHAVEN_COMMIT']}, lock_ttl {KH_LOCK_TTL}) vs OpenBao "
          f"{E['BAO_VERSION']} (lock TTL 15 s, fixed; max_idle_connections "
-         f"{OB_MAX_IDLE or 'default'}); 3 replicas each; PostgreSQL {notes['pg_version']} on "
+         f"{OB_MAX_IDLE or 'default'}{'; ' + OB_EXTRA if OB_EXTRA else ''}); 3 replicas each; PostgreSQL {notes['pg_version']} on "
          f"{PGHOST}:{PGPORT}, database {PGDB}; load from this driver (Python threads); {notes['cpus']} CPUs; "
          f"load average at start {notes['start_load'][0]:.2f}/{notes['start_load'][1]:.2f}/"
          f"{notes['start_load'][2]:.2f}, at end {notes['end_load'][0]:.2f}/{notes['end_load'][1]:.2f}/"

@@ -32,6 +32,7 @@
 #   POLL_MS=10  LOAD_MS=50  WRITE_TIMEOUT=0.5  FAILOVER_DEADLINE=60  PHASES="forward write failover"
 #   SYSTEMS="keyhaven openbao"  KH_LOCK_TTL=15s  PORT=18400
 #   OB_MAX_IDLE= (OpenBao's max_idle_connections; unset = its default)
+#   OB_EXTRA= (more top-level lines for OpenBao's configuration, e.g. "disable_standby_reads = true")
 #   PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres PGDATABASE=khbench_ha
 #   KH_SCHEMA=kh_bench_ha  OB_TABLE_PREFIX=ob_bench
 #   VENV=$CARGO_TARGET_DIR/bench-venv  WORK=$CARGO_TARGET_DIR/bench-ha
@@ -55,7 +56,7 @@ export POLL_MS=${POLL_MS:-10} LOAD_MS=${LOAD_MS:-50} WRITE_TIMEOUT=${WRITE_TIMEO
 export FAILOVER_DEADLINE=${FAILOVER_DEADLINE:-60}
 export PHASES=${PHASES:-"forward write failover"} SYSTEMS=${SYSTEMS:-"keyhaven openbao"}
 export KH_LOCK_TTL=${KH_LOCK_TTL:-15s} PORT=${PORT:-18400} NICE=${NICE:-0}
-export OB_MAX_IDLE=${OB_MAX_IDLE:-}
+export OB_MAX_IDLE=${OB_MAX_IDLE:-} OB_EXTRA=${OB_EXTRA:-}
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
 export PGDATABASE=${PGDATABASE:-khbench_ha}
 export KH_SCHEMA=${KH_SCHEMA:-kh_bench_ha} OB_TABLE_PREFIX=${OB_TABLE_PREFIX:-ob_bench}
