@@ -40,7 +40,10 @@ fn main() {
     let body = Arc::new(review_body());
     let first = admission.review(&body).unwrap();
     if print {
-        println!("{}", serde_json::to_string_pretty(&first.to_review()).unwrap());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&first.to_review()).unwrap()
+        );
     }
     assert!(first.allowed);
     let cpu0 = cpu_secs();
