@@ -766,7 +766,7 @@ impl Leaves {
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let len = path.len();
-                    let _ = write!(path, "[{i}]");
+                    push_index(path, i);
                     self.collect(item, path, skip, depth + 1);
                     path.truncate(len);
                 }
@@ -790,6 +790,29 @@ impl Leaves {
             _ => {}
         }
     }
+}
+
+/// Append `[i]` to `path` (what `write!(path, "[{i}]")` writes, without the formatting
+/// machinery: this runs for every array element of every review).
+fn push_index(path: &mut String, i: usize) {
+    let mut digits = [0u8; 20];
+    let mut n = i;
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    path.push('[');
+    for &d in digits.get(at..).unwrap_or_default() {
+        path.push(char::from(d));
+    }
+    path.push(']');
 }
 
 /// Split YAML text into documents at `---` lines.
@@ -849,4 +872,18 @@ pub fn fuzz_review(data: &[u8]) -> bool {
         Err(_) => false,
     };
     reviewed || filed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_index_writes_what_format_writes() {
+        for i in [0usize, 7, 10, 99, 100, 12345, usize::MAX] {
+            let mut path = "spec.containers".to_owned();
+            push_index(&mut path, i);
+            assert_eq!(path, format!("spec.containers[{i}]"));
+        }
+    }
 }
