@@ -295,7 +295,13 @@ impl Admission {
         if body.len() > MAX_REVIEW_BYTES {
             return Err(ReviewError::TooLarge(body.len()));
         }
-        let review: ReviewIn = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+        // Valid UTF-8 is checked once for the whole body, not string by string (the same
+        // decoding; invalid UTF-8 keeps serde_json's error, with its position).
+        let review: ReviewIn = match std::str::from_utf8(body) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(body),
+        }
+        .map_err(|e| json_error(&e))?;
         if review.kind != "AdmissionReview" {
             return Err(ReviewError::Kind(truncate(&review.kind, 64)));
         }
