@@ -527,7 +527,10 @@ fn a_paused_active_is_fenced_and_a_standby_seals_itself() {
     assert_eq!(lookup_from("127.0.0.1", &r0.addr, None), 403);
     assert_eq!(lookup_from("127.0.0.2", &r1.addr, None), 200);
     // A fresh time (the test plays a client forging the header; there is no engine here).
-    #[allow(clippy::disallowed_methods, reason = "the wall clock of a forging client")]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the wall clock of a forging client"
+    )]
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -302,7 +302,21 @@ fn ha_address(key: &str, text: &str) -> Result<String, ConfigError> {
 }
 
 fn ha_config(raw: Option<RawHa>, backend: &str) -> Result<Option<HaConfig>, ConfigError> {
-    let Some(raw) = raw.filter(|ha| ha.enabled) else {
+    ha_config_with(raw, backend, |name| {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    })
+}
+
+/// [`ha_config`] with the environment given: `KEYHAVEN_API_ADDRESS` and
+/// `KEYHAVEN_CLUSTER_ADDRESS` override `ha.api_address` and `ha.cluster_address` (as
+/// `VAULT_API_ADDR` and `VAULT_CLUSTER_ADDR` do), so that replicas sharing one file each
+/// name themselves (a StatefulSet sets them from the pod's name).
+fn ha_config_with(
+    raw: Option<RawHa>,
+    backend: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<HaConfig>, ConfigError> {
+    let Some(mut raw) = raw.filter(|ha| ha.enabled) else {
         return Ok(None);
     };
     if backend != "postgresql" {
@@ -311,12 +325,19 @@ fn ha_config(raw: Option<RawHa>, backend: &str) -> Result<Option<HaConfig>, Conf
              database); {backend:?} serves one server"
         )));
     }
+    if let Some(v) = env("KEYHAVEN_API_ADDRESS") {
+        raw.api_address = Some(v);
+    }
+    if let Some(v) = env("KEYHAVEN_CLUSTER_ADDRESS") {
+        raw.cluster_address = Some(v);
+    }
     let api_address = ha_address(
         "api_address",
         raw.api_address.as_deref().ok_or_else(|| {
             ConfigError::Invalid(
-                "ha.api_address is required with ha.enabled: the address clients and the \
-                 other replicas reach this one at (e.g. \"https://keyhaven-0.keyhaven:8200\")"
+                "ha.api_address (or KEYHAVEN_API_ADDRESS) is required with ha.enabled: the \
+                 address clients and the other replicas reach this one at (e.g. \
+                 \"https://keyhaven-0.keyhaven:8200\")"
                     .into(),
             )
         })?,
@@ -1041,8 +1062,38 @@ tls_key_file = "/etc/keyhaven/tls.key"
         assert_eq!(ha.lock_ttl, Duration::from_secs(3));
         assert_eq!(ha.tls_ca_file, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!(with("enabled = false").unwrap().ha, None);
+        // The environment names each replica of a shared file.
+        let raw: RawConfig = toml::from_str(
+            "[storage]\nbackend = \"postgresql\"\n[listener]\naddress = \"0.0.0.0:8200\"\n\
+             [ha]\nenabled = true\napi_address = \"https://file:8200\"\n",
+        )
+        .unwrap();
+        let ha = ha_config_with(raw.ha, "postgresql", |name| match name {
+            "KEYHAVEN_API_ADDRESS" => Some("https://kh-1.kh-internal:8200".to_owned()),
+            _ => None,
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(ha.api_address, "https://kh-1.kh-internal:8200");
+        assert_eq!(ha.cluster_address, "https://kh-1.kh-internal:8200");
+        let raw: RawConfig = toml::from_str(
+            "[storage]\nbackend = \"postgresql\"\n[listener]\naddress = \"0.0.0.0:8200\"\n\
+             [ha]\nenabled = true\n",
+        )
+        .unwrap();
+        let ha = ha_config_with(raw.ha, "postgresql", |name| match name {
+            "KEYHAVEN_API_ADDRESS" => Some("https://a:8200".to_owned()),
+            "KEYHAVEN_CLUSTER_ADDRESS" => Some("https://a:8201".to_owned()),
+            _ => None,
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (ha.api_address.as_str(), ha.cluster_address.as_str()),
+            ("https://a:8200", "https://a:8201")
+        );
         for (ha, wanted) in [
-            ("enabled = true", "ha.api_address is required"),
+            ("enabled = true", "ha.api_address (or KEYHAVEN_API_ADDRESS) is required"),
             (
                 "enabled = true\napi_address = \"kh-0:8200\"",
                 "must start with https://",
