@@ -229,6 +229,9 @@ struct RawStorage {
     /// PostgreSQL: PEM roots that verify the database's certificate (sslmode=verify-full).
     #[serde(default)]
     tls_ca_file: Option<PathBuf>,
+    /// PostgreSQL: a file holding the password (a mounted Secret), read at start-up.
+    #[serde(default)]
+    password_file: Option<PathBuf>,
     /// MiB of stored values kept in memory for reads; 0 turns the cache off.
     #[serde(default)]
     cache_size_mb: Option<u32>,
@@ -465,6 +468,7 @@ fn postgres_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
         schema: raw.schema.unwrap_or_else(|| "keyhaven".to_owned()),
         max_connections: max_connections as usize,
         tls_ca_file,
+        password_file: raw.password_file,
     })
 }
 
@@ -676,6 +680,8 @@ pub enum StorageConfig {
         max_connections: usize,
         /// PEM roots for `sslmode=verify-full`; `None`: no TLS.
         tls_ca_file: Option<PathBuf>,
+        /// A file holding the password (replaces one in the connection string).
+        password_file: Option<PathBuf>,
     },
 }
 
@@ -697,18 +703,21 @@ impl PartialEq for StorageConfig {
                     schema,
                     max_connections,
                     tls_ca_file,
+                    password_file,
                 },
                 StorageConfig::Postgres {
                     connection: c,
                     schema: s,
                     max_connections: m,
                     tls_ca_file: t,
+                    password_file: p,
                 },
             ) => {
                 connection.expose_secret() == c.expose_secret()
                     && schema == s
                     && max_connections == m
                     && tls_ca_file == t
+                    && password_file == p
             }
             _ => false,
         }
@@ -867,10 +876,11 @@ impl Config {
             && (raw.storage.connection_url.is_some()
                 || raw.storage.schema.is_some()
                 || raw.storage.max_connections.is_some()
-                || raw.storage.tls_ca_file.is_some())
+                || raw.storage.tls_ca_file.is_some()
+                || raw.storage.password_file.is_some())
         {
             return Err(ConfigError::Invalid(format!(
-                "storage.connection_url, schema, max_connections and tls_ca_file are for the \
+                "storage.connection_url, schema, max_connections, tls_ca_file and password_file are for the \
                  postgresql backend, not {:?}",
                 raw.storage.backend
             )));
@@ -1093,7 +1103,10 @@ tls_key_file = "/etc/keyhaven/tls.key"
             ("https://a:8200", "https://a:8201")
         );
         for (ha, wanted) in [
-            ("enabled = true", "ha.api_address (or KEYHAVEN_API_ADDRESS) is required"),
+            (
+                "enabled = true",
+                "ha.api_address (or KEYHAVEN_API_ADDRESS) is required",
+            ),
             (
                 "enabled = true\napi_address = \"kh-0:8200\"",
                 "must start with https://",
@@ -1132,6 +1145,7 @@ tls_key_file = "/etc/keyhaven/tls.key"
             schema,
             max_connections,
             tls_ca_file,
+            ..
         } = &c.storage
         else {
             panic!("{:?}", c.storage)
@@ -1159,6 +1173,7 @@ tls_key_file = "/etc/keyhaven/tls.key"
             schema,
             max_connections,
             tls_ca_file,
+            ..
         } = &c.storage
         else {
             panic!()

@@ -95,6 +95,8 @@ pub struct PgOptions {
     /// availability each replica names its connections `keyhaven/<node id>`, so that a
     /// replica taking over can end the sessions of a stalled predecessor.
     pub application_name: String,
+    /// The password, replacing one in the connection string (`storage.password_file`).
+    pub password: Option<secrecy::SecretString>,
 }
 
 impl Default for PgOptions {
@@ -106,6 +108,7 @@ impl Default for PgOptions {
             acquire_timeout: Duration::from_secs(10),
             tls: PgTls::Disable,
             application_name: "keyhaven".to_owned(),
+            password: None,
         }
     }
 }
@@ -451,6 +454,9 @@ impl PgStore {
         let schema = quote_schema(&options.schema)?;
         let mut pg_config: tokio_postgres::Config = config.parse().map_err(fail)?;
         pg_config.application_name(&options.application_name);
+        if let Some(password) = &options.password {
+            pg_config.password(secrecy::ExposeSecret::expose_secret(password).as_bytes());
+        }
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
