@@ -369,7 +369,7 @@ async fn open_storage(config: &Config, node_id: &str) -> Result<Opened, ServerEr
                 options.password = Some(read_password_file(path)?);
             }
             if config.ha.is_some() {
-                options.application_name = format!("keyhaven/{node_id}");
+                options.application_name = Some(format!("keyhaven/{node_id}"));
             }
             options.schema.clone_from(schema);
             options.pool_size = *max_connections;
