@@ -549,6 +549,19 @@ fn a_paused_active_is_fenced_and_a_standby_seals_itself() {
     assert_eq!(s, 204, "{b}");
     assert_eq!(one_active(&[&r0.addr, &r1.addr]), 0);
     assert_eq!(kv_read(&r1.addr, &root, "new-leader").0, 200);
+
+    // A standby receives bodies within the listener's limits: past the unauthenticated
+    // size only with a token (which the active then checks).
+    let big = "x".repeat(100 * 1024);
+    assert_eq!(kv_write(&r1.addr, &root, "big", &big), Some(200));
+    let (s, b) = crate::support::call_raw(
+        "POST",
+        &format!("{}/v1/secret/data/big-anonymous", r1.addr),
+        None,
+        Some(serde_json::to_vec(&json!({"data": {"v": big}})).unwrap()),
+    );
+    assert_eq!(s, 413, "{b}");
+    assert_eq!(kv_read(&r0.addr, &root, "big").0, 200);
 }
 
 #[test]

@@ -548,17 +548,18 @@ pub async fn build(
             client_certs,
         } => Some(tls::acceptor(cert, key, *client_certs)?),
     };
+    let body_limits = body::BodyLimits::new(
+        config.max_request_size,
+        config.listener_limits.max_unauthenticated_request_size,
+        config.listener_limits.read_timeout,
+        config.listener_limits.max_request_body_memory,
+    )
+    .with_json(config.listener_limits.json);
     let state = http::AppState {
         core: core.clone(),
         storage_type: config.storage.type_name(),
         unauthenticated_metrics: config.telemetry.unauthenticated_metrics_access,
-        body: body::BodyLimits::new(
-            config.max_request_size,
-            config.listener_limits.max_unauthenticated_request_size,
-            config.listener_limits.read_timeout,
-            config.listener_limits.max_request_body_memory,
-        )
-        .with_json(config.listener_limits.json),
+        body: body_limits.clone(),
     };
     let mut router = http::router(state);
     if let (Some(election), Some(ha)) = (&election, &config.ha) {
@@ -572,7 +573,7 @@ pub async fn build(
             core.clone(),
             election.clone(),
             roots.as_deref(),
-            config.max_request_size,
+            body_limits,
         )
         .map_err(ServerError::Tls)?;
         router = router.layer(axum::middleware::from_fn_with_state(
