@@ -95,6 +95,7 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ),
         ("GET", "sys/host-info", None),
         ("GET", "sys/ha-status", None),
+        ("PUT", "sys/step-down", None),
         ("GET", "secret/data/app", None),
         (
             "POST",

@@ -204,7 +204,7 @@ fn normalize(o: &Outcome, addr: &str) -> String {
 }
 
 /// The KV v2 session compared between the two servers.
-const SESSION: &[&[&str]] = &[
+pub(crate) const SESSION: &[&[&str]] = &[
     &["secrets", "enable", "-path=kv2", "kv-v2"],
     &["kv", "put", "-format=json", "kv2/app", "password=M1"],
     &["kv", "get", "-field=password", "kv2/app"],
@@ -247,7 +247,7 @@ fn transcript(addr: &str, token: &str) -> Vec<String> {
     transcript_of(SESSION, addr, token)
 }
 
-fn transcript_of(session: &[&[&str]], addr: &str, token: &str) -> Vec<String> {
+pub(crate) fn transcript_of(session: &[&[&str]], addr: &str, token: &str) -> Vec<String> {
     let bao = Bao::new(addr, Some(token));
     session
         .iter()
@@ -264,7 +264,7 @@ fn transcript_of(session: &[&[&str]], addr: &str, token: &str) -> Vec<String> {
 
 /// KV version 1 through `bao kv` (which finds the version in
 /// `sys/internal/ui/mounts/<path>`) and the generic commands, then `sys/tools`.
-const SESSION_V1_TOOLS: &[&[&str]] = &[
+pub(crate) const SESSION_V1_TOOLS: &[&[&str]] = &[
     &["secrets", "enable", "-path=kv1", "kv"],
     &["secrets", "enable", "-version=1", "-path=kv1b", "kv"],
     &["kv", "put", "kv1/app", "password=M1", "user=u"],

@@ -19,6 +19,7 @@ mod database;
 mod database_leases;
 mod deploy;
 mod envelope;
+mod ha;
 mod hvac;
 mod hvac_auth;
 mod identity_cli;

@@ -189,6 +189,10 @@ pub struct CoreOptions {
     pub api_address: String,
     /// How the server is configured to seal (`[seal]`).
     pub seal: SealSetup,
+    /// High availability: unsealing makes this replica a standby, and the server's
+    /// election promotes it ([`Core::promote`]). `None`: a single server, active once
+    /// unsealed.
+    pub ha: Option<Arc<dyn crate::ha::HaControl>>,
 }
 
 enum State {
@@ -201,6 +205,10 @@ enum State {
     Unsealed {
         config: SealConfig,
         inner: Arc<Unsealed>,
+    },
+    /// High availability: unsealed but not active (the root key is in `standby_root`).
+    Standby {
+        config: SealConfig,
     },
 }
 
@@ -216,6 +224,9 @@ pub struct Core {
     pub(crate) recovery: parking_lot::Mutex<crate::recovery::Attempts>,
     /// Why the last auto-unseal attempt failed, for the log and `sys/seal-status`.
     last_seal_error: RwLock<Option<String>>,
+    /// High availability: the root key while unsealed (standby or active), to build the
+    /// active state at promotion and drop it at demotion.
+    standby_root: parking_lot::Mutex<Option<SecretKey>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -325,6 +336,7 @@ impl Core {
             op_lock: tokio::sync::Mutex::new(()),
             recovery: parking_lot::Mutex::new(crate::recovery::Attempts::default()),
             last_seal_error: RwLock::new(None),
+            standby_root: parking_lot::Mutex::new(None),
         }))
     }
 
@@ -343,9 +355,9 @@ impl Core {
     pub(crate) fn seal_shares(&self) -> Option<(u8, u8)> {
         match &*self.state.read() {
             State::Uninitialized => None,
-            State::Sealed { config, .. } | State::Unsealed { config, .. } => {
-                Some(config.share_counts())
-            }
+            State::Sealed { config, .. }
+            | State::Unsealed { config, .. }
+            | State::Standby { config } => Some(config.share_counts()),
         }
     }
 
@@ -353,14 +365,19 @@ impl Core {
     pub(crate) fn is_auto_sealed(&self) -> bool {
         match &*self.state.read() {
             State::Uninitialized => false,
-            State::Sealed { config, .. } | State::Unsealed { config, .. } => config.is_auto(),
+            State::Sealed { config, .. }
+            | State::Unsealed { config, .. }
+            | State::Standby { config } => config.is_auto(),
         }
     }
 
     /// The seal configuration record with new share counts, for a rekey's commit.
     pub(crate) fn rekeyed_seal_config(&self, n: u8, t: u8) -> Result<Vec<u8>, EngineError> {
         let state = self.state.read();
-        let (State::Sealed { config, .. } | State::Unsealed { config, .. }) = &*state else {
+        let (State::Sealed { config, .. }
+        | State::Unsealed { config, .. }
+        | State::Standby { config }) = &*state
+        else {
             return Err(EngineError::NotInitialized);
         };
         let mut config = config.clone();
@@ -376,8 +393,9 @@ impl Core {
 
     /// Record new share counts in memory after a rekey's commit.
     pub(crate) fn apply_seal_shares(&self, n: u8, t: u8) {
-        if let State::Sealed { config, .. } | State::Unsealed { config, .. } =
-            &mut *self.state.write()
+        if let State::Sealed { config, .. }
+        | State::Unsealed { config, .. }
+        | State::Standby { config } = &mut *self.state.write()
         {
             if config.is_auto() {
                 config.recovery_shares = n;
@@ -418,9 +436,9 @@ impl Core {
     fn mode(&self) -> Mode {
         match &*self.state.read() {
             State::Uninitialized => self.mode_of(None),
-            State::Sealed { config, .. } | State::Unsealed { config, .. } => {
-                self.mode_of(Some(config))
-            }
+            State::Sealed { config, .. }
+            | State::Unsealed { config, .. }
+            | State::Standby { config } => self.mode_of(Some(config)),
         }
     }
 
@@ -443,7 +461,131 @@ impl Core {
 
     /// Whether requests are refused because the server is sealed (or not initialized).
     pub fn is_sealed(&self) -> bool {
-        !matches!(*self.state.read(), State::Unsealed { .. })
+        !matches!(
+            *self.state.read(),
+            State::Unsealed { .. } | State::Standby { .. }
+        )
+    }
+
+    /// This replica's role: sealed, standby (high availability only) or active.
+    pub fn role(&self) -> crate::ha::Role {
+        match &*self.state.read() {
+            State::Unsealed { .. } => crate::ha::Role::Active,
+            State::Standby { .. } => crate::ha::Role::Standby,
+            State::Uninitialized | State::Sealed { .. } => crate::ha::Role::Sealed,
+        }
+    }
+
+    /// High availability: another replica may have initialized the shared storage since
+    /// this one started. If this one still thinks it uninitialized, read the seal
+    /// configuration again.
+    pub async fn refresh_initialized(&self) -> Result<(), EngineError> {
+        if self.is_initialized() {
+            return Ok(());
+        }
+        let _op = self.op_lock.lock().await;
+        self.refresh_initialized_locked().await
+    }
+
+    async fn refresh_initialized_locked(&self) -> Result<(), EngineError> {
+        if self.options.ha.is_none() || self.is_initialized() {
+            return Ok(());
+        }
+        let Some(bytes) = self.raw.get(barrier::SEAL_CONFIG_PATH).await? else {
+            return Ok(());
+        };
+        let config: SealConfig = serde_json::from_slice(&bytes)
+            .map_err(|_| EngineError::Corrupt("seal configuration is malformed".to_owned()))?;
+        let mut state = self.state.write();
+        if matches!(*state, State::Uninitialized) {
+            *state = State::Sealed {
+                config,
+                progress: Vec::new(),
+                nonce: String::new(),
+            };
+            tracing::info!(target: "keyhaven::seal", "another replica initialized the database: sealed");
+        }
+        Ok(())
+    }
+
+    /// High availability: the key that authenticates what a standby adds to the requests
+    /// it forwards (the client's address), derived from the root key, which every
+    /// unsealed replica holds. `None` while sealed, or without high availability.
+    pub fn forwarding_key(&self) -> Option<keyhaven_crypto::HmacKey> {
+        let root = self.standby_root.lock();
+        let root = root.as_ref()?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        keyhaven_crypto::hkdf_sha256(
+            root.expose_secret(),
+            b"keyhaven",
+            b"keyhaven ha request forwarding v1",
+            key.as_mut_slice(),
+        )
+        .ok()?;
+        Some(keyhaven_crypto::HmacKey::new(key.as_slice()))
+    }
+
+    /// The election of a high-availability server, if this is one.
+    pub fn ha(&self) -> Option<&Arc<dyn crate::ha::HaControl>> {
+        self.options.ha.as_ref()
+    }
+
+    /// The unsealed state for `root_key`: active, or with high availability a standby
+    /// (the key checked against the keyring, which only the active loads).
+    async fn unsealed_state(
+        &self,
+        config: SealConfig,
+        root_key: &SecretKey,
+    ) -> Result<State, EngineError> {
+        if self.options.ha.is_none() {
+            let inner = self.open(root_key).await?;
+            return Ok(State::Unsealed { config, inner });
+        }
+        Barrier::unseal(self.raw.clone(), root_key).await?.seal();
+        *self.standby_root.lock() = Some(root_key.try_clone());
+        Ok(State::Standby { config })
+    }
+
+    /// High availability: this standby won the leadership; load the keyring, tokens,
+    /// policies and mounts from storage and serve. `Ok(false)` if it is not a standby
+    /// (sealed meanwhile, or already active).
+    pub async fn promote(&self) -> Result<bool, EngineError> {
+        let _op = self.op_lock.lock().await;
+        if !matches!(*self.state.read(), State::Standby { .. }) {
+            return Ok(false);
+        }
+        let root = self
+            .standby_root
+            .lock()
+            .as_ref()
+            .map(SecretKey::try_clone)
+            .ok_or(EngineError::Internal("a standby without its root key"))?;
+        let inner = self.open(&root).await?;
+        let mut state = self.state.write();
+        if let State::Standby { config } = &*state {
+            let config = config.clone();
+            *state = State::Unsealed { config, inner };
+            tracing::info!(target: "keyhaven::ha", "active: serving requests");
+            Ok(true)
+        } else {
+            inner.barrier.seal();
+            Ok(false)
+        }
+    }
+
+    /// High availability: this replica is no longer active (lost or gave up the
+    /// leadership). Its keyring, tokens and mounts are dropped; it stays unsealed as a
+    /// standby. In-flight requests finish (their writes are fenced by storage).
+    pub async fn demote(&self) {
+        let _op = self.op_lock.lock().await;
+        let mut state = self.state.write();
+        if let State::Unsealed { config, inner } = &*state {
+            inner.barrier.seal();
+            self.options.audit.seal();
+            let config = config.clone();
+            *state = State::Standby { config };
+            tracing::warn!(target: "keyhaven::ha", "standby: no longer active");
+        }
     }
 
     /// Whether `sys/init` has run.
@@ -484,7 +626,9 @@ impl Core {
                 u8::try_from(progress.len()).unwrap_or(u8::MAX),
                 nonce.clone(),
             ),
-            State::Unsealed { config, .. } => (Some(config), false, 0, String::new()),
+            State::Unsealed { config, .. } | State::Standby { config } => {
+                (Some(config), false, 0, String::new())
+            }
         };
         let kind = match config {
             Some(c) => c.kind.clone(),
@@ -674,8 +818,7 @@ impl Core {
             TxOutcome::ConditionFailed { .. } => return Err(EngineError::AlreadyInitialized),
         }
         if unseal_after {
-            let inner = self.open(root_key).await?;
-            *self.state.write() = State::Unsealed { config, inner };
+            *self.state.write() = self.unsealed_state(config, root_key).await?;
         } else {
             *self.state.write() = State::Sealed {
                 config,
@@ -708,6 +851,7 @@ impl Core {
             UnsealInput::Key(k) => (k, false),
             UnsealInput::Migrate(k) => (k, true),
         };
+        self.refresh_initialized_locked().await?;
         if !self.is_initialized() {
             return Err(EngineError::NotInitialized);
         }
@@ -740,7 +884,7 @@ impl Core {
             let mut state = self.state.write();
             let (config, progress, nonce) = match &mut *state {
                 State::Uninitialized => return Err(EngineError::NotInitialized),
-                State::Unsealed { .. } => {
+                State::Unsealed { .. } | State::Standby { .. } => {
                     drop(state);
                     return Ok(self.seal_status());
                 }
@@ -815,11 +959,11 @@ impl Core {
             Mode::Mismatch(_) => return Err(EngineError::Internal("unseal under a seal mismatch")),
         };
         drop(key);
-        let inner = self.open(&root_key).await?;
+        let config = new_config.map_or_else(|| self.current_config(), Ok)?;
+        let unsealed = self.unsealed_state(config, &root_key).await?;
         let mut state = self.state.write();
-        if let State::Sealed { config, .. } = &*state {
-            let config = new_config.unwrap_or_else(|| config.clone());
-            *state = State::Unsealed { config, inner };
+        if let State::Sealed { .. } = &*state {
+            *state = unsealed;
         }
         drop(state);
         tracing::info!(target: "keyhaven::seal", "unsealed");
@@ -891,16 +1035,18 @@ impl Core {
         if !self.is_sealed() {
             return Ok(true);
         }
-        let opened = match self.root_from_seal(seal.as_ref()).await {
-            Ok(root) => self.open(&root).await,
-            Err(e) => Err(e),
+        let opened = match (
+            self.root_from_seal(seal.as_ref()).await,
+            self.current_config(),
+        ) {
+            (Ok(root), Ok(config)) => self.unsealed_state(config, &root).await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
         match opened {
-            Ok(inner) => {
+            Ok(unsealed) => {
                 let mut state = self.state.write();
-                if let State::Sealed { config, .. } = &*state {
-                    let config = config.clone();
-                    *state = State::Unsealed { config, inner };
+                if let State::Sealed { .. } = &*state {
+                    *state = unsealed;
                 }
                 drop(state);
                 *self.last_seal_error.write() = None;
@@ -1023,7 +1169,9 @@ impl Core {
     fn current_config(&self) -> Result<SealConfig, EngineError> {
         match &*self.state.read() {
             State::Uninitialized => Err(EngineError::NotInitialized),
-            State::Sealed { config, .. } | State::Unsealed { config, .. } => Ok(config.clone()),
+            State::Sealed { config, .. }
+            | State::Unsealed { config, .. }
+            | State::Standby { config } => Ok(config.clone()),
         }
     }
 
@@ -1133,18 +1281,23 @@ impl Core {
 
     fn seal_locked(&self) {
         self.recovery.lock().clear();
+        *self.standby_root.lock() = None;
         let mut state = self.state.write();
-        if let State::Unsealed { config, inner } = &*state {
-            inner.barrier.seal();
-            self.options.audit.seal();
-            let config = config.clone();
-            *state = State::Sealed {
-                config,
-                progress: Vec::new(),
-                nonce: String::new(),
-            };
-            tracing::info!(target: "keyhaven::seal", "sealed");
-        }
+        let config = match &*state {
+            State::Unsealed { config, inner } => {
+                inner.barrier.seal();
+                self.options.audit.seal();
+                config.clone()
+            }
+            State::Standby { config } => config.clone(),
+            State::Uninitialized | State::Sealed { .. } => return,
+        };
+        *state = State::Sealed {
+            config,
+            progress: Vec::new(),
+            nonce: String::new(),
+        };
+        tracing::info!(target: "keyhaven::seal", "sealed");
     }
 
     /// Dev mode: initialize with one share, unseal, mount KV v2 at `secret/`. Returns the
@@ -1184,6 +1337,9 @@ impl Core {
     pub(crate) fn unsealed(&self) -> Result<Arc<Unsealed>, EngineError> {
         match &*self.state.read() {
             State::Unsealed { inner, .. } => Ok(inner.clone()),
+            State::Standby { .. } => Err(EngineError::Unavailable(
+                "this replica is a standby: the active replica serves requests".to_owned(),
+            )),
             _ => Err(EngineError::Sealed),
         }
     }

@@ -19,6 +19,7 @@ pub mod cidr;
 pub mod clock;
 pub mod database;
 mod error;
+pub mod ha;
 pub mod kv;
 pub mod lease;
 pub mod metrics;

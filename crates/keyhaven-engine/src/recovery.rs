@@ -1049,10 +1049,16 @@ impl Core {
                 data(crate::host_info::host_info(now, stamp))
             }
             ("ha-status", _) => {
+                let cluster_address = self
+                    .options
+                    .ha
+                    .as_ref()
+                    .map(|ha| ha.status().cluster_address)
+                    .unwrap_or_default();
                 let node = json!({
                     "hostname": crate::host_info::hostname(),
                     "api_address": self.options.api_address,
-                    "cluster_address": "",
+                    "cluster_address": cluster_address,
                     "active_node": true,
                     "last_echo": null,
                     "version": crate::REPORTED_VERSION,

@@ -266,7 +266,13 @@ pub(crate) static ROUTES: &[Route] = &[
     .fields(SHARE_FIELDS)
     .unauthenticated(),
     Route::new("host-info", "The machine the server runs on.").pure(Ops::READ),
-    Route::new("ha-status", "The cluster's nodes: this server alone.").pure(Ops::READ),
+    Route::new("ha-status", "The cluster's active node.").pure(Ops::READ),
+    Route::new(
+        "step-down",
+        "Give up the leadership: a standby becomes active (high availability).",
+    )
+    .ops(Ops::WRITE)
+    .sudo(),
     Route::new("audit", "The enabled audit devices.")
         .pure(Ops::READ)
         .sudo(),
@@ -546,6 +552,14 @@ impl Core {
                 | "ha-status",
                 _,
             ) => self.handle_recovery(inner, br.route.pattern, op, req).await,
+            ("step-down", _) => {
+                // Without high availability there is no one to hand over to: as in
+                // OpenBao, the call succeeds and the server stays active.
+                if let Some(ha) = &self.options.ha {
+                    ha.step_down();
+                }
+                Ok(Response::no_content())
+            }
             ("key-status", _) => {
                 let s = inner.barrier.key_status()?;
                 let mut data = Map::new();

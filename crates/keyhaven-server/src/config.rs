@@ -229,6 +229,9 @@ struct RawStorage {
     /// PostgreSQL: PEM roots that verify the database's certificate (sslmode=verify-full).
     #[serde(default)]
     tls_ca_file: Option<PathBuf>,
+    /// PostgreSQL: a file holding the password (a mounted Secret), read at start-up.
+    #[serde(default)]
+    password_file: Option<PathBuf>,
     /// MiB of stored values kept in memory for reads; 0 turns the cache off.
     #[serde(default)]
     cache_size_mb: Option<u32>,
@@ -244,7 +247,7 @@ impl std::fmt::Debug for RawStorage {
     }
 }
 
-/// The `[ha]` table. High availability is not available yet: `enabled = true` is refused.
+/// The `[ha]` table: several replicas over one PostgreSQL database.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHa {
@@ -254,6 +257,118 @@ struct RawHa {
     api_address: Option<String>,
     #[serde(default)]
     cluster_address: Option<String>,
+    #[serde(default)]
+    lock_ttl: Option<String>,
+    #[serde(default)]
+    tls_ca_file: Option<PathBuf>,
+}
+
+/// Default of `ha.lock_ttl`: OpenBao's lock TTL.
+pub const DEFAULT_HA_LOCK_TTL: Duration = Duration::from_secs(15);
+
+/// High availability (`[ha] enabled = true`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaConfig {
+    /// Where clients reach this replica (`ha.api_address`): the address standbys
+    /// redirect to and `sys/leader` reports.
+    pub api_address: String,
+    /// Where other replicas forward requests to (`ha.cluster_address`; the API address
+    /// when unset, forwarding then goes through the API listener).
+    pub cluster_address: String,
+    /// How long a leadership lasts without renewal (`ha.lock_ttl`, default 15 s): how
+    /// long a paused or partitioned active keeps the others waiting.
+    pub lock_ttl: Duration,
+    /// Roots that other replicas' TLS certificates are checked against when forwarding
+    /// (`ha.tls_ca_file`, PEM); the system's roots when unset.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// An `http://` or `https://` URL with a host and nothing after the authority but `/`.
+fn ha_address(key: &str, text: &str) -> Result<String, ConfigError> {
+    let text = text.trim().trim_end_matches('/');
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "ha.{key} {text:?} must start with https:// (or http:// for a listener with \
+                 tls_disable)"
+            ))
+        })?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || rest.contains(char::is_whitespace)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "ha.{key} {text:?} must be scheme://host:port, without a path"
+        )));
+    }
+    Ok(text.to_owned())
+}
+
+fn ha_config(raw: Option<RawHa>, backend: &str) -> Result<Option<HaConfig>, ConfigError> {
+    ha_config_with(raw, backend, |name| {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    })
+}
+
+/// [`ha_config`] with the environment given: `KEYHAVEN_API_ADDRESS` and
+/// `KEYHAVEN_CLUSTER_ADDRESS` override `ha.api_address` and `ha.cluster_address` (as
+/// `VAULT_API_ADDR` and `VAULT_CLUSTER_ADDR` do), so that replicas sharing one file each
+/// name themselves (a StatefulSet sets them from the pod's name).
+fn ha_config_with(
+    raw: Option<RawHa>,
+    backend: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<HaConfig>, ConfigError> {
+    let Some(mut raw) = raw.filter(|ha| ha.enabled) else {
+        return Ok(None);
+    };
+    if backend != "postgresql" {
+        return Err(ConfigError::Invalid(format!(
+            "ha.enabled needs storage.backend = \"postgresql\" (the replicas share one \
+             database); {backend:?} serves one server"
+        )));
+    }
+    if let Some(v) = env("KEYHAVEN_API_ADDRESS") {
+        raw.api_address = Some(v);
+    }
+    if let Some(v) = env("KEYHAVEN_CLUSTER_ADDRESS") {
+        raw.cluster_address = Some(v);
+    }
+    let api_address = ha_address(
+        "api_address",
+        raw.api_address.as_deref().ok_or_else(|| {
+            ConfigError::Invalid(
+                "ha.api_address (or KEYHAVEN_API_ADDRESS) is required with ha.enabled: the \
+                 address clients and the other replicas reach this one at (e.g. \
+                 \"https://keyhaven-0.keyhaven:8200\")"
+                    .into(),
+            )
+        })?,
+    )?;
+    let cluster_address = match raw.cluster_address.as_deref() {
+        Some(text) => ha_address("cluster_address", text)?,
+        None => api_address.clone(),
+    };
+    let lock_ttl = match raw.lock_ttl.as_deref() {
+        None => DEFAULT_HA_LOCK_TTL,
+        Some(text) => {
+            let ttl = humantime::parse_duration(text).map_err(|e| {
+                ConfigError::Invalid(format!("ha.lock_ttl {text:?}: {e} (e.g. \"15s\")"))
+            })?;
+            if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(300) {
+                return Err(ConfigError::Invalid(
+                    "ha.lock_ttl must be between 1s and 300s".into(),
+                ));
+            }
+            ttl
+        }
+    };
+    Ok(Some(HaConfig {
+        api_address,
+        cluster_address,
+        lock_ttl,
+        tls_ca_file: raw.tls_ca_file,
+    }))
 }
 
 /// Default of `storage.max_connections` (PostgreSQL).
@@ -353,6 +468,7 @@ fn postgres_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
         schema: raw.schema.unwrap_or_else(|| "keyhaven".to_owned()),
         max_connections: max_connections as usize,
         tls_ca_file,
+        password_file: raw.password_file,
     })
 }
 
@@ -564,6 +680,8 @@ pub enum StorageConfig {
         max_connections: usize,
         /// PEM roots for `sslmode=verify-full`; `None`: no TLS.
         tls_ca_file: Option<PathBuf>,
+        /// A file holding the password (replaces one in the connection string).
+        password_file: Option<PathBuf>,
     },
 }
 
@@ -585,18 +703,21 @@ impl PartialEq for StorageConfig {
                     schema,
                     max_connections,
                     tls_ca_file,
+                    password_file,
                 },
                 StorageConfig::Postgres {
                     connection: c,
                     schema: s,
                     max_connections: m,
                     tls_ca_file: t,
+                    password_file: p,
                 },
             ) => {
                 connection.expose_secret() == c.expose_secret()
                     && schema == s
                     && max_connections == m
                     && tls_ca_file == t
+                    && password_file == p
             }
             _ => false,
         }
@@ -688,6 +809,8 @@ pub enum LogFormat {
 pub struct Config {
     /// Storage.
     pub storage: StorageConfig,
+    /// High availability (`[ha]`), PostgreSQL only; `None`: a single server.
+    pub ha: Option<HaConfig>,
     /// Listen address.
     pub address: SocketAddr,
     /// TLS.
@@ -748,24 +871,16 @@ impl Config {
                 "unsupported config version {v}; this server reads version 1"
             )));
         }
-        if let Some(ha) = &raw.ha
-            && ha.enabled
-        {
-            return Err(ConfigError::Invalid(format!(
-                "ha.enabled: high availability is not available in this release (api_address {}, \
-                 cluster_address {}); run one server per database",
-                ha.api_address.as_deref().unwrap_or("unset"),
-                ha.cluster_address.as_deref().unwrap_or("unset")
-            )));
-        }
+        let ha = ha_config(raw.ha, &raw.storage.backend)?;
         if raw.storage.backend != "postgresql"
             && (raw.storage.connection_url.is_some()
                 || raw.storage.schema.is_some()
                 || raw.storage.max_connections.is_some()
-                || raw.storage.tls_ca_file.is_some())
+                || raw.storage.tls_ca_file.is_some()
+                || raw.storage.password_file.is_some())
         {
             return Err(ConfigError::Invalid(format!(
-                "storage.connection_url, schema, max_connections and tls_ca_file are for the \
+                "storage.connection_url, schema, max_connections, tls_ca_file and password_file are for the \
                  postgresql backend, not {:?}",
                 raw.storage.backend
             )));
@@ -840,6 +955,7 @@ impl Config {
         let seal = crate::seal_config::seal_settings(raw.seal)?;
         Ok(Config {
             seal,
+            ha,
             disable_mlock: raw.disable_mlock,
             storage,
             address,
@@ -862,6 +978,7 @@ impl Config {
     pub fn dev(address: SocketAddr) -> Config {
         Config {
             storage: StorageConfig::Memory,
+            ha: None,
             address,
             tls: TlsConfig::Disabled,
             max_request_size: DEFAULT_MAX_REQUEST_SIZE,
@@ -928,6 +1045,92 @@ tls_key_file = "/etc/keyhaven/tls.key"
     }
 
     #[test]
+    fn high_availability_needs_postgresql_and_an_api_address() {
+        let with = |ha: &str| {
+            Config::from_toml(&format!(
+                "[storage]\nbackend = \"postgresql\"\nconnection_url = \"host=127.0.0.1\"\n\
+                 [listener]\naddress = \"127.0.0.1:1\"\ntls_disable = true\n[ha]\n{ha}\n"
+            ))
+        };
+        let c = with("enabled = true\napi_address = \"https://kh-0.kh:8200/\"").unwrap();
+        assert_eq!(
+            c.ha,
+            Some(HaConfig {
+                api_address: "https://kh-0.kh:8200".to_owned(),
+                cluster_address: "https://kh-0.kh:8200".to_owned(),
+                lock_ttl: DEFAULT_HA_LOCK_TTL,
+                tls_ca_file: None,
+            })
+        );
+        let c = with(
+            "enabled = true\napi_address = \"https://a:8200\"\ncluster_address = \"https://a:8201\"\n\
+             lock_ttl = \"3s\"\ntls_ca_file = \"/etc/ca.pem\"",
+        )
+        .unwrap();
+        let ha = c.ha.unwrap();
+        assert_eq!(ha.cluster_address, "https://a:8201");
+        assert_eq!(ha.lock_ttl, Duration::from_secs(3));
+        assert_eq!(ha.tls_ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(with("enabled = false").unwrap().ha, None);
+        // The environment names each replica of a shared file.
+        let raw: RawConfig = toml::from_str(
+            "[storage]\nbackend = \"postgresql\"\n[listener]\naddress = \"0.0.0.0:8200\"\n\
+             [ha]\nenabled = true\napi_address = \"https://file:8200\"\n",
+        )
+        .unwrap();
+        let ha = ha_config_with(raw.ha, "postgresql", |name| match name {
+            "KEYHAVEN_API_ADDRESS" => Some("https://kh-1.kh-internal:8200".to_owned()),
+            _ => None,
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(ha.api_address, "https://kh-1.kh-internal:8200");
+        assert_eq!(ha.cluster_address, "https://kh-1.kh-internal:8200");
+        let raw: RawConfig = toml::from_str(
+            "[storage]\nbackend = \"postgresql\"\n[listener]\naddress = \"0.0.0.0:8200\"\n\
+             [ha]\nenabled = true\n",
+        )
+        .unwrap();
+        let ha = ha_config_with(raw.ha, "postgresql", |name| match name {
+            "KEYHAVEN_API_ADDRESS" => Some("https://a:8200".to_owned()),
+            "KEYHAVEN_CLUSTER_ADDRESS" => Some("https://a:8201".to_owned()),
+            _ => None,
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (ha.api_address.as_str(), ha.cluster_address.as_str()),
+            ("https://a:8200", "https://a:8201")
+        );
+        for (ha, wanted) in [
+            (
+                "enabled = true",
+                "ha.api_address (or KEYHAVEN_API_ADDRESS) is required",
+            ),
+            (
+                "enabled = true\napi_address = \"kh-0:8200\"",
+                "must start with https://",
+            ),
+            (
+                "enabled = true\napi_address = \"https://kh-0:8200/v1\"",
+                "without a path",
+            ),
+            (
+                "enabled = true\napi_address = \"https://a:1\"\nlock_ttl = \"100ms\"",
+                "between 1s and 300s",
+            ),
+            (
+                "enabled = true\napi_address = \"https://a:1\"\nlock_ttl = \"soon\"",
+                "ha.lock_ttl \"soon\"",
+            ),
+            ("enabled = true\nleader = true", "unknown field `leader`"),
+        ] {
+            let err = with(ha).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{ha}: {err}");
+        }
+    }
+
+    #[test]
     fn postgresql_connections_verify_the_server_or_stay_on_this_machine() {
         let with = |storage: &str| {
             Config::from_toml(&format!(
@@ -942,6 +1145,7 @@ tls_key_file = "/etc/keyhaven/tls.key"
             schema,
             max_connections,
             tls_ca_file,
+            ..
         } = &c.storage
         else {
             panic!("{:?}", c.storage)
@@ -969,6 +1173,7 @@ tls_key_file = "/etc/keyhaven/tls.key"
             schema,
             max_connections,
             tls_ca_file,
+            ..
         } = &c.storage
         else {
             panic!()
@@ -1035,8 +1240,7 @@ tls_key_file = "/etc/keyhaven/tls.key"
         ))
         .unwrap_err();
         assert!(
-            err.to_string()
-                .contains("high availability is not available"),
+            err.to_string().contains("ha.enabled needs storage.backend"),
             "{err}"
         );
     }

@@ -55,7 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sys/unseal", any(unseal))
         .route("/v1/sys/seal-status", get(seal_status))
         .route("/v1/sys/health", get(health).head(health))
-        .route("/v1/sys/leader", get(leader))
+        .route("/v1/sys/leader", get(leader).head(leader))
         .route_layer(axum::middleware::from_fn(
             |req: HttpRequest, next: axum::middleware::Next| async move {
                 match refuse_namespace(req.headers(), &new_request_id()) {
@@ -307,7 +307,7 @@ impl ClassifyMessage for serde_json::Error {
     }
 }
 
-fn token_from(headers: &HeaderMap) -> Option<ClientToken> {
+pub(crate) fn token_from(headers: &HeaderMap) -> Option<ClientToken> {
     if let Some(v) = headers.get("x-vault-token").and_then(|v| v.to_str().ok())
         && !v.is_empty()
     {
@@ -469,10 +469,16 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
         path,
         data,
         token,
-        remote_addr: parts
-            .extensions
-            .get::<ConnHandle>()
-            .and_then(ConnHandle::peer),
+        remote_addr: crate::ha::client_addr(
+            &state.core,
+            &parts.headers,
+            &parts.method,
+            &parts.uri,
+            parts
+                .extensions
+                .get::<ConnHandle>()
+                .and_then(ConnHandle::peer),
+        ),
         client_certs,
     };
     let shape = WireShape::of(&request.path);
@@ -546,10 +552,15 @@ async fn metrics(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
         path: "sys/metrics".to_owned(),
         data,
         token: token_from(req.headers()),
-        remote_addr: req
-            .extensions()
-            .get::<ConnHandle>()
-            .and_then(ConnHandle::peer),
+        remote_addr: crate::ha::client_addr(
+            &state.core,
+            req.headers(),
+            req.method(),
+            req.uri(),
+            req.extensions()
+                .get::<ConnHandle>()
+                .and_then(ConnHandle::peer),
+        ),
         client_certs: Vec::new(),
     };
     match state.core.handle(request).await {
@@ -1011,19 +1022,63 @@ async fn unseal(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
     }
 }
 
-async fn leader() -> HttpResponse {
+/// `sys/leader`: whether high availability is on, and where the active replica is.
+async fn leader(State(state): State<AppState>) -> HttpResponse {
+    let request_id = new_request_id();
+    let Some(ha) = state.core.ha() else {
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "ha_enabled": false,
+                "is_self": false,
+                "active_time": "0001-01-01T00:00:00Z",
+                "leader_address": "",
+                "leader_cluster_address": "",
+                "performance_standby": false,
+                "performance_standby_last_remote_wal": 0,
+            }),
+            &request_id,
+        );
+    };
+    if state.core.is_sealed() {
+        return error_response(&EngineError::Sealed, &request_id);
+    }
+    let status = ha.status();
+    let (leader_address, leader_cluster_address, active_time) = if status.is_self {
+        (
+            status.api_address.clone(),
+            status.cluster_address.clone(),
+            status
+                .leader
+                .map(|l| l.active_since)
+                .unwrap_or_else(|| "0001-01-01T00:00:00Z".to_owned()),
+        )
+    } else {
+        match status.leader {
+            Some(l) => (
+                l.api_address,
+                l.cluster_address,
+                "0001-01-01T00:00:00Z".to_owned(),
+            ),
+            None => (
+                String::new(),
+                String::new(),
+                "0001-01-01T00:00:00Z".to_owned(),
+            ),
+        }
+    };
     json_response(
         StatusCode::OK,
         &json!({
-            "ha_enabled": false,
-            "is_self": false,
-            "active_time": "0001-01-01T00:00:00Z",
-            "leader_address": "",
-            "leader_cluster_address": "",
+            "ha_enabled": true,
+            "is_self": status.is_self,
+            "active_time": active_time,
+            "leader_address": leader_address,
+            "leader_cluster_address": leader_cluster_address,
             "performance_standby": false,
             "performance_standby_last_remote_wal": 0,
         }),
-        &new_request_id(),
+        &request_id,
     )
 }
 
@@ -1041,10 +1096,17 @@ async fn health(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
             .unwrap_or(default)
     };
     let s = state.core.seal_status();
+    let standby = state.core.role() == keyhaven_engine::ha::Role::Standby;
     let status = if !s.initialized {
         code("uninitcode", 501)
     } else if s.sealed {
         code("sealedcode", 503)
+    } else if standby
+        && !query
+            .iter()
+            .any(|(k, v)| k == "standbyok" && matches!(v.as_str(), "" | "true" | "1"))
+    {
+        code("standbycode", 429)
     } else {
         code("activecode", 200)
     };
@@ -1062,7 +1124,7 @@ async fn health(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
         replication_performance_mode: "disabled".to_owned(),
         sealed: s.sealed,
         server_time_utc: now,
-        standby: false,
+        standby,
         version: VERSION.to_owned(),
     };
     json_response(status, &body, &request_id)

@@ -10,6 +10,7 @@ pub mod audit_file;
 pub mod body;
 pub mod config;
 pub mod database_pg;
+pub mod ha;
 pub mod http;
 pub mod json_limits;
 mod listener;
@@ -38,6 +39,11 @@ pub mod internal {
     use std::path::Path;
 
     use crate::audit_file::{VerifyError, VerifyReport};
+
+    /// Whether an `X-Keyhaven-Forwarded-For` value parses (address, time, HMAC).
+    pub fn forwarded_for_parses(value: &str) -> bool {
+        crate::ha::parse_forwarded_for(value).is_some()
+    }
 
     /// The lines the file audit device writes for `records` (JSON objects), as a new chain.
     pub fn audit_chain(records: &[&[u8]]) -> Vec<u8> {
@@ -120,6 +126,8 @@ pub struct Server {
     seal_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// PostgreSQL: this server's hold on the database; serving stops if it is lost.
     storage_lock: Option<keyhaven_storage_sql::ExclusiveLock>,
+    /// High availability: this replica's election.
+    election: Option<Arc<ha::Election>>,
 }
 
 impl Server {
@@ -152,6 +160,10 @@ impl Server {
                 }
             }
         });
+        let election = self
+            .election
+            .clone()
+            .map(|e| tokio::spawn(e.run(self.core.clone())));
         let core = self.core.clone();
         let leases = tokio::spawn(async move {
             let mut every = tokio::time::interval(LEASE_INTERVAL);
@@ -192,6 +204,13 @@ impl Server {
             }
         };
         listener::serve(self.listener, self.tls, self.router, self.limits, shutdown).await;
+        if let Some(task) = election {
+            task.abort();
+        }
+        if let Some(election) = &self.election {
+            // Hand over at once rather than after the lock TTL.
+            election.release(&self.core).await;
+        }
         drop(lock);
         maintenance.abort();
         leases.abort();
@@ -300,20 +319,58 @@ fn pg_tls(ca_file: &std::path::Path) -> Result<keyhaven_storage_sql::PgTls, Serv
     Ok(keyhaven_storage_sql::PgTls::VerifyFull(Arc::new(config)))
 }
 
-/// Open the configured storage; for PostgreSQL, also take the database for this server
-/// alone (a second server on the same schema is refused).
-async fn open_storage(
-    config: &Config,
-) -> Result<(Arc<dyn Store>, Option<keyhaven_storage_sql::ExclusiveLock>), ServerError> {
+/// `storage.password_file`: its first line (a Secret mounted as a file may or may not
+/// end with a newline). Errors name the file, never its content.
+fn read_password_file(path: &std::path::Path) -> Result<SecretString, ServerError> {
+    let shown = path.display();
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| {
+        ServerError::Config(ConfigError::Invalid(format!(
+            "storage.password_file {shown}: {e}"
+        )))
+    })?);
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        ServerError::Config(ConfigError::Invalid(format!(
+            "storage.password_file {shown}: not UTF-8 text"
+        )))
+    })?;
+    let password = text.lines().next().unwrap_or("");
+    if password.is_empty() {
+        return Err(ServerError::Config(ConfigError::Invalid(format!(
+            "storage.password_file {shown} is empty"
+        ))));
+    }
+    Ok(SecretString::from(password.to_owned()))
+}
+
+/// What [`open_storage`] opened.
+struct Opened {
+    store: Arc<dyn Store>,
+    /// A single PostgreSQL server's hold on the database.
+    lock: Option<keyhaven_storage_sql::ExclusiveLock>,
+    /// High availability: the PostgreSQL store, for the election.
+    pg: Option<Arc<keyhaven_storage_sql::PgStore>>,
+}
+
+/// Open the configured storage; for PostgreSQL without high availability, also take the
+/// database for this server alone (a second server on the same schema is refused). With
+/// high availability, the connections carry `node_id` in their application name.
+async fn open_storage(config: &Config, node_id: &str) -> Result<Opened, ServerError> {
     match &config.storage {
         StorageConfig::Postgres {
             connection,
             schema,
             max_connections,
             tls_ca_file,
+            password_file,
         } => {
             use secrecy::ExposeSecret as _;
             let mut options = keyhaven_storage_sql::PgOptions::default();
+            if let Some(path) = password_file {
+                options.password = Some(read_password_file(path)?);
+            }
+            if config.ha.is_some() {
+                options.application_name = Some(format!("keyhaven/{node_id}"));
+            }
             options.schema.clone_from(schema);
             options.pool_size = *max_connections;
             if let Some(ca) = tls_ca_file {
@@ -322,10 +379,26 @@ async fn open_storage(
             let store = keyhaven_storage_sql::PgStore::connect(connection.expose_secret(), options)
                 .await
                 .map_err(ServerError::Storage)?;
+            if config.ha.is_some() {
+                let store = Arc::new(store);
+                return Ok(Opened {
+                    store: store.clone(),
+                    lock: None,
+                    pg: Some(store),
+                });
+            }
             let lock = store.hold_exclusive().await.map_err(ServerError::Storage)?;
-            Ok((Arc::new(store), Some(lock)))
+            Ok(Opened {
+                store: Arc::new(store),
+                lock: Some(lock),
+                pg: None,
+            })
         }
-        other => Ok((open_local_storage(other)?, None)),
+        other => Ok(Opened {
+            store: open_local_storage(other)?,
+            lock: None,
+            pg: None,
+        }),
     }
 }
 
@@ -362,7 +435,25 @@ pub async fn build(
     if dev.is_some() && !config.address.ip().is_loopback() {
         return Err(ServerError::DevNotLoopback(config.address));
     }
-    let (storage, storage_lock) = open_storage(config).await?;
+    let node_id = uuid::Uuid::new_v4().to_string();
+    let Opened {
+        store: storage,
+        lock: storage_lock,
+        pg,
+    } = open_storage(config, &node_id).await?;
+    let election = match (&config.ha, pg) {
+        (Some(ha), Some(pg)) => {
+            let node = keyhaven_storage_sql::HaNode {
+                id: node_id.clone(),
+                api_address: ha.api_address.clone(),
+                cluster_address: ha.cluster_address.clone(),
+            };
+            tracing::info!(target: "keyhaven::ha", node = %node_id, api_address = %ha.api_address, "high availability: this replica is a standby until it wins the leadership");
+            let session = keyhaven_storage_sql::HaSession::new(pg, node, ha.lock_ttl);
+            Some(Arc::new(ha::Election::new(session, ha.lock_ttl)))
+        }
+        _ => None,
+    };
     let mut audit_files = Vec::with_capacity(config.audit.len());
     for device in &config.audit {
         audit_files.push(audit_file::FileDevice::start(device.clone())?);
@@ -405,8 +496,14 @@ pub async fn build(
             metrics: Arc::default(),
             unauthenticated_rekey: config.unauthenticated_rekey,
             unauthenticated_generate_root: config.unauthenticated_generate_root,
-            api_address: format!("{scheme}://{local_addr}"),
+            api_address: config.ha.as_ref().map_or_else(
+                || format!("{scheme}://{local_addr}"),
+                |ha| ha.api_address.clone(),
+            ),
             seal,
+            ha: election
+                .clone()
+                .map(|e| e as Arc<dyn keyhaven_engine::ha::HaControl>),
         },
     )
     .await
@@ -451,19 +548,39 @@ pub async fn build(
             client_certs,
         } => Some(tls::acceptor(cert, key, *client_certs)?),
     };
+    let body_limits = body::BodyLimits::new(
+        config.max_request_size,
+        config.listener_limits.max_unauthenticated_request_size,
+        config.listener_limits.read_timeout,
+        config.listener_limits.max_request_body_memory,
+    )
+    .with_json(config.listener_limits.json);
     let state = http::AppState {
         core: core.clone(),
         storage_type: config.storage.type_name(),
         unauthenticated_metrics: config.telemetry.unauthenticated_metrics_access,
-        body: body::BodyLimits::new(
-            config.max_request_size,
-            config.listener_limits.max_unauthenticated_request_size,
-            config.listener_limits.read_timeout,
-            config.listener_limits.max_request_body_memory,
-        )
-        .with_json(config.listener_limits.json),
+        body: body_limits.clone(),
     };
-    let router = http::router(state);
+    let mut router = http::router(state);
+    if let (Some(election), Some(ha)) = (&election, &config.ha) {
+        let roots = match &ha.tls_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                ServerError::Tls(format!("ha.tls_ca_file {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let forwarder = ha::Forwarder::new(
+            core.clone(),
+            election.clone(),
+            roots.as_deref(),
+            body_limits,
+        )
+        .map_err(ServerError::Tls)?;
+        router = router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(forwarder),
+            ha::forward,
+        ));
+    }
     let limits = listener_limits(&config.listener_limits);
     Ok((
         Server {
@@ -476,6 +593,7 @@ pub async fn build(
             audit_files,
             seal_tasks,
             storage_lock,
+            election,
         },
         creds,
     ))

@@ -23,9 +23,13 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "postgres")]
+mod pg_ha;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use pg_ha::{Fence, HaNode, HaSession, LeaderInfo, describe};
 #[cfg(feature = "postgres")]
 pub use postgres::{
     ExclusiveLock, PgConnectionString, PgOptions, PgSslMode, PgStore, PgTls,

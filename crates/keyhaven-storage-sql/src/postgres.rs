@@ -24,6 +24,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
 
+use crate::pg_ha::Fence;
 use keyhaven_storage::listing::{PageBuilder, Step, prefix_upper_bound};
 use keyhaven_storage::{
     Condition, Op, StorageError, Store, Transaction, TxOutcome, validate_key, validate_prefix,
@@ -36,6 +37,19 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE {schema}.kv (
         key   BYTEA PRIMARY KEY,
         value BYTEA NOT NULL
+    )",
+    // 2: high availability, the one leadership row (see `pg_ha`). `term` grows by one at
+    // every change of leader; writes of an active replica check it (fencing).
+    "CREATE TABLE {schema}.ha_leader (
+        id              SMALLINT PRIMARY KEY CHECK (id = 1),
+        term            BIGINT NOT NULL,
+        holder          TEXT NOT NULL,
+        api_address     TEXT NOT NULL,
+        cluster_address TEXT NOT NULL,
+        backend_pid     INTEGER NOT NULL,
+        backend_start   TIMESTAMPTZ NOT NULL,
+        valid_until     TIMESTAMPTZ NOT NULL,
+        acquired_at     TIMESTAMPTZ NOT NULL
     )",
 ];
 
@@ -77,6 +91,13 @@ pub struct PgOptions {
     pub acquire_timeout: Duration,
     /// TLS to the database (default: none).
     pub tls: PgTls,
+    /// The `application_name` of every connection, replacing the connection string's.
+    /// `None` (the default): the connection string's, or `keyhaven`. With high
+    /// availability each replica names its connections `keyhaven/<node id>`, so that a
+    /// replica taking over can end the sessions of a stalled predecessor.
+    pub application_name: Option<String>,
+    /// The password, replacing one in the connection string (`storage.password_file`).
+    pub password: Option<secrecy::SecretString>,
 }
 
 impl Default for PgOptions {
@@ -87,6 +108,8 @@ impl Default for PgOptions {
             max_retries: 64,
             acquire_timeout: Duration::from_secs(10),
             tls: PgTls::Disable,
+            application_name: None,
+            password: None,
         }
     }
 }
@@ -98,6 +121,7 @@ struct Statements {
     upsert_many: String,
     delete_many: String,
     list: String,
+    fence: String,
 }
 
 impl Statements {
@@ -111,6 +135,11 @@ impl Statements {
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
             ),
             delete_many: format!("DELETE FROM {kv} WHERE key = ANY($1::bytea[])"),
+            // A key-share lock: renewals (no-key updates) pass, a takeover (which locks
+            // the row FOR UPDATE first) waits for every write in flight, and a write that
+            // starts after a takeover sees the new term (or fails to serialize, and is
+            // retried and then sees it).
+            fence: format!("SELECT term FROM {schema}.ha_leader WHERE id = 1 FOR KEY SHARE"),
             // One index probe per child: from the first key of a child, the next probe
             // starts past it (`key || 0x00`) or, for a folder, past the whole folder
             // (`prefix || head || '0'`, '0' being '/' + 1). $1 lower bound, $2 upper
@@ -143,10 +172,11 @@ impl Statements {
 /// Connections are plain TCP, unix sockets, or TLS with the server verified
 /// ([`PgTls::VerifyFull`]).
 pub struct PgStore {
-    pool: Pool,
+    pub(crate) pool: Pool,
     sql: Statements,
     schema: String,
     max_retries: u32,
+    pub(crate) fence: Arc<Fence>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -162,6 +192,11 @@ impl std::fmt::Debug for PgStore {
 enum Failure {
     Pool(PoolError),
     Db(tokio_postgres::Error),
+    /// The fence refused the write (high availability: not the active replica).
+    Fenced,
+    /// `COMMIT` failed: whether the transaction committed is unknown unless PostgreSQL
+    /// said it rolled back.
+    Commit(tokio_postgres::Error),
 }
 
 impl From<PoolError> for Failure {
@@ -179,9 +214,28 @@ impl From<tokio_postgres::Error> for Failure {
 impl Failure {
     fn code(&self) -> Option<&SqlState> {
         match self {
-            Failure::Db(err) | Failure::Pool(PoolError::Backend(err)) => err.code(),
-            Failure::Pool(_) => None,
+            Failure::Db(err) | Failure::Commit(err) | Failure::Pool(PoolError::Backend(err)) => {
+                err.code()
+            }
+            Failure::Pool(_) | Failure::Fenced => None,
         }
+    }
+
+    /// The connection was dead before the statement ran (the database restarted, or
+    /// ended the session): nothing was done, and another connection may succeed. A
+    /// failed `COMMIT` is never one of these: the transaction may have committed.
+    fn is_lost_connection(&self) -> bool {
+        let err = match self {
+            Failure::Db(err) | Failure::Pool(PoolError::Backend(err)) => err,
+            Failure::Pool(_) | Failure::Fenced | Failure::Commit(_) => return false,
+        };
+        err.is_closed()
+            || matches!(
+                err.code(),
+                Some(code) if *code == SqlState::ADMIN_SHUTDOWN
+                    || *code == SqlState::CRASH_SHUTDOWN
+                    || *code == SqlState::CANNOT_CONNECT_NOW
+            )
     }
 
     fn is_retryable(&self) -> bool {
@@ -202,7 +256,8 @@ impl Failure {
         match self {
             Failure::Pool(PoolError::Closed) => StorageError::Closed,
             Failure::Pool(err) => StorageError::unavailable(err),
-            Failure::Db(err) => StorageError::unavailable(err),
+            Failure::Db(err) | Failure::Commit(err) => StorageError::unavailable(err),
+            Failure::Fenced => StorageError::Fenced,
         }
     }
 }
@@ -399,6 +454,18 @@ impl PgStore {
     pub async fn connect(config: &str, options: PgOptions) -> Result<PgStore, StorageError> {
         let schema = quote_schema(&options.schema)?;
         let mut pg_config: tokio_postgres::Config = config.parse().map_err(fail)?;
+        match &options.application_name {
+            Some(name) => {
+                pg_config.application_name(name);
+            }
+            None if pg_config.get_application_name().is_none() => {
+                pg_config.application_name("keyhaven");
+            }
+            None => {}
+        }
+        if let Some(password) = &options.password {
+            pg_config.password(secrecy::ExposeSecret::expose_secret(password).as_bytes());
+        }
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -424,6 +491,7 @@ impl PgStore {
             sql: Statements::new(&schema),
             schema: options.schema.clone(),
             max_retries: options.max_retries,
+            fence: Arc::new(Fence::default()),
         };
         store.migrate(&schema).await?;
         Ok(store)
@@ -471,6 +539,11 @@ impl PgStore {
             }
         });
         Ok(ExclusiveLock { lost: rx, task })
+    }
+
+    /// How this store's writes are fenced (high availability).
+    pub fn fence(&self) -> &Arc<Fence> {
+        &self.fence
     }
 
     /// The PostgreSQL schema this store uses.
@@ -538,12 +611,30 @@ impl PgStore {
 
     /// One attempt at `tx` in a SERIALIZABLE transaction.
     async fn transact_once(&self, tx: &Transaction) -> Result<TxOutcome, Failure> {
+        let term = self.fence.term();
+        if term < 0 {
+            // A standby: it writes nothing.
+            return Err(Failure::Fenced);
+        }
         let mut client = self.pool.get().await?;
         let db = client
             .build_transaction()
             .isolation_level(IsolationLevel::Serializable)
             .start()
             .await?;
+        if term != crate::pg_ha::UNFENCED {
+            // The first statement, so the transaction's snapshot is taken with the lock.
+            let stmt = db.prepare_cached(&self.sql.fence).await?;
+            let current: Option<i64> = match db.query_opt(&stmt, &[]).await? {
+                Some(row) => Some(row.try_get(0)?),
+                None => None,
+            };
+            if current != Some(term) {
+                drop(db);
+                self.fence.fenced_out(term);
+                return Err(Failure::Fenced);
+            }
+        }
         if !tx.conditions.is_empty() {
             let keys: Vec<&[u8]> = tx.conditions.iter().map(|c| c.key().as_bytes()).collect();
             let stmt = db.prepare_cached(&self.sql.select_many).await?;
@@ -558,7 +649,7 @@ impl PgStore {
             if let Some(index) = failed {
                 // Commit the read-only transaction so that a serialization failure
                 // (the read was not consistent) surfaces and the attempt is retried.
-                db.commit().await?;
+                db.commit().await.map_err(Failure::Commit)?;
                 return Ok(TxOutcome::ConditionFailed { index });
             }
         }
@@ -588,8 +679,15 @@ impl PgStore {
             let stmt = db.prepare_cached(&self.sql.upsert_many).await?;
             db.execute(&stmt, &[&put_keys, &put_values]).await?;
         }
-        db.commit().await?;
+        db.commit().await.map_err(Failure::Commit)?;
         Ok(TxOutcome::Committed)
+    }
+
+    async fn get_once(&self, key: &str) -> Result<Option<Vec<u8>>, Failure> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(&self.sql.get).await?;
+        let row = client.query_opt(&stmt, &[&key.as_bytes()]).await?;
+        Ok(row.map(|row| row.try_get(0)).transpose()?)
     }
 
     async fn write(&self, tx: Transaction) -> Result<TxOutcome, StorageError> {
@@ -601,11 +699,20 @@ impl PgStore {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
                 }
+                Err(failure)
+                    if failure.is_lost_connection() && attempt < LOST_CONNECTION_RETRIES =>
+                {
+                    attempt += 1;
+                }
                 Err(failure) => return Err(failure.into_storage()),
             }
         }
     }
 }
+
+/// How often a call is sent again on another connection when the first was found dead
+/// (after a database restart every pooled connection is).
+const LOST_CONNECTION_RETRIES: u32 = 4;
 
 /// Exponential backoff with jitter: up to 1 ms × 2^attempt, capped at 50 ms.
 fn backoff(attempt: u32) -> Duration {
@@ -618,13 +725,17 @@ fn backoff(attempt: u32) -> Duration {
 impl Store for PgStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         validate_key(key)?;
-        let client = self.pool.get().await.map_err(fail)?;
-        let stmt = client.prepare_cached(&self.sql.get).await.map_err(fail)?;
-        let row = client
-            .query_opt(&stmt, &[&key.as_bytes()])
-            .await
-            .map_err(fail)?;
-        row.map(|row| row.try_get(0)).transpose().map_err(fail)
+        let mut attempt = 0;
+        loop {
+            match self.get_once(key).await {
+                Err(failure)
+                    if failure.is_lost_connection() && attempt < LOST_CONNECTION_RETRIES =>
+                {
+                    attempt += 1;
+                }
+                other => return other.map_err(Failure::into_storage),
+            }
+        }
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
@@ -671,12 +782,26 @@ impl Store for PgStore {
         // One more row than names: the key equal to the prefix yields no name.
         let rows = i64::try_from(limit.min(keyhaven_storage::MAX_LIST_PAGE) + 1)
             .map_err(StorageError::unavailable)?;
-        let client = self.pool.get().await.map_err(fail)?;
-        let stmt = client.prepare_cached(&self.sql.list).await.map_err(fail)?;
-        let found = client
-            .query(&stmt, &[&lower.as_bytes(), &upper, &start, &rows])
-            .await
-            .map_err(fail)?;
+        let mut attempt = 0;
+        let found = loop {
+            let once = async {
+                let client = self.pool.get().await?;
+                let stmt = client.prepare_cached(&self.sql.list).await?;
+                Ok::<_, Failure>(
+                    client
+                        .query(&stmt, &[&lower.as_bytes(), &upper, &start, &rows])
+                        .await?,
+                )
+            };
+            match once.await {
+                Err(failure)
+                    if failure.is_lost_connection() && attempt < LOST_CONNECTION_RETRIES =>
+                {
+                    attempt += 1;
+                }
+                other => break other.map_err(Failure::into_storage)?,
+            }
+        };
         for row in found {
             let key: &[u8] = row.try_get(0).map_err(fail)?;
             let key = std::str::from_utf8(key).map_err(|_| StorageError::Corrupt {

@@ -171,3 +171,190 @@ async fn pg_unreachable_server_is_an_error() {
         "{result:?}"
     );
 }
+
+/// A replica of one schema for the election tests: its store (connections named after
+/// it) and its handle on the leadership.
+async fn replica(
+    schema: &TestSchema,
+    id: &str,
+    ttl: std::time::Duration,
+) -> (Arc<PgStore>, keyhaven_storage_sql::HaSession) {
+    let mut options = schema.options();
+    options.application_name = Some(format!("keyhaven/{id}"));
+    let store = Arc::new(PgStore::connect(&schema.url, options).await.unwrap());
+    let node = keyhaven_storage_sql::HaNode {
+        id: id.to_owned(),
+        api_address: format!("https://{id}:8200"),
+        cluster_address: format!("https://{id}:8201"),
+    };
+    let session = keyhaven_storage_sql::HaSession::new(store.clone(), node, ttl);
+    (store, session)
+}
+
+/// A write of `store`, retried past the errors of a connection its successor ended, until
+/// it is answered by the fence or committed (at most 5 attempts).
+async fn settled_put(store: &PgStore, key: &str) -> Result<(), StorageError> {
+    let mut last = None;
+    for _ in 0..5 {
+        match store.put(key, b"v".to_vec()).await {
+            Err(StorageError::Unavailable { .. }) => {
+                last = Some(());
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+    panic!("the write stayed unavailable ({last:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_one_replica_leads_and_a_replaced_one_cannot_commit() {
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::new(&url);
+    let ttl = std::time::Duration::from_secs(30);
+    let (a, mut ha_a) = replica(&schema, "node-a", ttl).await;
+    let (b, mut ha_b) = replica(&schema, "node-b", ttl).await;
+
+    let term = ha_a
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("the first replica leads");
+    assert_eq!(term, 1);
+    assert_eq!(
+        ha_b.try_acquire().await.unwrap(),
+        None,
+        "a live leadership is kept"
+    );
+    let leader = ha_b.leader().await.unwrap().unwrap();
+    assert_eq!(
+        (
+            leader.holder.as_str(),
+            leader.term,
+            leader.api_address.as_str()
+        ),
+        ("node-a", 1, "https://node-a:8200")
+    );
+    a.put("before", b"v".to_vec()).await.unwrap();
+    assert!(ha_a.renew(term).await.unwrap());
+    // A standby that never led writes nothing through a fenced store: B's fence is off
+    // until it wins, but A's writes are checked against term 1.
+
+    // A stalls (its session stays open) past its TTL: simulated by expiring the row.
+    let db = schema.client().await;
+    db.batch_execute(&format!(
+        "UPDATE \"{}\".ha_leader SET valid_until = now() - interval '1 second'",
+        schema.name
+    ))
+    .await
+    .unwrap();
+    let term_b = ha_b
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("an expired leadership is taken");
+    assert_eq!(term_b, 2);
+
+    // A's late write is refused, and nothing of it is committed.
+    match settled_put(&a, "late").await {
+        Err(StorageError::Fenced) => {}
+        other => panic!("the replaced replica's write was not fenced: {other:?}"),
+    }
+    assert_eq!(b.get("late").await.unwrap(), None);
+    assert!(
+        !ha_a.renew(term).await.unwrap(),
+        "the old leader learns it lost"
+    );
+    assert_eq!(a.fence().current_term(), None);
+    // B writes under its term; A still cannot, even retried.
+    b.put("after", b"v".to_vec()).await.unwrap();
+    assert!(matches!(
+        a.put("late2", b"v".to_vec()).await,
+        Err(StorageError::Fenced)
+    ));
+    assert_eq!(b.get("late2").await.unwrap(), None);
+    assert_eq!(b.get("before").await.unwrap(), Some(b"v".to_vec()));
+    drop((a, b, ha_a, ha_b));
+    schema.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_a_dead_leaders_session_frees_the_leadership_at_once_and_release_hands_over() {
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::new(&url);
+    let ttl = std::time::Duration::from_secs(60);
+    let (a, mut ha_a) = replica(&schema, "node-a", ttl).await;
+    let (_b, mut ha_b) = replica(&schema, "node-b", ttl).await;
+    let term = ha_a.try_acquire().await.unwrap().unwrap();
+    // The process dies: the database ends its session (the one the row names).
+    let db = schema.client().await;
+    db.batch_execute(&format!(
+        "SELECT pg_terminate_backend(backend_pid) FROM \"{}\".ha_leader",
+        schema.name
+    ))
+    .await
+    .unwrap();
+    let mut taken = None;
+    for _ in 0..50 {
+        taken = ha_b.try_acquire().await.unwrap();
+        if taken.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        taken,
+        Some(term + 1),
+        "the TTL ({ttl:?}) was not waited for"
+    );
+    assert!(!ha_a.renew(term).await.unwrap());
+    assert!(matches!(
+        a.put("k", b"v".to_vec()).await,
+        Err(StorageError::Fenced)
+    ));
+
+    // Release: the next poll of another replica takes over.
+    ha_b.release(term + 1).await.unwrap();
+    let (_c, mut ha_c) = replica(&schema, "node-c", ttl).await;
+    assert_eq!(ha_c.try_acquire().await.unwrap(), Some(term + 2));
+    drop((a, ha_a, ha_b, ha_c));
+    schema.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_calls_survive_the_database_ending_every_session() {
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::new(&url);
+    let mut options = schema.options();
+    options.application_name = Some(format!("keyhaven/{}", schema.name));
+    let store = Arc::new(PgStore::connect(&schema.url, options).await.unwrap());
+    store.put("a/1", b"v".to_vec()).await.unwrap();
+    // Several pooled connections, all about to be ended.
+    let reads: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.get("a/1").await.unwrap() })
+        })
+        .collect();
+    for r in reads {
+        assert_eq!(r.await.unwrap(), Some(b"v".to_vec()));
+    }
+    let db = schema.client().await;
+    let ended = db
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("keyhaven/{}", schema.name)],
+        )
+        .await
+        .unwrap();
+    assert!(!ended.is_empty());
+    // Reads, writes and listings right afterwards are answered, not failed.
+    assert_eq!(store.get("a/1").await.unwrap(), Some(b"v".to_vec()));
+    store.put("a/2", b"w".to_vec()).await.unwrap();
+    assert_eq!(
+        store.list_page("a/", None, 100).await.unwrap(),
+        vec!["1".to_owned(), "2".to_owned()]
+    );
+    drop(store);
+    schema.drop_schema().await;
+}

@@ -54,6 +54,13 @@ pub enum StorageError {
         /// The database file.
         path: PathBuf,
     },
+    /// High availability: this replica is not (or no longer) the active one, so its
+    /// writes are refused; nothing was written. Another replica serves writes.
+    #[error(
+        "this replica is not the active one (another replica holds the leadership); \
+         the write was not committed"
+    )]
+    Fenced,
     /// A storage file can be modified by users other than its owner, so its
     /// integrity cannot be relied on; the backend refuses to use it.
     #[error(
