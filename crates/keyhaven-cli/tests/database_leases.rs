@@ -316,3 +316,77 @@ fn concurrent_issues_and_revocations_of_one_role_all_succeed() {
     );
     assert!(users.iter().all(|u| !db.role_exists(u)));
 }
+
+#[test]
+fn a_failing_change_batched_with_others_undoes_only_itself() {
+    let Some(admin) = pg_url() else { return };
+    let db = Db::new(&admin, "gc");
+    psql(&db.url(), "CREATE TABLE granted (id int)");
+    let server = TestServer::dev();
+    let root = server.root_token();
+    let bao = Bao::new(&server.addr(), Some(&root));
+    ok(&bao.run(&["secrets", "enable", "database"]), "enable");
+    ok(
+        &bao.run(&[
+            "write",
+            "database/config/pg",
+            "plugin_name=postgresql-database-plugin",
+            &format!("connection_url={}", db.url()),
+            "allowed_roles=gc-*",
+            "max_open_connections=8",
+        ]),
+        "config",
+    );
+    ok(
+        &bao.run(&[
+            "write",
+            "database/roles/gc-good",
+            "db_name=pg",
+            "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT SELECT ON granted TO \"{{name}}\";",
+        ]),
+        "good role",
+    );
+    // Creates the user, then fails: the creation must be undone with it.
+    ok(
+        &bao.run(&[
+            "write",
+            "database/roles/gc-bad",
+            "db_name=pg",
+            "username_template=gcbad-{{random 12}}",
+            "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}'; GRANT SELECT ON no_such_table TO \"{{name}}\";",
+        ]),
+        "bad role",
+    );
+    // Good and bad issues at once, so that they share transactions.
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            let role = if i % 2 == 0 { "gc-good" } else { "gc-bad" };
+            let url = format!("{}/v1/database/creds/{role}", server.addr());
+            let root = root.clone();
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|_| (role, crate::support::call("GET", &url, Some(&root), None)))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut good = Vec::new();
+    for t in threads {
+        for (role, (status, body)) in t.join().unwrap() {
+            if role == "gc-good" {
+                assert_eq!(status, 200, "{body}");
+                good.push(body["data"]["username"].as_str().unwrap().to_owned());
+            } else {
+                assert_eq!(status, 500, "{body}");
+                assert!(body.to_string().contains("no_such_table"), "{body}");
+            }
+        }
+    }
+    assert_eq!(good.len(), 18);
+    assert!(good.iter().all(|u| db.role_exists(u)));
+    let leftover = psql(
+        &db.url(),
+        "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'gcbad-%'",
+    );
+    assert_eq!(leftover, "0", "a failed creation left its user behind");
+}

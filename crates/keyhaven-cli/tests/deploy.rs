@@ -87,7 +87,7 @@ fn deploy_renders_validates_and_passes_the_posture_scan() {
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
     let mut all = Vec::new();
-    for base in ["", "example", "admission"] {
+    for base in ["", "example", "admission", "server-ha"] {
         let yaml = kustomize(&deploy.join(base));
         let path = dir.path().join(format!(
             "rendered-{}.yaml",
@@ -153,6 +153,38 @@ fn deploy_renders_validates_and_passes_the_posture_scan() {
             .iter()
             .any(|v| v["secret"]["secretName"] == "keyhaven-tls")
     );
+    // The high-availability variant: three replicas on PostgreSQL, each naming itself,
+    // standbys Ready (they forward), one replica at a time drainable.
+    let ha = objects(&kustomize(&deploy.join("server-ha")));
+    let ha_find = |kind: &str| {
+        ha.iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == "keyhaven")
+            .unwrap_or_else(|| panic!("server-ha: no {kind}"))
+            .clone()
+    };
+    let ha_sts = ha_find("StatefulSet");
+    assert_eq!(ha_sts["spec"]["replicas"], 3);
+    let ha_c = &ha_sts["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        ha_c["env"].to_string().contains("KEYHAVEN_API_ADDRESS"),
+        "{ha_c}"
+    );
+    assert_eq!(
+        ha_c["readinessProbe"]["httpGet"]["path"],
+        "/v1/sys/health?standbyok=true"
+    );
+    assert_eq!(ha_c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(ha_find("PodDisruptionBudget")["spec"]["maxUnavailable"], 1);
+    let ha_config = ha
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "keyhaven-config")
+        .unwrap()["data"]["keyhaven.toml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for line in ["backend = \"postgresql\"", "[ha]", "enabled = true"] {
+        assert!(ha_config.contains(line), "{line} not in {ha_config}");
+    }
     let crb = find("ClusterRoleBinding", "keyhaven-auth-delegator");
     assert_eq!(crb["roleRef"]["name"], "system:auth-delegator");
     find("PodDisruptionBudget", "keyhaven");

@@ -328,3 +328,56 @@ fn a_server_whose_database_lock_ends_stops_serving() {
         server.logs()
     );
 }
+
+#[test]
+fn the_database_password_can_come_from_a_file_and_is_never_shown() {
+    let Some(url) = pg_url() else { return };
+    let schema = Schema::new(&url, "pwfile");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing-password");
+    let config = pg_config(
+        dir.path(),
+        &format!(
+            "connection_url = \"{url}\"\nschema = \"{}\"\npassword_file = \"{}\"\n",
+            schema.name,
+            missing.display()
+        ),
+    );
+    let err = start_fails(&config);
+    assert!(
+        err.contains("storage.password_file") && err.contains("missing-password"),
+        "{err}"
+    );
+    // This machine's database trusts local connections: the password is sent and
+    // ignored, and must appear nowhere.
+    let marker = "pg-password-marker-5c1d";
+    let file = dir.path().join("password");
+    std::fs::write(&file, format!("{marker}\n")).unwrap();
+    std::fs::write(dir.path().join("empty"), "").unwrap();
+    let config = pg_config(
+        dir.path(),
+        &format!(
+            "connection_url = \"{url}\"\nschema = \"{}\"\npassword_file = \"{}\"\n",
+            schema.name,
+            dir.path().join("empty").display()
+        ),
+    );
+    assert!(start_fails(&config).contains("is empty"));
+    let config = pg_config(
+        dir.path(),
+        &format!(
+            "connection_url = \"{url}\"\nschema = \"{}\"\npassword_file = \"{}\"\n",
+            schema.name,
+            file.display()
+        ),
+    );
+    let server = TestServer::with_config(&config);
+    let (s, _) = call(
+        "GET",
+        &format!("{}/v1/sys/health", server.addr()),
+        None,
+        None,
+    );
+    assert_eq!(s, 501, "the server answers, uninitialized");
+    assert!(!server.logs().contains(marker));
+}

@@ -10,6 +10,7 @@ mod auto_seal;
 mod compat;
 mod core;
 mod database;
+mod ha;
 mod kubernetes;
 mod kv;
 mod kv1;

@@ -551,3 +551,77 @@ fn a_plain_manifest_is_judged_as_a_create() {
     assert!(a.review_file(b"").is_err());
     assert!(a.review_file(b"key: [unclosed\n").is_err());
 }
+
+/// The secret rules run over all the strings of an object in one pass, each string judged
+/// alone: a secret planted in one string is reported at that string's field path, and two
+/// strings that read as a secret only when joined are no finding.
+#[test]
+fn secret_rules_judge_each_string_alone() {
+    let a = admission();
+    let secret_hits = |object: &Value| -> Vec<(String, String)> {
+        let d = a.review(&create(object)).unwrap();
+        d.hits
+            .iter()
+            .filter(|h| !h.check.starts_with("k8s-") && !h.check.starts_with("rbac-"))
+            .map(|h| (h.check.clone(), h.field.clone()))
+            .collect()
+    };
+    let with_args = |args: Value| {
+        edit(|s| {
+            let mut sidecar = s["containers"][0].clone();
+            sidecar["name"] = json!("sidecar");
+            sidecar["args"] = args.clone();
+            s["containers"].as_array_mut().unwrap().push(sidecar);
+        })
+    };
+    let key = aws_key_id();
+    let password = format!("--db-pass{}=", "word");
+
+    // Planted in one string, among others.
+    let planted = with_args(json!([
+        "--listen=:8080",
+        format!("--upstream-key={key}"),
+        "--log-format=json"
+    ]));
+    assert_eq!(
+        secret_hits(&planted),
+        vec![(
+            "aws-access-key-id".to_owned(),
+            "spec.template.spec.containers[1].args[1]".to_owned()
+        )]
+    );
+    let joined = with_args(json!([
+        "--listen=:8080",
+        format!("{password}Tr0ub4dor&3xk!Q7")
+    ]));
+    assert_eq!(
+        secret_hits(&joined),
+        vec![(
+            "generic-password".to_owned(),
+            "spec.template.spec.containers[1].args[1]".to_owned()
+        )]
+    );
+
+    // The same values split over two strings.
+    let (head, tail) = key.split_at(10);
+    for args in [
+        json!([
+            "--listen=:8080",
+            format!("--upstream-key={head}"),
+            format!("{tail}QQ")
+        ]),
+        json!(["--listen=:8080", password.clone(), "Tr0ub4dor&3xk!Q7"]),
+        json!([
+            "--listen=:8080",
+            format!("{password}\n"),
+            "Tr0ub4dor&3xk!Q7"
+        ]),
+    ] {
+        let split = with_args(args.clone());
+        assert_eq!(
+            secret_hits(&split),
+            Vec::<(String, String)>::new(),
+            "{args}"
+        );
+    }
+}

@@ -172,11 +172,26 @@ fn sub(b: &[u8], s: usize, e: usize) -> &[u8] {
 /// Start and end (exclusive) of the line around `pos`, each searched at most
 /// [`LINE_LIMIT`] bytes away.
 pub fn line_bounds(buf: &[u8], pos: usize) -> (usize, usize) {
-    let lo = pos.saturating_sub(LINE_LIMIT);
+    line_bounds_in(buf, pos, (0, buf.len()))
+}
+
+/// [`line_bounds`] inside the segment `seg` (start, end) of `buf`: the line never
+/// reaches past the segment's ends.
+fn line_bounds_in(buf: &[u8], pos: usize, (seg_start, seg_end): (usize, usize)) -> (usize, usize) {
+    let lo = pos.saturating_sub(LINE_LIMIT).max(seg_start);
     let start = memrchr(b'\n', sub(buf, lo, pos)).map_or(lo, |p| lo + p + 1);
-    let hi = pos.saturating_add(LINE_LIMIT).min(buf.len());
+    let hi = pos.saturating_add(LINE_LIMIT).min(seg_end).min(buf.len());
     let end = memchr(b'\n', sub(buf, pos, hi)).map_or(hi, |p| pos + p);
     (start, end)
+}
+
+/// The index of the segment holding `[start, end)`, if one holds all of it. `segs` are
+/// ascending and disjoint.
+fn segment_of(segs: &[(usize, usize)], start: usize, end: usize) -> Option<usize> {
+    let i = segs.partition_point(|&(_, e)| e <= start);
+    segs.get(i)
+        .filter(|&&(s, e)| s <= start && end <= e)
+        .map(|_| i)
 }
 
 impl Engine {
@@ -185,10 +200,17 @@ impl Engine {
         Engine { rules, options }
     }
 
-    fn window(&self, rule: &Rule, buf: &[u8], pos: usize) -> (usize, usize) {
+    /// The window of `rule` around a keyword hit at `pos`, inside the segment `seg`.
+    fn window(
+        &self,
+        rule: &Rule,
+        buf: &[u8],
+        pos: usize,
+        (seg_start, seg_end): (usize, usize),
+    ) -> (usize, usize) {
         let span = rule.span;
-        let lo = pos.saturating_sub(span);
-        let hi = pos.saturating_add(span).min(buf.len());
+        let lo = pos.saturating_sub(span).max(seg_start);
+        let hi = pos.saturating_add(span).min(seg_end).min(buf.len());
         let mut start = pos;
         let mut at_limit = false;
         for _ in 0..=rule.spec.context_lines {
@@ -223,10 +245,13 @@ impl Engine {
         (start, end)
     }
 
-    /// Scan one buffer; keep only hits whose secret starts before `report_below`.
+    /// Scan one buffer made of the segments `segs` (ascending, disjoint (start, end)
+    /// ranges; one segment over the whole buffer for an ordinary scan), each judged as if
+    /// it were scanned alone; keep only hits whose secret starts before `report_below`.
     fn scan_buf(
         &self,
         buf: &[u8],
+        segs: &[(usize, usize)],
         path: &str,
         commit: Option<&str>,
         report_below: usize,
@@ -240,6 +265,10 @@ impl Engine {
                 let Some(rules) = set.kw.get(m.pattern().as_usize()) else {
                     continue;
                 };
+                // A keyword across two segments (or on the bytes between them) is no hit.
+                if segs.len() > 1 && segment_of(segs, m.start(), m.end()).is_none() {
+                    continue;
+                }
                 for k in rules {
                     if k.exact
                         .as_deref()
@@ -271,37 +300,60 @@ impl Engine {
                     .as_ref()
                     .is_none_or(|p| p.is_match(path.as_bytes()));
                 if path_ok {
-                    let mut cur: Option<(usize, usize)> = None;
+                    // The window being grown, and its segment: windows of two segments are
+                    // never merged.
+                    let mut cur: Option<((usize, usize), (usize, usize))> = None;
                     for &(_, pos) in kw.get(i..j).unwrap_or_default() {
-                        let (ws, we) = if pos == usize::MAX {
-                            (0, buf.len())
-                        } else {
-                            self.window(rule, buf, pos)
-                        };
-                        cur = match cur {
-                            Some((s, e)) if ws <= e => Some((s, e.max(we))),
-                            Some(w) => {
+                        if pos == usize::MAX {
+                            // A rule without keywords: the only entry of its rule, run over
+                            // each segment whole.
+                            for &seg in segs {
                                 self.run_window(
                                     rule_idx,
                                     rule,
                                     buf,
-                                    w,
+                                    seg,
+                                    seg,
                                     path,
                                     commit,
                                     report_below,
                                     scratch,
                                 );
-                                Some((ws, we))
                             }
-                            None => Some((ws, we)),
+                            continue;
+                        }
+                        let seg = segment_of(segs, pos, pos)
+                            .and_then(|k| segs.get(k).copied())
+                            .unwrap_or((0, buf.len()));
+                        let (ws, we) = self.window(rule, buf, pos, seg);
+                        cur = match cur {
+                            Some(((s, e), cs)) if cs == seg && ws <= e => {
+                                Some(((s, e.max(we)), cs))
+                            }
+                            Some((w, cs)) => {
+                                self.run_window(
+                                    rule_idx,
+                                    rule,
+                                    buf,
+                                    w,
+                                    cs,
+                                    path,
+                                    commit,
+                                    report_below,
+                                    scratch,
+                                );
+                                Some(((ws, we), seg))
+                            }
+                            None => Some(((ws, we), seg)),
                         };
                     }
-                    if let Some(w) = cur {
+                    if let Some((w, cs)) = cur {
                         self.run_window(
                             rule_idx,
                             rule,
                             buf,
                             w,
+                            cs,
                             path,
                             commit,
                             report_below,
@@ -345,6 +397,7 @@ impl Engine {
         rule: &Rule,
         buf: &[u8],
         (ws, we): (usize, usize),
+        seg: (usize, usize),
         path: &str,
         commit: Option<&str>,
         report_below: usize,
@@ -369,7 +422,16 @@ impl Engine {
                 continue;
             }
             let secret = m.as_bytes();
-            if !self.accept(rule, secret, whole.as_bytes(), buf, start, path, commit) {
+            if !self.accept(
+                rule,
+                secret,
+                whole.as_bytes(),
+                buf,
+                start,
+                seg,
+                path,
+                commit,
+            ) {
                 continue;
             }
             if let Some(req) = requires {
@@ -400,6 +462,7 @@ impl Engine {
         matched: &[u8],
         buf: &[u8],
         pos: usize,
+        seg: (usize, usize),
         path: &str,
         commit: Option<&str>,
     ) -> bool {
@@ -416,7 +479,7 @@ impl Engine {
         if !rule.spec.validators.iter().all(|v| v.check(secret)) {
             return false;
         }
-        let (ls, le) = line_bounds(buf, pos);
+        let (ls, le) = line_bounds_in(buf, pos, seg);
         let line = sub(buf, ls, le);
         if self.options.inline_ignore {
             if INLINE_MARKERS
@@ -425,8 +488,8 @@ impl Engine {
             {
                 return false;
             }
-            if ls > 0 {
-                let (ps, pe) = line_bounds(buf, ls - 1);
+            if ls > seg.0 {
+                let (ps, pe) = line_bounds_in(buf, ls - 1, seg);
                 if memchr::memmem::find(sub(buf, ps, pe), NEXTLINE_MARKER).is_some() {
                     return false;
                 }
@@ -489,6 +552,66 @@ impl Engine {
         }
     }
 
+    /// Scan many texts in one pass, each judged as [`Engine::scan_bytes`] judges it alone.
+    ///
+    /// `buf` holds the texts back to back and `segments` their (start, end) byte ranges,
+    /// ascending and disjoint; the bytes between them are never scanned. No keyword hit,
+    /// rule window, line or inline ignore marker reaches across a segment's ends, so no
+    /// match can span two texts and rules anchored to a line or to the start of the text
+    /// see what they would see alone. This is for many short texts (the string fields of
+    /// one object) whose per-scan cost would dominate; `buf` is scanned in memory as one
+    /// chunk, whatever its size.
+    ///
+    /// Returns, in segment order, (segment index, match); offsets, lines and columns are
+    /// relative to the segment. Segments out of order or out of `buf` are each scanned
+    /// apart.
+    pub fn scan_segments_with(
+        &self,
+        buf: &[u8],
+        segments: &[(usize, usize)],
+        path: &str,
+        commit: Option<&str>,
+        scratch: &mut Scratch,
+    ) -> Vec<(usize, Match)> {
+        let ordered = segments.iter().all(|&(s, e)| s <= e && e <= buf.len())
+            && segments.windows(2).all(|w| match w {
+                [(_, e), (s, _)] => e <= s,
+                _ => true,
+            });
+        if !ordered {
+            let mut out = Vec::new();
+            for (i, &(s, e)) in segments.iter().enumerate() {
+                let text = buf.get(s..e).unwrap_or_default();
+                for m in self.scan_bytes_with(text, path, commit, scratch) {
+                    out.push((i, m));
+                }
+            }
+            return out;
+        }
+        self.scan_buf(buf, segments, path, commit, buf.len(), scratch);
+        let mut out = Vec::with_capacity(scratch.hits.len());
+        for h in &scratch.hits {
+            let Some(i) = segment_of(segments, h.start, h.end) else {
+                continue;
+            };
+            let seg_start = segments.get(i).map_or(0, |s| s.0);
+            let before = sub(buf, seg_start, h.start);
+            let line = memchr_iter(b'\n', before).count() as u64;
+            let line_start = memrchr(b'\n', before).map_or(0, |p| p + 1);
+            out.push((
+                i,
+                Match {
+                    rule: h.rule,
+                    offset: (h.start - seg_start) as u64,
+                    line: line + 1,
+                    column: (h.start - seg_start - line_start + 1) as u64,
+                    secret: sub(buf, h.start, h.end).to_vec(),
+                },
+            ));
+        }
+        out
+    }
+
     #[allow(clippy::too_many_arguments, reason = "internal helper")]
     fn collect(
         &self,
@@ -502,7 +625,7 @@ impl Engine {
         scratch: &mut Scratch,
         out: &mut Vec<Match>,
     ) {
-        self.scan_buf(buf, path, commit, report_below, scratch);
+        self.scan_buf(buf, &[(0, buf.len())], path, commit, report_below, scratch);
         let mut counted_to = 0usize;
         let mut line = lines_before;
         let mut last_nl_abs = line_start_abs;
@@ -697,6 +820,142 @@ mod tests {
         };
         assert_eq!(fired(b"x = TOK_Zk3Xq9Lm2Vt8Rw5Yn1Pb"), vec!["cs"]);
         assert_eq!(fired(b"x = tok_Zk3Xq9Lm2Vt8Rw5Yn1Pb"), vec!["ci"]);
+    }
+
+    /// (segment, rule id, secret, line, column) of each match.
+    fn summary(e: &Engine, ms: &[(usize, Match)]) -> Vec<(usize, String, Vec<u8>, u64, u64)> {
+        ms.iter()
+            .map(|(i, m)| {
+                (
+                    *i,
+                    e.rules.rules[m.rule].spec.id.clone(),
+                    m.secret.clone(),
+                    m.line,
+                    m.column,
+                )
+            })
+            .collect()
+    }
+
+    /// `texts` with `AK@` made an AWS key id prefix (assembled
+    /// here so that scanning this repository does not flag this file).
+    fn planted(texts: &[&str]) -> Vec<Vec<u8>> {
+        let ak = format!("AK{}", "IA");
+        texts
+            .iter()
+            .map(|t| t.replace("AK@", &ak).into_bytes())
+            .collect()
+    }
+
+    fn joined(texts: &[Vec<u8>], between: &[u8]) -> (Vec<u8>, Vec<(usize, usize)>) {
+        let mut buf = Vec::new();
+        let mut segs = Vec::new();
+        for t in texts {
+            let s = buf.len();
+            buf.extend_from_slice(t);
+            segs.push((s, buf.len()));
+            buf.extend_from_slice(between);
+        }
+        (buf, segs)
+    }
+
+    #[test]
+    fn segments_are_judged_as_if_scanned_alone() {
+        let e = Engine::new(RuleSet::builtin().unwrap(), EngineOptions::default());
+        let texts = planted(&[
+            "registry.example.org/shop/component-1:1.1.0",
+            "x = AK@QYLPMN5HHHFPZAM2 y",
+            "db_password = ",
+            "Tr0ub4dor&3xk!Q7",
+            "users:\n- name: ci\n  user:\n    token: Zk3Xq9Lm2Vt8Rw5Yn1Pb7Hc4Jd6Fg0Sa\n",
+            "# pragma: allowlist nextline secret",
+            "AK@QYLPMN5HHHFPZAM2",
+            "db_password = Tr0ub4dor&3xk!Q7 # keyhaven:allow",
+            "",
+            "password: Tr0ub4dor&3xk!Q7",
+            "users:\n- name: ci\n  user:",
+            "    token: Zk3Xq9Lm2Vt8Rw5Yn1Pb7Hc4Jd6Fg0Sa",
+        ]);
+        let mut alone = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            for m in e.scan_bytes(t, "f", None) {
+                alone.push((i, m));
+            }
+        }
+        let alone = summary(&e, &alone);
+        let rules: Vec<&str> = alone.iter().map(|m| m.1.as_str()).collect();
+        assert_eq!(
+            rules,
+            [
+                "aws-access-key-id",
+                "kubeconfig-token",
+                "aws-access-key-id",
+                "generic-password"
+            ],
+            "{alone:?}"
+        );
+        for between in [&b""[..], b"\n", b"=", b" "] {
+            let (buf, segs) = joined(&texts, between);
+            let mut scratch = Scratch::per_thread();
+            let together = e.scan_segments_with(&buf, &segs, "f", None, &mut scratch);
+            assert_eq!(summary(&e, &together), alone, "between {between:?}");
+            // Scratch reuse gives the same answer.
+            let again = e.scan_segments_with(&buf, &segs, "f", None, &mut scratch);
+            assert_eq!(summary(&e, &again), alone);
+        }
+    }
+
+    #[test]
+    fn no_match_spans_two_segments() {
+        let e = Engine::new(RuleSet::builtin().unwrap(), EngineOptions::default());
+        // Each pair, written as one text, is a finding; as two texts it is none.
+        let pairs = planted(&[
+            "db_password = ",
+            "Tr0ub4dor&3xk!Q7",
+            "AK@QYLPMN",
+            "5HHHFPZAM2",
+            "xx AK",
+            "IAQYLPMN5HHHFPZAM2",
+            "users:\n- name: ci\n  user:\n",
+            "    token: Zk3Xq9Lm2Vt8Rw5Yn1Pb7Hc4Jd6Fg0Sa",
+        ]);
+        for pair in pairs.chunks(2) {
+            let whole = pair.concat();
+            assert!(!e.scan_bytes(&whole, "f", None).is_empty(), "{whole:?}");
+            for between in [&b""[..], b"\n"] {
+                let (buf, segs) = joined(pair, between);
+                let found = e.scan_segments_with(&buf, &segs, "f", None, &mut Scratch::default());
+                assert!(found.is_empty(), "{:?}", summary(&e, &found));
+            }
+        }
+    }
+
+    #[test]
+    fn rules_without_keywords_run_per_segment() {
+        let e = engine(
+            "[[rules]]\nid='a'\nregex='''^(tok_[A-Za-z0-9]{20})$'''\n",
+            CHUNK,
+        );
+        let texts = planted(&["tok_Zk3Xq9Lm2Vt8Rw5Yn1Pb", "x", "tok_Zk3Xq9Lm2Vt8Rw5Yn1Pb"]);
+        let (buf, segs) = joined(&texts, b" ");
+        let found = e.scan_segments_with(&buf, &segs, "f", None, &mut Scratch::default());
+        let at: Vec<(usize, u64)> = found.iter().map(|(i, m)| (*i, m.offset)).collect();
+        assert_eq!(at, vec![(0, 0), (2, 0)]);
+    }
+
+    #[test]
+    fn unordered_segments_are_scanned_apart() {
+        let e = engine(RULE, CHUNK);
+        let buf = b"tok_Zk3Xq9Lm2Vt8Rw5Yn1Pb tok_Zk3Xq9Lm2Vt8Rw5Yn1Pb";
+        let found = e.scan_segments_with(
+            buf,
+            &[(25, 49), (0, 24), (3, 99)],
+            "f",
+            None,
+            &mut Scratch::default(),
+        );
+        let at: Vec<usize> = found.iter().map(|(i, _)| *i).collect();
+        assert_eq!(at, vec![0, 1]);
     }
 
     #[test]

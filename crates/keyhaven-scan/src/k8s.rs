@@ -180,6 +180,8 @@ struct Ctx<'a> {
     commit: Option<&'a str>,
     max_depth: usize,
     budget: usize,
+    /// Keep a copy of each object posture checks apply to in `out.objects`.
+    keep_objects: bool,
     out: ManifestScan,
 }
 
@@ -203,6 +205,7 @@ pub fn scan_manifest(
         commit,
         max_depth: max_decode_depth,
         budget: DECODE_BUDGET,
+        keep_objects: true,
         out: ManifestScan::default(),
     };
     for (line, doc, value) in parse_docs(path, text) {
@@ -234,10 +237,49 @@ pub fn scan_object(
         commit: None,
         max_depth: max_decode_depth,
         budget: DECODE_BUDGET,
+        keep_objects: true,
         out: ManifestScan::default(),
     };
     ctx.object(value, "", 1);
     ctx.out
+}
+
+/// The secret findings of [`scan_object`] alone, without the copy of the object it keeps
+/// for posture checks (see [`parsed_object`]).
+pub fn scan_object_secrets(
+    engine: &Engine,
+    path: &str,
+    value: &Value,
+    max_decode_depth: usize,
+) -> Vec<Finding> {
+    let mut ctx = Ctx {
+        engine,
+        path,
+        commit: None,
+        max_depth: max_decode_depth,
+        budget: DECODE_BUDGET,
+        keep_objects: false,
+        out: ManifestScan::default(),
+    };
+    ctx.object(value, "", 1);
+    ctx.out.findings
+}
+
+/// The object [`scan_object`] keeps for posture checks, if posture checks apply to its
+/// kind: then `value` is moved into it (and left `null`); otherwise it is left alone.
+pub fn parsed_object(path: &str, value: &mut Value) -> Option<Object> {
+    let kind = s(value, "kind").filter(|k| posture::RELEVANT_KINDS.contains(k))?;
+    let kind = kind.to_owned();
+    let (name, namespace) = meta(value);
+    Some(Object {
+        path: path.to_owned(),
+        line: 1,
+        kind,
+        name,
+        namespace,
+        value: std::mem::take(value),
+        commit: None,
+    })
 }
 
 impl Ctx<'_> {
@@ -289,7 +331,7 @@ impl Ctx<'_> {
         if let Some(spec) = posture::pod_spec(kind, v) {
             self.env_literals(spec, doc, doc_line, kind, &name);
         }
-        if posture::RELEVANT_KINDS.contains(&kind) {
+        if self.keep_objects && posture::RELEVANT_KINDS.contains(&kind) {
             self.out.objects.push(Object {
                 path: self.path.to_owned(),
                 line: doc_line,

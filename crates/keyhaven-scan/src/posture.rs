@@ -273,8 +273,8 @@ pub fn pod_spec<'a>(kind: &str, v: &'a Value) -> Option<&'a Value> {
         | "DaemonSet"
         | "ReplicaSet"
         | "ReplicationController"
-        | "Job" => v.pointer("/spec/template/spec"),
-        "CronJob" => v.pointer("/spec/jobTemplate/spec/template/spec"),
+        | "Job" => at(v, &["spec", "template", "spec"]),
+        "CronJob" => at(v, &["spec", "jobTemplate", "spec", "template", "spec"]),
         _ => None,
     }
 }
@@ -320,8 +320,14 @@ fn str_list(v: Option<&Value>) -> Vec<&str> {
         .unwrap_or_default()
 }
 
-fn bool_at(v: &Value, ptr: &str) -> Option<bool> {
-    v.pointer(ptr).and_then(Value::as_bool)
+/// The value at a path of object keys: `Value::pointer` without its per-token
+/// allocations (the keys here never need its `~` escapes).
+fn at<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().try_fold(v, |v, k| v.get(k))
+}
+
+fn bool_at(v: &Value, key: &str) -> Option<bool> {
+    v.get(key).and_then(Value::as_bool)
 }
 
 struct Out<'a> {
@@ -366,7 +372,8 @@ pub const MIN_EXCEPTION_REASON: usize = 20;
 pub fn exception(object: &Value, id: &str) -> Option<Result<String, String>> {
     let key = format!("{EXCEPTION_ANNOTATION_PREFIX}{id}");
     let reason = object
-        .pointer("/metadata/annotations")
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
         .and_then(|a| a.get(&key))?;
     let reason = reason.as_str().map(str::trim).unwrap_or("");
     if reason.chars().count() >= MIN_EXCEPTION_REASON {
@@ -615,12 +622,14 @@ fn bindings(
 ) {
     let role_kind = obj
         .value
-        .pointer("/roleRef/kind")
+        .get("roleRef")
+        .and_then(|r| r.get("kind"))
         .and_then(Value::as_str)
         .unwrap_or("");
     let role_name = obj
         .value
-        .pointer("/roleRef/name")
+        .get("roleRef")
+        .and_then(|r| r.get("name"))
         .and_then(Value::as_str)
         .unwrap_or("");
     let risk = if role_kind == "ClusterRole" {
@@ -748,7 +757,7 @@ fn pod_checks(
             "{label} mounts the token of ServiceAccount {sa}, which no scanned binding grants anything"));
     }
     let pod_sc = spec.get("securityContext");
-    let pod_non_root = pod_sc.and_then(|s| bool_at(s, "/runAsNonRoot"));
+    let pod_non_root = pod_sc.and_then(|s| bool_at(s, "runAsNonRoot"));
     let pod_user = pod_sc
         .and_then(|s| s.get("runAsUser"))
         .and_then(Value::as_i64);
@@ -756,8 +765,8 @@ fn pod_checks(
         let cname = c.get("name").and_then(Value::as_str).unwrap_or("?");
         let cpath = format!("{base}.{cpath}");
         let sc = c.get("securityContext");
-        let at = |p: &str| sc.and_then(|s| bool_at(s, p));
-        if at("/privileged") == Some(true) {
+        let sc_bool = |p: &str| sc.and_then(|s| bool_at(s, p));
+        if sc_bool("privileged") == Some(true) {
             out.push(
                 "k8s-privileged",
                 obj,
@@ -766,7 +775,7 @@ fn pod_checks(
                 format!("{label} container {cname} is privileged"),
             );
         }
-        if at("/allowPrivilegeEscalation") != Some(false) {
+        if sc_bool("allowPrivilegeEscalation") != Some(false) {
             out.push(
                 "k8s-privilege-escalation",
                 obj,
@@ -777,7 +786,7 @@ fn pod_checks(
         }
         // NET_BIND_SERVICE is the one capability the restricted Pod Security Standard
         // lets a container add.
-        let added: Vec<&str> = str_list(sc.and_then(|s| s.pointer("/capabilities/add")))
+        let added: Vec<&str> = str_list(sc.and_then(|s| at(s, &["capabilities", "add"])))
             .into_iter()
             .filter(|c| !c.eq_ignore_ascii_case("NET_BIND_SERVICE"))
             .collect();
@@ -797,14 +806,14 @@ fn pod_checks(
             .and_then(|s| s.get("runAsUser"))
             .and_then(Value::as_i64)
             .or(pod_user);
-        let non_root = at("/runAsNonRoot").or(pod_non_root);
+        let non_root = sc_bool("runAsNonRoot").or(pod_non_root);
         if user == Some(0) || (non_root != Some(true) && user.is_none_or(|u| u == 0)) {
             out.push("k8s-run-as-root", obj, cname, format!("{cpath}.securityContext.runAsNonRoot"), format!(
                 "{label} container {cname} may run as root (runAsNonRoot not true, no non-zero runAsUser)"));
         }
         // Ephemeral (debug) containers cannot set a read-only root or limits.
         let ephemeral = cpath.contains(".ephemeralContainers[");
-        if !ephemeral && at("/readOnlyRootFilesystem") != Some(true) {
+        if !ephemeral && sc_bool("readOnlyRootFilesystem") != Some(true) {
             out.push(
                 "k8s-writable-root-fs",
                 obj,
@@ -818,7 +827,7 @@ fn pod_checks(
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .any(|e| e.pointer("/valueFrom/secretKeyRef").is_some())
+            .any(|e| at(e, &["valueFrom", "secretKeyRef"]).is_some())
             || c.get("envFrom")
                 .and_then(Value::as_array)
                 .into_iter()
@@ -833,7 +842,7 @@ fn pod_checks(
                 format!("{label} container {cname} reads a Secret into environment variables"),
             );
         }
-        let limits = c.pointer("/resources/limits");
+        let limits = at(c, &["resources", "limits"]);
         if !ephemeral
             && (limits.and_then(|l| l.get("memory")).is_none()
                 || limits.and_then(|l| l.get("cpu")).is_none())

@@ -87,6 +87,12 @@ fn kib(bytes: usize) -> u32 {
 pub(crate) enum Gate<'a> {
     /// Nobody (sys/init, sys/unseal).
     Unauthenticated,
+    /// A request carrying a token this server cannot check (a standby forwarding it to
+    /// the active, which checks it).
+    Presented {
+        /// Whether a token was presented.
+        token: bool,
+    },
     /// The holder of a valid token.
     Token {
         /// Asked whether the token is valid.
@@ -176,6 +182,13 @@ impl Admission<'_> {
         match &self.gate {
             Gate::Unauthenticated => Err(BodyError::TooLarge { limit: small }),
             _ if total > self.max => Err(BodyError::TooLarge { limit: self.max }),
+            Gate::Presented { token } => {
+                if !token {
+                    return Err(BodyError::NeedsToken { limit: small });
+                }
+                self.allowed = self.max;
+                Ok(())
+            }
             Gate::Token { core, token } => {
                 let valid = match token {
                     Some(t) => timeout_at(deadline, core.token_is_valid(t))

@@ -229,6 +229,9 @@ struct RawStorage {
     /// PostgreSQL: PEM roots that verify the database's certificate (sslmode=verify-full).
     #[serde(default)]
     tls_ca_file: Option<PathBuf>,
+    /// PostgreSQL: a file holding the password (a mounted Secret), read at start-up.
+    #[serde(default)]
+    password_file: Option<PathBuf>,
     /// MiB of stored values kept in memory for reads; 0 turns the cache off.
     #[serde(default)]
     cache_size_mb: Option<u32>,
@@ -302,7 +305,21 @@ fn ha_address(key: &str, text: &str) -> Result<String, ConfigError> {
 }
 
 fn ha_config(raw: Option<RawHa>, backend: &str) -> Result<Option<HaConfig>, ConfigError> {
-    let Some(raw) = raw.filter(|ha| ha.enabled) else {
+    ha_config_with(raw, backend, |name| {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    })
+}
+
+/// [`ha_config`] with the environment given: `KEYHAVEN_API_ADDRESS` and
+/// `KEYHAVEN_CLUSTER_ADDRESS` override `ha.api_address` and `ha.cluster_address` (as
+/// `VAULT_API_ADDR` and `VAULT_CLUSTER_ADDR` do), so that replicas sharing one file each
+/// name themselves (a StatefulSet sets them from the pod's name).
+fn ha_config_with(
+    raw: Option<RawHa>,
+    backend: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<HaConfig>, ConfigError> {
+    let Some(mut raw) = raw.filter(|ha| ha.enabled) else {
         return Ok(None);
     };
     if backend != "postgresql" {
@@ -311,12 +328,19 @@ fn ha_config(raw: Option<RawHa>, backend: &str) -> Result<Option<HaConfig>, Conf
              database); {backend:?} serves one server"
         )));
     }
+    if let Some(v) = env("KEYHAVEN_API_ADDRESS") {
+        raw.api_address = Some(v);
+    }
+    if let Some(v) = env("KEYHAVEN_CLUSTER_ADDRESS") {
+        raw.cluster_address = Some(v);
+    }
     let api_address = ha_address(
         "api_address",
         raw.api_address.as_deref().ok_or_else(|| {
             ConfigError::Invalid(
-                "ha.api_address is required with ha.enabled: the address clients and the \
-                 other replicas reach this one at (e.g. \"https://keyhaven-0.keyhaven:8200\")"
+                "ha.api_address (or KEYHAVEN_API_ADDRESS) is required with ha.enabled: the \
+                 address clients and the other replicas reach this one at (e.g. \
+                 \"https://keyhaven-0.keyhaven:8200\")"
                     .into(),
             )
         })?,
@@ -444,6 +468,7 @@ fn postgres_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
         schema: raw.schema.unwrap_or_else(|| "keyhaven".to_owned()),
         max_connections: max_connections as usize,
         tls_ca_file,
+        password_file: raw.password_file,
     })
 }
 
@@ -655,6 +680,8 @@ pub enum StorageConfig {
         max_connections: usize,
         /// PEM roots for `sslmode=verify-full`; `None`: no TLS.
         tls_ca_file: Option<PathBuf>,
+        /// A file holding the password (replaces one in the connection string).
+        password_file: Option<PathBuf>,
     },
 }
 
@@ -676,18 +703,21 @@ impl PartialEq for StorageConfig {
                     schema,
                     max_connections,
                     tls_ca_file,
+                    password_file,
                 },
                 StorageConfig::Postgres {
                     connection: c,
                     schema: s,
                     max_connections: m,
                     tls_ca_file: t,
+                    password_file: p,
                 },
             ) => {
                 connection.expose_secret() == c.expose_secret()
                     && schema == s
                     && max_connections == m
                     && tls_ca_file == t
+                    && password_file == p
             }
             _ => false,
         }
@@ -846,10 +876,11 @@ impl Config {
             && (raw.storage.connection_url.is_some()
                 || raw.storage.schema.is_some()
                 || raw.storage.max_connections.is_some()
-                || raw.storage.tls_ca_file.is_some())
+                || raw.storage.tls_ca_file.is_some()
+                || raw.storage.password_file.is_some())
         {
             return Err(ConfigError::Invalid(format!(
-                "storage.connection_url, schema, max_connections and tls_ca_file are for the \
+                "storage.connection_url, schema, max_connections, tls_ca_file and password_file are for the \
                  postgresql backend, not {:?}",
                 raw.storage.backend
             )));
@@ -1041,8 +1072,41 @@ tls_key_file = "/etc/keyhaven/tls.key"
         assert_eq!(ha.lock_ttl, Duration::from_secs(3));
         assert_eq!(ha.tls_ca_file, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!(with("enabled = false").unwrap().ha, None);
+        // The environment names each replica of a shared file.
+        let raw: RawConfig = toml::from_str(
+            "[storage]\nbackend = \"postgresql\"\n[listener]\naddress = \"0.0.0.0:8200\"\n\
+             [ha]\nenabled = true\napi_address = \"https://file:8200\"\n",
+        )
+        .unwrap();
+        let ha = ha_config_with(raw.ha, "postgresql", |name| match name {
+            "KEYHAVEN_API_ADDRESS" => Some("https://kh-1.kh-internal:8200".to_owned()),
+            _ => None,
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(ha.api_address, "https://kh-1.kh-internal:8200");
+        assert_eq!(ha.cluster_address, "https://kh-1.kh-internal:8200");
+        let raw: RawConfig = toml::from_str(
+            "[storage]\nbackend = \"postgresql\"\n[listener]\naddress = \"0.0.0.0:8200\"\n\
+             [ha]\nenabled = true\n",
+        )
+        .unwrap();
+        let ha = ha_config_with(raw.ha, "postgresql", |name| match name {
+            "KEYHAVEN_API_ADDRESS" => Some("https://a:8200".to_owned()),
+            "KEYHAVEN_CLUSTER_ADDRESS" => Some("https://a:8201".to_owned()),
+            _ => None,
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (ha.api_address.as_str(), ha.cluster_address.as_str()),
+            ("https://a:8200", "https://a:8201")
+        );
         for (ha, wanted) in [
-            ("enabled = true", "ha.api_address is required"),
+            (
+                "enabled = true",
+                "ha.api_address (or KEYHAVEN_API_ADDRESS) is required",
+            ),
             (
                 "enabled = true\napi_address = \"kh-0:8200\"",
                 "must start with https://",
@@ -1081,6 +1145,7 @@ tls_key_file = "/etc/keyhaven/tls.key"
             schema,
             max_connections,
             tls_ca_file,
+            ..
         } = &c.storage
         else {
             panic!("{:?}", c.storage)
@@ -1108,6 +1173,7 @@ tls_key_file = "/etc/keyhaven/tls.key"
             schema,
             max_connections,
             tls_ca_file,
+            ..
         } = &c.storage
         else {
             panic!()

@@ -199,7 +199,8 @@ impl DatabasePlugins for PgPlugins {
         Ok(Arc::new(PgConnection {
             pool,
             scram: config.password_authentication == PasswordAuthentication::ScramSha256,
-            serial: tokio::sync::Mutex::new(()),
+            queue: Arc::default(),
+            serial: Arc::default(),
         }))
     }
 }
@@ -207,12 +208,33 @@ impl DatabasePlugins for PgPlugins {
 struct PgConnection {
     pool: Pool,
     scram: bool,
-    /// Held by every statement batch that changes users or grants. PostgreSQL refuses
-    /// the second of two concurrent `GRANT`s or `REVOKE`s on one object ("tuple
-    /// concurrently updated": both rewrite its catalog row), so, as OpenBao's plugin
-    /// does, one configuration changes one user at a time; the pool still serves
-    /// `verify` beside it.
-    serial: tokio::sync::Mutex<()>,
+    /// Changes of users and grants waiting for the next batch.
+    queue: Arc<parking_lot::Mutex<Vec<Pending>>>,
+    /// Held while a batch runs. PostgreSQL refuses the second of two concurrent `GRANT`s
+    /// or `REVOKE`s on one object ("tuple concurrently updated": both rewrite its catalog
+    /// row), so one configuration changes users in one transaction at a time, as
+    /// OpenBao's plugin does; but that transaction carries every change that queued up
+    /// meanwhile (group commit: one flush of the database's log for all of them), each
+    /// under its own savepoint so that one failing change does not undo the others. The
+    /// pool still serves `verify` beside it.
+    serial: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// One change of users or grants.
+enum Change {
+    /// Statements, already filled in, and the values an error must not repeat.
+    Statements {
+        sql: Vec<zeroize::Zeroizing<String>>,
+        redact: Vec<zeroize::Zeroizing<String>>,
+    },
+    /// OpenBao's default revocation of a user.
+    DefaultRevoke { username: String },
+}
+
+/// A change and who waits for its outcome.
+struct Pending {
+    change: Change,
+    reply: tokio::sync::oneshot::Sender<Result<(), PluginError>>,
 }
 
 /// `"ident"`, with inner quotes doubled.
@@ -239,7 +261,8 @@ impl PgConnection {
         }
     }
 
-    /// Run the queries of `templates` (or of `default`) with `values`, in one transaction.
+    /// Run the queries of `templates` (or of `default`) with `values`, in one transaction
+    /// (shared with the changes queued beside it, under a savepoint of its own).
     async fn run(
         &self,
         templates: &[String],
@@ -257,118 +280,248 @@ impl PgConnection {
         if queries.is_empty() {
             return Err(PluginError::new("empty statements"));
         }
-        let _serial = self.serial.lock().await;
-        let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| PluginError::new(reason(&e)))?;
-        // PostgreSQL quotes the statement in some errors (`syntax error at or near "…"`):
-        // the password (or its verifier) never goes back out in one.
-        let scrub = |e: &tokio_postgres::Error| {
-            let mut text = reason(e);
-            for (key, value) in values {
-                if *key == "password" && !value.is_empty() {
-                    text = text.replace(value, "<redacted>");
+        let sql = queries
+            .iter()
+            .map(|q| zeroize::Zeroizing::new(statements::substitute(q, values)))
+            .collect();
+        let redact = values
+            .iter()
+            .filter(|(key, value)| *key == "password" && !value.is_empty())
+            .map(|(_, value)| zeroize::Zeroizing::new((*value).to_owned()))
+            .collect();
+        self.submit(Change::Statements { sql, redact }).await
+    }
+
+    /// Queue `change` and wait for its outcome. Whoever holds the batch lock runs every
+    /// change queued so far; a caller that gets the lock and finds its change done
+    /// returns at once. The batch runs in a task of its own, so a caller that goes away
+    /// (its client disconnected) never leaves the others' outcomes unknown.
+    async fn submit(&self, change: Change) -> Result<(), PluginError> {
+        let (reply, mut outcome) = tokio::sync::oneshot::channel();
+        self.queue.lock().push(Pending { change, reply });
+        loop {
+            let guard = self.serial.clone().lock_owned().await;
+            match outcome.try_recv() {
+                Ok(result) => return result,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    return Err(PluginError::new(
+                        "the change was interrupted before its outcome was known",
+                    ));
                 }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
             }
-            PluginError::new(text)
-        };
-        for query in &queries {
-            let sql = zeroize::Zeroizing::new(statements::substitute(query, values));
-            tx.batch_execute(&sql).await.map_err(|e| scrub(&e))?;
+            let batch = std::mem::take(&mut *self.queue.lock());
+            let pool = self.pool.clone();
+            let task = tokio::spawn(async move {
+                apply(&pool, batch).await;
+                drop(guard);
+            });
+            let _ = task.await;
         }
-        tx.commit().await.map_err(|e| PluginError::new(reason(&e)))
     }
 
     /// OpenBao's default revocation: revoke what the user was granted, then drop it.
     async fn default_revoke(&self, username: &str) -> Result<(), PluginError> {
-        let _serial = self.serial.lock().await;
-        let client = self.client().await?;
-        // One round trip for what the statements depend on.
-        let row = client
-            .query_one(
-                "SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1), \
-                 current_database()::text, \
-                 ARRAY(SELECT DISTINCT table_schema::text FROM \
-                 information_schema.role_column_grants WHERE grantee = $1 UNION SELECT \
-                 DISTINCT table_schema::text FROM information_schema.role_table_grants \
-                 WHERE grantee = $1)",
-                &[&username],
-            )
-            .await
-            .map_err(|e| PluginError::new(reason(&e)))?;
-        let exists: bool = row.try_get(0).map_err(|e| PluginError::new(reason(&e)))?;
-        if !exists {
-            return Ok(());
-        }
-        let database: String = row.try_get(1).map_err(|e| PluginError::new(reason(&e)))?;
-        let schemas: Vec<String> = row.try_get(2).map_err(|e| PluginError::new(reason(&e)))?;
-        let user = quote_ident(username);
-        let mut revokes = Vec::new();
-        for schema in schemas {
-            let schema = quote_ident(&schema);
-            revokes.push(format!(
-                "REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA {schema} FROM {user}"
-            ));
-            revokes.push(format!("REVOKE USAGE ON SCHEMA {schema} FROM {user}"));
-        }
-        revokes.push(format!(
-            "REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA public FROM {user}"
-        ));
-        revokes.push(format!(
-            "REVOKE ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA public FROM {user}"
-        ));
-        revokes.push(format!("REVOKE USAGE ON SCHEMA public FROM {user}"));
-        revokes.push(format!(
-            "REVOKE CONNECT ON DATABASE {} FROM {user}",
-            quote_ident(&database)
-        ));
-        // First all of it in one transaction (one commit, so one flush of the
-        // database's log rather than one per statement). If anything fails, it is rolled
-        // back and done OpenBao's way below: each statement on its own, carrying on
-        // after a failure, so that as much as possible is revoked and the error reported.
-        {
-            let mut client = client;
-            let batch = format!("{}; DROP ROLE IF EXISTS {user}", revokes.join("; "));
-            let done = match client.transaction().await {
-                Ok(tx) => match tx.batch_execute(&batch).await {
-                    Ok(()) => tx.commit().await.is_ok(),
-                    Err(_) => false,
-                },
-                Err(_) => false,
-            };
-            if done {
-                return Ok(());
-            }
-            self.default_revoke_each(&client, &user, &revokes).await
-        }
+        self.submit(Change::DefaultRevoke {
+            username: username.to_owned(),
+        })
+        .await
     }
+}
 
-    /// OpenBao's default revocation, statement by statement outside a transaction.
-    async fn default_revoke_each(
-        &self,
-        client: &deadpool_postgres::Object,
-        user: &str,
-        revokes: &[String],
-    ) -> Result<(), PluginError> {
-        let mut failures = Vec::new();
-        for sql in revokes {
-            if let Err(e) = client.batch_execute(sql).await {
-                failures.push(reason(&e));
-            }
-        }
-        if let Some(first) = failures.first() {
-            return Err(PluginError::new(format!(
-                "{} revoke statement(s) failed; first: {first}",
-                failures.len()
-            )));
-        }
-        client
-            .batch_execute(&format!("DROP ROLE IF EXISTS {user}"))
-            .await
-            .map_err(|e| PluginError::new(reason(&e)))
+/// What OpenBao's default revocation runs for `username`: the `REVOKE`s (each may fail on
+/// its own in the fallback), or `None` if there is no such user. One round trip.
+async fn default_revokes(
+    client: &impl deadpool_postgres::GenericClient,
+    username: &str,
+) -> Result<Option<Vec<String>>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1), \
+             current_database()::text, \
+             ARRAY(SELECT DISTINCT table_schema::text FROM \
+             information_schema.role_column_grants WHERE grantee = $1 UNION SELECT \
+             DISTINCT table_schema::text FROM information_schema.role_table_grants \
+             WHERE grantee = $1)",
+            &[&username],
+        )
+        .await?;
+    let exists: bool = row.try_get(0)?;
+    if !exists {
+        return Ok(None);
     }
+    let database: String = row.try_get(1)?;
+    let schemas: Vec<String> = row.try_get(2)?;
+    let user = quote_ident(username);
+    let mut revokes = Vec::new();
+    for schema in schemas {
+        let schema = quote_ident(&schema);
+        revokes.push(format!(
+            "REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA {schema} FROM {user}"
+        ));
+        revokes.push(format!("REVOKE USAGE ON SCHEMA {schema} FROM {user}"));
+    }
+    revokes.push(format!(
+        "REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA public FROM {user}"
+    ));
+    revokes.push(format!(
+        "REVOKE ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA public FROM {user}"
+    ));
+    revokes.push(format!("REVOKE USAGE ON SCHEMA public FROM {user}"));
+    revokes.push(format!(
+        "REVOKE CONNECT ON DATABASE {} FROM {user}",
+        quote_ident(&database)
+    ));
+    Ok(Some(revokes))
+}
+
+/// Run `batch` in one transaction, each change under a savepoint, and tell each waiter
+/// its outcome. A default revocation that fails inside the transaction is done again
+/// OpenBao's way afterwards: statement by statement, carrying on after a failure, so
+/// that as much as possible is revoked and the error reported.
+async fn apply(pool: &Pool, batch: Vec<Pending>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut client = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            let why = pool_reason(&e);
+            for p in batch {
+                let _ = p.reply.send(Err(PluginError::new(why.clone())));
+            }
+            return;
+        }
+    };
+    let tx = match client.transaction().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let why = reason(&e);
+            for p in batch {
+                let _ = p.reply.send(Err(PluginError::new(why.clone())));
+            }
+            return;
+        }
+    };
+    // Per change: Ok (pending the commit), its error, or "redo outside" (a revocation).
+    enum Step {
+        Done,
+        Failed(PluginError),
+        Redo(String),
+    }
+    let mut steps = Vec::with_capacity(batch.len());
+    let mut broken: Option<String> = None;
+    for p in &batch {
+        if let Some(why) = &broken {
+            steps.push(Step::Failed(PluginError::new(why.clone())));
+            continue;
+        }
+        if let Err(e) = tx.batch_execute("SAVEPOINT keyhaven_change").await {
+            let why = reason(&e);
+            broken = Some(why.clone());
+            steps.push(Step::Failed(PluginError::new(why)));
+            continue;
+        }
+        let result: Result<(), Step> = match &p.change {
+            Change::Statements { sql, redact } => {
+                let mut out = Ok(());
+                for query in sql {
+                    if let Err(e) = tx.batch_execute(query).await {
+                        // PostgreSQL quotes the statement in some errors (`syntax error
+                        // at or near "…"`): the password (or its verifier) never goes
+                        // back out in one.
+                        let mut text = reason(&e);
+                        for value in redact {
+                            text = text.replace(value.as_str(), "<redacted>");
+                        }
+                        out = Err(Step::Failed(PluginError::new(text)));
+                        break;
+                    }
+                }
+                out
+            }
+            Change::DefaultRevoke { username } => match default_revokes(&tx, username).await {
+                Ok(None) => Ok(()),
+                Ok(Some(revokes)) => {
+                    let sql = format!(
+                        "{}; DROP ROLE IF EXISTS {}",
+                        revokes.join("; "),
+                        quote_ident(username)
+                    );
+                    tx.batch_execute(&sql)
+                        .await
+                        .map_err(|_| Step::Redo(username.clone()))
+                }
+                Err(_) => Err(Step::Redo(username.clone())),
+            },
+        };
+        let undo = match result {
+            Ok(()) => {
+                steps.push(Step::Done);
+                "RELEASE SAVEPOINT keyhaven_change"
+            }
+            Err(step) => {
+                steps.push(step);
+                "ROLLBACK TO SAVEPOINT keyhaven_change; RELEASE SAVEPOINT keyhaven_change"
+            }
+        };
+        if let Err(e) = tx.batch_execute(undo).await {
+            broken = Some(reason(&e));
+        }
+    }
+    let committed = match &broken {
+        Some(why) => {
+            drop(tx);
+            Err(why.clone())
+        }
+        None => tx.commit().await.map_err(|e| reason(&e)),
+    };
+    for (p, step) in batch.into_iter().zip(steps) {
+        let outcome = match (step, &committed) {
+            (Step::Failed(e), _) => Err(e),
+            (Step::Done, Ok(())) => Ok(()),
+            (Step::Done | Step::Redo(_), Err(why)) => Err(PluginError::new(why.clone())),
+            (Step::Redo(username), Ok(())) => redo_revoke(&client, &username).await,
+        };
+        let _ = p.reply.send(outcome);
+    }
+}
+
+/// OpenBao's default revocation of `username`, outside a transaction.
+async fn redo_revoke(
+    client: &deadpool_postgres::Object,
+    username: &str,
+) -> Result<(), PluginError> {
+    let revokes = match default_revokes(client, username).await {
+        Ok(None) => return Ok(()),
+        Ok(Some(revokes)) => revokes,
+        Err(e) => return Err(PluginError::new(reason(&e))),
+    };
+    default_revoke_each(client, &quote_ident(username), &revokes).await
+}
+
+/// OpenBao's default revocation, statement by statement outside a transaction.
+async fn default_revoke_each(
+    client: &deadpool_postgres::Object,
+    user: &str,
+    revokes: &[String],
+) -> Result<(), PluginError> {
+    let mut failures = Vec::new();
+    for sql in revokes {
+        if let Err(e) = client.batch_execute(sql).await {
+            failures.push(reason(&e));
+        }
+    }
+    if let Some(first) = failures.first() {
+        return Err(PluginError::new(format!(
+            "{} revoke statement(s) failed; first: {first}",
+            failures.len()
+        )));
+    }
+    client
+        .batch_execute(&format!("DROP ROLE IF EXISTS {user}"))
+        .await
+        .map_err(|e| PluginError::new(reason(&e)))
 }
 
 #[async_trait]

@@ -417,7 +417,7 @@ pub struct Forwarder {
     core: Arc<Core>,
     election: Arc<Election>,
     client: reqwest::Client,
-    max_request_size: usize,
+    body: crate::body::BodyLimits,
 }
 
 impl Forwarder {
@@ -426,7 +426,7 @@ impl Forwarder {
         core: Arc<Core>,
         election: Arc<Election>,
         roots: Option<&[u8]>,
-        max_request_size: usize,
+        body: crate::body::BodyLimits,
     ) -> Result<Forwarder, String> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -449,7 +449,7 @@ impl Forwarder {
             core,
             election,
             client,
-            max_request_size,
+            body,
         })
     }
 }
@@ -502,13 +502,40 @@ pub(crate) async fn forward(
         return resp;
     }
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, fw.max_request_size).await {
-        Ok(b) => b,
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the request body is larger than listener.max_request_size, or could not be read",
+    // Within the listener's limits and memory budget, as a body the active reads itself:
+    // more than the unauthenticated size only with a token (which the active checks).
+    let gate = crate::body::Gate::Presented {
+        token: crate::http::token_from(&parts.headers).is_some(),
+    };
+    let conn = parts.extensions.get::<crate::listener::ConnHandle>();
+    let (body, _reservation) = match crate::body::receive(body, &fw.body, gate, conn).await {
+        Ok(received) => (received.bytes, received.reservation),
+        Err(e) => {
+            let (status, message) = match e {
+                crate::body::BodyError::TooLarge { limit }
+                | crate::body::BodyError::NeedsToken { limit } => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is larger than the limit of {limit} bytes"),
+                ),
+                crate::body::BodyError::TimedOut => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body was not received in time".to_owned(),
+                ),
+                crate::body::BodyError::Busy => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server is busy receiving other request bodies: retry".to_owned(),
+                ),
+                crate::body::BodyError::Read => (
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read".to_owned(),
+                ),
+            };
+            let mut resp = error(status, &message);
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
             );
+            return resp;
         }
     };
     let method = match reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) {

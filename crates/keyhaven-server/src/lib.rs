@@ -319,6 +319,29 @@ fn pg_tls(ca_file: &std::path::Path) -> Result<keyhaven_storage_sql::PgTls, Serv
     Ok(keyhaven_storage_sql::PgTls::VerifyFull(Arc::new(config)))
 }
 
+/// `storage.password_file`: its first line (a Secret mounted as a file may or may not
+/// end with a newline). Errors name the file, never its content.
+fn read_password_file(path: &std::path::Path) -> Result<SecretString, ServerError> {
+    let shown = path.display();
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| {
+        ServerError::Config(ConfigError::Invalid(format!(
+            "storage.password_file {shown}: {e}"
+        )))
+    })?);
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        ServerError::Config(ConfigError::Invalid(format!(
+            "storage.password_file {shown}: not UTF-8 text"
+        )))
+    })?;
+    let password = text.lines().next().unwrap_or("");
+    if password.is_empty() {
+        return Err(ServerError::Config(ConfigError::Invalid(format!(
+            "storage.password_file {shown} is empty"
+        ))));
+    }
+    Ok(SecretString::from(password.to_owned()))
+}
+
 /// What [`open_storage`] opened.
 struct Opened {
     store: Arc<dyn Store>,
@@ -338,11 +361,15 @@ async fn open_storage(config: &Config, node_id: &str) -> Result<Opened, ServerEr
             schema,
             max_connections,
             tls_ca_file,
+            password_file,
         } => {
             use secrecy::ExposeSecret as _;
             let mut options = keyhaven_storage_sql::PgOptions::default();
+            if let Some(path) = password_file {
+                options.password = Some(read_password_file(path)?);
+            }
             if config.ha.is_some() {
-                options.application_name = format!("keyhaven/{node_id}");
+                options.application_name = Some(format!("keyhaven/{node_id}"));
             }
             options.schema.clone_from(schema);
             options.pool_size = *max_connections;
@@ -521,17 +548,18 @@ pub async fn build(
             client_certs,
         } => Some(tls::acceptor(cert, key, *client_certs)?),
     };
+    let body_limits = body::BodyLimits::new(
+        config.max_request_size,
+        config.listener_limits.max_unauthenticated_request_size,
+        config.listener_limits.read_timeout,
+        config.listener_limits.max_request_body_memory,
+    )
+    .with_json(config.listener_limits.json);
     let state = http::AppState {
         core: core.clone(),
         storage_type: config.storage.type_name(),
         unauthenticated_metrics: config.telemetry.unauthenticated_metrics_access,
-        body: body::BodyLimits::new(
-            config.max_request_size,
-            config.listener_limits.max_unauthenticated_request_size,
-            config.listener_limits.read_timeout,
-            config.listener_limits.max_request_body_memory,
-        )
-        .with_json(config.listener_limits.json),
+        body: body_limits.clone(),
     };
     let mut router = http::router(state);
     if let (Some(election), Some(ha)) = (&election, &config.ha) {
@@ -545,7 +573,7 @@ pub async fn build(
             core.clone(),
             election.clone(),
             roots.as_deref(),
-            config.max_request_size,
+            body_limits,
         )
         .map_err(ServerError::Tls)?;
         router = router.layer(axum::middleware::from_fn_with_state(

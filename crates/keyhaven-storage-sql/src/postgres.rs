@@ -91,10 +91,13 @@ pub struct PgOptions {
     pub acquire_timeout: Duration,
     /// TLS to the database (default: none).
     pub tls: PgTls,
-    /// The `application_name` of every connection (default `keyhaven`). With high
+    /// The `application_name` of every connection, replacing the connection string's.
+    /// `None` (the default): the connection string's, or `keyhaven`. With high
     /// availability each replica names its connections `keyhaven/<node id>`, so that a
     /// replica taking over can end the sessions of a stalled predecessor.
-    pub application_name: String,
+    pub application_name: Option<String>,
+    /// The password, replacing one in the connection string (`storage.password_file`).
+    pub password: Option<secrecy::SecretString>,
 }
 
 impl Default for PgOptions {
@@ -105,7 +108,8 @@ impl Default for PgOptions {
             max_retries: 64,
             acquire_timeout: Duration::from_secs(10),
             tls: PgTls::Disable,
-            application_name: "keyhaven".to_owned(),
+            application_name: None,
+            password: None,
         }
     }
 }
@@ -450,7 +454,18 @@ impl PgStore {
     pub async fn connect(config: &str, options: PgOptions) -> Result<PgStore, StorageError> {
         let schema = quote_schema(&options.schema)?;
         let mut pg_config: tokio_postgres::Config = config.parse().map_err(fail)?;
-        pg_config.application_name(&options.application_name);
+        match &options.application_name {
+            Some(name) => {
+                pg_config.application_name(name);
+            }
+            None if pg_config.get_application_name().is_none() => {
+                pg_config.application_name("keyhaven");
+            }
+            None => {}
+        }
+        if let Some(password) = &options.password {
+            pg_config.password(secrecy::ExposeSecret::expose_secret(password).as_bytes());
+        }
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };

@@ -180,7 +180,7 @@ async fn replica(
     ttl: std::time::Duration,
 ) -> (Arc<PgStore>, keyhaven_storage_sql::HaSession) {
     let mut options = schema.options();
-    options.application_name = format!("keyhaven/{id}");
+    options.application_name = Some(format!("keyhaven/{id}"));
     let store = Arc::new(PgStore::connect(&schema.url, options).await.unwrap());
     let node = keyhaven_storage_sql::HaNode {
         id: id.to_owned(),
@@ -326,7 +326,7 @@ async fn pg_calls_survive_the_database_ending_every_session() {
     let Some(url) = pg_url() else { return };
     let schema = TestSchema::new(&url);
     let mut options = schema.options();
-    options.application_name = format!("keyhaven/{}", schema.name);
+    options.application_name = Some(format!("keyhaven/{}", schema.name));
     let store = Arc::new(PgStore::connect(&schema.url, options).await.unwrap());
     store.put("a/1", b"v".to_vec()).await.unwrap();
     // Several pooled connections, all about to be ended.

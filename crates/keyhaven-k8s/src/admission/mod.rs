@@ -23,11 +23,13 @@
 pub mod policy;
 pub mod server;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use keyhaven_scan::engine::{Engine, EngineOptions};
-use keyhaven_scan::k8s::{self, Object};
+use keyhaven_scan::engine::{Engine, EngineOptions, Scratch};
+use keyhaven_scan::k8s;
 use keyhaven_scan::posture;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -218,6 +220,19 @@ impl Decision {
 pub struct Admission {
     engine: Engine,
     policy: Policy,
+    /// Tells this evaluator's per-thread scratch from another evaluator's (the scratch
+    /// holds copies of this engine's regexes).
+    id: u64,
+}
+
+/// Source of [`Admission::id`].
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The scanner's buffers and regex copies of the evaluator that last ran on this
+    /// thread (webhook reviews run on the blocking pool's long-lived threads): a scratch per
+    /// review would start with cold regex caches and take them from a shared pool.
+    static SCRATCH: RefCell<(u64, Scratch)> = RefCell::new((u64::MAX, Scratch::default()));
 }
 
 impl std::fmt::Debug for Admission {
@@ -266,6 +281,7 @@ impl Admission {
         Ok(Admission {
             engine: Engine::new(rules, EngineOptions::default()),
             policy,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -279,7 +295,13 @@ impl Admission {
         if body.len() > MAX_REVIEW_BYTES {
             return Err(ReviewError::TooLarge(body.len()));
         }
-        let review: ReviewIn = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+        // Valid UTF-8 is checked once for the whole body, not string by string (the same
+        // decoding; invalid UTF-8 keeps serde_json's error, with its position).
+        let review: ReviewIn = match std::str::from_utf8(body) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(body),
+        }
+        .map_err(|e| json_error(&e))?;
         if review.kind != "AdmissionReview" {
             return Err(ReviewError::Kind(truncate(&review.kind, 64)));
         }
@@ -421,8 +443,8 @@ impl Admission {
             }
         }
 
-        let (mut hits, exempted) = self.findings(&d.kind, &d.namespace, &d.name, &object);
-        if let (true, Some(old)) = (d.operation == "UPDATE", &req.old_object) {
+        let (mut hits, exempted) = self.findings(&d.kind, &d.namespace, &d.name, object);
+        if let (true, Some(old)) = (d.operation == "UPDATE", req.old_object) {
             let (old_hits, _) = self.findings(&d.kind, &d.namespace, &d.name, old);
             let before: BTreeSet<(&str, &str)> = old_hits
                 .iter()
@@ -510,47 +532,10 @@ impl Admission {
         kind: &str,
         namespace: &str,
         name: &str,
-        object: &Value,
+        object: Value,
     ) -> (Vec<Hit>, Vec<(String, String, String)>) {
         let mut hits = Vec::new();
         let mut exempted = Vec::new();
-        let push = |hits: &mut Vec<Hit>,
-                    exempted: &mut Vec<(String, String, String)>,
-                    check: &str,
-                    field: String,
-                    mut message: String,
-                    title: String,
-                    fix: String,
-                    waivable: bool| {
-            let mode = self.policy.mode(check);
-            if mode == Mode::Off {
-                return;
-            }
-            // Posture findings come with their exception already applied.
-            match posture::exception(object, check).filter(|_| waivable) {
-                Some(Ok(reason)) => {
-                    exempted.push((check.to_owned(), field, reason));
-                    return;
-                }
-                Some(Err(note)) => message.push_str(&note),
-                None => {}
-            }
-            if hits
-                .iter()
-                .any(|h: &Hit| h.check == check && h.field == field)
-            {
-                return;
-            }
-            hits.push(Hit {
-                check: check.to_owned(),
-                field,
-                message,
-                title,
-                fix,
-                mode,
-            });
-        };
-
         if kind == "Secret" {
             if self
                 .policy
@@ -558,15 +543,21 @@ impl Admission {
                 .iter()
                 .any(|n| n == namespace)
             {
-                push(
+                self.push(
+                    &object,
                     &mut hits,
                     &mut exempted,
-                    policy::KEYHAVEN_NAMESPACE_SECRET,
-                    "metadata.namespace".to_owned(),
-                    format!("namespace {namespace} keeps its secrets in keyhaven, not in Secrets"),
-                    "Secret in a namespace whose secrets must come from keyhaven".to_owned(),
-                    "store the values in keyhaven and mount them with the keyhaven CSI provider (SecretProviderClass)".to_owned(),
-                    true,
+                    Found {
+                        check: policy::KEYHAVEN_NAMESPACE_SECRET,
+                        field: "metadata.namespace".to_owned(),
+                        message: format!(
+                            "namespace {namespace} keeps its secrets in keyhaven, not in Secrets"
+                        ),
+                        title: "Secret in a namespace whose secrets must come from keyhaven"
+                            .to_owned(),
+                        fix: "store the values in keyhaven and mount them with the keyhaven CSI provider (SecretProviderClass)".to_owned(),
+                        waivable: true,
+                    },
                 );
             }
             return (hits, exempted);
@@ -577,123 +568,257 @@ impl Admission {
         }
 
         // The scanner's object pass: env literals, ConfigMap credentials.
-        let scanned = k8s::scan_object(&self.engine, "admission", object, 2);
+        let scanned = k8s::scan_object_secrets(&self.engine, "admission", &object, 2);
         let mut secret_fields = BTreeSet::new();
-        for f in scanned.findings {
-            let field = f.field.clone().unwrap_or_default();
+        for f in scanned {
+            let field = f.field.unwrap_or_default();
             secret_fields.insert(field.clone());
-            let fix = f.fix.clone().unwrap_or_default();
-            push(
+            self.push(
+                &object,
                 &mut hits,
                 &mut exempted,
-                &f.rule_id,
-                field,
-                f.message,
-                f.description,
-                fix,
-                true,
+                Found {
+                    check: &f.rule_id,
+                    field,
+                    message: f.message,
+                    title: f.description,
+                    fix: f.fix.unwrap_or_default(),
+                    waivable: true,
+                },
             );
         }
         if kind == "ConfigMap" {
             return (hits, exempted);
         }
 
-        // The posture checks, on this one object (as the scanner parsed it).
-        let mut objects: Vec<Object> = scanned.objects;
-        for o in &mut objects {
+        // The posture checks, on this one object as the scanner parses it (moved, not
+        // copied, into the scanner's `Object`).
+        let mut parsed = None;
+        let mut loose = object;
+        if let Some(mut o) = k8s::parsed_object("admission", &mut loose) {
             if o.namespace.is_none() && !namespace.is_empty() {
                 o.namespace = Some(namespace.to_owned());
             }
             if o.name.is_empty() {
                 name.clone_into(&mut o.name);
             }
+            parsed = Some(o);
         }
-        let checked = posture::check_objects(&objects);
+        let object: &Value = parsed.as_ref().map_or(&loose, |o| &o.value);
+        let checked = posture::check_objects(parsed.as_slice());
         for f in checked.findings {
-            let field = f.field.clone().unwrap_or_default();
-            let fix = f.fix.clone().unwrap_or_default();
-            push(
+            self.push(
+                object,
                 &mut hits,
                 &mut exempted,
-                &f.rule_id,
-                field,
-                f.message,
-                f.description,
-                fix,
-                false,
+                Found {
+                    check: &f.rule_id,
+                    field: f.field.unwrap_or_default(),
+                    message: f.message,
+                    title: f.description,
+                    fix: f.fix.unwrap_or_default(),
+                    waivable: false,
+                },
             );
         }
         for e in checked.exempted {
             exempted.push((e.check.to_owned(), e.field, e.reason));
         }
 
-        // The secret rules over every string of the object, with its field path.
-        let mut leaves = Vec::new();
-        string_leaves(object, &mut String::new(), &mut leaves, 0);
-        for (field, text) in leaves {
-            if secret_fields.contains(&field) {
+        // The secret rules over every string of the object, with its field path: one
+        // pass over all the strings, each judged as if scanned alone.
+        let mut leaves = Leaves::default();
+        leaves.collect(object, &mut String::new(), &secret_fields, 0);
+        let matches = SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut slot) => {
+                if slot.0 != self.id {
+                    *slot = (self.id, Scratch::per_thread());
+                }
+                self.engine.scan_segments_with(
+                    &leaves.text,
+                    &leaves.segments,
+                    "admission",
+                    None,
+                    &mut slot.1,
+                )
+            }
+            Err(_) => self.engine.scan_segments_with(
+                &leaves.text,
+                &leaves.segments,
+                "admission",
+                None,
+                &mut Scratch::default(),
+            ),
+        });
+        for (i, m) in matches {
+            let (Some(rule), Some(field)) = (self.engine.rules.rules.get(m.rule), leaves.field(i))
+            else {
                 continue;
-            }
-            for m in self.engine.scan_bytes(text.as_bytes(), "admission", None) {
-                let Some(rule) = self.engine.rules.rules.get(m.rule) else {
-                    continue;
-                };
-                push(
-                    &mut hits,
-                    &mut exempted,
-                    &rule.spec.id,
-                    field.clone(),
-                    format!("{} in {field}", rule.spec.description),
-                    rule.spec.description.clone(),
-                    "remove the credential, rotate it, and load it at run time from keyhaven (CSI volume) or a Secret".to_owned(),
-                    true,
-                );
-            }
+            };
+            self.push(
+                object,
+                &mut hits,
+                &mut exempted,
+                Found {
+                    check: &rule.spec.id,
+                    field: field.to_owned(),
+                    message: format!("{} in {field}", rule.spec.description),
+                    title: rule.spec.description.clone(),
+                    fix: "remove the credential, rotate it, and load it at run time from keyhaven (CSI volume) or a Secret".to_owned(),
+                    waivable: true,
+                },
+            );
         }
         (hits, exempted)
     }
+
+    /// Record one finding on `object` with the policy's mode: dropped if off, waived by a
+    /// justified exception annotation (posture findings come with theirs applied), kept
+    /// once per (check, field).
+    fn push(
+        &self,
+        object: &Value,
+        hits: &mut Vec<Hit>,
+        exempted: &mut Vec<(String, String, String)>,
+        found: Found<'_>,
+    ) {
+        let Found {
+            check,
+            field,
+            mut message,
+            title,
+            fix,
+            waivable,
+        } = found;
+        let mode = self.policy.mode(check);
+        if mode == Mode::Off {
+            return;
+        }
+        match posture::exception(object, check).filter(|_| waivable) {
+            Some(Ok(reason)) => {
+                exempted.push((check.to_owned(), field, reason));
+                return;
+            }
+            Some(Err(note)) => message.push_str(&note),
+            None => {}
+        }
+        if hits.iter().any(|h| h.check == check && h.field == field) {
+            return;
+        }
+        hits.push(Hit {
+            check: check.to_owned(),
+            field,
+            message,
+            title,
+            fix,
+            mode,
+        });
+    }
 }
 
-/// Strings of a value worth scanning, with their field paths. Server-maintained metadata
-/// (managed fields, kubectl's copy of the last applied object) is skipped: it repeats
-/// the object.
-fn string_leaves<'a>(
-    v: &'a Value,
-    path: &mut String,
-    out: &mut Vec<(String, &'a str)>,
-    depth: usize,
-) {
-    if depth > 64 {
-        return;
+/// One finding before the policy is applied.
+struct Found<'a> {
+    check: &'a str,
+    field: String,
+    message: String,
+    title: String,
+    fix: String,
+    /// Whether an exception annotation may waive it here (posture findings come with
+    /// theirs already applied).
+    waivable: bool,
+}
+
+/// The strings of an object worth scanning, back to back, with their field paths.
+#[derive(Default)]
+struct Leaves {
+    /// The strings, each followed by a newline (never scanned: see
+    /// [`Engine::scan_segments_with`]).
+    text: Vec<u8>,
+    /// Each string's (start, end) in `text`.
+    segments: Vec<(usize, usize)>,
+    /// The field paths, back to back.
+    fields: String,
+    /// Each string's field path: its (start, end) in `fields`.
+    field_spans: Vec<(usize, usize)>,
+}
+
+impl Leaves {
+    /// The field path of string `i`.
+    fn field(&self, i: usize) -> Option<&str> {
+        let &(s, e) = self.field_spans.get(i)?;
+        self.fields.get(s..e)
     }
-    match v {
-        Value::String(s) if s.len() >= 8 => out.push((path.clone(), s)),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                let len = path.len();
-                let _ = write!(path, "[{i}]");
-                string_leaves(item, path, out, depth + 1);
-                path.truncate(len);
-            }
+
+    /// Gather the strings of `v` of 8 bytes or more, except those at a path in `skip`.
+    /// Server-maintained metadata (managed fields, kubectl's copy of the last applied
+    /// object) is skipped: it repeats the object.
+    fn collect(&mut self, v: &Value, path: &mut String, skip: &BTreeSet<String>, depth: usize) {
+        if depth > 64 {
+            return;
         }
-        Value::Object(map) => {
-            for (k, item) in map {
-                if (depth == 1 && path == "metadata" && k == "managedFields")
-                    || k == "kubectl.kubernetes.io/last-applied-configuration"
-                {
-                    continue;
+        match v {
+            Value::String(s) if s.len() >= 8 => {
+                if skip.contains(path.as_str()) {
+                    return;
                 }
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(k);
-                string_leaves(item, path, out, depth + 1);
-                path.truncate(len);
+                let start = self.text.len();
+                self.text.extend_from_slice(s.as_bytes());
+                self.segments.push((start, self.text.len()));
+                self.text.push(b'\n');
+                let f = self.fields.len();
+                self.fields.push_str(path);
+                self.field_spans.push((f, self.fields.len()));
             }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = path.len();
+                    push_index(path, i);
+                    self.collect(item, path, skip, depth + 1);
+                    path.truncate(len);
+                }
+            }
+            Value::Object(map) => {
+                for (k, item) in map {
+                    if (depth == 1 && path == "metadata" && k == "managedFields")
+                        || k == "kubectl.kubernetes.io/last-applied-configuration"
+                    {
+                        continue;
+                    }
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(k);
+                    self.collect(item, path, skip, depth + 1);
+                    path.truncate(len);
+                }
+            }
+            _ => {}
         }
-        _ => {}
     }
+}
+
+/// Append `[i]` to `path` (what `write!(path, "[{i}]")` writes, without the formatting
+/// machinery: this runs for every array element of every review).
+fn push_index(path: &mut String, i: usize) {
+    let mut digits = [0u8; 20];
+    let mut n = i;
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    path.push('[');
+    for &d in digits.get(at..).unwrap_or_default() {
+        path.push(char::from(d));
+    }
+    path.push(']');
 }
 
 /// Split YAML text into documents at `---` lines.
@@ -753,4 +878,18 @@ pub fn fuzz_review(data: &[u8]) -> bool {
         Err(_) => false,
     };
     reviewed || filed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_index_writes_what_format_writes() {
+        for i in [0usize, 7, 10, 99, 100, 12345, usize::MAX] {
+            let mut path = "spec.containers".to_owned();
+            push_index(&mut path, i);
+            assert_eq!(path, format!("spec.containers[{i}]"));
+        }
+    }
 }
