@@ -188,6 +188,33 @@ fn replicas_share_one_database_one_active_and_fail_over_without_losing_a_write()
         Some(299)
     );
 
+    // sys/ha-status (through a standby, answered by the active) lists the three
+    // replicas, the active one marked.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let nodes = loop {
+        let (s, b) = call(
+            "GET",
+            &format!("{}/v1/sys/ha-status", addrs[standbys[0]]),
+            Some(&root),
+            None,
+        );
+        assert_eq!(s, 200, "{b}");
+        let nodes = b["data"]["nodes"].as_array().cloned().unwrap_or_default();
+        if nodes.len() == 3 {
+            break nodes;
+        }
+        assert!(Instant::now() < deadline, "ha-status: {b}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let listed: std::collections::BTreeSet<&str> = nodes
+        .iter()
+        .map(|n| n["api_address"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, addrs.iter().map(String::as_str).collect());
+    let active_nodes: Vec<&Value> = nodes.iter().filter(|n| n["active_node"] == true).collect();
+    assert_eq!(active_nodes.len(), 1, "{nodes:?}");
+    assert_eq!(active_nodes[0]["api_address"], addrs[active]);
+
     // A mount made through a standby; a write through each replica is read through
     // every other.
     let (s, b) = call(

@@ -28,6 +28,25 @@ pub struct HaStatus {
     pub is_self: bool,
     /// The active replica, if one holds the leadership.
     pub leader: Option<Leader>,
+    /// The replicas that echoed lately (read by the active only; empty elsewhere).
+    pub nodes: Vec<Node>,
+}
+
+/// A replica, as `sys/ha-status` lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Node {
+    /// The machine it runs on.
+    pub hostname: String,
+    /// Its API address.
+    pub api_address: String,
+    /// Its cluster address.
+    pub cluster_address: String,
+    /// Whether it is the active replica.
+    pub active_node: bool,
+    /// When it last echoed, RFC 3339.
+    pub last_echo: String,
+    /// Its version.
+    pub version: String,
 }
 
 /// The active replica.

@@ -1049,22 +1049,33 @@ impl Core {
                 data(crate::host_info::host_info(now, stamp))
             }
             ("ha-status", _) => {
-                let cluster_address = self
-                    .options
-                    .ha
-                    .as_ref()
-                    .map(|ha| ha.status().cluster_address)
-                    .unwrap_or_default();
-                let node = json!({
-                    "hostname": crate::host_info::hostname(),
-                    "api_address": self.options.api_address,
-                    "cluster_address": cluster_address,
-                    "active_node": true,
-                    "last_echo": null,
-                    "version": crate::REPORTED_VERSION,
-                });
+                let status = self.options.ha.as_ref().map(|ha| ha.status());
+                let nodes: Vec<Value> = match status {
+                    Some(status) if !status.nodes.is_empty() => status
+                        .nodes
+                        .iter()
+                        .map(|n| {
+                            json!({
+                                "hostname": n.hostname,
+                                "api_address": n.api_address,
+                                "cluster_address": n.cluster_address,
+                                "active_node": n.active_node,
+                                "last_echo": n.last_echo,
+                                "version": n.version,
+                            })
+                        })
+                        .collect(),
+                    status => vec![json!({
+                        "hostname": crate::host_info::hostname(),
+                        "api_address": self.options.api_address,
+                        "cluster_address": status.map(|s| s.cluster_address).unwrap_or_default(),
+                        "active_node": true,
+                        "last_echo": null,
+                        "version": crate::REPORTED_VERSION,
+                    })],
+                };
                 let mut out = Map::new();
-                out.insert("nodes".to_owned(), json!([node]));
+                out.insert("nodes".to_owned(), Value::Array(nodes));
                 data(out)
             }
             _ => Err(EngineError::UnsupportedOperation),

@@ -70,6 +70,18 @@ struct View {
     term: Option<i64>,
     /// The active replica, as last read.
     leader: Option<LeaderInfo>,
+    /// The replicas that echoed lately, as the active last read them.
+    nodes: Vec<keyhaven_storage_sql::NodeInfo>,
+}
+
+/// How often a replica echoes (and the active reads who did), in polls.
+const ECHO_EVERY_POLLS: u32 = 4;
+
+/// This machine's name, for `sys/ha-status`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }
 
 impl std::fmt::Debug for Election {
@@ -97,6 +109,18 @@ impl HaControl for Election {
                 cluster_address: l.cluster_address.clone(),
                 active_since: l.active_since.clone(),
             }),
+            nodes: view
+                .nodes
+                .iter()
+                .map(|n| keyhaven_engine::ha::Node {
+                    hostname: n.hostname.clone(),
+                    api_address: n.api_address.clone(),
+                    cluster_address: n.cluster_address.clone(),
+                    active_node: view.term.is_some() && n.id == self.node.id,
+                    last_echo: n.last_echo.clone(),
+                    version: n.version.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -157,6 +181,8 @@ impl Election {
             compete_after: Instant::now(),
             last_error: None,
         };
+        let host = hostname();
+        let mut polls: u32 = 0;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(POLL) => {}
@@ -165,6 +191,18 @@ impl Election {
             }
             let mut session = self.session.lock().await;
             self.step(&core, &mut session, &fence, &mut timers).await;
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(ECHO_EVERY_POLLS) && core.role() != Role::Sealed {
+                if let Err(e) = session.echo(&host, keyhaven_engine::REPORTED_VERSION).await {
+                    tracing::debug!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "cannot echo");
+                }
+                let nodes = if self.view.read().term.is_some() {
+                    session.nodes().await.unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                self.view.write().nodes = nodes;
+            }
             if core.role() == Role::Standby && self.view.read().term.is_none() {
                 // Where to forward to (also right after this replica lost the lead).
                 let leader = session.leader().await.ok().flatten();

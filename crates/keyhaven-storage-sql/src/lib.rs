@@ -29,7 +29,7 @@ mod postgres;
 mod sqlite;
 
 #[cfg(feature = "postgres")]
-pub use pg_ha::{Fence, HaNode, HaSession, LeaderInfo, describe};
+pub use pg_ha::{Fence, HaNode, HaSession, LeaderInfo, NodeInfo, describe};
 #[cfg(feature = "postgres")]
 pub use postgres::{
     ExclusiveLock, PgConnectionString, PgOptions, PgSslMode, PgStore, PgTls,

@@ -117,6 +117,28 @@ pub struct LeaderInfo {
     pub active_since: String,
 }
 
+/// A replica as it last echoed (`sys/ha-status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Its node id.
+    pub id: String,
+    /// The machine it runs on.
+    pub hostname: String,
+    /// Its API address.
+    pub api_address: String,
+    /// Its cluster address.
+    pub cluster_address: String,
+    /// Its version.
+    pub version: String,
+    /// When it last echoed, RFC 3339 (database clock).
+    pub last_echo: String,
+}
+
+/// Replicas that have not echoed for this long are not listed.
+const NODE_LISTED_FOR_SECS: i64 = 60;
+/// Replicas that have not echoed for this long are forgotten.
+const NODE_KEPT_FOR_SECS: i64 = 3600;
+
 /// A replica's handle on the leadership: a database session of its own, whose backend
 /// the leadership row records while this replica holds it.
 pub struct HaSession {
@@ -390,6 +412,69 @@ impl HaSession {
             .await?;
         tracing::info!(target: "keyhaven::ha", term, "released the leadership");
         Ok(())
+    }
+
+    /// Say that this replica is alive (its row in `ha_nodes`), and forget replicas silent
+    /// for an hour.
+    pub async fn echo(&mut self, hostname: &str, version: &str) -> Result<(), StorageError> {
+        let nodes = format!("\"{}\".ha_nodes", self.store.schema());
+        let node = self.node.clone();
+        let (hostname, version) = (hostname.to_owned(), version.to_owned());
+        let upsert = format!(
+            "INSERT INTO {nodes} (id, hostname, api_address, cluster_address, version, last_echo) \
+             VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (id) DO UPDATE SET \
+             hostname = EXCLUDED.hostname, api_address = EXCLUDED.api_address, \
+             cluster_address = EXCLUDED.cluster_address, version = EXCLUDED.version, \
+             last_echo = now()"
+        );
+        let forget =
+            format!("DELETE FROM {nodes} WHERE last_echo < now() - $1::int8 * interval '1 second'");
+        self.bounded(move |c| {
+            Box::pin(async move {
+                c.execute(
+                    &upsert,
+                    &[
+                        &node.id,
+                        &hostname,
+                        &node.api_address,
+                        &node.cluster_address,
+                        &version,
+                    ],
+                )
+                .await?;
+                c.execute(&forget, &[&NODE_KEPT_FOR_SECS]).await
+            })
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The replicas that echoed in the last minute, by API address.
+    pub async fn nodes(&mut self) -> Result<Vec<NodeInfo>, StorageError> {
+        let query = format!(
+            "SELECT id, hostname, api_address, cluster_address, version, \
+             to_char(last_echo AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+             FROM \"{}\".ha_nodes WHERE last_echo >= now() - $1::int8 * interval '1 second' \
+             ORDER BY api_address, id",
+            self.store.schema()
+        );
+        let rows = self
+            .bounded(move |c| {
+                Box::pin(async move { c.query(&query, &[&NODE_LISTED_FOR_SECS]).await })
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(NodeInfo {
+                    id: row.try_get(0).map_err(db_fail)?,
+                    hostname: row.try_get(1).map_err(db_fail)?,
+                    api_address: row.try_get(2).map_err(db_fail)?,
+                    cluster_address: row.try_get(3).map_err(db_fail)?,
+                    version: row.try_get(4).map_err(db_fail)?,
+                    last_echo: row.try_get(5).map_err(db_fail)?,
+                })
+            })
+            .collect()
     }
 
     /// The active replica, if one holds a live leadership.

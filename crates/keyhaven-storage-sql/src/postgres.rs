@@ -51,6 +51,15 @@ const MIGRATIONS: &[&str] = &[
         valid_until     TIMESTAMPTZ NOT NULL,
         acquired_at     TIMESTAMPTZ NOT NULL
     )",
+    // 3: high availability, the replicas that echoed lately (`sys/ha-status`).
+    "CREATE TABLE {schema}.ha_nodes (
+        id              TEXT PRIMARY KEY,
+        hostname        TEXT NOT NULL,
+        api_address     TEXT NOT NULL,
+        cluster_address TEXT NOT NULL,
+        version         TEXT NOT NULL,
+        last_echo       TIMESTAMPTZ NOT NULL
+    )",
 ];
 
 /// How a [`PgStore`] protects its connections to the database.
