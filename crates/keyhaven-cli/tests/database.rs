@@ -292,7 +292,7 @@ fn bao_issues_postgres_users_with_exactly_the_granted_rights() {
 
     // The database's clock: the same machine's as the server's.
     let before: u64 = db
-        .sql("SELECT extract(epoch FROM now())::bigint")
+        .sql("SELECT floor(extract(epoch FROM now()))::bigint")
         .parse()
         .unwrap();
     let creds = ok(

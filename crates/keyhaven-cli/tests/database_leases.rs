@@ -390,3 +390,52 @@ fn a_failing_change_batched_with_others_undoes_only_itself() {
     );
     assert_eq!(leftover, "0", "a failed creation left its user behind");
 }
+
+#[test]
+fn the_default_revocation_finds_grants_in_every_schema_and_on_columns() {
+    let Some(admin) = pg_url() else { return };
+    let db = Db::new(&admin, "sc");
+    psql(
+        &db.url(),
+        "CREATE TABLE granted (id int); CREATE SCHEMA app; CREATE TABLE app.t (id int, x int); \
+         CREATE SEQUENCE counter",
+    );
+    let server = TestServer::dev();
+    let root = server.root_token();
+    let bao = Bao::new(&server.addr(), Some(&root));
+    ok(&bao.run(&["secrets", "enable", "database"]), "enable");
+    ok(
+        &bao.run(&[
+            "write",
+            "database/config/pg",
+            "plugin_name=postgresql-database-plugin",
+            &format!("connection_url={}", db.url()),
+            "allowed_roles=*",
+        ]),
+        "config",
+    );
+    // No revocation statements: OpenBao's default revocation, which must find every
+    // schema the user holds privileges in, or DROP ROLE fails on what depends on it.
+    ok(
+        &bao.run(&[
+            "write",
+            "database/roles/wide",
+            "db_name=pg",
+            "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}'; \
+             GRANT SELECT ON granted TO \"{{name}}\"; GRANT USAGE ON SCHEMA app TO \"{{name}}\"; \
+             GRANT SELECT (x) ON app.t TO \"{{name}}\"; GRANT USAGE ON SEQUENCE counter TO \"{{name}}\";",
+        ]),
+        "role",
+    );
+    let users: Vec<(String, String)> = (0..3).map(|_| issue(&bao, "wide")).collect();
+    for (_, user) in &users {
+        assert!(db.role_exists(user));
+    }
+    ok(
+        &bao.run(&["lease", "revoke", "-sync", "-prefix", "database/creds/wide"]),
+        "revoke-prefix",
+    );
+    for (_, user) in &users {
+        assert!(!db.role_exists(user), "{user} is left");
+    }
+}

@@ -329,50 +329,63 @@ impl PgConnection {
     }
 }
 
-/// What OpenBao's default revocation runs for `username`: the `REVOKE`s (each may fail on
-/// its own in the fallback), or `None` if there is no such user. One round trip.
+/// What OpenBao's default revocation runs for each of `usernames` that exists: its
+/// `REVOKE`s (each may fail on its own in the fallback), by user. One query for all of
+/// them: the schemas where a user holds table or column privileges come straight from the
+/// catalogs' ACLs, exploded once for the whole batch (OpenBao asks
+/// `information_schema.role_table_grants` and `role_column_grants` per user, which
+/// explodes every ACL of the database each time; with thousands of users granted on one
+/// table that query, not the `REVOKE`s, is what a revocation costs).
 async fn default_revokes(
     client: &impl deadpool_postgres::GenericClient,
-    username: &str,
-) -> Result<Option<Vec<String>>, tokio_postgres::Error> {
-    let row = client
-        .query_one(
-            "SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1), \
-             current_database()::text, \
-             ARRAY(SELECT DISTINCT table_schema::text FROM \
-             information_schema.role_column_grants WHERE grantee = $1 UNION SELECT \
-             DISTINCT table_schema::text FROM information_schema.role_table_grants \
-             WHERE grantee = $1)",
-            &[&username],
+    usernames: &[&str],
+) -> Result<std::collections::HashMap<String, Vec<String>>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH users AS (SELECT r.rolname::text AS name, r.oid FROM pg_roles r \
+               WHERE r.rolname = ANY($1)), \
+             tables AS MATERIALIZED (SELECT a.grantee, c.relnamespace \
+               FROM pg_class c, aclexplode(c.relacl) a \
+               WHERE c.relacl IS NOT NULL AND a.grantee IN (SELECT oid FROM users)), \
+             columns AS MATERIALIZED (SELECT a.grantee, c.relnamespace \
+               FROM pg_attribute t JOIN pg_class c ON c.oid = t.attrelid, aclexplode(t.attacl) a \
+               WHERE t.attacl IS NOT NULL AND a.grantee IN (SELECT oid FROM users)) \
+             SELECT u.name, current_database()::text, \
+               ARRAY(SELECT DISTINCT n.nspname::text FROM \
+                 (SELECT * FROM tables UNION ALL SELECT * FROM columns) g \
+                 JOIN pg_namespace n ON n.oid = g.relnamespace WHERE g.grantee = u.oid) \
+             FROM users u",
+            &[&usernames],
         )
         .await?;
-    let exists: bool = row.try_get(0)?;
-    if !exists {
-        return Ok(None);
-    }
-    let database: String = row.try_get(1)?;
-    let schemas: Vec<String> = row.try_get(2)?;
-    let user = quote_ident(username);
-    let mut revokes = Vec::new();
-    for schema in schemas {
-        let schema = quote_ident(&schema);
+    let mut out = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let username: String = row.try_get(0)?;
+        let database: String = row.try_get(1)?;
+        let schemas: Vec<String> = row.try_get(2)?;
+        let user = quote_ident(&username);
+        let mut revokes = Vec::new();
+        for schema in schemas.iter().filter(|s| *s != "public") {
+            let schema = quote_ident(schema);
+            revokes.push(format!(
+                "REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA {schema} FROM {user}"
+            ));
+            revokes.push(format!("REVOKE USAGE ON SCHEMA {schema} FROM {user}"));
+        }
         revokes.push(format!(
-            "REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA {schema} FROM {user}"
+            "REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA public FROM {user}"
         ));
-        revokes.push(format!("REVOKE USAGE ON SCHEMA {schema} FROM {user}"));
+        revokes.push(format!(
+            "REVOKE ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA public FROM {user}"
+        ));
+        revokes.push(format!("REVOKE USAGE ON SCHEMA public FROM {user}"));
+        revokes.push(format!(
+            "REVOKE CONNECT ON DATABASE {} FROM {user}",
+            quote_ident(&database)
+        ));
+        out.insert(username, revokes);
     }
-    revokes.push(format!(
-        "REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA public FROM {user}"
-    ));
-    revokes.push(format!(
-        "REVOKE ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA public FROM {user}"
-    ));
-    revokes.push(format!("REVOKE USAGE ON SCHEMA public FROM {user}"));
-    revokes.push(format!(
-        "REVOKE CONNECT ON DATABASE {} FROM {user}",
-        quote_ident(&database)
-    ));
-    Ok(Some(revokes))
+    Ok(out)
 }
 
 /// Run `batch` in one transaction, each change under a savepoint, and tell each waiter
@@ -411,6 +424,32 @@ async fn apply(pool: &Pool, batch: Vec<Pending>) {
     }
     let mut steps = Vec::with_capacity(batch.len());
     let mut broken: Option<String> = None;
+    // Every default revocation's statements, from one lookup for the whole batch; if it
+    // fails, each is done again on its own after the commit.
+    let revoking: Vec<&str> = batch
+        .iter()
+        .filter_map(|p| match &p.change {
+            Change::DefaultRevoke { username } => Some(username.as_str()),
+            Change::Statements { .. } => None,
+        })
+        .collect();
+    let mut lookup = None;
+    if !revoking.is_empty() {
+        if let Err(e) = tx.batch_execute("SAVEPOINT keyhaven_lookup").await {
+            broken = Some(reason(&e));
+        } else {
+            let found = default_revokes(&tx, &revoking).await;
+            let undo = if found.is_ok() {
+                "RELEASE SAVEPOINT keyhaven_lookup"
+            } else {
+                "ROLLBACK TO SAVEPOINT keyhaven_lookup; RELEASE SAVEPOINT keyhaven_lookup"
+            };
+            if let Err(e) = tx.batch_execute(undo).await {
+                broken = Some(reason(&e));
+            }
+            lookup = found.ok();
+        }
+    }
     for p in &batch {
         if let Some(why) = &broken {
             steps.push(Step::Failed(PluginError::new(why.clone())));
@@ -440,9 +479,10 @@ async fn apply(pool: &Pool, batch: Vec<Pending>) {
                 }
                 out
             }
-            Change::DefaultRevoke { username } => match default_revokes(&tx, username).await {
-                Ok(None) => Ok(()),
-                Ok(Some(revokes)) => {
+            Change::DefaultRevoke { username } => match lookup.as_ref().map(|l| l.get(username)) {
+                // No such user: nothing to revoke.
+                Some(None) => Ok(()),
+                Some(Some(revokes)) => {
                     let sql = format!(
                         "{}; DROP ROLE IF EXISTS {}",
                         revokes.join("; "),
@@ -452,7 +492,7 @@ async fn apply(pool: &Pool, batch: Vec<Pending>) {
                         .await
                         .map_err(|_| Step::Redo(username.clone()))
                 }
-                Err(_) => Err(Step::Redo(username.clone())),
+                None => Err(Step::Redo(username.clone())),
             },
         };
         let undo = match result {
@@ -492,9 +532,11 @@ async fn redo_revoke(
     client: &deadpool_postgres::Object,
     username: &str,
 ) -> Result<(), PluginError> {
-    let revokes = match default_revokes(client, username).await {
-        Ok(None) => return Ok(()),
-        Ok(Some(revokes)) => revokes,
+    let revokes = match default_revokes(client, &[username]).await {
+        Ok(mut found) => match found.remove(username) {
+            None => return Ok(()),
+            Some(revokes) => revokes,
+        },
         Err(e) => return Err(PluginError::new(reason(&e))),
     };
     default_revoke_each(client, &quote_ident(username), &revokes).await
