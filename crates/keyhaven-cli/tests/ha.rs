@@ -355,8 +355,11 @@ fn replicas_share_one_database_one_active_and_fail_over_without_losing_a_write()
         std::thread::sleep(Duration::from_millis(10));
     }
     let recovered = recovered.expect("no write succeeded within 20 s of the kill");
+    // Far below the lock TTL (15 s): a dead active's session frees the leadership at
+    // once (about 0.3 s in a release build on an idle machine; slower here, debug and
+    // beside other tests).
     assert!(
-        recovered < Duration::from_secs(5),
+        recovered < Duration::from_secs(10),
         "fail-over took {recovered:?} (the lock TTL is 15 s: a dead active's session frees it)"
     );
     std::thread::sleep(Duration::from_millis(1500));
@@ -382,7 +385,7 @@ fn replicas_share_one_database_one_active_and_fail_over_without_losing_a_write()
     let term: i64 = psql(&url, &format!("SELECT term FROM {}.ha_leader", schema.name))
         .parse()
         .unwrap();
-    assert_eq!(term, 2);
+    assert_eq!(term, 2, "one change of leader, not {}", term - 1);
 
     // The database ends every session of the active mid-run: it recovers (the same or
     // another replica leads) and writes work again.
