@@ -50,18 +50,25 @@ impl Drop for Db {
     }
 }
 
-fn set_up(bao: &Bao, db: &Db) {
+/// `database/` mounted, with connection `pg` to `db` allowing the roles `<tag>-*`, and
+/// `extra` settings of the connection.
+fn configure(bao: &Bao, db: &Db, extra: &[&str]) {
     ok(&bao.run(&["secrets", "enable", "database"]), "enable");
-    ok(
-        &bao.run(&[
-            "write",
-            "database/config/pg",
-            "plugin_name=postgresql-database-plugin",
-            &format!("connection_url={}", db.url()),
-            &format!("allowed_roles={}-*", db.tag),
-        ]),
-        "config",
-    );
+    let url = format!("connection_url={}", db.url());
+    let allowed = format!("allowed_roles={}-*", db.tag);
+    let mut args = vec![
+        "write",
+        "database/config/pg",
+        "plugin_name=postgresql-database-plugin",
+        &url,
+        &allowed,
+    ];
+    args.extend_from_slice(extra);
+    ok(&bao.run(&args), "config");
+}
+
+fn set_up(bao: &Bao, db: &Db) {
+    configure(bao, db, &[]);
     let creation =
         "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';";
     for (role, ttl) in [("long", "1h"), ("short", "6s")] {
@@ -263,18 +270,7 @@ fn concurrent_issues_and_revocations_of_one_role_all_succeed() {
     let server = TestServer::dev();
     let root = server.root_token();
     let bao = Bao::new(&server.addr(), Some(&root));
-    ok(&bao.run(&["secrets", "enable", "database"]), "enable");
-    ok(
-        &bao.run(&[
-            "write",
-            "database/config/pg",
-            "plugin_name=postgresql-database-plugin",
-            &format!("connection_url={}", db.url()),
-            "allowed_roles=cc-*",
-            "max_open_connections=8",
-        ]),
-        "config",
-    );
+    configure(&bao, &db, &["max_open_connections=8"]);
     ok(
         &bao.run(&[
             "write",
@@ -325,18 +321,7 @@ fn a_failing_change_batched_with_others_undoes_only_itself() {
     let server = TestServer::dev();
     let root = server.root_token();
     let bao = Bao::new(&server.addr(), Some(&root));
-    ok(&bao.run(&["secrets", "enable", "database"]), "enable");
-    ok(
-        &bao.run(&[
-            "write",
-            "database/config/pg",
-            "plugin_name=postgresql-database-plugin",
-            &format!("connection_url={}", db.url()),
-            "allowed_roles=gc-*",
-            "max_open_connections=8",
-        ]),
-        "config",
-    );
+    configure(&bao, &db, &["max_open_connections=8"]);
     ok(
         &bao.run(&[
             "write",
@@ -403,23 +388,13 @@ fn the_default_revocation_finds_grants_in_every_schema_and_on_columns() {
     let server = TestServer::dev();
     let root = server.root_token();
     let bao = Bao::new(&server.addr(), Some(&root));
-    ok(&bao.run(&["secrets", "enable", "database"]), "enable");
-    ok(
-        &bao.run(&[
-            "write",
-            "database/config/pg",
-            "plugin_name=postgresql-database-plugin",
-            &format!("connection_url={}", db.url()),
-            "allowed_roles=*",
-        ]),
-        "config",
-    );
+    configure(&bao, &db, &[]);
     // No revocation statements: OpenBao's default revocation, which must find every
     // schema the user holds privileges in, or DROP ROLE fails on what depends on it.
     ok(
         &bao.run(&[
             "write",
-            "database/roles/wide",
+            "database/roles/sc-wide",
             "db_name=pg",
             "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}'; \
              GRANT SELECT ON granted TO \"{{name}}\"; GRANT USAGE ON SCHEMA app TO \"{{name}}\"; \
@@ -427,12 +402,18 @@ fn the_default_revocation_finds_grants_in_every_schema_and_on_columns() {
         ]),
         "role",
     );
-    let users: Vec<(String, String)> = (0..3).map(|_| issue(&bao, "wide")).collect();
+    let users: Vec<(String, String)> = (0..3).map(|_| issue(&bao, "sc-wide")).collect();
     for (_, user) in &users {
         assert!(db.role_exists(user));
     }
     ok(
-        &bao.run(&["lease", "revoke", "-sync", "-prefix", "database/creds/wide"]),
+        &bao.run(&[
+            "lease",
+            "revoke",
+            "-sync",
+            "-prefix",
+            "database/creds/sc-wide",
+        ]),
         "revoke-prefix",
     );
     for (_, user) in &users {

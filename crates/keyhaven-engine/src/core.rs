@@ -262,6 +262,16 @@ fn check_share_counts(
     Ok(())
 }
 
+/// The seal configuration `sys/init` stored, if storage was initialized.
+async fn read_seal_config(raw: &dyn Store) -> Result<Option<SealConfig>, EngineError> {
+    let Some(bytes) = raw.get(barrier::SEAL_CONFIG_PATH).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|_| EngineError::Corrupt("seal configuration is malformed".to_owned()))
+}
+
 /// The root key sealed by `seal`, as the stored blob.
 async fn seal_with(seal: &dyn AutoSeal, root: &SecretKey) -> Result<Vec<u8>, EngineError> {
     let value = seal
@@ -315,18 +325,13 @@ impl Core {
         clock: Arc<dyn Clock>,
         options: CoreOptions,
     ) -> Result<Arc<Core>, EngineError> {
-        let state = match raw.get(barrier::SEAL_CONFIG_PATH).await? {
+        let state = match read_seal_config(raw.as_ref()).await? {
             None => State::Uninitialized,
-            Some(bytes) => {
-                let config: SealConfig = serde_json::from_slice(&bytes).map_err(|_| {
-                    EngineError::Corrupt("seal configuration is malformed".to_owned())
-                })?;
-                State::Sealed {
-                    config,
-                    progress: Vec::new(),
-                    nonce: String::new(),
-                }
-            }
+            Some(config) => State::Sealed {
+                config,
+                progress: Vec::new(),
+                nonce: String::new(),
+            },
         };
         Ok(Arc::new(Core {
             raw,
@@ -491,11 +496,9 @@ impl Core {
         if self.options.ha.is_none() || self.is_initialized() {
             return Ok(());
         }
-        let Some(bytes) = self.raw.get(barrier::SEAL_CONFIG_PATH).await? else {
+        let Some(config) = read_seal_config(self.raw.as_ref()).await? else {
             return Ok(());
         };
-        let config: SealConfig = serde_json::from_slice(&bytes)
-            .map_err(|_| EngineError::Corrupt("seal configuration is malformed".to_owned()))?;
         let mut state = self.state.write();
         if matches!(*state, State::Uninitialized) {
             *state = State::Sealed {

@@ -234,6 +234,6 @@ pub(crate) fn host_info(now_unix: i64, timestamp: String) -> Map<String, Value> 
 }
 
 /// This machine's name, for `sys/ha-status`.
-pub(crate) fn hostname() -> String {
+pub fn hostname() -> String {
     trimmed("/proc/sys/kernel/hostname")
 }

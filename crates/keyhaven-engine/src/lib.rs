@@ -56,6 +56,7 @@ pub use crate::barrier::KeyStatus;
 pub use crate::core::{
     Core, CoreOptions, InitParams, InitResult, RecoveryParams, SealStatus, UnsealInput,
 };
+pub use crate::host_info::hostname;
 pub use crate::token::TokenEntry;
 
 /// The Vault-compatible API version keyhaven implements: the OpenBao release whose

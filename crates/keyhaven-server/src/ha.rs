@@ -77,13 +77,6 @@ struct View {
 /// How often a replica echoes (and the active reads who did), in polls.
 const ECHO_EVERY_POLLS: u32 = 4;
 
-/// This machine's name, for `sys/ha-status`.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
-}
-
 impl std::fmt::Debug for Election {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Election")
@@ -181,7 +174,7 @@ impl Election {
             compete_after: Instant::now(),
             last_error: None,
         };
-        let host = hostname();
+        let host = keyhaven_engine::hostname();
         let mut polls: u32 = 0;
         loop {
             tokio::select! {
@@ -441,13 +434,7 @@ pub(crate) fn client_addr(
 
 /// A JSON error body as the API answers.
 fn error(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({ "errors": [message] }).to_string();
-    let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    crate::http::plain_error(status, message, &crate::http::new_request_id())
 }
 
 /// How a standby reaches the active.
@@ -549,31 +536,7 @@ pub(crate) async fn forward(
     let (body, _reservation) = match crate::body::receive(body, &fw.body, gate, conn).await {
         Ok(received) => (received.bytes, received.reservation),
         Err(e) => {
-            let (status, message) = match e {
-                crate::body::BodyError::TooLarge { limit }
-                | crate::body::BodyError::NeedsToken { limit } => (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body is larger than the limit of {limit} bytes"),
-                ),
-                crate::body::BodyError::TimedOut => (
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the request body was not received in time".to_owned(),
-                ),
-                crate::body::BodyError::Busy => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the server is busy receiving other request bodies: retry".to_owned(),
-                ),
-                crate::body::BodyError::Read => (
-                    StatusCode::BAD_REQUEST,
-                    "the request body could not be read".to_owned(),
-                ),
-            };
-            let mut resp = error(status, &message);
-            resp.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                HeaderValue::from_static("close"),
-            );
-            return resp;
+            return crate::http::body_error(&fw.core, &fw.body, &e, &crate::http::new_request_id());
         }
     };
     let method = match reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) {

@@ -139,7 +139,7 @@ fn wrap_request(headers: &HeaderMap) -> Result<Option<WrapRequest>, String> {
 /// A random (version 4) UUID. Drawn from the thread's CSPRNG (seeded by the kernel), not
 /// a system call per request: request ids need uniqueness, and this path runs for every
 /// request.
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     let mut bytes = [0u8; 16];
     rand::fill(&mut bytes[..]);
     uuid::Builder::from_random_bytes(bytes)
@@ -196,7 +196,7 @@ fn error_response(err: &EngineError, request_id: &str) -> HttpResponse {
     json_response(status, &json!({ "errors": errors }), request_id)
 }
 
-fn plain_error(status: StatusCode, message: &str, request_id: &str) -> HttpResponse {
+pub(crate) fn plain_error(status: StatusCode, message: &str, request_id: &str) -> HttpResponse {
     json_response(status, &json!({ "errors": [message] }), request_id)
 }
 
@@ -216,7 +216,7 @@ async fn read_json_body(
 ) -> Result<(Map<String, Value>, Option<Reservation>), HttpResponse> {
     let received = body::receive(body, &state.body, gate, extensions.get::<ConnHandle>())
         .await
-        .map_err(|e| body_error(state, &e, request_id))?;
+        .map_err(|e| body_error(&state.core, &state.body, &e, request_id))?;
     json_limits::check(&received.bytes, state.body.json())
         .map_err(|e| plain_error(StatusCode::BAD_REQUEST, &e.to_string(), request_id))?;
     let map = parse_json_object(&received.bytes)
@@ -226,7 +226,12 @@ async fn read_json_body(
 
 /// The answer to a body that was not received. The connection is closed after it: the
 /// rest of the body is never read.
-fn body_error(state: &AppState, err: &BodyError, request_id: &str) -> HttpResponse {
+pub(crate) fn body_error(
+    core: &Core,
+    limits: &BodyLimits,
+    err: &BodyError,
+    request_id: &str,
+) -> HttpResponse {
     let mut resp = match err {
         BodyError::TooLarge { limit } => plain_error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -234,7 +239,7 @@ fn body_error(state: &AppState, err: &BodyError, request_id: &str) -> HttpRespon
             request_id,
         ),
         // A sealed server knows no token: say what every request is told.
-        BodyError::NeedsToken { .. } if state.core.is_sealed() => {
+        BodyError::NeedsToken { .. } if core.is_sealed() => {
             error_response(&EngineError::Sealed, request_id)
         }
         BodyError::NeedsToken { limit } => plain_error(
@@ -248,7 +253,7 @@ fn body_error(state: &AppState, err: &BodyError, request_id: &str) -> HttpRespon
             StatusCode::REQUEST_TIMEOUT,
             &format!(
                 "request body was not received within {}s",
-                state.body.read_timeout().as_secs_f64()
+                limits.read_timeout().as_secs_f64()
             ),
             request_id,
         ),

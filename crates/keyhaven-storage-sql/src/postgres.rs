@@ -692,13 +692,6 @@ impl PgStore {
         Ok(TxOutcome::Committed)
     }
 
-    async fn get_once(&self, key: &str) -> Result<Option<Vec<u8>>, Failure> {
-        let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(&self.sql.get).await?;
-        let row = client.query_opt(&stmt, &[&key.as_bytes()]).await?;
-        Ok(row.map(|row| row.try_get(0)).transpose()?)
-    }
-
     async fn write(&self, tx: Transaction) -> Result<TxOutcome, StorageError> {
         let mut attempt = 0u32;
         loop {
@@ -723,6 +716,24 @@ impl PgStore {
 /// (after a database restart every pooled connection is).
 const LOST_CONNECTION_RETRIES: u32 = 4;
 
+/// A read, sent again on another connection while the one it got was found dead (at
+/// most [`LOST_CONNECTION_RETRIES`] times): a read has no effect to repeat.
+async fn reading<T, F, Fut>(mut once: F) -> Result<T, StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut attempt = 0;
+    loop {
+        match once().await {
+            Err(failure) if failure.is_lost_connection() && attempt < LOST_CONNECTION_RETRIES => {
+                attempt += 1;
+            }
+            other => return other.map_err(Failure::into_storage),
+        }
+    }
+}
+
 /// Exponential backoff with jitter: up to 1 ms × 2^attempt, capped at 50 ms.
 fn backoff(attempt: u32) -> Duration {
     let ceiling_us = (1000u64 << attempt.min(6)).min(50_000);
@@ -734,17 +745,13 @@ fn backoff(attempt: u32) -> Duration {
 impl Store for PgStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         validate_key(key)?;
-        let mut attempt = 0;
-        loop {
-            match self.get_once(key).await {
-                Err(failure)
-                    if failure.is_lost_connection() && attempt < LOST_CONNECTION_RETRIES =>
-                {
-                    attempt += 1;
-                }
-                other => return other.map_err(Failure::into_storage),
-            }
-        }
+        reading(|| async {
+            let client = self.pool.get().await?;
+            let stmt = client.prepare_cached(&self.sql.get).await?;
+            let row = client.query_opt(&stmt, &[&key.as_bytes()]).await?;
+            Ok(row.map(|row| row.try_get(0)).transpose()?)
+        })
+        .await
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
@@ -791,26 +798,14 @@ impl Store for PgStore {
         // One more row than names: the key equal to the prefix yields no name.
         let rows = i64::try_from(limit.min(keyhaven_storage::MAX_LIST_PAGE) + 1)
             .map_err(StorageError::unavailable)?;
-        let mut attempt = 0;
-        let found = loop {
-            let once = async {
-                let client = self.pool.get().await?;
-                let stmt = client.prepare_cached(&self.sql.list).await?;
-                Ok::<_, Failure>(
-                    client
-                        .query(&stmt, &[&lower.as_bytes(), &upper, &start, &rows])
-                        .await?,
-                )
-            };
-            match once.await {
-                Err(failure)
-                    if failure.is_lost_connection() && attempt < LOST_CONNECTION_RETRIES =>
-                {
-                    attempt += 1;
-                }
-                other => break other.map_err(Failure::into_storage)?,
-            }
-        };
+        let found = reading(|| async {
+            let client = self.pool.get().await?;
+            let stmt = client.prepare_cached(&self.sql.list).await?;
+            Ok(client
+                .query(&stmt, &[&lower.as_bytes(), &upper, &start, &rows])
+                .await?)
+        })
+        .await?;
         for row in found {
             let key: &[u8] = row.try_get(0).map_err(fail)?;
             let key = std::str::from_utf8(key).map_err(|_| StorageError::Corrupt {
