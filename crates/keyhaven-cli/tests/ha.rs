@@ -1,7 +1,8 @@
 //! High availability on PostgreSQL (`[ha] enabled = true`): several replicas of the real
-//! binary over one schema. One is active; standbys answer `sys/health` with 429 and
-//! forward everything else; a killed active is replaced and no acknowledged write is
-//! lost; a paused active is fenced. Run when `KEYHAVEN_TEST_PG` is set (see
+//! binary over one schema. One is active; standbys answer `sys/health` with 429, answer
+//! requests without effects themselves (never from stale state) and forward everything
+//! else; a killed active is replaced and no acknowledged write is lost; a paused active
+//! is fenced. Run when `KEYHAVEN_TEST_PG` is set (see
 //! `postgres.rs`).
 
 use std::path::Path;
@@ -244,12 +245,13 @@ fn replicas_share_one_database_one_active_and_fail_over_without_losing_a_write()
         .build()
         .unwrap();
     let resp = client
-        .get(format!(
+        .post(format!(
             "{}/v1/secret/data/via-0?version=1",
             addrs[standbys[0]]
         ))
         .header("X-Vault-Token", &root)
         .header("X-Vault-No-Request-Forwarding", "true")
+        .json(&json!({"data": {"v": "x"}}))
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 307);
@@ -615,4 +617,341 @@ fn the_bao_cli_sessions_through_a_standby_match_openbao() {
     }
     // Every call went through the standby.
     assert_eq!(health(&r1.addr), Some(429));
+}
+
+/// Probe every replica in `addrs` without pause (one kept-alive connection each) while
+/// `change` runs; every probe *sent after `change` returned* must satisfy `fresh`. So a
+/// replica answering from state older than an acknowledged change shows, however
+/// short the window.
+fn no_stale_answers(
+    addrs: &[String],
+    probe: &(dyn Fn(&reqwest::blocking::Client, &str) -> (u16, Value) + Sync),
+    change: impl FnOnce(),
+    fresh: &(dyn Fn(u16, &Value) -> bool + Sync),
+    what: &str,
+) {
+    let stop = AtomicBool::new(false);
+    let returned: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    std::thread::scope(|scope| {
+        let probes: Vec<_> = addrs
+            .iter()
+            .map(|addr| {
+                let (stop, returned) = (&stop, &returned);
+                scope.spawn(move || {
+                    let client = reqwest::blocking::Client::builder()
+                        .timeout(Duration::from_secs(10))
+                        .build()
+                        .unwrap();
+                    let (mut after, mut stale) = (0u32, Vec::new());
+                    while !stop.load(Ordering::Acquire) {
+                        let sent = Instant::now();
+                        let (status, body) = probe(&client, addr);
+                        if returned.get().is_some_and(|r| sent > *r) {
+                            after += 1;
+                            if !fresh(status, &body) {
+                                stale.push(format!("{status} {body}"));
+                            }
+                        }
+                    }
+                    (addr.clone(), after, stale)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        change();
+        returned.set(Instant::now()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Release);
+        for p in probes {
+            let (addr, after, stale) = p.join().unwrap();
+            assert!(after > 0, "{what}: no probe of {addr} after the change");
+            assert!(
+                stale.is_empty(),
+                "{what}: {addr} answered from stale state {} times of {after}: {:?}",
+                stale.len(),
+                stale.first()
+            );
+        }
+    });
+}
+
+fn probe_call(
+    client: &reqwest::blocking::Client,
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut rb = client
+        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
+        .header("X-Vault-Token", token);
+    if let Some(b) = body {
+        rb = rb.json(b);
+    }
+    let resp = rb.send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+/// Wait until the standby `replica` answers requests without effects itself.
+fn await_standby_reads(replica: &Replica) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !replica
+        .server
+        .logs()
+        .contains("standby reads: answering requests without effects")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} never served reads: {}",
+            replica.addr,
+            replica.server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn encrypt(addr: &str, token: &str) -> Option<(u16, Value)> {
+    try_call(
+        "POST",
+        &format!("{addr}/v1/transit/encrypt/k"),
+        token,
+        Some(&json!({"plaintext": "aGVsbG8="})),
+    )
+}
+
+#[test]
+fn standbys_answer_reads_themselves_and_never_from_stale_state() {
+    let Some(url) = pg_url() else { return };
+    let schema = Schema::new(&url, "hareads");
+    let dir = tempfile::tempdir().unwrap();
+    let replicas: Vec<Replica> = (0..3)
+        .map(|i| start_replica(dir.path(), &format!("r{i}"), &url, &schema.name, "15s"))
+        .collect();
+    let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
+    let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let (keys, root) = init_unseal(&addrs[0], 1, 1);
+    for addr in &addrs[1..] {
+        unseal(addr, &keys);
+    }
+    let active = one_active(&addr_refs);
+    let standbys: Vec<usize> = (0..3).filter(|&i| i != active).collect();
+    let at = |i: usize, path: &str| format!("{}/v1/{path}", addrs[i]);
+    for (path, body) in [
+        ("sys/mounts/secret", json!({"type": "kv-v2"})),
+        ("sys/mounts/transit", json!({"type": "transit"})),
+        ("transit/keys/k", json!({})),
+        (
+            "sys/policies/acl/reader",
+            json!({"policy": "path \"secret/data/*\" { capabilities = [\"read\"] }\n\
+                              path \"transit/encrypt/k\" { capabilities = [\"update\"] }"}),
+        ),
+        ("secret/data/app", json!({"data": {"v": "one"}})),
+    ] {
+        let (s, b) = call("POST", &at(active, path), Some(&root), Some(&body));
+        assert!(s == 200 || s == 204, "{path}: {s} {b}");
+    }
+    // Enough mounts that a standby takes a while to reload its state after a mount or
+    // key change: a standby answering before it applied a change would show.
+    for m in 0..120 {
+        let (s, b) = call(
+            "POST",
+            &at(active, &format!("sys/mounts/extra-{m}")),
+            Some(&root),
+            Some(&json!({"type": "kv-v2"})),
+        );
+        assert!(s == 200 || s == 204, "{s} {b}");
+    }
+    for &i in &standbys {
+        await_standby_reads(&replicas[i]);
+    }
+
+    // Served by the standbys themselves: they answer while the active is paused.
+    let (s, b) = call(
+        "POST",
+        &at(active, "auth/token/create"),
+        Some(&root),
+        Some(&json!({"policies": ["reader"]})),
+    );
+    assert_eq!(s, 200, "{b}");
+    let reader = b["auth"]["client_token"].as_str().unwrap().to_owned();
+    signal(&replicas[active].server, rustix::process::Signal::STOP);
+    for &i in &standbys {
+        let (s, b) = try_call("GET", &at(i, "secret/data/app"), &reader, None)
+            .expect("a standby did not answer a read while the active was paused");
+        assert_eq!((s, &b["data"]["data"]["v"]), (200, &json!("one")), "{b}");
+        let (s, b) = encrypt(&addrs[i], &reader).expect("no answer to encrypt");
+        assert_eq!(s, 200, "{b}");
+        assert!(
+            b["data"]["ciphertext"]
+                .as_str()
+                .unwrap()
+                .starts_with("vault:v1:")
+        );
+        let (s, b) = try_call("GET", &at(i, "auth/token/lookup-self"), &reader, None)
+            .expect("no answer to lookup-self");
+        assert_eq!(s, 200, "{b}");
+        // The standby's own audit device, metrics and logs are not involved: a request
+        // with effects still goes to the (paused) active.
+    }
+    signal(&replicas[active].server, rustix::process::Signal::CONT);
+    assert_eq!(one_active(&addr_refs), active);
+
+    // Changes made through each replica in turn are in force on every replica as
+    // soon as the call returns, although the standbys had cached what they changed.
+    for round in 0..3 {
+        let via = round % 3;
+        // A token, cached by every replica, revoked.
+        let (s, b) = call(
+            "POST",
+            &at(active, "auth/token/create"),
+            Some(&root),
+            Some(&json!({"policies": ["reader"]})),
+        );
+        assert_eq!(s, 200, "{b}");
+        let doomed = b["auth"]["client_token"].as_str().unwrap().to_owned();
+        no_stale_answers(
+            &addrs,
+            &|c, addr| {
+                probe_call(
+                    c,
+                    "GET",
+                    &format!("{addr}/v1/secret/data/app"),
+                    &doomed,
+                    None,
+                )
+            },
+            || {
+                let (s, b) = call(
+                    "POST",
+                    &at(via, "auth/token/revoke"),
+                    Some(&root),
+                    Some(&json!({"token": doomed})),
+                );
+                assert!(s == 200 || s == 204, "{b}");
+            },
+            &|s, _| s == 403,
+            &format!("round {round}: a revoked token"),
+        );
+        // A transit key, cached by every replica, rotated: the next encryption anywhere
+        // uses the new version.
+        let version = format!("vault:v{}:", round + 2);
+        no_stale_answers(
+            &addrs,
+            &|c, addr| {
+                probe_call(
+                    c,
+                    "POST",
+                    &format!("{addr}/v1/transit/encrypt/k"),
+                    &reader,
+                    Some(&json!({"plaintext": "aGVsbG8="})),
+                )
+            },
+            || {
+                let (s, b) = call("POST", &at(via, "transit/keys/k/rotate"), Some(&root), None);
+                assert!(s == 200 || s == 204, "{b}");
+            },
+            &|s, b| {
+                s == 200
+                    && b["data"]["ciphertext"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with(&version))
+            },
+            &format!("round {round}: a rotated key"),
+        );
+        // The policy, cached compiled by every replica, narrowed, then restored.
+        no_stale_answers(
+            &addrs,
+            &|c, addr| {
+                probe_call(
+                    c,
+                    "GET",
+                    &format!("{addr}/v1/secret/data/app"),
+                    &reader,
+                    None,
+                )
+            },
+            || {
+                let (s, b) = call(
+                    "PUT",
+                    &at(via, "sys/policies/acl/reader"),
+                    Some(&root),
+                    Some(
+                        &json!({"policy": "path \"secret/data/other\" { capabilities = [\"read\"] }"}),
+                    ),
+                );
+                assert!(s == 200 || s == 204, "{b}");
+            },
+            &|s, _| s == 403,
+            &format!("round {round}: a narrowed policy"),
+        );
+        let (s, b) = call(
+            "PUT",
+            &at(via, "sys/policies/acl/reader"),
+            Some(&root),
+            Some(
+                &json!({"policy": "path \"secret/data/*\" { capabilities = [\"read\"] }\n\
+                                   path \"transit/encrypt/k\" { capabilities = [\"update\"] }"}),
+            ),
+        );
+        assert!(s == 200 || s == 204, "{b}");
+        // A secret overwritten: read back everywhere at once (KV is never cached).
+        let value = format!("v{round}");
+        no_stale_answers(
+            &addrs,
+            &|c, addr| {
+                probe_call(
+                    c,
+                    "GET",
+                    &format!("{addr}/v1/secret/data/app"),
+                    &reader,
+                    None,
+                )
+            },
+            || assert_eq!(kv_write(&addrs[via], &root, "app", &value), Some(200)),
+            &|s, b| s == 200 && b["data"]["data"]["v"] == value.as_str(),
+            &format!("round {round}: an overwritten secret"),
+        );
+    }
+
+    // A disabled key refuses on every replica at once.
+    let (s, b) = call(
+        "POST",
+        &at(standbys[0], "transit/keys/k/disable"),
+        Some(&root),
+        None,
+    );
+    assert!(s == 200 || s == 204, "{b}");
+    for addr in &addrs {
+        let (s, b) = encrypt(addr, &reader).unwrap();
+        assert_ne!(s, 200, "a disabled key encrypted via {addr}: {b}");
+        assert!(b.to_string().contains("disabled"), "{b}");
+    }
+
+    // A limited-use token spends its use on the active: a standby forwards it.
+    let (s, b) = call(
+        "POST",
+        &at(active, "auth/token/create"),
+        Some(&root),
+        Some(&json!({"policies": ["reader"], "num_uses": 1})),
+    );
+    assert_eq!(s, 200, "{b}");
+    let once = b["auth"]["client_token"].as_str().unwrap().to_owned();
+    assert_eq!(kv_read(&addrs[standbys[0]], &once, "app").0, 200);
+    assert_eq!(kv_read(&addrs[standbys[1]], &once, "app").0, 403);
+    assert_eq!(kv_read(&addrs[active], &once, "app").0, 403);
+
+    // A mount disabled through a standby is gone everywhere.
+    let (s, b) = call(
+        "DELETE",
+        &at(standbys[1], "sys/mounts/secret"),
+        Some(&root),
+        None,
+    );
+    assert!(s == 200 || s == 204, "{b}");
+    for addr in &addrs {
+        let (s, b) = kv_read(addr, &root, "app");
+        assert_eq!(s, 404, "a disabled mount answered via {addr}: {b}");
+    }
+    drop(replicas);
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use keyhaven_crypto::SecretKey;
 use keyhaven_crypto::shamir::{self, Share};
-use keyhaven_storage::{Condition, Op, Store, Transaction, TxOutcome};
+use keyhaven_storage::{Condition, Op, StorageError, Store, Transaction, TxOutcome};
 use parking_lot::RwLock;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -209,6 +209,10 @@ enum State {
     /// High availability: unsealed but not active (the root key is in `standby_root`).
     Standby {
         config: SealConfig,
+        /// The state read from storage to serve requests without effects, kept exact by
+        /// the active's announcements ([`Core::load_replica`], [`Core::apply_changes`]);
+        /// `None` while this replica forwards everything.
+        replica: Option<Arc<Unsealed>>,
     },
 }
 
@@ -362,7 +366,7 @@ impl Core {
             State::Uninitialized => None,
             State::Sealed { config, .. }
             | State::Unsealed { config, .. }
-            | State::Standby { config } => Some(config.share_counts()),
+            | State::Standby { config, .. } => Some(config.share_counts()),
         }
     }
 
@@ -372,7 +376,7 @@ impl Core {
             State::Uninitialized => false,
             State::Sealed { config, .. }
             | State::Unsealed { config, .. }
-            | State::Standby { config } => config.is_auto(),
+            | State::Standby { config, .. } => config.is_auto(),
         }
     }
 
@@ -381,7 +385,7 @@ impl Core {
         let state = self.state.read();
         let (State::Sealed { config, .. }
         | State::Unsealed { config, .. }
-        | State::Standby { config }) = &*state
+        | State::Standby { config, .. }) = &*state
         else {
             return Err(EngineError::NotInitialized);
         };
@@ -400,7 +404,7 @@ impl Core {
     pub(crate) fn apply_seal_shares(&self, n: u8, t: u8) {
         if let State::Sealed { config, .. }
         | State::Unsealed { config, .. }
-        | State::Standby { config } = &mut *self.state.write()
+        | State::Standby { config, .. } = &mut *self.state.write()
         {
             if config.is_auto() {
                 config.recovery_shares = n;
@@ -443,7 +447,7 @@ impl Core {
             State::Uninitialized => self.mode_of(None),
             State::Sealed { config, .. }
             | State::Unsealed { config, .. }
-            | State::Standby { config } => self.mode_of(Some(config)),
+            | State::Standby { config, .. } => self.mode_of(Some(config)),
         }
     }
 
@@ -546,7 +550,10 @@ impl Core {
         }
         Barrier::unseal(self.raw.clone(), root_key).await?.seal();
         *self.standby_root.lock() = Some(root_key.try_clone());
-        Ok(State::Standby { config })
+        Ok(State::Standby {
+            config,
+            replica: None,
+        })
     }
 
     /// High availability: this standby won the leadership; load the keyring, tokens,
@@ -565,7 +572,7 @@ impl Core {
             .ok_or(EngineError::Internal("a standby without its root key"))?;
         let inner = self.open(&root).await?;
         let mut state = self.state.write();
-        if let State::Standby { config } = &*state {
+        if let State::Standby { config, .. } = &*state {
             let config = config.clone();
             *state = State::Unsealed { config, inner };
             tracing::info!(target: "keyhaven::ha", "active: serving requests");
@@ -586,9 +593,119 @@ impl Core {
             inner.barrier.seal();
             self.options.audit.seal();
             let config = config.clone();
-            *state = State::Standby { config };
+            *state = State::Standby {
+                config,
+                replica: None,
+            };
             tracing::warn!(target: "keyhaven::ha", "standby: no longer active");
         }
+    }
+
+    /// High availability: load, on this standby, the state that lets it answer requests
+    /// without effects itself (KV reads, transit encryption with a cached key, token
+    /// look-ups): keyring, tokens, policies and mounts, as [`Core::promote`] does. Call
+    /// it once the announcements of later changes are being received (the server's
+    /// listener), then apply each with [`Core::apply_changes`]. `Ok(false)` if this
+    /// replica is not a standby. A failure leaves it forwarding everything.
+    pub async fn load_replica(&self) -> Result<bool, EngineError> {
+        let _op = self.op_lock.lock().await;
+        if !matches!(*self.state.read(), State::Standby { .. }) {
+            return Ok(false);
+        }
+        let root = self
+            .standby_root
+            .lock()
+            .as_ref()
+            .map(SecretKey::try_clone)
+            .ok_or(EngineError::Internal("a standby without its root key"))?;
+        // Nothing is written: a replica cannot load a state that the active has not
+        // created yet, and a request that needs a write is forwarded.
+        let raw: Arc<dyn Store> = Arc::new(crate::ha::ReadOnly(self.raw.clone()));
+        let loaded = self.open_on(raw, &root).await;
+        let mut state = self.state.write();
+        let State::Standby { replica, .. } = &mut *state else {
+            return Ok(false);
+        };
+        match loaded {
+            Ok(inner) => {
+                *replica = Some(inner);
+                Ok(true)
+            }
+            Err(e) => {
+                *replica = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// High availability: stop answering anything on this standby (the announcements
+    /// stopped arriving); every request is forwarded until [`Core::load_replica`].
+    pub fn drop_replica(&self) {
+        if let State::Standby { replica, .. } = &mut *self.state.write() {
+            *replica = None;
+        }
+    }
+
+    /// High availability: whether this standby answers requests without effects itself.
+    pub fn serves_reads(&self) -> bool {
+        matches!(
+            &*self.state.read(),
+            State::Standby {
+                replica: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// High availability: the active committed changes to these storage keys (its
+    /// announcement, see [`crate::ha::announces`]); drop what this standby cached of
+    /// them before the next request is answered. A change this standby cannot apply
+    /// piecemeal (a mount table, the keyring, a transit key) reloads its whole state.
+    pub async fn apply_changes(&self, keys: &[String]) -> Result<(), EngineError> {
+        let replica = match &*self.state.read() {
+            State::Standby {
+                replica: Some(inner),
+                ..
+            } => inner.clone(),
+            _ => return Ok(()),
+        };
+        let mut reload = false;
+        for key in keys {
+            match crate::ha::scope(key) {
+                crate::ha::Scope::Token(hash) => {
+                    if replica.tokens.forget_hex(hash).is_err() {
+                        reload = true;
+                    }
+                }
+                crate::ha::Scope::Policies => replica.policies.invalidate(),
+                crate::ha::Scope::Everything => reload = true,
+                crate::ha::Scope::Nothing => {}
+            }
+        }
+        if reload {
+            self.load_replica().await?;
+        }
+        Ok(())
+    }
+
+    /// High availability: whether this standby may answer `op` on `path` itself: its
+    /// state is loaded and the route has no effects. The engine still refuses
+    /// ([`EngineError::NotActive`]) when the request turns out to need a write (a
+    /// limited-use token, a transit key to create).
+    pub fn standby_serves(&self, op: Operation, path: &str) -> bool {
+        let replica = match &*self.state.read() {
+            State::Standby {
+                replica: Some(inner),
+                ..
+            } => inner.clone(),
+            _ => return false,
+        };
+        let Some(mut target) = Target::resolve(&replica, path) else {
+            return false;
+        };
+        target
+            .route_for(op)
+            .is_some_and(|r| r.on_standby(op) && !active_only(&target, r))
     }
 
     /// Whether `sys/init` has run.
@@ -629,7 +746,7 @@ impl Core {
                 u8::try_from(progress.len()).unwrap_or(u8::MAX),
                 nonce.clone(),
             ),
-            State::Unsealed { config, .. } | State::Standby { config } => {
+            State::Unsealed { config, .. } | State::Standby { config, .. } => {
                 (Some(config), false, 0, String::new())
             }
         };
@@ -1174,14 +1291,23 @@ impl Core {
             State::Uninitialized => Err(EngineError::NotInitialized),
             State::Sealed { config, .. }
             | State::Unsealed { config, .. }
-            | State::Standby { config } => Ok(config.clone()),
+            | State::Standby { config, .. } => Ok(config.clone()),
         }
     }
 
     /// Build the unsealed state from the root key: keyring, token store, policies, mounts.
     async fn open(&self, root_key: &SecretKey) -> Result<Arc<Unsealed>, EngineError> {
+        self.open_on(self.raw.clone(), root_key).await
+    }
+
+    /// [`Core::open`] over `raw` (a standby's replica: read-only).
+    async fn open_on(
+        &self,
+        raw: Arc<dyn Store>,
+        root_key: &SecretKey,
+    ) -> Result<Arc<Unsealed>, EngineError> {
         let barrier = Arc::new(
-            Barrier::unseal(self.raw.clone(), root_key)
+            Barrier::unseal(raw, root_key)
                 .await?
                 .with_metrics(self.options.metrics.clone()),
         );
@@ -1292,7 +1418,7 @@ impl Core {
                 self.options.audit.seal();
                 config.clone()
             }
-            State::Standby { config } => config.clone(),
+            State::Standby { config, .. } => config.clone(),
             State::Uninitialized | State::Sealed { .. } => return,
         };
         *state = State::Sealed {
@@ -1337,12 +1463,24 @@ impl Core {
         Ok(init)
     }
 
+    /// The state that answers requests, and whether it is a standby's (see
+    /// [`Core::load_replica`]).
+    fn serving(&self) -> Result<(Arc<Unsealed>, bool), EngineError> {
+        match &*self.state.read() {
+            State::Unsealed { inner, .. } => Ok((inner.clone(), false)),
+            State::Standby {
+                replica: Some(inner),
+                ..
+            } => Ok((inner.clone(), true)),
+            State::Standby { replica: None, .. } => Err(EngineError::NotActive),
+            _ => Err(EngineError::Sealed),
+        }
+    }
+
     pub(crate) fn unsealed(&self) -> Result<Arc<Unsealed>, EngineError> {
         match &*self.state.read() {
             State::Unsealed { inner, .. } => Ok(inner.clone()),
-            State::Standby { .. } => Err(EngineError::Unavailable(
-                "this replica is a standby: the active replica serves requests".to_owned(),
-            )),
+            State::Standby { .. } => Err(EngineError::NotActive),
             _ => Err(EngineError::Sealed),
         }
     }
@@ -1401,12 +1539,23 @@ impl Core {
             _in_flight: metrics.start(),
             login: false,
         };
-        let inner = self.unsealed()?;
+        let (inner, standby) = self.serving()?;
         let mut req = req;
         let mut target = Target::resolve(&inner, &req.path);
         // The route decides everything about the path: authentication, sudo, purity,
         // create-versus-update, alias resolution, fields.
         let route = target.as_mut().and_then(|t| t.route_for(req.operation));
+        // A standby answers only what has no effects (and what the active alone knows
+        // goes there too); refusing records nothing, the active records it.
+        if standby
+            && (wrap.is_some()
+                || !route.is_some_and(|r| {
+                    r.on_standby(req.operation)
+                        && target.as_ref().is_some_and(|t| !active_only(t, r))
+                }))
+        {
+            return Err(EngineError::NotActive);
+        }
         timing.login = route.is_some_and(|r| r.unauthenticated);
         let audit = &self.options.audit;
         // The mount as resolved now: an alias may change the path inside it, never the mount.
@@ -1421,6 +1570,8 @@ impl Core {
         } else {
             match self.authenticate(&inner, &req).await {
                 Ok(entry) => Some(entry),
+                // A limited-use token: spending a use is a write.
+                Err(err) if standby && is_fenced(&err) => return Err(EngineError::NotActive),
                 Err(err) => {
                     audit.log_request(None, &req, mount, Some(&err)).await?;
                     if crate::wrapping::unwrap_with_stale_token(&req) {
@@ -1477,10 +1628,16 @@ impl Core {
         // A request without effects is recorded with its response, after it ran; the
         // response is released only if that succeeds (see `audit`). A path no route
         // serves runs nothing.
+        // On a standby nothing has effects: its storage refuses writes (and a request
+        // that needs one is forwarded before anything is recorded).
         let pure = match route {
-            Some(r) => r.is_pure(req.operation),
+            Some(r) => r.is_pure(req.operation) || (standby && r.on_standby(req.operation)),
             None => matches!(req.operation, Operation::Read | Operation::List),
         };
+        if standby && !pure {
+            // The existence check made it a create.
+            return Err(EngineError::NotActive);
+        }
         let received = audit.now();
         if !pure {
             audit
@@ -1496,6 +1653,11 @@ impl Core {
         let mut result = self
             .dispatch(&inner, target.as_ref(), entry.as_ref(), sudo, &req, wrap)
             .await;
+        if standby && result.as_ref().is_err_and(is_fenced) {
+            // It needed a write after all (a transit key to create): nothing was
+            // changed, and nothing is recorded here.
+            return Err(EngineError::NotActive);
+        }
         if let Some(t) = &target
             && let Some(timer) = t.mounted.timers.get(req.operation)
         {
@@ -1668,6 +1830,20 @@ impl Core {
         }
         Ok(entry)
     }
+}
+
+/// Whether a write was refused because this replica is not the active one.
+fn is_fenced(err: &EngineError) -> bool {
+    matches!(err, EngineError::Storage(StorageError::Fenced))
+}
+
+/// `sys/` routes without effects whose answer only the active knows: rekey and
+/// root-generation progress, the cluster's members.
+fn active_only(target: &Target, route: &Route) -> bool {
+    matches!(target.mounted.handler, Handler::System)
+        && ["rekey", "rotate/root", "generate-root", "ha-status"]
+            .iter()
+            .any(|p| route.pattern.starts_with(p))
 }
 
 /// Records a request's latency in `vault.core.handle_request` (or

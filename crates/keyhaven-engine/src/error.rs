@@ -74,6 +74,11 @@ pub enum EngineError {
     /// A dependency is temporarily unavailable.
     #[error("{0}")]
     Unavailable(String),
+    /// High availability: this replica is a standby and cannot answer this request
+    /// itself (it has effects, or the standby's state is not loaded); the server
+    /// forwards it to the active replica.
+    #[error("this replica is a standby: the active replica serves this request")]
+    NotActive,
 }
 
 /// The cryptographic operation behind an [`EngineError::Crypto`].
@@ -133,7 +138,7 @@ impl EngineError {
             | EngineError::Encode(_)
             | EngineError::Internal(_)
             | EngineError::Failed(_) => ErrorCode::Internal,
-            EngineError::Unavailable(_) => ErrorCode::Unavailable,
+            EngineError::Unavailable(_) | EngineError::NotActive => ErrorCode::Unavailable,
         }
     }
 }

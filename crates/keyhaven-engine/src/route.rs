@@ -235,6 +235,11 @@ pub struct Route {
     /// or elsewhere, and issue nothing (no lease, no credential, no token). The core
     /// audits them together with their response (see [`crate::audit`]).
     pub pure: Ops,
+    /// The operations among `ops` whose only possible effect is a storage write (a
+    /// transit key created on first use): a standby, whose storage refuses writes, may
+    /// answer them, and forwards them to the active when they need one
+    /// ([`crate::ha`]). Pure operations qualify too.
+    pub standby: Ops,
     /// The fields the path takes. Captured segments are fields too.
     pub fields: &'static [Field],
     /// More fields, shared by a family of routes (the token settings of every role).
@@ -262,6 +267,7 @@ impl Route {
             summary,
             ops: Ops::NONE,
             pure: Ops::NONE,
+            standby: Ops::NONE,
             fields: &[],
             shared_fields: &[],
             arbitrary_fields: false,
@@ -282,6 +288,12 @@ impl Route {
     pub const fn pure(mut self, ops: Ops) -> Route {
         self.ops = self.ops.and(ops);
         self.pure = self.pure.and(ops);
+        self
+    }
+
+    /// `ops` may be answered by a standby (see [`Route::standby`]).
+    pub const fn standby(mut self, ops: Ops) -> Route {
+        self.standby = self.standby.and(ops);
         self
     }
 
@@ -338,6 +350,11 @@ impl Route {
     /// Whether `op` on this route has no effects.
     pub const fn is_pure(&self, op: Operation) -> bool {
         self.pure.contains(op)
+    }
+
+    /// Whether a standby may answer `op` on this route (see [`Route::standby`]).
+    pub const fn on_standby(&self, op: Operation) -> bool {
+        self.pure.contains(op) || self.standby.contains(op)
     }
 
     /// The field named `name`, if declared.

@@ -261,6 +261,8 @@ struct RawHa {
     lock_ttl: Option<String>,
     #[serde(default)]
     tls_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    standby_reads: Option<bool>,
 }
 
 /// Default of `ha.lock_ttl`: OpenBao's lock TTL.
@@ -281,6 +283,9 @@ pub struct HaConfig {
     /// Roots that other replicas' TLS certificates are checked against when forwarding
     /// (`ha.tls_ca_file`, PEM); the system's roots when unset.
     pub tls_ca_file: Option<PathBuf>,
+    /// Whether standbys answer requests without effects themselves (`ha.standby_reads`,
+    /// default true); when false they forward everything.
+    pub standby_reads: bool,
 }
 
 /// An `http://` or `https://` URL with a host and nothing after the authority but `/`.
@@ -368,6 +373,7 @@ fn ha_config_with(
         cluster_address,
         lock_ttl,
         tls_ca_file: raw.tls_ca_file,
+        standby_reads: raw.standby_reads.unwrap_or(true),
     }))
 }
 
@@ -1060,8 +1066,11 @@ tls_key_file = "/etc/keyhaven/tls.key"
                 cluster_address: "https://kh-0.kh:8200".to_owned(),
                 lock_ttl: DEFAULT_HA_LOCK_TTL,
                 tls_ca_file: None,
+                standby_reads: true,
             })
         );
+        let c = with("enabled = true\napi_address = \"https://a:8200\"\nstandby_reads = false");
+        assert!(!c.unwrap().ha.unwrap().standby_reads);
         let c = with(
             "enabled = true\napi_address = \"https://a:8200\"\ncluster_address = \"https://a:8201\"\n\
              lock_ttl = \"3s\"\ntls_ca_file = \"/etc/ca.pem\"",

@@ -9,11 +9,17 @@
 //!   `sys/unseal`, `sys/init`, `sys/seal`) is forwarded to the active, and its status,
 //!   headers and body relayed. `X-Vault-No-Request-Forwarding` asks for a 307 to the
 //!   active instead. A request forwarded once is never forwarded again.
+//! - [`StandbyReads::run`] lets a standby answer requests without effects itself: it
+//!   listens for the active's announcements of changes, loads the engine's replica
+//!   state, and applies each announcement in order. Before answering a request, the
+//!   standby pings itself through the same channel and waits for the ping: every change
+//!   committed before the request arrived has then been applied. Anything the engine
+//!   cannot answer without a write ([`ServeElsewhere`]) is forwarded.
 //!
 //! See `docs/ha.md` and `docs/design/0017-postgresql-ha.md`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -44,6 +50,182 @@ const NOT_ACTIVE: &str = "x-keyhaven-not-active";
 const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How long a forwarded request may take at the active.
 const MAX_FORWARD_WAIT: Duration = Duration::from_secs(90);
+
+/// How long a standby waits to hear all changes committed before a request arrived
+/// (about one round trip to the database) before forwarding the request instead.
+const SYNC_WAIT: Duration = Duration::from_secs(1);
+
+/// Marks a response the engine did not give because this replica is a standby
+/// ([`keyhaven_engine::EngineError::NotActive`]): the request is forwarded instead.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServeElsewhere;
+
+/// A standby's answers to requests without effects (see the module documentation).
+pub struct StandbyReads {
+    store: Arc<keyhaven_storage_sql::PgStore>,
+    /// Pings sent so far (the number of the last one).
+    pinged: AtomicU64,
+    /// The highest ping number a waiting request needs.
+    wanted: AtomicU64,
+    /// The number of the last ping that came back (after everything before it).
+    heard: tokio::sync::watch::Sender<u64>,
+    /// Whether the replica state is loaded and the listener connected.
+    ready: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for StandbyReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandbyReads")
+            .field("ready", &self.ready.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl StandbyReads {
+    /// Standby reads over `store` (the store must announce the active's changes,
+    /// [`keyhaven_storage_sql::PgStore::announce`]).
+    pub fn new(store: Arc<keyhaven_storage_sql::PgStore>) -> StandbyReads {
+        StandbyReads {
+            store,
+            pinged: AtomicU64::new(0),
+            wanted: AtomicU64::new(0),
+            heard: tokio::sync::watch::channel(0).0,
+            ready: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Whether this standby may answer requests itself now.
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Wait until every change committed before this call has been applied; false if
+    /// that takes longer than [`SYNC_WAIT`] (then forward).
+    async fn sync(&self) -> bool {
+        // A ping numbered above what was sent so far is sent after this point.
+        let need = self.pinged.load(Ordering::Acquire) + 1;
+        self.wanted.fetch_max(need, Ordering::AcqRel);
+        self.wake.notify_one();
+        let mut heard = self.heard.subscribe();
+        tokio::time::timeout(SYNC_WAIT, heard.wait_for(|n| *n >= need))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Keep the replica state of this standby exact while it is a standby; runs until
+    /// the task is aborted.
+    pub async fn run(self: Arc<Self>, core: Arc<Core>) {
+        let mut last_error: Option<String> = None;
+        loop {
+            if core.role() != Role::Standby {
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            let listener = match self.store.listen().await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    let text = keyhaven_storage_sql::describe(&e);
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        tracing::warn!(target: "keyhaven::ha", error = %text, "standby reads: cannot listen for the active's changes; forwarding every request");
+                        last_error = Some(text);
+                    }
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            };
+            // Listening first: whatever commits from now on is heard, and whatever
+            // committed before is in what the replica loads.
+            match core.load_replica().await {
+                Ok(true) => {
+                    last_error = None;
+                    tracing::info!(target: "keyhaven::ha", "standby reads: answering requests without effects on this standby");
+                    self.follow(&core, listener).await;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let text = e.to_string();
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        tracing::warn!(target: "keyhaven::ha", error = %text, "standby reads: cannot load the state; forwarding every request");
+                        last_error = Some(text);
+                    }
+                }
+            }
+            self.ready.store(false, Ordering::Release);
+            core.drop_replica();
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Apply the announcements and answer the pings until the listener or the
+    /// standby role ends.
+    async fn follow(&self, core: &Core, mut listener: keyhaven_storage_sql::Listener) {
+        self.ready.store(true, Ordering::Release);
+        loop {
+            tokio::select! {
+                notice = listener.next() => {
+                    let applied = match notice {
+                        None => {
+                            tracing::warn!(target: "keyhaven::ha", "standby reads: the database connection that carries changes ended; forwarding every request until it is back");
+                            return;
+                        }
+                        Some(keyhaven_storage_sql::Notice::Changed(keys)) => {
+                            core.apply_changes(&keys).await
+                        }
+                        Some(keyhaven_storage_sql::Notice::Ping(n)) => {
+                            self.heard.send_if_modified(|heard| {
+                                let newer = n > *heard;
+                                if newer {
+                                    *heard = n;
+                                }
+                                newer
+                            });
+                            Ok(())
+                        }
+                        Some(_) => core.load_replica().await.map(|_| ()),
+                    };
+                    if let Err(e) = applied {
+                        tracing::warn!(target: "keyhaven::ha", error = %e, "standby reads: cannot apply a change; forwarding every request");
+                        return;
+                    }
+                    if !core.serves_reads() {
+                        return;
+                    }
+                }
+                () = self.wake.notified() => {
+                    let sent = self.pinged.load(Ordering::Acquire);
+                    if self.wanted.load(Ordering::Acquire) > sent {
+                        self.pinged.store(sent + 1, Ordering::Release);
+                        if let Err(e) = listener.ping(sent + 1).await {
+                            tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot reach the database; forwarding every request");
+                            return;
+                        }
+                        if self.wanted.load(Ordering::Acquire) > sent + 1 {
+                            self.wake.notify_one();
+                        }
+                    }
+                }
+                () = tokio::time::sleep(POLL) => {
+                    if core.role() != Role::Standby || !core.serves_reads() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The operations a request with this method may be (`GET` reads or lists).
+fn operations(method: &Method) -> &'static [keyhaven_engine::Operation] {
+    use keyhaven_engine::Operation;
+    match method.as_str() {
+        "GET" => &[Operation::Read, Operation::List],
+        "LIST" => &[Operation::List],
+        "POST" | "PUT" => &[Operation::Update],
+        _ => &[],
+    }
+}
 
 /// One replica's part in the election, and what it knows of the cluster.
 pub struct Election {
@@ -443,6 +625,7 @@ pub struct Forwarder {
     election: Arc<Election>,
     client: reqwest::Client,
     body: crate::body::BodyLimits,
+    reads: Option<Arc<StandbyReads>>,
 }
 
 impl Forwarder {
@@ -452,6 +635,7 @@ impl Forwarder {
         election: Arc<Election>,
         roots: Option<&[u8]>,
         body: crate::body::BodyLimits,
+        reads: Option<Arc<StandbyReads>>,
     ) -> Result<Forwarder, String> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -475,6 +659,7 @@ impl Forwarder {
             election,
             client,
             body,
+            reads,
         })
     }
 }
@@ -502,30 +687,6 @@ pub(crate) async fn forward(
             .insert(NOT_ACTIVE, HeaderValue::from_static("standby"));
         return resp;
     }
-    let Some(leader) = await_leader(&fw.election, None).await else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no active keyhaven replica found",
-        );
-    };
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or("/", axum::http::uri::PathAndQuery::as_str)
-        .to_owned();
-    if req
-        .headers()
-        .get("x-vault-no-request-forwarding")
-        .is_some_and(|v| !v.is_empty())
-    {
-        let location = format!("{}{path_and_query}", leader.api_address);
-        let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
-        if let Ok(value) = HeaderValue::from_str(&location) {
-            resp.headers_mut()
-                .insert(axum::http::header::LOCATION, value);
-        }
-        return resp;
-    }
     let (parts, body) = req.into_parts();
     // Within the listener's limits and memory budget, as a body the active reads itself:
     // more than the unauthenticated size only with a token (which the active checks).
@@ -539,6 +700,46 @@ pub(crate) async fn forward(
             return crate::http::body_error(&fw.core, &fw.body, &e, &crate::http::new_request_id());
         }
     };
+    // A request without effects, answered here once every change committed before it
+    // arrived is applied; the engine refuses what needs a write after all.
+    if let Some(reads) = &fw.reads
+        && reads.ready()
+        && let Some(path) = parts.uri.path().strip_prefix("/v1/")
+        && operations(&parts.method)
+            .iter()
+            .any(|op| fw.core.standby_serves(*op, path))
+        && reads.sync().await
+    {
+        let local = axum::extract::Request::from_parts(parts.clone(), Body::from(body.clone()));
+        let resp = next.run(local).await;
+        if resp.extensions().get::<ServeElsewhere>().is_none() {
+            return resp;
+        }
+    }
+    let Some(leader) = await_leader(&fw.election, None).await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no active keyhaven replica found",
+        );
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", axum::http::uri::PathAndQuery::as_str)
+        .to_owned();
+    if parts
+        .headers
+        .get("x-vault-no-request-forwarding")
+        .is_some_and(|v| !v.is_empty())
+    {
+        let location = format!("{}{path_and_query}", leader.api_address);
+        let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            resp.headers_mut()
+                .insert(axum::http::header::LOCATION, value);
+        }
+        return resp;
+    }
     let method = match reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) {
         Ok(m) => m,
         Err(_) => return error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method"),

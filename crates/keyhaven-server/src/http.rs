@@ -193,7 +193,11 @@ fn error_response(err: &EngineError, request_id: &str) -> HttpResponse {
     } else {
         vec![message]
     };
-    json_response(status, &json!({ "errors": errors }), request_id)
+    let mut resp = json_response(status, &json!({ "errors": errors }), request_id);
+    if matches!(err, EngineError::NotActive) {
+        resp.extensions_mut().insert(crate::ha::ServeElsewhere);
+    }
+    resp
 }
 
 pub(crate) fn plain_error(status: StatusCode, message: &str, request_id: &str) -> HttpResponse {

@@ -128,6 +128,8 @@ pub struct Server {
     storage_lock: Option<keyhaven_storage_sql::ExclusiveLock>,
     /// High availability: this replica's election.
     election: Option<Arc<ha::Election>>,
+    /// High availability: answering requests without effects on a standby.
+    standby_reads: Option<Arc<ha::StandbyReads>>,
 }
 
 impl Server {
@@ -164,6 +166,10 @@ impl Server {
             .election
             .clone()
             .map(|e| tokio::spawn(e.run(self.core.clone())));
+        let standby_reads = self
+            .standby_reads
+            .clone()
+            .map(|r| tokio::spawn(r.run(self.core.clone())));
         let core = self.core.clone();
         let leases = tokio::spawn(async move {
             let mut every = tokio::time::interval(LEASE_INTERVAL);
@@ -205,6 +211,9 @@ impl Server {
         };
         listener::serve(self.listener, self.tls, self.router, self.limits, shutdown).await;
         if let Some(task) = election {
+            task.abort();
+        }
+        if let Some(task) = standby_reads {
             task.abort();
         }
         if let Some(election) = &self.election {
@@ -441,7 +450,7 @@ pub async fn build(
         lock: storage_lock,
         pg,
     } = open_storage(config, &node_id).await?;
-    let election = match (&config.ha, pg) {
+    let (election, standby_reads) = match (&config.ha, pg) {
         (Some(ha), Some(pg)) => {
             let node = keyhaven_storage_sql::HaNode {
                 id: node_id.clone(),
@@ -449,10 +458,18 @@ pub async fn build(
                 cluster_address: ha.cluster_address.clone(),
             };
             tracing::info!(target: "keyhaven::ha", node = %node_id, api_address = %ha.api_address, "high availability: this replica is a standby until it wins the leadership");
+            // The active announces what standbys cache; they listen if they serve reads.
+            pg.announce(keyhaven_engine::ha::announces);
+            let reads = ha
+                .standby_reads
+                .then(|| Arc::new(ha::StandbyReads::new(pg.clone())));
             let session = keyhaven_storage_sql::HaSession::new(pg, node, ha.lock_ttl);
-            Some(Arc::new(ha::Election::new(session, ha.lock_ttl)))
+            (
+                Some(Arc::new(ha::Election::new(session, ha.lock_ttl))),
+                reads,
+            )
         }
-        _ => None,
+        _ => (None, None),
     };
     let mut audit_files = Vec::with_capacity(config.audit.len());
     for device in &config.audit {
@@ -574,6 +591,7 @@ pub async fn build(
             election.clone(),
             roots.as_deref(),
             body_limits,
+            standby_reads.clone(),
         )
         .map_err(ServerError::Tls)?;
         router = router.layer(axum::middleware::from_fn_with_state(
@@ -594,6 +612,7 @@ pub async fn build(
             seal_tasks,
             storage_lock,
             election,
+            standby_reads,
         },
         creds,
     ))

@@ -23,11 +23,15 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "postgres")]
+mod pg_changes;
+#[cfg(feature = "postgres")]
 mod pg_ha;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use pg_changes::{Listener, Notice};
 #[cfg(feature = "postgres")]
 pub use pg_ha::{Fence, HaNode, HaSession, LeaderInfo, NodeInfo, describe};
 #[cfg(feature = "postgres")]

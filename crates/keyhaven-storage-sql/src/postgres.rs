@@ -27,7 +27,8 @@ use tokio_postgres::{IsolationLevel, NoTls};
 use crate::pg_ha::Fence;
 use keyhaven_storage::listing::{PageBuilder, Step, prefix_upper_bound};
 use keyhaven_storage::{
-    Condition, Op, StorageError, Store, Transaction, TxOutcome, validate_key, validate_prefix,
+    AnnounceRule, Condition, KeyWrite, Op, StorageError, Store, Transaction, TxOutcome,
+    validate_key, validate_prefix,
 };
 
 /// Migration `i` takes the schema from version `i` to `i + 1`; `{schema}` is replaced
@@ -186,6 +187,13 @@ pub struct PgStore {
     schema: String,
     max_retries: u32,
     pub(crate) fence: Arc<Fence>,
+    /// How to open a connection outside the pool ([`PgStore::listen`]).
+    pub(crate) pg_config: tokio_postgres::Config,
+    pub(crate) tls: PgTls,
+    /// The `LISTEN`/`NOTIFY` channel of this schema.
+    pub(crate) channel: String,
+    /// Which changes the active announces on [`Self::channel`] ([`PgStore::announce`]).
+    announce: std::sync::OnceLock<AnnounceRule>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -198,7 +206,7 @@ impl std::fmt::Debug for PgStore {
 }
 
 /// Why one attempt failed, before mapping to [`StorageError`].
-enum Failure {
+pub(crate) enum Failure {
     Pool(PoolError),
     Db(tokio_postgres::Error),
     /// The fence refused the write (high availability: not the active replica).
@@ -271,7 +279,7 @@ impl Failure {
     }
 }
 
-fn fail(err: impl Into<Failure>) -> StorageError {
+pub(crate) fn fail(err: impl Into<Failure>) -> StorageError {
     err.into().into_storage()
 }
 
@@ -478,15 +486,15 @@ impl PgStore {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
+        pg_config.ssl_mode(match &options.tls {
+            PgTls::Disable => tokio_postgres::config::SslMode::Disable,
+            PgTls::VerifyFull(_) => tokio_postgres::config::SslMode::Require,
+        });
         let manager = match &options.tls {
-            PgTls::Disable => {
-                pg_config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                Manager::from_config(pg_config, NoTls, manager_config)
-            }
+            PgTls::Disable => Manager::from_config(pg_config.clone(), NoTls, manager_config),
             PgTls::VerifyFull(client) => {
-                pg_config.ssl_mode(tokio_postgres::config::SslMode::Require);
                 let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**client).clone());
-                Manager::from_config(pg_config, tls, manager_config)
+                Manager::from_config(pg_config.clone(), tls, manager_config)
             }
         };
         let pool = Pool::builder(manager)
@@ -501,6 +509,13 @@ impl PgStore {
             schema: options.schema.clone(),
             max_retries: options.max_retries,
             fence: Arc::new(Fence::default()),
+            pg_config,
+            tls: options.tls.clone(),
+            channel: format!(
+                "keyhaven_{:016x}",
+                lock_id(b"keyhaven changes", &options.schema).cast_unsigned()
+            ),
+            announce: std::sync::OnceLock::new(),
         };
         store.migrate(&schema).await?;
         Ok(store)
@@ -548,6 +563,14 @@ impl PgStore {
             }
         });
         Ok(ExclusiveLock { lost: rx, task })
+    }
+
+    /// High availability: announce the changes `rule` selects on this schema's channel,
+    /// in the transaction that makes them, so that standbys ([`PgStore::listen`]) drop
+    /// what they cached. Only fenced writes (of an active replica) announce. Set once;
+    /// later calls are ignored.
+    pub fn announce(&self, rule: AnnounceRule) {
+        let _ = self.announce.set(rule);
     }
 
     /// How this store's writes are fenced (high availability).
@@ -670,6 +693,15 @@ impl PgStore {
                 Op::Delete { key } => last.insert(key, None),
             };
         }
+        if term != crate::pg_ha::UNFENCED
+            && let Some(rule) = self.announce.get()
+            && let Some(payload) = announcement(*rule, &tx.conditions, &last)
+        {
+            // Delivered to the standbys when (and only if) this transaction commits, in
+            // commit order.
+            let stmt = db.prepare_cached("SELECT pg_notify($1, $2)").await?;
+            db.execute(&stmt, &[&self.channel, &payload]).await?;
+        }
         let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
         for (key, value) in last {
             match value {
@@ -710,6 +742,34 @@ impl PgStore {
             }
         }
     }
+}
+
+/// The payload announcing what `tx` changes, if `rule` selects any of it: `k` and the
+/// keys, one per line, or `*` (everything) when they do not fit PostgreSQL's 8000 bytes.
+fn announcement(
+    rule: AnnounceRule,
+    conditions: &[Condition],
+    last: &BTreeMap<&str, Option<&Vec<u8>>>,
+) -> Option<String> {
+    let mut payload = String::new();
+    for (key, value) in last {
+        let write = match value {
+            Some(_) => KeyWrite::Put {
+                replaced: conditions
+                    .iter()
+                    .any(|c| matches!(c, Condition::Equals { key: k, .. } if k == key)),
+            },
+            None => KeyWrite::Delete,
+        };
+        if rule(key, write) {
+            payload.push(if payload.is_empty() { 'k' } else { '\n' });
+            payload.push_str(key);
+        }
+    }
+    if payload.len() > crate::pg_changes::MAX_PAYLOAD {
+        return Some("*".to_owned());
+    }
+    (!payload.is_empty()).then_some(payload)
 }
 
 /// How often a call is sent again on another connection when the first was found dead

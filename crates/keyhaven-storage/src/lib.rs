@@ -133,6 +133,25 @@ pub struct Transaction {
     pub ops: Vec<Op>,
 }
 
+/// How a committed [`Transaction`] changed one key, as a store that tells other
+/// processes of changes (PostgreSQL with high availability) asks the engine whether
+/// the change must be announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyWrite {
+    /// A value was written; `replaced` when the transaction required the key's previous
+    /// value (`Condition::Equals`), so the key certainly existed before.
+    Put {
+        /// The transaction held an `Equals` condition on this key.
+        replaced: bool,
+    },
+    /// The key was deleted.
+    Delete,
+}
+
+/// Whether a change of a key must be announced to the processes that cache what it
+/// holds (see [`KeyWrite`]).
+pub type AnnounceRule = fn(key: &str, write: KeyWrite) -> bool;
+
 /// What happened to a [`Transaction`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]

@@ -555,6 +555,7 @@ impl ErrorText {
             | EngineError::VersionGone(_)
             | EngineError::Crypto(_)
             | EngineError::Encode(_)
+            | EngineError::NotActive
             | EngineError::Internal(_) => ErrorText::Clear(e.to_string()),
             EngineError::InvalidRequest(_)
             | EngineError::NotFound(_)

@@ -43,7 +43,7 @@ use crate::error::EngineError;
 use crate::request::{Operation, Response};
 
 /// Where policies live in the barrier view.
-const PREFIX: &str = "core/policy/";
+pub(crate) const PREFIX: &str = "core/policy/";
 
 /// The most compiled ACLs kept; past it the cache starts over.
 const MAX_CACHED_ACLS: usize = 4096;

@@ -84,7 +84,7 @@ pub(crate) use routes::ROUTES;
 pub(crate) use store::{new_salt, salt_entry};
 
 const SALT_PATH: &str = "core/token/salt";
-const ID_PREFIX: &str = "core/token/id/";
+pub(crate) const ID_PREFIX: &str = "core/token/id/";
 const ACCESSOR_PREFIX: &str = "core/token/accessor/";
 const PARENT_PREFIX: &str = "core/token/parent/";
 const ROLE_PREFIX: &str = "core/token/role/";

@@ -95,7 +95,7 @@ impl TokenStore {
         cache.remove(hash);
     }
 
-    pub(super) fn forget_hex(&self, hash_hex: &str) -> Result<(), EngineError> {
+    pub(crate) fn forget_hex(&self, hash_hex: &str) -> Result<(), EngineError> {
         let mut hash = [0u8; 32];
         hex::decode_to_slice(hash_hex, &mut hash).map_err(|_| corrupt())?;
         self.forget(&hash);

@@ -559,3 +559,24 @@ fn parse_bounded_list(text: &str, limits: Limits) -> Result<Vec<Value>, EngineEr
         Parsed::TooMany(n) => Err(too_many_items(n, limits)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use keyhaven_storage::KeyWrite;
+
+    /// A standby caches keys, aliases and the mount configuration: the active must
+    /// announce every change of them.
+    #[test]
+    fn cached_entries_are_announced_to_standbys() {
+        let put = KeyWrite::Put { replaced: true };
+        for rel in [
+            super::key_path("k"),
+            super::alias_path("a"),
+            super::CONFIG_KEY.to_owned(),
+        ] {
+            let key = format!("logical/5f0c/{rel}");
+            assert!(crate::ha::announces(&key, put), "{key}");
+            assert!(crate::ha::announces(&key, KeyWrite::Delete), "{key}");
+        }
+    }
+}

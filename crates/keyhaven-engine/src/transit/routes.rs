@@ -241,10 +241,12 @@ pub(super) static ROUTES: &[Route] = &[
         "Encrypt with a key (creating it if missing and allowed).",
     )
     .ops(Ops::WRITE)
+    .standby(Ops::WRITE)
     .fields(ENCRYPT_FIELDS)
     .alias_capture("name", Ops::WRITE),
     Route::new("decrypt/{name}", "Decrypt with a key.")
         .ops(Ops::WRITE)
+        .standby(Ops::WRITE)
         .fields(DECRYPT_FIELDS)
         .alias_capture("name", Ops::WRITE),
     Route::new(
@@ -252,6 +254,7 @@ pub(super) static ROUTES: &[Route] = &[
         "Re-encrypt a ciphertext with the key's latest version.",
     )
     .ops(Ops::WRITE)
+    .standby(Ops::WRITE)
     .fields(REWRAP_FIELDS)
     .alias_capture("name", Ops::WRITE),
     Route::new(
@@ -259,14 +262,17 @@ pub(super) static ROUTES: &[Route] = &[
         "Generate a data key, wrapped and optionally in plaintext.",
     )
     .ops(Ops::WRITE)
+    .standby(Ops::WRITE)
     .fields(DATAKEY_FIELDS)
     .alias_capture("name", Ops::WRITE),
     Route::new("hmac/{name}/{urlalgorithm?}", "HMAC with a key.")
         .ops(Ops::WRITE)
+        .standby(Ops::WRITE)
         .fields(HMAC_FIELDS)
         .alias_capture("name", Ops::WRITE),
     Route::new("sign/{name}/{urlalgorithm?}", "Sign with a key.")
         .ops(Ops::WRITE)
+        .standby(Ops::WRITE)
         .fields(SIGN_FIELDS)
         .alias_capture("name", Ops::WRITE),
     Route::new(
@@ -274,10 +280,12 @@ pub(super) static ROUTES: &[Route] = &[
         "Verify a signature or HMAC.",
     )
     .ops(Ops::WRITE)
+    .standby(Ops::WRITE)
     .fields(VERIFY_FIELDS)
     .alias_capture("name", Ops::WRITE),
     Route::new("random/{source?}/{urlbytes?}", "Random bytes.")
         .ops(Ops::WRITE)
+        .standby(Ops::WRITE)
         .fields(&[
             Field::uint("bytes", "How many bytes.").default("32"),
             Field::str("format", "base64 or hex.").default("base64"),
@@ -285,6 +293,7 @@ pub(super) static ROUTES: &[Route] = &[
         ]),
     Route::new("hash/{urlalgorithm?}", "Hash the input.")
         .ops(Ops::WRITE)
+        .standby(Ops::WRITE)
         .fields(&[
             INPUT,
             Field::str("algorithm", "The hash algorithm.").default("sha2-256"),
