@@ -914,6 +914,86 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
         );
     }
 
+    // The connections carrying the announcements are cut: the standbys forward (or
+    // reload their state) until they listen again; nothing stale is answered meanwhile.
+    let nodes = format!("{}.ha_nodes", schema.name);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while psql(&url, &format!("SELECT count(*) FROM {nodes}")) != "3" {
+        assert!(Instant::now() < deadline, "the replicas never echoed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cut = || {
+        psql(
+            &url,
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name IN (SELECT 'keyhaven/' || id FROM {nodes}) \
+                 AND state = 'idle' \
+                 AND (query LIKE '%LISTEN%' OR query = 'SELECT pg_notify($1, $2)')"
+            ),
+        )
+    };
+    let (s, b) = call(
+        "POST",
+        &at(active, "auth/token/create"),
+        Some(&root),
+        Some(&json!({"policies": ["reader"]})),
+    );
+    assert_eq!(s, 200, "{b}");
+    let doomed = b["auth"]["client_token"].as_str().unwrap().to_owned();
+    for addr in &addrs {
+        assert_eq!(kv_read(addr, &doomed, "app").0, 200);
+    }
+    assert_eq!(cut(), "2", "one listener per standby");
+    no_stale_answers(
+        &addrs,
+        &|c, addr| {
+            probe_call(
+                c,
+                "GET",
+                &format!("{addr}/v1/secret/data/app"),
+                &doomed,
+                None,
+            )
+        },
+        || {
+            let (s, b) = call(
+                "POST",
+                &at(active, "auth/token/revoke"),
+                Some(&root),
+                Some(&json!({"token": doomed})),
+            );
+            assert!(s == 200 || s == 204, "{b}");
+        },
+        &|s, _| s == 403,
+        "a token revoked while the standbys' listeners were cut",
+    );
+    // They listen again, reload, and answer reads themselves again.
+    for &i in &standbys {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while replicas[i]
+            .server
+            .logs()
+            .matches("standby reads: answering requests without effects")
+            .count()
+            < 2
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen again",
+                addrs[i]
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    signal(&replicas[active].server, rustix::process::Signal::STOP);
+    for &i in &standbys {
+        let (s, b) = try_call("GET", &at(i, "secret/data/app"), &reader, None)
+            .expect("a standby did not answer a read after listening again");
+        assert_eq!(s, 200, "{b}");
+    }
+    signal(&replicas[active].server, rustix::process::Signal::CONT);
+
     // A disabled key refuses on every replica at once.
     let (s, b) = call(
         "POST",
