@@ -31,7 +31,7 @@ mod postgres;
 mod sqlite;
 
 #[cfg(feature = "postgres")]
-pub use pg_changes::{Listener, Notice};
+pub use pg_changes::{Listener, Notice, parse_notice};
 #[cfg(feature = "postgres")]
 pub use pg_ha::{Fence, HaNode, HaSession, LeaderInfo, NodeInfo, describe};
 #[cfg(feature = "postgres")]

@@ -124,7 +124,7 @@ async fn drive<S, T>(
     loop {
         match poll_fn(|cx| conn.poll_message(cx)).await {
             Some(Ok(AsyncMessage::Notification(n))) => {
-                if let Some(notice) = parse(n.payload(), token)
+                if let Some(notice) = parse_notice(n.payload(), token)
                     && sender.send(notice).is_err()
                 {
                     return;
@@ -140,8 +140,10 @@ async fn drive<S, T>(
     }
 }
 
-/// A payload as [`Notice`], `None` for another listener's ping or anything unknown.
-fn parse(payload: &str, token: u64) -> Option<Notice> {
+/// A notification payload from the channel as [`Notice`]; `None` for another
+/// listener's ping (`token` is this listener's) or anything unknown. Payloads come from
+/// whoever can `NOTIFY` on the database: never trusted beyond their shape.
+pub fn parse_notice(payload: &str, token: u64) -> Option<Notice> {
     if payload == "*" {
         return Some(Notice::Everything);
     }
@@ -151,7 +153,7 @@ fn parse(payload: &str, token: u64) -> Option<Notice> {
         ));
     }
     let (from, n) = payload.strip_prefix('#')?.split_once(':')?;
-    if u64::from_str_radix(from, 16).ok()? != token {
+    if from != format!("{token:016x}") {
         return None;
     }
     n.parse().ok().map(Notice::Ping)
@@ -164,17 +166,20 @@ mod tests {
     #[test]
     fn payloads_parse() {
         assert_eq!(
-            parse("kcore/policy/a\ncore/mounts", 7),
+            parse_notice("kcore/policy/a\ncore/mounts", 7),
             Some(Notice::Changed(vec![
                 "core/policy/a".to_owned(),
                 "core/mounts".to_owned()
             ]))
         );
-        assert_eq!(parse("*", 7), Some(Notice::Everything));
-        assert_eq!(parse("#0000000000000007:42", 7), Some(Notice::Ping(42)));
+        assert_eq!(parse_notice("*", 7), Some(Notice::Everything));
+        assert_eq!(
+            parse_notice("#0000000000000007:42", 7),
+            Some(Notice::Ping(42))
+        );
         // Another standby's ping, and what this version does not know.
-        assert_eq!(parse("#0000000000000008:42", 7), None);
-        assert_eq!(parse("#zz:1", 7), None);
-        assert_eq!(parse("?", 7), None);
+        assert_eq!(parse_notice("#0000000000000008:42", 7), None);
+        assert_eq!(parse_notice("#zz:1", 7), None);
+        assert_eq!(parse_notice("?", 7), None);
     }
 }

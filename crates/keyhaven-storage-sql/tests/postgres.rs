@@ -358,3 +358,137 @@ async fn pg_calls_survive_the_database_ending_every_session() {
     drop(store);
     schema.drop_schema().await;
 }
+
+/// The rule of these tests: announce keys under `cached/`, a replaced entry only when
+/// the transaction required its old value.
+fn cached_only(key: &str, write: keyhaven_storage::KeyWrite) -> bool {
+    key.starts_with("cached/")
+        && !matches!(write, keyhaven_storage::KeyWrite::Put { replaced: false } if key.starts_with("cached/new/"))
+}
+
+/// The next notice, or a failure after 5 s.
+async fn next_notice(
+    listener: &mut keyhaven_storage_sql::Listener,
+) -> keyhaven_storage_sql::Notice {
+    tokio::time::timeout(std::time::Duration::from_secs(5), listener.next())
+        .await
+        .expect("no notice within 5 s")
+        .expect("the listener's connection ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_the_active_announces_committed_changes_in_order_before_a_later_ping() {
+    use keyhaven_storage::{Condition, Op, Transaction};
+    use keyhaven_storage_sql::Notice;
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::new(&url);
+    let ttl = std::time::Duration::from_secs(30);
+    let (active, mut ha) = replica(&schema, "node-a", ttl).await;
+    let (standby, _) = replica(&schema, "node-b", ttl).await;
+    active.announce(cached_only);
+    ha.try_acquire().await.unwrap().expect("leads");
+    let mut listener = standby.listen().await.unwrap();
+
+    // Changes the rule selects, in commit order, each in its own notice; the rest, and
+    // a transaction whose condition failed, announce nothing.
+    active.put("cached/a", b"1".to_vec()).await.unwrap();
+    active.put("kv/x", b"1".to_vec()).await.unwrap();
+    active.put("cached/new/t", b"1".to_vec()).await.unwrap();
+    let failed = active
+        .transact(Transaction {
+            conditions: vec![Condition::Absent {
+                key: "cached/a".to_owned(),
+            }],
+            ops: vec![Op::Put {
+                key: "cached/b".to_owned(),
+                value: b"2".to_vec(),
+            }],
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        failed,
+        keyhaven_storage::TxOutcome::ConditionFailed { .. }
+    ));
+    let committed = active
+        .transact(Transaction {
+            conditions: vec![Condition::Equals {
+                key: "cached/new/t".to_owned(),
+                value: b"1".to_vec(),
+            }],
+            ops: vec![
+                Op::Put {
+                    key: "cached/new/t".to_owned(),
+                    value: b"2".to_vec(),
+                },
+                Op::Delete {
+                    key: "cached/a".to_owned(),
+                },
+                Op::Put {
+                    key: "kv/y".to_owned(),
+                    value: b"2".to_vec(),
+                },
+            ],
+        })
+        .await
+        .unwrap();
+    assert_eq!(committed, keyhaven_storage::TxOutcome::Committed);
+    listener.ping(1).await.unwrap();
+    assert_eq!(
+        next_notice(&mut listener).await,
+        Notice::Changed(vec!["cached/a".to_owned()])
+    );
+    assert_eq!(
+        next_notice(&mut listener).await,
+        Notice::Changed(vec!["cached/a".to_owned(), "cached/new/t".to_owned()])
+    );
+    assert_eq!(next_notice(&mut listener).await, Notice::Ping(1));
+
+    // Too many keys for one notification: "everything".
+    let ops = (0..400)
+        .map(|i| Op::Put {
+            key: format!("cached/many/{i:040}"),
+            value: Vec::new(),
+        })
+        .collect();
+    let committed = active
+        .transact(Transaction {
+            conditions: Vec::new(),
+            ops,
+        })
+        .await
+        .unwrap();
+    assert_eq!(committed, keyhaven_storage::TxOutcome::Committed);
+    assert_eq!(next_notice(&mut listener).await, Notice::Everything);
+
+    // A standby's own writes are refused and announce nothing; another listener's
+    // pings are not this one's.
+    let other = standby.listen().await.unwrap();
+    other.ping(7).await.unwrap();
+    listener.ping(2).await.unwrap();
+    assert_eq!(next_notice(&mut listener).await, Notice::Ping(2));
+
+    // Without high availability (no fence), nothing is announced.
+    let plain = schema.connect().await;
+    plain.announce(cached_only);
+    plain.put("cached/c", b"1".to_vec()).await.unwrap();
+    listener.ping(3).await.unwrap();
+    assert_eq!(next_notice(&mut listener).await, Notice::Ping(3));
+
+    // The connection ends: the listener says so.
+    let client = schema.client().await;
+    client
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'keyhaven/node-b' AND query LIKE '%pg_notify%'",
+        )
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while listener.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the listener did not report its end");
+    drop((other, active, standby, plain));
+    schema.drop_schema().await;
+}
