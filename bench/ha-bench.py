@@ -45,6 +45,7 @@ WORK = E["WORK"]
 KEYHAVEN, BAO = E["KEYHAVEN"], E["BAO"]
 DUR, WARM, REPS = float(E["DURATION"]), float(E["WARMUP"]), int(E["REPEATS"])
 CONC = int(E["CONCURRENCY"])
+READ_KEYS = int(E.get("READ_KEYS", "1000"))
 ROUNDS = int(E["ROUNDS"])
 FORWARD_N = int(E["FORWARD_N"])
 POLL = float(E["POLL_MS"]) / 1000
@@ -402,8 +403,9 @@ class Cluster:
 class Loader:
     """CONC threads, each with one keep-alive connection, writing random keys until `until`."""
 
-    def __init__(self, port, token, conc, seconds):
+    def __init__(self, port, token, conc, seconds, reads=False):
         self.port, self.token, self.conc, self.seconds = port, token, conc, seconds
+        self.reads = reads
         self.lock = threading.Lock()
         self.lat, self.codes, self.errors = [], {}, []
 
@@ -417,7 +419,10 @@ class Loader:
                 conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
             t0 = time.perf_counter()
             try:
-                conn.request("POST", f"/v1/secret/data/bench-{rnd.randrange(10000)}", BODY, hdr)
+                if self.reads:
+                    conn.request("GET", f"/v1/secret/data/read-{rnd.randrange(READ_KEYS)}", headers=hdr)
+                else:
+                    conn.request("POST", f"/v1/secret/data/bench-{rnd.randrange(10000)}", BODY, hdr)
                 r = conn.getresponse()
                 data = r.read()
                 t1 = time.perf_counter()
@@ -503,6 +508,58 @@ def write_run(cl, rep, raw, rows):
           f"load1 {load1:.1f}", flush=True)
     if ld.errors:
         print(f"    error samples: {ld.errors[:3]}", flush=True)
+
+
+# ---------------------------------------------------------------- reads on a standby
+def seed_reads(cl):
+    if getattr(cl, "seeded", False):
+        return
+    a = cl.wait_one_active(30)
+    for i in range(READ_KEYS):
+        call(a.port, "POST", f"/v1/secret/data/read-{i}", {"data": {"v": f"value-{i}"}}, cl.token)
+    cl.seeded = True
+
+
+def reads_run(cl, rep, raw, rows):
+    """KV v2 reads at CONC connections, against the active and against one standby (order alternating by
+    run): per CPU-second of the replica read from, and of all three replicas together."""
+    seed_reads(cl)
+    a = cl.wait_one_active(30)
+    s = next(r for r in cl.replicas if r is not a)
+    pids = [r.proc.pid for r in cl.replicas]
+    targets = [("active", a), ("standby", s)]
+    if rep % 2 == 0:
+        targets.reverse()
+    for role, t in targets:
+        if WARM > 0:
+            Loader(t.port, cl.token, CONC, WARM, reads=True).run()
+        load1 = os.getloadavg()[0]
+        t0 = {p: proc_ticks(p) for p in pids}
+        b0 = sys_busy()
+        ld = Loader(t.port, cl.token, CONC, DUR, reads=True).run()
+        b1 = sys_busy()
+        t1 = {p: proc_ticks(p) for p in pids}
+        el, ok = ld.elapsed, len(ld.lat)
+        own = (t1[t.proc.pid] - t0[t.proc.pid]) / HZ
+        act = (t1[a.proc.pid] - t0[a.proc.pid]) / HZ
+        allc = sum(t1[p] - t0[p] for p in pids) / HZ
+        errs = sum(v for k, v in ld.codes.items() if not k.startswith("2"))
+        rec = dict(phase="reads", system=cl.system, rep=rep, target=role, replica=t.name, conc=CONC, seconds=el,
+                   ok=ok, rps=ok / el, per_target_cpu_s=ok / max(own, 1e-9),
+                   per_all_replicas_cpu_s=ok / max(allc, 1e-9), target_cores=own / el, active_cores=act / el,
+                   all_replicas_cores=allc / el, p50_ms=pct(ld.lat, 0.5) * 1e3, p99_ms=pct(ld.lat, 0.99) * 1e3,
+                   errors=errs, codes=ld.codes, error_samples=ld.errors,
+                   machine_busy_cores=(b1[0] - b0[0]) / max(1, b1[1] - b0[1]) * os.cpu_count(), load1=load1)
+        raw.write(json.dumps(rec) + "\n")
+        raw.flush()
+        rows.setdefault(("reads", cl.system, role), []).append(rec)
+        print(f"rep {rep} {cl.system:8s} reads via {role:7s} c={CONC}: {rec['rps']:8.1f} reads/s  "
+              f"{rec['per_target_cpu_s']:8.1f} per its CPU-s  {rec['per_all_replicas_cpu_s']:8.1f} per CPU-s of all "
+              f"replicas ({rec['all_replicas_cores']:.2f} cores, active {rec['active_cores']:.2f})  "
+              f"p50 {rec['p50_ms']:.2f} ms  p99 {rec['p99_ms']:.2f} ms  err {errs}  "
+              f"machine {rec['machine_busy_cores']:.2f}", flush=True)
+        if ld.errors:
+            print(f"    error samples: {ld.errors[:3]}", flush=True)
 
 
 # ---------------------------------------------------------------- forwarding overhead
@@ -793,6 +850,22 @@ def report(rows, notes, failures):
                      f"{pgall(r, 'pg_sessions_opened', '{:,.0f}')} | "
                      f"{med([x['loadgen_cores'] for x in r]):.2f} | {med([x['machine_busy_cores'] for x in r]):.2f} |")
         L.append("")
+    rd = {(s, role): rows.get(("reads", s, role)) for s in SYSTEMS for role in ("active", "standby")}
+    if any(rd.values()):
+        L += [f"KV v2 reads ({READ_KEYS} keys), {CONC} connections, {DUR:.0f} s after {WARM:.0f} s warm-up, "
+              f"{REPS} runs interleaved (medians, min-max):", "",
+              "| system | read from | reads/s (wall) | per CPU-s of that replica | per CPU-s of all 3 replicas | "
+              "active cores | all 3 replicas cores | p50 ms | p99 ms | errors |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for (s, role), r in rd.items():
+            if not r:
+                continue
+            L.append(f"| {s} | {role} | {mm([x['rps'] for x in r])} | {mm([x['per_target_cpu_s'] for x in r], '{:,.0f}')} | "
+                     f"{mm([x['per_all_replicas_cpu_s'] for x in r], '{:,.0f}')} | {med([x['active_cores'] for x in r]):.2f} | "
+                     f"{med([x['all_replicas_cores'] for x in r]):.2f} | {med([x['p50_ms'] for x in r]):.2f} | "
+                     f"{med([x['p99_ms'] for x in r]):.2f} | {sum(x['errors'] for x in r)} of "
+                     f"{sum(x['ok'] + x['errors'] for x in r)} |")
+        L.append("")
     L += ["Ratios and targets (issue 15), measured in this run:", ""]
     k, o = "keyhaven", "openbao"
     if fo.get(k):
@@ -816,6 +889,14 @@ def report(rows, notes, failures):
         x = fw[k][0]["added_p50_ms"]
         L.append(f"- forwarding adds {x:.3f} ms at p50 (target <= 1 ms: {'met' if x <= 1 else 'NOT met'})"
                  + (f"; OpenBao's adds {fw[o][0]['added_p50_ms']:.3f} ms" if fw.get(o) else ""))
+    for s in SYSTEMS:
+        ra, rs = rd.get((s, "active")), rd.get((s, "standby"))
+        if ra and rs:
+            x = med([r["per_all_replicas_cpu_s"] for r in rs])
+            y = med([r["per_target_cpu_s"] for r in ra])
+            L.append(f"- {s}: reads served through a standby per CPU-s of all replicas {x:,.0f} / the active's own "
+                     f"per CPU-s {y:,.0f} = {x / y:.2f}" + (f" (target >= 0.9: {'met' if x / y >= 0.9 else 'NOT met'})"
+                                                           if s == k else ""))
     if failures:
         L += ["", "Failures:", ""] + [f"- {f}" for f in failures]
     table = "\n".join(L)
@@ -873,6 +954,14 @@ def main():
                 except StepFailed as e:
                     failures.append(f"{cl.system}: write run {rep}: {e}")
                     print(f"{cl.system}: write run {rep} FAILED: {e}", flush=True)
+    if "reads" in PHASES:
+        for rep in range(1, REPS + 1):
+            for cl in live:
+                try:
+                    reads_run(cl, rep, raw, rows)
+                except StepFailed as e:
+                    failures.append(f"{cl.system}: reads run {rep}: {e}")
+                    print(f"{cl.system}: reads run {rep} FAILED: {e}", flush=True)
     if "failover" in PHASES:
         for rnd in range(1, ROUNDS + 1):
             for cl in list(live):

@@ -9,6 +9,9 @@
 #               s, REPEATS runs interleaved: per wall second, per CPU-second of the active
 #               (utime+stime from /proc/<pid>/stat), with the CPU of all replicas and of the
 #               PostgreSQL backends connected to $PGDATABASE;
+#   - reads:    KV v2 reads of READ_KEYS keys at CONCURRENCY connections, DURATION s, REPEATS runs,
+#               against the active and against one standby (which answers them itself when
+#               it serves reads), per CPU-second of the replica read from and of all three;
 #   - failover: kill -9 of the active under light write load (a write every LOAD_MS to each
 #               replica), then the time to the first successful write sent after the kill
 #               through a surviving replica (a write every POLL_MS to each, WRITE_TIMEOUT s
@@ -29,7 +32,8 @@
 #
 # Knobs (environment variables):
 #   DURATION=10  WARMUP=2  REPEATS=3  CONCURRENCY=16  FORWARD_N=2000  ROUNDS=3
-#   POLL_MS=10  LOAD_MS=50  WRITE_TIMEOUT=0.5  FAILOVER_DEADLINE=60  PHASES="forward write failover"
+#   POLL_MS=10  LOAD_MS=50  WRITE_TIMEOUT=0.5  FAILOVER_DEADLINE=60  READ_KEYS=1000
+#   PHASES="forward write reads failover"
 #   SYSTEMS="keyhaven openbao"  KH_LOCK_TTL=15s  PORT=18400
 #   OB_MAX_IDLE= (OpenBao's max_idle_connections; unset = its default)
 #   OB_EXTRA= (more top-level lines for OpenBao's configuration, e.g. "disable_standby_reads = true")
@@ -54,7 +58,7 @@ export DURATION=${DURATION:-10} WARMUP=${WARMUP:-2} REPEATS=${REPEATS:-3}
 export CONCURRENCY=${CONCURRENCY:-16} FORWARD_N=${FORWARD_N:-2000} ROUNDS=${ROUNDS:-3}
 export POLL_MS=${POLL_MS:-10} LOAD_MS=${LOAD_MS:-50} WRITE_TIMEOUT=${WRITE_TIMEOUT:-0.5}
 export FAILOVER_DEADLINE=${FAILOVER_DEADLINE:-60}
-export PHASES=${PHASES:-"forward write failover"} SYSTEMS=${SYSTEMS:-"keyhaven openbao"}
+export PHASES=${PHASES:-"forward write reads failover"} READ_KEYS=${READ_KEYS:-1000} SYSTEMS=${SYSTEMS:-"keyhaven openbao"}
 export KH_LOCK_TTL=${KH_LOCK_TTL:-15s} PORT=${PORT:-18400} NICE=${NICE:-0}
 export OB_MAX_IDLE=${OB_MAX_IDLE:-} OB_EXTRA=${OB_EXTRA:-}
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
