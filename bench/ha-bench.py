@@ -904,7 +904,7 @@ def report(rows, notes, failures):
     with open(f"{WORK}/summary.md", "w") as f:
         f.write(table + "\n")
     with open(f"{WORK}/results.json", "w") as f:
-        json.dump(dict(notes=notes, failures=failures, rows={f"{a}/{b}": v for (a, b), v in rows.items()}), f,
+        json.dump(dict(notes=notes, failures=failures, rows={"/".join(k): v for k, v in rows.items()}), f,
                   indent=1)
     print(f"\nraw results: {WORK}/raw.jsonl and {WORK}/results.json, table: {WORK}/summary.md, "
           f"server logs and configs: {WORK}/")

@@ -929,7 +929,7 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
                  WHERE application_name IN (SELECT 'keyhaven/' || id FROM {nodes}) \
                  AND state = 'idle' \
-                 AND (query LIKE '%LISTEN%' OR query = 'SELECT pg_notify($1, $2)')"
+                 AND (query LIKE '%LISTEN%' OR query LIKE 'NOTIFY %')"
             ),
         )
     };

@@ -194,6 +194,9 @@ impl StandbyReads {
                     }
                 }
                 () = self.wake.notified() => {
+                    // Let the requests that are ready to run reach `sync` first: they
+                    // then share this ping rather than wait for the next one.
+                    tokio::task::yield_now().await;
                     let sent = self.pinged.load(Ordering::Acquire);
                     if self.wanted.load(Ordering::Acquire) > sent {
                         self.pinged.store(sent + 1, Ordering::Release);

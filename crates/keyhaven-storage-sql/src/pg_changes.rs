@@ -6,9 +6,11 @@
 //!   PostgreSQL delivers a notification only if its transaction commits, and delivers
 //!   the notifications of different transactions in the order they committed.
 //! - A standby's [`Listener`] holds one connection outside the pool that `LISTEN`s on
-//!   that channel. [`Listener::ping`] sends a notification of its own on the same
-//!   channel; when it comes back ([`Notice::Ping`]), every notification committed
-//!   before the ping was sent has been delivered before it. So a standby that waits for
+//!   that channel, and on a channel of its own. [`Listener::ping`] sends a notification
+//!   on its own channel; when it comes back ([`Notice::Ping`]), every notification
+//!   committed before the ping was sent has been delivered before it: PostgreSQL keeps
+//!   one queue of notifications for all channels, in commit order, and a listener reads
+//!   it in order. (Other standbys never see this standby's pings.) So a standby that waits for
 //!   a ping sent after a request arrived, and applies each notice before reading the
 //!   next, answers that request with every change acknowledged before it arrived.
 
@@ -45,7 +47,8 @@ pub enum Notice {
 pub struct Listener {
     client: tokio_postgres::Client,
     channel: String,
-    token: u64,
+    /// `NOTIFY "<own channel>", '`: a ping is this and its number.
+    ping_prefix: String,
     notices: mpsc::UnboundedReceiver<Notice>,
 }
 
@@ -61,25 +64,29 @@ impl PgStore {
     /// Listen for the active's announcements on a connection of its own (see the module
     /// documentation). The connection is named as the pool's are.
     pub async fn listen(&self) -> Result<Listener, StorageError> {
-        let token = RandomState::new().build_hasher().finish();
+        let own = format!(
+            "{}_{:016x}",
+            self.channel,
+            RandomState::new().build_hasher().finish()
+        );
         let (sender, notices) = mpsc::unbounded_channel();
         let client = match &self.tls {
             PgTls::Disable => {
                 let (client, conn) = self.pg_config.connect(NoTls).await.map_err(fail)?;
-                tokio::spawn(drive(conn, sender, token));
+                tokio::spawn(drive(conn, sender, own.clone()));
                 client
             }
             PgTls::VerifyFull(config) => {
                 let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**config).clone());
                 let (client, conn) = self.pg_config.connect(tls).await.map_err(fail)?;
-                tokio::spawn(drive(conn, sender, token));
+                tokio::spawn(drive(conn, sender, own.clone()));
                 client
             }
         };
         // A ping is worth nothing after a crash: it need not wait for the disk.
         client
             .batch_execute(&format!(
-                "SET synchronous_commit = off; LISTEN \"{}\"",
+                "SET synchronous_commit = off; LISTEN \"{}\"; LISTEN \"{own}\"",
                 self.channel
             ))
             .await
@@ -87,7 +94,7 @@ impl PgStore {
         Ok(Listener {
             client,
             channel: self.channel.clone(),
-            token,
+            ping_prefix: format!("NOTIFY \"{own}\", '"),
             notices,
         })
     }
@@ -97,12 +104,11 @@ impl Listener {
     /// Send ping `n`; it comes back as [`Notice::Ping`] after every notification
     /// committed before it.
     pub async fn ping(&self, n: u64) -> Result<(), StorageError> {
-        let payload = format!("#{:016x}:{n}", self.token);
+        // One round trip (the simple protocol); the payload is a number.
         self.client
-            .execute("SELECT pg_notify($1, $2)", &[&self.channel, &payload])
+            .batch_execute(&format!("{}{n}'", self.ping_prefix))
             .await
-            .map_err(fail)?;
-        Ok(())
+            .map_err(fail)
     }
 
     /// The next notice; `None` once the connection ended (notices may have been missed:
@@ -116,7 +122,7 @@ impl Listener {
 async fn drive<S, T>(
     mut conn: tokio_postgres::Connection<S, T>,
     sender: mpsc::UnboundedSender<Notice>,
-    token: u64,
+    own: String,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
@@ -124,7 +130,12 @@ async fn drive<S, T>(
     loop {
         match poll_fn(|cx| conn.poll_message(cx)).await {
             Some(Ok(AsyncMessage::Notification(n))) => {
-                if let Some(notice) = parse_notice(n.payload(), token)
+                let notice = if n.channel() == own {
+                    n.payload().parse().ok().map(Notice::Ping)
+                } else {
+                    parse_notice(n.payload())
+                };
+                if let Some(notice) = notice
                     && sender.send(notice).is_err()
                 {
                     return;
@@ -140,23 +151,17 @@ async fn drive<S, T>(
     }
 }
 
-/// A notification payload from the channel as [`Notice`]; `None` for another
-/// listener's ping (`token` is this listener's) or anything unknown. Payloads come from
-/// whoever can `NOTIFY` on the database: never trusted beyond their shape.
-pub fn parse_notice(payload: &str, token: u64) -> Option<Notice> {
+/// An announcement's payload as [`Notice`]: `k` and keys, one per line, or `*`;
+/// `None` for anything else. Payloads come from whoever can `NOTIFY` on the database:
+/// never trusted beyond their shape.
+pub fn parse_notice(payload: &str) -> Option<Notice> {
     if payload == "*" {
         return Some(Notice::Everything);
     }
-    if let Some(keys) = payload.strip_prefix('k') {
-        return Some(Notice::Changed(
-            keys.split('\n').map(str::to_owned).collect(),
-        ));
-    }
-    let (from, n) = payload.strip_prefix('#')?.split_once(':')?;
-    if from != format!("{token:016x}") {
-        return None;
-    }
-    n.parse().ok().map(Notice::Ping)
+    let keys = payload.strip_prefix('k')?;
+    Some(Notice::Changed(
+        keys.split('\n').map(str::to_owned).collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -166,20 +171,15 @@ mod tests {
     #[test]
     fn payloads_parse() {
         assert_eq!(
-            parse_notice("kcore/policy/a\ncore/mounts", 7),
+            parse_notice("kcore/policy/a\ncore/mounts"),
             Some(Notice::Changed(vec![
                 "core/policy/a".to_owned(),
                 "core/mounts".to_owned()
             ]))
         );
-        assert_eq!(parse_notice("*", 7), Some(Notice::Everything));
-        assert_eq!(
-            parse_notice("#0000000000000007:42", 7),
-            Some(Notice::Ping(42))
-        );
-        // Another standby's ping, and what this version does not know.
-        assert_eq!(parse_notice("#0000000000000008:42", 7), None);
-        assert_eq!(parse_notice("#zz:1", 7), None);
-        assert_eq!(parse_notice("?", 7), None);
+        assert_eq!(parse_notice("*"), Some(Notice::Everything));
+        // What this version does not know.
+        assert_eq!(parse_notice("#1"), None);
+        assert_eq!(parse_notice(""), None);
     }
 }

@@ -480,7 +480,7 @@ async fn pg_the_active_announces_committed_changes_in_order_before_a_later_ping(
     client
         .batch_execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name = 'keyhaven/node-b' AND query LIKE '%pg_notify%'",
+             WHERE application_name = 'keyhaven/node-b' AND (query LIKE 'NOTIFY %' OR query LIKE '%LISTEN%')",
         )
         .await
         .unwrap();
