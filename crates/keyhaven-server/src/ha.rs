@@ -55,6 +55,11 @@ const MAX_FORWARD_WAIT: Duration = Duration::from_secs(90);
 /// (about one round trip to the database) before forwarding the request instead.
 const SYNC_WAIT: Duration = Duration::from_secs(1);
 
+/// The least time between two pings of a standby under load (see
+/// [`StandbyReads::sync`]): a request waits at most about this long more, and each ping
+/// is shared by the requests that arrived meanwhile.
+const PING_SPACING: Duration = Duration::from_micros(500);
+
 /// Marks a response the engine did not give because this replica is a standby
 /// ([`keyhaven_engine::EngineError::NotActive`]): the request is forwarded instead.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +167,9 @@ impl StandbyReads {
     /// standby role ends.
     async fn follow(&self, core: &Core, mut listener: keyhaven_storage_sql::Listener) {
         self.ready.store(true, Ordering::Release);
+        let mut last_ping = Instant::now()
+            .checked_sub(PING_SPACING)
+            .unwrap_or_else(Instant::now);
         loop {
             tokio::select! {
                 notice = listener.next() => {
@@ -194,11 +202,17 @@ impl StandbyReads {
                     }
                 }
                 () = self.wake.notified() => {
-                    // Let the requests that are ready to run reach `sync` first: they
-                    // then share this ping rather than wait for the next one.
-                    tokio::task::yield_now().await;
+                    // Under load, pings are spaced so that each is shared by the
+                    // requests that arrived meanwhile; an idle standby pings at once.
+                    let since = last_ping.elapsed();
+                    if since < PING_SPACING {
+                        tokio::time::sleep(PING_SPACING - since).await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
                     let sent = self.pinged.load(Ordering::Acquire);
                     if self.wanted.load(Ordering::Acquire) > sent {
+                        last_ping = Instant::now();
                         self.pinged.store(sent + 1, Ordering::Release);
                         if let Err(e) = listener.ping(sent + 1).await {
                             tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot reach the database; forwarding every request");
