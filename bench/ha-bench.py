@@ -946,22 +946,16 @@ def main():
             except StepFailed as e:
                 failures.append(f"{cl.system}: forward: {e}")
                 print(f"{cl.system}: forward FAILED: {e}", flush=True)
-    if "write" in PHASES:
+    for phase, run in (("write", write_run), ("reads", reads_run)):
+        if phase not in PHASES:
+            continue
         for rep in range(1, REPS + 1):
             for cl in live:
                 try:
-                    write_run(cl, rep, raw, rows)
+                    run(cl, rep, raw, rows)
                 except StepFailed as e:
-                    failures.append(f"{cl.system}: write run {rep}: {e}")
-                    print(f"{cl.system}: write run {rep} FAILED: {e}", flush=True)
-    if "reads" in PHASES:
-        for rep in range(1, REPS + 1):
-            for cl in live:
-                try:
-                    reads_run(cl, rep, raw, rows)
-                except StepFailed as e:
-                    failures.append(f"{cl.system}: reads run {rep}: {e}")
-                    print(f"{cl.system}: reads run {rep} FAILED: {e}", flush=True)
+                    failures.append(f"{cl.system}: {phase} run {rep}: {e}")
+                    print(f"{cl.system}: {phase} run {rep} FAILED: {e}", flush=True)
     if "failover" in PHASES:
         for rnd in range(1, ROUNDS + 1):
             for cl in list(live):

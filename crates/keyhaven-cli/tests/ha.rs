@@ -720,6 +720,29 @@ fn encrypt(addr: &str, token: &str) -> Option<(u16, Value)> {
     )
 }
 
+/// A token made through `addr` with `body` (`auth/token/create`).
+fn create_token(addr: &str, root: &str, body: &Value) -> String {
+    let (s, b) = call(
+        "POST",
+        &format!("{addr}/v1/auth/token/create"),
+        Some(root),
+        Some(body),
+    );
+    assert_eq!(s, 200, "{b}");
+    b["auth"]["client_token"].as_str().unwrap().to_owned()
+}
+
+/// Revoke `token` through `addr`.
+fn revoke_token(addr: &str, root: &str, token: &str) {
+    let (s, b) = call(
+        "POST",
+        &format!("{addr}/v1/auth/token/revoke"),
+        Some(root),
+        Some(&json!({ "token": token })),
+    );
+    assert!(s == 200 || s == 204, "{b}");
+}
+
 #[test]
 fn standbys_answer_reads_themselves_and_never_from_stale_state() {
     let Some(url) = pg_url() else { return };
@@ -767,14 +790,7 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
     }
 
     // Served by the standbys themselves: they answer while the active is paused.
-    let (s, b) = call(
-        "POST",
-        &at(active, "auth/token/create"),
-        Some(&root),
-        Some(&json!({"policies": ["reader"]})),
-    );
-    assert_eq!(s, 200, "{b}");
-    let reader = b["auth"]["client_token"].as_str().unwrap().to_owned();
+    let reader = create_token(&addrs[active], &root, &json!({"policies": ["reader"]}));
     signal(&replicas[active].server, rustix::process::Signal::STOP);
     for &i in &standbys {
         let (s, b) = try_call("GET", &at(i, "secret/data/app"), &reader, None)
@@ -802,14 +818,7 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
     for round in 0..3 {
         let via = round % 3;
         // A token, cached by every replica, revoked.
-        let (s, b) = call(
-            "POST",
-            &at(active, "auth/token/create"),
-            Some(&root),
-            Some(&json!({"policies": ["reader"]})),
-        );
-        assert_eq!(s, 200, "{b}");
-        let doomed = b["auth"]["client_token"].as_str().unwrap().to_owned();
+        let doomed = create_token(&addrs[active], &root, &json!({"policies": ["reader"]}));
         no_stale_answers(
             &addrs,
             &|c, addr| {
@@ -822,13 +831,7 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
                 )
             },
             || {
-                let (s, b) = call(
-                    "POST",
-                    &at(via, "auth/token/revoke"),
-                    Some(&root),
-                    Some(&json!({"token": doomed})),
-                );
-                assert!(s == 200 || s == 204, "{b}");
+                revoke_token(&addrs[via], &root, &doomed);
             },
             &|s, _| s == 403,
             &format!("round {round}: a revoked token"),
@@ -933,14 +936,7 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
             ),
         )
     };
-    let (s, b) = call(
-        "POST",
-        &at(active, "auth/token/create"),
-        Some(&root),
-        Some(&json!({"policies": ["reader"]})),
-    );
-    assert_eq!(s, 200, "{b}");
-    let doomed = b["auth"]["client_token"].as_str().unwrap().to_owned();
+    let doomed = create_token(&addrs[active], &root, &json!({"policies": ["reader"]}));
     for addr in &addrs {
         assert_eq!(kv_read(addr, &doomed, "app").0, 200);
     }
@@ -957,13 +953,7 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
             )
         },
         || {
-            let (s, b) = call(
-                "POST",
-                &at(active, "auth/token/revoke"),
-                Some(&root),
-                Some(&json!({"token": doomed})),
-            );
-            assert!(s == 200 || s == 204, "{b}");
+            revoke_token(&addrs[active], &root, &doomed);
         },
         &|s, _| s == 403,
         "a token revoked while the standbys' listeners were cut",
@@ -1009,14 +999,11 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
     }
 
     // A limited-use token spends its use on the active: a standby forwards it.
-    let (s, b) = call(
-        "POST",
-        &at(active, "auth/token/create"),
-        Some(&root),
-        Some(&json!({"policies": ["reader"], "num_uses": 1})),
+    let once = create_token(
+        &addrs[active],
+        &root,
+        &json!({"policies": ["reader"], "num_uses": 1}),
     );
-    assert_eq!(s, 200, "{b}");
-    let once = b["auth"]["client_token"].as_str().unwrap().to_owned();
     assert_eq!(kv_read(&addrs[standbys[0]], &once, "app").0, 200);
     assert_eq!(kv_read(&addrs[standbys[1]], &once, "app").0, 403);
     assert_eq!(kv_read(&addrs[active], &once, "app").0, 403);

@@ -564,12 +564,7 @@ impl Core {
         if !matches!(*self.state.read(), State::Standby { .. }) {
             return Ok(false);
         }
-        let root = self
-            .standby_root
-            .lock()
-            .as_ref()
-            .map(SecretKey::try_clone)
-            .ok_or(EngineError::Internal("a standby without its root key"))?;
+        let root = self.standby_root_key()?;
         let inner = self.open(&root).await?;
         let mut state = self.state.write();
         if let State::Standby { config, .. } = &*state {
@@ -612,12 +607,7 @@ impl Core {
         if !matches!(*self.state.read(), State::Standby { .. }) {
             return Ok(false);
         }
-        let root = self
-            .standby_root
-            .lock()
-            .as_ref()
-            .map(SecretKey::try_clone)
-            .ok_or(EngineError::Internal("a standby without its root key"))?;
+        let root = self.standby_root_key()?;
         // Nothing is written: a replica cannot load a state that the active has not
         // created yet, and a request that needs a write is forwarded.
         let raw: Arc<dyn Store> = Arc::new(crate::ha::ReadOnly(self.raw.clone()));
@@ -648,13 +638,27 @@ impl Core {
 
     /// High availability: whether this standby answers requests without effects itself.
     pub fn serves_reads(&self) -> bool {
-        matches!(
-            &*self.state.read(),
+        self.replica().is_some()
+    }
+
+    /// The root key a standby holds, to build its state from storage.
+    fn standby_root_key(&self) -> Result<SecretKey, EngineError> {
+        self.standby_root
+            .lock()
+            .as_ref()
+            .map(SecretKey::try_clone)
+            .ok_or(EngineError::Internal("a standby without its root key"))
+    }
+
+    /// A standby's replica state, if loaded.
+    fn replica(&self) -> Option<Arc<Unsealed>> {
+        match &*self.state.read() {
             State::Standby {
-                replica: Some(_),
+                replica: Some(inner),
                 ..
-            }
-        )
+            } => Some(inner.clone()),
+            _ => None,
+        }
     }
 
     /// High availability: the active committed changes to these storage keys (its
@@ -662,12 +666,8 @@ impl Core {
     /// them before the next request is answered. A change this standby cannot apply
     /// piecemeal (a mount table, the keyring, a transit key) reloads its whole state.
     pub async fn apply_changes(&self, keys: &[String]) -> Result<(), EngineError> {
-        let replica = match &*self.state.read() {
-            State::Standby {
-                replica: Some(inner),
-                ..
-            } => inner.clone(),
-            _ => return Ok(()),
+        let Some(replica) = self.replica() else {
+            return Ok(());
         };
         let mut reload = false;
         for key in keys {
@@ -693,19 +693,14 @@ impl Core {
     /// ([`EngineError::NotActive`]) when the request turns out to need a write (a
     /// limited-use token, a transit key to create).
     pub fn standby_serves(&self, op: Operation, path: &str) -> bool {
-        let replica = match &*self.state.read() {
-            State::Standby {
-                replica: Some(inner),
-                ..
-            } => inner.clone(),
-            _ => return false,
+        let Some(replica) = self.replica() else {
+            return false;
         };
         let Some(mut target) = Target::resolve(&replica, path) else {
             return false;
         };
-        target
-            .route_for(op)
-            .is_some_and(|r| r.on_standby(op) && !active_only(&target, r))
+        let route = target.route_for(op);
+        standby_answers(Some(&target), route, op)
     }
 
     /// Whether `sys/init` has run.
@@ -1547,13 +1542,7 @@ impl Core {
         let route = target.as_mut().and_then(|t| t.route_for(req.operation));
         // A standby answers only what has no effects (and what the active alone knows
         // goes there too); refusing records nothing, the active records it.
-        if standby
-            && (wrap.is_some()
-                || !route.is_some_and(|r| {
-                    r.on_standby(req.operation)
-                        && target.as_ref().is_some_and(|t| !active_only(t, r))
-                }))
-        {
+        if standby && (wrap.is_some() || !standby_answers(target.as_ref(), route, req.operation)) {
             return Err(EngineError::NotActive);
         }
         timing.login = route.is_some_and(|r| r.unauthenticated);
@@ -1837,13 +1826,18 @@ fn is_fenced(err: &EngineError) -> bool {
     matches!(err, EngineError::Storage(StorageError::Fenced))
 }
 
-/// `sys/` routes without effects whose answer only the active knows: rekey and
-/// root-generation progress, the cluster's members.
-fn active_only(target: &Target, route: &Route) -> bool {
-    matches!(target.mounted.handler, Handler::System)
+/// Whether a standby may answer `op` on `route` of `target`: the route allows it
+/// ([`Route::on_standby`]) and it is not one of the `sys/` routes whose answer only the
+/// active knows (rekey and root-generation progress, the cluster's members).
+fn standby_answers(target: Option<&Target>, route: Option<&Route>, op: Operation) -> bool {
+    let (Some(target), Some(route)) = (target, route) else {
+        return false;
+    };
+    let active_only = matches!(target.mounted.handler, Handler::System)
         && ["rekey", "rotate/root", "generate-root", "ha-status"]
             .iter()
-            .any(|p| route.pattern.starts_with(p))
+            .any(|p| route.pattern.starts_with(p));
+    route.on_standby(op) && !active_only
 }
 
 /// Records a request's latency in `vault.core.handle_request` (or

@@ -13,9 +13,7 @@ use keyhaven_engine::{
     ClientToken, Core, CoreOptions, EngineError, InitParams, ManualClock, Operation, Request,
     UnsealInput,
 };
-use keyhaven_storage::{
-    Condition, KeyWrite, MemStore, Op, StorageError, Store, Transaction, TxOutcome,
-};
+use keyhaven_storage::{KeyWrite, MemStore, Op, StorageError, Store, Transaction, TxOutcome};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, json};
 
@@ -202,18 +200,11 @@ impl Store for Announcing {
     async fn transact(&self, tx: Transaction) -> Result<TxOutcome, StorageError> {
         let mut keys = Vec::new();
         for op in &tx.ops {
-            let (key, write) = match op {
-                Op::Put { key, .. } => (
-                    key,
-                    KeyWrite::Put {
-                        replaced: tx
-                            .conditions
-                            .iter()
-                            .any(|c| matches!(c, Condition::Equals { key: k, .. } if k == key)),
-                    },
-                ),
-                Op::Delete { key } => (key, KeyWrite::Delete),
+            let (key, deleted) = match op {
+                Op::Put { key, .. } => (key, false),
+                Op::Delete { key } => (key, true),
             };
+            let write = KeyWrite::of(&tx.conditions, key, deleted);
             if keyhaven_engine::ha::announces(key, write) {
                 keys.push(key.clone());
             }

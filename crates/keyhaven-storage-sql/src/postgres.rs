@@ -753,15 +753,7 @@ fn announcement(
 ) -> Option<String> {
     let mut payload = String::new();
     for (key, value) in last {
-        let write = match value {
-            Some(_) => KeyWrite::Put {
-                replaced: conditions
-                    .iter()
-                    .any(|c| matches!(c, Condition::Equals { key: k, .. } if k == key)),
-            },
-            None => KeyWrite::Delete,
-        };
-        if rule(key, write) {
+        if rule(key, KeyWrite::of(conditions, key, value.is_none())) {
             payload.push(if payload.is_empty() { 'k' } else { '\n' });
             payload.push_str(key);
         }

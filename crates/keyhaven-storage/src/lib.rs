@@ -148,6 +148,21 @@ pub enum KeyWrite {
     Delete,
 }
 
+impl KeyWrite {
+    /// How a transaction with these `conditions` whose last op on `key` is a put (or,
+    /// when `deleted`, a delete) changes it.
+    pub fn of(conditions: &[Condition], key: &str, deleted: bool) -> KeyWrite {
+        if deleted {
+            return KeyWrite::Delete;
+        }
+        KeyWrite::Put {
+            replaced: conditions
+                .iter()
+                .any(|c| matches!(c, Condition::Equals { key: k, .. } if k == key)),
+        }
+    }
+}
+
 /// Whether a change of a key must be announced to the processes that cache what it
 /// holds (see [`KeyWrite`]).
 pub type AnnounceRule = fn(key: &str, write: KeyWrite) -> bool;
