@@ -12,8 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::baseline::Baseline;
 use crate::engine::{Engine, EngineOptions};
-use crate::files::{Pipeline, ScanResult};
+use crate::files::{self, Pipeline, ScanResult};
 use crate::git::GitMode;
+use crate::gitleaks::GitleaksConfig;
 use crate::report::{self, Render};
 use crate::rules::{DEFAULT_RULES, RuleSet, RuleSpec, parse_rules};
 use crate::{Error, Severity, gitleaks, posture};
@@ -198,11 +199,13 @@ fn fail_threshold(s: &str) -> Result<Option<Severity>, String> {
     }
 }
 
+/// Read and parse the rules (compiled later, on the scan's pool): a gitleaks config if one
+/// is given or found, else the built-in rules, with `--rules` files as extras.
 fn load_rules(
     args: &ScanArgs,
     scan_root: Option<&Path>,
     stderr: &mut dyn Write,
-) -> Result<RuleSet, Error> {
+) -> Result<(GitleaksConfig, Vec<RuleSpec>), Error> {
     let mut extra: Vec<RuleSpec> = Vec::new();
     for p in &args.rules {
         let text = std::fs::read_to_string(p).map_err(|source| Error::Io {
@@ -218,20 +221,17 @@ fn load_rules(
             .filter(|p| p.is_file()),
         (None, true) => None,
     };
-    match config {
+    let config = match config {
         Some(p) => {
             let _ = writeln!(stderr, "keyhaven scan: using rules from {}", p.display());
-            gitleaks::load(&p)?.compile(extra)
+            gitleaks::load(&p)?
         }
-        None => {
-            let mut specs = parse_rules("built-in rules", DEFAULT_RULES)?;
-            for e in extra {
-                specs.retain(|s| s.id != e.id);
-                specs.push(e);
-            }
-            RuleSet::compile(specs, Vec::new(), Vec::new())
-        }
-    }
+        None => GitleaksConfig {
+            specs: parse_rules("built-in rules", DEFAULT_RULES)?,
+            ..GitleaksConfig::default()
+        },
+    };
+    Ok((config, extra))
 }
 
 fn list_rules(set: &RuleSet, w: &mut dyn Write) -> std::io::Result<()> {
@@ -318,12 +318,17 @@ fn execute_inner(
             .collect()
     };
     let scan_root = paths.first().filter(|p| p.is_dir()).cloned();
-    let rules = load_rules(args, scan_root.as_deref(), stderr)?;
-    if args.list_rules {
-        list_rules(&rules, stdout).map_err(Error::Output)?;
-        return Ok(0);
-    }
-    let excludes = if args.exclude.is_empty() {
+    let (config, extra) = load_rules(args, scan_root.as_deref(), stderr)?;
+    let git_mode = if args.staged {
+        Some(GitMode::Staged)
+    } else if let Some(rev) = &args.since {
+        Some(GitMode::Since(rev.clone()))
+    } else if args.git {
+        Some(GitMode::History)
+    } else {
+        None
+    };
+    let excludes = if args.exclude.is_empty() || args.list_rules {
         None
     } else {
         let mut b = globset::GlobSetBuilder::new();
@@ -332,6 +337,29 @@ fn execute_inner(
         }
         Some(b.build().map_err(Error::Glob)?)
     };
+    // The rules compile while the directories are walked, both on the scan's workers.
+    let walk_files = !args.list_rules && !use_stdin && git_mode.is_none();
+    let prepare = || {
+        if walk_files {
+            let (rules, files) = rayon::join(
+                || config.compile(extra),
+                || files::walk(&paths, !args.no_ignore, excludes.as_ref()),
+            );
+            (rules, Some(files))
+        } else {
+            (config.compile(extra), None)
+        }
+    };
+    let (rules, files) = match files::thread_pool(args.threads) {
+        Some(pool) => pool.install(prepare),
+        None => prepare(),
+    };
+    let rules = rules?;
+    if args.list_rules {
+        list_rules(&rules, stdout).map_err(Error::Output)?;
+        return Ok(0);
+    }
+    let files = files.transpose()?;
     let engine = Engine::new(
         rules,
         EngineOptions {
@@ -351,15 +379,6 @@ fn execute_inner(
         threads: args.threads,
     };
     let show_progress = tty.stderr && !args.no_progress;
-    let git_mode = if args.staged {
-        Some(GitMode::Staged)
-    } else if let Some(rev) = &args.since {
-        Some(GitMode::Since(rev.clone()))
-    } else if args.git {
-        Some(GitMode::History)
-    } else {
-        None
-    };
     let mut result: ScanResult = if use_stdin {
         pipeline.scan_stream(stdin, "-")
     } else if let Some(mode) = git_mode {
@@ -371,7 +390,7 @@ fn execute_inner(
         }
         r
     } else {
-        let files = pipeline.walk(&paths)?;
+        let files = files.unwrap_or_default();
         let total: u64 = files.iter().map(|(_, l)| *l).sum();
         let pb = progress(show_progress && total > 64 * 1024 * 1024, total, true);
         let r = pipeline.scan_files(&files, pb.as_ref());

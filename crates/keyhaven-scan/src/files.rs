@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use globset::GlobSet;
@@ -218,47 +219,12 @@ impl Pipeline {
     }
 
     fn pool(&self) -> Option<rayon::ThreadPool> {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(self.threads)
-            .build()
-            .ok()
+        thread_pool(self.threads)
     }
 
     /// List the files under `paths`.
     pub fn walk(&self, paths: &[PathBuf]) -> Result<Vec<(PathBuf, u64)>, Error> {
-        let mut out = Vec::new();
-        for root in paths {
-            if root.is_file() {
-                let len = root.metadata().map(|m| m.len()).unwrap_or(0);
-                out.push((root.clone(), len));
-                continue;
-            }
-            let mut b = ignore::WalkBuilder::new(root);
-            b.hidden(false)
-                .parents(self.respect_gitignore)
-                .git_ignore(self.respect_gitignore)
-                .git_global(false)
-                .git_exclude(self.respect_gitignore)
-                .ignore(self.respect_gitignore)
-                .require_git(false)
-                .follow_links(false)
-                .filter_entry(|e| e.file_name() != ".git");
-            for entry in b.build() {
-                let entry = entry.map_err(Error::Walk)?;
-                if !entry.file_type().is_some_and(|t| t.is_file()) {
-                    continue;
-                }
-                let p = entry.path();
-                if self.excludes.as_ref().is_some_and(|g| g.is_match(p)) {
-                    continue;
-                }
-                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                out.push((p.to_path_buf(), len));
-            }
-        }
-        out.sort();
-        out.dedup();
-        Ok(out)
+        walk(paths, self.respect_gitignore, self.excludes.as_ref())
     }
 
     fn finish(&self, parts: Vec<Partial>) -> ScanResult {
@@ -293,29 +259,39 @@ impl Pipeline {
     }
 
     /// Scan files (already listed by [`Pipeline::walk`]).
+    ///
+    /// The largest files go first and each worker takes the next file as it becomes free,
+    /// so the scan ends on the smallest files and no worker waits for another at the end
+    /// (a split of the list in advance can leave one worker alone with a large file).
     pub fn scan_files(
         &self,
         files: &[(PathBuf, u64)],
         progress: Option<&ProgressBar>,
     ) -> ScanResult {
-        let job = || {
-            let slots = WorkerScratch::new();
-            files
-                .par_iter()
-                .map(|(path, len)| {
-                    let p = slots.with(|scratch| self.scan_file(path, scratch));
-                    if let Some(pb) = progress {
-                        pb.inc(*len);
-                    }
-                    p
-                })
-                .collect::<Vec<_>>()
+        let mut order: Vec<usize> = (0..files.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(files.get(i).map_or(0, |f| f.1)));
+        let next = AtomicUsize::new(0);
+        let worker = || {
+            let mut scratch = Scratch::per_thread();
+            let mut done = Vec::new();
+            while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let Some((path, len)) = files.get(i) else {
+                    continue;
+                };
+                done.push((i, self.scan_file(path, &mut scratch)));
+                if let Some(pb) = progress {
+                    pb.inc(*len);
+                }
+            }
+            done
         };
-        let parts = match self.pool() {
-            Some(pool) => pool.install(job),
-            None => job(),
+        let mut parts: Vec<(usize, Partial)> = match self.pool() {
+            Some(pool) => pool.broadcast(|_| worker()).into_iter().flatten().collect(),
+            None => worker(),
         };
-        self.finish(parts)
+        // Back in path order, so errors are reported in a stable order.
+        parts.sort_unstable_by_key(|(i, _)| *i);
+        self.finish(parts.into_iter().map(|(_, p)| p).collect())
     }
 
     /// Scan a reader (stdin) under a display name.
@@ -437,6 +413,57 @@ impl Pipeline {
         }
         p
     }
+}
+
+/// A rayon pool of `threads` workers (0: one per core).
+pub fn thread_pool(threads: usize) -> Option<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .ok()
+}
+
+/// List the files under `paths`, sorted by path, each with its length: directories are
+/// walked honouring ignore files when `respect_gitignore`, without following links and
+/// never into `.git`; paths matching `excludes` are left out.
+pub fn walk(
+    paths: &[PathBuf],
+    respect_gitignore: bool,
+    excludes: Option<&GlobSet>,
+) -> Result<Vec<(PathBuf, u64)>, Error> {
+    let mut out = Vec::new();
+    for root in paths {
+        if root.is_file() {
+            let len = root.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push((root.clone(), len));
+            continue;
+        }
+        let mut b = ignore::WalkBuilder::new(root);
+        b.hidden(false)
+            .parents(respect_gitignore)
+            .git_ignore(respect_gitignore)
+            .git_global(false)
+            .git_exclude(respect_gitignore)
+            .ignore(respect_gitignore)
+            .require_git(false)
+            .follow_links(false)
+            .filter_entry(|e| e.file_name() != ".git");
+        for entry in b.build() {
+            let entry = entry.map_err(Error::Walk)?;
+            if !entry.file_type().is_some_and(|t| t.is_file()) {
+                continue;
+            }
+            let p = entry.path();
+            if excludes.is_some_and(|g| g.is_match(p)) {
+                continue;
+            }
+            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push((p.to_path_buf(), len));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// One [`Scratch`] per worker thread of the current rayon pool, kept for the whole scan

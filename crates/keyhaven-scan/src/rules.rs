@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use rayon::prelude::*;
 use regex::bytes::Regex;
 use serde::Deserialize;
 
@@ -370,42 +371,33 @@ impl RuleSet {
     }
 
     /// Compile specs (with per-rule allowlists given by rule id) and global allowlists.
+    ///
+    /// Called on a worker of a rayon pool, the rules compile in parallel on that pool,
+    /// beside the keyword automaton; anywhere else, one after the other on the calling
+    /// thread (no pool is started for it). The result, and the error for a set with several
+    /// bad rules (the first in order), are the same either way.
     pub fn compile(
         specs: Vec<RuleSpec>,
         rule_allowlists: Vec<(String, Allowlist)>,
         allowlists: Vec<Allowlist>,
     ) -> Result<RuleSet, Error> {
         let mut seen = HashSet::new();
-        let mut rules = Vec::with_capacity(specs.len());
-        for spec in specs {
-            if !seen.insert(spec.id.clone()) {
-                return Err(Error::RuleInvalid {
-                    rule: spec.id,
-                    reason: "duplicate rule id",
-                });
-            }
-            let own: Vec<Allowlist> = rule_allowlists
-                .iter()
-                .filter(|(id, _)| *id == spec.id)
-                .map(|(_, a)| a.clone())
-                .collect();
-            rules.push(Rule::compile(spec, own)?);
+        if let Some(dup) = specs.iter().find(|s| !seen.insert(s.id.as_str())) {
+            return Err(Error::RuleInvalid {
+                rule: dup.id.clone(),
+                reason: "duplicate rule id",
+            });
         }
         let mut pats: Vec<String> = Vec::new();
         let mut kw: Vec<Vec<KeywordRule>> = Vec::new();
         let mut always = Vec::new();
         let mut path_only = Vec::new();
-        for (idx, rule) in rules.iter().enumerate() {
-            if rule.regex.is_none() {
+        for (idx, spec) in specs.iter().enumerate() {
+            if spec.regex.is_none() {
                 path_only.push(idx);
                 continue;
             }
-            let kws: Vec<&String> = rule
-                .spec
-                .keywords
-                .iter()
-                .filter(|k| !k.is_empty())
-                .collect();
+            let kws: Vec<&String> = spec.keywords.iter().filter(|k| !k.is_empty()).collect();
             if kws.is_empty() {
                 always.push(idx);
                 continue;
@@ -413,10 +405,7 @@ impl RuleSet {
             for k in kws {
                 let entry = KeywordRule {
                     rule: idx,
-                    exact: rule
-                        .spec
-                        .case_sensitive_keywords
-                        .then(|| k.as_bytes().into()),
+                    exact: spec.case_sensitive_keywords.then(|| k.as_bytes().into()),
                 };
                 let key = k.to_ascii_lowercase();
                 match pats.iter().position(|p| *p == key) {
@@ -432,7 +421,25 @@ impl RuleSet {
                 }
             }
         }
-        let ac = build_ac(&pats, true)?;
+        let compile_one = |spec: RuleSpec| {
+            let own: Vec<Allowlist> = rule_allowlists
+                .iter()
+                .filter(|(id, _)| *id == spec.id)
+                .map(|(_, a)| a.clone())
+                .collect();
+            Rule::compile(spec, own)
+        };
+        let (compiled, ac) = if rayon::current_thread_index().is_some() {
+            rayon::join(
+                || specs.into_par_iter().map(compile_one).collect::<Vec<_>>(),
+                || build_ac(&pats, true),
+            )
+        } else {
+            let compiled: Vec<_> = specs.into_iter().map(compile_one).collect();
+            (compiled, build_ac(&pats, true))
+        };
+        let rules = compiled.into_iter().collect::<Result<Vec<Rule>, Error>>()?;
+        let ac = ac?;
         Ok(RuleSet {
             rules,
             allowlists,
@@ -508,6 +515,41 @@ mod tests {
         )
         .unwrap();
         assert!(RuleSet::compile(specs, vec![], vec![]).is_err());
+    }
+
+    #[test]
+    fn compiling_on_a_pool_gives_the_set_and_the_error_of_compiling_alone() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let alone = RuleSet::builtin().unwrap();
+        let pooled = pool.install(RuleSet::builtin).unwrap();
+        let ids = |s: &RuleSet| s.rule_ids().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(ids(&alone), ids(&pooled));
+        assert_eq!(alone.kw, pooled.kw);
+        assert_eq!(alone.always, pooled.always);
+        assert_eq!(alone.path_only, pooled.path_only);
+        assert!(pooled.ac.is_some());
+
+        // Several bad rules: the first in order is named, on the pool as alone.
+        let mut text = String::new();
+        for i in 0..64 {
+            let regex = if i == 17 || i == 40 { "a(" } else { "a(b)" };
+            text.push_str(&format!(
+                "[[rules]]\nid='r{i}'\nkeywords=['k{i}']\nregex='{regex}'\n"
+            ));
+        }
+        let specs = parse_rules("t", &text).unwrap();
+        let alone = RuleSet::compile(specs.clone(), vec![], vec![]).unwrap_err();
+        let pooled = pool
+            .install(|| RuleSet::compile(specs, vec![], vec![]))
+            .unwrap_err();
+        assert!(
+            alone.to_string().starts_with("rule r17: invalid regex"),
+            "{alone}"
+        );
+        assert_eq!(alone.to_string(), pooled.to_string());
     }
 
     #[test]

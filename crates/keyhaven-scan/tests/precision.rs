@@ -189,8 +189,25 @@ fn parallel_scan_reports_what_one_thread_does() {
         };
         std::fs::write(dir.path().join(format!("f{i:02}.txt")), body).unwrap();
     }
+    // Files of many sizes, so the largest-first order of the workers is not the path
+    // order, and one larger than a streaming chunk, with a credential in its last chunk.
+    for i in 0..8 {
+        let body = format!(
+            "{}db_password = \"{}\"\n",
+            "filler line\n".repeat(1 << (i + 6)),
+            f.credential("password")
+        );
+        std::fs::write(dir.path().join(format!("g{i}.txt")), body).unwrap();
+    }
+    let big = format!(
+        "{}slack = {}\n",
+        "filler line\n".repeat(keyhaven_scan::engine::CHUNK / 12 + 1000),
+        f.credential("slack")
+    );
+    std::fs::write(dir.path().join("big.txt"), big).unwrap();
     let one = findings(dir.path(), &["--threads", "1"]);
     let two = findings(dir.path(), &["--threads", "2"]);
-    assert_eq!(one.len(), 30);
+    assert_eq!(one.len(), 39, "{one:?}");
+    assert!(one.iter().any(|(_, path, _)| path.ends_with("big.txt")));
     assert_eq!(one, two);
 }
