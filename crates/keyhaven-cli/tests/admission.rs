@@ -68,7 +68,12 @@ impl Drop for Webhook {
 }
 
 fn start(dir: &Path, extra: &[&str]) -> Webhook {
+    start_with_env(dir, extra, &[])
+}
+
+fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Webhook {
     let mut child = Command::new(keyhaven_bin())
+        .envs(env.iter().copied())
         .args([
             "admission",
             "serve",
@@ -309,6 +314,45 @@ fn review_of_plain_manifests_policies_and_errors() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// The value of `name` in the environment of process `pid`.
+fn environ_of(pid: u32, name: &str) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0).find_map(|kv| {
+        let kv = std::str::from_utf8(kv).ok()?;
+        kv.strip_prefix(name)?.strip_prefix('=').map(str::to_owned)
+    })
+}
+
+#[test]
+fn the_webhook_runs_with_its_allocator_settings_unless_the_operator_sets_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_pair(dir.path(), "a");
+    // The process started is the one that serves (exec keeps the process id), now with
+    // the webhook's jemalloc settings.
+    let hook = start(dir.path(), &[]);
+    let health = client(&ca)
+        .get(format!("{}/healthz", hook.addr))
+        .send()
+        .unwrap();
+    assert!(health.status().is_success());
+    assert_eq!(
+        environ_of(hook.child.id(), "_RJEM_MALLOC_CONF").as_deref(),
+        Some("narenas:4,tcache_nslots_small_max:200")
+    );
+    drop(hook);
+    // An operator's setting is kept as it is.
+    let hook = start_with_env(dir.path(), &[], &[("_RJEM_MALLOC_CONF", "narenas:1")]);
+    let health = client(&ca)
+        .get(format!("{}/healthz", hook.addr))
+        .send()
+        .unwrap();
+    assert!(health.status().is_success());
+    assert_eq!(
+        environ_of(hook.child.id(), "_RJEM_MALLOC_CONF").as_deref(),
+        Some("narenas:1")
+    );
 }
 
 #[test]
