@@ -329,28 +329,24 @@ fn environ_of(pid: u32, name: &str) -> Option<String> {
 fn the_webhook_runs_with_its_allocator_settings_unless_the_operator_sets_them() {
     let dir = tempfile::tempdir().unwrap();
     let ca = write_pair(dir.path(), "a");
-    // The process started is the one that serves (exec keeps the process id), now with
-    // the webhook's jemalloc settings.
-    let hook = start(dir.path(), &[]);
-    let health = client(&ca)
-        .get(format!("{}/healthz", hook.addr))
-        .send()
-        .unwrap();
-    assert!(health.status().is_success());
+    // The process started is the one that serves (exec keeps the process id): its
+    // jemalloc settings once it answers.
+    let served_setting = |env: &[(&str, &str)]| {
+        let hook = start_with_env(dir.path(), &[], env);
+        let health = client(&ca)
+            .get(format!("{}/healthz", hook.addr))
+            .send()
+            .unwrap();
+        assert!(health.status().is_success());
+        environ_of(hook.child.id(), "_RJEM_MALLOC_CONF")
+    };
     assert_eq!(
-        environ_of(hook.child.id(), "_RJEM_MALLOC_CONF").as_deref(),
+        served_setting(&[]).as_deref(),
         Some("narenas:4,tcache_nslots_small_max:200")
     );
-    drop(hook);
     // An operator's setting is kept as it is.
-    let hook = start_with_env(dir.path(), &[], &[("_RJEM_MALLOC_CONF", "narenas:1")]);
-    let health = client(&ca)
-        .get(format!("{}/healthz", hook.addr))
-        .send()
-        .unwrap();
-    assert!(health.status().is_success());
     assert_eq!(
-        environ_of(hook.child.id(), "_RJEM_MALLOC_CONF").as_deref(),
+        served_setting(&[("_RJEM_MALLOC_CONF", "narenas:1")]).as_deref(),
         Some("narenas:1")
     );
 }
