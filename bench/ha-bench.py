@@ -399,6 +399,13 @@ class Cluster:
             r.stop()
 
 
+def keep(raw, rows, key, rec):
+    """Append one run's record to the raw results (flushed at once) and to its table row."""
+    raw.write(json.dumps(rec) + "\n")
+    raw.flush()
+    rows.setdefault(key, []).append(rec)
+
+
 # ---------------------------------------------------------------- load
 class Loader:
     """CONC threads, each with one keep-alive connection, writing random keys until `until`."""
@@ -496,9 +503,7 @@ def write_run(cl, rep, raw, rows):
                error_samples=ld.errors,
                loadgen_cores=(me1.user - me0.user + me1.system - me0.system) / el,
                machine_busy_cores=(b1[0] - b0[0]) / max(1, b1[1] - b0[1]) * os.cpu_count(), load1=load1)
-    raw.write(json.dumps(rec) + "\n")
-    raw.flush()
-    rows.setdefault(("write", cl.system), []).append(rec)
+    keep(raw, rows, ("write", cl.system), rec)
     print(f"rep {rep} {cl.system:8s} write c={CONC}: {rec['wps']:7.1f} writes/s  {rec['per_active_cpu_s']:7.1f} per "
           f"active CPU-s ({rec['active_cores']:.2f} cores; all replicas {rec['all_replicas_cores']:.2f})  PG backends "
           f"{rec['pg_cores']:.2f} cores ({len(pg1)}), whole PostgreSQL "
@@ -550,9 +555,7 @@ def reads_run(cl, rep, raw, rows):
                    all_replicas_cores=allc / el, p50_ms=pct(ld.lat, 0.5) * 1e3, p99_ms=pct(ld.lat, 0.99) * 1e3,
                    errors=errs, codes=ld.codes, error_samples=ld.errors,
                    machine_busy_cores=(b1[0] - b0[0]) / max(1, b1[1] - b0[1]) * os.cpu_count(), load1=load1)
-        raw.write(json.dumps(rec) + "\n")
-        raw.flush()
-        rows.setdefault(("reads", cl.system, role), []).append(rec)
+        keep(raw, rows, ("reads", cl.system, role), rec)
         print(f"rep {rep} {cl.system:8s} reads via {role:7s} c={CONC}: {rec['rps']:8.1f} reads/s  "
               f"{rec['per_target_cpu_s']:8.1f} per its CPU-s  {rec['per_all_replicas_cpu_s']:8.1f} per CPU-s of all "
               f"replicas ({rec['all_replicas_cores']:.2f} cores, active {rec['active_cores']:.2f})  "
@@ -617,9 +620,7 @@ def forward_run(cl, raw, rows):
                active_ok=len(la), standby_ok=len(ls), active_bad=len(bad[a.name]), standby_bad=len(bad[s.name]),
                bad_samples=(bad[a.name] + bad[s.name])[:5], seconds=time.time() - t0, load1=load1)
     rec["added_p50_ms"] = rec["standby_p50_ms"] - rec["active_p50_ms"]
-    raw.write(json.dumps(rec) + "\n")
-    raw.flush()
-    rows.setdefault(("forward", cl.system), []).append(rec)
+    keep(raw, rows, ("forward", cl.system), rec)
     print(f"{cl.system:8s} forward: {per * blocks} sequential writes each: active {a.name} p50 "
           f"{rec['active_p50_ms']:.3f} ms (p99 {rec['active_p99_ms']:.2f}), standby {s.name} p50 "
           f"{rec['standby_p50_ms']:.3f} ms (p99 {rec['standby_p99_ms']:.2f}): forwarding adds "
@@ -756,9 +757,7 @@ def failover_round(cl, rnd, raw, rows):
     cl.wait_one_active(120)
     cl.wait_write(a, 60)
     rec["restart_s"] = time.time() - t0
-    raw.write(json.dumps(rec) + "\n")
-    raw.flush()
-    rows.setdefault(("failover", cl.system), []).append(rec)
+    keep(raw, rows, ("failover", cl.system), rec)
     f = lambda v: "none" if v is None else f"{v:.3f} s"  # noqa: E731
     print(f"round {rnd} {cl.system:8s} failover: killed {a.name}; first write ok after {f(rec['first_ok_any_s'])} "
           f"(per survivor {', '.join(f'{n} {f(v)}' for n, v in per.items())}); new active "

@@ -675,6 +675,11 @@ fn no_stale_answers(
     });
 }
 
+/// A probe of [`no_stale_answers`]: `secret/data/app` read with `token`.
+fn app_read(token: &str) -> impl Fn(&reqwest::blocking::Client, &str) -> (u16, Value) + Sync + '_ {
+    move |c, addr| probe_call(c, "GET", &format!("{addr}/v1/secret/data/app"), token, None)
+}
+
 fn probe_call(
     client: &reqwest::blocking::Client,
     method: &str,
@@ -821,15 +826,7 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
         let doomed = create_token(&addrs[active], &root, &json!({"policies": ["reader"]}));
         no_stale_answers(
             &addrs,
-            &|c, addr| {
-                probe_call(
-                    c,
-                    "GET",
-                    &format!("{addr}/v1/secret/data/app"),
-                    &doomed,
-                    None,
-                )
-            },
+            &app_read(&doomed),
             || {
                 revoke_token(&addrs[via], &root, &doomed);
             },
@@ -865,15 +862,7 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
         // The policy, cached compiled by every replica, narrowed, then restored.
         no_stale_answers(
             &addrs,
-            &|c, addr| {
-                probe_call(
-                    c,
-                    "GET",
-                    &format!("{addr}/v1/secret/data/app"),
-                    &reader,
-                    None,
-                )
-            },
+            &app_read(&reader),
             || {
                 let (s, b) = call(
                     "PUT",
@@ -902,15 +891,7 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
         let value = format!("v{round}");
         no_stale_answers(
             &addrs,
-            &|c, addr| {
-                probe_call(
-                    c,
-                    "GET",
-                    &format!("{addr}/v1/secret/data/app"),
-                    &reader,
-                    None,
-                )
-            },
+            &app_read(&reader),
             || assert_eq!(kv_write(&addrs[via], &root, "app", &value), Some(200)),
             &|s, b| s == 200 && b["data"]["data"]["v"] == value.as_str(),
             &format!("round {round}: an overwritten secret"),
@@ -943,15 +924,7 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
     assert_eq!(cut(), "2", "one listener per standby");
     no_stale_answers(
         &addrs,
-        &|c, addr| {
-            probe_call(
-                c,
-                "GET",
-                &format!("{addr}/v1/secret/data/app"),
-                &doomed,
-                None,
-            )
-        },
+        &app_read(&doomed),
         || {
             revoke_token(&addrs[active], &root, &doomed);
         },

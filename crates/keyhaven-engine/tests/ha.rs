@@ -31,7 +31,7 @@ impl HaControl for Election {
     }
 }
 
-async fn replica(store: Arc<MemStore>, election: Arc<Election>) -> Arc<Core> {
+async fn replica(store: Arc<dyn keyhaven_storage::Store>, election: Arc<Election>) -> Arc<Core> {
     let clock = Arc::new(ManualClock::new(
         UNIX_EPOCH + Duration::from_secs(1_800_000_000),
     ));
@@ -224,21 +224,8 @@ async fn a_standby_answers_reads_from_its_replica_writes_nothing_and_follows_ann
         announced: parking_lot::Mutex::new(Vec::new()),
     });
     let election = Arc::new(Election::default());
-    let clock = || {
-        Arc::new(ManualClock::new(
-            UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-        ))
-    };
-    let options = || CoreOptions {
-        ha: Some(election.clone()),
-        ..CoreOptions::default()
-    };
-    let a = Core::with_options(store.clone(), clock(), options())
-        .await
-        .unwrap();
-    let b = Core::with_options(store.clone(), clock(), options())
-        .await
-        .unwrap();
+    let a = replica(store.clone(), election.clone()).await;
+    let b = replica(store.clone(), election.clone()).await;
     let init = a
         .init(InitParams {
             secret_shares: 1,

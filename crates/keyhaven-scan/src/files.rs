@@ -221,10 +221,6 @@ impl Pipeline {
         }
     }
 
-    fn pool(&self) -> Option<rayon::ThreadPool> {
-        thread_pool(self.threads)
-    }
-
     /// List the files under `paths`.
     pub fn walk(&self, paths: &[PathBuf]) -> Result<Vec<(PathBuf, u64)>, Error> {
         walk(paths, self.respect_gitignore, self.excludes.as_ref())
@@ -292,7 +288,7 @@ impl Pipeline {
             }
             done
         };
-        let mut parts: Vec<(usize, Partial)> = match self.pool() {
+        let mut parts: Vec<(usize, Partial)> = match thread_pool(self.threads) {
             Some(pool) => pool.broadcast(|_| worker()).into_iter().flatten().collect(),
             None => worker(),
         };
@@ -365,7 +361,7 @@ impl Pipeline {
                 )
                 .collect::<Vec<_>>()
         };
-        let parts = match self.pool() {
+        let parts = match thread_pool(self.threads) {
             Some(pool) => pool.install(job),
             None => job(),
         };
