@@ -765,30 +765,31 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
     let active = one_active(&addr_refs);
     let standbys: Vec<usize> = (0..3).filter(|&i| i != active).collect();
     let at = |i: usize, path: &str| format!("{}/v1/{path}", addrs[i]);
+    // A call with the root token through replica `i` that must succeed.
+    let root_ok = |method: &str, i: usize, path: &str, body: Option<&Value>| {
+        let (s, b) = call(method, &at(i, path), Some(&root), body);
+        assert!(s == 200 || s == 204, "{method} {path}: {s} {b}");
+    };
+    let reader_policy = json!({"policy": "path \"secret/data/*\" { capabilities = [\"read\"] }\n\
+                                         path \"transit/encrypt/k\" { capabilities = [\"update\"] }"});
     for (path, body) in [
         ("sys/mounts/secret", json!({"type": "kv-v2"})),
         ("sys/mounts/transit", json!({"type": "transit"})),
         ("transit/keys/k", json!({})),
-        (
-            "sys/policies/acl/reader",
-            json!({"policy": "path \"secret/data/*\" { capabilities = [\"read\"] }\n\
-                              path \"transit/encrypt/k\" { capabilities = [\"update\"] }"}),
-        ),
+        ("sys/policies/acl/reader", reader_policy.clone()),
         ("secret/data/app", json!({"data": {"v": "one"}})),
     ] {
-        let (s, b) = call("POST", &at(active, path), Some(&root), Some(&body));
-        assert!(s == 200 || s == 204, "{path}: {s} {b}");
+        root_ok("POST", active, path, Some(&body));
     }
     // Enough mounts that a standby takes a while to reload its state after a mount or
     // key change: a standby answering before it applied a change would show.
     for m in 0..120 {
-        let (s, b) = call(
+        root_ok(
             "POST",
-            &at(active, &format!("sys/mounts/extra-{m}")),
-            Some(&root),
+            active,
+            &format!("sys/mounts/extra-{m}"),
             Some(&json!({"type": "kv-v2"})),
         );
-        assert!(s == 200 || s == 204, "{s} {b}");
     }
     for &i in &standbys {
         await_standby_reads(&replicas[i]);
@@ -848,8 +849,7 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
                 )
             },
             || {
-                let (s, b) = call("POST", &at(via, "transit/keys/k/rotate"), Some(&root), None);
-                assert!(s == 200 || s == 204, "{b}");
+                root_ok("POST", via, "transit/keys/k/rotate", None);
             },
             &|s, b| {
                 s == 200
@@ -864,29 +864,19 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
             &addrs,
             &app_read(&reader),
             || {
-                let (s, b) = call(
+                root_ok(
                     "PUT",
-                    &at(via, "sys/policies/acl/reader"),
-                    Some(&root),
+                    via,
+                    "sys/policies/acl/reader",
                     Some(
                         &json!({"policy": "path \"secret/data/other\" { capabilities = [\"read\"] }"}),
                     ),
                 );
-                assert!(s == 200 || s == 204, "{b}");
             },
             &|s, _| s == 403,
             &format!("round {round}: a narrowed policy"),
         );
-        let (s, b) = call(
-            "PUT",
-            &at(via, "sys/policies/acl/reader"),
-            Some(&root),
-            Some(
-                &json!({"policy": "path \"secret/data/*\" { capabilities = [\"read\"] }\n\
-                                   path \"transit/encrypt/k\" { capabilities = [\"update\"] }"}),
-            ),
-        );
-        assert!(s == 200 || s == 204, "{b}");
+        root_ok("PUT", via, "sys/policies/acl/reader", Some(&reader_policy));
         // A secret overwritten: read back everywhere at once (KV is never cached).
         let value = format!("v{round}");
         no_stale_answers(
@@ -958,13 +948,7 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
     signal(&replicas[active].server, rustix::process::Signal::CONT);
 
     // A disabled key refuses on every replica at once.
-    let (s, b) = call(
-        "POST",
-        &at(standbys[0], "transit/keys/k/disable"),
-        Some(&root),
-        None,
-    );
-    assert!(s == 200 || s == 204, "{b}");
+    root_ok("POST", standbys[0], "transit/keys/k/disable", None);
     for addr in &addrs {
         let (s, b) = encrypt(addr, &reader).unwrap();
         assert_ne!(s, 200, "a disabled key encrypted via {addr}: {b}");
@@ -982,13 +966,7 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
     assert_eq!(kv_read(&addrs[active], &once, "app").0, 403);
 
     // A mount disabled through a standby is gone everywhere.
-    let (s, b) = call(
-        "DELETE",
-        &at(standbys[1], "sys/mounts/secret"),
-        Some(&root),
-        None,
-    );
-    assert!(s == 200 || s == 204, "{b}");
+    root_ok("DELETE", standbys[1], "sys/mounts/secret", None);
     for addr in &addrs {
         let (s, b) = kv_read(addr, &root, "app");
         assert_eq!(s, 404, "a disabled mount answered via {addr}: {b}");
