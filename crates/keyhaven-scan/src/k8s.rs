@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::engine::Engine;
 use crate::finding::{Category, Finding, Secret, fingerprint};
+use crate::json::Json;
 use crate::validate::is_placeholder;
 use crate::{Severity, posture};
 
@@ -17,9 +18,10 @@ const MAX_DECODE_INPUT: usize = 1024 * 1024;
 /// Total decoded bytes per file.
 const DECODE_BUDGET: usize = 8 * 1024 * 1024;
 
-/// A parsed Kubernetes object kept for posture checks.
+/// A parsed Kubernetes object kept for posture checks: a manifest's `Value`, or an
+/// admission review's borrowed [`crate::json::Tree`].
 #[derive(Debug, Clone)]
-pub struct Object {
+pub struct Object<V = Value> {
     /// File it came from.
     pub path: String,
     /// Line of the document start.
@@ -31,7 +33,7 @@ pub struct Object {
     /// `metadata.namespace` (None when absent).
     pub namespace: Option<String>,
     /// The whole object.
-    pub value: Value,
+    pub value: V,
     /// Commit, in history scans.
     pub commit: Option<String>,
 }
@@ -159,11 +161,11 @@ fn parse_docs(path: &str, text: &str) -> Vec<(u64, String, Value)> {
     out
 }
 
-fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
+fn s<'a, V: Json>(v: &'a V, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(V::as_str)
 }
 
-fn meta(v: &Value) -> (String, Option<String>) {
+fn meta<V: Json>(v: &V) -> (String, Option<String>) {
     let m = v.get("metadata");
     let name = m.and_then(|m| s(m, "name")).unwrap_or("").to_owned();
     let ns = m.and_then(|m| s(m, "namespace")).map(str::to_owned);
@@ -246,10 +248,10 @@ pub fn scan_object(
 
 /// The secret findings of [`scan_object`] alone, without the copy of the object it keeps
 /// for posture checks (see [`parsed_object`]).
-pub fn scan_object_secrets(
+pub fn scan_object_secrets<V: Json>(
     engine: &Engine,
     path: &str,
-    value: &Value,
+    value: &V,
     max_decode_depth: usize,
 ) -> Vec<Finding> {
     let mut ctx = Ctx {
@@ -267,7 +269,7 @@ pub fn scan_object_secrets(
 
 /// The object [`scan_object`] keeps for posture checks, if posture checks apply to its
 /// kind: then `value` is moved into it (and left `null`); otherwise it is left alone.
-pub fn parsed_object(path: &str, value: &mut Value) -> Option<Object> {
+pub fn parsed_object<V: Json + Default>(path: &str, value: &mut V) -> Option<Object<V>> {
     let kind = s(value, "kind").filter(|k| posture::RELEVANT_KINDS.contains(k))?;
     let kind = kind.to_owned();
     let (name, namespace) = meta(value);
@@ -315,7 +317,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn object(&mut self, v: &Value, doc: &str, doc_line: u64) {
+    fn object<V: Json>(&mut self, v: &V, doc: &str, doc_line: u64) {
         let Some(kind) = s(v, "kind") else { return };
         let (name, namespace) = meta(v);
         match kind {
@@ -338,21 +340,28 @@ impl Ctx<'_> {
                 kind: kind.to_owned(),
                 name,
                 namespace,
-                value: v.clone(),
+                value: v.to_value(),
                 commit: self.commit.map(str::to_owned),
             });
         }
     }
 
-    fn secret_object(&mut self, v: &Value, doc: &str, doc_line: u64, name: &str, ns: Option<&str>) {
+    fn secret_object<V: Json>(
+        &mut self,
+        v: &V,
+        doc: &str,
+        doc_line: u64,
+        name: &str,
+        ns: Option<&str>,
+    ) {
         let mut literal: Vec<(String, String, String)> = Vec::new();
         for field in ["data", "stringData"] {
-            if let Some(map) = v.get(field).and_then(Value::as_object) {
+            if let Some(map) = v.get(field).and_then(V::entries) {
                 for (k, val) in map {
-                    let text = match val {
-                        Value::String(t) => t.clone(),
-                        Value::Null => continue,
-                        other => other.to_string(),
+                    let text = match val.as_str() {
+                        Some(t) => t.to_owned(),
+                        None if val.is_null() => continue,
+                        None => val.to_text(),
                     };
                     if text.trim().is_empty()
                         || is_template(&text)
@@ -360,7 +369,7 @@ impl Ctx<'_> {
                     {
                         continue;
                     }
-                    literal.push((field.to_owned(), k.clone(), text));
+                    literal.push((field.to_owned(), k.to_owned(), text));
                 }
             }
         }
@@ -394,14 +403,14 @@ impl Ctx<'_> {
         }
     }
 
-    fn kubeconfig(&mut self, v: &Value, doc: &str, doc_line: u64) {
+    fn kubeconfig<V: Json>(&mut self, v: &V, doc: &str, doc_line: u64) {
         for section in ["users", "clusters"] {
-            let Some(items) = v.get(section).and_then(Value::as_array) else {
+            let Some(items) = v.get(section).and_then(V::as_array) else {
                 continue;
             };
             for item in items {
                 let inner = item.get("user").or_else(|| item.get("cluster"));
-                let Some(map) = inner.and_then(Value::as_object) else {
+                let Some(map) = inner.and_then(V::entries) else {
                     continue;
                 };
                 for (k, val) in map {
@@ -463,8 +472,15 @@ impl Ctx<'_> {
 
     /// A ConfigMap value that a secret rule matches, or a credential-named key with a
     /// literal value: credentials belong in a Secret (or keyhaven), not a ConfigMap.
-    fn config_map(&mut self, v: &Value, doc: &str, doc_line: u64, name: &str, ns: Option<&str>) {
-        let Some(data) = v.get("data").and_then(Value::as_object) else {
+    fn config_map<V: Json>(
+        &mut self,
+        v: &V,
+        doc: &str,
+        doc_line: u64,
+        name: &str,
+        ns: Option<&str>,
+    ) {
+        let Some(data) = v.get("data").and_then(V::entries) else {
             return;
         };
         let object = format!("{}{name}", ns.map(|n| format!("{n}/")).unwrap_or_default());
@@ -504,11 +520,11 @@ impl Ctx<'_> {
         }
     }
 
-    fn env_literals(&mut self, spec: &Value, doc: &str, doc_line: u64, kind: &str, obj: &str) {
+    fn env_literals<V: Json>(&mut self, spec: &V, doc: &str, doc_line: u64, kind: &str, obj: &str) {
         let base = posture::pod_spec_path(kind).unwrap_or("spec");
         for (cpath, c) in posture::containers_with_paths(spec) {
             let cname = s(c, "name").unwrap_or("");
-            let Some(env) = c.get("env").and_then(Value::as_array) else {
+            let Some(env) = c.get("env").and_then(V::as_array) else {
                 continue;
             };
             for (i, e) in env.iter().enumerate() {

@@ -23,6 +23,7 @@ pub mod finding;
 pub mod fix;
 pub mod git;
 pub mod gitleaks;
+pub mod json;
 pub mod k8s;
 pub mod posture;
 pub mod report;

@@ -7,10 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde_json::Value;
-
 use crate::Severity;
 use crate::finding::{Category, Finding, fingerprint};
+use crate::json::Json;
 use crate::k8s::Object;
 
 /// Kinds kept for posture checks.
@@ -265,7 +264,7 @@ pub fn check_by_id(id: &str) -> Option<&'static Check> {
 }
 
 /// The pod spec of a workload object, if any.
-pub fn pod_spec<'a>(kind: &str, v: &'a Value) -> Option<&'a Value> {
+pub fn pod_spec<'a, V: Json>(kind: &str, v: &'a V) -> Option<&'a V> {
     match kind {
         "Pod" => v.get("spec"),
         "Deployment"
@@ -295,10 +294,10 @@ pub fn pod_spec_path(kind: &str) -> Option<&'static str> {
 }
 
 /// All containers of a pod spec with their path inside it (`containers[0]`).
-pub fn containers_with_paths(spec: &Value) -> impl Iterator<Item = (String, &Value)> {
+pub fn containers_with_paths<V: Json>(spec: &V) -> impl Iterator<Item = (String, &V)> {
     ["initContainers", "containers", "ephemeralContainers"]
         .into_iter()
-        .filter_map(|k| spec.get(k).and_then(Value::as_array).map(|a| (k, a)))
+        .filter_map(|k| spec.get(k).and_then(V::as_array).map(|a| (k, a)))
         .flat_map(|(k, a)| {
             a.iter()
                 .enumerate()
@@ -307,27 +306,27 @@ pub fn containers_with_paths(spec: &Value) -> impl Iterator<Item = (String, &Val
 }
 
 /// All containers of a pod spec (init, regular and ephemeral).
-pub fn containers(spec: &Value) -> impl Iterator<Item = &Value> {
+pub fn containers<V: Json>(spec: &V) -> impl Iterator<Item = &V> {
     ["initContainers", "containers", "ephemeralContainers"]
         .into_iter()
-        .filter_map(|k| spec.get(k).and_then(Value::as_array))
+        .filter_map(|k| spec.get(k).and_then(V::as_array))
         .flatten()
 }
 
-fn str_list(v: Option<&Value>) -> Vec<&str> {
-    v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
+fn str_list<V: Json>(v: Option<&V>) -> Vec<&str> {
+    v.and_then(V::as_array)
+        .map(|a| a.iter().filter_map(V::as_str).collect())
         .unwrap_or_default()
 }
 
 /// The value at a path of object keys: `Value::pointer` without its per-token
 /// allocations (the keys here never need its `~` escapes).
-fn at<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+fn at<'a, V: Json>(v: &'a V, keys: &[&str]) -> Option<&'a V> {
     keys.iter().try_fold(v, |v, k| v.get(k))
 }
 
-fn bool_at(v: &Value, key: &str) -> Option<bool> {
-    v.get(key).and_then(Value::as_bool)
+fn bool_at<V: Json>(v: &V, key: &str) -> Option<bool> {
+    v.get(key).and_then(V::as_bool)
 }
 
 struct Out<'a> {
@@ -369,7 +368,7 @@ pub const MIN_EXCEPTION_REASON: usize = 20;
 /// object carries one, `Err(note)` if the annotation is there without a real reason.
 ///
 /// The same annotation waives a check in `keyhaven scan` and in `keyhaven admission`.
-pub fn exception(object: &Value, id: &str) -> Option<Result<String, String>> {
+pub fn exception<V: Json>(object: &V, id: &str) -> Option<Result<String, String>> {
     let key = format!("{EXCEPTION_ANNOTATION_PREFIX}{id}");
     let reason = object
         .get("metadata")
@@ -386,7 +385,14 @@ pub fn exception(object: &Value, id: &str) -> Option<Result<String, String>> {
 }
 
 impl Out<'_> {
-    fn push(&mut self, id: &str, obj: &Object, detail: &str, field: String, mut message: String) {
+    fn push<V: Json>(
+        &mut self,
+        id: &str,
+        obj: &Object<V>,
+        detail: &str,
+        field: String,
+        mut message: String,
+    ) {
         let Some(c) = check_by_id(id) else { return };
         match exception(&obj.value, id) {
             Some(Ok(reason)) => {
@@ -443,9 +449,9 @@ struct RoleRisk {
     cluster_admin: bool,
 }
 
-fn rules_risk(rules: Option<&Value>) -> RoleRisk {
+fn rules_risk<V: Json>(rules: Option<&V>) -> RoleRisk {
     let mut r = RoleRisk::default();
-    for rule in rules.and_then(Value::as_array).into_iter().flatten() {
+    for rule in rules.and_then(V::as_array).into_iter().flatten() {
         let groups = str_list(rule.get("apiGroups"));
         let resources = str_list(rule.get("resources"));
         let verbs = str_list(rule.get("verbs"));
@@ -487,13 +493,13 @@ fn builtin_cluster_role(name: &str) -> Option<RoleRisk> {
     }
 }
 
-fn describe_subjects(subjects: &[&Value]) -> String {
+fn describe_subjects<V: Json>(subjects: &[&V]) -> String {
     subjects
         .iter()
         .map(|s| {
-            let kind = s.get("kind").and_then(Value::as_str).unwrap_or("?");
-            let name = s.get("name").and_then(Value::as_str).unwrap_or("?");
-            match s.get("namespace").and_then(Value::as_str) {
+            let kind = s.get("kind").and_then(V::as_str).unwrap_or("?");
+            let name = s.get("name").and_then(V::as_str).unwrap_or("?");
+            match s.get("namespace").and_then(V::as_str) {
                 Some(ns) => format!("{kind} {ns}/{name}"),
                 None => format!("{kind} {name}"),
             }
@@ -509,7 +515,7 @@ pub fn check(objects: &[Object]) -> Vec<Finding> {
 
 /// Run every posture check over `objects`, keeping the findings that justified
 /// exceptions waived apart.
-pub fn check_objects(objects: &[Object]) -> Checked {
+pub fn check_objects<V: Json>(objects: &[Object<V>]) -> Checked {
     let mut out = Out {
         findings: Vec::new(),
         exempted: Vec::new(),
@@ -520,7 +526,7 @@ pub fn check_objects(objects: &[Object]) -> Checked {
     // ServiceAccounts that some binding grants permissions to: (namespace, name).
     let mut bound_sas: BTreeSet<(String, String)> = BTreeSet::new();
     // Namespace → (first workload, has NetworkPolicy).
-    let mut namespaces: BTreeMap<String, (Option<&Object>, bool)> = BTreeMap::new();
+    let mut namespaces: BTreeMap<String, (Option<&Object<V>>, bool)> = BTreeMap::new();
 
     for obj in objects {
         let ns = obj
@@ -561,13 +567,13 @@ pub fn check_objects(objects: &[Object]) -> Checked {
                 for s in obj
                     .value
                     .get("subjects")
-                    .and_then(Value::as_array)
+                    .and_then(V::as_array)
                     .into_iter()
                     .flatten()
                 {
-                    if s.get("kind").and_then(Value::as_str) == Some("ServiceAccount") {
-                        let sns = s.get("namespace").and_then(Value::as_str).unwrap_or(&ns);
-                        let name = s.get("name").and_then(Value::as_str).unwrap_or("");
+                    if s.get("kind").and_then(V::as_str) == Some("ServiceAccount") {
+                        let sns = s.get("namespace").and_then(V::as_str).unwrap_or(&ns);
+                        let name = s.get("name").and_then(V::as_str).unwrap_or("");
                         bound_sas.insert((sns.to_owned(), name.to_owned()));
                     }
                 }
@@ -613,9 +619,9 @@ pub fn check_objects(objects: &[Object]) -> Checked {
     }
 }
 
-fn bindings(
+fn bindings<V: Json>(
     out: &mut Out<'_>,
-    obj: &Object,
+    obj: &Object<V>,
     ns: &str,
     roles: &HashMap<(String, String), RoleRisk>,
     cluster_roles: &HashMap<String, RoleRisk>,
@@ -624,13 +630,13 @@ fn bindings(
         .value
         .get("roleRef")
         .and_then(|r| r.get("kind"))
-        .and_then(Value::as_str)
+        .and_then(V::as_str)
         .unwrap_or("");
     let role_name = obj
         .value
         .get("roleRef")
         .and_then(|r| r.get("name"))
-        .and_then(Value::as_str)
+        .and_then(V::as_str)
         .unwrap_or("");
     let risk = if role_kind == "ClusterRole" {
         cluster_roles
@@ -641,10 +647,10 @@ fn bindings(
         roles.get(&(ns.to_owned(), role_name.to_owned())).copied()
     }
     .unwrap_or_default();
-    let subjects: Vec<&Value> = obj
+    let subjects: Vec<&V> = obj
         .value
         .get("subjects")
-        .and_then(Value::as_array)
+        .and_then(V::as_array)
         .map(|a| a.iter().collect())
         .unwrap_or_default();
     let who = describe_subjects(&subjects);
@@ -665,8 +671,8 @@ fn bindings(
     }
     for (i, s) in subjects.iter().enumerate() {
         let field = format!("subjects[{i}]");
-        let kind = s.get("kind").and_then(Value::as_str).unwrap_or("");
-        let name = s.get("name").and_then(Value::as_str).unwrap_or("");
+        let kind = s.get("kind").and_then(V::as_str).unwrap_or("");
+        let name = s.get("name").and_then(V::as_str).unwrap_or("");
         if kind == "ServiceAccount" && name == "default" {
             out.push(
                 "rbac-default-service-account",
@@ -698,10 +704,10 @@ fn bindings(
     }
 }
 
-fn pod_checks(
+fn pod_checks<V: Json>(
     out: &mut Out<'_>,
-    obj: &Object,
-    spec: &Value,
+    obj: &Object<V>,
+    spec: &V,
     ns: &str,
     bound_sas: &BTreeSet<(String, String)>,
 ) {
@@ -712,7 +718,7 @@ fn pod_checks(
         ("hostPID", "k8s-host-pid"),
         ("hostIPC", "k8s-host-ipc"),
     ] {
-        if spec.get(field).and_then(Value::as_bool) == Some(true) {
+        if spec.get(field).and_then(V::as_bool) == Some(true) {
             out.push(
                 id,
                 obj,
@@ -724,14 +730,14 @@ fn pod_checks(
     }
     for (i, vol) in spec
         .get("volumes")
-        .and_then(Value::as_array)
+        .and_then(V::as_array)
         .into_iter()
         .flatten()
         .enumerate()
     {
         if let Some(hp) = vol.get("hostPath") {
-            let p = hp.get("path").and_then(Value::as_str).unwrap_or("?");
-            let vname = vol.get("name").and_then(Value::as_str).unwrap_or("");
+            let p = hp.get("path").and_then(V::as_str).unwrap_or("?");
+            let vname = vol.get("name").and_then(V::as_str).unwrap_or("");
             out.push(
                 "k8s-host-path",
                 obj,
@@ -744,12 +750,12 @@ fn pod_checks(
     let sa = spec
         .get("serviceAccountName")
         .or_else(|| spec.get("serviceAccount"))
-        .and_then(Value::as_str)
+        .and_then(V::as_str)
         .unwrap_or("default");
     let needs_token = bound_sas.contains(&(ns.to_owned(), sa.to_owned()));
     if spec
         .get("automountServiceAccountToken")
-        .and_then(Value::as_bool)
+        .and_then(V::as_bool)
         != Some(false)
         && !needs_token
     {
@@ -758,11 +764,9 @@ fn pod_checks(
     }
     let pod_sc = spec.get("securityContext");
     let pod_non_root = pod_sc.and_then(|s| bool_at(s, "runAsNonRoot"));
-    let pod_user = pod_sc
-        .and_then(|s| s.get("runAsUser"))
-        .and_then(Value::as_i64);
+    let pod_user = pod_sc.and_then(|s| s.get("runAsUser")).and_then(V::as_i64);
     for (cpath, c) in containers_with_paths(spec) {
-        let cname = c.get("name").and_then(Value::as_str).unwrap_or("?");
+        let cname = c.get("name").and_then(V::as_str).unwrap_or("?");
         let cpath = format!("{base}.{cpath}");
         let sc = c.get("securityContext");
         let sc_bool = |p: &str| sc.and_then(|s| bool_at(s, p));
@@ -804,7 +808,7 @@ fn pod_checks(
         }
         let user = sc
             .and_then(|s| s.get("runAsUser"))
-            .and_then(Value::as_i64)
+            .and_then(V::as_i64)
             .or(pod_user);
         let non_root = sc_bool("runAsNonRoot").or(pod_non_root);
         if user == Some(0) || (non_root != Some(true) && user.is_none_or(|u| u == 0)) {
@@ -824,12 +828,12 @@ fn pod_checks(
         }
         let env_secret = c
             .get("env")
-            .and_then(Value::as_array)
+            .and_then(V::as_array)
             .into_iter()
             .flatten()
             .any(|e| at(e, &["valueFrom", "secretKeyRef"]).is_some())
             || c.get("envFrom")
-                .and_then(Value::as_array)
+                .and_then(V::as_array)
                 .into_iter()
                 .flatten()
                 .any(|e| e.get("secretRef").is_some());

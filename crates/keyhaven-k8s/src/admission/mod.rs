@@ -29,6 +29,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use keyhaven_scan::engine::{Engine, EngineOptions, Scratch};
+use keyhaven_scan::json::{Json, Tree};
 use keyhaven_scan::k8s;
 use keyhaven_scan::posture;
 use serde::Deserialize;
@@ -76,14 +77,17 @@ pub enum ReviewError {
     Manifest(String),
 }
 
+/// The review as decoded: the objects borrow their keys and strings from the request
+/// body (a `Value` tree would allocate each of them).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReviewIn {
+struct ReviewIn<'a> {
     #[serde(default)]
     api_version: String,
     #[serde(default)]
     kind: String,
-    request: Option<RequestIn>,
+    #[serde(borrow)]
+    request: Option<RequestIn<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,7 +98,7 @@ struct GroupVersionKind {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RequestIn {
+struct RequestIn<'a> {
     #[serde(default)]
     uid: String,
     #[serde(default)]
@@ -107,10 +111,10 @@ struct RequestIn {
     namespace: Option<String>,
     #[serde(default)]
     operation: String,
-    #[serde(default)]
-    object: Option<Value>,
-    #[serde(default)]
-    old_object: Option<Value>,
+    #[serde(default, borrow)]
+    object: Option<Tree<'a>>,
+    #[serde(default, borrow)]
+    old_object: Option<Tree<'a>>,
     #[serde(default)]
     dry_run: Option<bool>,
 }
@@ -367,7 +371,7 @@ impl Admission {
             }
         }
         objects
-            .into_iter()
+            .iter()
             .map(|object| {
                 let kind = object
                     .get("kind")
@@ -381,7 +385,7 @@ impl Admission {
                     name: None,
                     namespace: None,
                     operation: "CREATE".to_owned(),
-                    object: Some(object),
+                    object: Some(Tree::from_value(object)),
                     old_object: None,
                     dry_run: None,
                 })
@@ -389,7 +393,7 @@ impl Admission {
             .collect()
     }
 
-    fn judge(&self, req: RequestIn) -> Decision {
+    fn judge(&self, req: RequestIn<'_>) -> Decision {
         let mut d = Decision::new(req.uid, req.operation, req.dry_run.unwrap_or(false));
         d.kind = req.kind.kind;
         let sub = req.sub_resource.unwrap_or_default();
@@ -410,11 +414,11 @@ impl Admission {
             ));
             return d;
         };
-        if let Some(k) = object.get("kind").and_then(Value::as_str) {
+        if let Some(k) = object.get("kind").and_then(Tree::as_str) {
             k.clone_into(&mut d.kind);
         }
         let meta = object.get("metadata");
-        let meta_str = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
+        let meta_str = |k: &str| meta.and_then(|m| m.get(k)).and_then(Tree::as_str);
         d.namespace = meta_str("namespace")
             .map(str::to_owned)
             .or(req.namespace)
@@ -434,7 +438,7 @@ impl Admission {
         }
         if let Some(labels) = meta.and_then(|m| m.get("labels")) {
             for (k, v) in &self.policy.exempt_labels {
-                if labels.get(k).and_then(Value::as_str) == Some(v.as_str()) {
+                if labels.get(k).and_then(Tree::as_str) == Some(v.as_str()) {
                     let why = format!("label {k}={v} is exempt");
                     d.audit.insert("exempted".to_owned(), why.clone());
                     d.skipped = Some(why);
@@ -532,7 +536,7 @@ impl Admission {
         kind: &str,
         namespace: &str,
         name: &str,
-        object: Value,
+        object: Tree<'_>,
     ) -> (Vec<Hit>, Vec<(String, String, String)>) {
         let mut hits = Vec::new();
         let mut exempted = Vec::new();
@@ -604,7 +608,7 @@ impl Admission {
             }
             parsed = Some(o);
         }
-        let object: &Value = parsed.as_ref().map_or(&loose, |o| &o.value);
+        let object: &Tree<'_> = parsed.as_ref().map_or(&loose, |o| &o.value);
         let checked = posture::check_objects(parsed.as_slice());
         for f in checked.findings {
             self.push(
@@ -677,7 +681,7 @@ impl Admission {
     /// once per (check, field).
     fn push(
         &self,
-        object: &Value,
+        object: &Tree<'_>,
         hits: &mut Vec<Hit>,
         exempted: &mut Vec<(String, String, String)>,
         found: Found<'_>,
@@ -752,12 +756,12 @@ impl Leaves {
     /// Gather the strings of `v` of 8 bytes or more, except those at a path in `skip`.
     /// Server-maintained metadata (managed fields, kubectl's copy of the last applied
     /// object) is skipped: it repeats the object.
-    fn collect(&mut self, v: &Value, path: &mut String, skip: &BTreeSet<String>, depth: usize) {
+    fn collect(&mut self, v: &Tree<'_>, path: &mut String, skip: &BTreeSet<String>, depth: usize) {
         if depth > 64 {
             return;
         }
         match v {
-            Value::String(s) if s.len() >= 8 => {
+            Tree::String(s) if s.len() >= 8 => {
                 if skip.contains(path.as_str()) {
                     return;
                 }
@@ -769,7 +773,7 @@ impl Leaves {
                 self.fields.push_str(path);
                 self.field_spans.push((f, self.fields.len()));
             }
-            Value::Array(items) => {
+            Tree::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let len = path.len();
                     push_index(path, i);
@@ -777,8 +781,8 @@ impl Leaves {
                     path.truncate(len);
                 }
             }
-            Value::Object(map) => {
-                for (k, item) in map {
+            Tree::Object(entries) => {
+                for (k, item) in entries {
                     if (depth == 1 && path == "metadata" && k == "managedFields")
                         || k == "kubectl.kubernetes.io/last-applied-configuration"
                     {
