@@ -7,12 +7,20 @@
 # Results go to docs/BENCHMARKS.md by hand.
 #
 #   bench/admission.sh [CONNECTIONS] [SECONDS]
+#   KEYHAVEN=path/to/keyhaven bench/admission.sh ...   (that binary as the webhook)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 connections="${1:-4}"
 seconds="${2:-10}"
-cargo build --release --locked -p keyhaven-cli -p keyhaven-k8s --bin keyhaven --example admission_load
 target="${CARGO_TARGET_DIR:-target}/release"
+if [ -n "${KEYHAVEN:-}" ]; then
+  # Another build of the webhook (an older commit, say), measured with this tree's driver.
+  cargo build --release --locked -p keyhaven-k8s --example admission_load
+  keyhaven="$KEYHAVEN"
+else
+  cargo build --release --locked -p keyhaven-cli -p keyhaven-k8s --bin keyhaven --example admission_load
+  keyhaven="$target/keyhaven"
+fi
 work=$(mktemp -d)
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; rm -rf "$work"; }
@@ -23,7 +31,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
   -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
 chmod 600 "$work/tls.key"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$target/keyhaven" admission serve --listen "127.0.0.1:$port" \
+"$keyhaven" admission serve --listen "127.0.0.1:$port" \
   --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" --log-level info 2>"$work/webhook.log" &
 pid=$!
 for _ in $(seq 100); do

@@ -5,8 +5,9 @@
 //! A [`Tree`] answers every question exactly as the `Value` of the same text would: its
 //! object entries are kept sorted by key with the last of duplicate keys winning (what
 //! `Value`'s `BTreeMap` does), so lookups, iteration order and re-serialisation are the
-//! same. What it saves is the allocation of every key and string: decoding a 20-container
-//! Deployment review into a `Value` allocates about 1,800 times, into a `Tree` about 450.
+//! same. What it saves is the allocation of every key and string (a `Value` allocates
+//! each, and a B-tree node per object); a `Tree` allocates one vector per non-empty array
+//! or object, and a string only when it has an escape.
 
 use std::borrow::Cow;
 use std::fmt;
