@@ -632,7 +632,7 @@ impl Admission {
         // The secret rules over every string of the object, with its field path: one
         // pass over all the strings, each judged as if scanned alone.
         let mut leaves = Leaves::default();
-        leaves.collect(object, &mut String::new(), &secret_fields, 0);
+        leaves.collect(object, &secret_fields);
         let matches = SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut slot) => {
                 if slot.0 != self.id {
@@ -654,8 +654,13 @@ impl Admission {
                 &mut Scratch::default(),
             ),
         });
+        let fields = Leaves::fields(
+            object,
+            &secret_fields,
+            &matches.iter().map(|(i, _)| *i).collect(),
+        );
         for (i, m) in matches {
-            let (Some(rule), Some(field)) = (self.engine.rules.rules.get(m.rule), leaves.field(i))
+            let (Some(rule), Some(field)) = (self.engine.rules.rules.get(m.rule), fields.get(&i))
             else {
                 continue;
             };
@@ -732,7 +737,7 @@ struct Found<'a> {
     waivable: bool,
 }
 
-/// The strings of an object worth scanning, back to back, with their field paths.
+/// The strings of an object worth scanning, back to back.
 #[derive(Default)]
 struct Leaves {
     /// The strings, each followed by a newline (never scanned: see
@@ -740,65 +745,125 @@ struct Leaves {
     text: Vec<u8>,
     /// Each string's (start, end) in `text`.
     segments: Vec<(usize, usize)>,
-    /// The field paths, back to back.
-    fields: String,
-    /// Each string's field path: its (start, end) in `fields`.
-    field_spans: Vec<(usize, usize)>,
 }
 
 impl Leaves {
-    /// The field path of string `i`.
-    fn field(&self, i: usize) -> Option<&str> {
-        let &(s, e) = self.field_spans.get(i)?;
-        self.fields.get(s..e)
+    /// Gather the strings of `object` of 8 bytes or more, except those at a field path in
+    /// `skip` (field paths are only built when there is one to skip).
+    fn collect(&mut self, object: &Tree<'_>, skip: &BTreeSet<String>) {
+        let paths = !skip.is_empty();
+        walk_strings(
+            object,
+            &mut String::new(),
+            paths,
+            0,
+            false,
+            &mut |s, path| {
+                if !(paths && skip.contains(path)) {
+                    let start = self.text.len();
+                    self.text.extend_from_slice(s.as_bytes());
+                    self.segments.push((start, self.text.len()));
+                    self.text.push(b'\n');
+                }
+                true
+            },
+        );
     }
 
-    /// Gather the strings of `v` of 8 bytes or more, except those at a path in `skip`.
-    /// Server-maintained metadata (managed fields, kubectl's copy of the last applied
-    /// object) is skipped: it repeats the object.
-    fn collect(&mut self, v: &Tree<'_>, path: &mut String, skip: &BTreeSet<String>, depth: usize) {
-        if depth > 64 {
-            return;
-        }
-        match v {
-            Tree::String(s) if s.len() >= 8 => {
-                if skip.contains(path.as_str()) {
-                    return;
+    /// The field paths of the strings numbered `wanted` (in [`Leaves::collect`]'s order,
+    /// with the same `skip`), in one walk: only strings a rule matched need one.
+    fn fields(
+        object: &Tree<'_>,
+        skip: &BTreeSet<String>,
+        wanted: &BTreeSet<usize>,
+    ) -> BTreeMap<usize, String> {
+        let mut found = BTreeMap::new();
+        let Some(&last) = wanted.last() else {
+            return found;
+        };
+        let mut n = 0usize;
+        walk_strings(
+            object,
+            &mut String::new(),
+            true,
+            0,
+            false,
+            &mut |_, path| {
+                if skip.contains(path) {
+                    return true;
                 }
-                let start = self.text.len();
-                self.text.extend_from_slice(s.as_bytes());
-                self.segments.push((start, self.text.len()));
-                self.text.push(b'\n');
-                let f = self.fields.len();
-                self.fields.push_str(path);
-                self.field_spans.push((f, self.fields.len()));
-            }
-            Tree::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let len = path.len();
+                if wanted.contains(&n) {
+                    found.insert(n, path.to_owned());
+                }
+                n += 1;
+                n <= last
+            },
+        );
+        found
+    }
+}
+
+/// Call `f` with each string of `v` of 8 bytes or more and (when `paths`) its field path,
+/// in member order, until it returns false. Server-maintained metadata (managed fields,
+/// kubectl's copy of the last applied object) is skipped: it repeats the object.
+/// `root_metadata` says `v` is the object's `metadata`.
+fn walk_strings<'t>(
+    v: &'t Tree<'_>,
+    path: &mut String,
+    paths: bool,
+    depth: usize,
+    root_metadata: bool,
+    f: &mut dyn FnMut(&'t str, &str) -> bool,
+) -> bool {
+    if depth > 64 {
+        return true;
+    }
+    match v {
+        Tree::String(s) if s.len() >= 8 => f(s, path),
+        Tree::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                if paths {
                     push_index(path, i);
-                    self.collect(item, path, skip, depth + 1);
-                    path.truncate(len);
+                }
+                let more = walk_strings(item, path, paths, depth + 1, false, f);
+                path.truncate(len);
+                if !more {
+                    return false;
                 }
             }
-            Tree::Object(entries) => {
-                for (k, item) in entries {
-                    if (depth == 1 && path == "metadata" && k == "managedFields")
-                        || k == "kubectl.kubernetes.io/last-applied-configuration"
-                    {
-                        continue;
-                    }
-                    let len = path.len();
+            true
+        }
+        Tree::Object(entries) => {
+            for (k, item) in entries {
+                if (root_metadata && k == "managedFields")
+                    || k == "kubectl.kubernetes.io/last-applied-configuration"
+                {
+                    continue;
+                }
+                let len = path.len();
+                if paths {
                     if !path.is_empty() {
                         path.push('.');
                     }
                     path.push_str(k);
-                    self.collect(item, path, skip, depth + 1);
-                    path.truncate(len);
+                }
+                let more = walk_strings(
+                    item,
+                    path,
+                    paths,
+                    depth + 1,
+                    depth == 0 && k == "metadata",
+                    f,
+                );
+                path.truncate(len);
+                if !more {
+                    return false;
                 }
             }
-            _ => {}
+            true
         }
+        _ => true,
     }
 }
 
@@ -887,6 +952,71 @@ pub fn fuzz_review(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_are_gathered_in_order_and_their_paths_found_afterwards() {
+        let text = r#"{
+            "kind": "Pod",
+            "metadata": {"name": "short", "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "a copy of the object",
+                "team": "payments-and-billing"},
+                "managedFields": [{"manager": "kubectl-client-side-apply"}]},
+            "spec": {"containers": [
+                {"name": "app", "image": "registry.example/app:1", "env": [
+                    {"name": "A", "value": "first long value"},
+                    {"name": "B", "value": "second long value"}]}],
+                "managedFields": "kept: only the root metadata's are skipped"}
+        }"#;
+        let tree: Tree<'_> = serde_json::from_str(text).unwrap();
+        let gathered = |skip: &BTreeSet<String>| {
+            let mut leaves = Leaves::default();
+            leaves.collect(&tree, skip);
+            let strings: Vec<String> = leaves
+                .segments
+                .iter()
+                .map(|&(a, b)| String::from_utf8(leaves.text[a..b].to_vec()).unwrap())
+                .collect();
+            let all = (0..strings.len()).collect();
+            let fields: Vec<String> = Leaves::fields(&tree, skip, &all).into_values().collect();
+            (strings, fields)
+        };
+        let (strings, fields) = gathered(&BTreeSet::new());
+        assert_eq!(
+            strings,
+            [
+                "payments-and-billing",
+                "first long value",
+                "second long value",
+                "registry.example/app:1",
+                "kept: only the root metadata's are skipped",
+            ]
+        );
+        assert_eq!(
+            fields,
+            [
+                "metadata.annotations.team",
+                "spec.containers[0].env[0].value",
+                "spec.containers[0].env[1].value",
+                "spec.containers[0].image",
+                "spec.managedFields",
+            ]
+        );
+        // A skipped path takes its string out, and the numbering with it.
+        let skip = BTreeSet::from(["spec.containers[0].env[0].value".to_owned()]);
+        let (strings, fields) = gathered(&skip);
+        assert_eq!(strings.len(), 4);
+        assert_eq!(strings[1], "second long value");
+        assert_eq!(fields[1], "spec.containers[0].env[1].value");
+        // Members come in key order (`env` before `image`); only wanted paths return.
+        let some = Leaves::fields(&tree, &BTreeSet::new(), &BTreeSet::from([1, 3]));
+        assert_eq!(
+            some.into_iter().collect::<Vec<_>>(),
+            [
+                (1, "spec.containers[0].env[0].value".to_owned()),
+                (3, "spec.containers[0].image".to_owned())
+            ]
+        );
+    }
 
     #[test]
     fn push_index_writes_what_format_writes() {
