@@ -752,22 +752,15 @@ impl Leaves {
     /// `skip` (field paths are only built when there is one to skip).
     fn collect(&mut self, object: &Tree<'_>, skip: &BTreeSet<String>) {
         let paths = !skip.is_empty();
-        walk_strings(
-            object,
-            &mut String::new(),
-            paths,
-            0,
-            false,
-            &mut |s, path| {
-                if !(paths && skip.contains(path)) {
-                    let start = self.text.len();
-                    self.text.extend_from_slice(s.as_bytes());
-                    self.segments.push((start, self.text.len()));
-                    self.text.push(b'\n');
-                }
-                true
-            },
-        );
+        walk_object_strings(object, paths, &mut |s, path| {
+            if !(paths && skip.contains(path)) {
+                let start = self.text.len();
+                self.text.extend_from_slice(s.as_bytes());
+                self.segments.push((start, self.text.len()));
+                self.text.push(b'\n');
+            }
+            true
+        });
     }
 
     /// The field paths of the strings numbered `wanted` (in [`Leaves::collect`]'s order,
@@ -782,25 +775,27 @@ impl Leaves {
             return found;
         };
         let mut n = 0usize;
-        walk_strings(
-            object,
-            &mut String::new(),
-            true,
-            0,
-            false,
-            &mut |_, path| {
-                if skip.contains(path) {
-                    return true;
-                }
-                if wanted.contains(&n) {
-                    found.insert(n, path.to_owned());
-                }
-                n += 1;
-                n <= last
-            },
-        );
+        walk_object_strings(object, true, &mut |_, path| {
+            if skip.contains(path) {
+                return true;
+            }
+            if wanted.contains(&n) {
+                found.insert(n, path.to_owned());
+            }
+            n += 1;
+            n <= last
+        });
         found
     }
+}
+
+/// [`walk_strings`] from the root of `object`.
+fn walk_object_strings<'t>(
+    object: &'t Tree<'_>,
+    paths: bool,
+    f: &mut dyn FnMut(&'t str, &str) -> bool,
+) -> bool {
+    walk_strings(object, &mut String::new(), paths, 0, false, f)
 }
 
 /// Call `f` with each string of `v` of 8 bytes or more and (when `paths`) its field path,
