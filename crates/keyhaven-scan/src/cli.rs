@@ -350,10 +350,7 @@ fn execute_inner(
             (config.compile(extra), None)
         }
     };
-    let (rules, files) = match files::thread_pool(args.threads) {
-        Some(pool) => pool.install(prepare),
-        None => prepare(),
-    };
+    let (rules, files) = files::on_pool(args.threads, prepare);
     let rules = rules?;
     if args.list_rules {
         list_rules(&rules, stdout).map_err(Error::Output)?;

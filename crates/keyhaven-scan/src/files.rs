@@ -361,10 +361,7 @@ impl Pipeline {
                 )
                 .collect::<Vec<_>>()
         };
-        let parts = match thread_pool(self.threads) {
-            Some(pool) => pool.install(job),
-            None => job(),
-        };
+        let parts = on_pool(self.threads, job);
         let saved = self.posture;
         let mut res = Pipeline::finish_no_posture(self, parts);
         res.stats.inputs = blobs.len() as u64;
@@ -424,6 +421,15 @@ pub fn thread_pool(threads: usize) -> Option<rayon::ThreadPool> {
         .num_threads(threads)
         .build()
         .ok()
+}
+
+/// Run `job` on a pool of `threads` workers (0: one per core), or on this thread if the
+/// pool cannot be built.
+pub fn on_pool<R: Send>(threads: usize, job: impl FnOnce() -> R + Send) -> R {
+    match thread_pool(threads) {
+        Some(pool) => pool.install(job),
+        None => job(),
+    }
 }
 
 /// List the files under `paths`, sorted by path, each with its length: directories are

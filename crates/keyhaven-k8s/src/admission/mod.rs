@@ -333,7 +333,7 @@ impl Admission {
             if v.get("kind").and_then(Value::as_str) == Some("AdmissionReview") {
                 return self.review(data).map(|d| vec![d]);
             }
-            return Ok(self.manifest_objects(vec![v]));
+            return Ok(self.manifest_objects(&[v]));
         }
         let mut docs = Vec::new();
         for doc in split_yaml(text) {
@@ -356,22 +356,22 @@ impl Admission {
         if docs.is_empty() {
             return Err(ReviewError::Manifest("no document in the file".to_owned()));
         }
-        Ok(self.manifest_objects(docs))
+        Ok(self.manifest_objects(&docs))
     }
 
-    fn manifest_objects(&self, docs: Vec<Value>) -> Vec<Decision> {
-        let mut objects = Vec::new();
+    fn manifest_objects(&self, docs: &[Value]) -> Vec<Decision> {
+        let mut objects: Vec<&Value> = Vec::new();
         for v in docs {
             if v.get("kind").and_then(Value::as_str) == Some("List") {
                 if let Some(Value::Array(items)) = v.get("items") {
-                    objects.extend(items.iter().cloned());
+                    objects.extend(items);
                 }
             } else {
                 objects.push(v);
             }
         }
         objects
-            .iter()
+            .into_iter()
             .map(|object| {
                 let kind = object
                     .get("kind")
