@@ -1,6 +1,7 @@
 //! A standby reads the active's announcements from a PostgreSQL channel that any role
 //! allowed to `NOTIFY` can write to: parsing a payload never panics, a list of changed
-//! keys never holds a line break.
+//! keys never holds a line break, and a barrier's origin (which names the channel an
+//! acknowledgement is sent on) is only ever 16 lowercase hex digits.
 #![no_main]
 
 use keyhaven_storage_sql::{Notice, parse_notice};
@@ -17,6 +18,12 @@ fuzz_target!(|data: &[u8]| {
         }
         Some(Notice::Everything) => assert_eq!(payload, "*"),
         Some(Notice::Ping(_)) => panic!("a ping parsed from an announcement"),
+        Some(Notice::Barrier { origin, n }) => {
+            assert_eq!(origin.len(), 16);
+            assert!(origin.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+            assert!(payload.starts_with(&format!("b{origin} ")));
+            assert!(payload.ends_with(&n.to_string()));
+        }
         Some(_) | None => {}
     }
 });

@@ -888,6 +888,54 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
         );
     }
 
+    // A paused standby (SIGSTOP) cannot acknowledge a change: the revocation returns
+    // only once the standby's read lease, revoked by the active, has run out, and the
+    // standby, resumed, answers nothing from its old state.
+    let paused = standbys[0];
+    let doomed = create_token(&addrs[active], &root, &json!({"policies": ["reader"]}));
+    for addr in &addrs {
+        assert_eq!(kv_read(addr, &doomed, "app").0, 200);
+    }
+    let mut took = Duration::ZERO;
+    no_stale_answers(
+        &addrs,
+        &app_read(&doomed),
+        || {
+            signal(&replicas[paused].server, rustix::process::Signal::STOP);
+            let started = Instant::now();
+            revoke_token(&addrs[active], &root, &doomed);
+            took = started.elapsed();
+            signal(&replicas[paused].server, rustix::process::Signal::CONT);
+        },
+        &|s, _| s == 403,
+        "a token revoked while a standby was paused",
+    );
+    assert!(
+        took >= Duration::from_millis(500),
+        "the revocation did not wait for the paused standby: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the revocation waited more than a read lease: {took:?}"
+    );
+    // The standby takes a new lease and answers reads itself again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replicas[paused]
+        .server
+        .logs()
+        .matches("standby reads: answering requests without effects")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not take a new read lease: {}",
+            addrs[paused],
+            replicas[paused].server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // The connections carrying the announcements are cut: the standbys forward (or
     // reload their state) until they listen again; nothing stale is answered meanwhile.
     let nodes = format!("{}.ha_nodes", schema.name);
@@ -911,7 +959,11 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
     for addr in &addrs {
         assert_eq!(kv_read(addr, &doomed, "app").0, 200);
     }
-    assert_eq!(cut(), "2", "one listener per standby");
+    assert_eq!(
+        cut(),
+        "3",
+        "one listener per standby, and the active's for acknowledgements"
+    );
     no_stale_answers(
         &addrs,
         &app_read(&doomed),
@@ -924,12 +976,13 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
     // They listen again, reload, and answer reads themselves again.
     for &i in &standbys {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let before = if i == paused { 2 } else { 1 };
         while replicas[i]
             .server
             .logs()
             .matches("standby reads: answering requests without effects")
             .count()
-            < 2
+            <= before
         {
             assert!(
                 Instant::now() < deadline,

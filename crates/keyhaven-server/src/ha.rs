@@ -11,10 +11,11 @@
 //!   active instead. A request forwarded once is never forwarded again.
 //! - [`StandbyReads::run`] lets a standby answer requests without effects itself: it
 //!   listens for the active's announcements of changes, loads the engine's replica
-//!   state, and applies each announcement in order. Before answering a request, the
-//!   standby pings itself through the same channel and waits for the ping: every change
-//!   committed before the request arrived has then been applied. Anything the engine
-//!   cannot answer without a write ([`ServeElsewhere`]) is forwarded.
+//!   state, takes a read lease, and applies each announcement in order, acknowledging
+//!   the active's barriers. The active's writes return only when every standby holding
+//!   a lease has applied them (or lost its lease), so a standby answers while its lease
+//!   holds, with no round trip. Anything the engine cannot answer without a write
+//!   ([`ServeElsewhere`]) is forwarded.
 //!
 //! See `docs/ha.md` and `docs/design/0017-postgresql-ha.md`.
 
@@ -51,14 +52,13 @@ const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How long a forwarded request may take at the active.
 const MAX_FORWARD_WAIT: Duration = Duration::from_secs(90);
 
-/// How long a standby waits to hear all changes committed before a request arrived
-/// (about one round trip to the database) before forwarding the request instead.
-const SYNC_WAIT: Duration = Duration::from_secs(1);
-
-/// The least time between two pings of a standby under load (see
-/// [`StandbyReads::sync`]): a request waits at most about this long more, and each ping
-/// is shared by the requests that arrived meanwhile.
-const PING_SPACING: Duration = Duration::from_micros(500);
+/// A standby stops answering requests itself this long before its read lease ends on
+/// the database clock, by its own clock (started before the renewal was sent).
+const LEASE_MARGIN: Duration = Duration::from_millis(250);
+/// How often a standby renews its read lease.
+const LEASE_RENEWAL: Duration = Duration::from_millis(500);
+/// How long a standby waits for its first ping after taking a read lease.
+const FIRST_PING_WAIT: Duration = Duration::from_secs(5);
 
 /// Marks a response the engine did not give because this replica is a standby
 /// ([`keyhaven_engine::EngineError::NotActive`]): the request is forwarded instead.
@@ -68,23 +68,27 @@ pub(crate) struct ServeElsewhere;
 /// A standby's answers to requests without effects (see the module documentation).
 pub struct StandbyReads {
     store: Arc<keyhaven_storage_sql::PgStore>,
-    /// Pings sent so far (the number of the last one).
-    pinged: AtomicU64,
-    /// The highest ping number a waiting request needs.
-    wanted: AtomicU64,
-    /// The number of the last ping that came back (after everything before it).
-    heard: tokio::sync::watch::Sender<u64>,
-    /// Whether the replica state is loaded and the listener connected.
-    ready: AtomicBool,
-    wake: tokio::sync::Notify,
+    /// The zero of [`Self::until`].
+    base: Instant,
+    /// Nanoseconds after [`Self::base`] until which this standby may answer requests
+    /// itself (its read lease, less [`LEASE_MARGIN`]); 0 while it may not.
+    until: AtomicU64,
 }
 
 impl std::fmt::Debug for StandbyReads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StandbyReads")
-            .field("ready", &self.ready.load(Ordering::Relaxed))
+            .field("fresh", &self.fresh())
             .finish_non_exhaustive()
     }
+}
+
+/// Why a standby stopped answering requests itself.
+enum Stop {
+    /// The connection carrying the announcements ended, or the database failed.
+    Channel,
+    /// This replica is no longer a standby serving reads.
+    Role,
 }
 
 impl StandbyReads {
@@ -93,30 +97,25 @@ impl StandbyReads {
     pub fn new(store: Arc<keyhaven_storage_sql::PgStore>) -> StandbyReads {
         StandbyReads {
             store,
-            pinged: AtomicU64::new(0),
-            wanted: AtomicU64::new(0),
-            heard: tokio::sync::watch::channel(0).0,
-            ready: AtomicBool::new(false),
-            wake: tokio::sync::Notify::new(),
+            base: Instant::now(),
+            until: AtomicU64::new(0),
         }
     }
 
-    /// Whether this standby may answer requests itself now.
-    fn ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+    /// Whether this standby may answer a request that arrived before this call itself:
+    /// it holds a read lease, so every change acknowledged so far has been applied.
+    fn fresh(&self) -> bool {
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        now < self.until.load(Ordering::Acquire)
     }
 
-    /// Wait until every change committed before this call has been applied; false if
-    /// that takes longer than [`SYNC_WAIT`] (then forward).
-    async fn sync(&self) -> bool {
-        // A ping numbered above what was sent so far is sent after this point.
-        let need = self.pinged.load(Ordering::Acquire) + 1;
-        self.wanted.fetch_max(need, Ordering::AcqRel);
-        self.wake.notify_one();
-        let mut heard = self.heard.subscribe();
-        tokio::time::timeout(SYNC_WAIT, heard.wait_for(|n| *n >= need))
-            .await
-            .is_ok_and(|r| r.is_ok())
+    /// Extend what [`Self::fresh`] allows to a lease of
+    /// [`keyhaven_storage_sql::READ_LEASE_TTL`] renewed at `sent`.
+    fn hold_until(&self, sent: Instant) {
+        let end = sent + keyhaven_storage_sql::READ_LEASE_TTL - LEASE_MARGIN;
+        let nanos =
+            u64::try_from(end.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        self.until.fetch_max(nanos, Ordering::AcqRel);
     }
 
     /// Keep the replica state of this standby exact while it is a standby; runs until
@@ -145,8 +144,15 @@ impl StandbyReads {
             match core.load_replica().await {
                 Ok(true) => {
                     last_error = None;
-                    tracing::info!(target: "keyhaven::ha", "standby reads: answering requests without effects on this standby");
-                    self.follow(&core, listener).await;
+                    let stop = self.follow(&core, listener).await;
+                    self.until.store(0, Ordering::Release);
+                    if let Err(e) = self.store.drop_reader().await {
+                        tracing::debug!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot give up the read lease; it runs out by itself");
+                    }
+                    if matches!(stop, Stop::Role) {
+                        core.drop_replica();
+                        continue;
+                    }
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -157,75 +163,114 @@ impl StandbyReads {
                     }
                 }
             }
-            self.ready.store(false, Ordering::Release);
             core.drop_replica();
             tokio::time::sleep(POLL).await;
         }
     }
 
-    /// Apply the announcements and answer the pings until the listener or the
-    /// standby role ends.
-    async fn follow(&self, core: &Core, mut listener: keyhaven_storage_sql::Listener) {
-        self.ready.store(true, Ordering::Release);
-        let mut last_ping = Instant::now()
-            .checked_sub(PING_SPACING)
-            .unwrap_or_else(Instant::now);
+    /// Apply one notice; `Some(n)` if it was this listener's ping `n`.
+    async fn apply(
+        core: &Core,
+        listener: &keyhaven_storage_sql::Listener,
+        notice: keyhaven_storage_sql::Notice,
+    ) -> Result<Option<u64>, String> {
+        use keyhaven_storage_sql::Notice;
+        match notice {
+            Notice::Changed(keys) => core.apply_changes(&keys).await.map_err(|e| e.to_string())?,
+            Notice::Ping(n) => return Ok(Some(n)),
+            // Every notice before the barrier has been applied: acknowledge it.
+            Notice::Barrier { origin, n } => listener
+                .ack(&origin, n)
+                .await
+                .map_err(|e| keyhaven_storage_sql::describe(&e))?,
+            _ => {
+                core.load_replica().await.map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Take a read lease, then apply the announcements, acknowledge the barriers and
+    /// renew the lease until the listener, the lease or the standby role ends.
+    async fn follow(&self, core: &Core, mut listener: keyhaven_storage_sql::Listener) -> Stop {
+        use keyhaven_storage_sql::READ_LEASE_TTL;
+        let channel_lost = || {
+            tracing::warn!(target: "keyhaven::ha", "standby reads: the database connection that carries changes ended; forwarding every request until it is back");
+            Stop::Channel
+        };
+        // The lease first, then a ping: the active waits for this standby from the
+        // moment the lease is registered, and the ping brings in every change committed
+        // before that.
+        let mut renewed = Instant::now();
+        if let Err(e) = self.store.register_reader(READ_LEASE_TTL).await {
+            tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot take a read lease; forwarding every request");
+            return Stop::Channel;
+        }
+        if let Err(e) = listener.ping(1).await {
+            tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot reach the database; forwarding every request");
+            return Stop::Channel;
+        }
+        let first_ping = tokio::time::sleep(FIRST_PING_WAIT);
+        tokio::pin!(first_ping);
+        loop {
+            let notice = tokio::select! {
+                notice = listener.next() => notice,
+                () = &mut first_ping => {
+                    tracing::warn!(target: "keyhaven::ha", "standby reads: the database did not return a ping; forwarding every request");
+                    return Stop::Channel;
+                }
+            };
+            let Some(notice) = notice else {
+                return channel_lost();
+            };
+            match Self::apply(core, &listener, notice).await {
+                Ok(Some(1)) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(target: "keyhaven::ha", error = %e, "standby reads: cannot apply a change; forwarding every request");
+                    return Stop::Channel;
+                }
+            }
+        }
+        self.hold_until(renewed);
+        tracing::info!(target: "keyhaven::ha", "standby reads: answering requests without effects on this standby");
         loop {
             tokio::select! {
                 notice = listener.next() => {
-                    let applied = match notice {
-                        None => {
-                            tracing::warn!(target: "keyhaven::ha", "standby reads: the database connection that carries changes ended; forwarding every request until it is back");
-                            return;
-                        }
-                        Some(keyhaven_storage_sql::Notice::Changed(keys)) => {
-                            core.apply_changes(&keys).await
-                        }
-                        Some(keyhaven_storage_sql::Notice::Ping(n)) => {
-                            self.heard.send_if_modified(|heard| {
-                                let newer = n > *heard;
-                                if newer {
-                                    *heard = n;
-                                }
-                                newer
-                            });
-                            Ok(())
-                        }
-                        Some(_) => core.load_replica().await.map(|_| ()),
+                    let Some(notice) = notice else {
+                        return channel_lost();
                     };
-                    if let Err(e) = applied {
+                    if let Err(e) = Self::apply(core, &listener, notice).await {
                         tracing::warn!(target: "keyhaven::ha", error = %e, "standby reads: cannot apply a change; forwarding every request");
-                        return;
+                        return Stop::Channel;
                     }
                     if !core.serves_reads() {
-                        return;
+                        return Stop::Role;
                     }
                 }
-                () = self.wake.notified() => {
-                    // Under load, pings are spaced so that each is shared by the
-                    // requests that arrived meanwhile; an idle standby pings at once.
-                    let since = last_ping.elapsed();
-                    if since < PING_SPACING {
-                        tokio::time::sleep(PING_SPACING - since).await;
-                    } else {
-                        tokio::task::yield_now().await;
-                    }
-                    let sent = self.pinged.load(Ordering::Acquire);
-                    if self.wanted.load(Ordering::Acquire) > sent {
-                        last_ping = Instant::now();
-                        self.pinged.store(sent + 1, Ordering::Release);
-                        if let Err(e) = listener.ping(sent + 1).await {
-                            tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot reach the database; forwarding every request");
-                            return;
-                        }
-                        if self.wanted.load(Ordering::Acquire) > sent + 1 {
-                            self.wake.notify_one();
-                        }
-                    }
-                }
-                () = tokio::time::sleep(POLL) => {
+                () = tokio::time::sleep_until((renewed + LEASE_RENEWAL).into()) => {
                     if core.role() != Role::Standby || !core.serves_reads() {
-                        return;
+                        return Stop::Role;
+                    }
+                    let sent = Instant::now();
+                    match tokio::time::timeout(LEASE_RENEWAL, self.store.renew_reader(READ_LEASE_TTL)).await {
+                        Ok(Ok(true)) => {
+                            renewed = sent;
+                            self.hold_until(sent);
+                        }
+                        Ok(Ok(false)) => {
+                            tracing::warn!(target: "keyhaven::ha", "standby reads: the active revoked this standby's read lease (a change was not acknowledged in time); taking a new one");
+                            return Stop::Channel;
+                        }
+                        Ok(Err(e)) => {
+                            // The lease runs out by itself if this goes on.
+                            renewed = sent;
+                            tracing::debug!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot renew the read lease");
+                        }
+                        Err(_) => {
+                            renewed = sent;
+                            tracing::debug!(target: "keyhaven::ha", "standby reads: renewing the read lease timed out");
+                        }
                     }
                 }
             }
@@ -717,15 +762,15 @@ pub(crate) async fn forward(
             return crate::http::body_error(&fw.core, &fw.body, &e, &crate::http::new_request_id());
         }
     };
-    // A request without effects, answered here once every change committed before it
-    // arrived is applied; the engine refuses what needs a write after all.
+    // A request without effects, answered here while this standby holds a read lease
+    // (every change acknowledged so far is applied); the engine refuses what needs a
+    // write after all.
     if let Some(reads) = &fw.reads
-        && reads.ready()
+        && reads.fresh()
         && let Some(path) = parts.uri.path().strip_prefix("/v1/")
         && operations(&parts.method)
             .iter()
             .any(|op| fw.core.standby_serves(*op, path))
-        && reads.sync().await
     {
         let local = axum::extract::Request::from_parts(parts.clone(), Body::from(body.clone()));
         let resp = next.run(local).await;

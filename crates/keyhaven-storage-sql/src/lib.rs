@@ -27,6 +27,8 @@ mod pg_changes;
 #[cfg(feature = "postgres")]
 mod pg_ha;
 #[cfg(feature = "postgres")]
+mod pg_readers;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 
@@ -34,6 +36,8 @@ mod sqlite;
 pub use pg_changes::{Listener, Notice, parse_notice};
 #[cfg(feature = "postgres")]
 pub use pg_ha::{Fence, HaNode, HaSession, LeaderInfo, NodeInfo, describe};
+#[cfg(feature = "postgres")]
+pub use pg_readers::{ACK_WAIT, READ_LEASE_TTL};
 #[cfg(feature = "postgres")]
 pub use postgres::{
     ExclusiveLock, PgConnectionString, PgOptions, PgSslMode, PgStore, PgTls,

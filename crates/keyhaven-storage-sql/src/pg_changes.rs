@@ -13,6 +13,11 @@
 //!   it in order. (Other standbys never see this standby's pings.) So a standby that waits for
 //!   a ping sent after a request arrived, and applies each notice before reading the
 //!   next, answers that request with every change acknowledged before it arrived.
+//! - A standby answers requests only while it holds a *read lease* (`pg_readers`). After
+//!   each write it announced, the active sends a *barrier* on the shared channel
+//!   ([`Notice::Barrier`]); a standby acknowledges it ([`Listener::ack`]) once it has
+//!   applied everything before it, and the active's call returns only when every
+//!   standby holding a lease has acknowledged, or has had its lease revoked and run out.
 
 use std::collections::hash_map::RandomState;
 use std::future::poll_fn;
@@ -40,6 +45,14 @@ pub enum Notice {
     /// This listener's own ping `n` came back: every change committed before it was
     /// sent has been delivered.
     Ping(u64),
+    /// The active replica whose reader id is `origin` asks every standby holding a read
+    /// lease to acknowledge barrier `n` once it has applied the changes before it.
+    Barrier {
+        /// The active's reader id (16 hex digits): its acknowledgements' channel.
+        origin: String,
+        /// The barrier's number.
+        n: u64,
+    },
 }
 
 /// A standby's connection listening for the active's announcements
@@ -47,6 +60,8 @@ pub enum Notice {
 pub struct Listener {
     client: tokio_postgres::Client,
     channel: String,
+    /// This replica's reader id, sent with each acknowledgement.
+    reader: String,
     /// `NOTIFY "<own channel>", '`: a ping is this and its number.
     ping_prefix: String,
     notices: mpsc::UnboundedReceiver<Notice>,
@@ -70,20 +85,19 @@ impl PgStore {
             RandomState::new().build_hasher().finish()
         );
         let (sender, notices) = mpsc::unbounded_channel();
-        let client = match &self.tls {
-            PgTls::Disable => {
-                let (client, conn) = self.pg_config.connect(NoTls).await.map_err(fail)?;
-                tokio::spawn(drive(conn, sender, own.clone()));
-                client
-            }
-            PgTls::VerifyFull(config) => {
-                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**config).clone());
-                let (client, conn) = self.pg_config.connect(tls).await.map_err(fail)?;
-                tokio::spawn(drive(conn, sender, own.clone()));
-                client
-            }
-        };
-        // A ping is worth nothing after a crash: it need not wait for the disk.
+        let ping_channel = own.clone();
+        let client = self
+            .connect_outside_pool(move |channel, payload| {
+                let notice = if channel == ping_channel {
+                    payload.parse().ok().map(Notice::Ping)
+                } else {
+                    parse_notice(payload)
+                };
+                notice.is_none_or(|notice| sender.send(notice).is_ok())
+            })
+            .await?;
+        // A ping or an acknowledgement is worth nothing after a crash: neither need wait
+        // for the disk.
         client
             .batch_execute(&format!(
                 "SET synchronous_commit = off; LISTEN \"{}\"; LISTEN \"{own}\"",
@@ -94,6 +108,7 @@ impl PgStore {
         Ok(Listener {
             client,
             channel: self.channel.clone(),
+            reader: self.readers.id.clone(),
             ping_prefix: format!("NOTIFY \"{own}\", '"),
             notices,
         })
@@ -111,6 +126,19 @@ impl Listener {
             .map_err(fail)
     }
 
+    /// Acknowledge barrier `n` of the active whose reader id is `origin`: every change
+    /// announced before it has been applied.
+    pub async fn ack(&self, origin: &str, n: u64) -> Result<(), StorageError> {
+        self.client
+            .batch_execute(&format!(
+                "NOTIFY \"{}\", '{} {n}'",
+                crate::pg_readers::ack_channel(&self.channel, origin),
+                self.reader
+            ))
+            .await
+            .map_err(fail)
+    }
+
     /// The next notice; `None` once the connection ended (notices may have been missed:
     /// drop everything cached and listen again).
     pub async fn next(&mut self) -> Option<Notice> {
@@ -118,11 +146,34 @@ impl Listener {
     }
 }
 
+impl PgStore {
+    /// A connection outside the pool, with every notification it receives passed to
+    /// `on_notification(channel, payload)` in the order they arrive until that returns
+    /// false or the connection ends.
+    pub(crate) async fn connect_outside_pool(
+        &self,
+        on_notification: impl FnMut(&str, &str) -> bool + Send + 'static,
+    ) -> Result<tokio_postgres::Client, StorageError> {
+        Ok(match &self.tls {
+            PgTls::Disable => {
+                let (client, conn) = self.pg_config.connect(NoTls).await.map_err(fail)?;
+                tokio::spawn(drive(conn, on_notification));
+                client
+            }
+            PgTls::VerifyFull(config) => {
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**config).clone());
+                let (client, conn) = self.pg_config.connect(tls).await.map_err(fail)?;
+                tokio::spawn(drive(conn, on_notification));
+                client
+            }
+        })
+    }
+}
+
 /// Run the connection, passing on its notifications in the order they arrive.
 async fn drive<S, T>(
     mut conn: tokio_postgres::Connection<S, T>,
-    sender: mpsc::UnboundedSender<Notice>,
-    own: String,
+    mut on_notification: impl FnMut(&str, &str) -> bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
@@ -130,20 +181,13 @@ async fn drive<S, T>(
     loop {
         match poll_fn(|cx| conn.poll_message(cx)).await {
             Some(Ok(AsyncMessage::Notification(n))) => {
-                let notice = if n.channel() == own {
-                    n.payload().parse().ok().map(Notice::Ping)
-                } else {
-                    parse_notice(n.payload())
-                };
-                if let Some(notice) = notice
-                    && sender.send(notice).is_err()
-                {
+                if !on_notification(n.channel(), n.payload()) {
                     return;
                 }
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => {
-                tracing::warn!(target: "keyhaven::ha", error = %e, "the connection listening for changes ended");
+                tracing::warn!(target: "keyhaven::ha", error = %e, "a connection listening for notifications ended");
                 return;
             }
             None => return,
@@ -151,12 +195,25 @@ async fn drive<S, T>(
     }
 }
 
-/// An announcement's payload as [`Notice`]: `k` and keys, one per line, or `*`;
-/// `None` for anything else. Payloads come from whoever can `NOTIFY` on the database:
+/// An announcement's payload as [`Notice`]: `k` and keys, one per line, `*`, or `b`, the
+/// active's reader id, a space and a barrier number; `None` for anything else. Payloads come from whoever can `NOTIFY` on the database:
 /// never trusted beyond their shape.
 pub fn parse_notice(payload: &str) -> Option<Notice> {
     if payload == "*" {
         return Some(Notice::Everything);
+    }
+    if let Some(barrier) = payload.strip_prefix('b') {
+        let (origin, n) = barrier.split_once(' ')?;
+        if !crate::pg_readers::is_reader_id(origin)
+            || n.is_empty()
+            || !n.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        return Some(Notice::Barrier {
+            origin: origin.to_owned(),
+            n: n.parse().ok()?,
+        });
     }
     let keys = payload.strip_prefix('k')?;
     Some(Notice::Changed(
@@ -178,6 +235,25 @@ mod tests {
             ]))
         );
         assert_eq!(parse_notice("*"), Some(Notice::Everything));
+        assert_eq!(
+            parse_notice("b0123456789abcdef 42"),
+            Some(Notice::Barrier {
+                origin: "0123456789abcdef".to_owned(),
+                n: 42
+            })
+        );
+        // A barrier's origin names a channel: nothing but its own shape is accepted.
+        for bad in [
+            "b0123456789abcdef",
+            "b0123456789abcdef ",
+            "b0123456789abcdef +4",
+            "b0123456789abcdef 99999999999999999999999",
+            "b0123456789ABCDEF 4",
+            "b0123456789abcde\" 4",
+            "b\" 4",
+        ] {
+            assert_eq!(parse_notice(bad), None, "{bad}");
+        }
         // What this version does not know.
         assert_eq!(parse_notice("#1"), None);
         assert_eq!(parse_notice(""), None);

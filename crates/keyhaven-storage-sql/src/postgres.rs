@@ -61,6 +61,12 @@ const MIGRATIONS: &[&str] = &[
         version         TEXT NOT NULL,
         last_echo       TIMESTAMPTZ NOT NULL
     )",
+    // 4: high availability, standbys' read leases (see `pg_readers`).
+    "CREATE TABLE {schema}.ha_readers (
+        id          TEXT PRIMARY KEY,
+        valid_until TIMESTAMPTZ NOT NULL,
+        revoked     BOOLEAN NOT NULL
+    )",
 ];
 
 /// How a [`PgStore`] protects its connections to the database.
@@ -194,6 +200,8 @@ pub struct PgStore {
     pub(crate) channel: String,
     /// Which changes the active announces on [`Self::channel`] ([`PgStore::announce`]).
     announce: std::sync::OnceLock<AnnounceRule>,
+    /// Standbys' read leases and the active's barriers.
+    pub(crate) readers: crate::pg_readers::Readers,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -503,6 +511,10 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(StorageError::unavailable)?;
+        let channel = format!(
+            "keyhaven_{:016x}",
+            lock_id(b"keyhaven changes", &options.schema).cast_unsigned()
+        );
         let store = PgStore {
             pool,
             sql: Statements::new(&schema),
@@ -511,10 +523,8 @@ impl PgStore {
             fence: Arc::new(Fence::default()),
             pg_config,
             tls: options.tls.clone(),
-            channel: format!(
-                "keyhaven_{:016x}",
-                lock_id(b"keyhaven changes", &options.schema).cast_unsigned()
-            ),
+            readers: crate::pg_readers::Readers::new(&schema, &channel),
+            channel,
             announce: std::sync::OnceLock::new(),
         };
         store.migrate(&schema).await?;
@@ -641,8 +651,9 @@ impl PgStore {
         tx.commit().await.map_err(fail)
     }
 
-    /// One attempt at `tx` in a SERIALIZABLE transaction.
-    async fn transact_once(&self, tx: &Transaction) -> Result<TxOutcome, Failure> {
+    /// One attempt at `tx` in a SERIALIZABLE transaction; whether it announced changes
+    /// with its outcome.
+    async fn transact_once(&self, tx: &Transaction) -> Result<(TxOutcome, bool), Failure> {
         let term = self.fence.term();
         if term < 0 {
             // A standby: it writes nothing.
@@ -682,7 +693,7 @@ impl PgStore {
                 // Commit the read-only transaction so that a serialization failure
                 // (the read was not consistent) surfaces and the attempt is retried.
                 db.commit().await.map_err(Failure::Commit)?;
-                return Ok(TxOutcome::ConditionFailed { index });
+                return Ok((TxOutcome::ConditionFailed { index }, false));
             }
         }
         // Ops apply in order, so each key ends with its last op.
@@ -693,6 +704,7 @@ impl PgStore {
                 Op::Delete { key } => last.insert(key, None),
             };
         }
+        let mut announced = false;
         if term != crate::pg_ha::UNFENCED
             && let Some(rule) = self.announce.get()
             && let Some(payload) = announcement(*rule, &tx.conditions, &last)
@@ -701,6 +713,7 @@ impl PgStore {
             // commit order.
             let stmt = db.prepare_cached("SELECT pg_notify($1, $2)").await?;
             db.execute(&stmt, &[&self.channel, &payload]).await?;
+            announced = true;
         }
         let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
         for (key, value) in last {
@@ -721,14 +734,21 @@ impl PgStore {
             db.execute(&stmt, &[&put_keys, &put_values]).await?;
         }
         db.commit().await.map_err(Failure::Commit)?;
-        Ok(TxOutcome::Committed)
+        Ok((TxOutcome::Committed, announced))
     }
 
     async fn write(&self, tx: Transaction) -> Result<TxOutcome, StorageError> {
         let mut attempt = 0u32;
         loop {
             match self.transact_once(&tx).await {
-                Ok(outcome) => return Ok(outcome),
+                Ok((outcome, announced)) => {
+                    if announced {
+                        // Not acknowledged until every standby answering requests has
+                        // applied it (`pg_readers`).
+                        self.settle().await?;
+                    }
+                    return Ok(outcome);
+                }
                 Err(failure) if failure.is_retryable() && attempt < self.max_retries => {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
