@@ -376,6 +376,92 @@ async fn next_notice(
         .expect("the listener's connection ended")
 }
 
+/// The number of a barrier notice.
+fn barrier_number(notice: keyhaven_storage_sql::Notice) -> u64 {
+    match notice {
+        keyhaven_storage_sql::Notice::Barrier { origin, n } => {
+            assert_eq!(origin.len(), 16);
+            n
+        }
+        other => panic!("not a barrier: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_an_announced_write_returns_once_every_reader_applied_it_or_lost_its_lease() {
+    use keyhaven_storage_sql::{ACK_WAIT, Notice, READ_LEASE_TTL};
+    use std::time::{Duration, Instant};
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::new(&url);
+    let ttl = Duration::from_secs(30);
+    // Named apart from the other tests' replicas, whose connections they end.
+    let (active, mut ha) = replica(&schema, "reader-a", ttl).await;
+    let (standby, _) = replica(&schema, "reader-b", ttl).await;
+    active.announce(cached_only);
+    ha.try_acquire().await.unwrap().expect("leads");
+
+    // Without readers, a write waits for nobody; writes that announce nothing never do.
+    let started = Instant::now();
+    active.put("cached/a", b"0".to_vec()).await.unwrap();
+    active.put("kv/a", b"0".to_vec()).await.unwrap();
+    assert!(started.elapsed() < ACK_WAIT, "{:?}", started.elapsed());
+
+    // A reader that acknowledges: the write returns when it has, and its lease stands.
+    let mut listener = standby.listen().await.unwrap();
+    standby.register_reader(READ_LEASE_TTL).await.unwrap();
+    let write = tokio::spawn({
+        let active = active.clone();
+        async move { active.put("cached/a", b"1".to_vec()).await }
+    });
+    assert_eq!(
+        next_notice(&mut listener).await,
+        Notice::Changed(vec!["cached/a".to_owned()])
+    );
+    let Notice::Barrier { origin, n } = next_notice(&mut listener).await else {
+        panic!("no barrier after the change");
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !write.is_finished(),
+        "the write returned before the reader acknowledged"
+    );
+    let acked = Instant::now();
+    listener.ack(&origin, n).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), write)
+        .await
+        .expect("the write returned")
+        .unwrap()
+        .unwrap();
+    assert!(acked.elapsed() < ACK_WAIT, "{:?}", acked.elapsed());
+    assert!(standby.renew_reader(READ_LEASE_TTL).await.unwrap());
+
+    // A reader that does not acknowledge: its lease is revoked, and the write returns
+    // only once the lease has run out on the database clock.
+    let renewed = Instant::now();
+    assert!(standby.renew_reader(READ_LEASE_TTL).await.unwrap());
+    active.put("cached/a", b"2".to_vec()).await.unwrap();
+    assert!(
+        renewed.elapsed() >= READ_LEASE_TTL,
+        "the write returned {:?} after the lease was renewed",
+        renewed.elapsed()
+    );
+    assert!(
+        !standby.renew_reader(READ_LEASE_TTL).await.unwrap(),
+        "the lease was not revoked"
+    );
+    // A revoked reader is not waited for again; a new lease is.
+    let started = Instant::now();
+    active.put("cached/a", b"3".to_vec()).await.unwrap();
+    assert!(started.elapsed() < ACK_WAIT, "{:?}", started.elapsed());
+    standby.register_reader(READ_LEASE_TTL).await.unwrap();
+    assert!(standby.renew_reader(READ_LEASE_TTL).await.unwrap());
+    // A lease given up is not waited for.
+    standby.drop_reader().await.unwrap();
+    let started = Instant::now();
+    active.put("cached/a", b"4".to_vec()).await.unwrap();
+    assert!(started.elapsed() < ACK_WAIT, "{:?}", started.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pg_the_active_announces_committed_changes_in_order_before_a_later_ping() {
     use keyhaven_storage::{Condition, Op, Transaction};
@@ -434,14 +520,17 @@ async fn pg_the_active_announces_committed_changes_in_order_before_a_later_ping(
         .unwrap();
     assert_eq!(committed, keyhaven_storage::TxOutcome::Committed);
     listener.ping(1).await.unwrap();
+    // Each announced write is followed by a barrier, numbered in order.
     assert_eq!(
         next_notice(&mut listener).await,
         Notice::Changed(vec!["cached/a".to_owned()])
     );
+    assert_eq!(barrier_number(next_notice(&mut listener).await), 1);
     assert_eq!(
         next_notice(&mut listener).await,
         Notice::Changed(vec!["cached/a".to_owned(), "cached/new/t".to_owned()])
     );
+    assert_eq!(barrier_number(next_notice(&mut listener).await), 2);
     assert_eq!(next_notice(&mut listener).await, Notice::Ping(1));
 
     // Too many keys for one notification: "everything".
@@ -460,6 +549,7 @@ async fn pg_the_active_announces_committed_changes_in_order_before_a_later_ping(
         .unwrap();
     assert_eq!(committed, keyhaven_storage::TxOutcome::Committed);
     assert_eq!(next_notice(&mut listener).await, Notice::Everything);
+    assert_eq!(barrier_number(next_notice(&mut listener).await), 3);
 
     // A standby's own writes are refused and announce nothing; another listener's
     // pings are not this one's.
