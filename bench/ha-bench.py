@@ -628,6 +628,40 @@ def forward_run(cl, raw, rows):
           f"{' ' + str(rec['bad_samples'][:2]) if rec['bad_samples'] else ''}; load1 {load1:.1f}", flush=True)
 
 
+# ---------------------------------------------------------------- revocation latency
+def revoke_run(cl, raw, rows):
+    """REVOKE_N tokens made through the active, then revoked one after another through it
+    (one kept-alive connection): p50/p99 of the revocation, a write that changes what the
+    standbys cache (keyhaven waits for their acknowledgement before answering)."""
+    a = cl.wait_one_active(30)
+    n = int(E.get("REVOKE_N", "500"))
+    tokens = []
+    for _ in range(n):
+        tok = call(a.port, "POST", "/v1/auth/token/create", {"policies": ["default"]}, cl.token)
+        tokens.append(tok["auth"]["client_token"])
+    c = http.client.HTTPConnection(HOST, a.port, timeout=30)
+    hdr = {"Content-Type": "application/json", "X-Vault-Token": cl.token}
+    lat, bad = [], []
+    load1 = os.getloadavg()[0]
+    for tok in tokens:
+        t0 = time.perf_counter()
+        c.request("POST", "/v1/auth/token/revoke", json.dumps({"token": tok}), hdr)
+        r = c.getresponse()
+        data = r.read()
+        if 200 <= r.status < 300:
+            lat.append(time.perf_counter() - t0)
+        else:
+            bad.append(f"{r.status} {data[:200]!r}")
+    c.close()
+    rec = dict(phase="revoke", system=cl.system, active=a.name, n=n, ok=len(lat), bad=len(bad),
+               bad_samples=bad[:3], p50_ms=pct(lat, 0.5) * 1e3, p90_ms=pct(lat, 0.9) * 1e3,
+               p99_ms=pct(lat, 0.99) * 1e3, max_ms=max(lat) * 1e3 if lat else None, load1=load1)
+    keep(raw, rows, ("revoke", cl.system), rec)
+    print(f"{cl.system:8s} revoke: {n} sequential token revocations on the active {a.name}: p50 "
+          f"{rec['p50_ms']:.3f} ms, p90 {rec['p90_ms']:.3f}, p99 {rec['p99_ms']:.3f}, max {rec['max_ms']:.1f}; "
+          f"failed {len(bad)}{' ' + str(bad[:2]) if bad else ''}; load1 {load1:.1f}", flush=True)
+
+
 # ---------------------------------------------------------------- failover
 class Prober:
     """Sends a write to `port` every POLL s (fresh connection, WRITE_TIMEOUT s timeout, several
@@ -896,6 +930,14 @@ def report(rows, notes, failures):
             L.append(f"- {s}: reads served through a standby per CPU-s of all replicas {x:,.0f} / the active's own "
                      f"per CPU-s {y:,.0f} = {x / y:.2f}" + (f" (target >= 0.9: {'met' if x / y >= 0.9 else 'NOT met'})"
                                                            if s == k else ""))
+    rv = {s: rows.get(("revoke", s)) for s in SYSTEMS}
+    if any(rv.values()):
+        L += ["", "Token revocations through the active, one after another, two standbys following:", "",
+              "| system | revocations | p50 ms | p90 ms | p99 ms | max ms | failed |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for s in SYSTEMS:
+            for r in rv.get(s) or []:
+                L.append(f"| {s} | {r['ok']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
+                         f"{r['max_ms']:.1f} | {r['bad']} |")
     if failures:
         L += ["", "Failures:", ""] + [f"- {f}" for f in failures]
     table = "\n".join(L)
@@ -945,6 +987,13 @@ def main():
             except StepFailed as e:
                 failures.append(f"{cl.system}: forward: {e}")
                 print(f"{cl.system}: forward FAILED: {e}", flush=True)
+    if "revoke" in PHASES:
+        for cl in live:
+            try:
+                revoke_run(cl, raw, rows)
+            except StepFailed as e:
+                failures.append(f"{cl.system}: revoke: {e}")
+                print(f"{cl.system}: revoke FAILED: {e}", flush=True)
     for phase, run in (("write", write_run), ("reads", reads_run)):
         if phase not in PHASES:
             continue

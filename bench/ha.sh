@@ -12,6 +12,8 @@
 #   - reads:    KV v2 reads of READ_KEYS keys at CONCURRENCY connections, DURATION s, REPEATS runs,
 #               against the active and against one standby (which answers them itself when
 #               it serves reads), per CPU-second of the replica read from and of all three;
+#   - revoke:   p50/p99 latency of REVOKE_N token revocations sent one after another to the
+#               active while two standbys follow it (a write that changes what standbys cache);
 #   - failover: kill -9 of the active under light write load (a write every LOAD_MS to each
 #               replica), then the time to the first successful write sent after the kill
 #               through a surviving replica (a write every POLL_MS to each, WRITE_TIMEOUT s
@@ -33,7 +35,7 @@
 # Knobs (environment variables):
 #   DURATION=10  WARMUP=2  REPEATS=3  CONCURRENCY=16  FORWARD_N=2000  ROUNDS=3
 #   POLL_MS=10  LOAD_MS=50  WRITE_TIMEOUT=0.5  FAILOVER_DEADLINE=60  READ_KEYS=1000
-#   PHASES="forward write reads failover"
+#   PHASES="forward write reads failover" (also: revoke)  REVOKE_N=500
 #   SYSTEMS="keyhaven openbao"  KH_LOCK_TTL=15s  PORT=18400
 #   OB_MAX_IDLE= (OpenBao's max_idle_connections; unset = its default)
 #   OB_EXTRA= (more top-level lines for OpenBao's configuration, e.g. "disable_standby_reads = true")

@@ -749,7 +749,7 @@ pub(crate) async fn forward(
             .insert(NOT_ACTIVE, HeaderValue::from_static("standby"));
         return resp;
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     // Within the listener's limits and memory budget, as a body the active reads itself:
     // more than the unauthenticated size only with a token (which the active checks).
     let gate = crate::body::Gate::Presented {
@@ -772,10 +772,28 @@ pub(crate) async fn forward(
             .iter()
             .any(|op| fw.core.standby_serves(*op, path))
     {
-        let local = axum::extract::Request::from_parts(parts.clone(), Body::from(body.clone()));
+        // Kept for forwarding, should the engine not answer after all: the head, and of
+        // the extensions only the connection (cloning them all costs more).
+        let conn = parts
+            .extensions
+            .get::<crate::listener::ConnHandle>()
+            .cloned();
+        let (method, uri, headers) = (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        );
+        let local = axum::extract::Request::from_parts(parts, Body::from(body.clone()));
         let resp = next.run(local).await;
         if resp.extensions().get::<ServeElsewhere>().is_none() {
             return resp;
+        }
+        parts = axum::extract::Request::new(()).into_parts().0;
+        parts.method = method;
+        parts.uri = uri;
+        parts.headers = headers;
+        if let Some(conn) = conn {
+            parts.extensions.insert(conn);
         }
     }
     let Some(leader) = await_leader(&fw.election, None).await else {
