@@ -818,6 +818,21 @@ fn standbys_answer_reads_themselves_and_never_from_stale_state() {
     }
     signal(&replicas[active].server, rustix::process::Signal::CONT);
     assert_eq!(one_active(&addr_refs), active);
+    // Each replica's own metrics say which one is active.
+    for (i, addr) in addrs.iter().enumerate() {
+        let (s, b) = call("GET", &format!("{addr}/v1/sys/metrics"), Some(&root), None);
+        assert_eq!(s, 200, "{b}");
+        let gauge = b["Gauges"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["Name"] == "vault.core.active"))
+            .unwrap_or_else(|| panic!("no vault.core.active via {addr}: {b}"));
+        let want = if i == active { 1.0 } else { 0.0 };
+        assert_eq!(
+            gauge["Value"].as_f64(),
+            Some(want),
+            "vault.core.active via {addr}"
+        );
+    }
 
     // Changes made through each replica in turn are in force on every replica as
     // soon as the call returns, although the standbys had cached what they changed.

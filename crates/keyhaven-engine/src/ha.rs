@@ -13,9 +13,10 @@
 //!
 //! Consistency (see `docs/design/0018-standby-reads.md`): the active announces a change
 //! in the transaction that makes it, so a standby hears of it only if it committed, and
-//! in commit order; before answering, a standby waits until it has heard everything
-//! committed before the request arrived. A revocation, a policy change or a transit key
-//! change is therefore in force on every replica when the call that made it returns.
+//! in commit order; a standby answers only while it holds a read lease, and the active's
+//! write returns only once every standby holding one has applied the change (or lost
+//! its lease). A revocation, a policy change or a transit key change is therefore in
+//! force on every replica when the call that made it returns.
 
 /// What the engine asks of the server's election.
 pub trait HaControl: Send + Sync {

@@ -262,6 +262,8 @@ pub struct Snapshot {
 /// What the snapshot needs to know of the core's state.
 pub(crate) struct State<'a> {
     pub unsealed: bool,
+    /// Unsealed and the active replica (a standby of a high-availability cluster is not).
+    pub active: bool,
     pub audit_failures: (u64, u64),
     /// `(mount path with its table's prefix, timers)` of every mount.
     pub routes: Vec<(String, &'a RouteTimers)>,
@@ -305,9 +307,9 @@ impl Metrics {
             ),
             one(
                 "vault.core.active",
-                "1 when this server serves requests (keyhaven has no standbys: while unsealed).",
+                "1 when this server is unsealed and the active replica (0 on a standby).",
                 Gauge,
-                bool_value(state.unsealed),
+                bool_value(state.active),
             ),
             one(
                 "vault.core.in_flight_requests",
@@ -451,6 +453,7 @@ impl crate::Core {
         let Ok(inner) = self.unsealed() else {
             return metrics.snapshot(&State {
                 unsealed: false,
+                active: false,
                 audit_failures,
                 routes: Vec::new(),
                 mount_entries: Vec::new(),
@@ -470,6 +473,7 @@ impl crate::Core {
             .collect();
         metrics.snapshot(&State {
             unsealed: true,
+            active: self.role() == crate::ha::Role::Active,
             audit_failures,
             routes,
             mount_entries: vec![
