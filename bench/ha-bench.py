@@ -980,20 +980,15 @@ def main():
             failures.append(f"{s}: set-up failed: {e}")
             print(f"{s}: SET-UP FAILED: {e}", flush=True)
             cl.stop()
-    if "forward" in PHASES:
+    for phase, run in (("forward", forward_run), ("revoke", revoke_run)):
+        if phase not in PHASES:
+            continue
         for cl in live:
             try:
-                forward_run(cl, raw, rows)
+                run(cl, raw, rows)
             except StepFailed as e:
-                failures.append(f"{cl.system}: forward: {e}")
-                print(f"{cl.system}: forward FAILED: {e}", flush=True)
-    if "revoke" in PHASES:
-        for cl in live:
-            try:
-                revoke_run(cl, raw, rows)
-            except StepFailed as e:
-                failures.append(f"{cl.system}: revoke: {e}")
-                print(f"{cl.system}: revoke FAILED: {e}", flush=True)
+                failures.append(f"{cl.system}: {phase}: {e}")
+                print(f"{cl.system}: {phase} FAILED: {e}", flush=True)
     for phase, run in (("write", write_run), ("reads", reads_run)):
         if phase not in PHASES:
             continue

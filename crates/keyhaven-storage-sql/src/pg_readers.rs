@@ -255,73 +255,92 @@ impl PgStore {
     /// List the standbys holding a read lease and send them barrier `n`.
     async fn raise_barrier(&self, n: u64) -> Result<Vec<String>, StorageError> {
         let sql = format!("{}{n}'); COMMIT", self.readers.barrier_prefix);
+        match self.retried(&Step::Barrier(&sql)).await? {
+            Answer::Listed(ids) => Ok(ids),
+            Answer::Left(_) => Err(unsettled(None)),
+        }
+    }
+
+    /// Revoke the read leases of `ids`; how long until the last of them runs out.
+    async fn revoke_readers(&self, ids: &[String]) -> Result<Duration, StorageError> {
+        let Answer::Left(left) = self.retried(&Step::Revoke(ids)).await? else {
+            return Err(unsettled(None));
+        };
+        // Never longer than a lease (a clock jump on the database is not waited out),
+        // and a whole lease if the answer makes no sense.
+        let ttl = READ_LEASE_TTL.as_secs_f64();
+        let left = if left.is_finite() {
+            left.clamp(0.0, ttl)
+        } else {
+            ttl
+        };
+        Ok(Duration::from_secs_f64(left))
+    }
+
+    /// `step` on a pooled connection, tried up to [`ATTEMPTS`] times: a barrier's
+    /// statements may run twice, and the write they follow has already committed.
+    async fn retried(&self, step: &Step<'_>) -> Result<Answer, StorageError> {
         let mut last = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let client = match self.pool.get().await {
-                Ok(client) => client,
-                Err(e) => {
-                    last = Some(fail(e));
-                    continue;
-                }
-            };
-            match client.simple_query(&sql).await {
-                Ok(messages) => {
-                    return Ok(messages
-                        .iter()
-                        .filter_map(|m| match m {
-                            SimpleQueryMessage::Row(row)
-                                if row.columns().first().is_some_and(|c| c.name() == "id") =>
-                            {
-                                row.get(0).map(str::to_owned)
-                            }
-                            _ => None,
-                        })
-                        .collect());
-                }
-                Err(e) => last = Some(fail(e)),
+            match self.attempt(step).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => last = Some(e),
             }
         }
         Err(unsettled(last))
     }
 
-    /// Revoke the read leases of `ids`; how long until the last of them runs out.
-    async fn revoke_readers(&self, ids: &[String]) -> Result<Duration, StorageError> {
-        let mut last = None;
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let client = match self.pool.get().await {
-                Ok(client) => client,
-                Err(e) => {
-                    last = Some(fail(e));
-                    continue;
+    async fn attempt(&self, step: &Step<'_>) -> Result<Answer, StorageError> {
+        let client = self.pool.get().await.map_err(fail)?;
+        Ok(match step {
+            Step::Barrier(sql) => Answer::Listed(
+                client
+                    .simple_query(sql)
+                    .await
+                    .map_err(fail)?
+                    .iter()
+                    .filter_map(|m| match m {
+                        SimpleQueryMessage::Row(row)
+                            if row.columns().first().is_some_and(|c| c.name() == "id") =>
+                        {
+                            row.get(0).map(str::to_owned)
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Step::Revoke(ids) => {
+                let mut left = 0f64;
+                for row in client
+                    .query(&self.readers.revoke, &[ids])
+                    .await
+                    .map_err(fail)?
+                {
+                    left = left.max(row.try_get::<_, f64>(0).map_err(fail)?);
                 }
-            };
-            match client.query(&self.readers.revoke, &[&ids]).await {
-                Ok(rows) => {
-                    let mut left = 0f64;
-                    for row in rows {
-                        left = left.max(row.try_get::<_, f64>(0).map_err(fail)?);
-                    }
-                    // Never longer than a lease (a clock jump on the database is not
-                    // waited out), and a whole lease if the answer makes no sense.
-                    let ttl = READ_LEASE_TTL.as_secs_f64();
-                    let left = if left.is_finite() {
-                        left.clamp(0.0, ttl)
-                    } else {
-                        ttl
-                    };
-                    return Ok(Duration::from_secs_f64(left));
-                }
-                Err(e) => last = Some(fail(e)),
+                Answer::Left(left)
             }
-        }
-        Err(unsettled(last))
+        })
     }
+}
+
+/// A statement of a barrier ([`PgStore::retried`]).
+enum Step<'a> {
+    /// The listing and the notification, as one simple-protocol transaction.
+    Barrier(&'a str),
+    /// Revoke these readers' leases.
+    Revoke(&'a [String]),
+}
+
+/// What a [`Step`] returned.
+enum Answer {
+    /// The readers holding a valid lease.
+    Listed(Vec<String>),
+    /// Seconds until the last revoked lease runs out.
+    Left(f64),
 }
 
 fn unsettled(cause: Option<StorageError>) -> StorageError {
