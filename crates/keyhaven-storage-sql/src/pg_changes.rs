@@ -129,6 +129,12 @@ impl Listener {
     /// Acknowledge barrier `n` of the active whose reader id is `origin`: every change
     /// announced before it has been applied.
     pub async fn ack(&self, origin: &str, n: u64) -> Result<(), StorageError> {
+        // It names a channel: nothing but a reader id's shape goes into the statement.
+        if !crate::pg_readers::is_reader_id(origin) {
+            return Err(StorageError::unavailable(
+                "a barrier's origin is not a reader id",
+            ));
+        }
         self.client
             .batch_execute(&format!(
                 "NOTIFY \"{}\", '{} {n}'",
