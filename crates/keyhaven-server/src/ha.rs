@@ -73,6 +73,18 @@ pub struct StandbyReads {
     /// Nanoseconds after [`Self::base`] until which this standby may answer requests
     /// itself (its read lease, less [`LEASE_MARGIN`]); 0 while it may not.
     until: AtomicU64,
+    /// Which lease [`Self::until`] is about: bumped when this standby stops answering,
+    /// so that a renewal of the lease before cannot extend it.
+    lease: parking_lot::Mutex<u64>,
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for StandbyReads {
@@ -99,6 +111,7 @@ impl StandbyReads {
             store,
             base: Instant::now(),
             until: AtomicU64::new(0),
+            lease: parking_lot::Mutex::new(0),
         }
     }
 
@@ -109,13 +122,56 @@ impl StandbyReads {
         now < self.until.load(Ordering::Acquire)
     }
 
-    /// Extend what [`Self::fresh`] allows to a lease of
-    /// [`keyhaven_storage_sql::READ_LEASE_TTL`] renewed at `sent`.
-    fn hold_until(&self, sent: Instant) {
+    /// Extend what [`Self::fresh`] allows to lease number `lease` of
+    /// [`keyhaven_storage_sql::READ_LEASE_TTL`], renewed at `sent`, unless this standby
+    /// stopped answering since.
+    fn hold_until(&self, lease: u64, sent: Instant) {
         let end = sent + keyhaven_storage_sql::READ_LEASE_TTL - LEASE_MARGIN;
         let nanos =
             u64::try_from(end.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
-        self.until.fetch_max(nanos, Ordering::AcqRel);
+        let current = self.lease.lock();
+        if *current == lease {
+            self.until.fetch_max(nanos, Ordering::AcqRel);
+        }
+    }
+
+    /// Stop answering requests until a new lease is held.
+    fn stop_answering(&self) {
+        let mut current = self.lease.lock();
+        *current += 1;
+        self.until.store(0, Ordering::Release);
+    }
+
+    /// Renew lease number `lease` every [`LEASE_RENEWAL`] after `renewed`, beside
+    /// [`Self::follow`] (so a slow renewal never delays an acknowledgement), until it is
+    /// revoked: then `revoked` is told.
+    async fn renew(
+        self: Arc<Self>,
+        lease: u64,
+        mut renewed: Instant,
+        revoked: tokio::sync::oneshot::Sender<()>,
+    ) {
+        use keyhaven_storage_sql::READ_LEASE_TTL;
+        loop {
+            tokio::time::sleep_until((renewed + LEASE_RENEWAL).into()).await;
+            let sent = Instant::now();
+            renewed = sent;
+            match tokio::time::timeout(LEASE_RENEWAL, self.store.renew_reader(READ_LEASE_TTL)).await
+            {
+                Ok(Ok(true)) => self.hold_until(lease, sent),
+                Ok(Ok(false)) => {
+                    let _ = revoked.send(());
+                    return;
+                }
+                // The lease runs out by itself if this goes on.
+                Ok(Err(e)) => {
+                    tracing::debug!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot renew the read lease");
+                }
+                Err(_) => {
+                    tracing::debug!(target: "keyhaven::ha", "standby reads: renewing the read lease timed out");
+                }
+            }
+        }
     }
 
     /// Keep the replica state of this standby exact while it is a standby; runs until
@@ -145,7 +201,7 @@ impl StandbyReads {
                 Ok(true) => {
                     last_error = None;
                     let stop = self.follow(&core, listener).await;
-                    self.until.store(0, Ordering::Release);
+                    self.stop_answering();
                     if let Err(e) = self.store.drop_reader().await {
                         tracing::debug!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot give up the read lease; it runs out by itself");
                     }
@@ -192,7 +248,11 @@ impl StandbyReads {
 
     /// Take a read lease, then apply the announcements, acknowledge the barriers and
     /// renew the lease until the listener, the lease or the standby role ends.
-    async fn follow(&self, core: &Core, mut listener: keyhaven_storage_sql::Listener) -> Stop {
+    async fn follow(
+        self: &Arc<Self>,
+        core: &Core,
+        mut listener: keyhaven_storage_sql::Listener,
+    ) -> Stop {
         use keyhaven_storage_sql::READ_LEASE_TTL;
         let channel_lost = || {
             tracing::warn!(target: "keyhaven::ha", "standby reads: the database connection that carries changes ended; forwarding every request until it is back");
@@ -201,7 +261,8 @@ impl StandbyReads {
         // The lease first, then a ping: the active waits for this standby from the
         // moment the lease is registered, and the ping brings in every change committed
         // before that.
-        let mut renewed = Instant::now();
+        let lease = *self.lease.lock();
+        let renewed = Instant::now();
         if let Err(e) = self.store.register_reader(READ_LEASE_TTL).await {
             tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot take a read lease; forwarding every request");
             return Stop::Channel;
@@ -232,7 +293,9 @@ impl StandbyReads {
                 }
             }
         }
-        self.hold_until(renewed);
+        self.hold_until(lease, renewed);
+        let (revoked, mut was_revoked) = tokio::sync::oneshot::channel();
+        let _renewal = AbortOnDrop(tokio::spawn(self.clone().renew(lease, renewed, revoked)));
         tracing::info!(target: "keyhaven::ha", "standby reads: answering requests without effects on this standby");
         loop {
             tokio::select! {
@@ -248,29 +311,13 @@ impl StandbyReads {
                         return Stop::Role;
                     }
                 }
-                () = tokio::time::sleep_until((renewed + LEASE_RENEWAL).into()) => {
+                _ = &mut was_revoked => {
+                    tracing::warn!(target: "keyhaven::ha", "standby reads: the read lease was revoked by the active (a change was not acknowledged in time) or ran out; taking a new one");
+                    return Stop::Channel;
+                }
+                () = tokio::time::sleep(POLL) => {
                     if core.role() != Role::Standby || !core.serves_reads() {
                         return Stop::Role;
-                    }
-                    let sent = Instant::now();
-                    match tokio::time::timeout(LEASE_RENEWAL, self.store.renew_reader(READ_LEASE_TTL)).await {
-                        Ok(Ok(true)) => {
-                            renewed = sent;
-                            self.hold_until(sent);
-                        }
-                        Ok(Ok(false)) => {
-                            tracing::warn!(target: "keyhaven::ha", "standby reads: the active revoked this standby's read lease (a change was not acknowledged in time); taking a new one");
-                            return Stop::Channel;
-                        }
-                        Ok(Err(e)) => {
-                            // The lease runs out by itself if this goes on.
-                            renewed = sent;
-                            tracing::debug!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot renew the read lease");
-                        }
-                        Err(_) => {
-                            renewed = sent;
-                            tracing::debug!(target: "keyhaven::ha", "standby reads: renewing the read lease timed out");
-                        }
                     }
                 }
             }

@@ -126,9 +126,11 @@ impl Readers {
                  VALUES ($1, clock_timestamp() + make_interval(secs => $2), false) \
                  ON CONFLICT (id) DO UPDATE SET valid_until = EXCLUDED.valid_until, revoked = false"
             ),
+            // Only a lease still in force is extended: one that ran out was not waited
+            // for meanwhile, so its holder must register afresh (and ping) first.
             renew: format!(
                 "UPDATE {table} SET valid_until = clock_timestamp() + make_interval(secs => $2) \
-                 WHERE id = $1 AND NOT revoked"
+                 WHERE id = $1 AND NOT revoked AND valid_until > clock_timestamp()"
             ),
             drop: format!(
                 "DELETE FROM {table} WHERE id = $1 OR valid_until < clock_timestamp() - interval '1 hour'"
@@ -167,8 +169,8 @@ impl PgStore {
         Ok(())
     }
 
-    /// Extend this replica's read lease to `ttl` from now; false if it was revoked or
-    /// dropped (register again).
+    /// Extend this replica's read lease to `ttl` from now; false if it was revoked,
+    /// dropped or has run out (register again).
     pub async fn renew_reader(&self, ttl: Duration) -> Result<bool, StorageError> {
         let client = self.pool.get().await.map_err(fail)?;
         let rows = client

@@ -455,6 +455,20 @@ async fn pg_an_announced_write_returns_once_every_reader_applied_it_or_lost_its_
     assert!(started.elapsed() < ACK_WAIT, "{:?}", started.elapsed());
     standby.register_reader(READ_LEASE_TTL).await.unwrap();
     assert!(standby.renew_reader(READ_LEASE_TTL).await.unwrap());
+    // A lease that ran out cannot be renewed (it was not waited for meanwhile).
+    let client = schema.client().await;
+    client
+        .batch_execute(&format!(
+            "UPDATE \"{}\".ha_readers SET valid_until = clock_timestamp() - interval '1 second'",
+            schema.name
+        ))
+        .await
+        .unwrap();
+    assert!(
+        !standby.renew_reader(READ_LEASE_TTL).await.unwrap(),
+        "an expired lease was renewed"
+    );
+    standby.register_reader(READ_LEASE_TTL).await.unwrap();
     // A lease given up is not waited for.
     standby.drop_reader().await.unwrap();
     let started = Instant::now();
