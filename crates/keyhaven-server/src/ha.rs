@@ -95,14 +95,6 @@ impl std::fmt::Debug for StandbyReads {
     }
 }
 
-/// Why a standby stopped answering requests itself.
-enum Stop {
-    /// The connection carrying the announcements ended, or the database failed.
-    Channel,
-    /// This replica is no longer a standby serving reads.
-    Role,
-}
-
 impl StandbyReads {
     /// Standby reads over `store` (the store must announce the active's changes,
     /// [`keyhaven_storage_sql::PgStore::announce`]).
@@ -200,14 +192,10 @@ impl StandbyReads {
             match core.load_replica().await {
                 Ok(true) => {
                     last_error = None;
-                    let stop = self.follow(&core, listener).await;
+                    self.follow(&core, listener).await;
                     self.stop_answering();
                     if let Err(e) = self.store.drop_reader().await {
                         tracing::debug!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot give up the read lease; it runs out by itself");
-                    }
-                    if matches!(stop, Stop::Role) {
-                        core.drop_replica();
-                        continue;
                     }
                 }
                 Ok(false) => {}
@@ -248,15 +236,10 @@ impl StandbyReads {
 
     /// Take a read lease, then apply the announcements, acknowledge the barriers and
     /// renew the lease until the listener, the lease or the standby role ends.
-    async fn follow(
-        self: &Arc<Self>,
-        core: &Core,
-        mut listener: keyhaven_storage_sql::Listener,
-    ) -> Stop {
+    async fn follow(self: &Arc<Self>, core: &Core, mut listener: keyhaven_storage_sql::Listener) {
         use keyhaven_storage_sql::READ_LEASE_TTL;
         let channel_lost = || {
             tracing::warn!(target: "keyhaven::ha", "standby reads: the database connection that carries changes ended; forwarding every request until it is back");
-            Stop::Channel
         };
         // The lease first, then a ping: the active waits for this standby from the
         // moment the lease is registered, and the ping brings in every change committed
@@ -265,11 +248,11 @@ impl StandbyReads {
         let renewed = Instant::now();
         if let Err(e) = self.store.register_reader(READ_LEASE_TTL).await {
             tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot take a read lease; forwarding every request");
-            return Stop::Channel;
+            return;
         }
         if let Err(e) = listener.ping(1).await {
             tracing::warn!(target: "keyhaven::ha", error = %keyhaven_storage_sql::describe(&e), "standby reads: cannot reach the database; forwarding every request");
-            return Stop::Channel;
+            return;
         }
         let first_ping = tokio::time::sleep(FIRST_PING_WAIT);
         tokio::pin!(first_ping);
@@ -278,18 +261,19 @@ impl StandbyReads {
                 notice = listener.next() => notice,
                 () = &mut first_ping => {
                     tracing::warn!(target: "keyhaven::ha", "standby reads: the database did not return a ping; forwarding every request");
-                    return Stop::Channel;
+                    return;
                 }
             };
             let Some(notice) = notice else {
-                return channel_lost();
+                channel_lost();
+                return;
             };
             match Self::apply(core, &listener, notice).await {
                 Ok(Some(1)) => break,
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(target: "keyhaven::ha", error = %e, "standby reads: cannot apply a change; forwarding every request");
-                    return Stop::Channel;
+                    return;
                 }
             }
         }
@@ -301,23 +285,24 @@ impl StandbyReads {
             tokio::select! {
                 notice = listener.next() => {
                     let Some(notice) = notice else {
-                        return channel_lost();
+                        channel_lost();
+                        return;
                     };
                     if let Err(e) = Self::apply(core, &listener, notice).await {
                         tracing::warn!(target: "keyhaven::ha", error = %e, "standby reads: cannot apply a change; forwarding every request");
-                        return Stop::Channel;
+                        return;
                     }
                     if !core.serves_reads() {
-                        return Stop::Role;
+                        return;
                     }
                 }
                 _ = &mut was_revoked => {
                     tracing::warn!(target: "keyhaven::ha", "standby reads: the read lease was revoked by the active (a change was not acknowledged in time) or ran out; taking a new one");
-                    return Stop::Channel;
+                    return;
                 }
                 () = tokio::time::sleep(POLL) => {
                     if core.role() != Role::Standby || !core.serves_reads() {
-                        return Stop::Role;
+                        return;
                     }
                 }
             }

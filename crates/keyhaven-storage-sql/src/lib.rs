@@ -37,7 +37,7 @@ pub use pg_changes::{Listener, Notice, parse_notice};
 #[cfg(feature = "postgres")]
 pub use pg_ha::{Fence, HaNode, HaSession, LeaderInfo, NodeInfo, describe};
 #[cfg(feature = "postgres")]
-pub use pg_readers::{ACK_WAIT, READ_LEASE_TTL};
+pub use pg_readers::{ACK_WAIT, READ_LEASE_TTL, parse_ack};
 #[cfg(feature = "postgres")]
 pub use postgres::{
     ExclusiveLock, PgConnectionString, PgOptions, PgSslMode, PgStore, PgTls,

@@ -19,9 +19,7 @@
 //!   applied everything before it, and the active's call returns only when every
 //!   standby holding a lease has acknowledged, or has had its lease revoked and run out.
 
-use std::collections::hash_map::RandomState;
 use std::future::poll_fn;
-use std::hash::{BuildHasher, Hasher};
 
 use keyhaven_storage::StorageError;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -79,11 +77,7 @@ impl PgStore {
     /// Listen for the active's announcements on a connection of its own (see the module
     /// documentation). The connection is named as the pool's are.
     pub async fn listen(&self) -> Result<Listener, StorageError> {
-        let own = format!(
-            "{}_{:016x}",
-            self.channel,
-            RandomState::new().build_hasher().finish()
-        );
+        let own = format!("{}_{}", self.channel, crate::pg_readers::random_id());
         let (sender, notices) = mpsc::unbounded_channel();
         let ping_channel = own.clone();
         let client = self
@@ -209,16 +203,11 @@ pub fn parse_notice(payload: &str) -> Option<Notice> {
         return Some(Notice::Everything);
     }
     if let Some(barrier) = payload.strip_prefix('b') {
-        let (origin, n) = barrier.split_once(' ')?;
-        if !crate::pg_readers::is_reader_id(origin)
-            || n.is_empty()
-            || !n.bytes().all(|b| b.is_ascii_digit())
-        {
-            return None;
-        }
+        // The same shape as an acknowledgement: the active's reader id and a number.
+        let (origin, n) = crate::pg_readers::parse_ack(barrier)?;
         return Some(Notice::Barrier {
             origin: origin.to_owned(),
-            n: n.parse().ok()?,
+            n,
         });
     }
     let keys = payload.strip_prefix('k')?;

@@ -22,7 +22,9 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -44,6 +46,21 @@ const ATTEMPTS: u32 = 3;
 /// At most this many readers' acknowledgements are remembered (the payloads come from
 /// whoever may `NOTIFY`).
 const MAX_ACKS: usize = 1024;
+
+/// A random id of 16 lowercase hex digits (a reader id, a listener's own channel).
+pub(crate) fn random_id() -> String {
+    format!("{:016x}", RandomState::new().build_hasher().finish())
+}
+
+/// An acknowledgement's payload, `<reader id> <barrier number>`; `None` for anything
+/// else. Payloads come from whoever can `NOTIFY` on the database.
+pub fn parse_ack(payload: &str) -> Option<(&str, u64)> {
+    let (id, n) = payload.split_once(' ')?;
+    if !is_reader_id(id) || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((id, n.parse().ok()?))
+}
 
 /// Whether `id` has the shape of a reader id: 16 lowercase hex digits.
 pub(crate) fn is_reader_id(id: &str) -> bool {
@@ -82,13 +99,9 @@ struct Heard {
 impl Heard {
     /// Record an acknowledgement's payload, `<reader id> <barrier number>`.
     fn record(&self, payload: &str) {
-        let Some((id, n)) = payload.split_once(' ') else {
+        let Some((id, n)) = parse_ack(payload) else {
             return;
         };
-        let Ok(n) = n.parse::<u64>() else { return };
-        if !is_reader_id(id) {
-            return;
-        }
         {
             let mut acks = self.acks.lock();
             if acks.len() >= MAX_ACKS && !acks.contains_key(id) {
@@ -118,7 +131,7 @@ impl Heard {
 impl Readers {
     /// The read-lease statements over `table` (quoted), and barriers on `channel`.
     pub(crate) fn new(schema: &str, channel: &str) -> Readers {
-        let id = format!("{:016x}", RandomState::new().build_hasher().finish());
+        let id = random_id();
         let table = format!("{schema}.ha_readers");
         Readers {
             register: format!(
@@ -256,18 +269,40 @@ impl PgStore {
 
     /// List the standbys holding a read lease and send them barrier `n`.
     async fn raise_barrier(&self, n: u64) -> Result<Vec<String>, StorageError> {
-        let sql = format!("{}{n}'); COMMIT", self.readers.barrier_prefix);
-        match self.retried(&Step::Barrier(&sql)).await? {
-            Answer::Listed(ids) => Ok(ids),
-            Answer::Left(_) => Err(unsettled(None)),
-        }
+        let sql = &format!("{}{n}'); COMMIT", self.readers.barrier_prefix);
+        self.retried(|client| {
+            Box::pin(async move {
+                let messages = client.simple_query(sql).await.map_err(fail)?;
+                Ok(messages
+                    .iter()
+                    .filter_map(|m| match m {
+                        SimpleQueryMessage::Row(row)
+                            if row.columns().first().is_some_and(|c| c.name() == "id") =>
+                        {
+                            row.get(0).map(str::to_owned)
+                        }
+                        _ => None,
+                    })
+                    .collect())
+            })
+        })
+        .await
     }
 
     /// Revoke the read leases of `ids`; how long until the last of them runs out.
     async fn revoke_readers(&self, ids: &[String]) -> Result<Duration, StorageError> {
-        let Answer::Left(left) = self.retried(&Step::Revoke(ids)).await? else {
-            return Err(unsettled(None));
-        };
+        let revoke = &self.readers.revoke;
+        let left = self
+            .retried(|client| {
+                Box::pin(async move {
+                    let mut left = 0f64;
+                    for row in client.query(revoke, &[&ids]).await.map_err(fail)? {
+                        left = left.max(row.try_get::<_, f64>(0).map_err(fail)?);
+                    }
+                    Ok(left)
+                })
+            })
+            .await?;
         // Never longer than a lease (a clock jump on the database is not waited out),
         // and a whole lease if the answer makes no sense.
         let ttl = READ_LEASE_TTL.as_secs_f64();
@@ -279,70 +314,30 @@ impl PgStore {
         Ok(Duration::from_secs_f64(left))
     }
 
-    /// `step` on a pooled connection, tried up to [`ATTEMPTS`] times: a barrier's
+    /// `f` on a pooled connection, tried up to [`ATTEMPTS`] times: a barrier's
     /// statements may run twice, and the write they follow has already committed.
-    async fn retried(&self, step: &Step<'_>) -> Result<Answer, StorageError> {
+    async fn retried<'a, T>(
+        &self,
+        f: impl Fn(
+            deadpool_postgres::Object,
+        ) -> Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'a>>,
+    ) -> Result<T, StorageError> {
         let mut last = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            match self.attempt(step).await {
-                Ok(answer) => return Ok(answer),
+            let result = match self.pool.get().await {
+                Ok(client) => f(client).await,
+                Err(e) => Err(fail(e)),
+            };
+            match result {
+                Ok(value) => return Ok(value),
                 Err(e) => last = Some(e),
             }
         }
         Err(unsettled(last))
     }
-
-    async fn attempt(&self, step: &Step<'_>) -> Result<Answer, StorageError> {
-        let client = self.pool.get().await.map_err(fail)?;
-        Ok(match step {
-            Step::Barrier(sql) => Answer::Listed(
-                client
-                    .simple_query(sql)
-                    .await
-                    .map_err(fail)?
-                    .iter()
-                    .filter_map(|m| match m {
-                        SimpleQueryMessage::Row(row)
-                            if row.columns().first().is_some_and(|c| c.name() == "id") =>
-                        {
-                            row.get(0).map(str::to_owned)
-                        }
-                        _ => None,
-                    })
-                    .collect(),
-            ),
-            Step::Revoke(ids) => {
-                let mut left = 0f64;
-                for row in client
-                    .query(&self.readers.revoke, &[ids])
-                    .await
-                    .map_err(fail)?
-                {
-                    left = left.max(row.try_get::<_, f64>(0).map_err(fail)?);
-                }
-                Answer::Left(left)
-            }
-        })
-    }
-}
-
-/// A statement of a barrier ([`PgStore::retried`]).
-enum Step<'a> {
-    /// The listing and the notification, as one simple-protocol transaction.
-    Barrier(&'a str),
-    /// Revoke these readers' leases.
-    Revoke(&'a [String]),
-}
-
-/// What a [`Step`] returned.
-enum Answer {
-    /// The readers holding a valid lease.
-    Listed(Vec<String>),
-    /// Seconds until the last revoked lease runs out.
-    Left(f64),
 }
 
 fn unsettled(cause: Option<StorageError>) -> StorageError {
