@@ -8,12 +8,18 @@
 #
 #   bench/admission.sh [CONNECTIONS] [SECONDS]
 #   KEYHAVEN=path/to/keyhaven bench/admission.sh ...   (that binary as the webhook)
+#   ADMISSION_LOAD=path/to/admission_load KEYHAVEN=... bench/admission.sh ...
+#     (prebuilt binaries: nothing is built, so builds of other commits can be interleaved)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 connections="${1:-4}"
 seconds="${2:-10}"
 target="${CARGO_TARGET_DIR:-target}/release"
-if [ -n "${KEYHAVEN:-}" ]; then
+load="$target/examples/admission_load"
+if [ -n "${ADMISSION_LOAD:-}" ]; then
+  load="$ADMISSION_LOAD"
+  keyhaven="${KEYHAVEN:?ADMISSION_LOAD needs KEYHAVEN}"
+elif [ -n "${KEYHAVEN:-}" ]; then
   # Another build of the webhook (an older commit, say), measured with this tree's driver.
   cargo build --release --locked -p keyhaven-k8s --example admission_load
   keyhaven="$KEYHAVEN"
@@ -38,4 +44,4 @@ for _ in $(seq 100); do
   curl -sf --cacert "$work/tls.crt" "https://localhost:$port/healthz" >/dev/null && break
   sleep 0.1
 done
-"$target/examples/admission_load" "localhost:$port" "$work/tls.crt" "$connections" "$seconds" "$pid"
+"$load" "localhost:$port" "$work/tls.crt" "$connections" "$seconds" "$pid"

@@ -3,7 +3,7 @@
 //! (same members in the same order, the last of duplicate keys, the same numbers).
 #![no_main]
 
-use keyhaven_scan::json::{Json, Tree};
+use keyhaven_scan::json::{Arena, Json, Tree};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,12 +11,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let value = serde_json::from_str::<serde_json::Value>(text);
-    let tree = serde_json::from_str::<Tree<'_>>(text);
+    let (arena, converted) = (Arena::new(), Arena::new());
+    let tree = Tree::parse(text, &arena);
     match (value, tree) {
         (Ok(value), Ok(tree)) => {
             assert_eq!(tree.to_value(), value, "a tree that is not its value");
             assert_eq!(tree.to_text(), value.to_string(), "a tree that prints otherwise");
-            assert_eq!(Tree::from_value(&value), tree, "a tree not as converted");
+            assert_eq!(Tree::from_value(&value, &converted), tree, "a tree not as converted");
         }
         (Err(_), Err(_)) => {}
         (value, tree) => panic!(

@@ -582,20 +582,18 @@ const EXEMPT_SUFFIXES: &[&str] = &[
 
 /// Whether an env var name designates a credential (and is not a pointer to one).
 pub fn sensitive_env_name(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    let words: Vec<&str> = upper
-        .split(['_', '-', '.'])
-        .filter(|w| !w.is_empty())
-        .collect();
-    if words.last().is_some_and(|l| EXEMPT_SUFFIXES.contains(l)) {
-        return false;
+    // Words compared case-insensitively in place (every env var of every admission review
+    // comes through here: no upper-case copy, no word list).
+    let among = |list: &[&str], w: &str| list.iter().any(|l| l.eq_ignore_ascii_case(w));
+    let (mut prev, mut last, mut sensitive) = (None, None, false);
+    for w in name.split(['_', '-', '.']).filter(|w| !w.is_empty()) {
+        sensitive = sensitive
+            || among(SENSITIVE_WORDS, w)
+            || (w.eq_ignore_ascii_case("KEY") && prev.is_some_and(|p| among(KEY_QUALIFIERS, p)));
+        prev = Some(w);
+        last = Some(w);
     }
-    words.iter().enumerate().any(|(i, w)| {
-        SENSITIVE_WORDS.contains(w)
-            || (*w == "KEY"
-                && i > 0
-                && words.get(i - 1).is_some_and(|p| KEY_QUALIFIERS.contains(p)))
-    })
+    sensitive && !last.is_some_and(|l| among(EXEMPT_SUFFIXES, l))
 }
 
 fn literal_secret_value(v: &str) -> bool {
@@ -616,6 +614,49 @@ mod tests {
 
     #[test]
     fn env_names() {
+        // What the upper-cased word list gave, for names of every shape.
+        let by_words = |name: &str| {
+            let upper = name.to_ascii_uppercase();
+            let words: Vec<&str> = upper
+                .split(['_', '-', '.'])
+                .filter(|w| !w.is_empty())
+                .collect();
+            !words.last().is_some_and(|l| EXEMPT_SUFFIXES.contains(l))
+                && words.iter().enumerate().any(|(i, w)| {
+                    SENSITIVE_WORDS.contains(w)
+                        || (*w == "KEY"
+                            && i > 0
+                            && words.get(i - 1).is_some_and(|p| KEY_QUALIFIERS.contains(p)))
+                })
+        };
+        for name in [
+            "",
+            "_",
+            "key",
+            "KEY",
+            "api_key",
+            "Api-Key.file",
+            "api__key",
+            "_api_key_",
+            "private.key",
+            "db_password",
+            "Db_Password_File",
+            "PASSWORD_URL_x",
+            "token",
+            "my-secret-ref",
+            "secret_key",
+            "SIGNING__KEY",
+            "pässword",
+            "PASSWÖRD",
+            "pass.",
+            "access_key_id",
+            "KEY_API",
+            "x_PWD",
+            "secrets_dir",
+            "TOKEN_PATH",
+        ] {
+            assert_eq!(sensitive_env_name(name), by_words(name), "{name:?}");
+        }
         assert!(sensitive_env_name("DB_PASSWORD"));
         assert!(sensitive_env_name("AWS_SECRET_ACCESS_KEY"));
         assert!(sensitive_env_name("API_KEY"));

@@ -20,6 +20,7 @@
 //! Evaluation has no side effects: a `dryRun` request gets the same answer and changes
 //! nothing.
 
+mod decode;
 pub mod policy;
 pub mod server;
 
@@ -29,12 +30,12 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use keyhaven_scan::engine::{Engine, EngineOptions, Scratch};
-use keyhaven_scan::json::{Json, Tree};
+use keyhaven_scan::json::{Arena, Json, Tree};
 use keyhaven_scan::k8s;
 use keyhaven_scan::posture;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
+use decode::{GroupVersionKind, RequestIn};
 pub use policy::{Mode, Policy};
 
 /// Largest AdmissionReview accepted: the apiserver stores objects up to 3 MiB, and an
@@ -75,48 +76,6 @@ pub enum ReviewError {
     /// A plain manifest that cannot be parsed.
     #[error("the manifest cannot be parsed: {0}")]
     Manifest(String),
-}
-
-/// The review as decoded: the objects borrow their keys and strings from the request
-/// body (a `Value` tree would allocate each of them).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewIn<'a> {
-    #[serde(default)]
-    api_version: String,
-    #[serde(default)]
-    kind: String,
-    #[serde(borrow)]
-    request: Option<RequestIn<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct GroupVersionKind {
-    #[serde(default)]
-    kind: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
-    #[serde(default)]
-    uid: String,
-    #[serde(default)]
-    kind: GroupVersionKind,
-    #[serde(default)]
-    sub_resource: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    operation: String,
-    #[serde(default, borrow)]
-    object: Option<Tree<'a>>,
-    #[serde(default, borrow)]
-    old_object: Option<Tree<'a>>,
-    #[serde(default)]
-    dry_run: Option<bool>,
 }
 
 /// One finding and what the policy made of it.
@@ -237,7 +196,13 @@ thread_local! {
     /// thread (webhook reviews run on the blocking pool's long-lived threads): a scratch per
     /// review would start with cold regex caches and take them from a shared pool.
     static SCRATCH: RefCell<(u64, Scratch)> = RefCell::new((u64::MAX, Scratch::default()));
+    /// Where this thread's reviews are decoded (see [`Arena`]), emptied after each.
+    static ARENA: RefCell<Arena> = RefCell::new(Arena::new());
 }
+
+/// An arena that grew past this (a review of several MiB) is dropped after its review
+/// instead of being kept for the next.
+const ARENA_KEPT_BYTES: usize = 1024 * 1024;
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -299,13 +264,22 @@ impl Admission {
         if body.len() > MAX_REVIEW_BYTES {
             return Err(ReviewError::TooLarge(body.len()));
         }
-        // Valid UTF-8 is checked once for the whole body, not string by string (the same
-        // decoding; invalid UTF-8 keeps serde_json's error, with its position).
-        let review: ReviewIn = match std::str::from_utf8(body) {
-            Ok(text) => serde_json::from_str(text),
-            Err(_) => serde_json::from_slice(body),
-        }
-        .map_err(|e| json_error(&e))?;
+        ARENA.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut arena) => {
+                let decision = self.decode_and_judge(body, &arena);
+                if arena.allocated_bytes() > ARENA_KEPT_BYTES {
+                    *arena = Arena::new();
+                } else {
+                    arena.reset();
+                }
+                decision
+            }
+            Err(_) => self.decode_and_judge(body, &Arena::new()),
+        })
+    }
+
+    fn decode_and_judge(&self, body: &[u8], arena: &Arena) -> Result<Decision, ReviewError> {
+        let review = decode::review(body, arena).map_err(|e| json_error(&e))?;
         if review.kind != "AdmissionReview" {
             return Err(ReviewError::Kind(truncate(&review.kind, 64)));
         }
@@ -360,6 +334,7 @@ impl Admission {
     }
 
     fn manifest_objects(&self, docs: &[Value]) -> Vec<Decision> {
+        let arena = Arena::new();
         let mut objects: Vec<&Value> = Vec::new();
         for v in docs {
             if v.get("kind").and_then(Value::as_str) == Some("List") {
@@ -385,7 +360,7 @@ impl Admission {
                     name: None,
                     namespace: None,
                     operation: "CREATE".to_owned(),
-                    object: Some(Tree::from_value(object)),
+                    object: Some(Tree::from_value(object, &arena)),
                     old_object: None,
                     dry_run: None,
                 })
@@ -830,7 +805,7 @@ fn walk_strings<'t>(
             true
         }
         Tree::Object(entries) => {
-            for (k, item) in entries {
+            for &(k, ref item) in *entries {
                 if (root_metadata && k == "managedFields")
                     || k == "kubectl.kubernetes.io/last-applied-configuration"
                 {
@@ -962,7 +937,8 @@ mod tests {
                     {"name": "B", "value": "second long value"}]}],
                 "managedFields": "kept: only the root metadata's are skipped"}
         }"#;
-        let tree: Tree<'_> = serde_json::from_str(text).unwrap();
+        let arena = Arena::new();
+        let tree = Tree::parse(text, &arena).unwrap();
         let gathered = |skip: &BTreeSet<String>| {
             let mut leaves = Leaves::default();
             leaves.collect(&tree, skip);
