@@ -990,6 +990,39 @@ mod tests {
     }
 
     #[test]
+    fn a_large_review_does_not_leave_its_arena_behind() {
+        let admission = Admission::new(Policy::default()).unwrap();
+        let review = |data: Value| {
+            serde_json::to_vec(&json!({
+                "apiVersion": API_VERSION, "kind": "AdmissionReview",
+                "request": {"uid": "u", "operation": "CREATE", "kind": {"kind": "ConfigMap"},
+                    "object": {"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "m", "namespace": "ns"}, "data": data}}}))
+            .unwrap()
+        };
+        let held = || ARENA.with(|a| a.borrow().allocated_bytes());
+        // Reviews run one after another on this thread, each in the thread's arena.
+        let small = review(json!({"greeting": "hello"}));
+        assert!(admission.review(&small).unwrap().allowed);
+        let kept = held();
+        assert!(kept > 0 && kept <= ARENA_KEPT_BYTES, "{kept}");
+        let data: serde_json::Map<String, Value> = (0..40_000)
+            .map(|i| {
+                (
+                    format!("key-{i}"),
+                    Value::String(format!("value number {i}")),
+                )
+            })
+            .collect();
+        let large = review(Value::Object(data));
+        assert!(large.len() > ARENA_KEPT_BYTES);
+        assert!(admission.review(&large).unwrap().allowed);
+        assert!(held() <= ARENA_KEPT_BYTES, "{} bytes kept", held());
+        // And the next review decodes as before.
+        assert!(admission.review(&small).unwrap().allowed);
+    }
+
+    #[test]
     fn push_index_writes_what_format_writes() {
         for i in [0usize, 7, 10, 99, 100, 12345, usize::MAX] {
             let mut path = "spec.containers".to_owned();
