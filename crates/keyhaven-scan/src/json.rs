@@ -80,7 +80,7 @@ impl Json for Value {
 /// Memory for [`Tree`]s: every array and object of a decoded document, and every string
 /// with an escape, is placed here by bumping a pointer, and all of it is given back at
 /// once by [`Arena::reset`] (nothing in a tree needs dropping). One arena per thread,
-/// reset before each document, makes decoding allocation-free once it has grown.
+/// reset between documents, makes decoding allocation-free once it has grown.
 #[derive(Default)]
 pub struct Arena(bumpalo::Bump);
 

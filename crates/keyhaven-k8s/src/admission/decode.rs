@@ -72,11 +72,24 @@ fn first<E: de::Error>(seen: &mut bool, field: &'static str) -> Result<(), E> {
     Ok(())
 }
 
-/// An object's member, `null` meaning absent.
+/// The value of a field seen once.
+fn value<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+    map: &mut A,
+    seen: &mut bool,
+    field: &'static str,
+) -> Result<T, A::Error> {
+    first(seen, field)?;
+    map.next_value()
+}
+
+/// An object seen once, `null` meaning absent.
 fn object<'de: 'a, 'a, A: MapAccess<'de>>(
     map: &mut A,
     builder: &mut Builder<'a>,
+    seen: &mut bool,
+    field: &'static str,
 ) -> Result<Option<Tree<'a>>, A::Error> {
+    first(seen, field)?;
     let tree = map.next_value_seed(builder.seed())?;
     Ok((tree != Tree::Null).then_some(tree))
 }
@@ -104,14 +117,8 @@ impl<'de: 'a, 'a> Visitor<'de> for ReviewSeed<'_, 'a> {
         let (mut api_version, mut kind, mut request) = (false, false, false);
         while let Some(key) = map.next_key_seed(b.key_seed())? {
             match key {
-                "apiVersion" => {
-                    first(&mut api_version, "apiVersion")?;
-                    out.api_version = map.next_value()?;
-                }
-                "kind" => {
-                    first(&mut kind, "kind")?;
-                    out.kind = map.next_value()?;
-                }
+                "apiVersion" => out.api_version = value(&mut map, &mut api_version, "apiVersion")?,
+                "kind" => out.kind = value(&mut map, &mut kind, "kind")?,
                 "request" => {
                     first(&mut request, "request")?;
                     out.request = map.next_value_seed(OptionalRequest(&mut *b))?;
@@ -172,42 +179,15 @@ impl<'de: 'a, 'a> Visitor<'de> for RequestSeed<'_, 'a> {
         let [uid, kind, sub, name, ns, op, obj, old, dry] = &mut seen;
         while let Some(key) = map.next_key_seed(b.key_seed())? {
             match key {
-                "uid" => {
-                    first(uid, "uid")?;
-                    out.uid = map.next_value()?;
-                }
-                "kind" => {
-                    first(kind, "kind")?;
-                    out.kind = map.next_value()?;
-                }
-                "subResource" => {
-                    first(sub, "subResource")?;
-                    out.sub_resource = map.next_value()?;
-                }
-                "name" => {
-                    first(name, "name")?;
-                    out.name = map.next_value()?;
-                }
-                "namespace" => {
-                    first(ns, "namespace")?;
-                    out.namespace = map.next_value()?;
-                }
-                "operation" => {
-                    first(op, "operation")?;
-                    out.operation = map.next_value()?;
-                }
-                "object" => {
-                    first(obj, "object")?;
-                    out.object = object(&mut map, b)?;
-                }
-                "oldObject" => {
-                    first(old, "oldObject")?;
-                    out.old_object = object(&mut map, b)?;
-                }
-                "dryRun" => {
-                    first(dry, "dryRun")?;
-                    out.dry_run = map.next_value()?;
-                }
+                "uid" => out.uid = value(&mut map, uid, "uid")?,
+                "kind" => out.kind = value(&mut map, kind, "kind")?,
+                "subResource" => out.sub_resource = value(&mut map, sub, "subResource")?,
+                "name" => out.name = value(&mut map, name, "name")?,
+                "namespace" => out.namespace = value(&mut map, ns, "namespace")?,
+                "operation" => out.operation = value(&mut map, op, "operation")?,
+                "object" => out.object = object(&mut map, b, obj, "object")?,
+                "oldObject" => out.old_object = object(&mut map, b, old, "oldObject")?,
+                "dryRun" => out.dry_run = value(&mut map, dry, "dryRun")?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
