@@ -68,12 +68,14 @@ impl TestSchema {
         client
     }
 
+    /// Run `sql` on a connection of its own, `{schema}` standing for the quoted schema.
+    async fn execute(&self, sql: &str) {
+        let sql = sql.replace("{schema}", &format!("\"{}\"", self.name));
+        self.client().await.batch_execute(&sql).await.unwrap();
+    }
+
     async fn drop_schema(self) {
-        let client = self.client().await;
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name))
-            .await
-            .unwrap();
+        self.execute("DROP SCHEMA IF EXISTS {schema} CASCADE").await;
     }
 }
 
@@ -110,14 +112,9 @@ async fn pg_refuses_a_schema_newer_than_the_code() {
     let Some(url) = pg_url() else { return };
     let schema = TestSchema::new(&url);
     schema.connect().await.close();
-    let client = schema.client().await;
-    client
-        .batch_execute(&format!(
-            "INSERT INTO \"{}\".schema_migrations (version) VALUES (99)",
-            schema.name
-        ))
-        .await
-        .unwrap();
+    schema
+        .execute("INSERT INTO {schema}.schema_migrations (version) VALUES (99)")
+        .await;
     match PgStore::connect(&url, schema.options()).await {
         Err(StorageError::SchemaTooNew {
             found: 99,
@@ -241,13 +238,9 @@ async fn pg_one_replica_leads_and_a_replaced_one_cannot_commit() {
     // until it wins, but A's writes are checked against term 1.
 
     // A stalls (its session stays open) past its TTL: simulated by expiring the row.
-    let db = schema.client().await;
-    db.batch_execute(&format!(
-        "UPDATE \"{}\".ha_leader SET valid_until = now() - interval '1 second'",
-        schema.name
-    ))
-    .await
-    .unwrap();
+    schema
+        .execute("UPDATE {schema}.ha_leader SET valid_until = now() - interval '1 second'")
+        .await;
     let term_b = ha_b
         .try_acquire()
         .await
@@ -287,13 +280,9 @@ async fn pg_a_dead_leaders_session_frees_the_leadership_at_once_and_release_hand
     let (_b, mut ha_b) = replica(&schema, "node-b", ttl).await;
     let term = ha_a.try_acquire().await.unwrap().unwrap();
     // The process dies: the database ends its session (the one the row names).
-    let db = schema.client().await;
-    db.batch_execute(&format!(
-        "SELECT pg_terminate_backend(backend_pid) FROM \"{}\".ha_leader",
-        schema.name
-    ))
-    .await
-    .unwrap();
+    schema
+        .execute("SELECT pg_terminate_backend(backend_pid) FROM {schema}.ha_leader")
+        .await;
     let mut taken = None;
     for _ in 0..50 {
         taken = ha_b.try_acquire().await.unwrap();
@@ -456,14 +445,11 @@ async fn pg_an_announced_write_returns_once_every_reader_applied_it_or_lost_its_
     standby.register_reader(READ_LEASE_TTL).await.unwrap();
     assert!(standby.renew_reader(READ_LEASE_TTL).await.unwrap());
     // A lease that ran out cannot be renewed (it was not waited for meanwhile).
-    let client = schema.client().await;
-    client
-        .batch_execute(&format!(
-            "UPDATE \"{}\".ha_readers SET valid_until = clock_timestamp() - interval '1 second'",
-            schema.name
-        ))
-        .await
-        .unwrap();
+    schema
+        .execute(
+            "UPDATE {schema}.ha_readers SET valid_until = clock_timestamp() - interval '1 second'",
+        )
+        .await;
     assert!(
         !standby.renew_reader(READ_LEASE_TTL).await.unwrap(),
         "an expired lease was renewed"
@@ -474,6 +460,8 @@ async fn pg_an_announced_write_returns_once_every_reader_applied_it_or_lost_its_
     let started = Instant::now();
     active.put("cached/a", b"4".to_vec()).await.unwrap();
     assert!(started.elapsed() < ACK_WAIT, "{:?}", started.elapsed());
+    drop((active, standby, ha, listener));
+    schema.drop_schema().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -580,14 +568,12 @@ async fn pg_the_active_announces_committed_changes_in_order_before_a_later_ping(
     assert_eq!(next_notice(&mut listener).await, Notice::Ping(3));
 
     // The connection ends: the listener says so.
-    let client = schema.client().await;
-    client
-        .batch_execute(
+    schema
+        .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE application_name = 'keyhaven/node-b' AND (query LIKE 'NOTIFY %' OR query LIKE '%LISTEN%')",
         )
-        .await
-        .unwrap();
+        .await;
     let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         while listener.next().await.is_some() {}
     })

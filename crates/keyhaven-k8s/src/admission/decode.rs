@@ -45,23 +45,22 @@ pub(super) fn review<'a>(
     body: &'a [u8],
     arena: &'a Arena,
 ) -> Result<ReviewIn<'a>, serde_json::Error> {
-    let mut builder = arena.builder();
     // Valid UTF-8 is checked once for the whole body, not string by string (the same
     // decoding; invalid UTF-8 keeps serde_json's error, with its position).
     match std::str::from_utf8(body) {
-        Ok(text) => {
-            let mut de = serde_json::Deserializer::from_str(text);
-            let review = ReviewSeed(&mut builder).deserialize(&mut de)?;
-            de.end()?;
-            Ok(review)
-        }
-        Err(_) => {
-            let mut de = serde_json::Deserializer::from_slice(body);
-            let review = ReviewSeed(&mut builder).deserialize(&mut de)?;
-            de.end()?;
-            Ok(review)
-        }
+        Ok(text) => whole(serde_json::Deserializer::from_str(text), arena),
+        Err(_) => whole(serde_json::Deserializer::from_slice(body), arena),
     }
+}
+
+/// The review read by `de`, with nothing after it but white space.
+fn whole<'a, R: serde_json::de::Read<'a>>(
+    mut de: serde_json::Deserializer<R>,
+    arena: &'a Arena,
+) -> Result<ReviewIn<'a>, serde_json::Error> {
+    let review = ReviewSeed(&mut arena.builder()).deserialize(&mut de)?;
+    de.end()?;
+    Ok(review)
 }
 
 /// Refuse a field seen before (what a derived decoder does).
