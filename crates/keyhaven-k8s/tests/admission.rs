@@ -33,6 +33,9 @@ fn denied_checks(d: &Decision) -> Vec<String> {
 /// status with a message on deny.
 fn check_shape(d: &Decision, request: &Value) {
     let r = d.to_review();
+    // What the webhook writes on the wire is that document.
+    let written: Value = serde_json::from_slice(&d.to_review_json()).unwrap();
+    assert_eq!(written, r);
     assert_eq!(r["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(r["kind"], "AdmissionReview");
     assert_eq!(r["response"]["uid"], request["request"]["uid"]);
@@ -550,6 +553,60 @@ fn a_plain_manifest_is_judged_as_a_create() {
     );
     assert!(a.review_file(b"").is_err());
     assert!(a.review_file(b"key: [unclosed\n").is_err());
+}
+
+/// A string repeated in several containers is scanned once, and what a rule finds in it is
+/// reported at every field path that holds it, in field order, beside the findings of
+/// the strings around it.
+#[test]
+fn a_secret_repeated_in_several_strings_is_reported_at_each() {
+    let a = admission();
+    let key = aws_key_id();
+    let arg = format!("--upstream-key={key}");
+    let object = edit(|s| {
+        let first = s["containers"][0].clone();
+        s["containers"][0]["args"] = json!(["--listen=:8080", arg.clone()]);
+        for (name, args) in [
+            ("sidecar", json!([arg.clone(), "--log-format=json"])),
+            ("clean", json!(["--listen=:8080", "--log-format=json"])),
+            (
+                "last",
+                json!(["--log-format=json", arg.clone(), arg.clone()]),
+            ),
+        ] {
+            let mut c = first.clone();
+            c["name"] = json!(name);
+            c["args"] = args;
+            s["containers"].as_array_mut().unwrap().push(c);
+        }
+    });
+    let d = a.review(&create(&object)).unwrap();
+    let found: Vec<(&str, &str)> = d
+        .hits
+        .iter()
+        .filter(|h| !h.check.starts_with("k8s-") && !h.check.starts_with("rbac-"))
+        .map(|h| (h.check.as_str(), h.field.as_str()))
+        .collect();
+    let at = |c: usize, i: usize| format!("spec.template.spec.containers[{c}].args[{i}]");
+    let (c0, c1, c3a, c3b) = (at(0, 1), at(1, 0), at(3, 1), at(3, 2));
+    assert_eq!(
+        found,
+        [
+            ("aws-access-key-id", c0.as_str()),
+            ("aws-access-key-id", c1.as_str()),
+            ("aws-access-key-id", c3a.as_str()),
+            ("aws-access-key-id", c3b.as_str()),
+        ]
+    );
+    assert!(!d.allowed);
+    let message = d.message.unwrap();
+    for field in [&c0, &c1, &c3a, &c3b] {
+        assert!(message.contains(field.as_str()), "{message}");
+    }
+    assert!(
+        !message.contains(&key),
+        "the secret is not echoed: {message}"
+    );
 }
 
 /// The secret rules run over all the strings of an object in one pass, each string judged

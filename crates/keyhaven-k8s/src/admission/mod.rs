@@ -29,11 +29,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use keyhaven_scan::engine::{Engine, EngineOptions, Scratch};
+use keyhaven_scan::engine::{Engine, EngineOptions, Match, Scratch};
 use keyhaven_scan::json::{Arena, Json, Tree};
 use keyhaven_scan::k8s;
 use keyhaven_scan::posture;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use decode::{GroupVersionKind, RequestIn};
 pub use policy::{Mode, Policy};
@@ -147,26 +148,38 @@ impl Decision {
 
     /// The AdmissionReview response object.
     pub fn to_review(&self) -> Value {
-        let mut response = serde_json::Map::new();
-        response.insert("uid".to_owned(), json!(self.uid));
-        response.insert("allowed".to_owned(), json!(self.allowed));
-        if let (Some(code), Some(message)) = (self.code, &self.message) {
-            response.insert(
-                "status".to_owned(),
-                json!({
-                    "code": code,
-                    "reason": if code == 403 { "Forbidden" } else { "BadRequest" },
-                    "message": message,
-                }),
-            );
+        serde_json::to_value(self.review_out()).unwrap_or(Value::Null)
+    }
+
+    /// The AdmissionReview response, encoded (what the webhook answers): the same
+    /// document as [`Decision::to_review`], written without building a `Value` first.
+    pub fn to_review_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.review_out()).unwrap_or_default()
+    }
+
+    fn review_out(&self) -> ReviewOut<'_> {
+        ReviewOut {
+            api_version: API_VERSION,
+            kind: "AdmissionReview",
+            response: ResponseOut {
+                allowed: self.allowed,
+                audit_annotations: (!self.audit.is_empty()).then_some(&self.audit),
+                status: self
+                    .code
+                    .zip(self.message.as_deref())
+                    .map(|(code, message)| StatusOut {
+                        code,
+                        message,
+                        reason: if code == 403 {
+                            "Forbidden"
+                        } else {
+                            "BadRequest"
+                        },
+                    }),
+                uid: &self.uid,
+                warnings: (!self.warnings.is_empty()).then_some(&self.warnings),
+            },
         }
-        if !self.warnings.is_empty() {
-            response.insert("warnings".to_owned(), json!(self.warnings));
-        }
-        if !self.audit.is_empty() {
-            response.insert("auditAnnotations".to_owned(), json!(self.audit));
-        }
-        json!({ "apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response })
     }
 
     /// `allowed`, `denied` or `error` (a request that could not be judged).
@@ -177,6 +190,34 @@ impl Decision {
             (false, _) => "error",
         }
     }
+}
+
+/// The AdmissionReview a decision answers (fields in `Value`'s key order).
+#[derive(Serialize)]
+struct ReviewOut<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+struct ResponseOut<'a> {
+    allowed: bool,
+    #[serde(rename = "auditAnnotations", skip_serializing_if = "Option::is_none")]
+    audit_annotations: Option<&'a BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut<'a>>,
+    uid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<&'a Vec<String>>,
+}
+
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    code: u16,
+    message: &'a str,
+    reason: &'static str,
 }
 
 /// The evaluator: the scanner's rules and the policy.
@@ -606,9 +647,9 @@ impl Admission {
 
         // The secret rules over every string of the object, with its field path: one
         // pass over all the strings, each judged as if scanned alone.
-        let mut leaves = Leaves::default();
+        let mut leaves = Leaves::new();
         leaves.collect(object, &secret_fields);
-        let matches = SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        let scanned = SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut slot) => {
                 if slot.0 != self.id {
                     *slot = (self.id, Scratch::per_thread());
@@ -629,6 +670,7 @@ impl Admission {
                 &mut Scratch::default(),
             ),
         });
+        let matches = leaves.per_string(scanned);
         let fields = Leaves::fields(
             object,
             &secret_fields,
@@ -712,30 +754,71 @@ struct Found<'a> {
     waivable: bool,
 }
 
-/// The strings of an object worth scanning, back to back.
-#[derive(Default)]
-struct Leaves {
-    /// The strings, each followed by a newline (never scanned: see
+/// The strings of an object worth scanning, back to back, each distinct string once.
+struct Leaves<'t> {
+    /// The distinct strings, each followed by a newline (never scanned: see
     /// [`Engine::scan_segments_with`]).
     text: Vec<u8>,
-    /// Each string's (start, end) in `text`.
+    /// Each distinct string's (start, end) in `text`.
     segments: Vec<(usize, usize)>,
+    /// For every string gathered, in walk order, the segment that holds its bytes. The
+    /// secret rules judge each string alone, so a string equal to an earlier one (an env
+    /// value or a mount path repeated in every container) is scanned once and its
+    /// matches are reported for each of its field paths.
+    strings: Vec<usize>,
+    /// The segment of each distinct string (a randomly seeded hash: the strings are the
+    /// request's).
+    seen: foldhash::HashMap<&'t str, usize>,
 }
 
-impl Leaves {
+impl<'t> Leaves<'t> {
+    /// Empty, with room for the strings of a typical workload (a few KB of text).
+    fn new() -> Leaves<'t> {
+        Leaves {
+            text: Vec::with_capacity(4096),
+            segments: Vec::with_capacity(256),
+            strings: Vec::with_capacity(256),
+            seen: foldhash::HashMap::with_capacity_and_hasher(256, Default::default()),
+        }
+    }
+
     /// Gather the strings of `object` of 8 bytes or more, except those at a field path in
     /// `skip` (field paths are only built when there is one to skip).
-    fn collect(&mut self, object: &Tree<'_>, skip: &BTreeSet<String>) {
+    fn collect(&mut self, object: &'t Tree<'_>, skip: &BTreeSet<String>) {
         let paths = !skip.is_empty();
         walk_object_strings(object, paths, &mut |s, path| {
             if !(paths && skip.contains(path)) {
-                let start = self.text.len();
-                self.text.extend_from_slice(s.as_bytes());
-                self.segments.push((start, self.text.len()));
-                self.text.push(b'\n');
+                let next = self.segments.len();
+                let segment = *self.seen.entry(s).or_insert(next);
+                if segment == next {
+                    let start = self.text.len();
+                    self.text.extend_from_slice(s.as_bytes());
+                    self.segments.push((start, self.text.len()));
+                    self.text.push(b'\n');
+                }
+                self.strings.push(segment);
             }
             true
         });
+    }
+
+    /// The scan's matches, (segment, match) in segment order, as (string number, match):
+    /// a segment's matches once for every string it holds, in string order.
+    fn per_string(&self, mut matches: Vec<(usize, Match)>) -> Vec<(usize, Match)> {
+        if matches.is_empty() || self.strings.len() == self.segments.len() {
+            // Every string its own segment, numbered alike.
+            return matches;
+        }
+        matches.sort_by_key(|&(segment, _)| segment);
+        let mut out = Vec::with_capacity(matches.len());
+        for (n, &segment) in self.strings.iter().enumerate() {
+            let from = matches.partition_point(|&(s, _)| s < segment);
+            let same = matches.get(from..).unwrap_or_default();
+            for (_, m) in same.iter().take_while(|&&(s, _)| s == segment) {
+                out.push((n, m.clone()));
+            }
+        }
+        out
     }
 
     /// The field paths of the strings numbered `wanted` (in [`Leaves::collect`]'s order,
@@ -898,6 +981,13 @@ pub fn fuzz_review(data: &[u8]) -> bool {
         if r.pointer("/response/uid") != Some(&Value::String(d.uid.clone())) {
             panic!("uid not echoed");
         }
+        if serde_json::from_slice::<Value>(&d.to_review_json())
+            .ok()
+            .as_ref()
+            != Some(&r)
+        {
+            panic!("the encoded response is not the response");
+        }
         if !d.allowed && (d.code.is_none() || d.message.is_none()) {
             panic!("a denial without a status");
         }
@@ -922,6 +1012,7 @@ pub fn fuzz_review(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn strings_are_gathered_in_order_and_their_paths_found_afterwards() {
@@ -940,7 +1031,7 @@ mod tests {
         let arena = Arena::new();
         let tree = Tree::parse(text, &arena).unwrap();
         let gathered = |skip: &BTreeSet<String>| {
-            let mut leaves = Leaves::default();
+            let mut leaves = Leaves::new();
             leaves.collect(&tree, skip);
             let strings: Vec<String> = leaves
                 .segments
@@ -986,6 +1077,36 @@ mod tests {
                 (1, "spec.containers[0].env[0].value".to_owned()),
                 (3, "spec.containers[0].image".to_owned())
             ]
+        );
+    }
+
+    #[test]
+    fn equal_strings_share_one_segment_and_its_matches() {
+        let text = r#"{"a": ["same long text", "other long text", "same long text"],
+                       "b": "same long text"}"#;
+        let arena = Arena::new();
+        let tree = Tree::parse(text, &arena).unwrap();
+        let mut leaves = Leaves::new();
+        leaves.collect(&tree, &BTreeSet::new());
+        assert_eq!(leaves.text, b"same long text\nother long text\n");
+        assert_eq!(leaves.segments.len(), 2);
+        assert_eq!(leaves.strings, [0, 1, 0, 0]);
+        // A segment's matches, once per string it holds, in string order.
+        let m = |rule| Match {
+            rule,
+            offset: 0,
+            line: 1,
+            column: 1,
+            secret: Vec::new(),
+        };
+        let per_string: Vec<(usize, usize)> = leaves
+            .per_string(vec![(0, m(7)), (0, m(8)), (1, m(9))])
+            .into_iter()
+            .map(|(n, m)| (n, m.rule))
+            .collect();
+        assert_eq!(
+            per_string,
+            [(0, 7), (0, 8), (1, 9), (2, 7), (2, 8), (3, 7), (3, 8)]
         );
     }
 

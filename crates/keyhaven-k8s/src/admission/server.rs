@@ -368,7 +368,7 @@ impl Webhook {
                 let elapsed = started.elapsed();
                 self.metrics.decision(&d, elapsed);
                 log_decision(&d, elapsed);
-                let body = serde_json::to_vec(&d.to_review()).unwrap_or_default();
+                let body = d.to_review_json();
                 response(StatusCode::OK, "application/json", body)
             }
             Err(e) => {
