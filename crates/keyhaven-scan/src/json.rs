@@ -345,12 +345,14 @@ impl Json for Tree<'_> {
         let Tree::Object(entries) = self else {
             return None;
         };
-        // Most objects of a manifest have a handful of members: comparing lengths first
-        // skips nearly every string comparison, where a binary search makes several.
+        // Most objects of a manifest have a handful of members: comparing lengths and
+        // first bytes skips nearly every call to `memcmp`, where a binary search makes
+        // several.
         if entries.len() <= 16 {
+            let first = key.as_bytes().first();
             return entries
                 .iter()
-                .find(|(k, _)| k.len() == key.len() && *k == key)
+                .find(|(k, _)| k.len() == key.len() && k.as_bytes().first() == first && *k == key)
                 .map(|(_, v)| v);
         }
         let i = entries.binary_search_by(|(k, _)| (*k).cmp(key)).ok()?;

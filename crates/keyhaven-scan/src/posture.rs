@@ -294,15 +294,49 @@ pub fn pod_spec_path(kind: &str) -> Option<&'static str> {
 }
 
 /// All containers of a pod spec with their path inside it (`containers[0]`).
-pub fn containers_with_paths<V: Json>(spec: &V) -> impl Iterator<Item = (String, &V)> {
+pub fn containers_with_paths<V: Json>(spec: &V) -> impl Iterator<Item = (ContainerAt, &V)> {
     ["initContainers", "containers", "ephemeralContainers"]
         .into_iter()
         .filter_map(|k| spec.get(k).and_then(V::as_array).map(|a| (k, a)))
-        .flat_map(|(k, a)| {
+        .flat_map(|(list, a)| {
             a.iter()
                 .enumerate()
-                .map(move |(i, c)| (format!("{k}[{i}]"), c))
+                .map(move |(index, c)| (ContainerAt { list, index }, c))
         })
+}
+
+/// Where a container is in its pod spec: its list and index, written `containers[3]`
+/// (only when a finding needs the path: most containers have none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerAt {
+    /// `initContainers`, `containers` or `ephemeralContainers`.
+    pub list: &'static str,
+    /// The index in that list.
+    pub index: usize,
+}
+
+impl ContainerAt {
+    /// An ephemeral (debug) container.
+    pub fn ephemeral(&self) -> bool {
+        self.list == "ephemeralContainers"
+    }
+
+    /// The container's field path under the pod spec's path `base` (`spec.containers[3]`).
+    pub fn under(self, base: &str) -> impl std::fmt::Display + '_ {
+        struct Under<'a>(&'a str, ContainerAt);
+        impl std::fmt::Display for Under<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}.{}", self.0, self.1)
+            }
+        }
+        Under(base, self)
+    }
+}
+
+impl std::fmt::Display for ContainerAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.list, self.index)
+    }
 }
 
 /// All containers of a pod spec (init, regular and ephemeral).
@@ -765,9 +799,10 @@ fn pod_checks<V: Json>(
     let pod_sc = spec.get("securityContext");
     let pod_non_root = pod_sc.and_then(|s| bool_at(s, "runAsNonRoot"));
     let pod_user = pod_sc.and_then(|s| s.get("runAsUser")).and_then(V::as_i64);
-    for (cpath, c) in containers_with_paths(spec) {
+    for (place, c) in containers_with_paths(spec) {
         let cname = c.get("name").and_then(V::as_str).unwrap_or("?");
-        let cpath = format!("{base}.{cpath}");
+        // Written into a finding's field path only when there is a finding.
+        let cpath = place.under(base);
         let sc = c.get("securityContext");
         let sc_bool = |p: &str| sc.and_then(|s| bool_at(s, p));
         if sc_bool("privileged") == Some(true) {
@@ -816,7 +851,7 @@ fn pod_checks<V: Json>(
                 "{label} container {cname} may run as root (runAsNonRoot not true, no non-zero runAsUser)"));
         }
         // Ephemeral (debug) containers cannot set a read-only root or limits.
-        let ephemeral = cpath.contains(".ephemeralContainers[");
+        let ephemeral = place.ephemeral();
         if !ephemeral && sc_bool("readOnlyRootFilesystem") != Some(true) {
             out.push(
                 "k8s-writable-root-fs",
