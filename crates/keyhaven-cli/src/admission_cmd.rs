@@ -207,9 +207,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let exec_error = exec_with_webhook_allocator();
     let filter =
         tracing_subscriber::EnvFilter::try_new(&args.log_level).context("invalid log filter")?;
+    // A line per decision: written in batches (see `log_batch`), not one `write` each.
+    let (writer, _flush) = crate::log_batch::Batched::new(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false);
     let installed = match args.log_format.as_str() {
         "json" => builder.json().try_init(),

@@ -26,6 +26,7 @@ mod generic_cmd;
 mod kms_plugin_cmd;
 mod kv_cmd;
 mod lease_cmd;
+mod log_batch;
 mod login_cmd;
 mod mounts_cmd;
 mod operator_cmd;
