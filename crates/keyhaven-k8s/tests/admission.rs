@@ -555,6 +555,64 @@ fn a_plain_manifest_is_judged_as_a_create() {
     assert!(a.review_file(b"key: [unclosed\n").is_err());
 }
 
+/// An UPDATE is judged on its new object: a violation it brings is denied, one the old
+/// object had already is only warned about, and a clean object is allowed whatever the old
+/// one held.
+#[test]
+fn an_update_is_judged_against_its_old_object() {
+    let a = admission();
+    let update = |object: &Value, old: &Value| {
+        let mut review: Value = serde_json::from_slice(&create(object)).unwrap();
+        review["request"]["operation"] = json!("UPDATE");
+        review["request"]["oldObject"] = old.clone();
+        a.review(&serde_json::to_vec(&review).unwrap()).unwrap()
+    };
+    let clean = edit(|_| {});
+    let privileged = edit(|s| s["containers"][0]["securityContext"]["privileged"] = json!(true));
+    let both = edit(|s| {
+        s["containers"][0]["securityContext"]["privileged"] = json!(true);
+        s["hostNetwork"] = json!(true);
+    });
+    let secret = edit(|s| {
+        s["containers"][0]["args"] = json!([format!("--aws-key-id={}", aws_key_id())]);
+    });
+
+    // Brought by this update: denied.
+    let d = update(&privileged, &clean);
+    assert_eq!(denied_checks(&d), ["k8s-privileged"]);
+    // Already there: a warning, the rest denied as before.
+    let d = update(&both, &privileged);
+    assert_eq!(denied_checks(&d), ["k8s-host-network"]);
+    let kept = d.hits.iter().find(|h| h.check == "k8s-privileged").unwrap();
+    assert_eq!(kept.mode, Mode::Warn);
+    assert!(
+        kept.title.ends_with("(already so before this update)"),
+        "{}",
+        kept.title
+    );
+    assert!(
+        d.warnings
+            .iter()
+            .any(|w| w.starts_with("[k8s-privileged] ")),
+        "{:?}",
+        d.warnings
+    );
+    let d = update(&secret, &secret);
+    assert!(d.allowed, "{:?}", d.message);
+    assert!(
+        d.warnings
+            .iter()
+            .any(|w| w.starts_with("[aws-access-key-id] ")),
+        "{:?}",
+        d.warnings
+    );
+    // A clean object is allowed, without warnings, whatever the old one held.
+    for old in [&clean, &privileged, &both, &secret] {
+        let d = update(&clean, old);
+        assert!(d.allowed && d.warnings.is_empty(), "{:?}", d.to_review());
+    }
+}
+
 /// A string repeated in several containers is scanned once, and what a rule finds in it is
 /// reported at every field path that holds it, in field order, beside the findings of
 /// the strings around it.

@@ -464,7 +464,10 @@ impl Admission {
         }
 
         let (mut hits, exempted) = self.findings(&d.kind, &d.namespace, &d.name, object);
-        if let (true, Some(old)) = (d.operation == "UPDATE", req.old_object) {
+        // The old object only turns an enforced finding that was already there into a
+        // warning: without one it is not judged (most updates).
+        let enforced = hits.iter().any(|h| h.mode == Mode::Enforce);
+        if let (true, true, Some(old)) = (d.operation == "UPDATE", enforced, req.old_object) {
             let (old_hits, _) = self.findings(&d.kind, &d.namespace, &d.name, old);
             let before: BTreeSet<(&str, &str)> = old_hits
                 .iter()
