@@ -757,6 +757,7 @@ impl PgStore {
                     if failure.is_lost_connection() && attempt < LOST_CONNECTION_RETRIES =>
                 {
                     attempt += 1;
+                    drop_idle(&self.pool);
                 }
                 Err(failure) => return Err(failure.into_storage()),
             }
@@ -788,9 +789,19 @@ fn announcement(
 /// (after a database restart every pooled connection is).
 const LOST_CONNECTION_RETRIES: u32 = 4;
 
+/// Close every idle connection of `pool`, after one was found dead. A dead connection
+/// nearly always means the server ended them all (a restart, a fail-over, an operator
+/// ending sessions), and a pooled connection is only known dead once its end has been
+/// read: under load, several retries in a row could each take one that is not yet
+/// known. The retry then opens a new connection. Connections in use are not touched:
+/// their calls find out and retry for themselves.
+fn drop_idle(pool: &Pool) {
+    pool.retain(|_, _| false);
+}
+
 /// A read, sent again on another connection while the one it got was found dead (at
 /// most [`LOST_CONNECTION_RETRIES`] times): a read has no effect to repeat.
-async fn reading<T, F, Fut>(mut once: F) -> Result<T, StorageError>
+async fn reading<T, F, Fut>(pool: &Pool, mut once: F) -> Result<T, StorageError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Failure>>,
@@ -800,6 +811,7 @@ where
         match once().await {
             Err(failure) if failure.is_lost_connection() && attempt < LOST_CONNECTION_RETRIES => {
                 attempt += 1;
+                drop_idle(pool);
             }
             other => return other.map_err(Failure::into_storage),
         }
@@ -817,7 +829,7 @@ fn backoff(attempt: u32) -> Duration {
 impl Store for PgStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         validate_key(key)?;
-        reading(|| async {
+        reading(&self.pool, || async {
             let client = self.pool.get().await?;
             let stmt = client.prepare_cached(&self.sql.get).await?;
             let row = client.query_opt(&stmt, &[&key.as_bytes()]).await?;
@@ -870,7 +882,7 @@ impl Store for PgStore {
         // One more row than names: the key equal to the prefix yields no name.
         let rows = i64::try_from(limit.min(keyhaven_storage::MAX_LIST_PAGE) + 1)
             .map_err(StorageError::unavailable)?;
-        let found = reading(|| async {
+        let found = reading(&self.pool, || async {
             let client = self.pool.get().await?;
             let stmt = client.prepare_cached(&self.sql.list).await?;
             Ok(client

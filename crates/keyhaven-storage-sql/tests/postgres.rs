@@ -348,6 +348,47 @@ async fn pg_calls_survive_the_database_ending_every_session() {
     schema.drop_schema().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_reads_survive_a_full_pool_of_ended_sessions() {
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::new(&url);
+    let mut options = schema.options();
+    options.application_name = Some(format!("keyhaven/{}", schema.name));
+    let store = Arc::new(PgStore::connect(&schema.url, options).await.unwrap());
+    store.put("a/1", b"v".to_vec()).await.unwrap();
+    let db = schema.client().await;
+    for round in 0..5 {
+        // Every connection of the pool open at once, then all ended.
+        let reads: Vec<_> = (0..64)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.get("a/1").await.unwrap() })
+            })
+            .collect();
+        for r in reads {
+            assert_eq!(r.await.unwrap(), Some(b"v".to_vec()));
+        }
+        db.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("keyhaven/{}", schema.name)],
+        )
+        .await
+        .unwrap();
+        let reads: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.get("a/1").await })
+            })
+            .collect();
+        for r in reads {
+            let got = r.await.unwrap();
+            assert!(matches!(got, Ok(Some(_))), "round {round}: {got:?}");
+        }
+    }
+    drop(store);
+    schema.drop_schema().await;
+}
+
 /// The rule of these tests: announce keys under `cached/`, a replaced entry only when
 /// the transaction required its old value.
 fn cached_only(key: &str, write: keyhaven_storage::KeyWrite) -> bool {
