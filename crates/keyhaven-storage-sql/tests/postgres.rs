@@ -310,33 +310,55 @@ async fn pg_a_dead_leaders_session_frees_the_leadership_at_once_and_release_hand
     schema.drop_schema().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pg_calls_survive_the_database_ending_every_session() {
-    let Some(url) = pg_url() else { return };
-    let schema = TestSchema::new(&url);
+/// A store whose sessions carry the schema's name, holding `a/1` = `v`.
+async fn named_store(schema: &TestSchema) -> Arc<PgStore> {
     let mut options = schema.options();
     options.application_name = Some(format!("keyhaven/{}", schema.name));
     let store = Arc::new(PgStore::connect(&schema.url, options).await.unwrap());
     store.put("a/1", b"v".to_vec()).await.unwrap();
-    // Several pooled connections, all about to be ended.
-    let reads: Vec<_> = (0..8)
+    store
+}
+
+/// `n` reads of `a/1` at once (as many pooled connections as the pool allows).
+async fn read_at_once(
+    store: &Arc<PgStore>,
+    n: usize,
+) -> Vec<Result<Option<Vec<u8>>, StorageError>> {
+    let reads: Vec<_> = (0..n)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.get("a/1").await.unwrap() })
+            tokio::spawn(async move { store.get("a/1").await })
         })
         .collect();
+    let mut got = Vec::new();
     for r in reads {
-        assert_eq!(r.await.unwrap(), Some(b"v".to_vec()));
+        got.push(r.await.unwrap());
+    }
+    got
+}
+
+/// End every session of [`named_store`]'s store; how many there were.
+async fn end_sessions(db: &tokio_postgres::Client, schema: &TestSchema) -> usize {
+    db.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        &[&format!("keyhaven/{}", schema.name)],
+    )
+    .await
+    .unwrap()
+    .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_calls_survive_the_database_ending_every_session() {
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::new(&url);
+    let store = named_store(&schema).await;
+    // Several pooled connections, all about to be ended.
+    for r in read_at_once(&store, 8).await {
+        assert_eq!(r.unwrap(), Some(b"v".to_vec()));
     }
     let db = schema.client().await;
-    let ended = db
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-            &[&format!("keyhaven/{}", schema.name)],
-        )
-        .await
-        .unwrap();
-    assert!(!ended.is_empty());
+    assert!(end_sessions(&db, &schema).await > 0);
     // Reads, writes and listings right afterwards are answered, not failed.
     assert_eq!(store.get("a/1").await.unwrap(), Some(b"v".to_vec()));
     store.put("a/2", b"w".to_vec()).await.unwrap();
@@ -352,36 +374,15 @@ async fn pg_calls_survive_the_database_ending_every_session() {
 async fn pg_reads_survive_a_full_pool_of_ended_sessions() {
     let Some(url) = pg_url() else { return };
     let schema = TestSchema::new(&url);
-    let mut options = schema.options();
-    options.application_name = Some(format!("keyhaven/{}", schema.name));
-    let store = Arc::new(PgStore::connect(&schema.url, options).await.unwrap());
-    store.put("a/1", b"v".to_vec()).await.unwrap();
+    let store = named_store(&schema).await;
     let db = schema.client().await;
     for round in 0..5 {
         // Every connection of the pool open at once, then all ended.
-        let reads: Vec<_> = (0..64)
-            .map(|_| {
-                let store = store.clone();
-                tokio::spawn(async move { store.get("a/1").await.unwrap() })
-            })
-            .collect();
-        for r in reads {
-            assert_eq!(r.await.unwrap(), Some(b"v".to_vec()));
+        for r in read_at_once(&store, 64).await {
+            assert_eq!(r.unwrap(), Some(b"v".to_vec()));
         }
-        db.query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-            &[&format!("keyhaven/{}", schema.name)],
-        )
-        .await
-        .unwrap();
-        let reads: Vec<_> = (0..4)
-            .map(|_| {
-                let store = store.clone();
-                tokio::spawn(async move { store.get("a/1").await })
-            })
-            .collect();
-        for r in reads {
-            let got = r.await.unwrap();
+        end_sessions(&db, &schema).await;
+        for got in read_at_once(&store, 4).await {
             assert!(matches!(got, Ok(Some(_))), "round {round}: {got:?}");
         }
     }
