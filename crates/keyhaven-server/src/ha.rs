@@ -42,6 +42,9 @@ pub(crate) const FORWARDED_BY: &str = "x-keyhaven-forwarded-by";
 /// The client's address as a standby saw it: `<ip> <unix seconds> <hex HMAC>`, the HMAC
 /// under [`Core::forwarding_key`] of the address, the time, the method and the path.
 pub(crate) const FORWARDED_FOR: &str = "x-keyhaven-forwarded-for";
+/// [`FORWARDED_FOR`], parsed once: it is looked up on every request.
+static FORWARDED_FOR_NAME: axum::http::HeaderName =
+    axum::http::HeaderName::from_static(FORWARDED_FOR);
 /// How far the time in [`FORWARDED_FOR`] may be from the active's clock.
 const FORWARDED_FOR_SKEW: u64 = 60;
 /// Marks a standby's refusal of a forwarded request (it did not handle it).
@@ -685,7 +688,10 @@ pub(crate) fn client_addr(
     uri: &axum::http::Uri,
     peer: Option<std::net::IpAddr>,
 ) -> Option<std::net::IpAddr> {
-    let Some(value) = headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(&FORWARDED_FOR_NAME)
+        .and_then(|v| v.to_str().ok())
+    else {
         return peer;
     };
     let vouched = (|| {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request as HttpRequest, State};
-use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{any, get};
 use keyhaven_engine::{
@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 
 use crate::body::{self, BodyError, BodyLimits, Gate, Reservation};
 use crate::json_limits;
-use crate::listener::{ClientCerts, ConnHandle};
+use crate::listener::ConnHandle;
 
 /// Version reported by `sys/seal-status` and `sys/health`: the Vault-compatible API
 /// version with keyhaven's own as build metadata (see
@@ -58,19 +58,61 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sys/leader", get(leader).head(leader))
         .route_layer(axum::middleware::from_fn(
             |req: HttpRequest, next: axum::middleware::Next| async move {
-                match refuse_namespace(req.headers(), &new_request_id()) {
+                let refused = refuse_wrapping_of_server_paths(&req, &new_request_id())
+                    .or_else(|| refuse_namespace(req.headers(), &new_request_id()));
+                match refused {
                     Some(resp) => resp,
                     None => next.run(req).await,
                 }
             },
         ));
+    // No layer around the whole router: `logical` (every engine request) makes the
+    // same checks itself, without a middleware's boxed future per request.
     fixed
         .route("/v1/sys/metrics", any(metrics))
         .route("/v1/{*path}", any(logical))
         .fallback(not_found)
         .with_state(state)
-        .layer(axum::middleware::from_fn(refuse_wrapping_of_server_paths))
 }
+
+/// The engine's requests, served without the router: every `/v1/` path outside `sys/`
+/// (the router's `/v1/{*path}` route, which `sys/` paths also reach when they are not
+/// one of the fixed routes) by any method but `HEAD` (which axum answers without a
+/// body). The router would call [`logical`] for each of them with the same state; this
+/// saves its matching, its boxed services and futures and its extensions per request.
+/// Only used when no layer wraps the router (high availability's forwarding does).
+#[derive(Clone)]
+pub(crate) struct Direct(AppState);
+
+impl Direct {
+    pub(crate) fn new(state: AppState) -> Direct {
+        Direct(state)
+    }
+
+    /// Whether `req` is one of the requests this serves (see [`Direct`]).
+    pub(crate) fn takes<B>(req: &axum::http::Request<B>) -> bool {
+        let path = req.uri().path();
+        path.len() > "/v1/".len()
+            && path.starts_with("/v1/")
+            && !path.starts_with("/v1/sys/")
+            && req.method() != Method::HEAD
+    }
+
+    /// Answer `req`, as the router's `/v1/{*path}` route does.
+    pub(crate) fn call(
+        &self,
+        req: axum::http::Request<hyper::body::Incoming>,
+    ) -> impl Future<Output = HttpResponse> + Send + 'static {
+        logical(State(self.0.clone()), req.map(Body::new))
+    }
+}
+
+/// Header names looked up on every request, parsed once (a lookup by `&str` parses
+/// and lower-cases the name each time).
+static X_VAULT_TOKEN: HeaderName = HeaderName::from_static("x-vault-token");
+static X_VAULT_NAMESPACE: HeaderName = HeaderName::from_static("x-vault-namespace");
+static X_VAULT_WRAP_TTL: HeaderName = HeaderName::from_static("x-vault-wrap-ttl");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The paths this layer answers itself, before (or without) the engine.
 const SERVER_PATHS: &[&str] = &[
@@ -85,34 +127,31 @@ const SERVER_PATHS: &[&str] = &[
 /// answers itself (no token, often sealed) cannot wrap, so asking them to is a 400.
 /// (OpenBao answers them unwrapped; `sys/init` would hand out the root token and the
 /// unseal keys in clear.)
-async fn refuse_wrapping_of_server_paths(
-    req: HttpRequest,
-    next: axum::middleware::Next,
-) -> HttpResponse {
+/// The refusal of `req`, if it asks for wrapping on one of these paths (a trailing
+/// slash included, which the engine serves).
+fn refuse_wrapping_of_server_paths(req: &HttpRequest, request_id: &str) -> Option<HttpResponse> {
     let path = req.uri().path();
-    if SERVER_PATHS.contains(&path.trim_end_matches('/')) {
-        match wrap_request(req.headers()) {
-            Ok(None) => {}
-            Ok(Some(_)) => {
-                let message = format!(
-                    "response wrapping is not available for {}: the server answers it \
-                     itself; send the request without X-Vault-Wrap-TTL",
-                    path.trim_start_matches("/v1/")
-                );
-                return plain_error(StatusCode::BAD_REQUEST, &message, &new_request_id());
-            }
-            Err(message) => {
-                return plain_error(StatusCode::BAD_REQUEST, &message, &new_request_id());
-            }
-        }
+    if !path.starts_with("/v1/sys/") || !SERVER_PATHS.contains(&path.trim_end_matches('/')) {
+        return None;
     }
-    next.run(req).await
+    match wrap_request(req.headers()) {
+        Ok(None) => None,
+        Ok(Some(_)) => {
+            let message = format!(
+                "response wrapping is not available for {}: the server answers it \
+                 itself; send the request without X-Vault-Wrap-TTL",
+                path.trim_start_matches("/v1/")
+            );
+            Some(plain_error(StatusCode::BAD_REQUEST, &message, request_id))
+        }
+        Err(message) => Some(plain_error(StatusCode::BAD_REQUEST, &message, request_id)),
+    }
 }
 
 /// The wrapping a request asks for with `X-Vault-Wrap-TTL` (and `X-Vault-Wrap-Format`).
 /// The error is the message of a 400 and names the header.
 fn wrap_request(headers: &HeaderMap) -> Result<Option<WrapRequest>, String> {
-    let Some(ttl) = headers.get("x-vault-wrap-ttl") else {
+    let Some(ttl) = headers.get(&X_VAULT_WRAP_TTL) else {
         return Ok(None);
     };
     let ttl = ttl
@@ -166,7 +205,7 @@ fn json_response(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", v);
+        headers.insert(X_REQUEST_ID.clone(), v);
     }
     resp
 }
@@ -317,7 +356,7 @@ impl ClassifyMessage for serde_json::Error {
 }
 
 pub(crate) fn token_from(headers: &HeaderMap) -> Option<ClientToken> {
-    if let Some(v) = headers.get("x-vault-token").and_then(|v| v.to_str().ok())
+    if let Some(v) = headers.get(&X_VAULT_TOKEN).and_then(|v| v.to_str().ok())
         && !v.is_empty()
     {
         return Some(ClientToken::new(v.to_owned()));
@@ -332,7 +371,7 @@ pub(crate) fn token_from(headers: &HeaderMap) -> Option<ClientToken> {
 /// sent by clients configured for Vault Enterprise or OpenBao namespaces) is refused, never
 /// answered from the root. Empty and `/` name the root.
 fn refuse_namespace(headers: &HeaderMap, request_id: &str) -> Option<HttpResponse> {
-    let value = headers.get("x-vault-namespace")?;
+    let value = headers.get(&X_VAULT_NAMESPACE)?;
     let ns = value.to_str().map(|v| v.trim().trim_matches('/'));
     if matches!(ns, Ok("")) {
         return None;
@@ -394,8 +433,13 @@ fn check_query(path: &str, method: &Method, query: &[(String, String)]) -> Resul
 
 /// `/v1/<anything>` that the engine routes (including authenticated `sys/` paths).
 async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
-    let started = Instant::now();
+    // Only the debug log line reads it.
+    let started =
+        tracing::enabled!(target: "keyhaven::http", tracing::Level::DEBUG).then(Instant::now);
     let request_id = new_request_id();
+    if let Some(resp) = refuse_wrapping_of_server_paths(&req, &request_id) {
+        return resp;
+    }
     let (parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -467,11 +511,8 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
             }
         }
     }
-    let client_certs = parts
-        .extensions
-        .get::<ClientCerts>()
-        .map(|c| c.0.as_ref().clone())
-        .unwrap_or_default();
+    let conn = parts.extensions.get::<ConnHandle>();
+    let client_certs = conn.map(|c| c.client_certs().to_vec()).unwrap_or_default();
     let request = Request {
         id: request_id.clone(),
         operation,
@@ -483,10 +524,7 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
             &parts.headers,
             &parts.method,
             &parts.uri,
-            parts
-                .extensions
-                .get::<ConnHandle>()
-                .and_then(ConnHandle::peer),
+            conn.and_then(ConnHandle::peer),
         ),
         client_certs,
     };
@@ -511,7 +549,7 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
         method = %parts.method,
         path = parts.uri.path(),
         status = resp.status().as_u16(),
-        micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        micros = started.map_or(0, |s| u64::try_from(s.elapsed().as_micros()).unwrap_or(u64::MAX)),
         "request"
     );
     resp
@@ -615,7 +653,7 @@ fn prometheus_response(core: &Core, request_id: &str) -> HttpResponse {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", v);
+        headers.insert(X_REQUEST_ID.clone(), v);
     }
     resp
 }
@@ -631,7 +669,7 @@ fn unknown_metrics_format(format: &str, request_id: &str) -> HttpResponse {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", v);
+        headers.insert(X_REQUEST_ID.clone(), v);
     }
     resp
 }
@@ -680,7 +718,7 @@ fn envelope(resp: Response, shape: WireShape, request_id: &str) -> HttpResponse 
     if resp.is_empty() {
         let mut r = StatusCode::NO_CONTENT.into_response();
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            r.headers_mut().insert("x-request-id", v);
+            r.headers_mut().insert(X_REQUEST_ID.clone(), v);
         }
         return r;
     }
@@ -1142,6 +1180,43 @@ async fn health(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_direct_path_takes_only_what_the_router_gives_logical() {
+        let req = |method: &str, path: &str| {
+            axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .unwrap()
+        };
+        for (method, path) in [
+            ("GET", "/v1/secret/data/bench"),
+            ("POST", "/v1/transit/encrypt/bench"),
+            ("LIST", "/v1/secret/metadata/"),
+            ("DELETE", "/v1/auth/token/revoke-self"),
+            ("PUT", "/v1/auth/kubernetes/login?x=1"),
+            ("GET", "/v1/secret/../sys/init"),
+        ] {
+            assert!(Direct::takes(&req(method, path)), "{method} {path}");
+        }
+        for (method, path) in [
+            // The fixed routes, and every other `sys/` path with them.
+            ("GET", "/v1/sys/health"),
+            ("PUT", "/v1/sys/unseal"),
+            ("GET", "/v1/sys/metrics"),
+            ("GET", "/v1/sys/mounts"),
+            ("POST", "/v1/sys/wrapping/unwrap"),
+            // axum answers HEAD without a body.
+            ("HEAD", "/v1/secret/data/bench"),
+            // Not the engine's.
+            ("GET", "/v1/"),
+            ("GET", "/v2/secret/data/bench"),
+            ("GET", "/ui/"),
+        ] {
+            assert!(!Direct::takes(&req(method, path)), "{method} {path}");
+        }
+    }
 
     #[test]
     fn request_ids_are_distinct_version_4_uuids() {

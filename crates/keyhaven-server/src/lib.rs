@@ -116,6 +116,9 @@ const LEASE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct Server {
     listener: TcpListener,
     router: axum::Router,
+    /// The engine's requests without the router ([`http::Direct`]); `None` when a
+    /// layer wraps the router.
+    direct: Option<http::Direct>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: listener::Limits,
     local_addr: SocketAddr,
@@ -209,7 +212,15 @@ impl Server {
                 }
             }
         };
-        listener::serve(self.listener, self.tls, self.router, self.limits, shutdown).await;
+        listener::serve(
+            self.listener,
+            self.tls,
+            self.router,
+            self.direct,
+            self.limits,
+            shutdown,
+        )
+        .await;
         if let Some(task) = election {
             task.abort();
         }
@@ -578,6 +589,7 @@ pub async fn build(
         unauthenticated_metrics: config.telemetry.unauthenticated_metrics_access,
         body: body_limits.clone(),
     };
+    let mut direct = Some(http::Direct::new(state.clone()));
     let mut router = http::router(state);
     if let (Some(election), Some(ha)) = (&election, &config.ha) {
         let roots = match &ha.tls_ca_file {
@@ -598,12 +610,15 @@ pub async fn build(
             Arc::new(forwarder),
             ha::forward,
         ));
+        // Every request goes through the forwarding layer.
+        direct = None;
     }
     let limits = listener_limits(&config.listener_limits);
     Ok((
         Server {
             listener,
             router,
+            direct,
             tls,
             limits,
             local_addr,

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,6 +38,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+
+use crate::http::Direct;
 use tower::ServiceExt as _;
 
 /// The limits one listener enforces on its connections.
@@ -125,12 +127,14 @@ enum Expiry {
 struct Conn {
     accepted: Instant,
     activity: Mutex<Activity>,
-    /// Wakes the connection's task to look at its state again.
+    /// Wakes the connection's task to look at `shed`.
     wake: Notify,
     /// Set by the accept loop (or shutdown) to make the task close the connection.
     shed: AtomicBool,
     /// The client's address (the TCP peer).
     peer: Option<std::net::IpAddr>,
+    /// The certificate chain the TLS client presented, once its handshake is done.
+    client_certs: OnceLock<ClientCerts>,
 }
 
 impl Conn {
@@ -149,6 +153,7 @@ impl Conn {
             wake: Notify::new(),
             shed: AtomicBool::new(false),
             peer: None,
+            client_certs: OnceLock::new(),
         }
     }
 
@@ -189,10 +194,10 @@ impl Conn {
                 Protocol::Detecting(seen + n)
             };
         }
+        // The connection's task needs no wake-up: its timer never fires later than
+        // the header deadline this starts (see [`Conn::next_check`]).
         if a.in_flight == 0 && a.head_started.is_none() && a.protocol != Protocol::Http2 {
             a.head_started = Some(Instant::now());
-            drop(a);
-            self.wake.notify_one();
         }
     }
 
@@ -210,6 +215,17 @@ impl Conn {
             Some((a.idle_since + limits.idle_timeout, Expiry::Idle))
         }
     }
+
+    /// When the connection's task should look at its deadline next, at `now`, given
+    /// the current `deadline`: at that deadline, but no later than the shorter of the
+    /// two timeouts from now. Whatever happens after `now` (a request head starting,
+    /// a request ending) sets a deadline at least that far away, so the task never
+    /// looks too late, and requests need not wake it or move its timer: a busy
+    /// connection's timer fires once per `min(read_header_timeout, idle_timeout)`.
+    fn next_check(deadline: Option<(Instant, Expiry)>, now: Instant, limits: &Limits) -> Instant {
+        let soonest = now + limits.read_header_timeout.min(limits.idle_timeout);
+        deadline.map_or(soonest, |(at, _)| at.min(soonest))
+    }
 }
 
 /// Counts a request in flight until dropped (when its handler's future completes or
@@ -224,8 +240,6 @@ impl Drop for RequestGuard {
             a.idle_since = Instant::now();
             a.head_started = None;
         }
-        drop(a);
-        self.0.wake.notify_one();
     }
 }
 
@@ -238,6 +252,12 @@ impl ConnHandle {
     /// The client's address: the TCP peer (no forwarding header is trusted).
     pub(crate) fn peer(&self) -> Option<std::net::IpAddr> {
         self.0.peer
+    }
+
+    /// The certificate chain the TLS client presented (empty without TLS or without a
+    /// client certificate).
+    pub(crate) fn client_certs(&self) -> &[Vec<u8>] {
+        self.0.client_certs.get().map_or(&[], |c| c.0.as_slice())
     }
 
     /// Count a body being read on this connection until the guard is dropped.
@@ -322,16 +342,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 #[derive(Clone)]
 struct ConnService {
     router: axum::Router,
+    /// The engine's requests without the router, when nothing wraps it.
+    direct: Option<Direct>,
     conn: Arc<Conn>,
-    client_certs: ClientCerts,
 }
 
-/// The certificate chain a TLS client presented, leaf first, DER (empty without TLS or
-/// without a client certificate). Only the client's possession of the leaf's key was
-/// checked ([`crate::tls::PossessionVerifier`]); every request of the connection carries
-/// it as an extension.
-#[derive(Clone, Default)]
-pub(crate) struct ClientCerts(pub(crate) Arc<Vec<Vec<u8>>>);
+/// The certificate chain a TLS client presented, leaf first, DER. Only the client's
+/// possession of the leaf's key was checked ([`crate::tls::PossessionVerifier`]); every
+/// request of the connection reaches it through its [`ConnHandle`].
+#[derive(Debug, Default)]
+struct ClientCerts(Vec<Vec<u8>>);
 
 type ServiceFuture = Pin<
     Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
@@ -345,7 +365,18 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
         let guard = self.conn.begin_request();
         req.extensions_mut().insert(ConnHandle(self.conn.clone()));
-        req.extensions_mut().insert(self.client_certs.clone());
+        if let Some(direct) = &self.direct
+            && Direct::takes(&req)
+        {
+            // The handler's future (several KiB) is made inside the box when first
+            // polled, instead of being made here and copied into it.
+            let direct = direct.clone();
+            return Box::pin(async move {
+                let response = direct.call(req).await;
+                drop(guard);
+                Ok(response)
+            });
+        }
         let router = self.router.clone();
         Box::pin(async move {
             let response = router.oneshot(req).await;
@@ -537,6 +568,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     router: axum::Router,
+    direct: Option<Direct>,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -601,10 +633,10 @@ pub(crate) async fn serve(
             conn,
             builder: builder.clone(),
             router: router.clone(),
+            direct: direct.clone(),
             limits: limits.clone(),
             stopping: stopping.clone(),
             peer,
-            client_certs: ClientCerts::default(),
         };
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -634,23 +666,15 @@ pub(crate) async fn serve(
     }
 }
 
-/// Sleep until `at`, or forever.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// One connection's task.
 struct ConnTask {
     conn: Arc<Conn>,
     builder: Arc<Builder<TokioExecutor>>,
     router: axum::Router,
+    direct: Option<Direct>,
     limits: Limits,
     stopping: watch::Receiver<bool>,
     peer: SocketAddr,
-    client_certs: ClientCerts,
 }
 
 impl ConnTask {
@@ -683,8 +707,10 @@ impl ConnTask {
                     }
                 };
                 if let Some(chain) = tls.get_ref().1.peer_certificates() {
-                    self.client_certs =
-                        ClientCerts(Arc::new(chain.iter().map(|c| c.to_vec()).collect()));
+                    let _ = self
+                        .conn
+                        .client_certs
+                        .set(ClientCerts(chain.iter().map(|c| c.to_vec()).collect()));
                 }
                 self.serve(tls).await;
             }
@@ -701,8 +727,8 @@ impl ConnTask {
         });
         let service = ConnService {
             router: self.router.clone(),
+            direct: self.direct.clone(),
             conn: self.conn.clone(),
-            client_certs: self.client_certs.clone(),
         };
         let http = self.builder.serve_connection(io, service);
         tokio::pin!(http);
@@ -710,8 +736,18 @@ impl ConnTask {
         if draining {
             http.as_mut().graceful_shutdown();
         }
+        // One timer and one shutdown watch for the connection's life, not one per
+        // request: the timer is moved only when it fires (see `Conn::next_check`).
+        let now = Instant::now();
+        let check = tokio::time::sleep_until(Conn::next_check(
+            self.conn.deadline(&self.limits),
+            now,
+            &self.limits,
+        ));
+        tokio::pin!(check);
+        let stopping = self.stopping.changed();
+        tokio::pin!(stopping);
         loop {
-            let deadline = self.conn.deadline(&self.limits);
             tokio::select! {
                 done = http.as_mut() => {
                     if let Err(e) = done {
@@ -720,15 +756,18 @@ impl ConnTask {
                     return;
                 }
                 () = self.conn.wake.notified() => {}
-                () = sleep_until(deadline.map(|(at, _)| at)) => {
-                    if let Some((at, why)) = self.conn.deadline(&self.limits)
-                        && at <= Instant::now()
+                () = check.as_mut() => {
+                    let now = Instant::now();
+                    let deadline = self.conn.deadline(&self.limits);
+                    if let Some((at, why)) = deadline
+                        && at <= now
                     {
                         tracing::debug!(target: "keyhaven::http", peer = %self.peer, reason = ?why, "connection timed out");
                         return;
                     }
+                    check.as_mut().reset(Conn::next_check(deadline, now, &self.limits));
                 }
-                _ = self.stopping.changed(), if !draining => {
+                _ = stopping.as_mut(), if !draining => {
                     draining = true;
                     http.as_mut().graceful_shutdown();
                 }
@@ -819,6 +858,65 @@ mod tests {
         let t2 = Instant::now();
         assert!(
             matches!(conn.deadline(&limits), Some((at, Expiry::Header)) if at == t2 + limits.read_header_timeout)
+        );
+    }
+
+    /// The connection's timer is moved only when it fires: wherever it is set, it must
+    /// fire no later than any deadline the connection can reach before then.
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_check_never_comes_after_a_deadline() {
+        let limits = Limits {
+            max_connections: 4,
+            read_header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+        };
+        let soonest = limits.read_header_timeout;
+        let conn = Arc::new(Conn::new(Instant::now()));
+        let mut checks = 0;
+        // A keep-alive client: a request every 7 s, each taking 1 s; its heads arrive
+        // without the task being woken.
+        let mut check = Conn::next_check(conn.deadline(&limits), Instant::now(), &limits);
+        for round in 0..40 {
+            tokio::time::advance(Duration::from_secs(6)).await;
+            conn.on_read(b"GET / HTTP/1.1\r\n");
+            let (due, _) = conn.deadline(&limits).expect("a head is due");
+            assert!(
+                check <= due,
+                "round {round}: the check comes after the head deadline"
+            );
+            let request = conn.begin_request();
+            tokio::time::advance(Duration::from_secs(1)).await;
+            drop(request);
+            let (due, _) = conn.deadline(&limits).expect("idle");
+            assert!(
+                check <= due,
+                "round {round}: the check comes after the idle deadline"
+            );
+            // The task looks when its timer fires, and sets it again.
+            let now = Instant::now();
+            if check <= now {
+                checks += 1;
+                check = Conn::next_check(conn.deadline(&limits), now, &limits);
+                assert!(check > now && check <= now + soonest);
+            }
+        }
+        assert!(
+            (15..=30).contains(&checks),
+            "about one check per {soonest:?} over 280 s, not one per request: {checks}"
+        );
+        // A silent connection: the check lands on its deadline exactly.
+        let silent = Arc::new(Conn::new(Instant::now()));
+        let now = Instant::now();
+        let (due, _) = silent.deadline(&limits).expect("the first head is due");
+        assert_eq!(
+            Conn::next_check(silent.deadline(&limits), now, &limits),
+            due
+        );
+        // In flight: no connection deadline, the check comes back after the shorter timeout.
+        let _request = silent.begin_request();
+        assert_eq!(
+            Conn::next_check(silent.deadline(&limits), now, &limits),
+            now + soonest
         );
     }
 

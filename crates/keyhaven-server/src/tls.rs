@@ -203,6 +203,7 @@ mod tests {
             listener,
             Some(TlsAcceptor::from(Arc::new(server_config))),
             router,
+            None,
             limits,
             async move {
                 let _ = stopped.await;
