@@ -412,6 +412,10 @@ impl Barrier {
 
 #[async_trait]
 impl Store for Barrier {
+    fn read_only(&self) -> bool {
+        self.raw.read_only()
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         Self::check(key)?;
         let started = Instant::now();

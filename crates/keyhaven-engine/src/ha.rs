@@ -90,6 +90,10 @@ pub(crate) struct ReadOnly(pub(crate) std::sync::Arc<dyn keyhaven_storage::Store
 
 #[async_trait::async_trait]
 impl keyhaven_storage::Store for ReadOnly {
+    fn read_only(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, keyhaven_storage::StorageError> {
         self.0.get(key).await
     }

@@ -15,7 +15,8 @@ use serde_json::{Map, Value, json};
 
 use Operation::{Create, Delete, List, Patch, Read, Update};
 
-/// A store that counts calls and can make every transaction lose.
+/// A store that counts calls and can make every transaction lose, or call itself
+/// read-only as a standby's view does.
 #[derive(Debug, Default)]
 struct Probe {
     inner: MemStore,
@@ -23,10 +24,14 @@ struct Probe {
     lists: AtomicUsize,
     transactions: AtomicUsize,
     always_conflict: bool,
+    read_only: bool,
 }
 
 #[async_trait]
 impl Store for Probe {
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
         self.inner.get(key).await
@@ -419,9 +424,14 @@ async fn each_write_adds_a_version_and_old_versions_stay_readable() {
     assert_eq!(w["version"], json!(4));
 }
 
+/// Without the metadata cache: on a standby (whose view of storage is read-only, and
+/// which hears of no KV change), as on the active before a path's record is kept.
 #[tokio::test]
 async fn reads_cost_two_storage_gets() {
-    let kv = mount();
+    let kv = mount_on(Probe {
+        read_only: true,
+        ..Probe::default()
+    });
     kv.put("a", json!({"x": 1})).await;
     let before = kv.store.gets.load(Ordering::SeqCst);
     kv.get("a").await;
@@ -432,6 +442,57 @@ async fn reads_cost_two_storage_gets() {
     let before = kv.store.gets.load(Ordering::SeqCst);
     kv.meta("a").await;
     assert_eq!(kv.store.gets.load(Ordering::SeqCst) - before, 1);
+}
+
+/// On the active, a path's decoded metadata record is kept once read, until a change
+/// of the path: later reads cost the payload only, and every change is seen at once.
+#[tokio::test]
+async fn the_active_keeps_decoded_metadata_records_until_a_change() {
+    let kv = mount();
+    let gets = |kv: &Kv| kv.store.gets.load(Ordering::SeqCst);
+    kv.put("a", json!({"x": 1})).await;
+    let before = gets(&kv);
+    assert_eq!(kv.get("a").await["data"], json!({"x": 1}));
+    assert_eq!(
+        gets(&kv) - before,
+        2,
+        "the first read after a write reads both"
+    );
+    let before = gets(&kv);
+    assert_eq!(kv.get("a").await["data"], json!({"x": 1}));
+    kv.data(Read, "subkeys/a", Value::Null).await;
+    assert_eq!(gets(&kv) - before, 2, "later reads read the payload only");
+    let before = gets(&kv);
+    assert_eq!(kv.meta("a").await["current_version"], json!(1));
+    assert_eq!(gets(&kv) - before, 0, "a metadata read reads nothing");
+    // Every kind of change is seen by the next read.
+    kv.put("a", json!({"x": 2})).await;
+    assert_eq!(kv.get("a").await["data"], json!({"x": 2}));
+    assert_eq!(kv.get("a").await["metadata"]["version"], json!(2));
+    kv.ok(Update, "delete/a", json!({"versions": [2]})).await;
+    assert_ne!(
+        kv.meta("a").await["versions"]["2"]["deletion_time"],
+        json!("")
+    );
+    kv.ok(Update, "undelete/a", json!({"versions": [2]})).await;
+    assert_eq!(kv.get("a").await["data"], json!({"x": 2}));
+    kv.ok(
+        Update,
+        "metadata/a",
+        json!({"custom_metadata": {"team": "x"}}),
+    )
+    .await;
+    assert_eq!(kv.meta("a").await["custom_metadata"], json!({"team": "x"}));
+    kv.ok(Update, "destroy/a", json!({"versions": [1]})).await;
+    assert_eq!(
+        kv.meta("a").await["versions"]["1"]["destroyed"],
+        json!(true)
+    );
+    kv.ok(Delete, "metadata/a", Value::Null).await;
+    assert!(matches!(
+        kv.err(Read, "data/a", Value::Null).await,
+        EngineError::NotFound(_)
+    ));
 }
 
 #[tokio::test]

@@ -213,6 +213,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Apply `tx` atomically; see [`Transaction`].
     async fn transact(&self, tx: Transaction) -> Result<TxOutcome, StorageError>;
 
+    /// Whether this view refuses every write (a high-availability standby's): what it
+    /// reads is changed by another process, so a caller must not keep decoded copies
+    /// of it on the grounds that it makes every change itself.
+    fn read_only(&self) -> bool {
+        false
+    }
+
     /// Set `key` to `new` (or delete it when `None`) only if it currently holds
     /// `expected` (`None`: absent). Returns whether the swap happened.
     async fn compare_and_swap(

@@ -81,6 +81,10 @@ impl std::fmt::Debug for ScopedStore {
 
 #[async_trait]
 impl Store for ScopedStore {
+    fn read_only(&self) -> bool {
+        self.inner.read_only()
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         let key = self.full_key(key)?;
         self.inner.get(&key).await

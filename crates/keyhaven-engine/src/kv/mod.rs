@@ -30,9 +30,11 @@
 //!   condition fails the change is recomputed from fresh state, check-and-set included,
 //!   up to [`MAX_ATTEMPTS`] times. No in-process lock is taken, so several servers may
 //!   share one store.
-//! - A read is at most two storage gets: the metadata record, then one payload.
+//! - A read is at most two storage gets: the metadata record, then one payload. On the
+//!   active replica the decoded metadata record is kept for later reads ([`cache`]).
 //! - Secret payloads never appear in errors, logs or `Debug` output.
 
+mod cache;
 mod config;
 mod data;
 mod json;
@@ -95,6 +97,7 @@ pub fn factory(ctx: BackendContext) -> Result<Arc<dyn Backend>, EngineError> {
         }));
     }
     Ok(Arc::new(KvBackend {
+        meta_cache: (!ctx.storage.read_only()).then(cache::MetaCache::default),
         storage: ctx.storage,
         clock: ctx.clock,
         write_locks: (0..WRITE_STRIPES)
@@ -112,6 +115,8 @@ const WRITE_STRIPES: usize = 256;
 /// One mounted KV v2 engine.
 struct KvBackend {
     storage: Arc<dyn Store>,
+    /// Decoded metadata records, for reads; `None` on a standby ([`cache`]).
+    meta_cache: Option<cache::MetaCache>,
     clock: Arc<dyn Clock>,
     write_locks: Vec<tokio::sync::Mutex<()>>,
 }
@@ -397,15 +402,29 @@ impl KvBackend {
     }
 
     /// Read only the metadata record of `path`.
-    async fn load_meta(&self, path: &SecretPath) -> Result<Option<KeyRecord>, EngineError> {
-        match self.storage.get(path.meta_key()).await? {
-            Some(bytes) => KeyRecord::decode(&bytes).map(Some),
-            None => Ok(None),
+    async fn load_meta(&self, path: &SecretPath) -> Result<Option<Arc<KeyRecord>>, EngineError> {
+        let key = path.meta_key();
+        let ticket = match &self.meta_cache {
+            Some(cache) => match cache.get(key) {
+                Some(hit) => return Ok(Some(hit)),
+                None => cache.ticket(),
+            },
+            None => None,
+        };
+        let Some(bytes) = self.storage.get(key).await? else {
+            return Ok(None);
+        };
+        let record = Arc::new(KeyRecord::decode(&bytes)?);
+        if let (Some(cache), Some(ticket)) = (&self.meta_cache, ticket) {
+            cache.fill(key, &record, bytes.len(), ticket);
         }
+        Ok(Some(record))
     }
 
     /// Apply `ops` if nothing in `conditions` changed. `Ok(false)`: lost a race, recompute.
     async fn commit(&self, conditions: Vec<Condition>, ops: Vec<Op>) -> Result<bool, EngineError> {
+        // Until the transaction has ended, reads keep nothing they decode.
+        let _writing = self.meta_cache.as_ref().map(|c| c.writing(&ops));
         match self
             .storage
             .transact(Transaction { conditions, ops })
