@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use aws_lc_rs::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroize;
 
-use crate::{CryptoError, DecryptError, SecretKey, fill_random};
+use crate::{CryptoError, DecryptError, SecretKey, fill_nonce};
 
 /// Nonce length in bytes (96 bits) for both supported algorithms.
 pub const NONCE_LEN: usize = 12;
@@ -90,7 +90,7 @@ impl AeadKey {
         let (nonce, body) = out
             .split_first_chunk_mut::<NONCE_LEN>()
             .ok_or(CryptoError::Seal)?;
-        fill_random(nonce)?;
+        fill_nonce(nonce)?;
         self.seal_into(nonce, aad, plaintext, body)?;
         Ok(out)
     }

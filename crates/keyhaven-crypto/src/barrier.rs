@@ -17,7 +17,7 @@
 //! The exact bytes are pinned by a golden vector in the test suite. A change to the layout or
 //! the AAD needs a new [`FORMAT_VERSION`], and entries of the old version must keep opening.
 
-use crate::{AeadKey, CryptoError, DecryptError, NONCE_LEN, TAG_LEN, fill_random};
+use crate::{AeadKey, CryptoError, DecryptError, NONCE_LEN, TAG_LEN, fill_nonce};
 
 /// The format version this build writes (and the only one it reads).
 pub const FORMAT_VERSION: u8 = 1;
@@ -57,7 +57,7 @@ pub fn seal(
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     let mut nonce = [0u8; NONCE_LEN];
-    fill_random(&mut nonce)?;
+    fill_nonce(&mut nonce)?;
     seal_with_nonce(term, key, path, &nonce, plaintext)
 }
 

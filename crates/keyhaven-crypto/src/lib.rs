@@ -54,7 +54,7 @@ pub mod transit;
 pub use aead::{AeadAlgorithm, AeadKey, NONCE_LEN, TAG_LEN};
 pub use error::{CryptoError, DecryptError};
 pub use hash::{HmacKey, SHA256_LEN, ct_eq, hkdf_sha256, sha256};
-pub use random::fill_random;
+pub use random::{fill_nonce, fill_random};
 pub use secret::{KEY_LEN, SecretBytes, SecretKey};
 
 /// Internals exposed for fuzzing and golden-vector tests only.

@@ -17,7 +17,10 @@ use aws_lc_rs::rsa::{
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::{CryptoError, DecryptError, NONCE_LEN, SecretBytes, TAG_LEN, fill_random, hkdf_sha256};
+use crate::{
+    CryptoError, DecryptError, NONCE_LEN, SecretBytes, TAG_LEN, fill_nonce, fill_random,
+    hkdf_sha256,
+};
 
 use super::codec::Base64;
 
@@ -628,7 +631,7 @@ impl VersionKey {
         let (key, nonce) = match &self.prepared {
             Prepared::Aead(Some(key)) => {
                 let mut nonce = [0u8; NONCE_LEN];
-                fill_random(&mut nonce)?;
+                fill_nonce(&mut nonce)?;
                 (key, nonce)
             }
             Prepared::Aead(None) => {
@@ -641,7 +644,7 @@ impl VersionKey {
                             *d = *s;
                         }
                     }
-                    None => fill_random(&mut nonce)?,
+                    None => fill_nonce(&mut nonce)?,
                 }
                 (&derived.aead, nonce)
             }
