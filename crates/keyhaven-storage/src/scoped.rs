@@ -53,7 +53,10 @@ impl ScopedStore {
     /// The full key of the relative `key`, after checking both.
     fn full_key(&self, key: &str) -> Result<String, StorageError> {
         validate_key(key)?;
-        let full = format!("{}{key}", self.prefix);
+        // Every call of a mounted backend comes through here: no formatting machinery.
+        let mut full = String::with_capacity(self.prefix.len() + key.len());
+        full.push_str(&self.prefix);
+        full.push_str(key);
         validate_key(&full)?;
         Ok(full)
     }

@@ -272,7 +272,25 @@ impl KeyRecord {
 
 /// Storage key of a version payload.
 pub(super) fn version_key(id: &str, n: u64) -> String {
-    format!("versions/{id}/{n}")
+    // Every read builds one: no formatting machinery.
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let digits = &digits[at..];
+    let mut key = String::with_capacity("versions//".len() + id.len() + digits.len());
+    key.push_str("versions/");
+    key.push_str(id);
+    key.push('/');
+    key.extend(digits.iter().map(|&d| char::from(d)));
+    key
 }
 
 /// Unix nanoseconds of a time (0 before the epoch).
@@ -290,6 +308,13 @@ pub(super) fn time_value(nanos: u64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_keys_name_the_id_and_the_decimal_version() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
+            assert_eq!(version_key("ab12", n), format!("versions/ab12/{n}"));
+        }
+    }
 
     fn record_with(n: u64, config: &MountConfig) -> KeyRecord {
         let mut r = KeyRecord::new(1);
