@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# bench/request-perf.sh: where a request's CPU goes, kernel included, for keyhaven and
+# the ceiling (bench/ceiling), under load on loopback. The companion of
+# bench/request-profile.sh (callgrind: exact user-space instructions, no kernel): this
+# one samples the server's threads with `perf record` (cpu-clock, DWARF call graphs),
+# which needs no hardware counters, and reports the server's CPU time per request, split
+# by what the sampled stack was doing (bench/request-perf.py).
+#
+# For each server and scenario a fresh server is started and set up (KV v2 secret/bench
+# as bench/server.sh, transit key "bench" as bench/transit.sh), oha sends requests at
+# concurrency CONC for WARMUP + SECONDS + 1 seconds, and over SECONDS in the middle the
+# script reads the server's CPU time (utime + stime from /proc/<pid>/stat) and samples it
+# with perf at FREQ Hz. CPU per request = CPU time / requests answered in that window
+# (oha's rate x SECONDS). The split is of the samples, scaled to that CPU time.
+#
+# Scenarios (SCENARIOS): kv_read (GET /v1/secret/data/bench), encrypt (POST
+# /v1/transit/encrypt/bench, 32 bytes). Servers (SERVERS): keyhaven-dev (`keyhaven server
+# --dev`, no audit), ceiling. Only loopback traffic; only the processes this script
+# starts are stopped, by PID. Needs perf (linux-perf) with access to the server's PID.
+#
+# Knobs: KEYHAVEN=<binary> (the release profile keeps line tables for the call graphs)
+#   CEILING=<binary>  SERVERS="keyhaven-dev ceiling"  SCENARIOS="kv_read encrypt"
+#   SECONDS_=4  WARMUP=2  FREQ=999  CONC=16  PORT=18950  WORK=$CARGO_TARGET_DIR/bench-perf
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+KEYHAVEN=${KEYHAVEN:-$CARGO_TARGET_DIR/release/keyhaven}
+CEILING=${CEILING:-$CARGO_TARGET_DIR/release/keyhaven-ceiling}
+SERVERS=${SERVERS:-"keyhaven-dev ceiling"}
+SCENARIOS=${SCENARIOS:-"kv_read encrypt"}
+SECONDS_=${SECONDS_:-4}
+WARMUP=${WARMUP:-2}
+FREQ=${FREQ:-999}
+CONC=${CONC:-16}
+PORT=${PORT:-18950}
+WORK=${WORK:-$CARGO_TARGET_DIR/bench-perf}
+HOST=127.0.0.1 # loopback only, on purpose
+ADDR="$HOST:$PORT"
+TOKEN=root
+
+case "$WORK" in *..*) echo "refusing odd paths" >&2; exit 2;; esac
+command -v perf >/dev/null || { echo "needs perf" >&2; exit 2; }
+command -v oha >/dev/null || PATH="$HOME/.cargo/bin:$PATH"
+mkdir -p "$WORK"
+
+SERVER_PID=""
+LOAD_PID=""
+cleanup() {
+  for pid in "$LOAD_PID" "$SERVER_PID"; do
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+}
+trap cleanup EXIT INT TERM
+
+api() { # method path [body]
+  curl -sf -o /dev/null -X "$1" -H "X-Vault-Token: $TOKEN" -H 'Content-Type: application/json' \
+    ${3:+-d "$3"} "http://$ADDR/v1/$2"
+}
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+PT32=$(python3 -c 'import base64; print(base64.b64encode(bytes(range(32))).decode())')
+printf '{"plaintext":"%s"}' "$PT32" >"$WORK/body_encrypt.json"
+HZ=$(getconf CLK_TCK)
+
+printf '| server | scenario | requests/s | server CPU-s | µs of CPU per request |\n|---|---|---:|---:|---:|\n' >"$WORK/summary.md"
+for s in $SERVERS; do
+  for sc in $SCENARIOS; do
+    case "$s" in
+      keyhaven-dev) argv=("$KEYHAVEN" server --dev --dev-listen-address "$ADDR" --dev-root-token-id "$TOKEN" --log-level warn);;
+      ceiling) argv=("$CEILING" --listen "$ADDR");;
+      *) echo "unknown server $s" >&2; exit 2;;
+    esac
+    "${argv[@]}" >"$WORK/$s.$sc.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 1 100); do
+      curl -s -o /dev/null -H "X-Vault-Token: $TOKEN" "http://$ADDR/v1/sys/health" 2>/dev/null && break
+      sleep 0.1
+    done
+    if [ "$s" = keyhaven-dev ]; then
+      for _ in $(seq 1 100); do
+        api POST secret/data/bench '{"data":{"user":"bench","password":"0123456789abcdef0123456789abcdef"}}' && break
+        sleep 0.1
+      done
+      api POST sys/mounts/transit '{"type":"transit"}'
+      api POST transit/keys/bench '{"type":"aes256-gcm96"}'
+    fi
+    args=(-m GET "http://$ADDR/v1/secret/data/bench")
+    if [ "$sc" = encrypt ]; then
+      args=(-m POST -T application/json -D "$WORK/body_encrypt.json" "http://$ADDR/v1/transit/encrypt/bench")
+    fi
+    oha -z "$((WARMUP + SECONDS_ + 1))s" -c "$CONC" --no-tui --output-format json \
+      -H "X-Vault-Token: $TOKEN" "${args[@]}" >"$WORK/oha.$s.$sc.json" &
+    LOAD_PID=$!
+    sleep "$WARMUP"
+    t0=$(ticks "$SERVER_PID")
+    perf record -q -F "$FREQ" --call-graph dwarf,16384 -p "$SERVER_PID" -o "$WORK/perf.$s.$sc.data" \
+      -- sleep "$SECONDS_" >/dev/null 2>&1
+    t1=$(ticks "$SERVER_PID")
+    wait "$LOAD_PID"
+    LOAD_PID=""
+    kill "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+    rps=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); c=j.get("statusCodeDistribution",{});
+assert all(k.startswith("2") for k in c), c; print(round(j["summary"]["requestsPerSec"]))' "$WORK/oha.$s.$sc.json")
+    cpu=$(python3 -c "print(round(($t1 - $t0) / $HZ, 2))")
+    us=$(python3 -c "print(round(1e6 * ($t1 - $t0) / $HZ / ($rps * $SECONDS_), 2))")
+    perf script -i "$WORK/perf.$s.$sc.data" 2>/dev/null >"$WORK/perf.$s.$sc.txt"
+    printf '| %s | %s | %s | %s | %s |\n' "$s" "$sc" "$rps" "$cpu" "$us" | tee -a "$WORK/summary.md"
+    python3 "$ROOT/bench/request-perf.py" "$WORK/perf.$s.$sc.txt" "$us" >"$WORK/split.$s.$sc.md"
+    cat "$WORK/split.$s.$sc.md"
+  done
+done
+echo "samples: $WORK/perf.*.txt; tables: $WORK/summary.md, $WORK/split.*.md"
