@@ -70,7 +70,8 @@ pub fn fill_nonce(nonce: &mut [u8]) -> Result<(), CryptoError> {
         }
         let start = pool.used;
         let end = start + nonce.len();
-        nonce.copy_from_slice(&pool.bytes[start..end]);
+        let fresh = pool.bytes.get(start..end).ok_or(CryptoError::Random)?;
+        nonce.copy_from_slice(fresh);
         pool.used = end;
         Ok(())
     })

@@ -273,23 +273,23 @@ impl KeyRecord {
 /// Storage key of a version payload.
 pub(super) fn version_key(id: &str, n: u64) -> String {
     // Every read builds one: no formatting machinery.
+    // The decimal digits, least significant first (u64::MAX has 20).
     let mut digits = [0u8; 20];
-    let mut at = digits.len();
+    let mut len = 0;
     let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+    for d in &mut digits {
+        *d = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        len += 1;
         rest /= 10;
         if rest == 0 {
             break;
         }
     }
-    let digits = &digits[at..];
-    let mut key = String::with_capacity("versions//".len() + id.len() + digits.len());
+    let mut key = String::with_capacity("versions//".len() + id.len() + len);
     key.push_str("versions/");
     key.push_str(id);
     key.push('/');
-    key.extend(digits.iter().map(|&d| char::from(d)));
+    key.extend(digits.iter().take(len).rev().map(|&d| char::from(d)));
     key
 }
 
