@@ -127,8 +127,9 @@ const SERVER_PATHS: &[&str] = &[
 /// answers itself (no token, often sealed) cannot wrap, so asking them to is a 400.
 /// (OpenBao answers them unwrapped; `sys/init` would hand out the root token and the
 /// unseal keys in clear.)
-/// The refusal of `req`, if it asks for wrapping on one of these paths (a trailing
-/// slash included, which the engine serves).
+///
+/// The refusal of `req`, if it asks for wrapping on one of these paths (with a trailing
+/// slash too: the router sends that to the engine's handler, which asks here first).
 fn refuse_wrapping_of_server_paths(req: &HttpRequest, request_id: &str) -> Option<HttpResponse> {
     let path = req.uri().path();
     if !path.starts_with("/v1/sys/") || !SERVER_PATHS.contains(&path.trim_end_matches('/')) {

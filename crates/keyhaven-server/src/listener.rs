@@ -38,9 +38,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
 
 use crate::http::Direct;
-use tower::ServiceExt as _;
 
 /// The limits one listener enforces on its connections.
 #[derive(Debug, Clone)]
