@@ -45,3 +45,58 @@ bench_keyhaven_binary() {
   KEYHAVEN_COMMIT=${KEYHAVEN_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
   export KEYHAVEN KEYHAVEN_VERSION KEYHAVEN_COMMIT
 }
+
+# The request of a scenario of bench/request-profile.sh and bench/request-perf.sh, as oha
+# arguments in the array REQUEST_ARGS: kv_read (GET /v1/secret/data/bench) or encrypt
+# (POST /v1/transit/encrypt/bench, 32 bytes; the body is written to $WORK once). Needs
+# ADDR and WORK.
+bench_request_args() {
+  REQUEST_ARGS=(-m GET "http://$ADDR/v1/secret/data/bench")
+  if [ "$1" = encrypt ]; then
+    if [ ! -s "$WORK/body_encrypt.json" ]; then
+      printf '{"plaintext":"%s"}' \
+        "$(python3 -c 'import base64; print(base64.b64encode(bytes(range(32))).decode())')" \
+        >"$WORK/body_encrypt.json"
+    fi
+    REQUEST_ARGS=(-m POST -T application/json -D "$WORK/body_encrypt.json" "http://$ADDR/v1/transit/encrypt/bench")
+  fi
+}
+
+# Start server KIND (keyhaven-dev: `keyhaven server --dev` with root token $TOKEN, set up
+# as bench/server.sh and bench/transit.sh set theirs up: KV v2 secret/bench and transit
+# key "bench"; ceiling: bench/ceiling) on ADDR, its output to LOG, under the command
+# given after LOG if any (e.g. valgrind). Sets SERVER_PID; waits until it answers (at
+# most 60 s). Needs KEYHAVEN, CEILING, ADDR and TOKEN.
+bench_start_server() { # kind log [wrapper...]
+  local kind=$1 log=$2 argv
+  shift 2
+  case "$kind" in
+    keyhaven-dev) argv=("$KEYHAVEN" server --dev --dev-listen-address "$ADDR" --dev-root-token-id "$TOKEN" --log-level warn);;
+    ceiling) argv=("$CEILING" --listen "$ADDR");;
+    *) echo "unknown server $kind" >&2; return 2;;
+  esac
+  "$@" "${argv[@]}" >"$log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 600); do
+    curl -s -o /dev/null -H "X-Vault-Token: $TOKEN" "http://$ADDR/v1/sys/health" 2>/dev/null && break
+    sleep 0.1
+  done
+  [ "$kind" = keyhaven-dev ] || return 0
+  local api=(curl -sf -o /dev/null -H "X-Vault-Token: $TOKEN" -H 'Content-Type: application/json')
+  for _ in $(seq 1 100); do
+    "${api[@]}" -X POST -d '{"data":{"user":"bench","password":"0123456789abcdef0123456789abcdef"}}' \
+      "http://$ADDR/v1/secret/data/bench" && break
+    sleep 0.1
+  done
+  "${api[@]}" -X POST -d '{"type":"transit"}' "http://$ADDR/v1/sys/mounts/transit"
+  "${api[@]}" -X POST -d '{"type":"aes256-gcm96"}' "http://$ADDR/v1/transit/keys/bench"
+}
+
+# Stop what bench_start_server started (a trap calls it too).
+bench_stop_server() {
+  if [ -n "${SERVER_PID:-}" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  SERVER_PID=""
+}

@@ -43,57 +43,29 @@ case "$WORK" in *..*) echo "refusing odd paths" >&2; exit 2;; esac
 command -v perf >/dev/null || { echo "needs perf" >&2; exit 2; }
 command -v oha >/dev/null || PATH="$HOME/.cargo/bin:$PATH"
 mkdir -p "$WORK"
+. "$ROOT/bench/common.sh"
 
 SERVER_PID=""
 LOAD_PID=""
 cleanup() {
-  for pid in "$LOAD_PID" "$SERVER_PID"; do
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      wait "$pid" 2>/dev/null || true
-    fi
-  done
+  if [ -n "$LOAD_PID" ] && kill -0 "$LOAD_PID" 2>/dev/null; then
+    kill "$LOAD_PID" 2>/dev/null || true
+    wait "$LOAD_PID" 2>/dev/null || true
+  fi
+  bench_stop_server
 }
 trap cleanup EXIT INT TERM
 
-api() { # method path [body]
-  curl -sf -o /dev/null -X "$1" -H "X-Vault-Token: $TOKEN" -H 'Content-Type: application/json' \
-    ${3:+-d "$3"} "http://$ADDR/v1/$2"
-}
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-PT32=$(python3 -c 'import base64; print(base64.b64encode(bytes(range(32))).decode())')
-printf '{"plaintext":"%s"}' "$PT32" >"$WORK/body_encrypt.json"
 HZ=$(getconf CLK_TCK)
 
 printf '| server | scenario | requests/s | server CPU-s | µs of CPU per request |\n|---|---|---:|---:|---:|\n' >"$WORK/summary.md"
 for s in $SERVERS; do
   for sc in $SCENARIOS; do
-    case "$s" in
-      keyhaven-dev) argv=("$KEYHAVEN" server --dev --dev-listen-address "$ADDR" --dev-root-token-id "$TOKEN" --log-level warn);;
-      ceiling) argv=("$CEILING" --listen "$ADDR");;
-      *) echo "unknown server $s" >&2; exit 2;;
-    esac
-    "${argv[@]}" >"$WORK/$s.$sc.log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 1 100); do
-      curl -s -o /dev/null -H "X-Vault-Token: $TOKEN" "http://$ADDR/v1/sys/health" 2>/dev/null && break
-      sleep 0.1
-    done
-    if [ "$s" = keyhaven-dev ]; then
-      for _ in $(seq 1 100); do
-        api POST secret/data/bench '{"data":{"user":"bench","password":"0123456789abcdef0123456789abcdef"}}' && break
-        sleep 0.1
-      done
-      api POST sys/mounts/transit '{"type":"transit"}'
-      api POST transit/keys/bench '{"type":"aes256-gcm96"}'
-    fi
-    args=(-m GET "http://$ADDR/v1/secret/data/bench")
-    if [ "$sc" = encrypt ]; then
-      args=(-m POST -T application/json -D "$WORK/body_encrypt.json" "http://$ADDR/v1/transit/encrypt/bench")
-    fi
+    bench_start_server "$s" "$WORK/$s.$sc.log"
+    bench_request_args "$sc"
     oha -z "$((WARMUP + SECONDS_ + 1))s" -c "$CONC" --no-tui --output-format json \
-      -H "X-Vault-Token: $TOKEN" "${args[@]}" >"$WORK/oha.$s.$sc.json" &
+      -H "X-Vault-Token: $TOKEN" "${REQUEST_ARGS[@]}" >"$WORK/oha.$s.$sc.json" &
     LOAD_PID=$!
     sleep "$WARMUP"
     t0=$(ticks "$SERVER_PID")
@@ -102,9 +74,7 @@ for s in $SERVERS; do
     t1=$(ticks "$SERVER_PID")
     wait "$LOAD_PID"
     LOAD_PID=""
-    kill "$SERVER_PID"
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
+    bench_stop_server
     rps=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); c=j.get("statusCodeDistribution",{});
 assert all(k.startswith("2") for k in c), c; print(round(j["summary"]["requestsPerSec"]))' "$WORK/oha.$s.$sc.json")
     cpu=$(python3 -c "print(round(($t1 - $t0) / $HZ, 2))")

@@ -44,30 +44,14 @@ command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
   { echo "needs valgrind (callgrind, callgrind_control)" >&2; exit 2; }
 command -v oha >/dev/null || PATH="$HOME/.cargo/bin:$PATH"
 mkdir -p "$WORK"
+. "$ROOT/bench/common.sh"
 
 SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT INT TERM
-
-api() { # method path [body]
-  curl -sf -o /dev/null -X "$1" -H "X-Vault-Token: $TOKEN" -H 'Content-Type: application/json' \
-    ${3:+-d "$3"} "http://$ADDR/v1/$2"
-}
-
-PT32=$(python3 -c 'import base64; print(base64.b64encode(bytes(range(32))).decode())')
-printf '{"plaintext":"%s"}' "$PT32" >"$WORK/body_encrypt.json"
+trap bench_stop_server EXIT INT TERM
 
 load() { # scenario count
-  local args=(-m GET "http://$ADDR/v1/secret/data/bench")
-  if [ "$1" = encrypt ]; then
-    args=(-m POST -T application/json -D "$WORK/body_encrypt.json" "http://$ADDR/v1/transit/encrypt/bench")
-  fi
-  oha -n "$2" -c "$CONC" --no-tui --output-format json -H "X-Vault-Token: $TOKEN" "${args[@]}" >"$WORK/oha.json"
+  bench_request_args "$1"
+  oha -n "$2" -c "$CONC" --no-tui --output-format json -H "X-Vault-Token: $TOKEN" "${REQUEST_ARGS[@]}" >"$WORK/oha.json"
   python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); c=j.get("statusCodeDistribution",{});
 ok=sum(v for k,v in c.items() if k.startswith("2")); print(ok); sys.exit(0 if ok==int(sys.argv[2]) else 1)' \
     "$WORK/oha.json" "$2"
@@ -78,35 +62,15 @@ for s in $SERVERS; do
   for sc in $SCENARIOS; do
     out="$WORK/callgrind.$s.$sc"
     rm -f "$out" "$out".*
-    case "$s" in
-      keyhaven-dev) argv=("$KEYHAVEN" server --dev --dev-listen-address "$ADDR" --dev-root-token-id "$TOKEN" --log-level warn);;
-      ceiling) argv=("$CEILING" --listen "$ADDR");;
-      *) echo "unknown server $s" >&2; exit 2;;
-    esac
-    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-      "${argv[@]}" >"$WORK/$s.$sc.log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 1 600); do
-      curl -s -o /dev/null -H "X-Vault-Token: $TOKEN" "http://$ADDR/v1/sys/health" 2>/dev/null && break
-      sleep 0.1
-    done
-    if [ "$s" = keyhaven-dev ]; then
-      for _ in $(seq 1 100); do
-        api POST secret/data/bench '{"data":{"user":"bench","password":"0123456789abcdef0123456789abcdef"}}' && break
-        sleep 0.1
-      done
-      api POST sys/mounts/transit '{"type":"transit"}'
-      api POST transit/keys/bench '{"type":"aes256-gcm96"}'
-    fi
+    bench_start_server "$s" "$WORK/$s.$sc.log" \
+      valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out"
     load "$sc" "$WARM_N" >/dev/null
     callgrind_control -i on "$SERVER_PID" >/dev/null 2>&1
     load "$sc" "$WARM_N" >/dev/null # warm the instrumented code too
     callgrind_control -z "$SERVER_PID" >/dev/null 2>&1
     ok=$(load "$sc" "$N")
     callgrind_control -d "$SERVER_PID" >/dev/null 2>&1
-    kill "$SERVER_PID"
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
+    bench_stop_server
     dump=$(ls -t "$out".* 2>/dev/null | grep -v '\.txt$' | head -1)
     ir=$(sed -n 's/^summary: //p; s/^totals: //p' "$dump" | head -1 | awk '{print $1}')
     callgrind_annotate --inclusive=yes --threshold=99 "$dump" >"$out.inclusive.txt" 2>/dev/null || true

@@ -58,8 +58,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sys/leader", get(leader).head(leader))
         .route_layer(axum::middleware::from_fn(
             |req: HttpRequest, next: axum::middleware::Next| async move {
-                let refused = refuse_wrapping_of_server_paths(&req, &new_request_id())
-                    .or_else(|| refuse_namespace(req.headers(), &new_request_id()));
+                let request_id = new_request_id();
+                let refused = refuse_wrapping_of_server_paths(&req, &request_id)
+                    .or_else(|| refuse_namespace(req.headers(), &request_id));
                 match refused {
                     Some(resp) => resp,
                     None => next.run(req).await,

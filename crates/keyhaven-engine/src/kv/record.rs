@@ -272,24 +272,14 @@ impl KeyRecord {
 
 /// Storage key of a version payload.
 pub(super) fn version_key(id: &str, n: u64) -> String {
-    // Every read builds one: no formatting machinery.
-    // The decimal digits, least significant first (u64::MAX has 20).
-    let mut digits = [0u8; 20];
-    let mut len = 0;
-    let mut rest = n;
-    for d in &mut digits {
-        *d = b'0' + u8::try_from(rest % 10).unwrap_or(0);
-        len += 1;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let mut key = String::with_capacity("versions//".len() + id.len() + len);
+    use std::fmt::Write as _;
+    // Every read builds one: the integer alone goes through the formatter.
+    let mut key = String::with_capacity("versions//".len() + id.len() + 20);
     key.push_str("versions/");
     key.push_str(id);
     key.push('/');
-    key.extend(digits.iter().take(len).rev().map(|&d| char::from(d)));
+    // Writing to a String cannot fail.
+    let _ = write!(key, "{n}");
     key
 }
 
