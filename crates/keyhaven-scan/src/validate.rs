@@ -71,7 +71,7 @@ fn checksum_after_underscore(s: &[u8]) -> bool {
         return false;
     }
     let (body, sum) = rest.split_at(30);
-    base62_crc32(body).as_bytes() == sum
+    keyhaven_types::token::checksum_matches(body, sum)
 }
 
 /// A well-formed keyhaven token, checked by the token format's own parser.

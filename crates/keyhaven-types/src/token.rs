@@ -81,7 +81,28 @@ pub fn generate(kind: TokenKind, mut fill: impl FnMut(&mut [u8])) -> String {
 /// The checksum of `data`: CRC-32 (IEEE) in [`CHECKSUM_LEN`] base62 characters, zero
 /// padded. The same layout GitHub and npm use for their tokens' checksums.
 pub fn checksum(data: &[u8]) -> String {
-    encode_checksum(crc32(data))
+    checksum_digits(data)
+        .iter()
+        .map(|&b| char::from(b))
+        .collect()
+}
+
+/// Whether `sum` is the checksum of `data` (what [`checksum`] gives), without building
+/// a string: every request's token goes through this.
+pub fn checksum_matches(data: &[u8], sum: &[u8]) -> bool {
+    checksum_digits(data) == sum
+}
+
+fn checksum_digits(data: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let mut value = crc32(data);
+    let mut digits = [b'0'; CHECKSUM_LEN];
+    for slot in digits.iter_mut().rev() {
+        if let Some(&c) = ALPHABET.get((value % 62) as usize) {
+            *slot = c;
+        }
+        value /= 62;
+    }
+    digits
 }
 
 /// Check that `token` is a well-formed keyhaven token and say which kind.
@@ -108,32 +129,38 @@ pub fn parse(token: &str) -> Result<TokenKind, TokenFormatError> {
     {
         return Err(TokenFormatError::Malformed);
     }
-    if self::checksum(body.as_bytes()) != checksum {
+    if !checksum_matches(body.as_bytes(), checksum.as_bytes()) {
         return Err(TokenFormatError::BadChecksum);
     }
     Ok(kind)
 }
 
-fn encode_checksum(mut value: u32) -> String {
-    let mut digits = [b'0'; CHECKSUM_LEN];
-    for slot in digits.iter_mut().rev() {
-        if let Some(&c) = ALPHABET.get((value % 62) as usize) {
-            *slot = c;
+/// The reflected IEEE polynomial's remainder of every byte value, computed at build time.
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut n = 0;
+    while n < 256 {
+        #[allow(clippy::cast_possible_truncation, reason = "n < 256")]
+        let mut crc = n as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+            bit += 1;
         }
-        value /= 62;
+        table[n] = crc;
+        n += 1;
     }
-    digits.iter().map(|&b| char::from(b)).collect()
-}
+    table
+};
 
-/// CRC-32 (IEEE 802.3, reflected, as zlib computes it).
+/// CRC-32 (IEEE 802.3, reflected, as zlib computes it), a byte at a time.
 pub fn crc32(data: &[u8]) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;
     for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
+        let index = (crc ^ u32::from(byte)) & 0xFF;
+        let entry = CRC_TABLE.get(index as usize).copied().unwrap_or_default();
+        crc = (crc >> 8) ^ entry;
     }
     !crc
 }
@@ -204,6 +231,39 @@ mod tests {
     #[test]
     fn crc32_matches_the_standard_check_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+        assert_eq!(
+            crc32(b"The quick brown fox jumps over the lazy dog"),
+            0x414F_A339
+        );
+    }
+
+    #[test]
+    fn the_table_crc_equals_the_bitwise_definition() {
+        fn bitwise(data: &[u8]) -> u32 {
+            let mut crc = 0xFFFF_FFFFu32;
+            for &byte in data {
+                crc ^= u32::from(byte);
+                for _ in 0..8 {
+                    let mask = (crc & 1).wrapping_neg();
+                    crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+                }
+            }
+            !crc
+        }
+        let mut fill = counter_rng();
+        let mut data = vec![0u8; 300];
+        fill(&mut data);
+        for len in 0..data.len() {
+            let slice = &data[..len];
+            assert_eq!(crc32(slice), bitwise(slice), "length {len}");
+            let sum = checksum(slice);
+            assert!(checksum_matches(slice, sum.as_bytes()));
+            let mut wrong = sum.into_bytes();
+            wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+            assert!(!checksum_matches(slice, &wrong));
+            assert!(!checksum_matches(slice, &wrong[1..]));
+        }
     }
 
     #[test]
