@@ -62,16 +62,25 @@ bench_request_args() {
   fi
 }
 
-# Start server KIND (keyhaven-dev: `keyhaven server --dev` with root token $TOKEN, set up
-# as bench/server.sh and bench/transit.sh set theirs up: KV v2 secret/bench and transit
-# key "bench"; ceiling: bench/ceiling) on ADDR, its output to LOG, under the command
-# given after LOG if any (e.g. valgrind). Sets SERVER_PID; waits until it answers (at
-# most 60 s). Needs KEYHAVEN, CEILING, ADDR and TOKEN.
+# Start server KIND on ADDR, its output to LOG, under the command given after LOG if any
+# (e.g. valgrind). KIND is keyhaven-dev (`keyhaven server --dev` with root token $TOKEN),
+# keyhaven-sqlite (`keyhaven server --config`: a fresh SQLite database under
+# $WORK/sqlite, no audit device, initialised with one share and unsealed; TOKEN becomes
+# its root token) or ceiling (bench/ceiling). keyhaven is set up as bench/server.sh and
+# bench/transit.sh set theirs up: KV v2 secret/bench and transit key "bench". Sets
+# SERVER_PID; waits until it answers (at most 60 s). Needs KEYHAVEN, CEILING, ADDR,
+# TOKEN and WORK.
 bench_start_server() { # kind log [wrapper...]
   local kind=$1 log=$2 argv
   shift 2
   case "$kind" in
     keyhaven-dev) argv=("$KEYHAVEN" server --dev --dev-listen-address "$ADDR" --dev-root-token-id "$TOKEN" --log-level warn);;
+    keyhaven-sqlite)
+      rm -rf "$WORK/sqlite"
+      mkdir -p -m 700 "$WORK/sqlite/data"
+      printf '[storage]\nbackend = "sqlite"\npath = "%s"\n\n[listener]\naddress = "%s"\ntls_disable = true\n\n[log]\nlevel = "warn"\n' \
+        "$WORK/sqlite/data/keyhaven.db" "$ADDR" >"$WORK/sqlite/keyhaven.toml"
+      argv=("$KEYHAVEN" server --config "$WORK/sqlite/keyhaven.toml");;
     ceiling) argv=("$CEILING" --listen "$ADDR");;
     *) echo "unknown server $kind" >&2; return 2;;
   esac
@@ -81,7 +90,16 @@ bench_start_server() { # kind log [wrapper...]
     curl -s -o /dev/null -H "X-Vault-Token: $TOKEN" "http://$ADDR/v1/sys/health" 2>/dev/null && break
     sleep 0.1
   done
-  [ "$kind" = keyhaven-dev ] || return 0
+  [ "$kind" != ceiling ] || return 0
+  if [ "$kind" = keyhaven-sqlite ]; then
+    local init
+    init=$(curl -sf -X PUT -d '{"secret_shares":1,"secret_threshold":1}' "http://$ADDR/v1/sys/init")
+    TOKEN=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["root_token"])' <<<"$init")
+    curl -sf -o /dev/null -X PUT \
+      -d "$(python3 -c 'import json,sys; print(json.dumps({"key": json.load(sys.stdin)["keys"][0]}))' <<<"$init")" \
+      "http://$ADDR/v1/sys/unseal"
+    curl -sf -o /dev/null -H "X-Vault-Token: $TOKEN" -X POST -d '{"type":"kv-v2"}' "http://$ADDR/v1/sys/mounts/secret"
+  fi
   local api=(curl -sf -o /dev/null -H "X-Vault-Token: $TOKEN" -H 'Content-Type: application/json')
   for _ in $(seq 1 100); do
     "${api[@]}" -X POST -d '{"data":{"user":"bench","password":"0123456789abcdef0123456789abcdef"}}' \

@@ -15,7 +15,8 @@
 #
 # Scenarios (SCENARIOS): kv_read (GET /v1/secret/data/bench), encrypt (POST
 # /v1/transit/encrypt/bench, 32 bytes). Servers (SERVERS): keyhaven-dev (`keyhaven server
-# --dev`, no audit), ceiling. Only loopback traffic; only the processes this script
+# --dev`, no audit), keyhaven-sqlite (SQLite storage with its read cache, no audit; not
+# by default), ceiling. Only loopback traffic; only the processes this script
 # starts are stopped, by PID. Needs perf (linux-perf) with access to the server's PID.
 #
 # Knobs: KEYHAVEN=<binary> (the release profile keeps line tables for the call graphs)
@@ -62,6 +63,7 @@ HZ=$(getconf CLK_TCK)
 printf '| server | scenario | requests/s | server CPU-s | µs of CPU per request |\n|---|---|---:|---:|---:|\n' >"$WORK/summary.md"
 for s in $SERVERS; do
   for sc in $SCENARIOS; do
+    TOKEN=root # keyhaven-sqlite replaces it with its own root token
     bench_start_server "$s" "$WORK/$s.$sc.log"
     bench_request_args "$sc"
     oha -z "$((WARMUP + SECONDS_ + 1))s" -c "$CONC" --no-tui --output-format json \

@@ -16,7 +16,8 @@
 #
 # Scenarios (SCENARIOS): kv_read (GET /v1/secret/data/bench), encrypt (POST
 # /v1/transit/encrypt/bench, 32 bytes). Servers (SERVERS): keyhaven-dev (`keyhaven server
-# --dev`, no audit), ceiling. Only loopback traffic; only the processes this script
+# --dev`, no audit), keyhaven-sqlite (SQLite storage with its read cache, no audit; not
+# by default), ceiling. Only loopback traffic; only the processes this script
 # starts are stopped, by PID.
 #
 # Knobs: KEYHAVEN=<binary> (with symbols: the release profile keeps line tables)
@@ -62,6 +63,7 @@ for s in $SERVERS; do
   for sc in $SCENARIOS; do
     out="$WORK/callgrind.$s.$sc"
     rm -f "$out" "$out".*
+    TOKEN=root # keyhaven-sqlite replaces it with its own root token
     bench_start_server "$s" "$WORK/$s.$sc.log" \
       valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out"
     load "$sc" "$WARM_N" >/dev/null
