@@ -71,7 +71,15 @@ fn health(addr: &str) -> Option<u16> {
     crate::support::call_status(&format!("{addr}/v1/sys/health"))
 }
 
-/// Wait until exactly one of `addrs` is active and every other one a standby; its index.
+/// The active replica's address as `addr`'s `sys/leader` names it ("" while unknown).
+fn leader_address(addr: &str) -> Option<String> {
+    let (status, body) = try_call("GET", &format!("{addr}/v1/sys/leader"), "", None)?;
+    (status == 200).then(|| body["leader_address"].as_str().unwrap_or("").to_owned())
+}
+
+/// Wait until exactly one of `addrs` is active, every other one a standby, and every
+/// standby names the active one as its leader; its index. (A standby answers 429 as soon
+/// as it is unsealed, before its election loop has read who holds the lock.)
 fn one_active(addrs: &[&str]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -79,8 +87,14 @@ fn one_active(addrs: &[&str]) -> usize {
         let active: Vec<usize> = (0..codes.len())
             .filter(|&i| codes[i] == Some(200))
             .collect();
-        if active.len() == 1 && codes.iter().all(|c| matches!(c, Some(200 | 429))) {
-            return active[0];
+        if let [active] = active[..]
+            && codes.iter().all(|c| matches!(c, Some(200 | 429)))
+            && addrs
+                .iter()
+                .enumerate()
+                .all(|(i, a)| i == active || leader_address(a).as_deref() == Some(addrs[active]))
+        {
+            return active;
         }
         assert!(
             Instant::now() < deadline,
