@@ -183,9 +183,13 @@ fn wrap_request(headers: &HeaderMap) -> Result<Option<WrapRequest>, String> {
 pub(crate) fn new_request_id() -> String {
     let mut bytes = [0u8; 16];
     rand::fill(&mut bytes[..]);
+    // Encoded into a buffer rather than through `Display` and the formatter.
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid::Builder::from_random_bytes(bytes)
         .into_uuid()
-        .to_string()
+        .hyphenated()
+        .encode_lower(&mut text)
+        .to_owned()
 }
 
 fn json_response(
@@ -199,8 +203,17 @@ fn json_response(
         bytes.clear();
         bytes.extend_from_slice(b"{}");
     }
-    let mut resp = (status, bytes).into_response();
+    bytes_response(status, bytes, request_id)
+}
+
+/// A JSON answer whose body is already serialized.
+fn bytes_response(status: StatusCode, bytes: Vec<u8>, request_id: &str) -> HttpResponse {
+    // Built directly: `IntoResponse` for bytes would first set a content type that the
+    // next line replaces.
+    let mut resp = HttpResponse::new(Body::from(bytes));
+    *resp.status_mut() = status;
     let headers = resp.headers_mut();
+    headers.reserve(3);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -535,12 +548,13 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
     let resp = match result {
         Ok(resp) => envelope(resp, shape, &request_id),
         // A deleted KV version: Vault's 404 that still carries the version's metadata.
-        Err(EngineError::VersionGone(data)) => json_response(
+        Err(EngineError::VersionGone(data)) => bytes_response(
             StatusCode::NOT_FOUND,
-            &Envelope {
+            Envelope {
                 resp: &Response::data(*data),
                 request_id: &request_id,
-            },
+            }
+            .to_vec(),
             &request_id,
         ),
         Err(err) => error_response(&err, &request_id),
@@ -756,12 +770,13 @@ fn envelope(resp: Response, shape: WireShape, request_id: &str) -> HttpResponse 
         }
         WireShape::Envelope => {}
     }
-    json_response(
+    bytes_response(
         status,
-        &Envelope {
+        Envelope {
             resp: &resp,
             request_id,
-        },
+        }
+        .to_vec(),
         request_id,
     )
 }
@@ -774,9 +789,22 @@ struct Envelope<'a> {
     request_id: &'a str,
 }
 
-impl serde::Serialize for Envelope<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
+impl Envelope<'_> {
+    /// The envelope as JSON (`{}` in the unreachable case that a value fails to
+    /// serialize, as [`json_response`] answers).
+    fn to_vec(&self) -> Vec<u8> {
+        // Most answers fit: one allocation instead of growing from 128 bytes.
+        let mut out = Vec::with_capacity(768);
+        if self.write(&mut out).is_err() {
+            out.clear();
+            out.extend_from_slice(b"{}");
+        }
+        out
+    }
+
+    /// The fixed keys are written as bytes (they need no escaping); the values go
+    /// through serde_json.
+    fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let resp = self.resp;
         // As in Vault, a wrapped answer has no request id of its own in the body.
         let request_id = if resp.wrap_info.is_some() {
@@ -784,31 +812,42 @@ impl serde::Serialize for Envelope<'_> {
         } else {
             self.request_id
         };
-        let mut map = serializer.serialize_map(Some(8))?;
-        map.serialize_entry("auth", &resp.auth)?;
-        map.serialize_entry("data", &resp.data)?;
+        out.extend_from_slice(b"{\"auth\":");
+        serde_json::to_writer(&mut *out, &resp.auth)?;
+        out.extend_from_slice(b",\"data\":");
+        serde_json::to_writer(&mut *out, &resp.data)?;
+        out.extend_from_slice(b",\"lease_duration\":");
         match &resp.lease {
             Some(lease) => {
-                map.serialize_entry("lease_duration", &lease.duration)?;
-                map.serialize_entry("lease_id", &lease.lease_id)?;
-                map.serialize_entry("renewable", &lease.renewable)?;
+                serde_json::to_writer(&mut *out, &lease.duration)?;
+                out.extend_from_slice(b",\"lease_id\":");
+                serde_json::to_writer(&mut *out, &lease.lease_id)?;
+                out.extend_from_slice(if lease.renewable {
+                    b",\"renewable\":true"
+                } else {
+                    b",\"renewable\":false"
+                });
             }
             None => {
-                map.serialize_entry(
-                    "lease_duration",
+                serde_json::to_writer(
+                    &mut *out,
                     &resp.lease_duration.map_or(0, LeaseDuration::seconds),
                 )?;
-                map.serialize_entry("lease_id", "")?;
-                map.serialize_entry("renewable", &false)?;
+                out.extend_from_slice(b",\"lease_id\":\"\",\"renewable\":false");
             }
         }
-        map.serialize_entry("request_id", request_id)?;
-        map.serialize_entry(
-            "warnings",
-            &(!resp.warnings.is_empty()).then_some(&resp.warnings),
-        )?;
-        map.serialize_entry("wrap_info", &resp.wrap_info)?;
-        map.end()
+        out.extend_from_slice(b",\"request_id\":");
+        serde_json::to_writer(&mut *out, request_id)?;
+        out.extend_from_slice(b",\"warnings\":");
+        if resp.warnings.is_empty() {
+            out.extend_from_slice(b"null");
+        } else {
+            serde_json::to_writer(&mut *out, &resp.warnings)?;
+        }
+        out.extend_from_slice(b",\"wrap_info\":");
+        serde_json::to_writer(&mut *out, &resp.wrap_info)?;
+        out.push(b'}');
+        Ok(())
     }
 }
 
@@ -1390,6 +1429,26 @@ mod tests {
                 ..Response::data(Map::new())
             },
             || Response {
+                lease: Some(keyhaven_engine::LeaseGrant {
+                    lease_id: "database/creds/r/abc".into(),
+                    duration: 3600,
+                    renewable: true,
+                }),
+                ..Response::data(json!({"username": "u"}).as_object().unwrap().clone())
+            },
+            || Response {
+                lease: Some(keyhaven_engine::LeaseGrant {
+                    lease_id: String::new(),
+                    duration: 0,
+                    renewable: false,
+                }),
+                ..Default::default()
+            },
+            || Response {
+                lease_duration: Some(LeaseDuration::Seconds(-5)),
+                ..Response::data(Map::new())
+            },
+            || Response {
                 auth: Some(
                     json!({"client_token": "t", "policies": ["a"]})
                         .as_object()
@@ -1415,16 +1474,18 @@ mod tests {
             },
         ];
         for make in cases {
-            let streamed = serde_json::to_vec(&Envelope {
-                resp: &make(),
-                request_id: "id-1",
-            })
-            .unwrap();
-            let built = serde_json::to_vec(&built_envelope(make(), "id-1", false)).unwrap();
-            assert_eq!(
-                String::from_utf8(streamed).unwrap(),
-                String::from_utf8(built).unwrap()
-            );
+            for request_id in ["id-1", "needs \"escaping\" \\ \u{1}"] {
+                let streamed = Envelope {
+                    resp: &make(),
+                    request_id,
+                }
+                .to_vec();
+                let built = serde_json::to_vec(&built_envelope(make(), request_id, false)).unwrap();
+                assert_eq!(
+                    String::from_utf8(streamed).unwrap(),
+                    String::from_utf8(built).unwrap()
+                );
+            }
         }
     }
 
@@ -1443,11 +1504,11 @@ mod tests {
             Response::default(),
         ];
         for resp in &responses {
-            let streamed = serde_json::to_vec(&Envelope {
+            let streamed = Envelope {
                 resp,
                 request_id: "id-2",
-            })
-            .unwrap();
+            }
+            .to_vec();
             let read: wire::Envelope<Value> = serde_json::from_slice(&streamed).unwrap();
             assert_eq!(read.request_id, "id-2");
             assert_eq!(
