@@ -62,6 +62,24 @@ bench_request_args() {
   fi
 }
 
+# The knobs the request benches (request-perf.sh, request-profile.sh) share, with their
+# defaults, and their loopback address: sets KEYHAVEN, CEILING, SERVERS, SCENARIOS, CONC,
+# HOST, ADDR and TOKEN, puts oha on PATH and makes WORK (refusing a path with ".."). Needs
+# CARGO_TARGET_DIR, PORT and WORK.
+bench_request_knobs() {
+  KEYHAVEN=${KEYHAVEN:-$CARGO_TARGET_DIR/release/keyhaven}
+  CEILING=${CEILING:-$CARGO_TARGET_DIR/release/keyhaven-ceiling}
+  SERVERS=${SERVERS:-"keyhaven-dev ceiling"}
+  SCENARIOS=${SCENARIOS:-"kv_read encrypt"}
+  CONC=${CONC:-16}
+  HOST=127.0.0.1 # loopback only, on purpose
+  ADDR="$HOST:$PORT"
+  TOKEN=root
+  case "$WORK" in *..*) echo "refusing odd paths" >&2; exit 2;; esac
+  command -v oha >/dev/null || PATH="$HOME/.cargo/bin:$PATH"
+  mkdir -p "$WORK"
+}
+
 # Start server KIND on ADDR, its output to LOG, under the command given after LOG if any
 # (e.g. valgrind). KIND is keyhaven-dev (`keyhaven server --dev` with root token $TOKEN),
 # keyhaven-sqlite (`keyhaven server --config`: a fresh SQLite database under

@@ -26,25 +26,14 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-KEYHAVEN=${KEYHAVEN:-$CARGO_TARGET_DIR/release/keyhaven}
-CEILING=${CEILING:-$CARGO_TARGET_DIR/release/keyhaven-ceiling}
-SERVERS=${SERVERS:-"keyhaven-dev ceiling"}
-SCENARIOS=${SCENARIOS:-"kv_read encrypt"}
 SECONDS_=${SECONDS_:-4}
 WARMUP=${WARMUP:-2}
 FREQ=${FREQ:-999}
-CONC=${CONC:-16}
 PORT=${PORT:-18950}
 WORK=${WORK:-$CARGO_TARGET_DIR/bench-perf}
-HOST=127.0.0.1 # loopback only, on purpose
-ADDR="$HOST:$PORT"
-TOKEN=root
-
-case "$WORK" in *..*) echo "refusing odd paths" >&2; exit 2;; esac
-command -v perf >/dev/null || { echo "needs perf" >&2; exit 2; }
-command -v oha >/dev/null || PATH="$HOME/.cargo/bin:$PATH"
-mkdir -p "$WORK"
 . "$ROOT/bench/common.sh"
+bench_request_knobs
+command -v perf >/dev/null || { echo "needs perf" >&2; exit 2; }
 
 SERVER_PID=""
 LOAD_PID=""

@@ -27,25 +27,14 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-KEYHAVEN=${KEYHAVEN:-$CARGO_TARGET_DIR/release/keyhaven}
-CEILING=${CEILING:-$CARGO_TARGET_DIR/release/keyhaven-ceiling}
-SERVERS=${SERVERS:-"keyhaven-dev ceiling"}
-SCENARIOS=${SCENARIOS:-"kv_read encrypt"}
 N=${N:-5000}
 WARM_N=${WARM_N:-500}
-CONC=${CONC:-16}
 PORT=${PORT:-18900}
 WORK=${WORK:-$CARGO_TARGET_DIR/bench-profile}
-HOST=127.0.0.1 # loopback only, on purpose
-ADDR="$HOST:$PORT"
-TOKEN=root
-
-case "$WORK" in *..*) echo "refusing odd paths" >&2; exit 2;; esac
+. "$ROOT/bench/common.sh"
+bench_request_knobs
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
   { echo "needs valgrind (callgrind, callgrind_control)" >&2; exit 2; }
-command -v oha >/dev/null || PATH="$HOME/.cargo/bin:$PATH"
-mkdir -p "$WORK"
-. "$ROOT/bench/common.sh"
 
 SERVER_PID=""
 trap bench_stop_server EXIT INT TERM
