@@ -1527,6 +1527,19 @@ impl Core {
         req: Request,
         wrap: Option<WrapRequest>,
     ) -> Result<Response, EngineError> {
+        let mut resp = self.handle_encoded(req, wrap).await?;
+        resp.decode_data()?;
+        Ok(resp)
+    }
+
+    /// [`Core::handle_wrapped`] for the server's envelope writer: the response's `data`
+    /// may come encoded ([`Response::encoded_data`]), to be copied into the answer as it
+    /// is.
+    pub async fn handle_encoded(
+        &self,
+        req: Request,
+        wrap: Option<WrapRequest>,
+    ) -> Result<Response, EngineError> {
         let metrics = &self.options.metrics;
         let mut timing = RequestTiming {
             metrics,

@@ -36,7 +36,8 @@ pub use backend::{Backend, BackendContext, BackendRequest, LeaseRef, Limits};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{CryptoOp, EngineError};
 pub use request::{
-    BatchFailure, ClientToken, LeaseDuration, LeaseGrant, Operation, Request, Response, SecretGrant,
+    BatchFailure, ClientToken, EncodedData, LeaseDuration, LeaseGrant, Operation, Request,
+    Response, SecretGrant,
 };
 
 mod barrier;

@@ -1,6 +1,7 @@
 //! Requests into and responses out of the engine.
 
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::error::EngineError;
@@ -113,6 +114,12 @@ impl fmt::Debug for Request {
 pub struct Response {
     /// The `data` object.
     pub data: Option<Map<String, Value>>,
+    /// The `data` object already encoded, in place of [`Response::data`] (never both): a
+    /// KV read serves its stored payload as it was written instead of decoding it into
+    /// a `Map` the server would encode again. Only the server's envelope writer takes
+    /// it as it is ([`crate::Core::handle_encoded`]); every other caller of the core
+    /// gets [`Response::data`].
+    pub encoded_data: Option<EncodedData>,
     /// The `auth` object (token creation).
     pub auth: Option<Map<String, Value>>,
     /// Human-readable warnings.
@@ -222,9 +229,35 @@ impl Response {
         Response::default()
     }
 
+    /// A response carrying an encoded `data` object.
+    pub(crate) fn encoded(data: EncodedData) -> Self {
+        Response {
+            encoded_data: Some(data),
+            ..Default::default()
+        }
+    }
+
+    /// The `data` object, decoded if it came encoded.
+    pub fn data_view(&self) -> Result<Option<Cow<'_, Map<String, Value>>>, EngineError> {
+        match (&self.data, &self.encoded_data) {
+            (Some(data), _) => Ok(Some(Cow::Borrowed(data))),
+            (None, Some(encoded)) => encoded.decode().map(|d| Some(Cow::Owned(d))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Decode an encoded `data` object into [`Response::data`].
+    pub fn decode_data(&mut self) -> Result<(), EngineError> {
+        if let Some(encoded) = self.encoded_data.take() {
+            self.data = Some(encoded.decode()?);
+        }
+        Ok(())
+    }
+
     /// Whether the server should answer `204 No Content`.
     pub fn is_empty(&self) -> bool {
         self.data.is_none()
+            && self.encoded_data.is_none()
             && self.auth.is_none()
             && self.wrap_info.is_none()
             && self.warnings.is_empty()
@@ -242,11 +275,45 @@ impl fmt::Debug for Response {
                 "data_keys",
                 &self.data.as_ref().map(|d| d.keys().collect::<Vec<_>>()),
             )
+            .field("encoded_data", &self.encoded_data)
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
             .field("warnings", &self.warnings)
             .field("wrap_info", &self.wrap_info)
             .field("secret", &self.secret.as_ref().map(|_| "<lease pending>"))
             .field("lease", &self.lease)
             .finish()
+    }
+}
+
+/// A `data` object encoded as compact JSON, as `serde_json` writes a `Map` (keys in
+/// sorted order, no white space): the server copies it into the envelope unchanged, so
+/// the answer is byte for byte what encoding the decoded object would give.
+pub struct EncodedData(Vec<u8>);
+
+impl EncodedData {
+    /// Wrap bytes that hold one JSON object in `serde_json`'s compact form. The caller
+    /// vouches for that (a KV read builds them from its own stored payload, which the
+    /// barrier authenticated); only the outer braces are checked here (`None` without
+    /// them).
+    pub fn new(bytes: Vec<u8>) -> Option<Self> {
+        (bytes.first() == Some(&b'{') && bytes.last() == Some(&b'}')).then_some(EncodedData(bytes))
+    }
+
+    /// The JSON text.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The object it encodes.
+    pub fn decode(&self) -> Result<Map<String, Value>, EngineError> {
+        serde_json::from_slice(&self.0)
+            .map_err(|_| EngineError::Internal("encoded data is not a JSON object"))
+    }
+}
+
+// The bytes hold secret values: print only their length.
+impl fmt::Debug for EncodedData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EncodedData({} bytes)", self.0.len())
     }
 }

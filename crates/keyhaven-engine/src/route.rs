@@ -576,7 +576,7 @@ pub fn check_fields(route: &Route, data: &Map<String, Value>) -> Result<Vec<Stri
 /// as the core does once a request is authorized: match the route, refuse an operation
 /// it does not serve, check the fields, call the handler, and add Vault's warning for
 /// unknown fields to a success. A route without an existence check sees writes as
-/// `update`.
+/// `update`. Encoded data comes back decoded, as [`crate::Core::handle`] gives it.
 pub async fn call(
     backend: &dyn crate::Backend,
     operation: Operation,
@@ -601,6 +601,7 @@ pub async fn call(
             display_name: "",
         })
         .await?;
+    resp.decode_data()?;
     resp.warnings.extend(warnings);
     Ok(resp)
 }

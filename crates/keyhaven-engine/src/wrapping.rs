@@ -81,17 +81,17 @@ fn invalid() -> EngineError {
 }
 
 /// The envelope a wrapped response is kept as (and unwrapped from).
-fn envelope(resp: &Response, request_id: &str) -> Value {
-    json!({
+fn envelope(resp: &Response, request_id: &str) -> Result<Value, EngineError> {
+    Ok(json!({
         "request_id": request_id,
         "lease_id": "",
         "renewable": false,
         "lease_duration": 0,
-        "data": resp.data,
+        "data": resp.data_view()?,
         "wrap_info": Value::Null,
         "warnings": (!resp.warnings.is_empty()).then_some(&resp.warnings),
         "auth": resp.auth,
-    })
+    }))
 }
 
 /// The response a stored envelope holds.
@@ -132,7 +132,7 @@ impl Core {
         resp: &Response,
         ttl: u64,
     ) -> Result<Response, EngineError> {
-        let stored = envelope(resp, request_id);
+        let stored = envelope(resp, request_id)?;
         let wrapped_accessor = resp
             .auth
             .as_ref()

@@ -544,7 +544,7 @@ async fn logical(State(state): State<AppState>, req: HttpRequest) -> HttpRespons
         client_certs,
     };
     let shape = WireShape::of(&request.path);
-    let result = state.core.handle_wrapped(request, wrap).await;
+    let result = state.core.handle_encoded(request, wrap).await;
     let resp = match result {
         Ok(resp) => envelope(resp, shape, &request_id),
         // A deleted KV version: Vault's 404 that still carries the version's metadata.
@@ -730,7 +730,13 @@ impl WireShape {
 }
 
 /// Wrap an engine response in Vault's envelope.
-fn envelope(resp: Response, shape: WireShape, request_id: &str) -> HttpResponse {
+fn envelope(mut resp: Response, shape: WireShape, request_id: &str) -> HttpResponse {
+    // Only the envelope writer copies encoded data as it is.
+    if !matches!(shape, WireShape::Envelope)
+        && let Err(err) = resp.decode_data()
+    {
+        return error_response(&err, request_id);
+    }
     if resp.is_empty() {
         let mut r = StatusCode::NO_CONTENT.into_response();
         if let Ok(v) = HeaderValue::from_str(request_id) {
@@ -815,7 +821,10 @@ impl Envelope<'_> {
         out.extend_from_slice(b"{\"auth\":");
         serde_json::to_writer(&mut *out, &resp.auth)?;
         out.extend_from_slice(b",\"data\":");
-        serde_json::to_writer(&mut *out, &resp.data)?;
+        match (&resp.data, &resp.encoded_data) {
+            (None, Some(encoded)) => out.extend_from_slice(encoded.as_bytes()),
+            (data, _) => serde_json::to_writer(&mut *out, data)?,
+        }
         out.extend_from_slice(b",\"lease_duration\":");
         match &resp.lease {
             Some(lease) => {
@@ -1424,6 +1433,15 @@ mod tests {
                         .clone(),
                 )
             },
+            // A KV read's data, encoded by the engine: copied as it is.
+            || Response {
+                encoded_data: keyhaven_engine::EncodedData::new(
+                    br#"{"data":{"a":[1,2.5,null],"k":"v\"q\u0001"},"metadata":{"version":3}}"#
+                        .to_vec(),
+                ),
+                warnings: vec!["unknown field".into()],
+                ..Default::default()
+            },
             || Response {
                 warnings: vec!["one".into(), "two".into()],
                 ..Response::data(Map::new())
@@ -1480,7 +1498,11 @@ mod tests {
                     request_id,
                 }
                 .to_vec();
-                let built = serde_json::to_vec(&built_envelope(make(), request_id, false)).unwrap();
+                let mut decoded = make();
+                decoded.decode_data().unwrap();
+                assert!(decoded.encoded_data.is_none());
+                let built =
+                    serde_json::to_vec(&built_envelope(decoded, request_id, false)).unwrap();
                 assert_eq!(
                     String::from_utf8(streamed).unwrap(),
                     String::from_utf8(built).unwrap()

@@ -762,8 +762,8 @@ impl Serialize for ResponseBlock<'_> {
             if let Some(auth) = &r.auth {
                 m.serialize_entry("auth", &ResponseAuth(self.0, auth))?;
             }
-            if let Some(data) = &r.data {
-                m.serialize_entry("data", &HashedMap(self.0, data, self.2))?;
+            if let Some(data) = r.data_view().map_err(serde::ser::Error::custom)? {
+                m.serialize_entry("data", &HashedMap(self.0, &data, self.2))?;
             }
             if !r.warnings.is_empty() {
                 m.serialize_entry("warnings", &r.warnings)?;

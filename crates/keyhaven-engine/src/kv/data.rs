@@ -5,11 +5,13 @@ use keyhaven_storage::{Condition, Op};
 use serde_json::{Map, Value};
 
 use super::json::{merge_patch, strip_values};
-use super::record::{KeyRecord, MountConfig};
+use std::sync::Arc;
+
+use super::record::{KeyRecord, MountConfig, VERSION_METADATA_LEN, VersionInfo};
 use super::{KvBackend, MAX_ATTEMPTS, SecretPath, contention, not_found};
 use crate::error::EngineError;
 use crate::params;
-use crate::request::Response;
+use crate::request::{EncodedData, Response};
 
 /// Fields of `data/<path>`.
 const CAS_MISMATCH: &str = "check-and-set parameter did not match the current version";
@@ -80,12 +82,31 @@ fn requested_version(data: &Map<String, Value>, meta: &KeyRecord) -> Result<u64,
 }
 
 impl KvBackend {
+    /// `{data, metadata}` of one version. The payload is served as it is stored: the
+    /// barrier authenticated it, and it is what [`KvBackend::data_write`] or a patch
+    /// wrote, `serde_json`'s encoding of an object, which is what decoding and encoding
+    /// it again would give.
     pub(super) async fn data_read(
         &self,
         path: &SecretPath,
         data: &Map<String, Value>,
     ) -> Result<Response, EngineError> {
-        self.read_version(path, data, "data", Value::Object).await
+        let (meta, version) = self.readable_version(path, data, "data").await?;
+        let payload = self.payload_bytes(&meta, version.n).await?;
+        if payload.first() != Some(&b'{') || payload.last() != Some(&b'}') {
+            return Err(EngineError::Corrupt("kv version data".to_owned()));
+        }
+        let mut out = Vec::with_capacity(
+            payload.len() + VERSION_METADATA_LEN + "{\"data\":,\"metadata\":}".len(),
+        );
+        out.extend_from_slice(b"{\"data\":");
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(b",\"metadata\":");
+        meta.write_version_metadata(&version, &mut out)?;
+        out.push(b'}');
+        EncodedData::new(out)
+            .map(Response::encoded)
+            .ok_or(EngineError::Internal("a kv read is not a JSON object"))
     }
 
     pub(super) async fn subkeys_read(
@@ -94,37 +115,40 @@ impl KvBackend {
         data: &Map<String, Value>,
     ) -> Result<Response, EngineError> {
         let depth = params::int(data, "depth")?.unwrap_or(0);
-        self.read_version(path, data, "subkeys", |mut payload| {
-            strip_values(&mut payload, depth);
-            Value::Object(payload)
-        })
-        .await
+        let (meta, version) = self.readable_version(path, data, "subkeys").await?;
+        let mut payload = self.load_payload(&meta, version.n).await?;
+        strip_values(&mut payload, depth);
+        let mut out = Map::with_capacity(2);
+        out.insert(
+            "metadata".to_owned(),
+            Value::Object(meta.version_metadata(&version)?),
+        );
+        out.insert("subkeys".to_owned(), Value::Object(payload));
+        Ok(Response::data(out))
     }
 
-    /// Read one version and answer `{<field>: shape(payload), metadata}`; a deleted or
-    /// destroyed version gives `<field>: null` with status 404, as Vault does.
-    async fn read_version(
+    /// The record and the version a read asks for, if its payload can be served; a
+    /// deleted or destroyed version gives `{<field>: null, metadata}` with status 404,
+    /// as Vault does.
+    async fn readable_version(
         &self,
         path: &SecretPath,
         data: &Map<String, Value>,
         field: &str,
-        shape: impl FnOnce(Map<String, Value>) -> Value,
-    ) -> Result<Response, EngineError> {
+    ) -> Result<(Arc<KeyRecord>, VersionInfo), EngineError> {
         let meta = self.load_meta(path).await?.ok_or_else(not_found)?;
         let n = requested_version(data, &meta)?;
-        let version = meta.version(n).ok_or_else(not_found)?;
-        let mut out = Map::with_capacity(2);
-        out.insert(
-            "metadata".to_owned(),
-            Value::Object(meta.version_metadata(version)),
-        );
+        let version = *meta.version(n).ok_or_else(not_found)?;
         if !version.is_live(self.now()) {
+            let mut out = Map::with_capacity(2);
+            out.insert(
+                "metadata".to_owned(),
+                Value::Object(meta.version_metadata(&version)?),
+            );
             out.insert(field.to_owned(), Value::Null);
             return Err(EngineError::VersionGone(Box::new(out)));
         }
-        let payload = self.load_payload(&meta, n).await?;
-        out.insert(field.to_owned(), shape(payload));
-        Ok(Response::data(out))
+        Ok((meta, version))
     }
 
     pub(super) async fn data_write(
@@ -174,7 +198,7 @@ impl KvBackend {
             let latest = meta.version(current).ok_or_else(not_found)?;
             if !latest.is_live(now) {
                 return Err(EngineError::VersionGone(Box::new(
-                    meta.version_metadata(latest),
+                    meta.version_metadata(latest)?,
                 )));
             }
             let mut merged = self.load_payload(&meta, current).await?;
@@ -221,7 +245,7 @@ impl KvBackend {
         if !self.commit(conditions, ops).await? {
             return Ok(None);
         }
-        Ok(Some(Response::data(meta.version_metadata(&version))))
+        Ok(Some(Response::data(meta.version_metadata(&version)?)))
     }
 
     pub(super) async fn data_delete(&self, path: &SecretPath) -> Result<Response, EngineError> {

@@ -444,13 +444,16 @@ impl KvBackend {
         meta: &KeyRecord,
         n: u64,
     ) -> Result<Map<String, Value>, EngineError> {
-        let bytes = self
-            .storage
+        serde_json::from_slice(&self.payload_bytes(meta, n).await?)
+            .map_err(|_| EngineError::Corrupt("kv version data".to_owned()))
+    }
+
+    /// Fetch the payload of version `n`, as stored (a JSON object).
+    async fn payload_bytes(&self, meta: &KeyRecord, n: u64) -> Result<Vec<u8>, EngineError> {
+        self.storage
             .get(&meta.version_key(n))
             .await?
-            .ok_or_else(|| EngineError::Corrupt("kv version data is missing".to_owned()))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|_| EngineError::Corrupt("kv version data".to_owned()))
+            .ok_or_else(|| EngineError::Corrupt("kv version data is missing".to_owned()))
     }
 }
 

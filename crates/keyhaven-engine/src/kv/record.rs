@@ -255,20 +255,56 @@ impl KeyRecord {
     }
 
     /// The per-version metadata of data reads, writes and subkeys.
-    pub(super) fn version_metadata(&self, v: &VersionInfo) -> Map<String, Value> {
-        let mut m = Map::with_capacity(5);
-        m.insert("created_time".to_owned(), time_value(v.created_time));
-        m.insert("custom_metadata".to_owned(), self.custom_metadata_value());
-        m.insert(
-            "deletion_time".to_owned(),
-            v.deletion_time
-                .map_or_else(|| Value::String(String::new()), time_value),
-        );
-        m.insert("destroyed".to_owned(), Value::Bool(v.destroyed));
-        m.insert("version".to_owned(), Value::from(v.n));
-        m
+    pub(super) fn version_metadata(
+        &self,
+        v: &VersionInfo,
+    ) -> Result<Map<String, Value>, EngineError> {
+        let mut out = Vec::with_capacity(VERSION_METADATA_LEN);
+        self.write_version_metadata(v, &mut out)?;
+        serde_json::from_slice(&out).map_err(|_| EngineError::Encode("kv version metadata"))
+    }
+
+    /// [`KeyRecord::version_metadata`] as JSON, appended to `out`: what `serde_json`
+    /// writes for that object (keys in sorted order, compact), without building it. A
+    /// data read answers with it on every request.
+    pub(super) fn write_version_metadata(
+        &self,
+        v: &VersionInfo,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EngineError> {
+        let encode = |_| EngineError::Encode("kv version metadata");
+        // RFC 3339 times hold only digits, `-`, `:`, `.`, `T` and `Z`: nothing to escape.
+        let time = |out: &mut Vec<u8>, nanos: u64| {
+            out.push(b'"');
+            out.extend_from_slice(rfc3339(UNIX_EPOCH + Duration::from_nanos(nanos)).as_bytes());
+            out.push(b'"');
+        };
+        out.extend_from_slice(b"{\"created_time\":");
+        time(out, v.created_time);
+        out.extend_from_slice(b",\"custom_metadata\":");
+        if self.custom_metadata.is_empty() {
+            out.extend_from_slice(b"null");
+        } else {
+            serde_json::to_writer(&mut *out, &self.custom_metadata).map_err(encode)?;
+        }
+        out.extend_from_slice(b",\"deletion_time\":");
+        match v.deletion_time {
+            Some(nanos) => time(out, nanos),
+            None => out.extend_from_slice(b"\"\""),
+        }
+        out.extend_from_slice(if v.destroyed {
+            b",\"destroyed\":true,\"version\":"
+        } else {
+            b",\"destroyed\":false,\"version\":"
+        });
+        serde_json::to_writer(&mut *out, &v.n).map_err(encode)?;
+        out.push(b'}');
+        Ok(())
     }
 }
+
+/// Bytes of a version's metadata without custom metadata (the time stamps are 30 each).
+pub(super) const VERSION_METADATA_LEN: usize = 160;
 
 /// Storage key of a version payload.
 pub(super) fn version_key(id: &str, n: u64) -> String {
@@ -350,6 +386,69 @@ mod tests {
         assert_eq!(r.deletion_time_for(0, &c), Some(90 * s));
         c.delete_version_after = -1;
         assert_eq!(r.deletion_time_for(0, &c), None);
+    }
+
+    /// The metadata as the JSON tree it stood for before it was written as bytes.
+    fn metadata_tree(r: &KeyRecord, v: &VersionInfo) -> Value {
+        let custom = if r.custom_metadata.is_empty() {
+            Value::Null
+        } else {
+            serde_json::to_value(&r.custom_metadata).unwrap()
+        };
+        serde_json::json!({
+            "created_time": time_value(v.created_time),
+            "custom_metadata": custom,
+            "deletion_time": v.deletion_time.map_or_else(|| Value::String(String::new()), time_value),
+            "destroyed": v.destroyed,
+            "version": v.n,
+        })
+    }
+
+    #[test]
+    fn version_metadata_bytes_are_what_serde_json_writes_for_the_tree() {
+        let mut r = record_with(3, &MountConfig::default());
+        let cases = [
+            VersionInfo {
+                n: 1,
+                created_time: 0,
+                deletion_time: None,
+                destroyed: false,
+            },
+            VersionInfo {
+                n: 2,
+                created_time: 1_764_936_000_123_456_789,
+                deletion_time: Some(1_764_936_060_000_000_001),
+                destroyed: false,
+            },
+            VersionInfo {
+                n: u64::MAX,
+                created_time: 1,
+                deletion_time: Some(2),
+                destroyed: true,
+            },
+        ];
+        for custom in [
+            BTreeMap::new(),
+            BTreeMap::from([
+                ("owner".to_owned(), "team \"a\"\n\u{1}é".to_owned()),
+                ("a\\b".to_owned(), String::new()),
+            ]),
+        ] {
+            r.custom_metadata = custom;
+            for v in &cases {
+                let mut out = Vec::new();
+                r.write_version_metadata(v, &mut out).unwrap();
+                let expected = serde_json::to_vec(&metadata_tree(&r, v)).unwrap();
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    String::from_utf8(expected).unwrap()
+                );
+                assert_eq!(
+                    Value::Object(r.version_metadata(v).unwrap()),
+                    metadata_tree(&r, v)
+                );
+            }
+        }
     }
 
     #[test]
