@@ -18,7 +18,7 @@ use super::manage::{NewKey, crypto_err, state_error};
 use super::{TransitBackend, items};
 use crate::error::{CryptoOp, EngineError};
 use crate::params;
-use crate::request::{BatchFailure, Response};
+use crate::request::{BatchFailure, EncodedData, Response};
 
 /// Vault's message for versions below `min_decryption_version` (or trimmed away).
 pub const TOO_OLD: &str = "ciphertext or signature version is disallowed by policy (too old)";
@@ -211,6 +211,14 @@ impl TransitBackend {
         };
         ensure_usable(&key)?;
         supported(&key, key.kind.supports_encryption(), "encryption")?;
+        if !batch {
+            // The one item's answer, written as bytes: every encrypt comes this way.
+            let item = list.first().ok_or(EngineError::Internal(
+                "a single-item request produced no result",
+            ))?;
+            let (ver, body) = encrypt_item(&key, item)?;
+            return Ok(Response::encoded(ciphertext_json(ver, &body)));
+        }
         let results = list.iter().map(|item| encrypt_one(&key, item)).collect();
         finish(batch, &list, results, data, BatchStatus::FailRequest)
     }
@@ -530,7 +538,27 @@ fn ciphertext_map(ver: u32, body: &[u8]) -> Map<String, Value> {
     m
 }
 
+/// [`ciphertext_map`] as JSON: a ciphertext (`vault:v<n>:` and standard base64) has
+/// nothing to escape.
+fn ciphertext_json(ver: u32, body: &[u8]) -> EncodedData {
+    use std::io::Write as _;
+    let text = codec::encode(ver, body, Base64::Standard);
+    let mut out =
+        Vec::with_capacity(text.len() + r#"{"ciphertext":"","key_version":4294967295}"#.len());
+    out.extend_from_slice(br#"{"ciphertext":""#);
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(br#"","key_version":"#);
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{ver}}}");
+    EncodedData::new(out).unwrap_or_else(|| unreachable!("written between braces"))
+}
+
 fn encrypt_one(key: &Key, item: &Map<String, Value>) -> Item {
+    encrypt_item(key, item).map(|(ver, body)| ciphertext_map(ver, &body))
+}
+
+/// Encrypt one item: the key version used and the ciphertext's bytes.
+fn encrypt_item(key: &Key, item: &Map<String, Value>) -> Result<(u32, Vec<u8>), EngineError> {
     let pt = b64(item, "plaintext")?
         .ok_or_else(|| EngineError::invalid("missing plaintext to encrypt"))?;
     no_nonce(item)?;
@@ -550,7 +578,7 @@ fn encrypt_one(key: &Key, item: &Map<String, Value>) -> Item {
             &pt,
         )
         .map_err(crypto_err)?;
-    Ok(ciphertext_map(ver, &body))
+    Ok((ver, body))
 }
 
 fn decrypt_one(
@@ -681,4 +709,24 @@ pub(crate) fn hash(alg: Option<&str>, data: &Map<String, Value>) -> Result<Respo
     let mut m = Map::new();
     m.insert("sum".into(), Value::String(out));
     Ok(Response::data(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_written_ciphertext_answer_is_what_serde_json_writes_for_the_map() {
+        for ver in [1, 9, 10, 123, u32::MAX] {
+            for len in [0, 1, 2, 3, 28, 60, 61, 62] {
+                let body: Vec<u8> = (0..len).map(|i| (i * 37 + 251) as u8).collect();
+                let written = ciphertext_json(ver, &body);
+                let expected = serde_json::to_vec(&ciphertext_map(ver, &body)).unwrap();
+                assert_eq!(
+                    String::from_utf8(written.as_bytes().to_vec()).unwrap(),
+                    String::from_utf8(expected).unwrap()
+                );
+            }
+        }
+    }
 }
