@@ -1878,9 +1878,10 @@ impl Drop for RequestTiming<'_> {
 struct Target {
     mounted: Mounted,
     rel: String,
-    /// The route `rel` matched for an operation, once matched: the same path and
-    /// operation match the same route again, so only its captures need taking again.
-    route: Option<(Operation, &'static Route)>,
+    /// The route `rel` matched for an operation, once matched, and where its captures
+    /// lie in `rel`: the same path and operation match the same route again, with the
+    /// same captures.
+    route: Option<(Operation, &'static Route, route::CaptureSpans)>,
 }
 
 /// The backend mounted where `path` (from the API root) leads, and the path inside its
@@ -1911,16 +1912,25 @@ impl Target {
 
     /// The route `op` on the relative path matches, if any; remembered for [`Target::request`].
     fn route_for(&mut self, op: Operation) -> Option<&'static Route> {
-        let route = route::match_route(self.mounted.handler.routes(), op, &self.rel)?.route;
-        self.route = Some((op, route));
-        Some(route)
+        let m = route::match_route(self.mounted.handler.routes(), op, &self.rel)?;
+        self.route = m
+            .captures
+            .spans(&self.rel)
+            .map(|spans| (op, m.route, spans));
+        Some(m.route)
     }
 
     /// The request as the mount's handler sees it, if a route matches.
     fn request<'a>(&'a self, req: &'a Request) -> Option<BackendRequest<'a>> {
-        let m = match self.route {
-            Some((op, route)) if op == req.operation => route::rematch(route, op, &self.rel)?,
-            _ => route::match_route(self.mounted.handler.routes(), req.operation, &self.rel)?,
+        let kept = match self.route {
+            Some((op, route, spans)) if op == req.operation => spans
+                .captures(&self.rel)
+                .map(|captures| route::Matched { route, captures }),
+            _ => None,
+        };
+        let m = match kept {
+            Some(m) => m,
+            None => route::match_route(self.mounted.handler.routes(), req.operation, &self.rel)?,
         };
         Some(BackendRequest {
             operation: req.operation,

@@ -419,6 +419,52 @@ impl<'p> Captures<'p> {
     }
 }
 
+impl Captures<'_> {
+    /// Where the captures lie in `path`, the path they were taken from, to take them
+    /// again from an equal path without matching it ([`CaptureSpans::captures`]).
+    /// `None` if one does not lie in `path`.
+    pub fn spans(&self, path: &str) -> Option<CaptureSpans> {
+        let base = path.as_ptr().addr();
+        let mut spans = CaptureSpans::default();
+        for (slot, (name, value)) in spans.items.iter_mut().zip(self.iter()) {
+            // Every empty capture is alike; others are sub-slices of the path.
+            let start = if value.is_empty() {
+                0
+            } else {
+                value.as_ptr().addr().checked_sub(base)?
+            };
+            let end = start.checked_add(value.len())?;
+            if path.get(start..end) != Some(value) {
+                return None;
+            }
+            *slot = (name, start, end);
+        }
+        spans.len = self.len;
+        Some(spans)
+    }
+}
+
+/// Where a match's captures lie in its path, by byte offsets ([`Captures::spans`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CaptureSpans {
+    items: [(&'static str, usize, usize); MAX_CAPTURES],
+    len: usize,
+}
+
+impl CaptureSpans {
+    /// The captures of `path`, equal to the path the spans were taken from; `None` if
+    /// a span does not fit it.
+    pub fn captures<'p>(&self, path: &'p str) -> Option<Captures<'p>> {
+        let mut caps = Captures::default();
+        for &(name, start, end) in self.items.get(..self.len)? {
+            if !caps.push(name, path.get(start..end)?) {
+                return None;
+            }
+        }
+        Some(caps)
+    }
+}
+
 /// Match `path` (relative to the mount) against one pattern.
 fn match_pattern<'p>(pattern: &'static str, path: &'p str, list: bool) -> Option<Captures<'p>> {
     let mut caps = Captures::default();
@@ -541,13 +587,6 @@ pub fn match_route<'p>(
         }
     }
     first
-}
-
-/// The captures of `path` for `route`, which [`match_route`] found for `op` on that same
-/// path: the match it would find again, without trying the routes before it.
-pub fn rematch<'p>(route: &'static Route, op: Operation, path: &'p str) -> Option<Matched<'p>> {
-    match_pattern(route.pattern, path, op == Operation::List)
-        .map(|captures| Matched { route, captures })
 }
 
 /// Check the request's fields against the route: every declared field of the wrong type
