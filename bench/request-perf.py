@@ -17,7 +17,7 @@ import sys
 CATEGORIES = [
     ("engine: backend (route's handler, its storage reads)", r"Core::dispatch"),
     ("engine: token lookup", r"TokenStore>::lookup"),
-    ("engine: the rest of Core::handle (route, ACL, audit, metrics)", r"Core::handle_wrapped"),
+    ("engine: the rest of Core::handle (route, ACL, audit, metrics)", r"Core::handle_(wrapped|encoded)"),
     ("server: response envelope", r"json_response|bytes_response|http::Envelope"),
     ("server: request body", r"read_json_body"),
     ("server: the rest of the handler (request id, headers, query)", r"http::logical"),
