@@ -240,18 +240,20 @@ impl KeyRecord {
             .collect()
     }
 
-    /// `custom_metadata` as Vault shows it: `null` when empty.
+    /// `custom_metadata` as Vault shows it: `null` (`None`) when empty.
+    fn shown_custom_metadata(&self) -> Option<&BTreeMap<String, String>> {
+        (!self.custom_metadata.is_empty()).then_some(&self.custom_metadata)
+    }
+
+    /// [`KeyRecord::shown_custom_metadata`] as a JSON value.
     pub(super) fn custom_metadata_value(&self) -> Value {
-        if self.custom_metadata.is_empty() {
-            Value::Null
-        } else {
+        self.shown_custom_metadata().map_or(Value::Null, |m| {
             Value::Object(
-                self.custom_metadata
-                    .iter()
+                m.iter()
                     .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                     .collect(),
             )
-        }
+        })
     }
 
     /// The per-version metadata of data reads, writes and subkeys.
@@ -282,11 +284,7 @@ impl KeyRecord {
         out.extend_from_slice(b"{\"created_time\":");
         time(out, v.created_time);
         out.extend_from_slice(b",\"custom_metadata\":");
-        if self.custom_metadata.is_empty() {
-            out.extend_from_slice(b"null");
-        } else {
-            serde_json::to_writer(&mut *out, &self.custom_metadata).map_err(encode)?;
-        }
+        serde_json::to_writer(&mut *out, &self.shown_custom_metadata()).map_err(encode)?;
         out.extend_from_slice(b",\"deletion_time\":");
         match v.deletion_time {
             Some(nanos) => time(out, nanos),
