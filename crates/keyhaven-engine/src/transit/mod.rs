@@ -192,8 +192,16 @@ impl Backend for TransitBackend {
         if validate_name(name).is_err() {
             return Ok(None);
         }
+        // A prepared key of that name is no alias: the common case, without a copy of
+        // the name.
+        if self.cache.read().contains_key(name) {
+            return Ok(None);
+        }
         let (real, _) = self.resolve(name).await?;
-        Ok((real != name).then_some(real))
+        Ok(match real {
+            Cow::Owned(real) if real != name => Some(real),
+            _ => None,
+        })
     }
 }
 
@@ -271,19 +279,23 @@ impl TransitBackend {
     }
 
     /// Resolve a key name or alias to the key's real name and the key, if it exists.
-    async fn resolve(&self, name: &str) -> Result<(String, Option<Arc<Key>>), EngineError> {
+    /// The name is borrowed unless `name` was an alias.
+    async fn resolve<'n>(
+        &self,
+        name: &'n str,
+    ) -> Result<(Cow<'n, str>, Option<Arc<Key>>), EngineError> {
         validate_name(name)?;
         if let Some(k) = self.cache.read().get(name) {
-            return Ok((name.to_owned(), Some(k.clone())));
+            return Ok((Cow::Borrowed(name), Some(k.clone())));
         }
         if let Some(k) = self.load(name).await? {
-            return Ok((name.to_owned(), Some(k)));
+            return Ok((Cow::Borrowed(name), Some(k)));
         }
         if let Some(target) = self.alias_target(name).await? {
             let k = self.load(&target).await?;
-            return Ok((target, k));
+            return Ok((Cow::Owned(target), k));
         }
-        Ok((name.to_owned(), None))
+        Ok((Cow::Borrowed(name), None))
     }
 
     /// Apply `change` to the key `name` (already resolved) and store the result with
