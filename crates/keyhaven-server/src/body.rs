@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes, HttpBody};
 use bytes::BytesMut;
 use keyhaven_engine::Core;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::{Instant, timeout_at};
 
 use crate::json_limits::JsonLimits;
@@ -146,10 +146,18 @@ impl Reservation {
         let Some(more) = want.checked_sub(self.kib).filter(|&m| m > 0) else {
             return Ok(());
         };
-        let permit = timeout_at(deadline, self.budget.clone().acquire_many_owned(more))
-            .await
-            .map_err(|_| BodyError::Busy)?
-            .map_err(|_| BodyError::Busy)?;
+        // Queued waiters are handed released permits first, so taking free ones at once
+        // passes no one.
+        let permit = match self.budget.clone().try_acquire_many_owned(more) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(BodyError::Busy),
+            Err(TryAcquireError::NoPermits) => {
+                timeout_at(deadline, self.budget.clone().acquire_many_owned(more))
+                    .await
+                    .map_err(|_| BodyError::Busy)?
+                    .map_err(|_| BodyError::Busy)?
+            }
+        };
         match &mut self.permit {
             Some(held) => held.merge(permit),
             None => self.permit = Some(permit),
@@ -234,12 +242,11 @@ pub(crate) async fn receive(
     };
     let mut reservation = Reservation::new(limits.budget.clone());
     let mut buf = BytesMut::new();
+    let declared = declared.map(|d| usize::try_from(d).unwrap_or(usize::MAX));
     if let Some(declared) = declared {
         // Everything is decided before the first byte is read.
-        let declared = usize::try_from(declared).unwrap_or(usize::MAX);
         admission.admit(declared, deadline).await?;
         reservation.grow_to(declared, deadline).await?;
-        buf.reserve(declared);
     }
     loop {
         let frame = match timeout_at(deadline, next_frame(&mut body)).await {
@@ -258,6 +265,17 @@ pub(crate) async fn receive(
             reservation
                 .grow_to(grown.min(admission.allowed), deadline)
                 .await?;
+        }
+        if buf.is_empty() && body.is_end_stream() {
+            // The whole body came in one frame (a small request's usual way): kept as
+            // it arrived, without a copy.
+            return Ok(Received {
+                bytes: data,
+                reservation: Some(reservation),
+            });
+        }
+        if buf.capacity() == 0 {
+            buf.reserve(declared.unwrap_or(data.len()));
         }
         buf.extend_from_slice(&data);
     }
@@ -289,6 +307,29 @@ mod tests {
         assert_eq!(got.bytes.len(), 3000);
         assert_eq!(l.budget.available_permits(), 64 - 3);
         drop(got);
+        assert_eq!(l.budget.available_permits(), 64);
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_frame_is_kept_as_received_and_frames_are_joined_in_order() {
+        let l = limits(64 * 1024);
+        let sent = Bytes::from(vec![b'x'; 3000]);
+        let one = receive(Body::from(sent.clone()), &l, Gate::Unauthenticated, None)
+            .await
+            .unwrap();
+        assert_eq!(one.bytes, sent);
+        assert_eq!(one.bytes.as_ptr(), sent.as_ptr(), "one frame is not copied");
+        assert_eq!(l.budget.available_permits(), 64 - 3);
+        // Several frames without a declared length: one buffer, in order.
+        let chunks = futures::stream::iter(
+            [&b"{\"a\":"[..], b"[1,", b"2]}"]
+                .map(|c| Ok::<_, std::io::Error>(Bytes::from_static(c))),
+        );
+        let joined = receive(Body::from_stream(chunks), &l, Gate::Unauthenticated, None)
+            .await
+            .unwrap();
+        assert_eq!(&joined.bytes[..], b"{\"a\":[1,2]}");
+        drop((one, joined));
         assert_eq!(l.budget.available_permits(), 64);
     }
 
