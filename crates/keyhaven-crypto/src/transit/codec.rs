@@ -31,6 +31,41 @@ pub enum Base64 {
 const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 const URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
+/// A byte that is not a symbol of the alphabet, in a [`decode_table`]; every symbol's value
+/// is below 64, so one test of the two high bits finds it.
+const NOT_A_SYMBOL: u8 = 0xff;
+
+/// The value of symbol `c` in the standard (`url` false) or URL-safe alphabet, or
+/// [`NOT_A_SYMBOL`].
+const fn symbol_value(c: u8, url: bool) -> u8 {
+    match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' if !url => 62,
+        b'/' if !url => 63,
+        b'-' if url => 62,
+        b'_' if url => 63,
+        _ => NOT_A_SYMBOL,
+    }
+}
+
+/// Every byte's [`symbol_value`], for decoding by table.
+const fn decode_table(url: bool) -> [u8; 256] {
+    let mut table = [NOT_A_SYMBOL; 256];
+    let mut slots: &mut [u8] = &mut table;
+    let mut c: u8 = 0;
+    while let [slot, rest @ ..] = slots {
+        *slot = symbol_value(c, url);
+        slots = rest;
+        c = c.wrapping_add(1);
+    }
+    table
+}
+
+const STD_VALUES: [u8; 256] = decode_table(false);
+const URL_VALUES: [u8; 256] = decode_table(true);
+
 impl Base64 {
     fn alphabet(self) -> &'static [u8; 64] {
         match self {
@@ -39,18 +74,11 @@ impl Base64 {
         }
     }
 
-    fn value(self, c: u8) -> Option<u32> {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' if self == Base64::Standard => 62,
-            b'/' if self == Base64::Standard => 63,
-            b'-' if self == Base64::UrlNoPad => 62,
-            b'_' if self == Base64::UrlNoPad => 63,
-            _ => return None,
-        };
-        Some(u32::from(v))
+    fn values(self) -> &'static [u8; 256] {
+        match self {
+            Base64::Standard => &STD_VALUES,
+            Base64::UrlNoPad => &URL_VALUES,
+        }
     }
 
     /// The encoded length of `n` bytes.
@@ -61,40 +89,49 @@ impl Base64 {
         }
     }
 
-    /// Appends the encoding of `bytes` to `out`.
-    pub fn encode_into(self, bytes: &[u8], out: &mut String) {
+    /// Appends the encoding of `bytes` to `out`, which only ever gains ASCII.
+    pub fn append_to(self, bytes: &[u8], out: &mut Vec<u8>) {
         let alphabet = self.alphabet();
-        let sym = |i: u32| char::from(alphabet.get((i & 63) as usize).copied().unwrap_or(b'A'));
-        out.reserve(self.encoded_len(bytes.len()));
-        let mut chunks = bytes.chunks_exact(3);
-        for c in &mut chunks {
-            let n = c.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b));
-            out.push(sym(n >> 18));
-            out.push(sym(n >> 12));
-            out.push(sym(n >> 6));
-            out.push(sym(n));
+        let sym = |i: u32| alphabet.get((i & 63) as usize).copied().unwrap_or(b'A');
+        let start = out.len();
+        // Padding, where there is any, is already in place.
+        out.resize(start + self.encoded_len(bytes.len()), b'=');
+        let Some(dst) = out.get_mut(start..) else {
+            return;
+        };
+        let mut groups = bytes.chunks_exact(3);
+        let mut quads = dst.chunks_exact_mut(4);
+        for (group, quad) in (&mut groups).zip(&mut quads) {
+            if let ([a, b, c], [w, x, y, z]) = (group, quad) {
+                let n = u32::from(*a) << 16 | u32::from(*b) << 8 | u32::from(*c);
+                (*w, *x, *y, *z) = (sym(n >> 18), sym(n >> 12), sym(n >> 6), sym(n));
+            }
         }
-        let rest = chunks.remainder();
+        let rest = groups.remainder();
         if rest.is_empty() {
             return;
         }
         let n =
             rest.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - rest.len()));
-        out.push(sym(n >> 18));
-        out.push(sym(n >> 12));
-        if rest.len() == 2 {
-            out.push(sym(n >> 6));
+        let symbols = [sym(n >> 18), sym(n >> 12), sym(n >> 6)];
+        let tail = quads.next().unwrap_or_else(|| quads.into_remainder());
+        for (d, s) in tail.iter_mut().zip(symbols.iter().take(rest.len() + 1)) {
+            *d = *s;
         }
-        if self == Base64::Standard {
-            out.push_str(if rest.len() == 1 { "==" } else { "=" });
-        }
+    }
+
+    /// Appends the encoding of `bytes` to `out`.
+    pub fn encode_into(self, bytes: &[u8], out: &mut String) {
+        let mut buf = std::mem::take(out).into_bytes();
+        self.append_to(bytes, &mut buf);
+        *out = ascii_string(buf);
     }
 
     /// The encoding of `bytes`.
     pub fn encode(self, bytes: &[u8]) -> String {
-        let mut s = String::new();
-        self.encode_into(bytes, &mut s);
-        s
+        let mut out = Vec::new();
+        self.append_to(bytes, &mut out);
+        ascii_string(out)
     }
 
     /// Decodes `text` strictly: no whitespace, correct padding (required for
@@ -129,52 +166,71 @@ impl Base64 {
                 bytes
             }
         };
-        let mut out = Vec::with_capacity(body.len() / 4 * 3 + 2);
-        let mut chunks = body.chunks_exact(4);
-        for c in &mut chunks {
-            let mut n = 0u32;
-            for &ch in c {
-                n = (n << 6) | self.value(ch).ok_or(BAD)?;
+        let values = self.values();
+        let value = |c: &u8| values.get(usize::from(*c)).copied().unwrap_or(NOT_A_SYMBOL);
+        let full = body.len() / 4;
+        let tail = match body.len() % 4 {
+            0 => 0,
+            2 => 1,
+            3 => 2,
+            _ => return Err(BAD),
+        };
+        let mut out = vec![0u8; full * 3 + tail];
+        let mut quads = body.chunks_exact(4);
+        for (quad, group) in (&mut quads).zip(out.chunks_exact_mut(3)) {
+            if let ([a, b, c, d], [x, y, z]) = (quad, group) {
+                let (a, b, c, d) = (value(a), value(b), value(c), value(d));
+                if (a | b | c | d) & 0xc0 != 0 {
+                    return Err(BAD);
+                }
+                let n = u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
+                (*x, *y, *z) = ((n >> 16) as u8, (n >> 8) as u8, n as u8);
             }
-            out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
         }
-        let rest = chunks.remainder();
-        match rest.len() {
-            0 => {}
-            2 | 3 => {
-                let mut n = 0u32;
-                for &ch in rest {
-                    n = (n << 6) | self.value(ch).ok_or(BAD)?;
-                }
-                if rest.len() == 2 {
-                    if n & 0xf != 0 {
-                        return Err(BAD);
-                    }
-                    out.push((n >> 4) as u8);
-                } else {
-                    if n & 0x3 != 0 {
-                        return Err(BAD);
-                    }
-                    out.extend_from_slice(&[(n >> 10) as u8, (n >> 2) as u8]);
-                }
+        let rest = quads.remainder();
+        let mut n = 0u32;
+        for ch in rest {
+            let v = value(ch);
+            if v & 0xc0 != 0 {
+                return Err(BAD);
             }
+            n = (n << 6) | u32::from(v);
+        }
+        let last = out.get_mut(full * 3..).unwrap_or_default();
+        match (rest.len(), last) {
+            (0, _) => {}
+            // The unused low bits must be zero: one encoding per byte string.
+            (2, [x]) if n & 0xf == 0 => *x = (n >> 4) as u8,
+            (3, [x, y]) if n & 0x3 == 0 => (*x, *y) = ((n >> 10) as u8, (n >> 2) as u8),
             _ => return Err(BAD),
         }
         Ok(out)
     }
 }
 
-/// Builds `vault:v<version>:<encoding of body>`.
-pub fn encode(version: u32, body: &[u8], b64: Base64) -> String {
-    let mut s = String::with_capacity(PREFIX.len() + 11 + b64.encoded_len(body.len()));
-    s.push_str(PREFIX);
-    push_u32(&mut s, version);
-    s.push(':');
-    b64.encode_into(body, &mut s);
-    s
+/// `bytes`, which hold only ASCII, as a `String`.
+fn ascii_string(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-fn push_u32(s: &mut String, mut v: u32) {
+/// Builds `vault:v<version>:<encoding of body>`.
+pub fn encode(version: u32, body: &[u8], b64: Base64) -> String {
+    let mut out = Vec::new();
+    append_envelope(version, body, b64, &mut out);
+    ascii_string(out)
+}
+
+/// Appends `vault:v<version>:<encoding of body>` to `out`, which only ever gains ASCII.
+pub fn append_envelope(version: u32, body: &[u8], b64: Base64, out: &mut Vec<u8>) {
+    out.reserve(PREFIX.len() + 11 + b64.encoded_len(body.len()));
+    out.extend_from_slice(PREFIX.as_bytes());
+    append_u32(out, version);
+    out.push(b':');
+    b64.append_to(body, out);
+}
+
+/// Appends `v` in decimal.
+pub fn append_u32(out: &mut Vec<u8>, mut v: u32) {
     let mut digits = [0u8; 10];
     let mut i = digits.len();
     loop {
@@ -187,9 +243,7 @@ fn push_u32(s: &mut String, mut v: u32) {
             break;
         }
     }
-    for &d in digits.get(i..).unwrap_or(&[]) {
-        s.push(char::from(d));
-    }
+    out.extend_from_slice(digits.get(i..).unwrap_or(&[]));
 }
 
 /// Splits `vault:v<N>:<rest>` into the version and the still-encoded rest.
@@ -264,6 +318,35 @@ mod tests {
         }
         assert_eq!(Base64::Standard.encode(&[0xfb, 0xff]), "+/8=");
         assert_eq!(Base64::UrlNoPad.encode(&[0xfb, 0xff]), "-_8");
+    }
+
+    #[test]
+    fn the_decoding_tables_invert_the_alphabets() {
+        for (b64, alphabet) in [(Base64::Standard, STD), (Base64::UrlNoPad, URL)] {
+            let values = b64.values();
+            for c in 0..=255u8 {
+                let expected = alphabet
+                    .iter()
+                    .position(|&s| s == c)
+                    .map_or(NOT_A_SYMBOL, |i| i as u8);
+                assert_eq!(values[usize::from(c)], expected, "{b64:?} {c}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_length_round_trips() {
+        let bytes: Vec<u8> = (0..=255u8).rev().collect();
+        for n in 0..bytes.len() {
+            for b64 in [Base64::Standard, Base64::UrlNoPad] {
+                let mut out = b"prefix:".to_vec();
+                b64.append_to(&bytes[..n], &mut out);
+                assert_eq!(out.len(), 7 + b64.encoded_len(n));
+                let text = std::str::from_utf8(&out[7..]).unwrap();
+                assert_eq!(b64.encode(&bytes[..n]), text);
+                assert_eq!(b64.decode(text).unwrap(), &bytes[..n], "{b64:?} {n}");
+            }
+        }
     }
 
     #[test]

@@ -541,15 +541,14 @@ fn ciphertext_map(ver: u32, body: &[u8]) -> Map<String, Value> {
 /// [`ciphertext_map`] as JSON: a ciphertext (`vault:v<n>:` and standard base64) has
 /// nothing to escape.
 fn ciphertext_json(ver: u32, body: &[u8]) -> EncodedData {
-    use std::io::Write as _;
-    let text = codec::encode(ver, body, Base64::Standard);
-    let mut out =
-        Vec::with_capacity(text.len() + r#"{"ciphertext":"","key_version":4294967295}"#.len());
+    // The envelope is ASCII without quotes or backslashes: nothing to escape.
+    const FRAME: &[u8] = br#"{"ciphertext":"","key_version":4294967295}"#;
+    let mut out = Vec::with_capacity(FRAME.len() + 11 + Base64::Standard.encoded_len(body.len()));
     out.extend_from_slice(br#"{"ciphertext":""#);
-    out.extend_from_slice(text.as_bytes());
+    codec::append_envelope(ver, body, Base64::Standard, &mut out);
     out.extend_from_slice(br#"","key_version":"#);
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{ver}}}");
+    codec::append_u32(&mut out, ver);
+    out.push(b'}');
     EncodedData::new(out).unwrap_or_else(|| unreachable!("written between braces"))
 }
 
