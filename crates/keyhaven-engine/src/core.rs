@@ -1672,7 +1672,7 @@ impl Core {
             let tuned = target
                 .as_ref()
                 .map_or(&untuned, |t| &t.mounted.entry.config);
-            match inner.tokens.login(&grant, &req.path, tuned).await {
+            match Box::pin(inner.tokens.login(&grant, &req.path, tuned)).await {
                 Ok(auth) => {
                     if let Some(t) = &target {
                         let mount = format!("auth/{}", t.mounted.entry.path);
@@ -1696,9 +1696,7 @@ impl Core {
             && resp.wrap_info.is_none()
             && !resp.is_empty()
         {
-            result = self
-                .wrap_response(&inner, &req.path, &req.id, resp, w.ttl)
-                .await;
+            result = Box::pin(self.wrap_response(&inner, &req.path, &req.id, resp, w.ttl)).await;
         }
         // A request that spent its token's final use revokes the token's tree now, with
         // any child it created (as Vault does).
@@ -1754,19 +1752,24 @@ impl Core {
                         rel,
                     };
                     resp.lease = Some(
-                        self.register_lease(inner, origin, entry.map(AsRef::as_ref), grant)
-                            .await?,
+                        Box::pin(self.register_lease(
+                            inner,
+                            origin,
+                            entry.map(AsRef::as_ref),
+                            grant,
+                        ))
+                        .await?,
                     );
                 }
                 resp
             }
             Handler::System if br.route.pattern.starts_with("wrapping/") => {
-                self.handle_wrapping(inner, &br, entry, req, wrap).await?
+                Box::pin(self.handle_wrapping(inner, &br, entry, req, wrap)).await?
             }
-            Handler::System => self.handle_sys(inner, &br, entry, req).await?,
+            Handler::System => Box::pin(self.handle_sys(inner, &br, entry, req)).await?,
             Handler::Cubbyhole(store) => {
                 let entry = entry.ok_or(EngineError::PermissionDenied)?;
-                let resp = crate::cubbyhole::handle(store.as_ref(), entry, &br).await?;
+                let resp = Box::pin(crate::cubbyhole::handle(store.as_ref(), entry, &br)).await?;
                 // A write that raced the token's revocation must not leave data behind
                 // the revocation's deletion.
                 if matches!(br.operation, Operation::Create | Operation::Update)
@@ -1780,7 +1783,7 @@ impl Core {
             Handler::Token => {
                 let entry = entry.ok_or(EngineError::PermissionDenied)?;
                 let presented = req.token.as_ref().map(|t| t.expose()).unwrap_or_default();
-                inner.tokens.handle(&br, entry, presented, sudo).await?
+                Box::pin(inner.tokens.handle(&br, entry, presented, sudo)).await?
             }
         };
         resp.warnings.extend(warnings);

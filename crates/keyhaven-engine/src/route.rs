@@ -467,15 +467,12 @@ impl CaptureSpans {
 
 /// Match `path` (relative to the mount) against one pattern.
 fn match_pattern<'p>(pattern: &'static str, path: &'p str, list: bool) -> Option<Captures<'p>> {
-    let mut caps = Captures::default();
-    let mut rest = path;
-    let mut segments = pattern.split('/').peekable();
     // `pattern` "" matches the mount itself.
     if pattern.is_empty() {
-        return (path.is_empty() || (list && path == "/")).then_some(caps);
+        return (path.is_empty() || (list && path == "/")).then(Captures::default);
     }
     // A first segment that is literal must begin the path: most routes of a table fail
-    // here, before the pattern is split (as the loop below would fail on that segment).
+    // here, before anything is set up (as the loop below would fail on that segment).
     // Its first byte alone rules out most of them without searching the pattern for '/'.
     let lead = pattern.as_bytes().first();
     if lead != Some(&b'{') && path.as_bytes().first() != lead {
@@ -485,6 +482,9 @@ fn match_pattern<'p>(pattern: &'static str, path: &'p str, list: bool) -> Option
     if !first.starts_with('{') && !path.starts_with(first) {
         return None;
     }
+    let mut caps = Captures::default();
+    let mut rest = path;
+    let mut segments = pattern.split('/').peekable();
     while let Some(seg) = segments.next() {
         let last = segments.peek().is_none();
         if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
