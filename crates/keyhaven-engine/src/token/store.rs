@@ -59,7 +59,7 @@ impl TokenStore {
             storage,
             clock,
             hasher: HmacKey::new(salt),
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(HashMap::with_hasher(super::TagHasher)),
             epoch: AtomicU64::new(0),
             cubbyholes: std::sync::OnceLock::new(),
             leases: std::sync::OnceLock::new(),
