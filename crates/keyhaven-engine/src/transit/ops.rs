@@ -543,7 +543,10 @@ fn ciphertext_map(ver: u32, body: &[u8]) -> Map<String, Value> {
 fn ciphertext_json(ver: u32, body: &[u8]) -> EncodedData {
     // The envelope is ASCII without quotes or backslashes: nothing to escape.
     const FRAME: &[u8] = br#"{"ciphertext":"","key_version":4294967295}"#;
-    let mut out = Vec::with_capacity(FRAME.len() + 11 + Base64::Standard.encoded_len(body.len()));
+    // The frame holds the longest version; the envelope adds its prefix, its version
+    // (at most 10 digits), a ':' and the base64.
+    let envelope = codec::PREFIX.len() + 11 + Base64::Standard.encoded_len(body.len());
+    let mut out = Vec::with_capacity(FRAME.len() + envelope);
     out.extend_from_slice(br#"{"ciphertext":""#);
     codec::append_envelope(ver, body, Base64::Standard, &mut out);
     out.extend_from_slice(br#"","key_version":"#);
