@@ -35,36 +35,25 @@ const URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 /// is below 64, so one test of the two high bits finds it.
 const NOT_A_SYMBOL: u8 = 0xff;
 
-/// The value of symbol `c` in the standard (`url` false) or URL-safe alphabet, or
-/// [`NOT_A_SYMBOL`].
-const fn symbol_value(c: u8, url: bool) -> u8 {
-    match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' if !url => 62,
-        b'/' if !url => 63,
-        b'-' if url => 62,
-        b'_' if url => 63,
-        _ => NOT_A_SYMBOL,
-    }
-}
-
-/// Every byte's [`symbol_value`], for decoding by table.
-const fn decode_table(url: bool) -> [u8; 256] {
+/// Every byte's value in `alphabet`, or [`NOT_A_SYMBOL`], for decoding by table.
+const fn decode_table(alphabet: &[u8; 64]) -> [u8; 256] {
     let mut table = [NOT_A_SYMBOL; 256];
-    let mut slots: &mut [u8] = &mut table;
-    let mut c: u8 = 0;
-    while let [slot, rest @ ..] = slots {
-        *slot = symbol_value(c, url);
-        slots = rest;
-        c = c.wrapping_add(1);
+    let mut value = 0;
+    while value < 64 {
+        #[allow(
+            clippy::indexing_slicing,
+            reason = "evaluated at build time: an index out of range fails the build"
+        )]
+        {
+            table[alphabet[value] as usize] = value as u8;
+        }
+        value += 1;
     }
     table
 }
 
-const STD_VALUES: [u8; 256] = decode_table(false);
-const URL_VALUES: [u8; 256] = decode_table(true);
+const STD_VALUES: [u8; 256] = decode_table(STD);
+const URL_VALUES: [u8; 256] = decode_table(URL);
 
 impl Base64 {
     fn alphabet(self) -> &'static [u8; 64] {
@@ -118,13 +107,6 @@ impl Base64 {
         for (d, s) in tail.iter_mut().zip(symbols.iter().take(rest.len() + 1)) {
             *d = *s;
         }
-    }
-
-    /// Appends the encoding of `bytes` to `out`.
-    pub fn encode_into(self, bytes: &[u8], out: &mut String) {
-        let mut buf = std::mem::take(out).into_bytes();
-        self.append_to(bytes, &mut buf);
-        *out = ascii_string(buf);
     }
 
     /// The encoding of `bytes`.

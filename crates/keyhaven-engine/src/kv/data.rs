@@ -1,12 +1,12 @@
 //! `data/<path>` (read, write, patch, soft-delete of the latest version) and
 //! `subkeys/<path>`.
 
+use std::sync::Arc;
+
 use keyhaven_storage::{Condition, Op};
 use serde_json::{Map, Value};
 
 use super::json::{merge_patch, strip_values};
-use std::sync::Arc;
-
 use super::record::{KeyRecord, MountConfig, VERSION_METADATA_LEN, VersionInfo};
 use super::{KvBackend, MAX_ATTEMPTS, SecretPath, contention, not_found};
 use crate::error::EngineError;
