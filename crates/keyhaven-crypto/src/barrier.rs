@@ -36,12 +36,28 @@ fn header(term: u32) -> [u8; HEADER_LEN] {
     [FORMAT_VERSION, a, b, c, d]
 }
 
-fn aad(header: &[u8; HEADER_LEN], path: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(HEADER_LEN + path.len());
+/// Calls `f` with the associated data of an entry at `path`: `header ‖ path`. Built on the
+/// stack when it fits in [`STACK_AAD_LEN`] bytes (nearly every storage path), else on the
+/// heap.
+fn with_aad<R>(header: &[u8; HEADER_LEN], path: &str, f: impl FnOnce(&[u8]) -> R) -> R {
+    let len = HEADER_LEN + path.len();
+    let mut stack = [0u8; STACK_AAD_LEN];
+    if let Some((head, rest)) = stack
+        .get_mut(..len)
+        .and_then(|aad| aad.split_first_chunk_mut::<HEADER_LEN>())
+    {
+        *head = *header;
+        rest.copy_from_slice(path.as_bytes());
+        return f(stack.get(..len).unwrap_or_default());
+    }
+    let mut aad = Vec::with_capacity(len);
     aad.extend_from_slice(header);
     aad.extend_from_slice(path.as_bytes());
-    aad
+    f(&aad)
 }
+
+/// The longest associated data [`with_aad`] builds on the stack.
+const STACK_AAD_LEN: usize = 256;
 
 /// Encrypts `plaintext` for storage at `path` under the keyring term `term`, whose key is
 /// `key`.
@@ -71,7 +87,6 @@ pub fn seal_with_nonce(
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     let header = header(term);
-    let aad = aad(&header, path);
     let mut out = vec![0u8; OVERHEAD + plaintext.len()];
     let (head, body) = out
         .split_first_chunk_mut::<HEADER_LEN>()
@@ -81,7 +96,9 @@ pub fn seal_with_nonce(
         .split_first_chunk_mut::<NONCE_LEN>()
         .ok_or(CryptoError::Seal)?;
     *nonce_out = *nonce;
-    key.seal_into(nonce, &aad, plaintext, body)?;
+    with_aad(&header, path, |aad| {
+        key.seal_into(nonce, aad, plaintext, body)
+    })?;
     Ok(out)
 }
 
@@ -121,7 +138,9 @@ pub fn open(key: &AeadKey, path: &str, entry: &[u8]) -> Result<Vec<u8>, DecryptE
         return Err(DecryptError);
     }
     let (nonce, ciphertext_and_tag) = rest.split_first_chunk::<NONCE_LEN>().ok_or(DecryptError)?;
-    key.open_with_nonce(nonce, &aad(header, path), ciphertext_and_tag)
+    with_aad(header, path, |aad| {
+        key.open_with_nonce(nonce, aad, ciphertext_and_tag)
+    })
 }
 
 #[cfg(test)]

@@ -210,3 +210,29 @@ fn golden_vector_aes_256_gcm_independent() {
     expected.extend_from_slice(&ct);
     assert_eq!(hex::encode(expected), GOLDEN_AES_256_GCM_V1);
 }
+
+/// The associated data is `header ‖ path` for every path length: short paths build it on
+/// the stack, long ones (past 251 bytes) on the heap. Checked against the AEAD called
+/// directly with that associated data.
+#[test]
+fn associated_data_is_header_and_path_at_every_length() {
+    let nonce = [0x5a; 12];
+    for alg in ALGS {
+        let k = key(alg, 3);
+        for len in [1usize, 200, 250, 251, 252, 253, 300, 2048] {
+            let path = "p".repeat(len);
+            let entry = barrier_seal_with_nonce(9, &k, &path, &nonce, b"value").unwrap();
+            let mut aad = vec![FORMAT_VERSION, 0, 0, 0, 9];
+            aad.extend_from_slice(path.as_bytes());
+            let direct = k.seal_with_nonce(&nonce, &aad, b"value").unwrap();
+            assert_eq!(
+                entry[HEADER_LEN + nonce.len()..],
+                direct[..],
+                "path of {len} bytes"
+            );
+            assert_eq!(barrier::open(&k, &path, &entry).unwrap(), b"value");
+            let other = format!("{}q", &path[1..]);
+            assert_eq!(barrier::open(&k, &other, &entry), Err(DecryptError));
+        }
+    }
+}
