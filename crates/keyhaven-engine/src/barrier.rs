@@ -427,6 +427,19 @@ impl Store for Barrier {
         out
     }
 
+    fn get_ready(&self, key: &str) -> Option<Result<Option<Vec<u8>>, StorageError>> {
+        if let Err(e) = Self::check(key) {
+            return Some(Err(e));
+        }
+        let started = Instant::now();
+        let out = match self.raw.get_ready(key)? {
+            Ok(Some(entry)) => self.decrypt(key, &entry).map(Some),
+            other => other,
+        };
+        self.metrics.barrier(BarrierOp::Get).since(started);
+        Some(out)
+    }
+
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
         Self::check(key)?;
         let started = Instant::now();

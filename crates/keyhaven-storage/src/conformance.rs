@@ -63,6 +63,18 @@ async fn expect_value(s: &dyn Store, key: &str, expected: Option<&[u8]>, what: &
             describe(expected)
         );
     }
+    // After a get (which may fill a read cache), a store that has the value at hand
+    // answers the same without waiting.
+    if let Some(ready) = s.get_ready(key) {
+        let ready = must(ready, what);
+        if ready.as_deref() != expected {
+            panic!(
+                "storage conformance: {what}: get_ready({key:?}) returned {}, expected {}",
+                describe(ready.as_deref()),
+                describe(expected)
+            );
+        }
+    }
 }
 
 fn describe(value: Option<&[u8]>) -> String {
@@ -280,6 +292,9 @@ async fn invalid_keys(s: &dyn Store) {
         let shown = key.chars().take(16).collect::<String>();
         let what = |op: &str| format!("{op} with invalid key {shown:?}");
         must_be_invalid_key(s.get(key).await, &what("get"));
+        if let Some(ready) = s.get_ready(key) {
+            must_be_invalid_key(ready, &what("get_ready"));
+        }
         must_be_invalid_key(s.put(key, b"v".to_vec()).await, &what("put"));
         must_be_invalid_key(s.delete(key).await, &what("delete"));
         must_be_invalid_key(

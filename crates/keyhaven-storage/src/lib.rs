@@ -191,6 +191,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The value at `key`, if any.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
 
+    /// What [`Store::get`] would answer for `key`, when this store has it at hand (in
+    /// memory, or in a read cache that holds `key`); `None`: call `get`. Reads on the
+    /// request path ask this first ([`get_ready_or_wait`]): no future is boxed and polled
+    /// for a value that needs no waiting. A store that wraps another forwards it only if
+    /// its own `get` does nothing that waits.
+    fn get_ready(&self, key: &str) -> Option<Result<Option<Vec<u8>>, StorageError>> {
+        let _ = key;
+        None
+    }
+
     /// Create or replace the value at `key`; durable when it returns.
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError>;
 
@@ -265,6 +275,22 @@ pub fn validate_prefix(prefix: &str) -> Result<(), StorageError> {
         Ok(())
     } else {
         validate_key(prefix)
+    }
+}
+
+/// The value at `key`: [`Store::get_ready`] if the store has it at hand, else
+/// [`Store::get`].
+///
+/// # Errors
+///
+/// What [`Store::get`] returns.
+pub async fn get_ready_or_wait(
+    store: &(impl Store + ?Sized),
+    key: &str,
+) -> Result<Option<Vec<u8>>, StorageError> {
+    match store.get_ready(key) {
+        Some(answer) => answer,
+        None => store.get(key).await,
     }
 }
 

@@ -66,6 +66,10 @@ impl Store for MemStore {
         Ok(self.map.read().get(key).cloned())
     }
 
+    fn get_ready(&self, key: &str) -> Option<Result<Option<Vec<u8>>, StorageError>> {
+        Some(validate_key(key).map(|()| self.map.read().get(key).cloned()))
+    }
+
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
         validate_key(key)?;
         self.map.write().insert(key.to_owned(), value);

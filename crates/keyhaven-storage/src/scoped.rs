@@ -93,6 +93,13 @@ impl Store for ScopedStore {
         self.inner.get(&key).await
     }
 
+    fn get_ready(&self, key: &str) -> Option<Result<Option<Vec<u8>>, StorageError>> {
+        match self.full_key(key) {
+            Ok(key) => self.inner.get_ready(&key),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
         let key = self.full_key(key)?;
         self.inner.put(&key, value).await

@@ -46,7 +46,7 @@ mod versions;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keyhaven_storage::{Condition, Op, Store, Transaction, TxOutcome};
+use keyhaven_storage::{Condition, Op, Store, Transaction, TxOutcome, get_ready_or_wait};
 use serde_json::{Map, Value};
 
 use crate::backend::{Backend, BackendContext, BackendRequest};
@@ -411,7 +411,7 @@ impl KvBackend {
             },
             None => None,
         };
-        let Some(bytes) = self.storage.get(key).await? else {
+        let Some(bytes) = get_ready_or_wait(&*self.storage, key).await? else {
             return Ok(None);
         };
         let record = Arc::new(KeyRecord::decode(&bytes)?);
@@ -450,8 +450,7 @@ impl KvBackend {
 
     /// Fetch the payload of version `n`, as stored (a JSON object).
     async fn payload_bytes(&self, meta: &KeyRecord, n: u64) -> Result<Vec<u8>, EngineError> {
-        self.storage
-            .get(&meta.version_key(n))
+        get_ready_or_wait(&*self.storage, &meta.version_key(n))
             .await?
             .ok_or_else(|| EngineError::Corrupt("kv version data is missing".to_owned()))
     }

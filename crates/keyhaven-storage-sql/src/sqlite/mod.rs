@@ -373,6 +373,16 @@ fn validate_tx(tx: &Transaction) -> Result<(), StorageError> {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn get_ready(&self, key: &str) -> Option<Result<Option<Vec<u8>>, StorageError>> {
+        if let Err(e) = validate_key(key) {
+            return Some(Err(e));
+        }
+        match self.cache.get(key) {
+            Lookup::Hit(value) => Some(Ok(Some(value.to_vec()))),
+            Lookup::Miss(_) => None,
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         validate_key(key)?;
         let ticket = match self.cache.get(key) {
