@@ -87,32 +87,52 @@ const YEAR_10000: u64 = 253_402_300_800;
 /// allocation.
 pub fn write_rfc3339(t: SystemTime, out: &mut Vec<u8>) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (secs, mut nanos) = if since.as_secs() < YEAR_10000 {
-        (since.as_secs(), since.subsec_nanos())
+    write_unix_time(since.as_secs(), since.subsec_nanos(), out);
+}
+
+/// [`write_rfc3339`] of a time given as nanoseconds since the Unix epoch.
+pub fn write_rfc3339_unix_nanos(nanos: u64, out: &mut Vec<u8>) {
+    #[allow(clippy::cast_possible_truncation, reason = "below 10^9")]
+    let subsec = (nanos % 1_000_000_000) as u32;
+    write_unix_time(nanos / 1_000_000_000, subsec, out);
+}
+
+/// [`write_rfc3339`] of `secs` and `nanos` (below 10^9) after the Unix epoch.
+fn write_unix_time(secs: u64, nanos: u32, out: &mut Vec<u8>) {
+    let (secs, mut nanos) = if secs < YEAR_10000 {
+        (secs, nanos)
     } else {
         (0, 0)
     };
     let (year, month, day) = civil_from_days(secs / 86_400);
     let of_day = secs % 86_400;
-    push_digits(out, year, 4);
+    out.reserve(RFC3339_MAX_LEN);
+    push_two_digits(out, year / 100);
+    push_two_digits(out, year % 100);
     out.push(b'-');
-    push_digits(out, month, 2);
+    push_two_digits(out, month);
     out.push(b'-');
-    push_digits(out, day, 2);
+    push_two_digits(out, day);
     out.push(b'T');
-    push_digits(out, of_day / 3_600, 2);
+    push_two_digits(out, of_day / 3_600);
     out.push(b':');
-    push_digits(out, of_day / 60 % 60, 2);
+    push_two_digits(out, of_day / 60 % 60);
     out.push(b':');
-    push_digits(out, of_day % 60, 2);
+    push_two_digits(out, of_day % 60);
     if nanos != 0 {
-        let mut width = 9;
+        let mut digits = [0u8; 9];
+        let mut rest = nanos;
+        for digit in digits.iter_mut().rev() {
+            *digit = decimal_digit(u64::from(rest));
+            rest /= 10;
+        }
+        let mut width = digits.len();
         while nanos % 10 == 0 {
             nanos /= 10;
             width -= 1;
         }
         out.push(b'.');
-        push_digits(out, u64::from(nanos), width);
+        out.extend_from_slice(digits.get(..width).unwrap_or_default());
     }
     out.push(b'Z');
 }
@@ -137,14 +157,16 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-/// Append the last `width` decimal digits of `value`, with leading zeros.
-fn push_digits(out: &mut Vec<u8>, value: u64, width: u32) {
-    let mut unit = 10u64.pow(width.saturating_sub(1));
-    while unit > 0 {
-        #[allow(clippy::cast_possible_truncation, reason = "a single digit")]
-        out.push(b'0' + (value / unit % 10) as u8);
-        unit /= 10;
-    }
+/// Append `value` (below 100) as two decimal digits.
+fn push_two_digits(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(&[decimal_digit(value / 10), decimal_digit(value)]);
+}
+
+/// The ASCII digit of `value`'s last decimal digit.
+fn decimal_digit(value: u64) -> u8 {
+    #[allow(clippy::cast_possible_truncation, reason = "below 10")]
+    let digit = (value % 10) as u8;
+    b'0' + digit
 }
 
 /// Parse an RFC 3339 time.
@@ -222,6 +244,19 @@ mod tests {
         for (i, s) in secs.iter().enumerate() {
             let t = UNIX_EPOCH + Duration::new(*s, fractions[i % fractions.len()]);
             assert_eq!(rfc3339(t), rfc3339_by_time_crate(t), "{s} s");
+        }
+        for nanos in [
+            0,
+            1,
+            999_999_999,
+            1_000_000_000,
+            1_800_000_000_123_456_789,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            write_rfc3339_unix_nanos(nanos, &mut out);
+            let t = UNIX_EPOCH + Duration::from_nanos(nanos);
+            assert_eq!(out, rfc3339_by_time_crate(t).into_bytes(), "{nanos} ns");
         }
         assert_eq!(
             rfc3339(UNIX_EPOCH - Duration::from_secs(1)),

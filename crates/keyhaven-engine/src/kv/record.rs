@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::clock::{rfc3339, write_rfc3339};
+use crate::clock::{rfc3339, write_rfc3339_unix_nanos};
 use crate::error::EngineError;
 
 /// Versions kept per key when neither the key nor the mount sets `max_versions`.
@@ -278,7 +278,7 @@ impl KeyRecord {
         // RFC 3339 times hold only digits, `-`, `:`, `.`, `T` and `Z`: nothing to escape.
         let time = |out: &mut Vec<u8>, nanos: u64| {
             out.push(b'"');
-            write_rfc3339(UNIX_EPOCH + Duration::from_nanos(nanos), out);
+            write_rfc3339_unix_nanos(nanos, out);
             out.push(b'"');
         };
         out.extend_from_slice(b"{\"created_time\":");
