@@ -1600,9 +1600,8 @@ impl Core {
             let granted = inner.policies.acl_for(&entry.policies).await?;
             let sudo_route = route.is_some_and(|r| r.sudo);
             let wrap_ttl = wrap.as_ref().map(|w| w.ttl);
-            let mut allowed = granted
-                .authorize_wrapped(req.operation, &req.path, &req.data, sudo_route, wrap_ttl)
-                .allowed;
+            let mut allowed =
+                granted.allows_wrapped(req.operation, &req.path, &req.data, sudo_route, wrap_ttl);
             // A path that reaches its object under another name (a transit alias) must be
             // allowed on the object's own path too; the backend then gets that path.
             if allowed
@@ -1611,9 +1610,7 @@ impl Core {
             {
                 allowed = req.path.strip_suffix(t.rel.as_str()).is_some_and(|mount| {
                     let path = format!("{mount}{canonical}");
-                    granted
-                        .authorize_wrapped(req.operation, &path, &req.data, sudo_route, wrap_ttl)
-                        .allowed
+                    granted.allows_wrapped(req.operation, &path, &req.data, sudo_route, wrap_ttl)
                 });
                 t.rel = canonical;
                 t.route = None;

@@ -48,6 +48,17 @@ pub struct Decision {
     pub rule: Option<String>,
 }
 
+/// What [`Acl::verdict`] decided: denials come with their [`Decision`] (rare, so written
+/// at once); an allowance borrows the names [`Acl::authorize_wrapped`] writes its reason
+/// from.
+enum Verdict<'a> {
+    Allowed {
+        policy: &'a str,
+        rule: Option<&'a str>,
+    },
+    Denied(Decision),
+}
+
 impl Decision {
     fn allow(policy: &str, rule: Option<&str>, reason: String) -> Decision {
         Decision {
@@ -388,8 +399,53 @@ impl Acl {
         root_protected: bool,
         wrap_ttl: Option<u64>,
     ) -> Decision {
+        match self.verdict(op, path, data, root_protected, wrap_ttl) {
+            Verdict::Allowed { policy, rule: None } => {
+                Decision::allow(policy, None, format!("allowed by policy {policy:?}"))
+            }
+            Verdict::Allowed {
+                policy,
+                rule: Some(glob),
+            } => Decision::allow(
+                policy,
+                Some(glob),
+                format!("allowed by policy {policy:?}, rule path {glob:?} ({op})"),
+            ),
+            Verdict::Denied(decision) => decision,
+        }
+    }
+
+    /// Whether [`Acl::authorize_wrapped`] allows the request: the same checks, without
+    /// writing down the reason (the request path needs only the answer; an allowed
+    /// request's reason would be three allocations and a `format!` per request).
+    pub fn allows_wrapped(
+        &self,
+        op: Operation,
+        path: &str,
+        data: &Map<String, Value>,
+        root_protected: bool,
+        wrap_ttl: Option<u64>,
+    ) -> bool {
+        matches!(
+            self.verdict(op, path, data, root_protected, wrap_ttl),
+            Verdict::Allowed { .. }
+        )
+    }
+
+    /// The decision on a request; an allowed one names what allowed it without copying.
+    fn verdict(
+        &self,
+        op: Operation,
+        path: &str,
+        data: &Map<String, Value>,
+        root_protected: bool,
+        wrap_ttl: Option<u64>,
+    ) -> Verdict<'_> {
         if self.root {
-            return Decision::allow("root", None, "allowed by policy \"root\"".to_owned());
+            return Verdict::Allowed {
+                policy: "root",
+                rule: None,
+            };
         }
         let path = path.trim_start_matches('/');
         // A list is always of a folder: Vault's HTTP layer adds the trailing slash.
@@ -401,16 +457,20 @@ impl Acl {
         let path = path.as_ref();
         let cap = op_cap(op);
         let Some(perms) = self.lookup(path, op == Operation::List) else {
-            return Decision::deny(None, None, format!("no policy grants {op} on {path:?}"));
+            return Verdict::Denied(Decision::deny(
+                None,
+                None,
+                format!("no policy grants {op} on {path:?}"),
+            ));
         };
         let glob = perms.glob.as_ref();
         if perms.caps.contains(Caps::DENY) {
             let by = perms.denied_by.as_deref().unwrap_or_default();
-            return Decision::deny(
+            return Verdict::Denied(Decision::deny(
                 Some(by),
                 Some(glob),
                 format!("denied by policy {by:?}, rule path {glob:?} (deny)"),
-            );
+            ));
         }
         if !perms.caps.contains(cap) {
             let granted = perms.caps.names().join(", ");
@@ -419,41 +479,40 @@ impl Acl {
             } else {
                 granted
             };
-            return Decision::deny(
+            return Verdict::Denied(Decision::deny(
                 None,
                 Some(glob),
                 format!(
                     "no policy grants {op} on {path:?} (the most specific rule path, \
                      {glob:?}, grants {granted})"
                 ),
-            );
+            ));
         }
         let policy = perms.granting_policy(cap).unwrap_or_default();
         if root_protected && !perms.caps.contains(Caps::SUDO) {
-            return Decision::deny(
+            return Verdict::Denied(Decision::deny(
                 None,
                 Some(glob),
                 format!(
                     "{path:?} is root-protected and needs sudo, which rule path {glob:?} \
                      does not grant"
                 ),
-            );
+            ));
         }
         if let Some(d) = check_wrapping(perms, wrap_ttl) {
-            return d;
+            return Verdict::Denied(d);
         }
         if matches!(
             op,
             Operation::Read | Operation::Create | Operation::Update | Operation::Patch
         ) && let Some(d) = check_parameters(perms, data)
         {
-            return d;
+            return Verdict::Denied(d);
         }
-        Decision::allow(
+        Verdict::Allowed {
             policy,
-            Some(glob),
-            format!("allowed by policy {policy:?}, rule path {glob:?} ({op})"),
-        )
+            rule: Some(glob),
+        }
     }
 
     /// The capabilities this ACL grants on `path` (Vault's `sys/capabilities`): sorted

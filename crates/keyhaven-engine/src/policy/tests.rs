@@ -22,8 +22,97 @@ fn data(v: Value) -> Map<String, Value> {
 }
 
 fn allowed(a: &Acl, op: Operation, path: &str) -> bool {
-    a.authorize(op, path, &Map::new(), sudo_of(op, path))
-        .allowed
+    let sudo = sudo_of(op, path);
+    let allowed = a.authorize(op, path, &Map::new(), sudo).allowed;
+    assert_eq!(
+        a.allows_wrapped(op, path, &Map::new(), sudo, None),
+        allowed,
+        "{op} {path}: the request path's answer and the explained decision differ"
+    );
+    allowed
+}
+
+/// The request path asks `allows_wrapped`; `sys/policies/explain`-style callers get
+/// `authorize_wrapped`'s decision. Both must answer the same for every kind of rule,
+/// operation, parameter, wrapping TTL and sudo requirement.
+#[test]
+fn the_request_path_answer_is_the_decisions_answer() {
+    let a = acl(&[
+        (
+            "app",
+            r#"
+            path "kv/data/*" { capabilities = ["read", "list", "update"] }
+            path "kv/data/secret" { capabilities = ["deny"] }
+            path "transit/encrypt/*" {
+              capabilities = ["update"]
+              allowed_parameters = { "plaintext" = [], "context" = ["a", "b*"] }
+              denied_parameters = { key_version = [1, 2] }
+            }
+            path "wrapped/*" {
+              capabilities = ["read", "update"]
+              min_wrapping_ttl = "1m"
+              max_wrapping_ttl = "1h"
+            }
+            path "sys/rotate" { capabilities = ["update", "sudo"] }
+            path "sys/seal" { capabilities = ["update"] }
+            "#,
+        ),
+        (
+            "other",
+            r#"path "kv/data/shared" { capabilities = ["create"] }"#,
+        ),
+    ]);
+    let paths = [
+        "kv/data/a",
+        "kv/data/secret",
+        "kv/data/shared",
+        "kv/data",
+        "transit/encrypt/k",
+        "wrapped/x",
+        "sys/rotate",
+        "sys/seal",
+        "nothing/here",
+        "/kv/data/a",
+    ];
+    let ops = [Read, List, Create, Update, Patch, Delete];
+    let bodies = [
+        json!({}),
+        json!({"plaintext": "aGk="}),
+        json!({"plaintext": "aGk=", "context": "b1"}),
+        json!({"plaintext": "aGk=", "context": "c"}),
+        json!({"plaintext": "aGk=", "key_version": 1}),
+        json!({"other": true}),
+    ];
+    let mut seen = [0usize; 2];
+    for root in [a.clone(), Acl::root()] {
+        for path in paths {
+            for op in ops {
+                for body in &bodies {
+                    let body = data(body.clone());
+                    for sudo in [false, true] {
+                        for wrap in [None, Some(30), Some(600), Some(7_200)] {
+                            let decision = root.authorize_wrapped(op, path, &body, sudo, wrap);
+                            assert_eq!(
+                                root.allows_wrapped(op, path, &body, sudo, wrap),
+                                decision.allowed,
+                                "{op} {path} {body:?} sudo={sudo} wrap={wrap:?}: {}",
+                                decision.reason
+                            );
+                            seen[usize::from(decision.allowed)] += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        seen[0] > 100 && seen[1] > 100,
+        "both answers are exercised: {seen:?}"
+    );
+    let root = Acl::root().authorize(Read, "anything", &Map::new(), true);
+    assert_eq!(root.reason, "allowed by policy \"root\"");
+    assert_eq!(root.policy.as_deref(), Some("root"));
+    assert_eq!(root.rule, None);
 }
 
 /// Whether the built-in mounts' route tables mark `op` on `path` root-protected (the
