@@ -291,9 +291,11 @@ pub(crate) struct SecretPath {
 impl SecretPath {
     fn parse(path: &str) -> Result<Self, EngineError> {
         validate_path(path)?;
-        Ok(SecretPath {
-            meta_key: format!("meta/{path}"),
-        })
+        // Every request on a secret builds one: no formatting machinery.
+        let mut meta_key = String::with_capacity("meta/".len() + path.len());
+        meta_key.push_str("meta/");
+        meta_key.push_str(path);
+        Ok(SecretPath { meta_key })
     }
 
     fn meta_key(&self) -> &str {
