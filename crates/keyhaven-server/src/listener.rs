@@ -243,8 +243,9 @@ impl Drop for RequestGuard {
     }
 }
 
-/// The connection a request arrived on, in the request's extensions: the body reader
-/// marks the time it spends reading (slow bodies are shed before busy handlers).
+/// The connection a request arrived on, in the request's extensions (or handed to
+/// [`Direct`](crate::http::Direct) with the request): the body reader marks the time it
+/// spends reading (slow bodies are shed before busy handlers).
 #[derive(Debug, Clone)]
 pub(crate) struct ConnHandle(Arc<Conn>);
 
@@ -364,7 +365,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
         let guard = self.conn.begin_request();
-        req.extensions_mut().insert(ConnHandle(self.conn.clone()));
+        let conn = ConnHandle(self.conn.clone());
         if let Some(direct) = &self.direct
             && Direct::takes(&req)
         {
@@ -372,11 +373,12 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
             // polled, instead of being made here and copied into it.
             let direct = direct.clone();
             return Box::pin(async move {
-                let response = direct.call(req).await;
+                let response = direct.call(req, conn).await;
                 drop(guard);
                 Ok(response)
             });
         }
+        req.extensions_mut().insert(conn);
         let router = self.router.clone();
         Box::pin(async move {
             let response = router.oneshot(req).await;
