@@ -42,13 +42,12 @@ fn header(term: u32) -> [u8; HEADER_LEN] {
 fn with_aad<R>(header: &[u8; HEADER_LEN], path: &str, f: impl FnOnce(&[u8]) -> R) -> R {
     let len = HEADER_LEN + path.len();
     let mut stack = [0u8; STACK_AAD_LEN];
-    if let Some((head, rest)) = stack
-        .get_mut(..len)
-        .and_then(|aad| aad.split_first_chunk_mut::<HEADER_LEN>())
+    if let Some(aad) = stack.get_mut(..len)
+        && let Some((head, rest)) = aad.split_first_chunk_mut::<HEADER_LEN>()
     {
         *head = *header;
         rest.copy_from_slice(path.as_bytes());
-        return f(stack.get(..len).unwrap_or_default());
+        return f(aad);
     }
     let mut aad = Vec::with_capacity(len);
     aad.extend_from_slice(header);

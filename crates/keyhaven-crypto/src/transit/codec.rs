@@ -212,20 +212,8 @@ pub fn append_envelope(version: u32, body: &[u8], b64: Base64, out: &mut Vec<u8>
 }
 
 /// Appends `v` in decimal.
-pub fn append_u32(out: &mut Vec<u8>, mut v: u32) {
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        if let Some(d) = digits.get_mut(i) {
-            *d = b'0' + (v % 10) as u8;
-        }
-        v /= 10;
-        if v == 0 || i == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(digits.get(i..).unwrap_or(&[]));
+pub fn append_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// Splits `vault:v<N>:<rest>` into the version and the still-encoded rest.

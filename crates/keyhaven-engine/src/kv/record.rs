@@ -306,20 +306,12 @@ pub(super) const VERSION_METADATA_LEN: usize = 160;
 
 /// Storage key of a version payload.
 pub(super) fn version_key(id: &str, n: u64) -> String {
-    // Every read builds one: written digit by digit, without the formatter.
+    // Every read builds one: without the formatter.
     let mut key = String::with_capacity("versions//".len() + id.len() + 20);
     key.push_str("versions/");
     key.push_str(id);
     key.push('/');
-    let mut unit = 1u64;
-    while n / unit >= 10 {
-        unit *= 10;
-    }
-    while unit > 0 {
-        #[allow(clippy::cast_possible_truncation, reason = "a single digit")]
-        key.push(char::from(b'0' + (n / unit % 10) as u8));
-        unit /= 10;
-    }
+    key.push_str(itoa::Buffer::new().format(n));
     key
 }
 
