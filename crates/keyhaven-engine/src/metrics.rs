@@ -2,7 +2,11 @@
 //!
 //! The engine counts; the server renders ([`Snapshot`] is what it renders from: the
 //! Prometheus text format, or the JSON form of `GET sys/metrics`). Everything on the
-//! request path is a relaxed atomic add: no lock and no allocation per request.
+//! request path is a relaxed atomic add: no lock and no allocation per request. The
+//! counters every request adds to (latencies, requests in flight) are kept in
+//! [`SHARDS`] slots, each on its own cache line, and a thread adds to its own slot:
+//! worker threads on different CPUs would otherwise pass the same cache line back and
+//! forth on every request. A reading sums the slots.
 //!
 //! Names are Vault's, dotted (`vault.core.handle_request`); the Prometheus form replaces
 //! every character a metric name cannot hold with `_` (`vault_core_handle_request`,
@@ -13,8 +17,9 @@
 //! No metric carries a secret, a token or a request path: the only label values are
 //! mount paths and types (bounded by the mount tables) and token types.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -22,18 +27,53 @@ use serde_json::{Map, Value, json};
 
 use crate::request::Operation;
 
+/// How many slots a counter on the request path is split into. Threads beyond this
+/// many share slots (still correct, only contended).
+pub(crate) const SHARDS: usize = 16;
+
+/// The calling thread's slot, `0..SHARDS`: given out in turn on a thread's first use.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SHARD.with(|slot| {
+        let mut index = slot.get();
+        if index >= SHARDS {
+            index = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            slot.set(index);
+        }
+        index
+    })
+}
+
+/// The calling thread's element of `slots`.
+fn mine<T>(slots: &[T; SHARDS]) -> &T {
+    let [first, ..] = slots;
+    slots.get(shard()).unwrap_or(first)
+}
+
+/// One thread's part of a [`Timer`], alone on its cache lines (128 bytes: adjacent
+/// lines are fetched in pairs).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct TimerSlot {
+    count: AtomicU64,
+    nanos: AtomicU64,
+}
+
 /// A latency: how many, and their total.
 #[derive(Debug, Default)]
 pub(crate) struct Timer {
-    count: AtomicU64,
-    nanos: AtomicU64,
+    slots: [TimerSlot; SHARDS],
 }
 
 impl Timer {
     /// Record one duration.
     pub(crate) fn record(&self, elapsed: Duration) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.nanos.fetch_add(
+        let slot = mine(&self.slots);
+        slot.count.fetch_add(1, Ordering::Relaxed);
+        slot.nanos.fetch_add(
             u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
@@ -49,11 +89,17 @@ impl Timer {
             clippy::cast_precision_loss,
             reason = "a sum of milliseconds for display"
         )]
-        let sum_ms = self.nanos.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum_ms = self.sum(|s| &s.nanos) as f64 / 1e6;
         SampleValue::Summary {
-            count: self.count.load(Ordering::Relaxed),
+            count: self.sum(|s| &s.count),
             sum_ms,
         }
+    }
+
+    fn sum(&self, field: impl Fn(&TimerSlot) -> &AtomicU64) -> u64 {
+        self.slots.iter().fold(0, |total, slot| {
+            total.wrapping_add(field(slot).load(Ordering::Relaxed))
+        })
     }
 }
 
@@ -89,10 +135,16 @@ pub(crate) enum BarrierOp {
     Transaction,
 }
 
+/// One thread's part of the requests-in-flight gauge: a request may end on another
+/// thread than it began on, so a slot may go below zero; the sum is right.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct GaugeSlot(AtomicI64);
+
 /// The engine's counters. One per [`crate::Core`] (given in [`crate::CoreOptions`]).
 #[derive(Debug)]
 pub struct Metrics {
-    in_flight: AtomicI64,
+    in_flight: [GaugeSlot; SHARDS],
     pub(crate) handle_request: Timer,
     pub(crate) handle_login_request: Timer,
     barrier_get: Timer,
@@ -116,7 +168,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            in_flight: AtomicI64::new(0),
+            in_flight: Default::default(),
             handle_request: Timer::default(),
             handle_login_request: Timer::default(),
             barrier_get: Timer::default(),
@@ -138,15 +190,22 @@ pub(crate) struct InFlight<'a>(&'a Metrics);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        mine(&self.0.in_flight).0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Metrics {
     /// A request starts: counted in `vault.core.in_flight_requests` until the guard drops.
     pub(crate) fn start(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        mine(&self.in_flight).0.fetch_add(1, Ordering::Relaxed);
         InFlight(self)
+    }
+
+    /// Requests being handled now.
+    fn in_flight(&self) -> i64 {
+        self.in_flight.iter().fold(0, |total, slot| {
+            total.wrapping_add(slot.0.load(Ordering::Relaxed))
+        })
     }
 
     pub(crate) fn barrier(&self, op: BarrierOp) -> &Timer {
@@ -316,7 +375,7 @@ impl Metrics {
                 "Requests being handled.",
                 Gauge,
                 #[allow(clippy::cast_precision_loss, reason = "a small gauge")]
-                SampleValue::Number(self.in_flight.load(Ordering::Relaxed).max(0) as f64),
+                SampleValue::Number(self.in_flight().max(0) as f64),
             ),
             one(
                 "vault.core.handle_request",
@@ -734,15 +793,62 @@ mod tests {
         );
     }
 
+    /// More threads than slots, requests that end on another thread than they began
+    /// on: the readings are the totals.
+    #[test]
+    fn counts_from_many_threads_add_up() {
+        let m = Metrics::default();
+        let threads = SHARDS + 5;
+        let guards = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let (m, guards) = (&m, &guards);
+                scope.spawn(move || {
+                    for i in 0..100u64 {
+                        m.handle_request.record(Duration::from_nanos(i + 1));
+                    }
+                    let t = u64::try_from(t).unwrap();
+                    m.barrier(BarrierOp::Get)
+                        .record(Duration::from_millis(t + 1));
+                    guards.lock().unwrap().push(m.start());
+                });
+            }
+        });
+        assert_eq!(m.in_flight(), i64::try_from(threads).unwrap());
+        // Ended on other threads than they began on.
+        let mut guards = guards.into_inner().unwrap();
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                let batch: Vec<_> = guards.drain(..guards.len().min(7)).collect();
+                scope.spawn(move || drop(batch));
+            }
+        });
+        assert_eq!(m.in_flight(), i64::try_from(threads - 21).unwrap());
+        drop(guards);
+        assert_eq!(m.in_flight(), 0);
+        let n = u64::try_from(threads).unwrap();
+        assert_eq!(m.handle_request.sum(|s| &s.count), 100 * n);
+        assert_eq!(m.handle_request.sum(|s| &s.nanos), 5050 * n);
+        let ms: u64 = (1..=n).sum();
+        assert_eq!(
+            m.barrier(BarrierOp::Get).value(),
+            SampleValue::Summary {
+                count: n,
+                #[allow(clippy::cast_precision_loss, reason = "small")]
+                sum_ms: ms as f64,
+            }
+        );
+    }
+
     #[test]
     fn timers_and_in_flight_count() {
         let m = Metrics::default();
         {
             let _a = m.start();
             let _b = m.start();
-            assert_eq!(m.in_flight.load(Ordering::Relaxed), 2);
+            assert_eq!(m.in_flight(), 2);
         }
-        assert_eq!(m.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(m.in_flight(), 0);
         m.handle_request.record(Duration::from_millis(3));
         m.handle_request.record(Duration::from_millis(1));
         assert_eq!(
