@@ -696,9 +696,10 @@ impl Core {
         let Some(replica) = self.replica() else {
             return false;
         };
-        let Some(mut target) = Target::resolve(&replica, path) else {
+        let Some((mounted, rel)) = Target::locate(&replica, path) else {
             return false;
         };
+        let mut target = Target::new(&mounted, rel);
         let route = target.route_for(op);
         standby_answers(Some(&target), route, op)
     }
@@ -1549,7 +1550,13 @@ impl Core {
         };
         let (inner, standby) = self.serving()?;
         let mut req = req;
-        let mut target = Target::resolve(&inner, &req.path);
+        // The mount is held here and borrowed by the target: an alias may change the
+        // path inside it, never the mount.
+        let (mounted, rel) = Target::locate(&inner, &req.path).unzip();
+        let mut target = mounted
+            .as_deref()
+            .zip(rel)
+            .map(|(mounted, rel)| Target::new(mounted, rel));
         // The route decides everything about the path: authentication, sudo, purity,
         // create-versus-update, alias resolution, fields.
         let route = target.as_mut().and_then(|t| t.route_for(req.operation));
@@ -1560,11 +1567,9 @@ impl Core {
         }
         timing.login = route.is_some_and(|r| r.unauthenticated);
         let audit = &self.options.audit;
-        // The mount as resolved now: an alias may change the path inside it, never the mount.
-        let mount_entry = target.as_ref().map(|t| t.mounted.entry.clone());
         let auth_table = req.path.starts_with("auth/");
-        let mount = mount_entry.as_deref().map(|entry| AuditMount {
-            entry,
+        let mount = mounted.as_deref().map(|m| AuditMount {
+            entry: &m.entry,
             auth: auth_table,
         });
         let entry = if route.is_some_and(|r| r.unauthenticated) {
@@ -1717,7 +1722,7 @@ impl Core {
     async fn dispatch(
         &self,
         inner: &Arc<Unsealed>,
-        target: Option<&Target>,
+        target: Option<&Target<'_>>,
         entry: Option<&Arc<TokenEntry>>,
         sudo: bool,
         req: &Request,
@@ -1804,8 +1809,8 @@ impl Core {
         op: Operation,
         path: &str,
     ) -> Option<&'static Route> {
-        let target = Target::resolve(inner, path)?;
-        route::match_route(target.mounted.handler.routes(), op, &target.rel).map(|m| m.route)
+        let (mounted, rel) = Target::locate(inner, path)?;
+        route::match_route(mounted.handler.routes(), op, &rel).map(|m| m.route)
     }
 
     /// `sys/seal` from an API request.
@@ -1842,7 +1847,7 @@ fn is_fenced(err: &EngineError) -> bool {
 /// Whether a standby may answer `op` on `route` of `target`: the route allows it
 /// ([`Route::on_standby`]) and it is not one of the `sys/` routes whose answer only the
 /// active knows (rekey and root-generation progress, the cluster's members).
-fn standby_answers(target: Option<&Target>, route: Option<&Route>, op: Operation) -> bool {
+fn standby_answers(target: Option<&Target<'_>>, route: Option<&Route>, op: Operation) -> bool {
     let (Some(target), Some(route)) = (target, route) else {
         return false;
     };
@@ -1875,8 +1880,8 @@ impl Drop for RequestTiming<'_> {
 }
 
 /// The mount a request path reaches, and the path relative to it.
-struct Target {
-    mounted: Mounted,
+struct Target<'m> {
+    mounted: &'m Mounted,
     rel: String,
     /// The route `rel` matched for an operation, once matched, and where its captures
     /// lie in `rel`: the same path and operation match the same route again, with the
@@ -1887,27 +1892,35 @@ struct Target {
 /// The backend mounted where `path` (from the API root) leads, and the path inside its
 /// mount.
 pub(crate) fn backend_at(inner: &Unsealed, path: &str) -> Option<(Arc<dyn Backend>, String)> {
-    let target = Target::resolve(inner, path)?;
-    match &target.mounted.handler {
-        Handler::Backend(b) => Some((b.clone(), target.rel)),
+    let (mounted, rel) = Target::locate(inner, path)?;
+    match &mounted.handler {
+        Handler::Backend(b) => Some((b.clone(), rel)),
         _ => None,
     }
 }
 
-impl Target {
+impl<'m> Target<'m> {
+    /// The mount `path` (from the API root) reaches, and the path relative to it:
     /// `sys/…` and secret engines route from the root, auth methods (`auth/token/`
-    /// included) under `auth/`.
-    fn resolve(inner: &Unsealed, path: &str) -> Option<Target> {
-        let (router, path) = match path.strip_prefix("auth/") {
-            Some(rest) => (inner.auth.read().clone(), rest),
+    /// included) under `auth/`. The mount table is read in place, not copied.
+    fn locate(inner: &Unsealed, path: &str) -> Option<(Arc<Mounted>, String)> {
+        let (table, path) = match path.strip_prefix("auth/") {
+            Some(rest) => (&inner.auth, rest),
             None if path == "auth" => return None,
-            None => (inner.secrets.read().clone(), path),
+            None => (&inner.secrets, path),
         };
-        router.route(path).map(|(m, rel)| Target {
-            mounted: m.clone(),
-            rel: rel.to_owned(),
+        let router = table.read();
+        router
+            .route(path)
+            .map(|(m, rel)| (Arc::clone(m), rel.to_owned()))
+    }
+
+    fn new(mounted: &'m Mounted, rel: String) -> Self {
+        Target {
+            mounted,
+            rel,
             route: None,
-        })
+        }
     }
 
     /// The route `op` on the relative path matches, if any; remembered for [`Target::request`].

@@ -397,7 +397,9 @@ pub(crate) struct Mounted {
 /// Mounts by path, longest first, for prefix routing.
 #[derive(Clone, Default)]
 pub(crate) struct Router {
-    mounts: Vec<Mounted>,
+    /// Each mount shared: a request holds the one it reaches with one reference count
+    /// instead of one per part.
+    mounts: Vec<Arc<Mounted>>,
 }
 
 impl Router {
@@ -409,12 +411,14 @@ impl Router {
                 .cmp(&a.entry.path.len())
                 .then(a.entry.path.cmp(&b.entry.path))
         });
-        Router { mounts }
+        Router {
+            mounts: mounts.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// The mount that owns `path` and the path relative to it. `secret` and `secret/x`
     /// both route to `secret/`.
-    pub(crate) fn route<'p>(&self, path: &'p str) -> Option<(&Mounted, &'p str)> {
+    pub(crate) fn route<'p>(&self, path: &'p str) -> Option<(&Arc<Mounted>, &'p str)> {
         self.mounts.iter().find_map(|m| {
             let mp = m.entry.path.as_str();
             if let Some(rest) = path.strip_prefix(mp) {
@@ -427,8 +431,13 @@ impl Router {
         })
     }
 
-    pub(crate) fn mounted(&self) -> &[Mounted] {
+    pub(crate) fn mounted(&self) -> &[Arc<Mounted>] {
         &self.mounts
+    }
+
+    /// The mounts as values, for building the next table.
+    pub(crate) fn to_vec(&self) -> Vec<Mounted> {
+        self.mounts.iter().map(|m| Mounted::clone(m)).collect()
     }
 
     pub(crate) fn entries(&self) -> impl Iterator<Item = &MountEntry> {

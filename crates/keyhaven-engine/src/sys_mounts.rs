@@ -259,7 +259,7 @@ impl Core {
             self.options.database.clone(),
             self.options.limits,
         )?;
-        let mut all = current.mounted().to_vec();
+        let mut all = current.to_vec();
         all.push(Mounted {
             entry: Arc::new(entry.clone()),
             handler,
@@ -309,10 +309,9 @@ impl Core {
                 })?;
         }
         let remaining: Vec<Mounted> = current
-            .mounted()
-            .iter()
+            .to_vec()
+            .into_iter()
             .filter(|m| m.entry.path != path)
-            .cloned()
             .collect();
         self.persist_table(inner, table, &remaining).await?;
         *inner.router(table).write() = Arc::new(Router::new(remaining));
@@ -380,7 +379,7 @@ impl Core {
             Operation::Create | Operation::Update => {
                 let _guard = inner.mount_lock.lock().await;
                 let current = inner.router(table).read().clone();
-                let mut all = current.mounted().to_vec();
+                let mut all = current.to_vec();
                 let m = all
                     .iter_mut()
                     .find(|m| m.entry.path == path)
