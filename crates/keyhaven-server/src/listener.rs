@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -35,7 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
@@ -127,10 +127,12 @@ enum Expiry {
 struct Conn {
     accepted: Instant,
     activity: Mutex<Activity>,
-    /// Wakes the connection's task to look at `shed`.
-    wake: Notify,
+    /// The connection's task, woken to look at `shed` and `draining` ([`Signal`]).
+    waker: Mutex<Option<Waker>>,
     /// Set by the accept loop (or shutdown) to make the task close the connection.
     shed: AtomicBool,
+    /// Set at shutdown: the task lets the request in flight finish, then closes.
+    draining: AtomicBool,
     /// The client's address (the TCP peer).
     peer: Option<std::net::IpAddr>,
     /// The certificate chain the TLS client presented, once its handshake is done.
@@ -150,8 +152,9 @@ impl Conn {
                 served_any: false,
                 protocol: Protocol::Detecting(0),
             }),
-            wake: Notify::new(),
+            waker: Mutex::new(None),
             shed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             peer: None,
             client_certs: OnceLock::new(),
         }
@@ -165,7 +168,29 @@ impl Conn {
 
     fn shed(&self) {
         self.shed.store(true, Ordering::SeqCst);
-        self.wake.notify_one();
+        self.wake();
+    }
+
+    /// Shutdown: finish what is in flight, then close.
+    fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Wake the task (after setting the flag it is to look at; see [`Signal`]).
+    fn wake(&self) {
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     fn is_shed(&self) -> bool {
@@ -261,22 +286,23 @@ impl ConnHandle {
         self.0.client_certs.get().map_or(&[], |c| c.0.as_slice())
     }
 
-    /// Count a body being read on this connection until the guard is dropped.
-    pub(crate) fn reading_body(&self) -> BodyGuard {
+    /// Count a body being read on this connection, since `now`, until the guard is
+    /// dropped.
+    pub(crate) fn reading_body(&self, now: Instant) -> BodyGuard<'_> {
         let mut a = self.0.activity();
         if a.reading_bodies == 0 {
-            a.body_since = Instant::now();
+            a.body_since = now;
         }
         a.reading_bodies = a.reading_bodies.saturating_add(1);
-        BodyGuard(self.0.clone())
+        BodyGuard(&self.0)
     }
 }
 
 /// See [`ConnHandle::reading_body`].
 #[derive(Debug)]
-pub(crate) struct BodyGuard(Arc<Conn>);
+pub(crate) struct BodyGuard<'a>(&'a Conn);
 
-impl Drop for BodyGuard {
+impl Drop for BodyGuard<'_> {
     fn drop(&mut self) {
         let mut a = self.0.activity();
         a.reading_bodies = a.reading_bodies.saturating_sub(1);
@@ -476,6 +502,13 @@ impl Registry {
         }
     }
 
+    /// Shutdown: every connection finishes what is in flight and closes.
+    fn drain_all(&self) {
+        for conn in self.conns().values() {
+            conn.drain();
+        }
+    }
+
     /// Wait (at most `bound`) until fewer than `max` connection tasks hold descriptors.
     async fn wait_below(&self, max: usize, bound: Duration) {
         let until = Instant::now() + bound;
@@ -577,7 +610,6 @@ pub(crate) async fn serve(
     tokio::pin!(shutdown);
     let registry = Arc::new(Registry::default());
     let builder = Arc::new(http_builder());
-    let (stop, stopping) = watch::channel(false);
     let max = limits.max_connections.max(1);
     let mut next_id: u64 = 0;
     let (mut shed_warning, mut full_warning, mut accept_warning) =
@@ -637,7 +669,6 @@ pub(crate) async fn serve(
             router: router.clone(),
             direct: direct.clone(),
             limits: limits.clone(),
-            stopping: stopping.clone(),
             peer,
         };
         let tls = tls.clone();
@@ -653,7 +684,9 @@ pub(crate) async fn serve(
         }
     }
     drop(listener);
-    let _ = stop.send(true);
+    // Accepted connections are all registered (before their task is spawned), and no
+    // more are accepted.
+    registry.drain_all();
     if tokio::time::timeout(DRAIN_TIMEOUT, registry.all_done())
         .await
         .is_err()
@@ -675,8 +708,73 @@ struct ConnTask {
     router: axum::Router,
     direct: Option<Direct>,
     limits: Limits,
-    stopping: watch::Receiver<bool>,
     peer: SocketAddr,
+}
+
+/// What [`Signal`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signalled {
+    Shed,
+    Draining,
+}
+
+/// Resolves when the connection is shed, or when it starts draining (unless
+/// `draining_seen`). The connection's task polls it each time it runs, beside the
+/// connection itself: a poll is two atomic loads, and the task's waker is stored in the
+/// [`Conn`] again only when it is not the one stored already.
+struct Signal<'a> {
+    conn: &'a Conn,
+    draining_seen: bool,
+    registered: Option<Waker>,
+}
+
+impl<'a> Signal<'a> {
+    fn new(conn: &'a Conn, draining_seen: bool) -> Self {
+        Signal {
+            conn,
+            draining_seen,
+            registered: None,
+        }
+    }
+
+    fn check(&self) -> Option<Signalled> {
+        if self.conn.is_shed() {
+            Some(Signalled::Shed)
+        } else if !self.draining_seen && self.conn.is_draining() {
+            Some(Signalled::Draining)
+        } else {
+            None
+        }
+    }
+}
+
+impl Future for Signal<'_> {
+    type Output = Signalled;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Signalled> {
+        let this = self.get_mut();
+        if let Some(seen) = this.check() {
+            return Poll::Ready(seen);
+        }
+        if !this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            let waker = cx.waker().clone();
+            *this
+                .conn
+                .waker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(waker.clone());
+            this.registered = Some(waker);
+            // A flag set before the waker was stored found no waker: look again.
+            if let Some(seen) = this.check() {
+                return Poll::Ready(seen);
+            }
+        }
+        Poll::Pending
+    }
 }
 
 impl ConnTask {
@@ -701,11 +799,8 @@ impl ConnTask {
                             tracing::debug!(target: "keyhaven::http", peer = %self.peer, "TLS handshake timed out");
                             return;
                         }
-                        () = self.conn.wake.notified() => {}
-                        _ = self.stopping.changed() => return,
-                    }
-                    if self.conn.is_shed() {
-                        return;
+                        // Shed, or shutting down: no request was received yet.
+                        _ = Signal::new(&self.conn, false) => return,
                     }
                 };
                 if let Some(chain) = tls.get_ref().1.peer_certificates() {
@@ -734,12 +829,12 @@ impl ConnTask {
         };
         let http = self.builder.serve_connection(io, service);
         tokio::pin!(http);
-        let mut draining = *self.stopping.borrow();
+        let mut draining = self.conn.is_draining();
         if draining {
             http.as_mut().graceful_shutdown();
         }
-        // One timer and one shutdown watch for the connection's life, not one per
-        // request: the timer is moved only when it fires (see `Conn::next_check`).
+        // One timer for the connection's life, not one per request: it is moved only
+        // when it fires (see `Conn::next_check`).
         let now = Instant::now();
         let check = tokio::time::sleep_until(Conn::next_check(
             self.conn.deadline(&self.limits),
@@ -747,8 +842,6 @@ impl ConnTask {
             &self.limits,
         ));
         tokio::pin!(check);
-        let stopping = self.stopping.changed();
-        tokio::pin!(stopping);
         loop {
             tokio::select! {
                 done = http.as_mut() => {
@@ -757,7 +850,12 @@ impl ConnTask {
                     }
                     return;
                 }
-                () = self.conn.wake.notified() => {}
+                signalled = Signal::new(&self.conn, draining) => {
+                    if signalled == Signalled::Draining {
+                        draining = true;
+                        http.as_mut().graceful_shutdown();
+                    }
+                }
                 () = check.as_mut() => {
                     let now = Instant::now();
                     let deadline = self.conn.deadline(&self.limits);
@@ -768,10 +866,6 @@ impl ConnTask {
                         return;
                     }
                     check.as_mut().reset(Conn::next_check(deadline, now, &self.limits));
-                }
-                _ = stopping.as_mut(), if !draining => {
-                    draining = true;
-                    http.as_mut().graceful_shutdown();
                 }
             }
             if self.conn.is_shed() {
@@ -933,7 +1027,8 @@ mod tests {
         tick().await;
         let reader = make();
         let _reader_request = reader.begin_request();
-        let _reading = ConnHandle(reader.clone()).reading_body();
+        let reader_handle = ConnHandle(reader.clone());
+        let _reading = reader_handle.reading_body(Instant::now());
         assert!(matches!(registry.admit(2, &reader, 4), Admission::Admitted));
         tick().await;
         // A slow head is as idle as a silent connection of the same age.
