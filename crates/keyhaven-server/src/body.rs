@@ -233,8 +233,9 @@ pub(crate) async fn receive(
             reservation: None,
         });
     }
-    let _reading = conn.map(ConnHandle::reading_body);
-    let deadline = Instant::now() + limits.read_timeout;
+    let now = Instant::now();
+    let _reading = conn.map(|c| c.reading_body(now));
+    let deadline = now + limits.read_timeout;
     let mut admission = Admission {
         gate,
         allowed: limits.max_unauthenticated,
