@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes, HttpBody};
 use bytes::BytesMut;
 use keyhaven_engine::Core;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
 use tokio::time::{Instant, timeout_at};
 
 use crate::json_limits::JsonLimits;
@@ -119,14 +119,14 @@ pub(crate) enum BodyError {
 
 /// A body's share of the memory budget; returned when dropped.
 #[derive(Debug)]
-pub(crate) struct Reservation {
-    budget: Arc<Semaphore>,
-    permit: Option<OwnedSemaphorePermit>,
+pub(crate) struct Reservation<'a> {
+    budget: &'a Semaphore,
+    permit: Option<SemaphorePermit<'a>>,
     kib: u32,
 }
 
-impl Reservation {
-    fn new(budget: Arc<Semaphore>) -> Self {
+impl<'a> Reservation<'a> {
+    fn new(budget: &'a Semaphore) -> Self {
         Reservation {
             budget,
             permit: None,
@@ -148,15 +148,13 @@ impl Reservation {
         };
         // Queued waiters are handed released permits first, so taking free ones at once
         // passes no one.
-        let permit = match self.budget.clone().try_acquire_many_owned(more) {
+        let permit = match self.budget.try_acquire_many(more) {
             Ok(permit) => permit,
             Err(TryAcquireError::Closed) => return Err(BodyError::Busy),
-            Err(TryAcquireError::NoPermits) => {
-                timeout_at(deadline, self.budget.clone().acquire_many_owned(more))
-                    .await
-                    .map_err(|_| BodyError::Busy)?
-                    .map_err(|_| BodyError::Busy)?
-            }
+            Err(TryAcquireError::NoPermits) => timeout_at(deadline, self.budget.acquire_many(more))
+                .await
+                .map_err(|_| BodyError::Busy)?
+                .map_err(|_| BodyError::Busy)?,
         };
         match &mut self.permit {
             Some(held) => held.merge(permit),
@@ -168,9 +166,9 @@ impl Reservation {
 }
 
 /// A received body and its share of the memory budget.
-pub(crate) struct Received {
+pub(crate) struct Received<'a> {
     pub(crate) bytes: Bytes,
-    pub(crate) reservation: Option<Reservation>,
+    pub(crate) reservation: Option<Reservation<'a>>,
 }
 
 /// Decides, once, whether a body may grow past the unauthenticated limit.
@@ -220,12 +218,12 @@ async fn next_frame(body: &mut Body) -> Option<Result<hyper::body::Frame<Bytes>,
 }
 
 /// Receive `body` within `limits`; `conn` is told while it is being read.
-pub(crate) async fn receive(
+pub(crate) async fn receive<'a>(
     mut body: Body,
-    limits: &BodyLimits,
+    limits: &'a BodyLimits,
     gate: Gate<'_>,
     conn: Option<&ConnHandle>,
-) -> Result<Received, BodyError> {
+) -> Result<Received<'a>, BodyError> {
     let declared = body.size_hint().exact();
     if declared == Some(0) || body.is_end_stream() {
         return Ok(Received {
@@ -241,7 +239,7 @@ pub(crate) async fn receive(
         allowed: limits.max_unauthenticated,
         max: limits.max_request_size,
     };
-    let mut reservation = Reservation::new(limits.budget.clone());
+    let mut reservation = Reservation::new(&limits.budget);
     let mut buf = BytesMut::new();
     let declared = declared.map(|d| usize::try_from(d).unwrap_or(usize::MAX));
     if let Some(declared) = declared {

@@ -268,13 +268,13 @@ async fn not_found() -> HttpResponse {
 /// Receive the body within the listener's limits and parse it as a JSON object (or
 /// nothing). The body's share of the memory budget comes with it: keep it until the
 /// request is answered.
-async fn read_json_body(
-    state: &AppState,
+async fn read_json_body<'s>(
+    state: &'s AppState,
     conn: Option<&ConnHandle>,
     body: Body,
     gate: Gate<'_>,
     request_id: &str,
-) -> Result<(Map<String, Value>, Option<Reservation>), HttpResponse> {
+) -> Result<(Map<String, Value>, Option<Reservation<'s>>), HttpResponse> {
     let received = body::receive(body, &state.body, gate, conn)
         .await
         .map_err(|e| body_error(&state.core, &state.body, &e, request_id))?;
