@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::read_mostly::ReadMostly;
 use keyhaven_crypto::SecretKey;
 use keyhaven_crypto::shamir::{self, Share};
 use keyhaven_storage::{Condition, Op, StorageError, Store, Transaction, TxOutcome};
@@ -150,15 +151,15 @@ pub(crate) struct Unsealed {
     pub(crate) leases: Arc<crate::lease::LeaseStore>,
     pub(crate) policies: PolicyStore,
     /// Secret engines, routed from the path's root.
-    pub(crate) secrets: RwLock<Arc<Router>>,
+    pub(crate) secrets: ReadMostly<Arc<Router>>,
     /// Auth methods, routed under `auth/`.
-    pub(crate) auth: RwLock<Arc<Router>>,
+    pub(crate) auth: ReadMostly<Arc<Router>>,
     /// Serialises changes to either mount table.
     pub(crate) mount_lock: tokio::sync::Mutex<()>,
 }
 
 impl Unsealed {
-    pub(crate) fn router(&self, table: Table) -> &RwLock<Arc<Router>> {
+    pub(crate) fn router(&self, table: Table) -> &ReadMostly<Arc<Router>> {
         match table {
             Table::Secrets => &self.secrets,
             Table::Auth => &self.auth,
@@ -221,7 +222,7 @@ pub struct Core {
     raw: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) options: CoreOptions,
-    state: RwLock<State>,
+    state: ReadMostly<State>,
     /// Serialises init, unseal and seal (and a rekey's commit).
     pub(crate) op_lock: tokio::sync::Mutex<()>,
     /// Rekey and root-generation attempts in progress (see [`crate::recovery`]).
@@ -341,7 +342,7 @@ impl Core {
             raw,
             clock,
             options,
-            state: RwLock::new(state),
+            state: ReadMostly::new(state),
             op_lock: tokio::sync::Mutex::new(()),
             recovery: parking_lot::Mutex::new(crate::recovery::Attempts::default()),
             last_seal_error: RwLock::new(None),
@@ -1330,8 +1331,8 @@ impl Core {
             tokens,
             leases,
             policies,
-            secrets: RwLock::new(Arc::new(secrets)),
-            auth: RwLock::new(Arc::new(auth)),
+            secrets: ReadMostly::new(Arc::new(secrets)),
+            auth: ReadMostly::new(Arc::new(auth)),
             mount_lock: tokio::sync::Mutex::new(()),
         }))
     }

@@ -45,6 +45,7 @@ mod core;
 mod cubbyhole;
 mod host_info;
 mod mounts;
+mod read_mostly;
 mod recovery;
 pub mod seal;
 mod sys;

@@ -30,9 +30,9 @@ pub(crate) mod parse;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::read_mostly::ReadMostly;
 use base64::Engine as _;
 use keyhaven_storage::Store;
-use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -161,7 +161,7 @@ struct Cache {
 /// Stored policies behind the barrier, with a cache of compiled ACLs.
 pub struct PolicyStore {
     storage: Arc<dyn Store>,
-    cache: RwLock<Cache>,
+    cache: ReadMostly<Cache>,
     /// Serialises writes and deletes.
     write_lock: tokio::sync::Mutex<()>,
 }
@@ -183,7 +183,7 @@ impl PolicyStore {
         }
         Ok(PolicyStore {
             storage,
-            cache: RwLock::new(Cache::default()),
+            cache: ReadMostly::new(Cache::default()),
             write_lock: tokio::sync::Mutex::new(()),
         })
     }

@@ -70,10 +70,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use crate::read_mostly::ReadMostly;
 use keyhaven_crypto::HmacKey;
 use keyhaven_storage::Store;
 use keyhaven_types::wire::TokenLookup;
-use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, rfc3339};
@@ -259,7 +259,7 @@ pub struct TokenStore {
     storage: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     hasher: HmacKey,
-    cache: RwLock<HashMap<[u8; 32], Arc<TokenEntry>, TagHasher>>,
+    cache: ReadMostly<HashMap<[u8; 32], Arc<TokenEntry>, TagHasher>>,
     /// Bumped (under the cache's write lock) whenever a stored entry changes; a lookup
     /// keeps what it read from storage only if no change happened while it read, so the
     /// cache never brings back a revoked or outdated entry.

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::read_mostly::ReadMostly;
 use keyhaven_crypto::{HmacKey, fill_random};
 use keyhaven_storage::Store;
 use keyhaven_types::token;
-use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
 use super::{
@@ -59,7 +59,7 @@ impl TokenStore {
             storage,
             clock,
             hasher: HmacKey::new(salt),
-            cache: RwLock::new(HashMap::with_hasher(super::TagHasher)),
+            cache: ReadMostly::new(HashMap::with_hasher(super::TagHasher)),
             epoch: AtomicU64::new(0),
             cubbyholes: std::sync::OnceLock::new(),
             leases: std::sync::OnceLock::new(),

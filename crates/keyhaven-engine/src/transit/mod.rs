@@ -69,6 +69,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::read_mostly::ReadMostly;
 use async_trait::async_trait;
 use keyhaven_storage::{Condition, Op, Store, Transaction, TxOutcome};
 use parking_lot::RwLock;
@@ -97,8 +98,8 @@ pub fn factory(ctx: BackendContext) -> Result<Arc<dyn Backend>, EngineError> {
     Ok(Arc::new(TransitBackend {
         storage: ctx.storage,
         clock: ctx.clock,
-        cache: RwLock::new(HashMap::new()),
-        aliases: RwLock::new(HashMap::new()),
+        cache: ReadMostly::new(HashMap::new()),
+        aliases: ReadMostly::new(HashMap::new()),
         disable_upsert: RwLock::new(None),
         write_lock: tokio::sync::Mutex::new(()),
         limits: ctx.limits,
@@ -110,9 +111,9 @@ pub(crate) struct TransitBackend {
     storage: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     /// Prepared keys by name.
-    cache: RwLock<HashMap<String, Arc<Key>>>,
+    cache: ReadMostly<HashMap<String, Arc<Key>>>,
     /// Alias → key name, for aliases seen so far.
-    aliases: RwLock<HashMap<String, String>>,
+    aliases: ReadMostly<HashMap<String, String>>,
     /// The mount's `disable_upsert`, once read.
     disable_upsert: RwLock<Option<bool>>,
     /// Serializes changes made through this instance.
