@@ -786,22 +786,20 @@ impl ConnTask {
                 tokio::pin!(handshake);
                 // The handshake is part of the first request head's deadline.
                 let deadline = self.conn.accepted + self.limits.read_header_timeout;
-                let tls = loop {
-                    tokio::select! {
-                        done = &mut handshake => match done {
-                            Ok(tls) => break tls,
-                            Err(e) => {
-                                tracing::debug!(target: "keyhaven::http", peer = %self.peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                        },
-                        () = tokio::time::sleep_until(deadline) => {
-                            tracing::debug!(target: "keyhaven::http", peer = %self.peer, "TLS handshake timed out");
+                let tls = tokio::select! {
+                    done = &mut handshake => match done {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            tracing::debug!(target: "keyhaven::http", peer = %self.peer, error = %e, "TLS handshake failed");
                             return;
                         }
-                        // Shed, or shutting down: no request was received yet.
-                        _ = Signal::new(&self.conn, false) => return,
+                    },
+                    () = tokio::time::sleep_until(deadline) => {
+                        tracing::debug!(target: "keyhaven::http", peer = %self.peer, "TLS handshake timed out");
+                        return;
                     }
+                    // Shed, or shutting down: no request was received yet.
+                    _ = Signal::new(&self.conn, false) => return,
                 };
                 if let Some(chain) = tls.get_ref().1.peer_certificates() {
                     let _ = self
