@@ -14,6 +14,12 @@
 //!   since the miss. A read that overlapped a commit may have seen the old value while
 //!   another read already saw the new one from SQLite; it does not keep it.
 //!
+//! Reads take the lock shared, and only their own thread's part of it
+//! (`crossbeam_utils::sync::ShardedLock`): every request reads here, and with one lock
+//! word requests on different CPUs would pass its cache line back and forth. A hit is
+//! copied out under the lock rather than handed out as a shared reference, for the
+//! same reason (its reference count). Fills and commit windows take the whole lock.
+//!
 //! Memory is bounded by a byte budget (keys, values and a fixed per-entry overhead);
 //! when a fill goes over it, the oldest entries go first. Values larger than an eighth
 //! of the budget are never kept.
@@ -21,7 +27,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
 /// What a cached entry costs beyond its key and value bytes (map slot, queue slot,
 /// reference counts), rounded up.
@@ -30,7 +36,7 @@ const ENTRY_OVERHEAD: usize = 96;
 /// The outcome of [`ReadCache::get`].
 pub(crate) enum Lookup {
     /// The value at the key.
-    Hit(Arc<[u8]>),
+    Hit(Vec<u8>),
     /// Not cached: read the database, then offer the value to [`ReadCache::fill`] with
     /// this ticket.
     Miss(Ticket),
@@ -43,7 +49,7 @@ pub(crate) struct Ticket(u64);
 /// See the module docs.
 pub(crate) struct ReadCache {
     budget: usize,
-    state: Mutex<State>,
+    state: ShardedLock<State>,
 }
 
 struct Entry {
@@ -73,14 +79,28 @@ impl ReadCache {
     pub(crate) fn new(budget: usize) -> Self {
         ReadCache {
             budget,
-            state: Mutex::new(State::default()),
+            state: ShardedLock::new(State::default()),
         }
     }
 
+    /// Shared, for a read. A panic while the lock was held leaves the state consistent
+    /// (every change is made before the guard drops), so poisoning is ignored.
+    fn read(&self) -> ShardedLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> ShardedLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub(crate) fn get(&self, key: &str) -> Lookup {
-        let state = self.state.lock();
+        let state = self.read();
         match state.entries.get(key) {
-            Some(entry) => Lookup::Hit(Arc::clone(&entry.value)),
+            Some(entry) => Lookup::Hit(entry.value.to_vec()),
             None => Lookup::Miss(Ticket(state.batches)),
         }
     }
@@ -92,7 +112,7 @@ impl ReadCache {
         if charge > self.budget / 8 {
             return;
         }
-        let mut state = self.state.lock();
+        let mut state = self.write();
         if state.batches != ticket.0
             || !ticket.0.is_multiple_of(2)
             || state.entries.contains_key(key)
@@ -126,7 +146,7 @@ impl ReadCache {
     /// Open a commit window: forget `keys` and refuse every fill until
     /// [`ReadCache::committed`]. The writer thread calls this before `COMMIT`.
     pub(crate) fn committing<'k>(&self, keys: impl Iterator<Item = &'k str>) {
-        let mut state = self.state.lock();
+        let mut state = self.write();
         debug_assert!(
             state.batches.is_multiple_of(2),
             "commit windows do not nest"
@@ -149,7 +169,7 @@ impl ReadCache {
     /// thread calls this after `COMMIT` and before answering any request of the batch.
     /// No key of the batch can have been filled meanwhile.
     pub(crate) fn committed(&self) {
-        let mut state = self.state.lock();
+        let mut state = self.write();
         debug_assert!(!state.batches.is_multiple_of(2), "no commit window is open");
         state.batches += 1;
     }
@@ -157,7 +177,7 @@ impl ReadCache {
     /// Entries and bytes held, for tests.
     #[cfg(test)]
     fn usage(&self) -> (usize, usize) {
-        let state = self.state.lock();
+        let state = self.read();
         (state.entries.len(), state.bytes)
     }
 }
@@ -180,7 +200,7 @@ mod tests {
 
     fn hit(cache: &ReadCache, key: &str) -> Vec<u8> {
         match cache.get(key) {
-            Lookup::Hit(v) => v.to_vec(),
+            Lookup::Hit(v) => v,
             Lookup::Miss(_) => panic!("{key} should be cached"),
         }
     }
@@ -265,7 +285,7 @@ mod tests {
             let t = miss(&cache, "hot");
             cache.fill("hot", b"v", t);
             commit(&cache, "hot");
-            let queue = cache.state.lock().queue.len();
+            let queue = cache.read().queue.len();
             assert!(queue <= 1025 + 1, "round {round}: queue {queue}");
         }
     }

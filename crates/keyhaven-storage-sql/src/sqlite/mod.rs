@@ -378,7 +378,7 @@ impl Store for SqliteStore {
             return Some(Err(e));
         }
         match self.cache.get(key) {
-            Lookup::Hit(value) => Some(Ok(Some(value.to_vec()))),
+            Lookup::Hit(value) => Some(Ok(Some(value))),
             Lookup::Miss(_) => None,
         }
     }
@@ -386,7 +386,7 @@ impl Store for SqliteStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         validate_key(key)?;
         let ticket = match self.cache.get(key) {
-            Lookup::Hit(value) => return Ok(Some(value.to_vec())),
+            Lookup::Hit(value) => return Ok(Some(value)),
             Lookup::Miss(ticket) => ticket,
         };
         let reader = self.readers.acquire().await?;
