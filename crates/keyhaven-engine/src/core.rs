@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::read_mostly::ReadMostly;
 use keyhaven_crypto::SecretKey;
 use keyhaven_crypto::shamir::{self, Share};
 use keyhaven_storage::{Condition, Op, StorageError, Store, Transaction, TxOutcome};
@@ -31,6 +30,7 @@ use crate::error::{CryptoOp, EngineError};
 use crate::metrics::{InFlight, Metrics};
 use crate::mounts::{self, Handler, MountConfig, MountEntry, Mounted, Router, Table};
 use crate::policy::PolicyStore;
+use crate::read_mostly::ReadMostly;
 use crate::request::{LeaseDuration, Operation, Request, Response};
 use crate::route::{self, Route};
 use crate::seal::{AutoSeal, SealSetup, SealedValue};

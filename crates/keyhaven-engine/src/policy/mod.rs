@@ -30,7 +30,6 @@ pub(crate) mod parse;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::read_mostly::ReadMostly;
 use base64::Engine as _;
 use keyhaven_storage::Store;
 use serde::{Deserialize, Serialize};
@@ -40,6 +39,7 @@ pub use acl::{Acl, Decision};
 pub use parse::{Caps, MAX_POLICY_BYTES, Policy, PolicyParseError, Rule};
 
 use crate::error::EngineError;
+use crate::read_mostly::ReadMostly;
 use crate::request::{Operation, Response};
 
 /// Where policies live in the barrier view.

@@ -70,7 +70,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use crate::read_mostly::ReadMostly;
 use keyhaven_crypto::HmacKey;
 use keyhaven_storage::Store;
 use keyhaven_types::wire::TokenLookup;
@@ -78,6 +77,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, rfc3339};
 use crate::error::EngineError;
+use crate::read_mostly::ReadMostly;
 
 pub(crate) use lifecycle::generate_token;
 pub(crate) use routes::ROUTES;

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::read_mostly::ReadMostly;
 use keyhaven_crypto::{HmacKey, fill_random};
 use keyhaven_storage::Store;
 use keyhaven_types::token;
@@ -18,6 +17,7 @@ use super::{
 };
 use crate::clock::Clock;
 use crate::error::{CryptoOp, EngineError};
+use crate::read_mostly::ReadMostly;
 
 /// Make a new random salt, for init.
 pub(crate) fn new_salt() -> Result<Zeroizing<Vec<u8>>, EngineError> {

@@ -69,7 +69,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::read_mostly::ReadMostly;
 use async_trait::async_trait;
 use keyhaven_storage::{Condition, Op, Store, Transaction, TxOutcome};
 use parking_lot::RwLock;
@@ -79,6 +78,7 @@ use zeroize::Zeroizing;
 use crate::backend::{Backend, BackendContext, BackendRequest, Limits};
 use crate::clock::Clock;
 use crate::error::EngineError;
+use crate::read_mostly::ReadMostly;
 use crate::request::{Operation, Response};
 use crate::route::Route;
 use manage::KeyAction;
