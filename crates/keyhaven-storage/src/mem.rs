@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use async_trait::async_trait;
-use parking_lot::RwLock;
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
 use crate::listing::{PageBuilder, Step};
 use crate::{
@@ -15,10 +15,12 @@ use crate::{
 ///
 /// Nothing is persisted; "durable" means "visible to every later call on this value".
 /// Every call completes without awaiting, and the lock is never held across an await.
-/// Cloning is not offered: share it through an `Arc`.
+/// Cloning is not offered: share it through an `Arc`. Reads lock only their own
+/// thread's shard of the lock (every `--dev` request reads here, and with one lock word
+/// requests on different CPUs pass its cache line back and forth); writes lock all.
 #[derive(Default)]
 pub struct MemStore {
-    map: RwLock<BTreeMap<String, Vec<u8>>>,
+    map: ShardedLock<BTreeMap<String, Vec<u8>>>,
 }
 
 impl MemStore {
@@ -27,19 +29,33 @@ impl MemStore {
         MemStore::default()
     }
 
+    /// Shared. Every change is complete before its guard drops, so a panic elsewhere
+    /// leaves a consistent map: poisoning is ignored.
+    fn read(&self) -> ShardedLockReadGuard<'_, BTreeMap<String, Vec<u8>>> {
+        self.map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> ShardedLockWriteGuard<'_, BTreeMap<String, Vec<u8>>> {
+        self.map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// How many keys it holds.
     pub fn len(&self) -> usize {
-        self.map.read().len()
+        self.read().len()
     }
 
     /// Whether it holds no key.
     pub fn is_empty(&self) -> bool {
-        self.map.read().is_empty()
+        self.read().is_empty()
     }
 
     /// Every key it holds, in order (for tests and diagnostics; values stay inside).
     pub fn keys(&self) -> Vec<String> {
-        self.map.read().keys().cloned().collect()
+        self.read().keys().cloned().collect()
     }
 }
 
@@ -63,22 +79,22 @@ fn holds(map: &BTreeMap<String, Vec<u8>>, condition: &Condition) -> bool {
 impl Store for MemStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         validate_key(key)?;
-        Ok(self.map.read().get(key).cloned())
+        Ok(self.read().get(key).cloned())
     }
 
     fn get_ready(&self, key: &str) -> Option<Result<Option<Vec<u8>>, StorageError>> {
-        Some(validate_key(key).map(|()| self.map.read().get(key).cloned()))
+        Some(validate_key(key).map(|()| self.read().get(key).cloned()))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
         validate_key(key)?;
-        self.map.write().insert(key.to_owned(), value);
+        self.write().insert(key.to_owned(), value);
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         validate_key(key)?;
-        self.map.write().remove(key);
+        self.write().remove(key);
         Ok(())
     }
 
@@ -90,7 +106,7 @@ impl Store for MemStore {
     ) -> Result<Vec<String>, StorageError> {
         validate_prefix(prefix)?;
         let (mut page, mut lower) = PageBuilder::new(prefix, after, limit);
-        let map = self.map.read();
+        let map = self.read();
         'seek: while !page.is_full() {
             let range = map.range::<str, _>((Bound::Included(lower.as_str()), Bound::Unbounded));
             for key in range.map(|(key, _)| key) {
@@ -116,7 +132,7 @@ impl Store for MemStore {
         for op in &tx.ops {
             validate_key(op.key())?;
         }
-        let mut map = self.map.write();
+        let mut map = self.write();
         if let Some(index) = tx.conditions.iter().position(|c| !holds(&map, c)) {
             return Ok(TxOutcome::ConditionFailed { index });
         }
@@ -141,10 +157,7 @@ mod tests {
     #[test]
     fn debug_shows_no_values() {
         let store = MemStore::new();
-        store
-            .map
-            .write()
-            .insert("k".into(), b"opaque-value".to_vec());
+        store.write().insert("k".into(), b"opaque-value".to_vec());
         let shown = format!("{store:?}");
         assert_eq!(shown, "MemStore { keys: 1 }");
     }
