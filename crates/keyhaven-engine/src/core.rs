@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use keyhaven_crypto::SecretKey;
 use keyhaven_crypto::shamir::{self, Share};
-use keyhaven_storage::{Condition, Op, StorageError, Store, Transaction, TxOutcome};
+use keyhaven_storage::{Condition, Op, ReadMostly, StorageError, Store, Transaction, TxOutcome};
 use parking_lot::RwLock;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,6 @@ use crate::error::{CryptoOp, EngineError};
 use crate::metrics::{InFlight, Metrics};
 use crate::mounts::{self, Handler, MountConfig, MountEntry, Mounted, Router, Table};
 use crate::policy::PolicyStore;
-use crate::read_mostly::ReadMostly;
 use crate::request::{LeaseDuration, Operation, Request, Response};
 use crate::route::{self, Route};
 use crate::seal::{AutoSeal, SealSetup, SealedValue};

@@ -45,7 +45,6 @@ mod core;
 mod cubbyhole;
 mod host_info;
 mod mounts;
-mod read_mostly;
 mod recovery;
 pub mod seal;
 mod sys;

@@ -30,6 +30,7 @@ use async_trait::async_trait;
 mod error;
 pub mod listing;
 mod mem;
+mod read_mostly;
 mod scoped;
 
 // The conformance suite reports a contract violation by panicking, exactly like the
@@ -45,6 +46,7 @@ pub mod conformance;
 
 pub use error::StorageError;
 pub use mem::MemStore;
+pub use read_mostly::ReadMostly;
 pub use scoped::ScopedStore;
 
 /// The largest number of names one [`Store::list_page`] call returns.

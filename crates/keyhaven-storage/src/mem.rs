@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use crate::ReadMostly;
 use async_trait::async_trait;
-use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
 use crate::listing::{PageBuilder, Step};
 use crate::{
@@ -20,7 +20,7 @@ use crate::{
 /// requests on different CPUs pass its cache line back and forth); writes lock all.
 #[derive(Default)]
 pub struct MemStore {
-    map: ShardedLock<BTreeMap<String, Vec<u8>>>,
+    map: ReadMostly<BTreeMap<String, Vec<u8>>>,
 }
 
 impl MemStore {
@@ -29,33 +29,19 @@ impl MemStore {
         MemStore::default()
     }
 
-    /// Shared. Every change is complete before its guard drops, so a panic elsewhere
-    /// leaves a consistent map: poisoning is ignored.
-    fn read(&self) -> ShardedLockReadGuard<'_, BTreeMap<String, Vec<u8>>> {
-        self.map
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn write(&self) -> ShardedLockWriteGuard<'_, BTreeMap<String, Vec<u8>>> {
-        self.map
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// How many keys it holds.
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.map.read().len()
     }
 
     /// Whether it holds no key.
     pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
+        self.map.read().is_empty()
     }
 
     /// Every key it holds, in order (for tests and diagnostics; values stay inside).
     pub fn keys(&self) -> Vec<String> {
-        self.read().keys().cloned().collect()
+        self.map.read().keys().cloned().collect()
     }
 }
 
@@ -79,22 +65,22 @@ fn holds(map: &BTreeMap<String, Vec<u8>>, condition: &Condition) -> bool {
 impl Store for MemStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         validate_key(key)?;
-        Ok(self.read().get(key).cloned())
+        Ok(self.map.read().get(key).cloned())
     }
 
     fn get_ready(&self, key: &str) -> Option<Result<Option<Vec<u8>>, StorageError>> {
-        Some(validate_key(key).map(|()| self.read().get(key).cloned()))
+        Some(validate_key(key).map(|()| self.map.read().get(key).cloned()))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
         validate_key(key)?;
-        self.write().insert(key.to_owned(), value);
+        self.map.write().insert(key.to_owned(), value);
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         validate_key(key)?;
-        self.write().remove(key);
+        self.map.write().remove(key);
         Ok(())
     }
 
@@ -106,7 +92,7 @@ impl Store for MemStore {
     ) -> Result<Vec<String>, StorageError> {
         validate_prefix(prefix)?;
         let (mut page, mut lower) = PageBuilder::new(prefix, after, limit);
-        let map = self.read();
+        let map = self.map.read();
         'seek: while !page.is_full() {
             let range = map.range::<str, _>((Bound::Included(lower.as_str()), Bound::Unbounded));
             for key in range.map(|(key, _)| key) {
@@ -132,7 +118,7 @@ impl Store for MemStore {
         for op in &tx.ops {
             validate_key(op.key())?;
         }
-        let mut map = self.write();
+        let mut map = self.map.write();
         if let Some(index) = tx.conditions.iter().position(|c| !holds(&map, c)) {
             return Ok(TxOutcome::ConditionFailed { index });
         }
@@ -157,7 +143,10 @@ mod tests {
     #[test]
     fn debug_shows_no_values() {
         let store = MemStore::new();
-        store.write().insert("k".into(), b"opaque-value".to_vec());
+        store
+            .map
+            .write()
+            .insert("k".into(), b"opaque-value".to_vec());
         let shown = format!("{store:?}");
         assert_eq!(shown, "MemStore { keys: 1 }");
     }

@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use keyhaven_storage::Store;
+use keyhaven_storage::{ReadMostly, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -39,7 +39,6 @@ pub use acl::{Acl, Decision};
 pub use parse::{Caps, MAX_POLICY_BYTES, Policy, PolicyParseError, Rule};
 
 use crate::error::EngineError;
-use crate::read_mostly::ReadMostly;
 use crate::request::{Operation, Response};
 
 /// Where policies live in the barrier view.

@@ -71,13 +71,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use keyhaven_crypto::HmacKey;
-use keyhaven_storage::Store;
+use keyhaven_storage::{ReadMostly, Store};
 use keyhaven_types::wire::TokenLookup;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, rfc3339};
 use crate::error::EngineError;
-use crate::read_mostly::ReadMostly;
 
 pub(crate) use lifecycle::generate_token;
 pub(crate) use routes::ROUTES;

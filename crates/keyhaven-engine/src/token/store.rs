@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use keyhaven_crypto::{HmacKey, fill_random};
-use keyhaven_storage::Store;
+use keyhaven_storage::{ReadMostly, Store};
 use keyhaven_types::token;
 use zeroize::Zeroizing;
 
@@ -17,7 +17,6 @@ use super::{
 };
 use crate::clock::Clock;
 use crate::error::{CryptoOp, EngineError};
-use crate::read_mostly::ReadMostly;
 
 /// Make a new random salt, for init.
 pub(crate) fn new_salt() -> Result<Zeroizing<Vec<u8>>, EngineError> {

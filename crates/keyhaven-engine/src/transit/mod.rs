@@ -70,7 +70,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keyhaven_storage::{Condition, Op, Store, Transaction, TxOutcome};
+use keyhaven_storage::{Condition, Op, ReadMostly, Store, Transaction, TxOutcome};
 use parking_lot::RwLock;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
@@ -78,7 +78,6 @@ use zeroize::Zeroizing;
 use crate::backend::{Backend, BackendContext, BackendRequest, Limits};
 use crate::clock::Clock;
 use crate::error::EngineError;
-use crate::read_mostly::ReadMostly;
 use crate::request::{Operation, Response};
 use crate::route::Route;
 use manage::KeyAction;

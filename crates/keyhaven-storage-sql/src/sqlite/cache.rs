@@ -15,7 +15,7 @@
 //!   another read already saw the new one from SQLite; it does not keep it.
 //!
 //! Reads take the lock shared, and only their own thread's part of it
-//! (`crossbeam_utils::sync::ShardedLock`): every request reads here, and with one lock
+//! ([`ReadMostly`]): every request reads here, and with one lock
 //! word requests on different CPUs would pass its cache line back and forth. A hit is
 //! copied out under the lock rather than handed out as a shared reference, for the
 //! same reason (its reference count). Fills and commit windows take the whole lock.
@@ -27,7 +27,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
+use keyhaven_storage::ReadMostly;
 
 /// What a cached entry costs beyond its key and value bytes (map slot, queue slot,
 /// reference counts), rounded up.
@@ -49,7 +49,7 @@ pub(crate) struct Ticket(u64);
 /// See the module docs.
 pub(crate) struct ReadCache {
     budget: usize,
-    state: ShardedLock<State>,
+    state: ReadMostly<State>,
 }
 
 struct Entry {
@@ -79,26 +79,12 @@ impl ReadCache {
     pub(crate) fn new(budget: usize) -> Self {
         ReadCache {
             budget,
-            state: ShardedLock::new(State::default()),
+            state: ReadMostly::new(State::default()),
         }
     }
 
-    /// Shared, for a read. A panic while the lock was held leaves the state consistent
-    /// (every change is made before the guard drops), so poisoning is ignored.
-    fn read(&self) -> ShardedLockReadGuard<'_, State> {
-        self.state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn write(&self) -> ShardedLockWriteGuard<'_, State> {
-        self.state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     pub(crate) fn get(&self, key: &str) -> Lookup {
-        let state = self.read();
+        let state = self.state.read();
         match state.entries.get(key) {
             Some(entry) => Lookup::Hit(entry.value.to_vec()),
             None => Lookup::Miss(Ticket(state.batches)),
@@ -112,7 +98,7 @@ impl ReadCache {
         if charge > self.budget / 8 {
             return;
         }
-        let mut state = self.write();
+        let mut state = self.state.write();
         if state.batches != ticket.0
             || !ticket.0.is_multiple_of(2)
             || state.entries.contains_key(key)
@@ -146,7 +132,7 @@ impl ReadCache {
     /// Open a commit window: forget `keys` and refuse every fill until
     /// [`ReadCache::committed`]. The writer thread calls this before `COMMIT`.
     pub(crate) fn committing<'k>(&self, keys: impl Iterator<Item = &'k str>) {
-        let mut state = self.write();
+        let mut state = self.state.write();
         debug_assert!(
             state.batches.is_multiple_of(2),
             "commit windows do not nest"
@@ -169,7 +155,7 @@ impl ReadCache {
     /// thread calls this after `COMMIT` and before answering any request of the batch.
     /// No key of the batch can have been filled meanwhile.
     pub(crate) fn committed(&self) {
-        let mut state = self.write();
+        let mut state = self.state.write();
         debug_assert!(!state.batches.is_multiple_of(2), "no commit window is open");
         state.batches += 1;
     }
@@ -177,7 +163,7 @@ impl ReadCache {
     /// Entries and bytes held, for tests.
     #[cfg(test)]
     fn usage(&self) -> (usize, usize) {
-        let state = self.read();
+        let state = self.state.read();
         (state.entries.len(), state.bytes)
     }
 }
@@ -285,7 +271,7 @@ mod tests {
             let t = miss(&cache, "hot");
             cache.fill("hot", b"v", t);
             commit(&cache, "hot");
-            let queue = cache.read().queue.len();
+            let queue = cache.state.read().queue.len();
             assert!(queue <= 1025 + 1, "round {round}: queue {queue}");
         }
     }

@@ -1,5 +1,5 @@
-//! A lock for what every request reads and little writes: the engine's state, the mount
-//! tables and the caches of tokens, policies and transit keys.
+//! A lock for what every request reads and little writes: the engine's state, its mount
+//! tables and caches, the stores' in-process maps.
 
 use std::fmt;
 use std::sync::PoisonError;
@@ -12,18 +12,21 @@ use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteG
 /// A write locks every part: slower, and rare here (a seal, a mount change, a cache
 /// fill). A panic while it was held leaves the value as it was written (no poisoning,
 /// as with `parking_lot`).
-pub(crate) struct ReadMostly<T>(ShardedLock<T>);
+pub struct ReadMostly<T>(ShardedLock<T>);
 
 impl<T> ReadMostly<T> {
-    pub(crate) fn new(value: T) -> Self {
+    /// A lock holding `value`.
+    pub fn new(value: T) -> Self {
         ReadMostly(ShardedLock::new(value))
     }
 
-    pub(crate) fn read(&self) -> ShardedLockReadGuard<'_, T> {
+    /// Shared: locks the calling thread's shard only.
+    pub fn read(&self) -> ShardedLockReadGuard<'_, T> {
         self.0.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn write(&self) -> ShardedLockWriteGuard<'_, T> {
+    /// Exclusive: locks every shard.
+    pub fn write(&self) -> ShardedLockWriteGuard<'_, T> {
         self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
