@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use keyhaven_crypto::{AeadAlgorithm, AeadKey, SecretBytes, SecretKey, barrier};
-use keyhaven_storage::{Condition, Op, StorageError, Store, Transaction, TxOutcome};
+use keyhaven_storage::{Condition, Op, ReadMostly, StorageError, Store, Transaction, TxOutcome};
 use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
@@ -240,7 +240,7 @@ pub struct KeyStatus {
 pub struct Barrier {
     raw: Arc<dyn Store>,
     root: RwLock<Option<AeadKey>>,
-    keyring: RwLock<Option<Arc<Keyring>>>,
+    keyring: ReadMostly<Option<Arc<Keyring>>>,
     encryptions: AtomicU64,
     /// Where storage latencies are counted (`vault.barrier.*`).
     metrics: Arc<Metrics>,
@@ -270,7 +270,7 @@ impl Barrier {
         Ok(Barrier {
             raw,
             root: RwLock::new(Some(root_aead)),
-            keyring: RwLock::new(Some(Arc::new(keyring))),
+            keyring: ReadMostly::new(Some(Arc::new(keyring))),
             encryptions: AtomicU64::new(0),
             metrics: Arc::default(),
         })
@@ -293,7 +293,7 @@ impl Barrier {
         Ok(Barrier {
             raw,
             root: RwLock::new(Some(root_aead)),
-            keyring: RwLock::new(Some(Arc::new(keyring))),
+            keyring: ReadMostly::new(Some(Arc::new(keyring))),
             encryptions: AtomicU64::new(0),
             metrics: Arc::default(),
         })
@@ -318,8 +318,11 @@ impl Barrier {
         self.keyring.read().clone().ok_or(EngineError::Sealed)
     }
 
-    fn keyring_for_store(&self) -> Result<Arc<Keyring>, StorageError> {
-        self.keyring.read().clone().ok_or(StorageError::Closed)
+    fn check_unsealed(&self) -> Result<(), StorageError> {
+        match *self.keyring.read() {
+            Some(_) => Ok(()),
+            None => Err(StorageError::Closed),
+        }
     }
 
     /// Add a keyring term and make it active. Persists the keyring first.
@@ -372,8 +375,12 @@ impl Barrier {
         Ok(self.encrypt(key, plaintext)?)
     }
 
+    // Encryption and decryption borrow the keyring under its read lock (a lock of this
+    // thread's own shard) instead of cloning its `Arc`: a reference count every request
+    // changes is a cache line both CPUs fight over.
     fn encrypt(&self, key: &str, plaintext: &[u8]) -> Result<Vec<u8>, StorageError> {
-        let kr = self.keyring_for_store()?;
+        let kr = self.keyring.read();
+        let kr = kr.as_ref().ok_or(StorageError::Closed)?;
         let term = kr.terms.get(&kr.active).ok_or(StorageError::Closed)?;
         self.encryptions.fetch_add(1, Ordering::Relaxed);
         barrier::seal(kr.active, &term.aead, key, plaintext).map_err(|e| {
@@ -384,7 +391,8 @@ impl Barrier {
     }
 
     fn decrypt(&self, key: &str, entry: &[u8]) -> Result<Vec<u8>, StorageError> {
-        let kr = self.keyring_for_store()?;
+        let kr = self.keyring.read();
+        let kr = kr.as_ref().ok_or(StorageError::Closed)?;
         let corrupt = || StorageError::Corrupt {
             detail: format!("entry {key:?} does not decrypt"),
         };
@@ -463,7 +471,7 @@ impl Store for Barrier {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, StorageError> {
-        self.keyring_for_store()?;
+        self.check_unsealed()?;
         let started = Instant::now();
         let out = self.raw.list_page(prefix, after, limit).await;
         self.metrics.barrier(BarrierOp::List).since(started);

@@ -1642,7 +1642,7 @@ impl Core {
             // The existence check made it a create.
             return Err(EngineError::NotActive);
         }
-        let received = audit.now();
+        let received = audit.received();
         if !pure {
             audit
                 .log_request(entry.as_deref(), &req, mount, None)

@@ -396,26 +396,28 @@ impl AuditBroker {
         .inspect_err(|_| self.count_failure(false, true))
     }
 
-    /// The time to stamp on a request record written later by [`AuditBroker::log_exchange`].
-    pub fn now(&self) -> SystemTime {
-        self.clock.now()
+    /// The time to stamp on a request record written later by [`AuditBroker::log_exchange`];
+    /// `None` (and no clock read) when no device is enabled, as nothing is recorded then.
+    pub fn received(&self) -> Option<SystemTime> {
+        self.is_enabled().then(|| self.clock.now())
     }
 
     /// Record a request that has no effect together with its response, after it ran (see
     /// the module documentation). `received` is when the request arrived
-    /// ([`AuditBroker::now`] before it ran). The caller must withhold the response unless
-    /// this succeeds.
+    /// ([`AuditBroker::received`] before it ran). The caller must withhold the response
+    /// unless this succeeds.
     pub async fn log_exchange(
         &self,
         auth: Option<&TokenEntry>,
         req: &Request,
         mount: Option<AuditMount<'_>>,
-        received: SystemTime,
+        received: Option<SystemTime>,
         result: &Result<Response, EngineError>,
     ) -> Result<(), EngineError> {
         if self.slots.is_empty() {
             return Ok(());
         }
+        let received = received.unwrap_or_else(|| self.clock.now());
         // Sealed while it ran: the result is not released (the request record would be
         // missing), as a request that arrives sealed is refused.
         let live = self.live()?;

@@ -21,8 +21,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use keyhaven_storage::Op;
-use parking_lot::RwLock;
+use keyhaven_storage::{Op, ReadMostly};
 
 use super::record::KeyRecord;
 
@@ -48,7 +47,7 @@ struct State {
 /// See the module documentation.
 #[derive(Default)]
 pub(super) struct MetaCache {
-    state: RwLock<State>,
+    state: ReadMostly<State>,
 }
 
 impl std::fmt::Debug for MetaCache {
