@@ -1588,7 +1588,9 @@ impl Core {
                 }
             }
         };
-        let mut acl = None;
+        // Whether the token holds `sudo` on the path (root does everywhere); decided with
+        // the ACL, so the ACL need not be kept.
+        let mut sudo = false;
         if let Some(entry) = &entry {
             // As in Vault, a write to a path that holds nothing yet is a `create`: ask the
             // backend, so policies can grant create without update (and the reverse).
@@ -1602,21 +1604,49 @@ impl Core {
             {
                 req.operation = Operation::Create;
             }
-            let granted = inner.policies.acl_for(&entry.policies).await?;
             let sudo_route = route.is_some_and(|r| r.sudo);
             let wrap_ttl = wrap.as_ref().map(|w| w.ttl);
-            let mut allowed =
-                granted.allows_wrapped(req.operation, &req.path, &req.data, sudo_route, wrap_ttl);
+            let root = entry.is_root();
+            let (mut allowed, has_sudo) = inner
+                .policies
+                .with_acl(&entry.policies, |acl| {
+                    let allowed = acl.allows_wrapped(
+                        req.operation,
+                        &req.path,
+                        &req.data,
+                        sudo_route,
+                        wrap_ttl,
+                    );
+                    let sudo = allowed
+                        && (root || acl.capabilities(&req.path).iter().any(|c| c == "sudo"));
+                    (allowed, sudo)
+                })
+                .await?;
+            sudo = has_sudo;
             // A path that reaches its object under another name (a transit alias) must be
             // allowed on the object's own path too; the backend then gets that path.
             if allowed
                 && let Some(t) = &mut target
                 && let Some(canonical) = t.canonical(&req).await?
             {
-                allowed = req.path.strip_suffix(t.rel.as_str()).is_some_and(|mount| {
-                    let path = format!("{mount}{canonical}");
-                    granted.allows_wrapped(req.operation, &path, &req.data, sudo_route, wrap_ttl)
-                });
+                allowed = match req.path.strip_suffix(t.rel.as_str()) {
+                    Some(mount) => {
+                        let path = format!("{mount}{canonical}");
+                        inner
+                            .policies
+                            .with_acl(&entry.policies, |acl| {
+                                acl.allows_wrapped(
+                                    req.operation,
+                                    &path,
+                                    &req.data,
+                                    sudo_route,
+                                    wrap_ttl,
+                                )
+                            })
+                            .await?
+                    }
+                    None => false,
+                };
                 t.rel = canonical;
                 t.route = None;
             }
@@ -1627,7 +1657,6 @@ impl Core {
                     .await?;
                 return Err(err);
             }
-            acl = Some(granted);
         }
         // A request without effects is recorded with its response, after it ran; the
         // response is released only if that succeeds (see `audit`). A path no route
@@ -1648,11 +1677,6 @@ impl Core {
                 .log_request(entry.as_deref(), &req, mount, None)
                 .await?;
         }
-        let sudo = match (&entry, &acl) {
-            (Some(e), _) if e.is_root() => true,
-            (Some(_), Some(acl)) => acl.capabilities(&req.path).iter().any(|c| c == "sudo"),
-            _ => false,
-        };
         let dispatched = Instant::now();
         let mut result = self
             .dispatch(&inner, target.as_ref(), entry.as_ref(), sudo, &req, wrap)

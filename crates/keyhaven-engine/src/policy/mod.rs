@@ -187,6 +187,25 @@ impl PolicyStore {
         })
     }
 
+    /// `decide` applied to the ACL for a set of policy names ([`PolicyStore::acl_for`]).
+    /// An ACL compiled already is borrowed under the cache's read lock (a lock of this
+    /// thread's shard) instead of cloned: every request decides, and a reference count
+    /// every request changes is a cache line all CPUs fight over.
+    pub async fn with_acl<R>(
+        &self,
+        policies: &[String],
+        decide: impl FnOnce(&Acl) -> R,
+    ) -> Result<R, EngineError> {
+        {
+            let cache = self.cache.read();
+            if let Some(acl) = cache.acls.get(policies) {
+                return Ok(decide(acl));
+            }
+        }
+        let acl = self.acl_for(policies).await?;
+        Ok(decide(&acl))
+    }
+
     /// The ACL for a set of policy names. Names with no stored policy grant nothing;
     /// `root` among them gives the root ACL.
     pub async fn acl_for(&self, policies: &[String]) -> Result<Arc<Acl>, EngineError> {
