@@ -886,6 +886,41 @@ async fn acls_are_cached_and_dropped_on_change() {
 }
 
 #[tokio::test]
+async fn decisions_in_place_follow_policy_changes() {
+    // `with_acl` borrows a compiled ACL from the cache: it must decide on what the
+    // policies say now, on a miss, on a hit and after each change.
+    let ps = PolicyStore::load(store()).await.unwrap();
+    ps.write("a", r#"path "kv/*" { capabilities = ["read"] }"#)
+        .await
+        .unwrap();
+    let names = vec!["default".to_owned(), "a".to_owned()];
+    let reads = |acl: &Acl| allowed(acl, Read, "kv/x");
+    assert!(
+        ps.with_acl(&names, reads).await.unwrap(),
+        "compiled on a miss"
+    );
+    assert!(
+        ps.with_acl(&names, reads).await.unwrap(),
+        "borrowed on a hit"
+    );
+    ps.write("a", r#"path "kv/*" { capabilities = ["list"] }"#)
+        .await
+        .unwrap();
+    assert!(!ps.with_acl(&names, reads).await.unwrap(), "after a write");
+    ps.write("a", r#"path "kv/*" { capabilities = ["read"] }"#)
+        .await
+        .unwrap();
+    assert!(ps.with_acl(&names, reads).await.unwrap());
+    ps.delete("a").await.unwrap();
+    assert!(!ps.with_acl(&names, reads).await.unwrap(), "after a delete");
+    assert!(
+        ps.with_acl(&["root".to_owned()], |acl| acl.is_root())
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
 async fn sys_endpoints_have_vaults_shapes() {
     let ps = PolicyStore::load(store()).await.unwrap();
     let text = r#"path "secret/*" { capabilities = ["read"] }"#;
