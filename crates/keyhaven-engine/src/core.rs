@@ -29,7 +29,7 @@ use crate::clock::Clock;
 use crate::error::{CryptoOp, EngineError};
 use crate::metrics::{InFlight, Metrics};
 use crate::mounts::{self, Handler, MountConfig, MountEntry, Mounted, Router, Table};
-use crate::policy::PolicyStore;
+use crate::policy::{Acl, PolicyStore};
 use crate::request::{LeaseDuration, Operation, Request, Response};
 use crate::route::{self, Route};
 use crate::seal::{AutoSeal, SealSetup, SealedValue};
@@ -1590,74 +1590,66 @@ impl Core {
         };
         // Whether the token holds `sudo` on the path (root does everywhere); decided with
         // the ACL, so the ACL need not be kept.
-        let mut sudo = false;
-        if let Some(entry) = &entry {
-            // As in Vault, a write to a path that holds nothing yet is a `create`: ask the
-            // backend, so policies can grant create without update (and the reverse).
-            if req.operation == Operation::Update
-                && !entry.is_root()
-                && let (Some(t), Some(r)) = (&target, route)
-                && r.existence_check
-                && let Some(br) = t.request(&req)
-                && let Handler::Backend(backend) = &t.mounted.handler
-                && let Ok(false) = backend.exists(&br).await
-            {
-                req.operation = Operation::Create;
-            }
-            let sudo_route = route.is_some_and(|r| r.sudo);
-            let wrap_ttl = wrap.as_ref().map(|w| w.ttl);
-            let root = entry.is_root();
-            let (mut allowed, has_sudo) = inner
-                .policies
-                .with_acl(&entry.policies, |acl| {
-                    let allowed = acl.allows_wrapped(
-                        req.operation,
-                        &req.path,
-                        &req.data,
-                        sudo_route,
-                        wrap_ttl,
-                    );
-                    let sudo = allowed
-                        && (root || acl.capabilities(&req.path).iter().any(|c| c == "sudo"));
-                    (allowed, sudo)
-                })
-                .await?;
-            sudo = has_sudo;
-            // A path that reaches its object under another name (a transit alias) must be
-            // allowed on the object's own path too; the backend then gets that path.
-            if allowed
-                && let Some(t) = &mut target
-                && let Some(canonical) = t.canonical(&req).await?
-            {
-                allowed = match req.path.strip_suffix(t.rel.as_str()) {
-                    Some(mount) => {
-                        let path = format!("{mount}{canonical}");
-                        inner
-                            .policies
-                            .with_acl(&entry.policies, |acl| {
-                                acl.allows_wrapped(
-                                    req.operation,
-                                    &path,
-                                    &req.data,
-                                    sudo_route,
-                                    wrap_ttl,
-                                )
-                            })
-                            .await?
-                    }
-                    None => false,
+        let sudo = match &entry {
+            None => false,
+            Some(entry) => {
+                // As in Vault, a write to a path that holds nothing yet is a `create`: ask
+                // the backend, so policies can grant create without update (and the
+                // reverse).
+                if req.operation == Operation::Update
+                    && !entry.is_root()
+                    && let (Some(t), Some(r)) = (&target, route)
+                    && r.existence_check
+                    && let Some(br) = t.request(&req)
+                    && let Handler::Backend(backend) = &t.mounted.handler
+                    && let Ok(false) = backend.exists(&br).await
+                {
+                    req.operation = Operation::Create;
+                }
+                let sudo_route = route.is_some_and(|r| r.sudo);
+                let wrap_ttl = wrap.as_ref().map(|w| w.ttl);
+                let allows = |acl: &Acl, path: &str| {
+                    acl.allows_wrapped(req.operation, path, &req.data, sudo_route, wrap_ttl)
                 };
-                t.rel = canonical;
-                t.route = None;
-            }
-            if !allowed {
-                let err = EngineError::PermissionDenied;
-                audit
-                    .log_request(Some(entry), &req, mount, Some(&err))
+                let root = entry.is_root();
+                let (mut allowed, sudo) = inner
+                    .policies
+                    .with_acl(&entry.policies, |acl| {
+                        let allowed = allows(acl, &req.path);
+                        let sudo = allowed
+                            && (root || acl.capabilities(&req.path).iter().any(|c| c == "sudo"));
+                        (allowed, sudo)
+                    })
                     .await?;
-                return Err(err);
+                // A path that reaches its object under another name (a transit alias) must
+                // be allowed on the object's own path too; the backend then gets that path.
+                if allowed
+                    && let Some(t) = &mut target
+                    && let Some(canonical) = t.canonical(&req).await?
+                {
+                    allowed = match req.path.strip_suffix(t.rel.as_str()) {
+                        Some(mount) => {
+                            let path = format!("{mount}{canonical}");
+                            inner
+                                .policies
+                                .with_acl(&entry.policies, |acl| allows(acl, &path))
+                                .await?
+                        }
+                        None => false,
+                    };
+                    t.rel = canonical;
+                    t.route = None;
+                }
+                if !allowed {
+                    let err = EngineError::PermissionDenied;
+                    audit
+                        .log_request(Some(entry), &req, mount, Some(&err))
+                        .await?;
+                    return Err(err);
+                }
+                sudo
             }
-        }
+        };
         // A request without effects is recorded with its response, after it ran; the
         // response is released only if that succeeds (see `audit`). A path no route
         // serves runs nothing.
